@@ -1,0 +1,154 @@
+"""The tables Peerstash keeps, and the vocabulary of operations.
+
+Every table is declared here and created by an Alembic migration in ``migrations/versions``; a
+change to a model without a migration is caught by ``tests/unit/test_migrations.py``.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class OpKind(enum.StrEnum):
+    BACKUP = "backup"
+    FORGET = "forget"
+    PRUNE = "prune"
+    CHECK = "check"
+    RESTORE = "restore"
+    STATS = "stats"
+    INDEX_SNAPSHOTS = "index_snapshots"
+    UNLOCK = "unlock"
+
+
+class OpStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    WARNING = "warning"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (OpStatus.PENDING, OpStatus.RUNNING)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Setting(Base):
+    """Instance-wide settings as key → JSON value (instance id, restic path, limits...)."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+
+
+class Secret(Base):
+    """Encrypted secret values; the key that opens them lives in a 0600 file, not the DB."""
+
+    __tablename__ = "secrets"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Repo(Base):
+    __tablename__ = "repos"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    uri: Mapped[str] = mapped_column(Text)
+    # How restic gets the password: "secret" (our secret store), "file", "env" or "command".
+    password_source: Mapped[str] = mapped_column(String(20))
+    # The file path, variable name or command; empty for "secret". Never the password itself.
+    password_ref: Mapped[str] = mapped_column(Text, default="")
+    # Names of extra environment variables; their values live in the secret store.
+    env_keys: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # restic -o options (e.g. sftp.command); not secret by contract.
+    options: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    guid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    origin: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Plan(Base):
+    __tablename__ = "plans"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    repo_id: Mapped[str] = mapped_column(ForeignKey("repos.id"))
+    paths: Mapped[list[Any]] = mapped_column(JSON)
+    excludes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    schedule_cron: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    schedule_interval: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    retention: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    next_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Operation(Base):
+    """One unit of work, local or synced from a peer (``origin`` says whose)."""
+
+    __tablename__ = "operations"
+    __table_args__ = (
+        UniqueConstraint("origin", "op_id", name="uq_operations_origin_op_id"),
+        Index("ix_operations_origin_modno", "origin", "modno"),
+        Index("ix_operations_plan_ended", "plan_id", "ended_at"),
+        Index("ix_operations_status", "status"),
+    )
+
+    pk: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    op_id: Mapped[str] = mapped_column(String(40))
+    origin: Mapped[str] = mapped_column(String(100))
+    modno: Mapped[int] = mapped_column(BigInteger)
+    flow_id: Mapped[str] = mapped_column(String(40))
+    kind: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20))
+    plan_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    repo_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    files_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    files_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    eta_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    snapshot_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class OperationLog(Base):
+    """Log lines of one operation, kept bounded (see ``Store.append_log``)."""
+
+    __tablename__ = "operation_logs"
+    __table_args__ = (Index("ix_operation_logs_op", "op_pk", "seq"),)
+
+    pk: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    op_pk: Mapped[int] = mapped_column(ForeignKey("operations.pk", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    line: Mapped[str] = mapped_column(Text)

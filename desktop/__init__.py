@@ -1,0 +1,1 @@
+"""The tray app. Views only: all behaviour lives in ``peerstash.peer`` and ``peerstash.core``."""
