@@ -1,0 +1,540 @@
+"""The engine's service API: what a person (through the CLI, the tray or a peer) can ask for.
+
+Every surface calls these methods and nothing below them, so validation, secrets handling and
+the rules about operations live in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from peerstash.core import scheduler as sched
+from peerstash.core.events import ConfigChanged, EventBus, PlanStale
+from peerstash.core.models import Operation, OpKind, OpStatus, Plan, Repo
+from peerstash.core.restic import (
+    ErrorKind,
+    PasswordCommand,
+    PasswordFile,
+    PasswordValue,
+    RepoAccess,
+    Restic,
+    ResticError,
+    find_restic,
+)
+from peerstash.core.retention import RetentionPolicy
+from peerstash.core.runner import STOPPED_MESSAGE, OpContext, Outcome, Runner
+from peerstash.core.secrets import SecretStore
+from peerstash.core.store import NotFound, OpFilter, Store, StoreError, repo_record, utcnow
+
+log = logging.getLogger(__name__)
+
+PASSWORD_SOURCES = ("secret", "file", "env", "command")
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+class EngineError(Exception):
+    """A request refused or failed, worded for the person who made it."""
+
+
+def check_name(kind: str, name: str) -> None:
+    if not name or len(name) > 100 or not set(name) <= _NAME_OK or name[0] in "-.":
+        raise EngineError(
+            f"{kind} name {name!r} is not allowed: use letters, digits, '-', '_' and '.', "
+            "not starting with '-' or '.'"
+        )
+
+
+@dataclass(frozen=True)
+class PasswordSpec:
+    """How a repository's password is found. ``value`` is only set for ``source="secret"``."""
+
+    source: str
+    ref: str = ""
+    value: str | None = None
+
+
+def _secret_name(repo_id: str, what: str) -> str:
+    return f"repo/{repo_id}/{what}"
+
+
+class Engine:
+    def __init__(
+        self,
+        data_dir: Path,
+        store: Store,
+        secrets: SecretStore,
+        bus: EventBus,
+        *,
+        instance_id: str,
+        restic_path: str | None = None,
+        max_parallel: int = 2,
+        progress_interval: float = 1.0,
+        catch_up_grace: float = 60.0,
+        cancel_grace: float = 10.0,
+    ) -> None:
+        self.data_dir = data_dir
+        self.store = store
+        self.secrets = secrets
+        self.bus = bus
+        self.instance_id = instance_id
+        self.restic_path = restic_path
+        self.cancel_grace = cancel_grace
+        self.runner = Runner(store, bus, max_parallel=max_parallel, progress_interval=progress_interval)
+        self.scheduler = sched.Scheduler(
+            _ScheduleAdapter(store),
+            self._scheduled_backup,
+            catch_up_grace=catch_up_grace,
+            on_stale=self._on_stale,
+        )
+        self._restic: Restic | None = None
+        self.stale_plans: dict[str, datetime | None] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, *, schedule: bool = True) -> None:
+        """Recover from a previous crash, then start the scheduler."""
+        interrupted = await self.store.interrupt_unfinished(STOPPED_MESSAGE)
+        for repo_id in sorted({op.repo_id for op in interrupted if op.repo_id}):
+            try:
+                repo = await self.store.get_repo(repo_id)
+            except NotFound:
+                continue
+            if repo.origin is None:
+                await self._enqueue_unlock(repo, stale_only=True)
+        if schedule:
+            await self.scheduler.start()
+
+    async def stop(self) -> None:
+        await self.scheduler.stop()
+        await self.runner.close()
+
+    def restic(self) -> Restic:
+        if self._restic is None:
+            self._restic = Restic(find_restic(self.restic_path), cancel_grace=self.cancel_grace)
+        return self._restic
+
+    # -- repositories ------------------------------------------------------------------------
+
+    async def access(self, repo: Repo) -> RepoAccess:
+        """Everything restic needs to open ``repo``, secrets resolved at the last moment."""
+        password: PasswordValue | PasswordFile | PasswordCommand
+        if repo.password_source == "secret":
+            value = await self.secrets.get(_secret_name(repo.id, "password"))
+            if value is None:
+                raise EngineError(f"the password of repository {repo.id!r} is missing")
+            password = PasswordValue(value)
+        elif repo.password_source == "file":
+            password = PasswordFile(repo.password_ref)
+        elif repo.password_source == "env":
+            env_value = os.environ.get(repo.password_ref)
+            if env_value is None:
+                raise EngineError(
+                    f"repository {repo.id!r} takes its password from ${repo.password_ref}, "
+                    "which is not set in the node's environment"
+                )
+            password = PasswordValue(env_value)
+        else:
+            password = PasswordCommand(repo.password_ref)
+        env: dict[str, str] = {}
+        for key in repo.env_keys:
+            val = await self.secrets.get(_secret_name(repo.id, f"env/{key}"))
+            if val is not None:
+                env[key] = val
+        return RepoAccess(
+            uri=repo.uri,
+            password=password,
+            env=env,
+            options=tuple(repo.options),
+            cache_dir=str(self.data_dir / "cache"),
+        )
+
+    async def add_repo(
+        self,
+        repo_id: str,
+        uri: str,
+        password: PasswordSpec,
+        *,
+        env: Mapping[str, str] | None = None,
+        options: Sequence[str] = (),
+        init: bool = False,
+    ) -> tuple[Repo, str]:
+        """Add a repository, creating it (``init``) or checking we can open it.
+
+        Returns the row and a sentence saying what happened. Nothing is stored when the
+        repository cannot be opened, so a typo'd password never lingers.
+        """
+        check_name("repository", repo_id)
+        if password.source not in PASSWORD_SOURCES:
+            raise EngineError(f"unknown password source {password.source!r}")
+        if password.source == "secret" and not password.value:
+            raise EngineError("an empty password is not allowed")
+        if password.source != "secret" and not password.ref:
+            raise EngineError(f"--password-{password.source} needs a value")
+        for opt in options:
+            if "=" not in opt:
+                raise EngineError(f"option {opt!r} must look like KEY=VALUE")
+        try:
+            await self.store.get_repo(repo_id)
+        except NotFound:
+            pass
+        else:
+            raise EngineError(f"a repository named {repo_id!r} already exists")
+        env = dict(env or {})
+        row = repo_record(
+            repo_id,
+            uri,
+            password.source,
+            password.ref,
+            env_keys=sorted(env),
+            options=options,
+        )
+        # Secrets first (the access object reads them), removed again if anything fails.
+        if password.source == "secret":
+            assert password.value is not None
+            await self.secrets.put(_secret_name(repo_id, "password"), password.value)
+        for key, value in env.items():
+            await self.secrets.put(_secret_name(repo_id, f"env/{key}"), value)
+        try:
+            access = await self.access(row)
+            restic = self.restic()
+            said = "connected to the existing repository"
+            if init:
+                try:
+                    await restic.init(access)
+                    said = "created a new repository"
+                except ResticError as exc:
+                    if exc.kind != ErrorKind.REPO_EXISTS:
+                        raise
+                    said = "the repository already existed; connected to it"
+            try:
+                row.guid = await restic.guid(access)
+            except ResticError as exc:
+                if exc.kind == ErrorKind.REPO_MISSING and not init:
+                    raise EngineError(
+                        f"there is no restic repository at {uri_for_people(uri)}; "
+                        "add --init to create one"
+                    ) from None
+                raise
+            await self.store.add_repo(row)
+        except (ResticError, EngineError, StoreError) as exc:
+            await self.secrets.delete_prefix(f"repo/{repo_id}/")
+            if isinstance(exc, ResticError):
+                raise EngineError(exc.message) from None
+            raise
+        self.bus.publish(ConfigChanged(what="repo", id=repo_id))
+        return row, said
+
+    async def list_repos(self) -> list[Repo]:
+        return await self.store.list_repos()
+
+    async def delete_repo(self, repo_id: str) -> None:
+        await self.store.get_repo(repo_id)
+        await self.store.delete_repo(repo_id)
+        await self.secrets.delete_prefix(f"repo/{repo_id}/")
+        self.bus.publish(ConfigChanged(what="repo", id=repo_id))
+
+    # -- plans -------------------------------------------------------------------------------
+
+    async def add_plan(
+        self,
+        plan_id: str,
+        *,
+        repo_id: str,
+        paths: Sequence[str],
+        excludes: Sequence[str] = (),
+        cron: str | None = None,
+        every: str | None = None,
+        retention: Mapping[str, Any] | None = None,
+    ) -> Plan:
+        check_name("plan", plan_id)
+        if not paths:
+            raise EngineError("a plan needs at least one --path")
+        for p in paths:
+            if not os.path.isabs(p):
+                raise EngineError(f"path {p!r} must be absolute")
+        if cron and every:
+            raise EngineError("give either --schedule or --every, not both")
+        interval = None
+        try:
+            if cron:
+                sched.validate_cron(cron)
+            if every:
+                interval = sched.parse_every(every)
+        except ValueError as exc:
+            raise EngineError(str(exc)) from None
+        policy = RetentionPolicy.from_dict(dict(retention or {}))
+        repo = await self.store.get_repo(repo_id)
+        plan = Plan(
+            id=plan_id,
+            repo_id=repo.id,
+            paths=[os.path.normpath(p) for p in paths],
+            excludes=list(excludes),
+            schedule_cron=cron or None,
+            schedule_interval=interval,
+            retention=policy.to_dict(),
+            enabled=True,
+        )
+        await self.store.add_plan(plan)
+        self.bus.publish(ConfigChanged(what="plan", id=plan_id))
+        self.scheduler.reschedule()
+        return plan
+
+    async def list_plans(self) -> list[Plan]:
+        return await self.store.list_plans()
+
+    async def delete_plan(self, plan_id: str) -> None:
+        await self.store.get_plan(plan_id)
+        await self.store.delete_plan(plan_id)
+        self.bus.publish(ConfigChanged(what="plan", id=plan_id))
+        self.scheduler.reschedule()
+
+    # -- operations --------------------------------------------------------------------------
+
+    async def _submit(
+        self, repo: Repo, kind: OpKind, job: Any, *, plan_id: str | None = None, flow_id: str | None = None
+    ) -> Operation:
+        op = await self.store.create_operation(kind, plan_id=plan_id, repo_id=repo.id, flow_id=flow_id)
+        await self.runner.submit(repo.id, op, job)
+        return op
+
+    async def wait(self, pk: int) -> Operation:
+        """Wait for an operation to end (by its events, not by polling) and return it."""
+        with self.bus.subscribe("operation") as sub:
+            op = await self.store.get_operation(pk)
+            while not OpStatus(op.status).finished:
+                event = await sub.get()
+                changed = getattr(event, "op", None)
+                if changed is not None and changed.pk == pk:
+                    op = changed
+            return op
+
+    async def backup(self, plan_id: str, *, reason: str = "manual") -> Operation:
+        """Queue a backup of ``plan_id`` (and its retention afterwards). Returns the pending op."""
+        plan = await self.store.get_plan(plan_id)
+        if not plan.enabled:
+            raise EngineError(f"plan {plan_id!r} is disabled: {plan.disabled_reason or 'no reason given'}")
+        repo = await self.store.get_repo(plan.repo_id)
+
+        async def job(ctx: OpContext) -> Outcome:
+            access = await self.access(repo)
+            ctx.log(f"backup of plan {plan.id} ({reason}) to {uri_for_people(repo.uri)}")
+
+            def progress(p: Any) -> None:
+                ctx.progress(
+                    bytes_done=p.bytes_done,
+                    bytes_total=p.bytes_total,
+                    files_done=p.files_done,
+                    files_total=p.files_total,
+                    eta_seconds=None if p.seconds_remaining is None else int(p.seconds_remaining),
+                )
+
+            result = await self.restic().backup(
+                access,
+                plan.paths,
+                excludes=plan.excludes,
+                tags=(f"plan:{plan.id}", f"host:{self.instance_id}"),
+                host=self.instance_id,
+                on_progress=progress,
+                on_log=ctx.log,
+            )
+            summary = result.summary_dict()
+            if result.partial:
+                return Outcome(
+                    status=OpStatus.WARNING,
+                    snapshot_id=result.snapshot_id,
+                    summary=summary,
+                    error=(
+                        "some files could not be read; the snapshot has everything else: "
+                        + "; ".join(result.warnings[:5])
+                    ),
+                )
+            return Outcome(snapshot_id=result.snapshot_id, summary=summary)
+
+        op = await self._submit(repo, OpKind.BACKUP, job, plan_id=plan.id)
+        if RetentionPolicy.from_dict(plan.retention).is_empty():
+            return op
+        await self.forget(repo.id, plan_id=plan.id, flow_id=op.flow_id)
+        return op
+
+    async def forget(
+        self, repo_id: str, *, plan_id: str | None = None, flow_id: str | None = None
+    ) -> Operation:
+        """Apply retention: one plan's policy, or each plan's policy on this repository."""
+        repo = await self.store.get_repo(repo_id)
+        self._refuse_maintenance_on_foreign(repo, "forget")
+        plans = [await self.store.get_plan(plan_id)] if plan_id else [
+            p for p in await self.store.list_plans() if p.repo_id == repo_id
+        ]
+        with_policy = [p for p in plans if not RetentionPolicy.from_dict(p.retention).is_empty()]
+        if not with_policy:
+            raise EngineError(
+                f"no plan on repository {repo_id!r} has a retention policy; add --keep-* to a plan"
+            )
+
+        async def job(ctx: OpContext) -> Outcome:
+            access = await self.access(repo)
+            removed: list[str] = []
+            kept: list[str] = []
+            for plan in with_policy:
+                policy = RetentionPolicy.from_dict(plan.retention)
+                ctx.log(f"forget for plan {plan.id}: {' '.join(policy.to_args())}")
+                res = await self.restic().forget(
+                    access, policy, tags=(f"plan:{plan.id}",), on_log=ctx.log
+                )
+                removed += res.removed
+                kept += res.kept
+            return Outcome(summary={"removed": removed, "kept": kept})
+
+        return await self._submit(repo, OpKind.FORGET, job, plan_id=plan_id, flow_id=flow_id)
+
+    def _refuse_maintenance_on_foreign(self, repo: Repo, what: str) -> None:
+        if repo.origin is not None:
+            raise EngineError(
+                f"repository {repo.id!r} is shared by {repo.origin}; {what} is done by its owner"
+            )
+
+    async def prune(self, repo_id: str) -> Operation:
+        repo = await self.store.get_repo(repo_id)
+        self._refuse_maintenance_on_foreign(repo, "prune")
+
+        async def job(ctx: OpContext) -> Outcome:
+            await self.restic().prune(await self.access(repo), on_log=ctx.log)
+            return Outcome()
+
+        return await self._submit(repo, OpKind.PRUNE, job)
+
+    async def check(self, repo_id: str) -> Operation:
+        repo = await self.store.get_repo(repo_id)
+
+        async def job(ctx: OpContext) -> Outcome:
+            await self.restic().check(await self.access(repo), on_log=ctx.log)
+            return Outcome()
+
+        return await self._submit(repo, OpKind.CHECK, job)
+
+    async def unlock(self, repo_id: str, *, remove_all: bool = False) -> Operation:
+        repo = await self.store.get_repo(repo_id)
+        return await self._enqueue_unlock(repo, stale_only=not remove_all)
+
+    async def _enqueue_unlock(self, repo: Repo, *, stale_only: bool) -> Operation:
+        async def job(ctx: OpContext) -> Outcome:
+            ctx.log("removing stale locks" if stale_only else "removing all locks")
+            await self.restic().unlock(await self.access(repo), remove_all=not stale_only)
+            return Outcome()
+
+        return await self._submit(repo, OpKind.UNLOCK, job)
+
+    async def restore(
+        self, repo_id: str, snapshot_id: str, target: str, *, include: Sequence[str] = ()
+    ) -> Operation:
+        if not os.path.isabs(target):
+            raise EngineError(f"restore target {target!r} must be an absolute path")
+        repo = await self.store.get_repo(repo_id)
+
+        async def job(ctx: OpContext) -> Outcome:
+            def progress(p: Any) -> None:
+                ctx.progress(
+                    bytes_done=p.bytes_done,
+                    bytes_total=p.bytes_total,
+                    files_done=p.files_done,
+                    files_total=p.files_total,
+                    eta_seconds=None if p.seconds_remaining is None else int(p.seconds_remaining),
+                )
+
+            ctx.log(f"restore {snapshot_id} to {target}")
+            res = await self.restic().restore(
+                await self.access(repo),
+                snapshot_id,
+                target,
+                include=include,
+                on_progress=progress,
+                on_log=ctx.log,
+            )
+            return Outcome(snapshot_id=snapshot_id, summary=res.summary_dict())
+
+        return await self._submit(repo, OpKind.RESTORE, job)
+
+    async def snapshots(self, repo_id: str) -> list[Any]:
+        repo = await self.store.get_repo(repo_id)
+        try:
+            return await self.restic().snapshots(await self.access(repo))
+        except ResticError as exc:
+            raise EngineError(exc.message) from None
+
+    async def ls(self, repo_id: str, snapshot_id: str, path: str | None = None) -> AsyncIterator[Any]:
+        repo = await self.store.get_repo(repo_id)
+        access = await self.access(repo)
+        try:
+            async for node in self.restic().ls(access, snapshot_id, path):
+                yield node
+        except ResticError as exc:
+            raise EngineError(exc.message) from None
+
+    async def cancel(self, op_id: str) -> bool:
+        op = await self.store.find_operation(op_id, origin=self.instance_id)
+        if OpStatus(op.status).finished:
+            raise EngineError(f"operation {op_id} already ended ({op.status})")
+        return await self.runner.cancel(op.pk)
+
+    async def list_operations(self, flt: OpFilter = OpFilter(), limit: int = 100) -> list[Operation]:
+        return await self.store.list_operations(flt, limit)
+
+    async def gc(self, *, older_than: timedelta = timedelta(days=90), keep_min: int = 1000) -> int:
+        return await self.store.gc_operations(older_than=older_than, keep_min=keep_min)
+
+    # -- scheduler glue ----------------------------------------------------------------------
+
+    async def _scheduled_backup(self, plan_id: str, reason: str) -> None:
+        try:
+            await self.backup(plan_id, reason=reason)
+        except (EngineError, StoreError) as exc:
+            log.warning("scheduled backup of %s not started: %s", plan_id, exc)
+
+    def _on_stale(self, plan_id: str, last_success: datetime | None) -> None:
+        self.stale_plans[plan_id] = last_success
+        self.bus.publish(PlanStale(plan_id=plan_id, last_success_at=last_success))
+
+
+class _ScheduleAdapter:
+    """Presents the store to the scheduler as its ScheduleStore."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def list_schedules(self) -> list[sched.PlanSchedule]:
+        last = await self._store.last_success_by_plan()
+        return [
+            sched.PlanSchedule(
+                plan_id=p.id,
+                cron=p.schedule_cron,
+                interval_seconds=p.schedule_interval,
+                enabled=p.enabled,
+                next_due_at=p.next_due_at,
+                last_success_at=last.get(p.id),
+                created_at=p.created_at,
+            )
+            for p in await self._store.list_plans()
+        ]
+
+    async def set_next_due(self, plan_id: str, when: datetime | None) -> None:
+        await self._store.set_next_due(plan_id, when)
+
+
+def uri_for_people(uri: str) -> str:
+    """A repository URI safe to show: credentials in it are masked."""
+    from peerstash.core.restic import redact_uri
+
+    return redact_uri(uri)
+
+
+def as_utc(dt: datetime | None) -> str | None:
+    return None if dt is None else dt.isoformat()
+
+
+__all__ = ["Engine", "EngineError", "PasswordSpec", "check_name", "utcnow"]

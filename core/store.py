@@ -1,0 +1,521 @@
+"""The one place that talks SQL.
+
+Everything above this module asks the Store for records and hands it changes; nothing else
+builds a query. That keeps the two backends (SQLite for a laptop, PostgreSQL for a hub) honest,
+and it is where the operation ``modno`` is minted, so no caller can forget to bump it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, and_, delete, event, func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from peerstash.core.ids import new_ulid
+from peerstash.core.models import (
+    Operation,
+    OperationLog,
+    OpKind,
+    OpStatus,
+    Plan,
+    Repo,
+    Secret,
+    Setting,
+)
+
+#: Log lines kept per operation: the first HEAD lines (how it started) and the last TAIL lines
+#: (how it ended). A pathological restic run can print millions of lines; the DB must not grow
+#: with them.
+LOG_HEAD = 200
+LOG_TAIL = 1800
+LOG_LINE_MAX = 2000
+
+#: Fields a caller may set on an operation. ``modno`` and ``origin`` are not among them.
+OP_FIELDS = frozenset(
+    {
+        "status",
+        "plan_id",
+        "repo_id",
+        "started_at",
+        "ended_at",
+        "bytes_done",
+        "bytes_total",
+        "files_done",
+        "files_total",
+        "eta_seconds",
+        "summary",
+        "snapshot_id",
+        "error",
+        "flow_id",
+    }
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class StoreError(Exception):
+    """A request the store cannot satisfy, worded for a person."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class AlreadyExists(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class OpFilter:
+    origin: str | None = None
+    plan_id: str | None = None
+    repo_id: str | None = None
+    status: str | None = None
+    kind: str | None = None
+    #: Only operations with a primary key below this one: cheap paging for the newest-first views.
+    before_pk: int | None = None
+
+
+def _secure_sqlite_file(path: Path) -> None:
+    """Create the database file 0600 before SQLite does.
+
+    SQLite gives its -wal and -shm files the mode of the main file, so getting this one right
+    keeps every file of the store private.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        os.chmod(path, 0o600)
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", "peerstash.core:migrations")
+    return cfg
+
+
+def _run_migrations(connection: Connection) -> None:
+    cfg = _alembic_config()
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")
+
+
+class Store:
+    """Async access to Peerstash's database.
+
+    Records come back as detached ORM objects (``expire_on_commit=False``): read their
+    attributes freely, but change them only through the Store's methods.
+    """
+
+    def __init__(self, engine: AsyncEngine, local_origin: str = "") -> None:
+        self.engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.local_origin = local_origin
+        self._modno: dict[str, int] = {}
+        self._modno_lock = asyncio.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, url: str | None = None, *, data_dir: Path | None = None) -> Store:
+        """Open (and migrate) the store at ``url``, or SQLite in ``data_dir`` when no URL."""
+        if url is None:
+            if data_dir is None:
+                raise ValueError("Store.open needs a URL or a data directory")
+            db_path = data_dir / "peerstash.db"
+            _secure_sqlite_file(db_path)
+            url = f"sqlite+aiosqlite:///{db_path}"
+        if url.startswith("sqlite"):
+            engine = create_async_engine(url, connect_args={"timeout": 30})
+
+            @event.listens_for(engine.sync_engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.close()
+
+        else:
+            engine = create_async_engine(url, pool_pre_ping=True)
+        async with engine.begin() as conn:
+            await conn.run_sync(_run_migrations)
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def session(self) -> AsyncSession:
+        return self._sessions()
+
+    # -- settings ----------------------------------------------------------------------------
+
+    async def get_setting(self, key: str, default: Any = None) -> Any:
+        async with self.session() as s:
+            row = await s.get(Setting, key)
+            return default if row is None else row.value
+
+    async def set_setting(self, key: str, value: Any) -> None:
+        async with self.session() as s, s.begin():
+            row = await s.get(Setting, key)
+            if row is None:
+                s.add(Setting(key=key, value=value))
+            else:
+                row.value = value
+
+    # -- secrets (ciphertext only; see core/secrets.py) ---------------------------------------
+
+    async def put_secret(self, name: str, ciphertext: bytes) -> None:
+        async with self.session() as s, s.begin():
+            row = await s.get(Secret, name)
+            if row is None:
+                s.add(Secret(name=name, ciphertext=ciphertext))
+            else:
+                row.ciphertext = ciphertext
+
+    async def get_secret(self, name: str) -> bytes | None:
+        async with self.session() as s:
+            row = await s.get(Secret, name)
+            return None if row is None else row.ciphertext
+
+    async def delete_secrets(self, prefix: str) -> None:
+        async with self.session() as s, s.begin():
+            await s.execute(delete(Secret).where(Secret.name.startswith(prefix, autoescape=True)))
+
+    # -- repos -------------------------------------------------------------------------------
+
+    async def add_repo(self, repo: Repo) -> Repo:
+        now = utcnow()
+        repo.created_at = repo.created_at or now
+        repo.updated_at = now
+        async with self.session() as s, s.begin():
+            if await s.get(Repo, repo.id) is not None:
+                raise AlreadyExists(f"a repository named {repo.id!r} already exists")
+            s.add(repo)
+        return repo
+
+    async def get_repo(self, repo_id: str) -> Repo:
+        async with self.session() as s:
+            row = await s.get(Repo, repo_id)
+        if row is None:
+            raise NotFound(f"no repository named {repo_id!r}")
+        return row
+
+    async def list_repos(self) -> list[Repo]:
+        async with self.session() as s:
+            return list((await s.scalars(select(Repo).order_by(Repo.id))).all())
+
+    async def update_repo(self, repo_id: str, **fields: Any) -> Repo:
+        async with self.session() as s, s.begin():
+            row = await s.get(Repo, repo_id)
+            if row is None:
+                raise NotFound(f"no repository named {repo_id!r}")
+            for key, value in fields.items():
+                setattr(row, key, value)
+            row.updated_at = utcnow()
+        return row
+
+    async def delete_repo(self, repo_id: str) -> None:
+        async with self.session() as s, s.begin():
+            used = await s.scalar(select(func.count()).select_from(Plan).where(Plan.repo_id == repo_id))
+            if used:
+                raise StoreError(
+                    f"repository {repo_id!r} is used by {used} plan(s); delete or move them first"
+                )
+            await s.execute(delete(Repo).where(Repo.id == repo_id))
+
+    # -- plans -------------------------------------------------------------------------------
+
+    async def add_plan(self, plan: Plan) -> Plan:
+        now = utcnow()
+        plan.created_at = plan.created_at or now
+        plan.updated_at = now
+        async with self.session() as s, s.begin():
+            if await s.get(Plan, plan.id) is not None:
+                raise AlreadyExists(f"a plan named {plan.id!r} already exists")
+            if await s.get(Repo, plan.repo_id) is None:
+                raise NotFound(f"no repository named {plan.repo_id!r}")
+            s.add(plan)
+        return plan
+
+    async def get_plan(self, plan_id: str) -> Plan:
+        async with self.session() as s:
+            row = await s.get(Plan, plan_id)
+        if row is None:
+            raise NotFound(f"no plan named {plan_id!r}")
+        return row
+
+    async def list_plans(self) -> list[Plan]:
+        async with self.session() as s:
+            return list((await s.scalars(select(Plan).order_by(Plan.id))).all())
+
+    async def update_plan(self, plan_id: str, **fields: Any) -> Plan:
+        async with self.session() as s, s.begin():
+            row = await s.get(Plan, plan_id)
+            if row is None:
+                raise NotFound(f"no plan named {plan_id!r}")
+            for key, value in fields.items():
+                setattr(row, key, value)
+            row.updated_at = utcnow()
+        return row
+
+    async def delete_plan(self, plan_id: str) -> None:
+        async with self.session() as s, s.begin():
+            await s.execute(delete(Plan).where(Plan.id == plan_id))
+
+    async def last_success_by_plan(self) -> dict[str, datetime]:
+        """When each plan last produced a snapshot (success or warning)."""
+        async with self.session() as s:
+            rows = await s.execute(
+                select(Operation.plan_id, func.max(Operation.ended_at))
+                .where(
+                    Operation.origin == self.local_origin,
+                    Operation.kind == OpKind.BACKUP,
+                    Operation.status.in_([OpStatus.SUCCESS, OpStatus.WARNING]),
+                    Operation.plan_id.is_not(None),
+                )
+                .group_by(Operation.plan_id)
+            )
+            return {plan_id: ended for plan_id, ended in rows.all() if ended is not None}
+
+    async def set_next_due(self, plan_id: str, when: datetime | None) -> None:
+        async with self.session() as s, s.begin():
+            await s.execute(update(Plan).where(Plan.id == plan_id).values(next_due_at=when))
+
+    # -- operations --------------------------------------------------------------------------
+
+    async def _next_modno(self, s: AsyncSession, origin: str) -> int:
+        """Mint the next modno for a local origin (callers hold ``_modno_lock``)."""
+        if origin not in self._modno:
+            current = await s.scalar(
+                select(func.max(Operation.modno)).where(Operation.origin == origin)
+            )
+            self._modno[origin] = int(current or 0)
+        self._modno[origin] += 1
+        return self._modno[origin]
+
+    async def create_operation(
+        self, kind: str, *, status: str = OpStatus.PENDING, flow_id: str | None = None, **fields: Any
+    ) -> Operation:
+        """Record a new local operation; it gets a fresh id and the next modno."""
+        unknown = set(fields) - OP_FIELDS
+        if unknown:
+            raise ValueError(f"unknown operation fields: {sorted(unknown)}")
+        op_id = new_ulid()
+        op = Operation(
+            op_id=op_id,
+            origin=self.local_origin,
+            flow_id=flow_id or op_id,
+            kind=str(kind),
+            status=str(status),
+            created_at=utcnow(),
+            bytes_done=0,
+            bytes_total=0,
+            files_done=0,
+            files_total=0,
+            summary={},
+            **fields,
+        )
+        async with self._modno_lock, self.session() as s, s.begin():
+            op.modno = await self._next_modno(s, self.local_origin)
+            s.add(op)
+        return op
+
+    async def update_operation(self, pk: int, **fields: Any) -> Operation:
+        """Change a local operation; every change bumps its modno so peers see it."""
+        unknown = set(fields) - OP_FIELDS
+        if unknown:
+            raise ValueError(f"unknown operation fields: {sorted(unknown)}")
+        async with self._modno_lock, self.session() as s, s.begin():
+            op = await s.get(Operation, pk)
+            if op is None:
+                raise NotFound(f"no operation #{pk}")
+            if op.origin != self.local_origin:
+                raise StoreError("operations from another instance are read-only here")
+            for key, value in fields.items():
+                setattr(op, key, str(value) if key == "status" else value)
+            op.modno = await self._next_modno(s, self.local_origin)
+        return op
+
+    async def get_operation(self, pk: int) -> Operation:
+        async with self.session() as s:
+            op = await s.get(Operation, pk)
+        if op is None:
+            raise NotFound(f"no operation #{pk}")
+        return op
+
+    async def find_operation(self, op_id: str, origin: str | None = None) -> Operation:
+        """Look an operation up by its minted id (as shown to people), optionally by origin."""
+        async with self.session() as s:
+            q = select(Operation).where(Operation.op_id == op_id)
+            if origin is not None:
+                q = q.where(Operation.origin == origin)
+            op = (await s.scalars(q.limit(1))).first()
+        if op is None:
+            raise NotFound(f"no operation {op_id}")
+        return op
+
+    async def list_operations(self, flt: OpFilter = OpFilter(), limit: int = 100) -> list[Operation]:
+        """Newest first."""
+        q = select(Operation)
+        conds = []
+        if flt.origin is not None:
+            conds.append(Operation.origin == flt.origin)
+        if flt.plan_id is not None:
+            conds.append(Operation.plan_id == flt.plan_id)
+        if flt.repo_id is not None:
+            conds.append(Operation.repo_id == flt.repo_id)
+        if flt.status is not None:
+            conds.append(Operation.status == flt.status)
+        if flt.kind is not None:
+            conds.append(Operation.kind == flt.kind)
+        if flt.before_pk is not None:
+            conds.append(Operation.pk < flt.before_pk)
+        if conds:
+            q = q.where(and_(*conds))
+        q = q.order_by(Operation.pk.desc()).limit(limit)
+        async with self.session() as s:
+            return list((await s.scalars(q)).all())
+
+    async def latest_per_plan(self, kind: str = OpKind.BACKUP) -> dict[tuple[str, str], Operation]:
+        """The newest operation of ``kind`` for each (origin, plan)."""
+        newest = (
+            select(func.max(Operation.pk).label("pk"))
+            .where(Operation.kind == kind, Operation.plan_id.is_not(None))
+            .group_by(Operation.origin, Operation.plan_id)
+            .subquery()
+        )
+        async with self.session() as s:
+            ops = (await s.scalars(select(Operation).join(newest, Operation.pk == newest.c.pk))).all()
+        return {(op.origin, op.plan_id or ""): op for op in ops}
+
+    async def interrupt_unfinished(self, error: str) -> list[Operation]:
+        """Turn this instance's ``pending``/``running`` rows into ``interrupted`` (crash recovery)."""
+        async with self.session() as s:
+            stale = (
+                await s.scalars(
+                    select(Operation.pk).where(
+                        Operation.origin == self.local_origin,
+                        Operation.status.in_([OpStatus.PENDING, OpStatus.RUNNING]),
+                    )
+                )
+            ).all()
+        done = []
+        for pk in stale:
+            done.append(
+                await self.update_operation(
+                    pk, status=OpStatus.INTERRUPTED, ended_at=utcnow(), error=error, eta_seconds=None
+                )
+            )
+        return done
+
+    async def gc_operations(self, *, older_than: timedelta, keep_min: int = 1000) -> int:
+        """Delete finished operations older than ``older_than``, returning how many.
+
+        Never deletes the newest ``keep_min`` operations, nor the latest result of any plan (a
+        plan that stopped running must still show when it last worked), nor anything unfinished.
+        """
+        cutoff = utcnow() - older_than
+        async with self.session() as s, s.begin():
+            floor = await s.scalar(
+                select(Operation.pk).order_by(Operation.pk.desc()).offset(keep_min).limit(1)
+            )
+            if floor is None:
+                return 0
+            latest = (
+                select(func.max(Operation.pk))
+                .where(Operation.plan_id.is_not(None))
+                .group_by(Operation.origin, Operation.plan_id, Operation.kind)
+            )
+            result = await s.execute(
+                delete(Operation).where(
+                    Operation.pk <= floor,
+                    Operation.created_at < cutoff,
+                    Operation.status.not_in([OpStatus.PENDING, OpStatus.RUNNING]),
+                    Operation.pk.not_in(latest),
+                )
+            )
+            await s.execute(
+                delete(OperationLog).where(OperationLog.op_pk.not_in(select(Operation.pk)))
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    # -- operation logs ----------------------------------------------------------------------
+
+    async def append_log(self, op_pk: int, lines: Iterable[str]) -> None:
+        """Append lines, then trim the middle so at most LOG_HEAD + LOG_TAIL remain."""
+        clean = [ln[:LOG_LINE_MAX] for ln in lines]
+        if not clean:
+            return
+        async with self.session() as s, s.begin():
+            last = await s.scalar(select(func.max(OperationLog.seq)).where(OperationLog.op_pk == op_pk))
+            start = int(last or 0)
+            s.add_all(
+                OperationLog(op_pk=op_pk, seq=start + i + 1, line=line) for i, line in enumerate(clean)
+            )
+            end = start + len(clean)
+            if end > LOG_HEAD + LOG_TAIL:
+                await s.execute(
+                    delete(OperationLog).where(
+                        OperationLog.op_pk == op_pk,
+                        OperationLog.seq > LOG_HEAD,
+                        OperationLog.seq <= end - LOG_TAIL,
+                    )
+                )
+
+    async def get_log(self, op_pk: int) -> list[str]:
+        """The kept lines, with a marker where lines were dropped."""
+        async with self.session() as s:
+            rows = (
+                await s.execute(
+                    select(OperationLog.seq, OperationLog.line)
+                    .where(OperationLog.op_pk == op_pk)
+                    .order_by(OperationLog.seq)
+                )
+            ).all()
+        out: list[str] = []
+        prev = 0
+        for seq, line in rows:
+            if seq != prev + 1:
+                out.append(f"[... {seq - prev - 1} lines not kept ...]")
+            out.append(line)
+            prev = seq
+        return out
+
+
+def repo_record(
+    repo_id: str,
+    uri: str,
+    password_source: str,
+    password_ref: str = "",
+    env_keys: Sequence[str] = (),
+    options: Sequence[str] = (),
+) -> Repo:
+    """Build a Repo row to hand to ``Store.add_repo``."""
+    now = utcnow()
+    return Repo(
+        id=repo_id,
+        uri=uri,
+        password_source=password_source,
+        password_ref=password_ref,
+        env_keys=list(env_keys),
+        options=list(options),
+        created_at=now,
+        updated_at=now,
+    )

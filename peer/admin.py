@@ -1,0 +1,379 @@
+"""The local admin API: JSON over HTTP on the node's Unix socket (mode 0600).
+
+The CLI and the tray (when it attaches to a running node) speak this. It never listens on the
+network: whoever can open the socket is the user who owns the data directory.
+
+Every failure answers ``{"error": "..."}`` with one sentence a person can act on; request bodies
+are never logged, because some carry passwords.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from peerstash.core.engine import Engine, EngineError, PasswordSpec
+from peerstash.core.models import OpStatus
+from peerstash.core.retention import RetentionPolicy
+from peerstash.core.secrets import SecretError
+from peerstash.core.serialize import op_to_dict, plan_to_dict, repo_to_dict
+from peerstash.core.store import NotFound, OpFilter, StoreError
+
+if TYPE_CHECKING:
+    from peerstash.peer.node import Node
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1 << 20
+NODE_KEY: web.AppKey[Node] = web.AppKey("node")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BadRequest(Exception):
+    pass
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return _error(exc.status, exc.reason or "request refused")
+        raise
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    except NotFound as exc:
+        return _error(404, str(exc))
+    except (EngineError, StoreError, SecretError) as exc:
+        return _error(409, str(exc))
+    except Exception:
+        log.exception("admin API: unexpected error in %s %s", request.method, request.path)
+        return _error(500, "internal error in the node; see its log")
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise BadRequest("request body too large")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise BadRequest("request body too large")
+    try:
+        data = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def _str(data: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise BadRequest(f"missing field {key!r}")
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"field {key!r} must be a string")
+    return value
+
+
+def _str_list(data: dict[str, Any], key: str) -> list[str]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest(f"field {key!r} must be a list of strings")
+    return value
+
+
+def _engine(request: web.Request) -> Engine:
+    engine = request.app[NODE_KEY].engine
+    if engine is None:
+        raise web.HTTPServiceUnavailable(reason="the node is shutting down")
+    return engine
+
+
+async def status(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    engine = _engine(request)
+    latest = await engine.store.latest_per_plan()
+    plans = []
+    for plan in await engine.list_plans():
+        last = latest.get((engine.instance_id, plan.id))
+        plans.append(
+            {
+                "id": plan.id,
+                "repo": plan.repo_id,
+                "enabled": plan.enabled,
+                "next_due_at": plan.next_due_at.isoformat() if plan.next_due_at else None,
+                "stale": plan.id in engine.stale_plans,
+                "last": op_to_dict(last) if last else None,
+            }
+        )
+    return web.json_response({**node.status(), "plans": plans})
+
+
+async def list_repos(request: web.Request) -> web.Response:
+    return web.json_response([repo_to_dict(r) for r in await _engine(request).list_repos()])
+
+
+async def add_repo(request: web.Request) -> web.Response:
+    data = await _body(request)
+    pw = data.get("password")
+    if not isinstance(pw, dict):
+        raise BadRequest("missing field 'password' (an object with 'source')")
+    spec = PasswordSpec(
+        source=_str(pw, "source") or "",
+        ref=_str(pw, "ref", required=False) or "",
+        value=_str(pw, "value", required=False),
+    )
+    env = data.get("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise BadRequest("field 'env' must map names to strings")
+    repo, said = await _engine(request).add_repo(
+        _str(data, "id") or "",
+        _str(data, "uri") or "",
+        spec,
+        env=env,
+        options=_str_list(data, "options"),
+        init=bool(data.get("init", False)),
+    )
+    return web.json_response({"repo": repo_to_dict(repo), "message": said}, status=201)
+
+
+async def delete_repo(request: web.Request) -> web.Response:
+    await _engine(request).delete_repo(request.match_info["id"])
+    return web.json_response({"deleted": request.match_info["id"]})
+
+
+async def list_plans(request: web.Request) -> web.Response:
+    return web.json_response([plan_to_dict(p) for p in await _engine(request).list_plans()])
+
+
+async def add_plan(request: web.Request) -> web.Response:
+    data = await _body(request)
+    retention = data.get("retention", {})
+    if not isinstance(retention, dict):
+        raise BadRequest("field 'retention' must be an object")
+    try:
+        RetentionPolicy.from_dict(retention)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"bad retention policy: {exc}") from None
+    plan = await _engine(request).add_plan(
+        _str(data, "id") or "",
+        repo_id=_str(data, "repo") or "",
+        paths=_str_list(data, "paths"),
+        excludes=_str_list(data, "excludes"),
+        cron=_str(data, "schedule", required=False),
+        every=_str(data, "every", required=False),
+        retention=retention,
+    )
+    return web.json_response(plan_to_dict(plan), status=201)
+
+
+async def delete_plan(request: web.Request) -> web.Response:
+    await _engine(request).delete_plan(request.match_info["id"])
+    return web.json_response({"deleted": request.match_info["id"]})
+
+
+async def backup(request: web.Request) -> web.Response:
+    op = await _engine(request).backup(request.match_info["id"])
+    return web.json_response(op_to_dict(op), status=202)
+
+
+def _int_param(request: web.Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number") from None
+    if not 0 < value <= maximum:
+        raise BadRequest(f"{name} must be between 1 and {maximum}")
+    return value
+
+
+async def list_ops(request: web.Request) -> web.Response:
+    q = request.query
+    flt = OpFilter(
+        origin=q.get("origin"),
+        plan_id=q.get("plan"),
+        repo_id=q.get("repo"),
+        status=q.get("status"),
+        kind=q.get("kind"),
+    )
+    limit = _int_param(request, "limit", 100, 100_000)
+    ops = await _engine(request).list_operations(flt, limit)
+    return web.json_response([op_to_dict(op) for op in ops])
+
+
+async def get_op(request: web.Request) -> web.Response:
+    op = await _engine(request).store.find_operation(request.match_info["id"])
+    return web.json_response(op_to_dict(op))
+
+
+async def get_op_log(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    op = await engine.store.find_operation(request.match_info["id"])
+    return web.json_response({"id": op.op_id, "lines": await engine.store.get_log(op.pk)})
+
+
+async def cancel_op(request: web.Request) -> web.Response:
+    ok = await _engine(request).cancel(request.match_info["id"])
+    if not ok:
+        raise EngineError("that operation is not running on this node")
+    return web.json_response({"cancelling": request.match_info["id"]})
+
+
+async def wait_op(request: web.Request) -> web.StreamResponse:
+    """Stream an operation's changes as NDJSON until it ends (the CLI's ``--wait``)."""
+    engine = _engine(request)
+    op = await engine.store.find_operation(request.match_info["id"])
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    with engine.bus.subscribe("operation") as sub:
+        op = await engine.store.get_operation(op.pk)
+        await resp.write(json.dumps(op_to_dict(op)).encode() + b"\n")
+        while not OpStatus(op.status).finished:
+            try:
+                event = await asyncio.wait_for(sub.get(), timeout=15)
+            except TimeoutError:
+                await resp.write(b"{}\n")  # keep-alive: the client can tell the node is alive
+                continue
+            changed = getattr(event, "op", None)
+            if sub.lagged:
+                sub.lagged = False
+                changed = await engine.store.get_operation(op.pk)
+            if changed is not None and changed.pk == op.pk:
+                op = changed
+                await resp.write(json.dumps(op_to_dict(op)).encode() + b"\n")
+    await resp.write_eof()
+    return resp
+
+
+async def follow_ops(request: web.Request) -> web.StreamResponse:
+    """Stream every operation change as NDJSON (``ops --follow``, the tray when attached)."""
+    engine = _engine(request)
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    with engine.bus.subscribe("operation") as sub:
+        while True:
+            try:
+                event = await asyncio.wait_for(sub.get(), timeout=15)
+            except TimeoutError:
+                await resp.write(b"{}\n")
+                continue
+            op = getattr(event, "op", None)
+            if op is not None:
+                await resp.write(json.dumps(op_to_dict(op)).encode() + b"\n")
+
+
+async def snapshots(request: web.Request) -> web.Response:
+    snaps = await _engine(request).snapshots(request.match_info["id"])
+    return web.json_response([s.to_dict() for s in snaps])
+
+
+async def ls(request: web.Request) -> web.StreamResponse:
+    """Stream a snapshot listing as NDJSON: a huge directory never times out while it flows."""
+    engine = _engine(request)
+    nodes = engine.ls(request.match_info["id"], request.match_info["snap"], request.query.get("path"))
+    resp: web.StreamResponse | None = None
+    async for node in nodes:
+        if resp is None:
+            resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            await resp.prepare(request)
+        await resp.write(json.dumps(node.to_dict()).encode() + b"\n")
+    if resp is None:
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+    await resp.write_eof()
+    return resp
+
+
+async def restore(request: web.Request) -> web.Response:
+    data = await _body(request)
+    op = await _engine(request).restore(
+        request.match_info["id"],
+        _str(data, "snapshot") or "",
+        _str(data, "target") or "",
+        include=_str_list(data, "include"),
+    )
+    return web.json_response(op_to_dict(op), status=202)
+
+
+def _maintenance(name: str) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        engine = _engine(request)
+        repo_id = request.match_info["id"]
+        if name == "forget":
+            op = await engine.forget(repo_id)
+        elif name == "prune":
+            op = await engine.prune(repo_id)
+        elif name == "check":
+            op = await engine.check(repo_id)
+        else:
+            data = await _body(request)
+            op = await engine.unlock(repo_id, remove_all=bool(data.get("all", False)))
+        return web.json_response(op_to_dict(op), status=202)
+
+    return handler
+
+
+async def pause(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    data = await _body(request)
+    if data.get("paused", True):
+        engine.scheduler.pause()
+    else:
+        engine.scheduler.resume()
+    return web.json_response({"paused": engine.scheduler.paused})
+
+
+async def gc(request: web.Request) -> web.Response:
+    data = await _body(request)
+    days = data.get("older_than_days", 90)
+    if not isinstance(days, int) or days < 1:
+        raise BadRequest("older_than_days must be a positive whole number")
+    removed = await _engine(request).gc(older_than=timedelta(days=days))
+    return web.json_response({"removed": removed})
+
+
+def make_admin_app(node: Node) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app[NODE_KEY] = node
+    r = app.router
+    r.add_get("/v1/status", status)
+    r.add_get("/v1/repos", list_repos)
+    r.add_post("/v1/repos", add_repo)
+    r.add_delete("/v1/repos/{id}", delete_repo)
+    r.add_get("/v1/repos/{id}/snapshots", snapshots)
+    r.add_get("/v1/repos/{id}/snapshots/{snap}/ls", ls)
+    r.add_post("/v1/repos/{id}/restore", restore)
+    for name in ("forget", "prune", "check", "unlock"):
+        r.add_post(f"/v1/repos/{{id}}/{name}", _maintenance(name))
+    r.add_get("/v1/plans", list_plans)
+    r.add_post("/v1/plans", add_plan)
+    r.add_delete("/v1/plans/{id}", delete_plan)
+    r.add_post("/v1/plans/{id}/backup", backup)
+    r.add_get("/v1/ops", list_ops)
+    r.add_get("/v1/ops/follow", follow_ops)
+    r.add_get("/v1/ops/{id}", get_op)
+    r.add_get("/v1/ops/{id}/log", get_op_log)
+    r.add_get("/v1/ops/{id}/wait", wait_op)
+    r.add_post("/v1/ops/{id}/cancel", cancel_op)
+    r.add_post("/v1/schedules/pause", pause)
+    r.add_post("/v1/gc", gc)
+    return app

@@ -1,0 +1,551 @@
+"""The ``peerstash`` command line: every subcommand asks the running node over its admin socket.
+
+Output is for people unless ``--json`` is given, in which case it is exactly what the admin API
+returned, so scripts and the docs agree. Errors are one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import aiohttp
+
+from peerstash.core import __version__
+from peerstash.peer.paths import admin_socket_path, resolve_data_dir
+
+#: Exit codes: 0 ok, 1 failed, 2 usage, 3 finished with a warning (like restic's partial backup).
+EXIT_FAILED = 1
+EXIT_WARNING = 3
+
+
+class CliError(Exception):
+    pass
+
+
+class AdminClient:
+    """A small client for the admin API over the node's Unix socket."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.socket = admin_socket_path(data_dir)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AdminClient:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(self.socket)),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _not_running(self) -> CliError:
+        return CliError(
+            f"no Peerstash node is running for {self.data_dir}; start one with "
+            f"`peerstash --no-gui{self._dd_flag()}` (or the tray app)"
+        )
+
+    def _dd_flag(self) -> str:
+        return "" if self.data_dir == resolve_data_dir(None) else f" --data-dir {self.data_dir}"
+
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        assert self._session is not None
+        if not self.socket.exists():
+            raise self._not_running()
+        try:
+            async with self._session.request(method, f"http://node{path}", json=body) as resp:
+                data = await resp.json(content_type=None)
+                if resp.status >= 400:
+                    msg = data.get("error") if isinstance(data, dict) else None
+                    raise CliError(msg or f"the node answered HTTP {resp.status}")
+                return data
+        except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError):
+            raise self._not_running() from None
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
+            raise CliError("the node closed the connection (did it stop?)") from None
+
+    async def stream(self, path: str) -> AsyncIterator[dict[str, Any]]:
+        """Yield NDJSON objects from a streaming endpoint (keep-alive blanks skipped)."""
+        assert self._session is not None
+        if not self.socket.exists():
+            raise self._not_running()
+        try:
+            async with self._session.get(f"http://node{path}") as resp:
+                if resp.status >= 400:
+                    data = await resp.json(content_type=None)
+                    raise CliError(data.get("error") or f"the node answered HTTP {resp.status}")
+                while True:
+                    line = await resp.content.readline()
+                    if not line:
+                        return
+                    obj = json.loads(line)
+                    if obj:
+                        yield obj
+        except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError):
+            raise self._not_running() from None
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
+            raise CliError("the node closed the connection (did it stop?)") from None
+
+
+# -- formatting -----------------------------------------------------------------------------
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def short_time(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def op_line(op: dict[str, Any]) -> list[str]:
+    from datetime import datetime
+
+    duration = "-"
+    if op.get("started_at") and op.get("ended_at"):
+        d = datetime.fromisoformat(op["ended_at"]) - datetime.fromisoformat(op["started_at"])
+        duration = human_duration(d.total_seconds())
+    detail = op.get("error") or (op.get("snapshot_id") or "")[:8]
+    if op["status"] == "running" and op.get("bytes_total"):
+        detail = f"{100 * op['bytes_done'] / op['bytes_total']:.0f}% ETA {human_duration(op.get('eta_seconds'))}"
+    return [
+        op["id"],
+        op["origin"],
+        op["kind"],
+        op["status"],
+        op.get("plan") or "-",
+        op.get("repo") or "-",
+        short_time(op.get("started_at") or op.get("created_at")),
+        duration,
+        detail,
+    ]
+
+
+OP_HEADERS = ["ID", "ORIGIN", "KIND", "STATUS", "PLAN", "REPO", "STARTED", "TOOK", "DETAIL"]
+
+
+def progress_bar(op: dict[str, Any], width: int = 30) -> str:
+    total = op.get("bytes_total") or 0
+    done = op.get("bytes_done") or 0
+    frac = min(1.0, done / total) if total else 0.0
+    bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+    files = f"{op.get('files_done', 0)}/{op.get('files_total', 0)} files"
+    eta = human_duration(op.get("eta_seconds"))
+    return f"[{bar}] {frac * 100:5.1f}%  {human_bytes(done)}/{human_bytes(total)}  {files}  ETA {eta}"
+
+
+async def wait_for(client: AdminClient, op: dict[str, Any], *, quiet: bool = False) -> int:
+    """Follow an operation to its end, drawing progress on a terminal; return the exit code."""
+    tty = sys.stderr.isatty() and not quiet
+    last_print = 0.0
+    final = op
+    async for update in client.stream(f"/v1/ops/{op['id']}/wait"):
+        final = update
+        if update["status"] == "running" and update.get("bytes_total"):
+            if tty:
+                sys.stderr.write("\r" + progress_bar(update))
+                sys.stderr.flush()
+            elif not quiet and time.monotonic() - last_print > 10:
+                last_print = time.monotonic()
+                print(progress_bar(update), file=sys.stderr)
+    if tty:
+        sys.stderr.write("\n")
+    status = final["status"]
+    what = f"{final['kind']} {final['id']}"
+    if status == "success":
+        snap = f", snapshot {final['snapshot_id'][:8]}" if final.get("snapshot_id") else ""
+        print(f"{what}: success{snap}")
+        return 0
+    if status == "warning":
+        print(f"{what}: finished with a warning: {final.get('error')}", file=sys.stderr)
+        return EXIT_WARNING
+    print(f"{what}: {status}: {final.get('error') or 'no details'}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)
+
+
+async def cmd_status(c: AdminClient, a: argparse.Namespace) -> int:
+    st = await c.call("GET", "/v1/status")
+    lines = [
+        f"instance  {st['instance_id']}  (Peerstash {st['version']}, pid {st['pid']})",
+        f"data dir  {st['data_dir']}",
+        f"schedules {'paused' if st['paused'] else 'active'}",
+    ]
+    for p in st["plans"]:
+        last = p["last"]
+        res = f"{last['status']} {short_time(last['ended_at'] or last['created_at'])}" if last else "never run"
+        stale = "  STALE" if p["stale"] else ""
+        lines.append(f"plan {p['id']}: last {res}; next {short_time(p['next_due_at'])}{stale}")
+    _emit(a, st, "\n".join(lines))
+    return 0
+
+
+def _read_password(a: argparse.Namespace) -> dict[str, Any]:
+    if a.password_file:
+        return {"source": "file", "ref": os.path.abspath(a.password_file)}
+    if a.password_env:
+        return {"source": "env", "ref": a.password_env}
+    if a.password_command:
+        return {"source": "command", "ref": a.password_command}
+    if a.password_stdin:
+        value = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        value = getpass.getpass("Repository password: ")
+        if a.init and getpass.getpass("Repeat the password: ") != value:
+            raise CliError("the passwords did not match")
+    else:
+        raise CliError(
+            "give the password with --password-stdin, --password-file, --password-env or "
+            "--password-command"
+        )
+    if not value:
+        raise CliError("the password is empty")
+    return {"source": "secret", "value": value}
+
+
+async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
+    if a.repo_cmd == "add":
+        env: dict[str, str] = {}
+        for item in a.env or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise CliError(f"--env {item!r}: expected KEY=VALUE")
+            env[key] = value
+        body = {
+            "id": a.name,
+            "uri": a.uri,
+            "password": _read_password(a),
+            "env": env,
+            "options": a.option or [],
+            "init": a.init,
+        }
+        res = await c.call("POST", "/v1/repos", body)
+        _emit(a, res, f"repository {a.name}: {res['message']} (id {res['repo']['guid'][:8]})")
+        return 0
+    if a.repo_cmd == "remove":
+        res = await c.call("DELETE", f"/v1/repos/{a.name}")
+        _emit(a, res, f"repository {a.name} removed from Peerstash (its data is untouched)")
+        return 0
+    repos = await c.call("GET", "/v1/repos")
+    rows = [[r["id"], r["uri"], r["password_source"], (r["guid"] or "")[:8]] for r in repos]
+    _emit(a, repos, table(rows, ["ID", "URI", "PASSWORD", "GUID"]) if rows else "no repositories")
+    return 0
+
+
+async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
+    if a.plan_cmd == "add":
+        retention = {
+            k: getattr(a, k)
+            for k in (
+                "keep_last",
+                "keep_hourly",
+                "keep_daily",
+                "keep_weekly",
+                "keep_monthly",
+                "keep_yearly",
+                "keep_within",
+            )
+            if getattr(a, k) is not None
+        }
+        body = {
+            "id": a.name,
+            "repo": a.repo,
+            "paths": [os.path.abspath(p) for p in a.path],
+            "excludes": a.exclude or [],
+            "schedule": a.schedule,
+            "every": a.every,
+            "retention": retention,
+        }
+        res = await c.call("POST", "/v1/plans", body)
+        _emit(a, res, f"plan {a.name} added (next run {short_time(res['next_due_at'])})")
+        return 0
+    if a.plan_cmd == "remove":
+        res = await c.call("DELETE", f"/v1/plans/{a.name}")
+        _emit(a, res, f"plan {a.name} removed")
+        return 0
+    plans = await c.call("GET", "/v1/plans")
+    rows = []
+    for p in plans:
+        when = p["schedule"] or (f"every {human_duration(p['every_seconds'])}" if p["every_seconds"] else "manual")
+        rows.append([p["id"], p["repo"], when, ", ".join(p["paths"]), "yes" if p["enabled"] else "no"])
+    _emit(a, plans, table(rows, ["ID", "REPO", "SCHEDULE", "PATHS", "ENABLED"]) if rows else "no plans")
+    return 0
+
+
+async def _started(c: AdminClient, a: argparse.Namespace, op: dict[str, Any]) -> int:
+    if a.wait:
+        return await wait_for(c, op, quiet=getattr(a, "json", False))
+    _emit(a, op, f"{op['kind']} queued as operation {op['id']} (follow it with `peerstash ops --follow`)")
+    return 0
+
+
+async def cmd_backup(c: AdminClient, a: argparse.Namespace) -> int:
+    return await _started(c, a, await c.call("POST", f"/v1/plans/{a.plan}/backup"))
+
+
+async def cmd_ops(c: AdminClient, a: argparse.Namespace) -> int:
+    if a.follow:
+        async for op in c.stream("/v1/ops/follow"):
+            if a.json:
+                print(json.dumps(op), flush=True)
+            else:
+                print("  ".join(op_line(op)), flush=True)
+        return 0
+    q = f"?limit={a.limit}"
+    for key in ("origin", "plan", "repo", "status"):
+        if getattr(a, key):
+            q += f"&{key}={getattr(a, key)}"
+    ops = await c.call("GET", "/v1/ops" + q)
+    _emit(a, ops, table([op_line(op) for op in ops], OP_HEADERS) if ops else "no operations")
+    return 0
+
+
+async def cmd_log(c: AdminClient, a: argparse.Namespace) -> int:
+    res = await c.call("GET", f"/v1/ops/{a.op}/log")
+    _emit(a, res, "\n".join(res["lines"]))
+    return 0
+
+
+async def cmd_cancel(c: AdminClient, a: argparse.Namespace) -> int:
+    res = await c.call("POST", f"/v1/ops/{a.op}/cancel")
+    _emit(a, res, f"cancelling {a.op}")
+    return 0
+
+
+async def cmd_snapshots(c: AdminClient, a: argparse.Namespace) -> int:
+    snaps = await c.call("GET", f"/v1/repos/{a.repo}/snapshots")
+    rows = [
+        [s["short_id"], short_time(s["time"]), s["hostname"], ",".join(s.get("tags") or []), ", ".join(s["paths"])]
+        for s in snaps
+    ]
+    _emit(a, snaps, table(rows, ["ID", "TIME", "HOST", "TAGS", "PATHS"]) if rows else "no snapshots")
+    return 0
+
+
+async def cmd_ls(c: AdminClient, a: argparse.Namespace) -> int:
+    q = f"?path={a.path}" if a.path else ""
+    async for node in c.stream(f"/v1/repos/{a.repo}/snapshots/{a.snapshot}/ls{q}"):
+        print(json.dumps(node) if a.json else f"{node.get('type', '?')[0]} {node.get('path')}", flush=True)
+    return 0
+
+
+async def cmd_restore(c: AdminClient, a: argparse.Namespace) -> int:
+    body = {"snapshot": a.snapshot, "target": os.path.abspath(a.target), "include": a.include or []}
+    return await _started(c, a, await c.call("POST", f"/v1/repos/{a.repo}/restore", body))
+
+
+async def cmd_maintenance(c: AdminClient, a: argparse.Namespace) -> int:
+    body = {"all": bool(getattr(a, "all", False))}
+    op = await c.call("POST", f"/v1/repos/{a.repo}/{a.command}", body)
+    if a.command == "unlock":
+        return await wait_for(c, op, quiet=a.json)
+    return await _started(c, a, op)
+
+
+async def cmd_pause(c: AdminClient, a: argparse.Namespace) -> int:
+    res = await c.call("POST", "/v1/schedules/pause", {"paused": a.command == "pause"})
+    _emit(a, res, "schedules paused" if res["paused"] else "schedules resumed")
+    return 0
+
+
+COMMANDS = {
+    "status": cmd_status,
+    "repo": cmd_repo,
+    "plan": cmd_plan,
+    "backup": cmd_backup,
+    "ops": cmd_ops,
+    "log": cmd_log,
+    "cancel": cmd_cancel,
+    "snapshots": cmd_snapshots,
+    "ls": cmd_ls,
+    "restore": cmd_restore,
+    "forget": cmd_maintenance,
+    "prune": cmd_maintenance,
+    "check": cmd_maintenance,
+    "unlock": cmd_maintenance,
+    "pause": cmd_pause,
+    "resume": cmd_pause,
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"peerstash: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="peerstash", description="Backups for every machine you own.")
+    p.add_argument("--version", action="version", version=f"peerstash {__version__}")
+    p.add_argument("--data-dir", help="the node's data directory (or $PEERSTASH_DATA_DIR)")
+    p.add_argument("--no-gui", action="store_true", help="run the node headless in the foreground")
+    p.add_argument("--instance-id", help="this instance's name at first start (default: hostname)")
+    p.add_argument("--db-url", default=os.environ.get("PEERSTASH_DB_URL"),
+                   help="SQLAlchemy URL of the store (default: SQLite in the data dir)")
+    p.add_argument("--restic", help="path of the restic binary (default: from PATH)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more (node only)")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    def json_flag(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--json", action="store_true", help="print JSON")
+
+    json_flag(sub.add_parser("status", help="what this node is and how its plans are doing"))
+
+    repo = sub.add_parser("repo", help="manage repositories")
+    rsub = repo.add_subparsers(dest="repo_cmd", required=True, parser_class=_Parser)
+    ra = rsub.add_parser("add", help="add (or --init create) a restic repository")
+    ra.add_argument("name")
+    ra.add_argument("--uri", required=True, help="restic repository, e.g. /srv/backup or sftp:host:/path")
+    pw = ra.add_mutually_exclusive_group()
+    pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    pw.add_argument("--password-file", help="file holding the password (read by the node at run time)")
+    pw.add_argument("--password-env", help="environment variable of the node holding the password")
+    pw.add_argument("--password-command", help="command printing the password")
+    ra.add_argument("--env", action="append", metavar="K=V", help="extra environment for restic (kept secret)")
+    ra.add_argument("--option", action="append", metavar="K=V", help="restic -o option, e.g. sftp.command=...")
+    ra.add_argument("--init", action="store_true", help="create the repository if it does not exist")
+    json_flag(ra)
+    json_flag(rsub.add_parser("list", help="list repositories"))
+    rr = rsub.add_parser("remove", help="forget a repository (its data stays where it is)")
+    rr.add_argument("name")
+    json_flag(rr)
+
+    plan = sub.add_parser("plan", help="manage backup plans")
+    psub = plan.add_subparsers(dest="plan_cmd", required=True, parser_class=_Parser)
+    pa = psub.add_parser("add", help="add a backup plan")
+    pa.add_argument("name")
+    pa.add_argument("--repo", required=True)
+    pa.add_argument("--path", action="append", required=True, help="what to back up (repeatable)")
+    pa.add_argument("--exclude", action="append", metavar="PATTERN")
+    when = pa.add_mutually_exclusive_group()
+    when.add_argument("--schedule", metavar="CRON", help='cron expression, e.g. "0 3 * * *"')
+    when.add_argument("--every", metavar="INTERVAL", help="interval, e.g. 6h, 30m, 1d")
+    for unit in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        pa.add_argument(f"--keep-{unit}", type=int, metavar="N")
+    pa.add_argument("--keep-within", metavar="DURATION", help="e.g. 30d")
+    json_flag(pa)
+    json_flag(psub.add_parser("list", help="list plans"))
+    pr = psub.add_parser("remove", help="remove a plan (its snapshots stay)")
+    pr.add_argument("name")
+    json_flag(pr)
+
+    b = sub.add_parser("backup", help="back a plan up now")
+    b.add_argument("plan")
+    b.add_argument("--wait", action="store_true", help="show progress; exit non-zero on failure")
+    json_flag(b)
+
+    o = sub.add_parser("ops", help="operations, newest first")
+    o.add_argument("--limit", type=int, default=50)
+    o.add_argument("--follow", action="store_true", help="keep printing changes as they happen")
+    o.add_argument("--origin")
+    o.add_argument("--plan")
+    o.add_argument("--repo")
+    o.add_argument("--status")
+    json_flag(o)
+
+    lg = sub.add_parser("log", help="the log of one operation")
+    lg.add_argument("op")
+    json_flag(lg)
+    cn = sub.add_parser("cancel", help="cancel a queued or running operation")
+    cn.add_argument("op")
+    json_flag(cn)
+
+    s = sub.add_parser("snapshots", help="list a repository's snapshots")
+    s.add_argument("repo")
+    json_flag(s)
+
+    ls = sub.add_parser("ls", help="list files in a snapshot")
+    ls.add_argument("repo")
+    ls.add_argument("snapshot")
+    ls.add_argument("path", nargs="?")
+    json_flag(ls)
+
+    r = sub.add_parser("restore", help="restore a snapshot into a folder")
+    r.add_argument("repo")
+    r.add_argument("snapshot")
+    r.add_argument("--target", required=True)
+    r.add_argument("--include", action="append", metavar="PATH")
+    r.add_argument("--wait", action="store_true")
+    json_flag(r)
+
+    for name, text in (
+        ("forget", "apply the plans' retention policies"),
+        ("prune", "remove unreferenced data"),
+        ("check", "verify the repository"),
+        ("unlock", "remove stale locks"),
+    ):
+        m = sub.add_parser(name, help=text)
+        m.add_argument("repo")
+        if name == "unlock":
+            m.add_argument("--all", action="store_true", help="remove every lock, not only stale ones")
+        else:
+            m.add_argument("--wait", action="store_true")
+        json_flag(m)
+
+    json_flag(sub.add_parser("pause", help="pause scheduled backups"))
+    json_flag(sub.add_parser("resume", help="resume scheduled backups"))
+    return p
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run one CLI subcommand against the node; return the exit code."""
+    data_dir = resolve_data_dir(args.data_dir)
+    handler = COMMANDS[args.command]
+
+    async def go() -> int:
+        async with AdminClient(data_dir) as client:
+            return await handler(client, args)
+
+    try:
+        return asyncio.run(go())
+    except CliError as exc:
+        print(f"peerstash: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("peerstash: interrupted (the operation goes on in the node)", file=sys.stderr)
+        return 130

@@ -1,0 +1,190 @@
+"""One Peerstash node: the engine plus the servers around it, for one data directory.
+
+The headless daemon and the tray app both build a Node; they differ only in which event loop
+runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from aiohttp import web
+
+from peerstash.core import __version__
+from peerstash.core.engine import Engine, check_name
+from peerstash.core.events import EventBus
+from peerstash.core.secrets import SecretStore, load_or_create_key
+from peerstash.core.store import Store
+from peerstash.peer.paths import admin_socket_path, ensure_private_dir
+
+log = logging.getLogger(__name__)
+
+
+class NodeError(Exception):
+    """The node cannot start; worded for a person."""
+
+
+class NodeAlreadyRunning(NodeError):
+    def __init__(self, data_dir: Path, pid: int | None) -> None:
+        who = f"process {pid}" if pid else "another process"
+        super().__init__(
+            f"a Peerstash node is already running for {data_dir} ({who}); "
+            "talk to it with `peerstash status`, or stop it first"
+        )
+        self.pid = pid
+
+
+@dataclass
+class NodeOptions:
+    instance_id: str | None = None
+    db_url: str | None = None
+    restic_path: str | None = None
+    max_parallel: int = 2
+    progress_interval: float = 1.0
+    catch_up_grace: float = 60.0
+    cancel_grace: float = 10.0
+    schedule: bool = True
+
+
+def default_instance_id() -> str:
+    name = socket.gethostname().split(".")[0] or "peerstash"
+    clean = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+    return clean.strip("-") or "peerstash"
+
+
+class Node:
+    def __init__(self, data_dir: Path, options: NodeOptions | None = None) -> None:
+        self.data_dir = data_dir
+        self.options = options or NodeOptions()
+        self.bus = EventBus()
+        self.store: Store | None = None
+        self.engine: Engine | None = None
+        self.instance_id = ""
+        self._lock_file: IO[str] | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self.socket_path = admin_socket_path(data_dir)
+
+    # -- single instance ---------------------------------------------------------------------
+
+    def _acquire_lock(self) -> None:
+        path = self.data_dir / "node.lock"
+        fh = open(path, "a+")  # noqa: SIM115 - held open for the node's lifetime
+        os.chmod(path, 0o600)
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            text = fh.read().strip()
+            fh.close()
+            raise NodeAlreadyRunning(self.data_dir, int(text) if text.isdigit() else None) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock_file = fh
+
+    def _release_lock(self) -> None:
+        if self._lock_file is not None:
+            with contextlib.suppress(OSError):
+                self._lock_file.truncate(0)
+            self._lock_file.close()
+            self._lock_file = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        ensure_private_dir(self.data_dir)
+        self._acquire_lock()
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        opts = self.options
+        self.store = store = await Store.open(opts.db_url, data_dir=self.data_dir)
+        instance_id = await store.get_setting("instance_id")
+        if instance_id is None:
+            instance_id = opts.instance_id or default_instance_id()
+            check_name("instance", instance_id)
+            await store.set_setting("instance_id", instance_id)
+        elif opts.instance_id and opts.instance_id != instance_id:
+            raise NodeError(
+                f"this data directory belongs to instance {instance_id!r}, not "
+                f"{opts.instance_id!r}; use another --data-dir for another instance"
+            )
+        self.instance_id = instance_id
+        store.local_origin = instance_id
+        key = load_or_create_key(self.data_dir / "secret.key")
+        restic_path = opts.restic_path or await store.get_setting("restic_path")
+        self.engine = Engine(
+            self.data_dir,
+            store,
+            SecretStore(store, key),
+            self.bus,
+            instance_id=instance_id,
+            restic_path=restic_path,
+            max_parallel=opts.max_parallel,
+            progress_interval=opts.progress_interval,
+            catch_up_grace=opts.catch_up_grace,
+            cancel_grace=opts.cancel_grace,
+        )
+        await self.engine.start(schedule=opts.schedule)
+        await self._start_admin()
+        log.info("node %s ready (data dir %s)", instance_id, self.data_dir)
+
+    async def _start_admin(self) -> None:
+        from peerstash.peer.admin import make_admin_app
+
+        sock = self.socket_path
+        if sock.parent != self.data_dir:
+            ensure_private_dir(sock.parent)
+            st = sock.parent.stat()
+            if st.st_uid != os.getuid() or st.st_mode & 0o077:
+                raise NodeError(f"{sock.parent} is not a private directory of this user")
+        # We hold the data dir lock, so a socket file left here is from a dead node.
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        runner = web.AppRunner(make_admin_app(self), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.UnixSite(runner, str(sock))
+        old = os.umask(0o177)
+        try:
+            await site.start()
+        finally:
+            os.umask(old)
+        os.chmod(sock, 0o600)
+        self._admin_runner = runner
+
+    async def stop(self) -> None:
+        """Stop cleanly: no operation is left ``running`` afterwards."""
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+            self._admin_runner = None
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+        if self.engine is not None:
+            await self.engine.stop()
+            self.engine = None
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+        self._release_lock()
+
+    def status(self) -> dict[str, object]:
+        return {
+            "instance_id": self.instance_id,
+            "version": __version__,
+            "data_dir": str(self.data_dir),
+            "pid": os.getpid(),
+            "admin_socket": str(self.socket_path),
+            "paused": bool(self.engine and self.engine.scheduler.paused),
+        }
