@@ -1,0 +1,287 @@
+"""Wire messages of the peer link: typed, versioned msgspec structs with hard size limits.
+
+Every frame on the link is one msgpack map with a ``"t"`` key naming its type (a msgspec tagged
+union). Two families exist and are decoded separately, so one can never be mistaken for the
+other:
+
+* **Handshake messages** (:data:`HandshakeMessage`) travel in the clear, before any key exists.
+  They carry only public values, and every field has its exact length checked while decoding.
+  The one rule that holds across protocol versions: the first frame each side sends is a map
+  with an integer ``"v"``; :func:`peek_version` reads it before anything else, so a peer that
+  speaks another version gets a clear "version mismatch" rather than a parse error.
+* **Link messages** (:data:`Message`) travel inside the encrypted channel once the handshake is
+  done: ``Hello``/``Welcome`` introduce the two instances, ``Heartbeat`` keeps the link alive,
+  ``Error`` and ``Close`` end it politely.
+
+Unknown fields are ignored (a newer peer may add optional fields within a version); unknown
+message types, wrong field types, wrong lengths, and frames over the size limit all raise
+:class:`ProtocolError`. Decoding never raises anything else, whatever the bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Final, TypeAlias
+
+import msgspec
+from msgspec import Meta
+
+__all__ = [
+    "KEM_CIPHERTEXT_BYTES",
+    "KEM_ENCAPSULATION_KEY_BYTES",
+    "MAX_FRAME_SIZE",
+    "MAX_HANDSHAKE_FRAME_SIZE",
+    "PROTOCOL_VERSION",
+    "Close",
+    "Error",
+    "ErrorCode",
+    "HandshakeAuth",
+    "HandshakeInit",
+    "HandshakeMessage",
+    "HandshakeReject",
+    "HandshakeResponse",
+    "Heartbeat",
+    "Hello",
+    "Message",
+    "ProtocolError",
+    "Welcome",
+    "decode",
+    "decode_handshake",
+    "encode",
+    "peek_version",
+]
+
+#: The version this code speaks. Both sides must speak the same one (checked in the handshake).
+PROTOCOL_VERSION: Final = 1
+
+#: Largest encoded link message (plaintext), in bytes. Frames are refused above it *before*
+#: decrypting or decoding, so a peer cannot make us allocate or hash arbitrary amounts.
+#: Sync batches must be split to fit.
+MAX_FRAME_SIZE: Final = 4 * 1024 * 1024
+
+#: Largest handshake frame. The biggest (``HandshakeInit``, with its 1184-byte ML-KEM key) is
+#: about 1.3 KiB; anything near this limit is garbage.
+MAX_HANDSHAKE_FRAME_SIZE: Final = 8 * 1024
+
+KEY_BYTES: Final = 32
+NONCE_BYTES: Final = 32
+SIGNATURE_BYTES: Final = 64
+KEM_ENCAPSULATION_KEY_BYTES: Final = 1184  # ML-KEM-768
+KEM_CIPHERTEXT_BYTES: Final = 1088  # ML-KEM-768
+
+
+class ProtocolError(Exception):
+    """A frame that is malformed, oversized, or of an unknown type."""
+
+
+# -- field types: every length is bounded ------------------------------------------------
+
+Version = Annotated[int, Meta(ge=0, le=0xFFFF)]
+Key32 = Annotated[bytes, Meta(min_length=KEY_BYTES, max_length=KEY_BYTES)]
+Nonce32 = Annotated[bytes, Meta(min_length=NONCE_BYTES, max_length=NONCE_BYTES)]
+Signature64 = Annotated[bytes, Meta(min_length=SIGNATURE_BYTES, max_length=SIGNATURE_BYTES)]
+KemEncapsulationKey = Annotated[
+    bytes, Meta(min_length=KEM_ENCAPSULATION_KEY_BYTES, max_length=KEM_ENCAPSULATION_KEY_BYTES)
+]
+KemCiphertext = Annotated[
+    bytes, Meta(min_length=KEM_CIPHERTEXT_BYTES, max_length=KEM_CIPHERTEXT_BYTES)
+]
+InstanceId = Annotated[str, Meta(min_length=1, max_length=100)]
+Code = Annotated[str, Meta(min_length=1, max_length=64)]
+Text = Annotated[str, Meta(max_length=2000)]
+GrantEntry = Annotated[str, Meta(min_length=1, max_length=2000)]
+GrantList = Annotated[tuple[GrantEntry, ...], Meta(max_length=64)]
+Secret32 = Annotated[bytes, Meta(min_length=32, max_length=32)]
+Millis = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+
+
+class _Msg(msgspec.Struct, tag_field="t", frozen=True, omit_defaults=True):
+    """Base of every wire struct: tagged by ``"t"``, immutable, defaults left off the wire."""
+
+
+# -- handshake (cleartext) ----------------------------------------------------------------
+
+
+class HandshakeInit(_Msg, tag="hs.init", frozen=True):
+    """Initiator → responder, first frame."""
+
+    v: Version
+    identity: Key32  # Ed25519 public key
+    ephemeral: Key32  # X25519 public key, fresh for this handshake
+    nonce: Nonce32
+    kem_ek: KemEncapsulationKey  # ML-KEM-768 encapsulation key, fresh for this handshake
+
+
+class HandshakeResponse(_Msg, tag="hs.resp", frozen=True):
+    """Responder → initiator, second frame."""
+
+    v: Version
+    identity: Key32
+    ephemeral: Key32
+    nonce: Nonce32
+    kem_ct: KemCiphertext  # ML-KEM-768 ciphertext to the initiator's kem_ek
+
+
+class HandshakeAuth(_Msg, tag="hs.auth", frozen=True):
+    """A signature over the transcript so far (third frame from the responder, fourth from
+    the initiator)."""
+
+    sig: Signature64
+
+
+class HandshakeReject(_Msg, tag="hs.reject", frozen=True):
+    """Either side, instead of its next handshake frame: why it gives up (e.g. version).
+
+    Unauthenticated, so it only ever *ends* a handshake; it is shown to a person as the
+    peer's stated reason.
+    """
+
+    v: Version
+    code: Code
+    message: Text = ""
+
+
+HandshakeMessage: TypeAlias = HandshakeInit | HandshakeResponse | HandshakeAuth | HandshakeReject
+
+
+# -- link messages (inside the encrypted channel) -----------------------------------------
+
+
+class ErrorCode(enum.StrEnum):
+    """Codes for :class:`Error`. Receivers must accept codes they do not know."""
+
+    PROTOCOL = "protocol"  # malformed or unexpected message
+    VERSION = "version"  # protocol version not supported
+    UNKNOWN_PEER = "unknown_peer"  # not a known peer and no pairing secret given
+    BAD_TOKEN = "bad_token"  # pairing secret wrong, used up or expired
+    RATE_LIMITED = "rate_limited"  # too many failed attempts from this address
+    FORBIDDEN = "forbidden"  # a request outside the grants given
+    INTERNAL = "internal"  # the sender failed; not the receiver's fault
+
+
+class Hello(_Msg, tag="hello", frozen=True):
+    """Initiator's first encrypted message: who it is and, on first contact, the token secret.
+
+    ``grants`` lists what the *sender* grants the receiver (``Grants.to_strings()`` form),
+    so each side can show what it was given; each side enforces its own grants regardless.
+    """
+
+    instance_id: InstanceId
+    version: Version = PROTOCOL_VERSION
+    grants: GrantList = ()
+    pairing_secret: Secret32 | None = None  # the token's 32-byte secret, first contact only
+    software: Text = ""  # e.g. "peerstash 0.1.0", for diagnostics only
+
+    def __repr__(self) -> str:
+        # Never let the pairing secret reach a log line through repr().
+        secret = "<redacted>" if self.pairing_secret is not None else "None"
+        return (
+            f"Hello(instance_id={self.instance_id!r}, version={self.version!r}, "
+            f"grants={self.grants!r}, pairing_secret={secret}, software={self.software!r})"
+        )
+
+
+class Welcome(_Msg, tag="welcome", frozen=True):
+    """Responder's answer to an accepted :class:`Hello`."""
+
+    instance_id: InstanceId
+    version: Version = PROTOCOL_VERSION
+    grants: GrantList = ()
+    software: Text = ""
+
+
+class Heartbeat(_Msg, tag="hb", frozen=True):
+    """Sent every heartbeat interval each way; any frame counts as a sign of life."""
+
+    sent_at_ms: Millis = 0  # sender's wall clock, for showing clock skew
+
+
+class Error(_Msg, tag="error", frozen=True):
+    """Something went wrong; the sender closes the link after sending it."""
+
+    code: Code
+    message: Text = ""
+
+
+class Close(_Msg, tag="close", frozen=True):
+    """A deliberate, clean close (shutdown, unpairing...)."""
+
+    reason: Text = ""
+
+
+# Room for the sync messages (another issue): operation batches and digests (ops), config
+# snapshots and changes (config.read / config.write), shared repositories (repos.receive), and
+# remote commands with their acknowledgements (run). Add each as a `_Msg` subclass with its own
+# tag and bounded fields, then add it to `Message` below; keep every message under
+# MAX_FRAME_SIZE by batching.
+
+Message: TypeAlias = Hello | Welcome | Heartbeat | Error | Close
+
+
+# -- encoding and decoding ----------------------------------------------------------------
+
+_encoder = msgspec.msgpack.Encoder()
+_message_decoder = msgspec.msgpack.Decoder(Message)
+_handshake_decoder = msgspec.msgpack.Decoder(HandshakeMessage)
+
+
+class _VersionProbe(msgspec.Struct):
+    v: Version
+
+
+_probe_decoder = msgspec.msgpack.Decoder(_VersionProbe)
+
+
+def encode(msg: Message | HandshakeMessage, *, max_size: int = MAX_FRAME_SIZE) -> bytes:
+    """Encode a message; :class:`ProtocolError` if it would exceed ``max_size``."""
+    data = _encoder.encode(msg)
+    if len(data) > max_size:
+        raise ProtocolError(
+            f"{type(msg).__name__} encodes to {len(data)} bytes, over the {max_size}-byte limit"
+        )
+    return data
+
+
+def _check_frame(data: object, max_size: int) -> bytes:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError(f"a frame is bytes, got {type(data).__name__}")
+    if len(data) > max_size:
+        raise ProtocolError(f"frame of {len(data)} bytes is over the {max_size}-byte limit")
+    if not data:
+        raise ProtocolError("empty frame")
+    return bytes(data)
+
+
+def decode(data: bytes, *, max_size: int = MAX_FRAME_SIZE) -> Message:
+    """Decode one link message, or raise :class:`ProtocolError` (and nothing else)."""
+    frame = _check_frame(data, max_size)
+    try:
+        return _message_decoder.decode(frame)
+    except msgspec.MsgspecError as exc:
+        raise ProtocolError(f"malformed message: {exc}") from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # pragma: no cover
+        raise ProtocolError(f"malformed message: {exc}") from exc
+
+
+def decode_handshake(data: bytes) -> HandshakeMessage:
+    """Decode one handshake frame, or raise :class:`ProtocolError` (and nothing else)."""
+    frame = _check_frame(data, MAX_HANDSHAKE_FRAME_SIZE)
+    try:
+        return _handshake_decoder.decode(frame)
+    except msgspec.MsgspecError as exc:
+        raise ProtocolError(f"malformed handshake frame: {exc}") from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # pragma: no cover
+        raise ProtocolError(f"malformed handshake frame: {exc}") from exc
+
+
+def peek_version(data: bytes) -> int | None:
+    """The ``"v"`` of a handshake frame, read leniently; None if there is none to read.
+
+    Used on the first frame before full validation, so that a peer speaking a different
+    protocol version (whose frames may look different) is told exactly that.
+    """
+    try:
+        frame = _check_frame(data, MAX_HANDSHAKE_FRAME_SIZE)
+        return _probe_decoder.decode(frame).v
+    except (ProtocolError, msgspec.MsgspecError, ValueError, TypeError, RecursionError):
+        return None
