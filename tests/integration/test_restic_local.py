@@ -1,0 +1,653 @@
+"""The restic wrapper against the real restic binary and local repositories.
+
+Everything runs in the test's tmp dir (repository, cache, sources). Where a test has to wait for
+another process it awaits that process's output or a pidfd, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from peerstash.core.restic import (
+    BackupProgress,
+    ErrorKind,
+    LsNode,
+    PasswordValue,
+    RepoAccess,
+    Restic,
+    ResticError,
+    build_env,
+    same_snapshot_id,
+)
+from peerstash.core.retention import RetentionPolicy
+
+PASSWORD = "correct-horse-battery-staple"
+
+pytestmark = pytest.mark.slow
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture(scope="session")
+def restic_bin() -> str:
+    """The restic binary; a missing one skips locally but fails under CI."""
+    path = shutil.which("restic")
+    if path is None:
+        if _in_ci():
+            pytest.fail("restic is not installed, and CI must run the restic integration tests")
+        pytest.skip("restic is not installed (these tests run under CI)")
+    return path
+
+
+@pytest.fixture
+def restic(restic_bin: str) -> Restic:
+    return Restic(restic_bin, cancel_grace=15.0)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> RepoAccess:
+    return RepoAccess(
+        str(tmp_path / "repo"),
+        PasswordValue(PASSWORD),
+        cache_dir=str(tmp_path / "cache"),
+        name="test-repo",
+    )
+
+
+@pytest.fixture(scope="session")
+def template_repo(restic_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One initialised repository per session: ``restic init`` takes seconds (key derivation),
+    copying its result takes milliseconds. ``test_init_twice`` covers the wrapper's init."""
+    path = tmp_path_factory.mktemp("template") / "repo"
+    env = build_env(RepoAccess(str(path), PasswordValue(PASSWORD)))
+    subprocess.run([restic_bin, "init"], env=env, check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture
+def ready_repo(template_repo: Path, repo: RepoAccess) -> RepoAccess:
+    shutil.copytree(template_repo, repo.uri)
+    return repo
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    """A small tree: binary files, nesting, an empty file, a non-ASCII name, a symlink."""
+    root = tmp_path / "src"
+    for i in range(5):
+        _write(root / f"file{i}.bin", os.urandom(50_000 + i * 1000))
+    _write(root / "nested" / "deeper" / "notes.txt", b"hello restic\n" * 100)
+    _write(root / "nested" / "empty.dat", b"")
+    _write(root / "nested" / "spr\u00e5k.txt", "\u00e5\u00e4\u00f6".encode())
+    _write(root / "skip.log", b"log line\n")
+    (root / "link").symlink_to("file0.bin")
+    return root
+
+
+def _digest_tree(root: Path) -> dict[str, str]:
+    digests = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            digests[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+def _locks(repo: RepoAccess) -> list[str]:
+    locks = Path(repo.uri) / "locks"
+    return sorted(os.listdir(locks)) if locks.exists() else []
+
+
+async def _wait_pid_gone(pid: int) -> None:
+    """Await the exit of a process that is not our child, via a pidfd (no polling)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+        gone = loop.create_future()
+
+        def readable() -> None:
+            if not gone.done():
+                gone.set_result(None)
+
+        loop.add_reader(fd, readable)
+        try:
+            await gone
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
+
+
+def _tree_size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _process_exists(pid: int) -> bool:
+    """True while ``pid`` exists in any state, zombie included (a zombie has /proc/PID)."""
+    return os.path.exists(f"/proc/{pid}")
+
+
+# -------------------------------------------------------------------------------- happy path
+
+
+async def test_init_guid_backup_snapshots_ls_restore(
+    restic: Restic, ready_repo: RepoAccess, source: Path, tmp_path: Path
+) -> None:
+    repo = ready_repo
+    guid = await restic.guid(repo)
+    assert len(guid) == 64 and int(guid, 16) >= 0
+    assert (await restic.cat_config(repo))["id"] == guid
+
+    progress: list[BackupProgress] = []
+    logs: list[str] = []
+    result = await restic.backup(
+        repo,
+        [source],
+        excludes=["*.log"],
+        tags=["plan:p1", "host:node-a"],
+        host="node-a",
+        on_progress=progress.append,
+        on_log=logs.append,
+    )
+    assert progress, "no progress callback was seen"
+    assert all(0.0 <= p.percent <= 100.0 for p in progress)
+    assert result.snapshot_id and not result.partial and result.warnings == ()
+    assert result.files_new == 8  # 5 + notes + empty + non-ASCII; the .log is excluded
+    assert result.total_bytes_processed > 250_000
+
+    snaps = await restic.snapshots(repo)
+    assert len(snaps) == 1
+    snap = snaps[0]
+    assert same_snapshot_id(result.snapshot_id, snap.id)
+    assert snap.paths == (str(source),) and snap.hostname == "node-a"
+    assert set(snap.tags) == {"plan:p1", "host:node-a"}
+    assert [s.id for s in await restic.snapshots(repo, tags=["plan:p1", "host:node-a"])] == [
+        snap.id
+    ]
+    assert await restic.snapshots(repo, tags=["plan:other"]) == []
+    assert await restic.snapshots(repo, tags=["plan:p1", "host:elsewhere"]) == []
+
+    nodes: list[LsNode] = []
+    stream = restic.ls(repo, snap.short_id)
+    async for node in stream:
+        nodes.append(node)
+    by_path = {n.path: n for n in nodes}
+    assert by_path[str(source / "file3.bin")].size == 53_000
+    assert by_path[str(source / "link")].type == "symlink"
+    assert str(source / "nested" / "spr\u00e5k.txt") in by_path
+    assert str(source / "skip.log") not in by_path
+    below = [n async for n in restic.ls(repo, snap.id, str(source / "nested"))]
+    assert {n.name for n in below} >= {"empty.dat", "deeper"}
+
+    target = tmp_path / "restored"
+    restored = await restic.restore(repo, snap.id, target)
+    expected = _digest_tree(source)
+    del expected["skip.log"]
+    assert _digest_tree(target / source.relative_to("/")) == expected
+    assert (target / source.relative_to("/") / "link").is_symlink()
+    if await restic.version() < (0, 16, 0):
+        assert restored.files_restored is None  # no restore summary before 0.16
+    else:
+        assert restored.files_restored == len(expected)
+
+    partial_target = tmp_path / "partial"
+    await restic.restore(repo, snap.id, partial_target, include=[str(source / "nested" / "deeper")])
+    got = _digest_tree(partial_target / source.relative_to("/"))
+    assert got == {"nested/deeper/notes.txt": expected["nested/deeper/notes.txt"]}
+    assert not restic.active_pids
+
+
+async def test_relative_paths_are_made_absolute(
+    restic: Restic, ready_repo: RepoAccess, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(source.parent)
+    result = await restic.backup(ready_repo, ["src"])
+    (snap,) = await restic.snapshots(ready_repo)
+    assert same_snapshot_id(result.snapshot_id or "", snap.id)
+    assert snap.paths == (str(source),)
+
+
+async def test_stats_check_prune_unlock(
+    restic: Restic, ready_repo: RepoAccess, source: Path
+) -> None:
+    await restic.backup(ready_repo, [source])
+    restore_size = await restic.stats(ready_repo)
+    assert restore_size["total_size"] == _tree_size(source)
+    raw = await restic.stats(ready_repo, mode="raw-data")
+    assert raw["total_size"] > 0
+    logs: list[str] = []
+    await restic.check(ready_repo, on_log=logs.append)
+    assert any("no errors were found" in line for line in logs)
+    await restic.check(ready_repo, read_data_subset="1/2")
+    logs.clear()
+    await restic.prune(ready_repo, on_log=logs.append)
+    assert logs
+    await restic.unlock(ready_repo)
+    await restic.unlock(ready_repo, remove_all=True)
+
+
+# -------------------------------------------------------------------------------- forget
+
+
+async def test_forget_keep_last_after_three_backups(
+    restic: Restic, ready_repo: RepoAccess, source: Path
+) -> None:
+    ids = []
+    for i in range(3):
+        (source / "changing.txt").write_text(f"version {i}\n")
+        result = await restic.backup(ready_repo, [source], tags=["plan:p1"], host="node-a")
+        ids.append(result.snapshot_id or "")
+    # Another plan's snapshot must survive a forget filtered on plan:p1.
+    other = await restic.backup(ready_repo, [source], tags=["plan:p2"], host="node-a")
+
+    logs: list[str] = []
+    forgotten = await restic.forget(
+        ready_repo, RetentionPolicy(keep_last=1), tags=["plan:p1"], on_log=logs.append
+    )
+    assert len(forgotten.removed) == 2 and len(forgotten.kept) == 1
+    assert same_snapshot_id(ids[-1], forgotten.kept[0])
+    assert all(any(same_snapshot_id(r, i) for i in ids[:2]) for r in forgotten.removed)
+    remaining = await restic.snapshots(ready_repo)
+    assert len(remaining) == 2
+    assert any(same_snapshot_id(other.snapshot_id or "", s.id) for s in remaining)
+
+    await restic.prune(ready_repo)
+    await restic.check(ready_repo)
+
+
+async def test_forget_groups_a_plan_by_host_and_tags(
+    restic: Restic, ready_repo: RepoAccess, source: Path, tmp_path: Path
+) -> None:
+    other_dir = tmp_path / "other-src"
+    _write(other_dir / "x.txt", b"x")
+    # Same plan, paths edited between runs, on two hosts.
+    for host in ("node-a", "node-b"):
+        await restic.backup(ready_repo, [source], tags=["plan:p1"], host=host)
+        await restic.backup(ready_repo, [source, other_dir], tags=["plan:p1"], host=host)
+
+    logs: list[str] = []
+    result = await restic.forget(
+        ready_repo,
+        RetentionPolicy(keep_last=1),
+        tags=["plan:p1"],
+        prune=True,
+        on_log=logs.append,
+    )
+    # host,tags: one group per host whatever the paths, so each host keeps exactly one.
+    assert sorted(g.host for g in result.groups) == ["node-a", "node-b"]
+    assert len(result.kept) == 2 and len(result.removed) == 2 and result.pruned
+    assert logs, "prune's text output should reach on_log"
+    assert sorted(s.hostname for s in await restic.snapshots(ready_repo)) == ["node-a", "node-b"]
+
+
+async def test_forget_refuses_empty_policy_and_keeps_everything(
+    restic: Restic, ready_repo: RepoAccess, source: Path
+) -> None:
+    await restic.backup(ready_repo, [source])
+    with pytest.raises(ResticError) as info:
+        await restic.forget(ready_repo, RetentionPolicy())
+    assert info.value.kind is ErrorKind.INVALID_ARGS
+    assert len(await restic.snapshots(ready_repo)) == 1
+
+
+# -------------------------------------------------------------------------------- failures
+
+
+async def test_wrong_password(restic: Restic, ready_repo: RepoAccess) -> None:
+    wrong_secret = "not-the-password-4711"
+    wrong = RepoAccess(ready_repo.uri, PasswordValue(wrong_secret), cache_dir=ready_repo.cache_dir)
+    logs: list[str] = []
+    with pytest.raises(ResticError) as info:
+        await restic.forget(wrong, RetentionPolicy(keep_last=1), on_log=logs.append)
+    err = info.value
+    assert err.kind is ErrorKind.WRONG_PASSWORD, err.message
+    assert err.exit_code in (1, 12)
+    shown = "\n".join([err.message, str(err), repr(err), *err.stderr_tail, *logs])
+    assert wrong_secret not in shown and PASSWORD not in shown
+
+
+async def test_missing_repository(restic: Restic, tmp_path: Path) -> None:
+    missing = RepoAccess(str(tmp_path / "nope"), PasswordValue(PASSWORD), name="gone")
+    with pytest.raises(ResticError) as info:
+        await restic.snapshots(missing)
+    assert info.value.kind is ErrorKind.REPO_MISSING
+    assert "gone" in info.value.message
+
+
+async def test_init_twice(restic: Restic, repo: RepoAccess) -> None:
+    logs: list[str] = []
+    await restic.init(repo, on_log=logs.append)
+    assert any("created restic repository" in line for line in logs)
+    assert len(await restic.guid(repo)) == 64
+    with pytest.raises(ResticError) as info:
+        await restic.init(repo)
+    assert info.value.kind is ErrorKind.REPO_EXISTS
+
+
+async def test_unknown_snapshot(restic: Restic, ready_repo: RepoAccess, tmp_path: Path) -> None:
+    with pytest.raises(ResticError) as info:
+        [n async for n in restic.ls(ready_repo, "deadbeef")]
+    assert info.value.kind is ErrorKind.INVALID_ARGS
+    with pytest.raises(ResticError) as info:
+        await restic.restore(ready_repo, "deadbeef", tmp_path / "t")
+    assert info.value.kind is ErrorKind.INVALID_ARGS
+
+
+async def test_source_missing(restic: Restic, ready_repo: RepoAccess, tmp_path: Path) -> None:
+    with pytest.raises(ResticError) as info:
+        await restic.backup(ready_repo, [tmp_path / "not-there"])
+    assert info.value.kind is ErrorKind.SOURCE_MISSING
+    # One missing path among others: a snapshot, marked partial.
+    (tmp_path / "there").mkdir()
+    (tmp_path / "there" / "f").write_text("x")
+    result = await restic.backup(ready_repo, [tmp_path / "there", tmp_path / "not-there"])
+    assert result.snapshot_id and result.partial
+    assert any("not-there" in w for w in result.warnings)
+
+
+async def test_locked_by_another_restic(
+    restic: Restic, restic_bin: str, ready_repo: RepoAccess
+) -> None:
+    # A backup reading stdin holds a (shared) lock for as long as we keep stdin open; its first
+    # status line tells us the lock exists. prune needs an exclusive lock.
+    env = build_env(ready_repo)
+    holder = await asyncio.create_subprocess_exec(
+        restic_bin,
+        "--cache-dir",
+        ready_repo.cache_dir or "",
+        "backup",
+        "--json",
+        "--stdin",
+        "--stdin-filename",
+        "held.txt",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=env,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        first = await asyncio.wait_for(holder.stdout.readline(), 30)
+        assert b'"message_type":"status"' in first
+        assert _locks(ready_repo)
+
+        with pytest.raises(ResticError) as info:
+            await restic.prune(ready_repo)
+        err = info.value
+        assert err.kind is ErrorKind.LOCKED, err.message
+        assert err.lock is not None
+        assert err.lock.pid == holder.pid
+        assert err.lock.host == socket.gethostname()
+        assert f"PID {holder.pid}" in err.message and socket.gethostname() in err.message
+        assert "peerstash unlock test-repo" in err.message
+    finally:
+        holder.stdin.write(b"some data\n")
+        holder.stdin.close()
+        await holder.stdout.read()
+        assert await holder.wait() == 0
+    assert _locks(ready_repo) == []
+    await restic.prune(ready_repo)  # lock gone: works again
+
+
+def _unreadable_path(tmp_path: Path) -> Path | None:
+    """A file restic cannot read: chmod 000 as a user; as root, a write-only sysctl."""
+    if os.geteuid() != 0:
+        path = tmp_path / "src" / "secret.bin"
+        path.write_bytes(b"no")
+        path.chmod(0)
+        return path
+    # Root reads through chmod 000, but sysctl permission checks deny even root a read of a
+    # 0200 entry such as vm.drop_caches: open() fails with EACCES, which is all we need.
+    candidate = Path("/proc/sys/vm/drop_caches")
+    try:
+        with open(candidate, "rb"):
+            return None
+    except PermissionError:
+        return candidate
+    except OSError:
+        return None
+
+
+async def test_unreadable_file_gives_partial_backup(
+    restic: Restic, ready_repo: RepoAccess, source: Path, tmp_path: Path
+) -> None:
+    unreadable = _unreadable_path(tmp_path)
+    if unreadable is None:
+        pytest.skip("running as root and no file is unreadable to root on this machine")
+    logs: list[str] = []
+    result = await restic.backup(ready_repo, [source, unreadable], on_log=logs.append)
+    assert result.partial and result.exit_code == 3
+    assert result.snapshot_id
+    assert result.warnings and str(unreadable) in result.warnings[0]
+    assert "permission denied" in result.warnings[0]
+    assert any(str(unreadable) in line for line in logs)
+    (snap,) = await restic.snapshots(ready_repo)
+    assert same_snapshot_id(result.snapshot_id, snap.id)
+
+
+# -------------------------------------------------------------------------------- cancellation
+
+
+@pytest.fixture
+def huge_sparse_file(tmp_path: Path) -> Path:
+    """A 64 GiB sparse file: restic needs minutes to read it, we need no disk space."""
+    path = tmp_path / "huge" / "sparse.img"
+    path.parent.mkdir()
+    with open(path, "wb") as handle:
+        handle.truncate(64 * 1024**3)
+    return path.parent
+
+
+async def test_cancel_backup_sends_sigint_and_leaves_no_lock(
+    restic: Restic, ready_repo: RepoAccess, huge_sparse_file: Path, source: Path
+) -> None:
+    reading = asyncio.Event()
+    pids: set[int] = set()
+
+    def on_progress(progress: BackupProgress) -> None:
+        if progress.bytes_done > 0:
+            pids.update(restic.active_pids)
+            reading.set()
+
+    task = asyncio.create_task(
+        restic.backup(ready_repo, [huge_sparse_file], on_progress=on_progress)
+    )
+    await asyncio.wait_for(reading.wait(), 60)
+    assert _locks(ready_repo), "restic should hold a lock while backing up"
+    (pid,) = pids
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # SIGINT sufficed: well within the grace period, so no SIGKILL was needed.
+    assert time.monotonic() - started < restic.cancel_grace
+    assert not restic.active_pids
+    assert not _process_exists(pid), "restic must be gone and reaped (no zombie)"
+    assert _locks(ready_repo) == [], "SIGINT lets restic remove its lock"
+    # The next operations need no `restic unlock`; check even needs an exclusive lock.
+    result = await restic.backup(ready_repo, [source])
+    assert result.snapshot_id
+    await restic.check(ready_repo)
+
+
+def _fake_restic(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "fake-restic"
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+async def test_cancel_escalates_to_sigkill_when_sigint_is_ignored(tmp_path: Path) -> None:
+    # A stand-in for a restic that hangs: it ignores SIGINT and sleeps.
+    binary = _fake_restic(
+        tmp_path,
+        "trap '' INT\n"
+        'echo \'{"message_type":"status","percent_done":0.1,"bytes_done":1}\'\n'
+        "exec sleep 120\n",
+    )
+    restic = Restic(binary, cancel_grace=0.5)
+    repo = RepoAccess(str(tmp_path / "repo"), PasswordValue(PASSWORD))
+    seen = asyncio.Event()
+    pids: set[int] = set()
+
+    def on_progress(_: BackupProgress) -> None:
+        pids.update(restic.active_pids)
+        seen.set()
+
+    task = asyncio.create_task(restic.backup(repo, [tmp_path], on_progress=on_progress))
+    await asyncio.wait_for(seen.wait(), 10)
+    (pid,) = pids
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert 0.4 < time.monotonic() - started < 10
+    assert not restic.active_pids and not _process_exists(pid)
+
+
+async def test_grandchild_holding_the_pipes_does_not_hang_us(tmp_path: Path) -> None:
+    # restic exits, but something it started (think ssh) keeps stdout/stderr open.
+    pid_file = tmp_path / "grandchild.pid"
+    binary = _fake_restic(
+        tmp_path,
+        f"sleep 120 &\necho $! > {pid_file}\n"
+        'echo \'{"message_type":"summary","snapshot_id":"abcdef12"}\'\n'
+        "exit 0\n",
+    )
+    restic = Restic(binary)
+    repo = RepoAccess(str(tmp_path / "repo"), PasswordValue(PASSWORD))
+    try:
+        started = time.monotonic()
+        result = await asyncio.wait_for(restic.backup(repo, [tmp_path]), 20)
+        assert result.snapshot_id == "abcdef12"
+        assert time.monotonic() - started < 10
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+@pytest.fixture
+async def many_entries_repo(restic: Restic, ready_repo: RepoAccess, tmp_path: Path) -> RepoAccess:
+    """A snapshot of 4000 entries: far more than the ls queue and a pipe buffer hold, so
+    restic is still listing (blocked on its stdout) while a consumer holds the first node."""
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(4000):
+        (many / f"entry-{i:05d}-{'x' * 60}.txt").write_bytes(b"")
+    await restic.backup(ready_repo, [many])
+    return ready_repo
+
+
+async def test_ls_stops_restic_when_the_consumer_stops(
+    restic: Restic, many_entries_repo: RepoAccess
+) -> None:
+    repo = many_entries_repo
+    pids: set[int] = set()
+    async with contextlib.aclosing(restic.ls(repo, "latest")) as nodes:
+        async for node in nodes:
+            assert isinstance(node, LsNode)
+            pids.update(restic.active_pids)
+            break
+    assert pids and not restic.active_pids
+    assert not any(_process_exists(pid) for pid in pids)
+    assert _locks(repo) == []
+    count = 0
+    async for _ in restic.ls(repo, "latest"):
+        count += 1
+    assert count >= 4001  # the directory, its entries and the parents
+
+
+async def test_cancelling_a_task_consuming_ls(
+    restic: Restic, many_entries_repo: RepoAccess
+) -> None:
+    first = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in restic.ls(many_entries_repo, "latest"):
+            first.set()
+            await asyncio.Event().wait()  # a consumer that hangs mid-stream
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(first.wait(), 30)
+    pids = set(restic.active_pids)
+    assert pids
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The generator may still be suspended, but restic is stopped because its consumer is gone.
+    await asyncio.wait_for(restic.wait_idle(), 30)
+    assert not any(_process_exists(pid) for pid in pids)
+    assert _locks(many_entries_repo) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs Linux pidfd_open")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
+async def test_restic_is_interrupted_when_the_node_is_killed(
+    restic_bin: str, restic: Restic, ready_repo: RepoAccess, huge_sparse_file: Path
+) -> None:
+    # A "node" process running a backup through the wrapper; we SIGKILL it mid-backup.
+    script = (
+        "import asyncio, sys\n"
+        "from peerstash.core.restic import PasswordValue, RepoAccess, Restic\n"
+        "async def main():\n"
+        "    r = Restic(sys.argv[1])\n"
+        "    repo = RepoAccess(sys.argv[2], PasswordValue(sys.argv[3]), cache_dir=sys.argv[4])\n"
+        "    def progress(p):\n"
+        "        if p.bytes_done > 0:\n"
+        "            print(*r.active_pids, flush=True)\n"
+        "    await r.backup(repo, [sys.argv[5]], on_progress=progress)\n"
+        "asyncio.run(main())\n"
+    )
+    node = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        restic_bin,
+        ready_repo.uri,
+        PASSWORD,
+        ready_repo.cache_dir or "",
+        str(huge_sparse_file),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert node.stdout is not None
+    line = await asyncio.wait_for(node.stdout.readline(), 60)
+    restic_pid = int(line.split()[0])
+    assert _locks(ready_repo)
+    node.kill()
+    await node.wait()
+    # The kernel sends restic SIGINT (PR_SET_PDEATHSIG): it cleans up and exits on its own.
+    async with asyncio.timeout(30):
+        await _wait_pid_gone(restic_pid)
+    assert _locks(ready_repo) == []
+    await restic.check(ready_repo)
+
+
+async def test_ls_iterator_type(restic: Restic, ready_repo: RepoAccess, source: Path) -> None:
+    await restic.backup(ready_repo, [source])
+    stream = restic.ls(ready_repo, "latest")
+    first = await anext(stream)
+    assert isinstance(first, LsNode)
+    await stream.aclose()
+    assert not restic.active_pids
