@@ -12,7 +12,12 @@ import sys
 
 
 def has_display() -> bool:
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    """A display to draw on; ``QT_QPA_PLATFORM`` (e.g. ``offscreen``) counts as asking for one."""
+    return bool(
+        os.environ.get("DISPLAY")
+        or os.environ.get("WAYLAND_DISPLAY")
+        or os.environ.get("QT_QPA_PLATFORM")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,11 +35,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return daemon.run(args)
-    print(
-        "peerstash: the tray app is not part of this version yet; running the node headless.",
-        file=sys.stderr,
-    )
-    return daemon.run(args)
+    try:
+        # Imported here, never at module level: servers (--no-gui, subcommands) need no Qt.
+        os.environ.setdefault("QT_API", "pyside6")
+        from peerstash.desktop.app import run_gui
+    except ImportError as exc:
+        print(
+            f"peerstash: the tray app needs PySide6 and qasync ({exc}); running the node "
+            "headless. Install them with `pip install 'peerstash[gui]'`.",
+            file=sys.stderr,
+        )
+        return daemon.run(args)
+    return run_gui(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,177 @@
+"""The desktop's view of the node: the admin API, nothing else.
+
+The tray and every page talk to the node through :class:`DesktopClient`, an
+:class:`~peerstash.peer.cli.AdminClient` that also tells *why* a call failed (its HTTP status), so
+a page can say "not available in this version" when an endpoint does not exist yet instead of
+showing an error. This module knows no Qt, so it is usable (and testable) without a display.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import aiohttp
+
+from peerstash.peer.cli import AdminClient
+
+
+class ApiError(Exception):
+    """A call the node refused or could not answer, worded for a person (``str(exc)``)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Unavailable(ApiError):
+    """The node has no such endpoint (HTTP 404/405 on a route): a feature of a later version."""
+
+
+#: The error text aiohttp gives for a route that does not exist (through the node's middleware).
+_NO_ROUTE = {"Not Found", "Method Not Allowed"}
+
+
+def q(value: str) -> str:
+    """Quote one path segment (plan, repo and op ids are safe today; this keeps it so)."""
+    return quote(value, safe="")
+
+
+def query(params: Mapping[str, Any]) -> str:
+    """``?a=1&b=2`` from the non-empty values of ``params`` (empty string if none)."""
+    clean = {k: v for k, v in params.items() if v not in (None, "")}
+    return "?" + urlencode(clean) if clean else ""
+
+
+class DesktopClient(AdminClient):
+    """The admin client with status-aware errors, for views that must react to them."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self._lock = asyncio.Lock()
+
+    async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One JSON call; raises :class:`Unavailable` for a missing route, else :class:`ApiError`."""
+        if self._session is None:
+            raise ApiError("not connected to the node")
+        if not self.socket.exists():
+            raise ApiError(str(self._not_running()))
+        try:
+            async with self._session.request(method, f"http://node{path}", json=body) as resp:
+                raw = await resp.read()
+                try:
+                    data = json.loads(raw) if raw else None
+                except ValueError:
+                    data = None
+                if resp.status >= 400:
+                    msg = data.get("error") if isinstance(data, dict) else None
+                    if resp.status in (404, 405) and (msg is None or msg in _NO_ROUTE):
+                        raise Unavailable(
+                            "not available in this version of the node", status=resp.status
+                        )
+                    raise ApiError(msg or f"the node answered HTTP {resp.status}", resp.status)
+                return data
+        except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError):
+            raise ApiError(str(self._not_running())) from None
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
+            raise ApiError("the node closed the connection (did it stop?)") from None
+
+    async def lines(
+        self, path: str, on_open: Callable[[], None] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield the objects of an NDJSON stream (keep-alive ``{}`` lines skipped).
+
+        ``on_open`` runs once the node has answered, before the first object: a view that must
+        not miss a change subscribes first and then loads the current state in that callback.
+        """
+        if self._session is None:
+            raise ApiError("not connected to the node")
+        if not self.socket.exists():
+            raise ApiError(str(self._not_running()))
+        try:
+            async with self._session.get(f"http://node{path}") as resp:
+                if resp.status >= 400:
+                    raw = await resp.read()
+                    try:
+                        data = json.loads(raw)
+                    except ValueError:
+                        data = None
+                    msg = data.get("error") if isinstance(data, dict) else None
+                    if resp.status in (404, 405) and (msg is None or msg in _NO_ROUTE):
+                        raise Unavailable("not available in this version of the node", resp.status)
+                    raise ApiError(msg or f"the node answered HTTP {resp.status}", resp.status)
+                if on_open is not None:
+                    on_open()
+                while True:
+                    line = await resp.content.readline()
+                    if not line:
+                        return
+                    try:
+                        obj = json.loads(line)
+                    except ValueError:
+                        continue
+                    if obj:
+                        yield obj
+        except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError):
+            raise ApiError(str(self._not_running())) from None
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
+            raise ApiError("the node closed the connection (did it stop?)") from None
+
+
+async def node_answers(data_dir: Path, wait: float = 2.0) -> bool:
+    """True when a node already serves the admin socket of ``data_dir``.
+
+    A socket file left by a node that died does not count: we ask ``/v1/status``.
+    """
+    client = DesktopClient(data_dir)
+    if not client.socket.exists():
+        return False
+    async with client:
+        with contextlib.suppress(ApiError, TimeoutError, OSError, aiohttp.ClientError):
+            await asyncio.wait_for(client.request("GET", "/v1/status"), wait)
+            return True
+    return False
+
+
+# -- peers (endpoints of a later version) ---------------------------------------------------
+
+
+class PeersApi:
+    """Everything the Peers page and the tray's Peers menu need, in one place to wire up.
+
+    The pairing and sync endpoints are being built; until then every call raises
+    :class:`Unavailable`, which the views turn into a calm "not available in this version".
+    The paths here are the planned ones; when they land, only this class should change.
+    """
+
+    def __init__(self, client: DesktopClient) -> None:
+        self.client = client
+
+    async def peers(self) -> list[dict[str, Any]]:
+        """Known hosts and authorized clients, each with ``state`` and ``grants``."""
+        return list(await self.client.request("GET", "/v1/peers") or [])
+
+    async def discovered(self) -> list[dict[str, Any]]:
+        return list(await self.client.request("GET", "/v1/peers/discovered") or [])
+
+    async def tokens(self) -> list[dict[str, Any]]:
+        return list(await self.client.request("GET", "/v1/tokens") or [])
+
+    async def create_token(
+        self, label: str, ttl_seconds: int, max_uses: int, grants: list[str]
+    ) -> dict[str, Any]:
+        """Returns the token record, whose ``token`` text is shown once."""
+        body = {"label": label, "ttl_seconds": ttl_seconds, "max_uses": max_uses, "grants": grants}
+        return dict(await self.client.request("POST", "/v1/tokens", body))
+
+    async def pair(self, token: str, address: str | None = None) -> dict[str, Any]:
+        body = {"token": token, "address": address}
+        return dict(await self.client.request("POST", "/v1/peers", body))
+
+    async def remove(self, peer_id: str) -> None:
+        await self.client.request("DELETE", f"/v1/peers/{q(peer_id)}")

@@ -1,0 +1,201 @@
+"""The tray app: the node (in this process, or the one already running) plus its window and tray.
+
+One code path: whether the node runs inside this process or in another one, every view talks to
+it through the admin socket (:class:`~peerstash.desktop.api.DesktopClient`). When a node already
+answers on the data directory's socket (a ``peerstash --no-gui``, or a first tray app), this
+process attaches to it and opens its own window; it never starts a second node. Raising the
+*other* process's window would need a channel between GUIs that the node does not offer, so a
+second launch simply shows a window of its own, attached to the same node.
+
+Lifecycle (see DESIGN.md, "qasync"): ``qasync.run`` runs :meth:`DesktopApp.run`; Quit sets an
+``asyncio.Event``, cleanup is awaited (the node stops its restic processes cleanly), and only
+then does the coroutine return and the loop close. Nothing here calls ``exec()`` on a dialog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import shiboken6
+from PySide6.QtWidgets import QApplication
+
+from peerstash.desktop import autostart
+from peerstash.desktop.api import DesktopClient, node_answers
+from peerstash.desktop.backend import Backend
+from peerstash.desktop.icons import app_icon
+from peerstash.desktop.tray import Tray
+from peerstash.desktop.window import MainWindow
+from peerstash.peer.node import Node, NodeAlreadyRunning, NodeError, NodeOptions
+from peerstash.peer.paths import default_data_dir, resolve_data_dir
+
+log = logging.getLogger(__name__)
+
+#: Set by the autostart entry: start in the tray without opening the window.
+START_HIDDEN_ENV = "PEERSTASH_START_HIDDEN"
+
+
+def node_process_has_gui(pid: object) -> bool:
+    """Best effort (Linux): is the node of ``pid`` a tray app rather than ``--no-gui``?
+
+    Used to avoid a second tray icon when a second tray app attaches to the first one's node.
+    """
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"--no-gui" not in argv
+
+
+class DesktopApp:
+    def __init__(
+        self,
+        data_dir: Path,
+        options: NodeOptions | None = None,
+        *,
+        show_window: bool = True,
+        show_tray: bool | None = None,
+        autostart_command: list[str] | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.options = options or NodeOptions()
+        self.show_window = show_window
+        self.show_tray = show_tray
+        self.autostart_command = autostart_command
+        self.node: Node | None = None
+        self.client: DesktopClient | None = None
+        self.backend: Backend | None = None
+        self.window: MainWindow | None = None
+        self.tray: Tray | None = None
+        self.quit_requested = asyncio.Event()
+        self.started = asyncio.Event()
+
+    @property
+    def in_process(self) -> bool:
+        return self.node is not None
+
+    async def start(self) -> None:
+        if await node_answers(self.data_dir):
+            log.info("a node already runs for %s; attaching to it", self.data_dir)
+        else:
+            node = Node(self.data_dir, self.options)
+            try:
+                await node.start()
+            except NodeAlreadyRunning:
+                # Another process won the race between our check and our start: attach.
+                log.info("a node started for %s meanwhile; attaching to it", self.data_dir)
+            else:
+                self.node = node
+        self.client = DesktopClient(self.data_dir)
+        await self.client.__aenter__()
+        self.backend = backend = Backend(self.client, in_process=self.in_process)
+        await backend.start()
+
+        show_tray = self.show_tray
+        if (
+            show_tray is None
+            and not self.in_process
+            and node_process_has_gui(backend.status.get("pid"))
+        ):
+            log.info("the node belongs to another Peerstash window; not adding a second tray icon")
+            show_tray = False
+        self.window = MainWindow(backend, autostart_command=self.autostart_command)
+        self.tray = Tray(backend, show_icon=show_tray)
+        self.window.has_tray = self.tray.icon is not None
+        self.tray.openRequested.connect(self.window.bring_up)
+        self.tray.quitRequested.connect(self.quit)
+        self.window.closedWithoutTray.connect(self.quit)
+        self.tray.tasks.spawn(self.tray.refresh_peers(), name="tray:peers")
+        if self.show_window or self.tray.icon is None:
+            self.window.bring_up()
+        self.started.set()
+
+    def quit(self) -> None:
+        self.quit_requested.set()
+
+    async def stop(self) -> None:
+        """Tear down in reverse order; the node last, so views never see it vanish mid-call."""
+        if self.tray is not None:
+            await self.tray.close()
+        if self.window is not None:
+            await self.window.close_pages()
+            self.window.has_tray = True  # hiding now must not emit "quit" again
+            self.window.hide()
+        if self.backend is not None:
+            await self.backend.close()
+        if self.client is not None:
+            await self.client.__aexit__(None, None, None)
+            self.client = None
+        if self.node is not None:
+            await self.node.stop()
+            self.node = None
+        if self.window is not None:
+            if shiboken6.isValid(self.window):
+                self.window.deleteLater()
+            self.window = None
+
+    async def run(self) -> None:
+        try:
+            await self.start()
+            await self.quit_requested.wait()
+        finally:
+            await self.stop()
+
+
+def _install_signal_handlers(app: DesktopApp) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, app.quit)
+        except (NotImplementedError, RuntimeError, ValueError):
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(app.quit))
+
+
+def run_gui(args: argparse.Namespace) -> int:
+    """``peerstash`` with a display: the tray app until Quit. Returns the exit code."""
+    import qasync
+
+    from peerstash.peer.daemon import node_options
+
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    data_dir = resolve_data_dir(args.data_dir)
+    qapp = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "peerstash"])
+    assert isinstance(qapp, QApplication)
+    qapp.setApplicationName("Peerstash")
+    qapp.setApplicationDisplayName("Peerstash")
+    qapp.setDesktopFileName("peerstash")
+    qapp.setWindowIcon(app_icon())
+    qapp.setQuitOnLastWindowClosed(False)
+    desktop = DesktopApp(
+        data_dir,
+        node_options(args),
+        show_window=os.environ.get(START_HIDDEN_ENV) != "1",
+        autostart_command=autostart.default_command(data_dir, default_data_dir()),
+    )
+
+    async def main() -> None:
+        _install_signal_handlers(desktop)
+        await desktop.run()
+
+    try:
+        qasync.run(main())
+    except NodeError as exc:
+        print(f"peerstash: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        with contextlib.suppress(Exception):
+            qapp.processEvents()
+    return 0

@@ -1,0 +1,244 @@
+"""The one object between the views and the node.
+
+It holds the :class:`~peerstash.desktop.api.DesktopClient`, follows ``/v1/ops/follow`` and turns
+what the node says into Qt signals, and keeps the little state every view shares (the node's
+status, plans, repositories, the operations in flight). Views never open their own follow
+streams: one subscription feeds the tray, the overview and the operations list alike.
+
+The node's admin API has no event stream for configuration, stale plans or pause state yet, so
+the status is re-read when an operation ends, after this app changes something, and every
+``status_interval`` seconds (to catch next-run times, stale plans and other clients' changes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal
+
+from peerstash.desktop.api import ApiError, DesktopClient, PeersApi, q, query
+from peerstash.desktop.tasks import Tasks
+
+log = logging.getLogger(__name__)
+
+FINISHED = frozenset({"success", "warning", "error", "cancelled", "interrupted"})
+
+
+def op_key(op: dict[str, Any]) -> tuple[str, str]:
+    return (str(op.get("origin") or ""), str(op.get("id") or ""))
+
+
+class Backend(QObject):
+    #: One operation changed (a dict as in ``core/serialize.op_to_dict``).
+    opChanged = Signal(object)
+    #: The follow stream was (re)opened: changes may have been missed, reload lists.
+    opsReset = Signal()
+    #: ``/v1/status`` was read again.
+    statusChanged = Signal(object)
+    #: Plans or repositories were read again.
+    configChanged = Signal()
+    #: Reachability of the node changed: (connected, why not).
+    connectionChanged = Signal(bool, str)
+    #: Something the person asked for failed; the text says what.
+    failed = Signal(str)
+
+    def __init__(
+        self,
+        client: DesktopClient,
+        *,
+        in_process: bool,
+        status_interval: float = 30.0,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.client = client
+        self.peers = PeersApi(client)
+        self.in_process = in_process
+        self.status_interval = status_interval
+        self.status: dict[str, Any] = {}
+        self.plans: list[dict[str, Any]] = []
+        self.repos: list[dict[str, Any]] = []
+        #: Pending and running operations, by (origin, id).
+        self.active: dict[tuple[str, str], dict[str, Any]] = {}
+        self.connected = False
+        self.tasks = Tasks(on_error=self._report)
+        self._status_soon: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read everything once, then follow changes in the background."""
+        await self.refresh_all()
+        opened = asyncio.get_running_loop().create_future()
+        self.tasks.spawn(self._follow(opened), name="backend:follow")
+        self.tasks.spawn(self._poll_status(), name="backend:poll")
+        # Wait until the stream is open so that nothing done after start() can be missed.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(opened), 10)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._status_soon is not None:
+            self._status_soon.cancel()
+        await self.tasks.close()
+
+    def _report(self, exc: BaseException) -> None:
+        log.error("backend task failed", exc_info=exc)
+
+    @property
+    def instance_id(self) -> str:
+        return str(self.status.get("instance_id") or "")
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.status.get("paused"))
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def refresh_all(self) -> None:
+        await asyncio.gather(self.refresh_status(), self.refresh_config(), self._refresh_active())
+
+    async def refresh_status(self) -> dict[str, Any]:
+        self.status = dict(await self.client.request("GET", "/v1/status"))
+        self._set_connected(True, "")
+        self.statusChanged.emit(self.status)
+        return self.status
+
+    async def refresh_config(self) -> None:
+        plans, repos = await asyncio.gather(
+            self.client.request("GET", "/v1/plans"), self.client.request("GET", "/v1/repos")
+        )
+        self.plans, self.repos = list(plans), list(repos)
+        self.configChanged.emit()
+
+    async def _refresh_active(self) -> None:
+        running, pending = await asyncio.gather(
+            self.client.request("GET", "/v1/ops" + query({"status": "running", "limit": 1000})),
+            self.client.request("GET", "/v1/ops" + query({"status": "pending", "limit": 1000})),
+        )
+        self.active = {op_key(op): op for op in [*running, *pending]}
+
+    def refresh_status_soon(self, delay: float = 0.2) -> None:
+        """Coalesce many "something ended" moments into one status read."""
+        if self._closed or self._status_soon is not None:
+            return
+
+        def fire() -> None:
+            self._status_soon = None
+            self.tasks.spawn(self._quiet(self.refresh_status()), name="backend:status")
+
+        self._status_soon = asyncio.get_running_loop().call_later(delay, fire)
+
+    async def _quiet(self, coro: Any) -> None:
+        try:
+            await coro
+        except ApiError as exc:
+            self._set_connected(False, str(exc))
+
+    def _set_connected(self, ok: bool, why: str) -> None:
+        if ok != self.connected:
+            self.connected = ok
+            self.connectionChanged.emit(ok, why)
+
+    async def _follow(self, opened: asyncio.Future[None]) -> None:
+        """Follow operation changes for as long as we run, reconnecting with backoff.
+
+        After a reconnect the lists are reloaded (``opsReset``): changes made while the stream
+        was down were not seen.
+        """
+        delay = 0.5
+        ever_opened = False
+        while not self._closed:
+
+            def on_open() -> None:
+                nonlocal ever_opened, delay
+                if ever_opened:
+                    self.tasks.spawn(self._quiet(self._after_reconnect()), name="backend:reload")
+                ever_opened = True
+                delay = 0.5
+                self._set_connected(True, "")
+                if not opened.done():
+                    opened.set_result(None)
+
+            try:
+                async for op in self.client.lines("/v1/ops/follow", on_open=on_open):
+                    self._on_op(op)
+                why = "the node closed the stream (did it stop?)"
+            except ApiError as exc:
+                why = str(exc)
+            self._set_connected(False, why)
+            if not opened.done():
+                opened.set_result(None)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _after_reconnect(self) -> None:
+        await self.refresh_all()
+        self.opsReset.emit()
+
+    async def _poll_status(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.status_interval)
+            await self._quiet(self.refresh_status())
+
+    def _on_op(self, op: dict[str, Any]) -> None:
+        key = op_key(op)
+        if op.get("status") in FINISHED:
+            was_active = self.active.pop(key, None) is not None
+            if was_active or op.get("plan"):
+                self.refresh_status_soon()
+        else:
+            self.active[key] = op
+        self.opChanged.emit(op)
+
+    # -- doing -------------------------------------------------------------------------------
+
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        return await self.client.request(method, path, body)
+
+    async def backup(self, plan_id: str) -> dict[str, Any]:
+        op = await self.call("POST", f"/v1/plans/{q(plan_id)}/backup")
+        self._on_op(op)
+        return dict(op)
+
+    async def maintenance(self, repo_id: str, what: str) -> dict[str, Any]:
+        op = await self.call("POST", f"/v1/repos/{q(repo_id)}/{what}", {})
+        self._on_op(op)
+        return dict(op)
+
+    async def restore(
+        self, repo_id: str, snapshot: str, target: str, include: list[str]
+    ) -> dict[str, Any]:
+        body = {"snapshot": snapshot, "target": target, "include": include}
+        op = await self.call("POST", f"/v1/repos/{q(repo_id)}/restore", body)
+        self._on_op(op)
+        return dict(op)
+
+    async def cancel(self, op_id: str) -> None:
+        await self.call("POST", f"/v1/ops/{q(op_id)}/cancel")
+
+    async def set_paused(self, paused: bool) -> None:
+        await self.call("POST", "/v1/schedules/pause", {"paused": paused})
+        await self.refresh_status()
+
+    async def add_plan(self, body: dict[str, Any]) -> dict[str, Any]:
+        plan = await self.call("POST", "/v1/plans", body)
+        await asyncio.gather(self.refresh_config(), self.refresh_status())
+        return dict(plan)
+
+    async def add_repo(self, body: dict[str, Any]) -> dict[str, Any]:
+        res = await self.call("POST", "/v1/repos", body)
+        await self.refresh_config()
+        return dict(res)
+
+    async def delete_plan(self, plan_id: str) -> None:
+        await self.call("DELETE", f"/v1/plans/{q(plan_id)}")
+        await asyncio.gather(self.refresh_config(), self.refresh_status())
+
+    async def delete_repo(self, repo_id: str) -> None:
+        await self.call("DELETE", f"/v1/repos/{q(repo_id)}")
+        await self.refresh_config()

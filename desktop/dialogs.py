@@ -1,0 +1,462 @@
+"""Add-plan and add-repository dialogs, with inline validation.
+
+Each field shows its own error under it as soon as Save is pressed; nothing reaches the node
+until the form is clean. The checks are core's own validators (names, cron, intervals,
+retention), so the form and the node agree by construction; what only the node can know (a
+name already taken, a wrong password) comes back from the admin API and is shown under the
+field it is about. Dialogs are opened with ``open()``, never ``exec()``: no nested event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from peerstash.core.engine import EngineError, check_name
+from peerstash.core.retention import RetentionPolicy
+from peerstash.core.scheduler import parse_every, validate_cron
+from peerstash.desktop.api import ApiError
+from peerstash.desktop.backend import Backend
+from peerstash.desktop.tasks import Tasks
+from peerstash.desktop.widgets import Banner, FieldError
+
+KEEP_FIELDS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _lines(edit: QPlainTextEdit) -> list[str]:
+    return [ln.strip() for ln in edit.toPlainText().splitlines() if ln.strip()]
+
+
+class FormDialog(QDialog):
+    """A dialog of fields with an error label under each, and a Save that talks to the node."""
+
+    #: The node accepted the form; the payload is what it answered.
+    created = Signal(object)
+
+    def __init__(self, backend: Backend, title: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.backend = backend
+        self.setWindowTitle(title)
+        self.setMinimumWidth(520)
+        self.tasks = Tasks(on_error=self._failed)
+        self.errors: dict[str, FieldError] = {}
+        self.form = QFormLayout()
+        self.form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
+        self.banner = Banner()
+        self.buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
+        )
+        self.save_button = self.buttons.button(QDialogButtonBox.StandardButton.Save)
+        self.buttons.accepted.connect(self.submit)
+        self.buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(self.form)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.buttons)
+        self.submitting = False
+
+    def add_field(self, key: str, label: str, widget: QWidget | Any, hint: str = "") -> None:
+        box = QWidget()
+        v = QVBoxLayout(box)
+        v.setContentsMargins(0, 0, 0, 0)
+        v.setSpacing(2)
+        v.addWidget(widget) if isinstance(widget, QWidget) else v.addLayout(widget)
+        if hint:
+            h = QLabel(hint)
+            h.setWordWrap(True)
+            h.setStyleSheet("color:palette(placeholder-text);font-size:90%;")
+            v.addWidget(h)
+        err = FieldError()
+        v.addWidget(err)
+        self.errors[key] = err
+        self.form.addRow(label, box)
+
+    def field_errors(self) -> dict[str, str]:
+        """The fields that currently show an error (for tests and the banner)."""
+        return {k: e.text() for k, e in self.errors.items() if e.isVisible() or e.text()}
+
+    def show_errors(self, errors: dict[str, str]) -> None:
+        for key, err in self.errors.items():
+            err.set_error(errors.get(key, ""))
+        if errors:
+            self.banner.show_message("Please correct the fields marked in red.", "error")
+        else:
+            self.banner.clear_message()
+
+    def validate(self) -> tuple[dict[str, str], dict[str, Any]]:
+        """Return (errors by field, request body)."""
+        raise NotImplementedError
+
+    def submit(self) -> None:
+        if self.submitting:
+            return
+        errors, body = self.validate()
+        self.show_errors(errors)
+        if errors:
+            return
+        self.submitting = True
+        self.save_button.setEnabled(False)
+        self.banner.show_message(self.working_text(), "info")
+        self.tasks.spawn(self._send(body), name="dialog:save")
+
+    def working_text(self) -> str:
+        return "Saving…"
+
+    async def _send(self, body: dict[str, Any]) -> None:
+        try:
+            result = await self.send(body)
+        finally:
+            self.submitting = False
+            self.save_button.setEnabled(True)
+        self.banner.clear_message()
+        self.created.emit(result)
+        self.accept()
+
+    async def send(self, body: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def server_field(self, message: str) -> str | None:
+        """Which field a refusal from the node is about, if we can tell."""
+        return None
+
+    def _failed(self, exc: BaseException) -> None:
+        msg = str(exc) if isinstance(exc, ApiError) else f"unexpected error: {exc}"
+        key = self.server_field(msg)
+        if key is not None and key in self.errors:
+            self.errors[key].set_error(msg)
+            self.banner.show_message("The node refused this; see the field marked in red.", "error")
+        else:
+            self.banner.show_message(msg, "error")
+
+
+class AddPlanDialog(FormDialog):
+    def __init__(self, backend: Backend, parent: QWidget | None = None) -> None:
+        super().__init__(backend, "Add a backup plan", parent)
+        self.name = QLineEdit()
+        self.name.setPlaceholderText("e.g. documents")
+        self.add_field("name", "Name", self.name)
+
+        self.repo = QComboBox()
+        for r in backend.repos:
+            if not r.get("origin"):
+                self.repo.addItem(str(r["id"]), r["id"])
+        self.add_field("repo", "Repository", self.repo)
+
+        paths_box = QVBoxLayout()
+        self.paths = QPlainTextEdit()
+        self.paths.setPlaceholderText("/home/me/Documents\n/home/me/Pictures")
+        self.paths.setFixedHeight(70)
+        add_folder = QPushButton("Add folder…")
+        add_folder.clicked.connect(self._choose_folder)
+        paths_box.addWidget(self.paths)
+        paths_box.addWidget(add_folder)
+        self.add_field("paths", "Folders to back up", paths_box, "One absolute path per line.")
+
+        self.excludes = QPlainTextEdit()
+        self.excludes.setPlaceholderText("*.tmp\n/home/me/Downloads")
+        self.excludes.setFixedHeight(54)
+        self.add_field(
+            "excludes", "Leave out", self.excludes, "restic exclude patterns, one per line."
+        )
+
+        sched = QHBoxLayout()
+        self.schedule_kind = QComboBox()
+        self.schedule_kind.addItem("Only when I ask", "manual")
+        self.schedule_kind.addItem("Every…", "every")
+        self.schedule_kind.addItem("Cron expression", "cron")
+        self.schedule = QLineEdit()
+        self.schedule.setPlaceholderText("e.g. 6h, 30m, 1d")
+        self.schedule.setEnabled(False)
+        self.schedule_kind.currentIndexChanged.connect(self._schedule_kind_changed)
+        sched.addWidget(self.schedule_kind)
+        sched.addWidget(self.schedule, 1)
+        self.add_field("schedule", "Schedule", sched)
+
+        grid = QGridLayout()
+        self.keep: dict[str, QLineEdit] = {}
+        for i, unit in enumerate(KEEP_FIELDS):
+            edit = QLineEdit()
+            edit.setPlaceholderText("—")
+            edit.setMaximumWidth(70)
+            self.keep[unit] = edit
+            grid.addWidget(QLabel(unit), 0 if i < 3 else 2, i % 3)
+            grid.addWidget(edit, 1 if i < 3 else 3, i % 3)
+        self.keep_within = QLineEdit()
+        self.keep_within.setPlaceholderText("e.g. 30d")
+        self.keep_within.setMaximumWidth(110)
+        grid.addWidget(QLabel("within"), 0, 3)
+        grid.addWidget(self.keep_within, 1, 3)
+        self.add_field(
+            "retention",
+            "Keep snapshots",
+            grid,
+            "How many to keep of each kind; leave empty to keep everything.",
+        )
+        self._folder_dialog: QFileDialog | None = None
+
+    def _schedule_kind_changed(self) -> None:
+        kind = self.schedule_kind.currentData()
+        self.schedule.setEnabled(kind != "manual")
+        self.schedule.setPlaceholderText(
+            "e.g. 6h, 30m, 1d" if kind == "every" else "e.g. 0 3 * * * (03:00 every day)"
+        )
+
+    def _choose_folder(self) -> None:
+        dlg = QFileDialog(self, "Choose a folder to back up")
+        dlg.setFileMode(QFileDialog.FileMode.Directory)
+        dlg.setOption(QFileDialog.Option.ShowDirsOnly, True)
+        dlg.fileSelected.connect(self._folder_chosen)
+        self._folder_dialog = dlg
+        dlg.open()
+
+    def _folder_chosen(self, path: str) -> None:
+        current = _lines(self.paths)
+        if path and path not in current:
+            self.paths.setPlainText("\n".join([*current, path]))
+
+    def validate(self) -> tuple[dict[str, str], dict[str, Any]]:
+        errors: dict[str, str] = {}
+        name = self.name.text().strip()
+        try:
+            check_name("plan", name)
+        except EngineError as exc:
+            errors["name"] = "Give the plan a name." if not name else str(exc)
+        if any(p.get("id") == name for p in self.backend.plans):
+            errors["name"] = f"A plan named {name!r} already exists."
+        repo = self.repo.currentData()
+        if not repo:
+            errors["repo"] = "Add a repository first (Plans & repositories → Add repository)."
+        paths = _lines(self.paths)
+        bad = []
+        if not paths:
+            errors["paths"] = "Give at least one folder or file to back up."
+        for p in paths:
+            if not os.path.isabs(p):
+                bad.append(f"{p} is not an absolute path")
+            elif not os.path.exists(p):
+                bad.append(f"{p} does not exist")
+        if bad:
+            errors["paths"] = "; ".join(bad)
+        body: dict[str, Any] = {
+            "id": name,
+            "repo": repo,
+            "paths": paths,
+            "excludes": _lines(self.excludes),
+            "retention": {},
+        }
+        kind = self.schedule_kind.currentData()
+        text = self.schedule.text().strip()
+        if kind != "manual":
+            try:
+                if not text:
+                    raise ValueError(
+                        "write an interval such as 6h"
+                        if kind == "every"
+                        else "write a cron expression"
+                    )
+                if kind == "every":
+                    parse_every(text)
+                    body["every"] = text
+                else:
+                    validate_cron(text)
+                    body["schedule"] = text
+            except ValueError as exc:
+                errors["schedule"] = str(exc)[:1].upper() + str(exc)[1:]
+        retention: dict[str, Any] = {}
+        problems = []
+        for unit, edit in self.keep.items():
+            raw = edit.text().strip()
+            if not raw:
+                continue
+            if not raw.isdigit():
+                problems.append(f"keep {unit}: {raw!r} is not a whole number of 0 or more")
+                continue
+            if int(raw) > 0:
+                retention[f"keep_{unit}"] = int(raw)
+        within = self.keep_within.text().strip()
+        if within:
+            retention["keep_within"] = within
+        if not problems:
+            try:
+                retention = RetentionPolicy.from_dict(retention).to_dict()
+            except ValueError as exc:
+                problems.append(str(exc))
+        if problems:
+            errors["retention"] = "; ".join(problems)
+        body["retention"] = retention
+        return errors, body
+
+    def working_text(self) -> str:
+        return "Adding the plan…"
+
+    async def send(self, body: dict[str, Any]) -> Any:
+        return await self.backend.add_plan(body)
+
+    def server_field(self, message: str) -> str | None:
+        m = message.lower()
+        if "plan name" in m or "plan named" in m:
+            return "name"
+        if "path" in m:
+            return "paths"
+        if "schedule" in m or "interval" in m or "cron" in m or "--every" in m:
+            return "schedule"
+        if "retention" in m or "keep" in m:
+            return "retention"
+        if "repositor" in m:
+            return "repo"
+        return None
+
+
+PASSWORD_SOURCES = (
+    ("secret", "Stored by Peerstash (encrypted)"),
+    ("file", "Read from a file"),
+    ("env", "From an environment variable of the node"),
+    ("command", "Printed by a command"),
+)
+
+
+class AddRepoDialog(FormDialog):
+    def __init__(self, backend: Backend, parent: QWidget | None = None) -> None:
+        super().__init__(backend, "Add a repository", parent)
+        self.name = QLineEdit()
+        self.name.setPlaceholderText("e.g. usb-disk")
+        self.add_field("name", "Name", self.name)
+        self.uri = QLineEdit()
+        self.uri.setPlaceholderText("/media/me/backup  ·  sftp:host:/srv/restic  ·  rest:http://…")
+        self.add_field("uri", "Location", self.uri, "Anything restic accepts as a repository.")
+
+        self.source = QComboBox()
+        for key, text in PASSWORD_SOURCES:
+            self.source.addItem(text, key)
+        self.source.currentIndexChanged.connect(self._source_changed)
+        self.add_field("source", "Password", self.source)
+        self.password = QLineEdit()
+        self.password.setEchoMode(QLineEdit.EchoMode.Password)
+        self.password2 = QLineEdit()
+        self.password2.setEchoMode(QLineEdit.EchoMode.Password)
+        self.password2.setPlaceholderText("repeat the password")
+        pw = QVBoxLayout()
+        pw.addWidget(self.password)
+        pw.addWidget(self.password2)
+        self.pw_box = QWidget()
+        self.pw_box.setLayout(pw)
+        pw.setContentsMargins(0, 0, 0, 0)
+        self.add_field("password", "", self.pw_box)
+        self.ref = QLineEdit()
+        self.add_field("ref", "", self.ref)
+        self.options = QPlainTextEdit()
+        self.options.setPlaceholderText("sftp.command=ssh -p 2222 me@host -s sftp")
+        self.options.setFixedHeight(48)
+        self.add_field(
+            "options", "restic options", self.options, "KEY=VALUE, one per line (optional)."
+        )
+        self.init = QCheckBox("Create the repository if it does not exist yet")
+        self.init.setChecked(True)
+        self.add_field("init", "", self.init)
+        self._source_changed()
+
+    def _source_changed(self) -> None:
+        src = self.source.currentData()
+        self.pw_box.setVisible(src == "secret")
+        self.ref.setVisible(src != "secret")
+        self.ref.setPlaceholderText(
+            {
+                "file": "/home/me/.config/restic-password",
+                "env": "RESTIC_REPO_PASSWORD",
+                "command": "pass show backup/restic",
+            }.get(str(src), "")
+        )
+        for key in ("password", "ref"):
+            self.errors[key].set_error("")
+
+    def validate(self) -> tuple[dict[str, str], dict[str, Any]]:
+        errors: dict[str, str] = {}
+        name = self.name.text().strip()
+        try:
+            check_name("repository", name)
+        except EngineError as exc:
+            errors["name"] = "Give the repository a name." if not name else str(exc)
+        if any(r.get("id") == name for r in self.backend.repos):
+            errors["name"] = f"A repository named {name!r} already exists."
+        uri = self.uri.text().strip()
+        if not uri:
+            errors["uri"] = "Say where the repository is (a folder, sftp:…, rest:…, s3:…)."
+        elif ":" not in uri.split("/")[0] and not os.path.isabs(uri):
+            errors["uri"] = "A local repository needs an absolute path, e.g. /media/me/backup."
+        src = str(self.source.currentData())
+        password: dict[str, Any] = {"source": src}
+        if src == "secret":
+            if not self.password.text():
+                errors["password"] = "Enter the repository's password."
+            elif self.password.text() != self.password2.text():
+                errors["password"] = "The two passwords differ."
+            password["value"] = self.password.text()
+        else:
+            ref = self.ref.text().strip()
+            if not ref:
+                errors["ref"] = {
+                    "file": "Give the file that holds the password.",
+                    "env": "Give the name of the environment variable.",
+                    "command": "Give the command that prints the password.",
+                }[src]
+            elif src == "file" and not os.path.isabs(ref):
+                errors["ref"] = "The password file needs an absolute path."
+            elif src == "file" and not os.path.isfile(ref):
+                errors["ref"] = f"{ref} does not exist."
+            elif src == "env" and not _ENV_NAME.match(ref):
+                errors["ref"] = f"{ref!r} is not a valid environment variable name."
+            password["ref"] = ref
+        options = _lines(self.options)
+        bad = [o for o in options if "=" not in o or o.startswith("=")]
+        if bad:
+            errors["options"] = f"Options must look like KEY=VALUE: {', '.join(bad)}"
+        body = {
+            "id": name,
+            "uri": uri,
+            "password": password,
+            "options": options,
+            "init": self.init.isChecked(),
+        }
+        return errors, body
+
+    def working_text(self) -> str:
+        return (
+            "Opening the repository with restic…"
+            if not self.init.isChecked()
+            else ("Creating or opening the repository with restic…")
+        )
+
+    async def send(self, body: dict[str, Any]) -> Any:
+        return await self.backend.add_repo(body)
+
+    def server_field(self, message: str) -> str | None:
+        m = message.lower()
+        if "repository name" in m or "already exists" in m:
+            return "name"
+        if "password" in m:
+            return "password" if self.source.currentData() == "secret" else "ref"
+        if "option" in m:
+            return "options"
+        if "no restic repository" in m or "does not exist" in m or "uri" in m:
+            return "uri"
+        return None

@@ -1,0 +1,133 @@
+"""How the desktop words numbers, times and results. Pure functions, no Qt."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from peerstash.peer.cli import human_bytes, human_duration
+
+__all__ = [
+    "STATUS_WORDS",
+    "ago",
+    "human_bytes",
+    "human_duration",
+    "local_time",
+    "op_detail",
+    "op_progress",
+    "parse_time",
+    "schedule_text",
+    "until",
+]
+
+#: How each operation status reads in the views.
+STATUS_WORDS = {
+    "pending": "queued",
+    "running": "running",
+    "success": "success",
+    "warning": "warning",
+    "error": "failed",
+    "cancelled": "cancelled",
+    "interrupted": "interrupted",
+}
+
+
+def parse_time(iso: str | None) -> datetime | None:
+    if not iso:
+        return None
+    try:
+        dt = datetime.fromisoformat(iso)
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def local_time(iso: str | None, *, seconds: bool = False) -> str:
+    """A timestamp in the person's zone; the date is left out when it is today."""
+    dt = parse_time(iso)
+    if dt is None:
+        return "—"
+    local = dt.astimezone()
+    fmt = "%H:%M:%S" if seconds else "%H:%M"
+    if local.date() != datetime.now().astimezone().date():
+        fmt = "%Y-%m-%d " + fmt
+    return local.strftime(fmt)
+
+
+def _span(seconds: float) -> str:
+    s = int(abs(seconds))
+    if s < 60:
+        return "a few seconds" if s < 45 else "a minute"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        h = s // 3600
+        return f"{h} hour" + ("s" if h != 1 else "")
+    d = s // 86400
+    return f"{d} day" + ("s" if d != 1 else "")
+
+
+def ago(iso: str | None, now: datetime | None = None) -> str:
+    dt = parse_time(iso)
+    if dt is None:
+        return "never"
+    now = now or datetime.now(UTC)
+    return f"{_span((now - dt).total_seconds())} ago"
+
+
+def until(iso: str | None, now: datetime | None = None) -> str:
+    dt = parse_time(iso)
+    if dt is None:
+        return "not scheduled"
+    now = now or datetime.now(UTC)
+    delta = (dt - now).total_seconds()
+    if delta <= 0:
+        return "due now"
+    return f"in {_span(delta)}"
+
+
+def schedule_text(plan: dict[str, Any]) -> str:
+    if plan.get("schedule"):
+        return f"cron {plan['schedule']}"
+    if plan.get("every_seconds"):
+        return f"every {human_duration(plan['every_seconds'])}"
+    return "manual"
+
+
+def op_progress(op: dict[str, Any]) -> float | None:
+    """0..1 for a running operation that knows its total, else None."""
+    total = op.get("bytes_total") or 0
+    if op.get("status") != "running" or total <= 0:
+        return None
+    return max(0.0, min(1.0, (op.get("bytes_done") or 0) / total))
+
+
+def op_detail(op: dict[str, Any]) -> str:
+    """The last column of the operations list: progress, error, or what came out."""
+    status = op.get("status")
+    if status == "running":
+        frac = op_progress(op)
+        if frac is None:
+            return "starting…" if not op.get("files_done") else f"{op['files_done']} files"
+        eta = op.get("eta_seconds")
+        tail = f" · ETA {human_duration(eta)}" if eta is not None else ""
+        return f"{frac * 100:.0f}% of {human_bytes(op.get('bytes_total') or 0)}{tail}"
+    if status == "pending":
+        return "waiting for its turn"
+    if op.get("error"):
+        return str(op["error"]).splitlines()[0]
+    if op.get("snapshot_id"):
+        summary = op.get("summary") or {}
+        added = summary.get("data_added")
+        extra = f" · {human_bytes(added)} added" if isinstance(added, int | float) else ""
+        return f"snapshot {op['snapshot_id'][:8]}{extra}"
+    return ""
+
+
+def took(op: dict[str, Any]) -> str:
+    start, end = parse_time(op.get("started_at")), parse_time(op.get("ended_at"))
+    if start is None:
+        return "—"
+    if end is None:
+        end = datetime.now(UTC)
+    return human_duration((end - start).total_seconds())

@@ -1,0 +1,310 @@
+"""The operations list: a virtual table model over ``/v1/ops`` kept live by ``/v1/ops/follow``.
+
+Rows are plain dicts from the admin API, newest first (by the store's ``pk``), so finding the
+row of a changed operation is a binary search and a new operation is one insert: 100,000 rows
+cost nothing until they are painted, and only the visible ones are.
+
+The node is asked for one page at first (the first paint must not wait for a long history);
+older rows are fetched when the view scrolls near the end (``canFetchMore``/``fetchMore``).
+The admin API has no cursor yet, so each further page asks for ``limit = loaded + page`` and
+passes ``before=<oldest pk>``: a node that honours ``before`` sends only older rows, one that
+ignores it sends the newest rows again, and both are merged the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from dataclasses import dataclass, replace
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QRect,
+    QSize,
+    Qt,
+    Signal,
+)
+from PySide6.QtGui import QColor, QPainter, QPalette
+from PySide6.QtWidgets import (
+    QApplication,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionProgressBar,
+    QStyleOptionViewItem,
+)
+
+from peerstash.desktop import fmt
+from peerstash.desktop.api import ApiError, query
+from peerstash.desktop.backend import Backend
+from peerstash.desktop.icons import STATUS_COLORS, status_icon
+from peerstash.desktop.tasks import Tasks
+
+PAGE = 500
+MAX_LIMIT = 100_000
+
+COLUMNS = ("Status", "Kind", "Plan", "Repository", "Node", "Started", "Took", "Progress / result")
+COL_STATUS, COL_KIND, COL_PLAN, COL_REPO, COL_NODE, COL_STARTED, COL_TOOK, COL_DETAIL = range(8)
+
+#: The raw operation dict, for views and tests.
+OpRole = Qt.ItemDataRole.UserRole + 1
+#: 0..1 progress of a running operation, or None.
+ProgressRole = Qt.ItemDataRole.UserRole + 2
+
+Index = QModelIndex | QPersistentModelIndex
+
+
+@dataclass(frozen=True)
+class OpFilter:
+    """What the list shows; empty means any. Mirrors the ``/v1/ops`` query parameters."""
+
+    plan: str = ""
+    repo: str = ""
+    status: str = ""
+    origin: str = ""
+
+    def params(self) -> dict[str, str]:
+        return {"plan": self.plan, "repo": self.repo, "status": self.status, "origin": self.origin}
+
+    def matches(self, op: dict[str, Any]) -> bool:
+        return (
+            (not self.plan or op.get("plan") == self.plan)
+            and (not self.repo or op.get("repo") == self.repo)
+            and (not self.status or op.get("status") == self.status)
+            and (not self.origin or op.get("origin") == self.origin)
+        )
+
+    def with_(self, **kw: str) -> OpFilter:
+        return replace(self, **kw)
+
+
+class OpsModel(QAbstractTableModel):
+    #: The first page after a (re)load is in: the view can paint real rows.
+    loaded = Signal()
+    #: A load failed; the text says why.
+    loadFailed = Signal(str)
+
+    def __init__(self, backend: Backend | None = None, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.backend = backend
+        self.filter = OpFilter()
+        self._rows: list[dict[str, Any]] = []
+        self._keys: list[int] = []  # -pk of each row: ascending, for bisect
+        self._more = False
+        self._fetching = False
+        self._generation = 0
+        self._buffer: list[dict[str, Any]] | None = None
+        self.tasks = Tasks(on_error=lambda exc: self.loadFailed.emit(str(exc)))
+        if backend is not None:
+            backend.opChanged.connect(self.apply)
+            backend.opsReset.connect(self.reload)
+
+    # -- Qt model API ------------------------------------------------------------------------
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return COLUMNS[section]
+        return None
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        op = self._rows[index.row()]
+        col = index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._text(op, col)
+        if role == Qt.ItemDataRole.DecorationRole and col == COL_STATUS:
+            return status_icon(str(op.get("status")))
+        if role == OpRole:
+            return op
+        if role == ProgressRole:
+            return fmt.op_progress(op)
+        if role == Qt.ItemDataRole.ToolTipRole and col == COL_DETAIL:
+            return op.get("error") or None
+        if role == Qt.ItemDataRole.ForegroundRole and col == COL_DETAIL and op.get("error"):
+            return QColor(STATUS_COLORS.get(str(op.get("status")), "#d64541"))
+        return None
+
+    @staticmethod
+    def _text(op: dict[str, Any], col: int) -> str:
+        if col == COL_STATUS:
+            return fmt.STATUS_WORDS.get(str(op.get("status")), str(op.get("status")))
+        if col == COL_KIND:
+            return str(op.get("kind") or "")
+        if col == COL_PLAN:
+            return str(op.get("plan") or "—")
+        if col == COL_REPO:
+            return str(op.get("repo") or "—")
+        if col == COL_NODE:
+            return str(op.get("origin") or "")
+        if col == COL_STARTED:
+            return fmt.local_time(op.get("started_at") or op.get("created_at"), seconds=True)
+        if col == COL_TOOK:
+            return fmt.took(op)
+        return fmt.op_detail(op)
+
+    def canFetchMore(self, parent: Index = QModelIndex()) -> bool:  # noqa: B008
+        return not parent.isValid() and self._more and not self._fetching
+
+    def fetchMore(self, parent: Index = QModelIndex()) -> None:  # noqa: B008
+        if self.canFetchMore(parent):
+            self._fetching = True
+            self.tasks.spawn(self._fetch_older(self._generation), name="ops:more")
+
+    # -- access for views and tests -----------------------------------------------------------
+
+    def op_at(self, row: int) -> dict[str, Any]:
+        return self._rows[row]
+
+    def row_of(self, op_id: str, origin: str | None = None) -> int | None:
+        for i, op in enumerate(self._rows):
+            if op.get("id") == op_id and (origin is None or op.get("origin") == origin):
+                return i
+        return None
+
+    def ops(self) -> list[dict[str, Any]]:
+        return list(self._rows)
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def set_filter(self, flt: OpFilter) -> None:
+        if flt != self.filter:
+            self.filter = flt
+            self.reload()
+
+    def reload(self) -> None:
+        self.tasks.spawn(self.load(), name="ops:load")
+
+    async def load(self) -> None:
+        """(Re)load the first page for the current filter."""
+        assert self.backend is not None
+        self._generation += 1
+        gen = self._generation
+        self._buffer = []  # changes that arrive while the page is on its way
+        try:
+            ops = await self.backend.call(
+                "GET", "/v1/ops" + query({**self.filter.params(), "limit": PAGE})
+            )
+        except ApiError as exc:
+            self._buffer = None
+            self.loadFailed.emit(str(exc))
+            return
+        if gen != self._generation:
+            return
+        buffered, self._buffer = self._buffer or [], None
+        self.set_ops(ops, more=len(ops) >= PAGE)
+        for op in buffered:
+            self.apply(op)
+        self.loaded.emit()
+
+    def set_ops(self, ops: list[dict[str, Any]], *, more: bool = False) -> None:
+        """Replace every row (newest first by pk is restored if the input is not)."""
+        rows = sorted(ops, key=lambda o: -int(o.get("pk") or 0))
+        self.beginResetModel()
+        self._rows = rows
+        self._keys = [-int(o.get("pk") or 0) for o in rows]
+        self._more = more
+        self._fetching = False
+        self.endResetModel()
+
+    async def _fetch_older(self, gen: int) -> None:
+        assert self.backend is not None
+        try:
+            oldest = -self._keys[-1] if self._keys else None
+            limit = min(MAX_LIMIT, len(self._rows) + PAGE)
+            params = {**self.filter.params(), "limit": limit, "before": oldest}
+            ops = await self.backend.call("GET", "/v1/ops" + query(params))
+        finally:
+            self._fetching = False
+        if gen != self._generation:
+            return
+        older = [o for o in ops if oldest is None or int(o.get("pk") or 0) < oldest]
+        older.sort(key=lambda o: -int(o.get("pk") or 0))
+        got_all = len(ops) < limit or limit >= MAX_LIMIT
+        self._more = bool(older) and not got_all
+        if older:
+            first = len(self._rows)
+            self.beginInsertRows(QModelIndex(), first, first + len(older) - 1)
+            self._rows.extend(older)
+            self._keys.extend(-int(o.get("pk") or 0) for o in older)
+            self.endInsertRows()
+
+    # -- live changes ------------------------------------------------------------------------
+
+    def apply(self, op: dict[str, Any]) -> None:
+        """Insert, update or drop one changed operation (from the follow stream)."""
+        if self._buffer is not None:
+            self._buffer.append(op)
+        key = -int(op.get("pk") or 0)
+        pos = bisect.bisect_left(self._keys, key)
+        present = pos < len(self._keys) and self._keys[pos] == key
+        if not self.filter.matches(op):
+            if present:
+                self.beginRemoveRows(QModelIndex(), pos, pos)
+                del self._rows[pos]
+                del self._keys[pos]
+                self.endRemoveRows()
+            return
+        if present:
+            current = self._rows[pos]
+            if current.get("origin") == op.get("origin") and int(op.get("modno") or 0) < int(
+                current.get("modno") or 0
+            ):
+                return  # an older state arrived late
+            self._rows[pos] = op
+            self.dataChanged.emit(self.index(pos, 0), self.index(pos, len(COLUMNS) - 1))
+            return
+        if pos == len(self._keys) and self._more:
+            return  # older than anything loaded: it will come with the next page
+        self.beginInsertRows(QModelIndex(), pos, pos)
+        self._rows.insert(pos, op)
+        self._keys.insert(pos, key)
+        self.endInsertRows()
+
+    async def close(self) -> None:
+        await self.tasks.close()
+
+
+class ProgressDelegate(QStyledItemDelegate):
+    """Draws a progress bar (with percentage and ETA) for running operations."""
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: Index) -> None:
+        frac = index.data(ProgressRole)
+        if frac is None:
+            super().paint(painter, option, index)
+            return
+        if option.state & QStyle.StateFlag.State_Selected:
+            painter.fillRect(option.rect, option.palette.brush(QPalette.ColorRole.Highlight))
+        bar = QStyleOptionProgressBar()
+        rect = QRect(option.rect).adjusted(3, 3, -3, -3)
+        bar.rect = rect
+        bar.minimum = 0
+        bar.maximum = 1000
+        bar.progress = int(frac * 1000)
+        bar.text = str(index.data(Qt.ItemDataRole.DisplayRole) or "")
+        bar.textVisible = True
+        bar.textAlignment = Qt.AlignmentFlag.AlignCenter
+        bar.state = QStyle.StateFlag.State_Enabled | QStyle.StateFlag.State_Horizontal
+        style = option.widget.style() if option.widget is not None else QApplication.style()
+        style.drawControl(QStyle.ControlElement.CE_ProgressBar, bar, painter, option.widget)
+
+    def sizeHint(self, option: QStyleOptionViewItem, index: Index) -> QSize:
+        hint = super().sizeHint(option, index)
+        return QSize(max(hint.width(), 220), hint.height())
+
+
+async def wait_loaded(model: OpsModel) -> None:
+    """Until the model's pending load is done (for tests and the benchmark)."""
+    await model.tasks.idle()
+    await asyncio.sleep(0)

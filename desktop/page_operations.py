@@ -1,0 +1,243 @@
+"""Operations: every operation, newest first, with live progress, filters, the log and cancel."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from PySide6.QtCore import QItemSelection, Qt
+from PySide6.QtGui import QFont, QFontDatabase
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QSplitter,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from peerstash.desktop import fmt
+from peerstash.desktop.api import q
+from peerstash.desktop.backend import FINISHED, Backend
+from peerstash.desktop.opsmodel import COL_DETAIL, COL_STATUS, OpFilter, OpsModel, ProgressDelegate
+from peerstash.desktop.widgets import Page
+
+STATUSES = ("pending", "running", "success", "warning", "error", "cancelled", "interrupted")
+LOG_REFRESH = 1.0
+
+
+class OperationsPage(Page):
+    title = "Operations"
+
+    def __init__(self, backend: Backend, parent: QWidget | None = None) -> None:
+        super().__init__(backend, parent)
+        self.model = OpsModel(backend, self)
+        self.model.loadFailed.connect(lambda msg: self.banner.show_message(msg, "error"))
+
+        bar = QHBoxLayout()
+        self.plan_filter = self._combo("Any plan")
+        self.repo_filter = self._combo("Any repository")
+        self.status_filter = self._combo("Any status")
+        for s in STATUSES:
+            self.status_filter.addItem(fmt.STATUS_WORDS[s], s)
+        self.origin_filter = self._combo("Any node")
+        for label, combo in (
+            ("Plan", self.plan_filter),
+            ("Repository", self.repo_filter),
+            ("Status", self.status_filter),
+            ("Node", self.origin_filter),
+        ):
+            bar.addWidget(QLabel(label))
+            bar.addWidget(combo)
+        bar.addStretch(1)
+        self.outer.addLayout(bar)
+
+        self.view = QTableView()
+        self.view.setModel(self.model)
+        self.view.setItemDelegateForColumn(COL_DETAIL, ProgressDelegate(self.view))
+        self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.view.setAlternatingRowColors(True)
+        self.view.setShowGrid(False)
+        self.view.setWordWrap(False)
+        self.view.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        vh = self.view.verticalHeader()
+        vh.hide()
+        # Fixed row heights: the view never measures 100,000 rows.
+        vh.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        vh.setDefaultSectionSize(self.view.fontMetrics().height() + 10)
+        hh = self.view.horizontalHeader()
+        hh.setHighlightSections(False)
+        hh.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        hh.setStretchLastSection(True)
+        for col, width in enumerate((110, 80, 110, 110, 100, 140, 70)):
+            hh.resizeSection(col, width)
+        self.view.selectionModel().selectionChanged.connect(self._selection_changed)
+
+        details = QWidget()
+        dl = QVBoxLayout(details)
+        dl.setContentsMargins(0, 6, 0, 0)
+        head = QHBoxLayout()
+        self.detail_title = QLabel("Select an operation to see its log.")
+        self.detail_title.setStyleSheet("font-weight:600;")
+        head.addWidget(self.detail_title, 1)
+        self.cancel_button = QPushButton("Cancel operation")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self._cancel)
+        head.addWidget(self.cancel_button)
+        dl.addLayout(head)
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(5000)
+        self.log.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        mono = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
+        mono.setStyleHint(QFont.StyleHint.Monospace)
+        self.log.setFont(mono)
+        dl.addWidget(self.log)
+
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(self.view)
+        split.addWidget(details)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 1)
+        self.outer.addWidget(split, 1)
+
+        self.selected: dict[str, Any] | None = None
+        self._log_loaded_at = 0.0
+        self._log_for: str | None = None
+        self._started = False
+        backend.configChanged.connect(self._fill_filters)
+        backend.statusChanged.connect(lambda _st: self._fill_filters())
+        backend.opChanged.connect(self._op_changed)
+        self._fill_filters()
+
+    def _combo(self, any_text: str) -> QComboBox:
+        c = QComboBox()
+        c.addItem(any_text, "")
+        c.setMinimumContentsLength(10)
+        c.currentIndexChanged.connect(self._filters_changed)
+        return c
+
+    def activate(self) -> None:
+        if not self._started:
+            self._started = True
+            self.model.reload()
+
+    # -- filters -----------------------------------------------------------------------------
+
+    def _fill_filters(self) -> None:
+        def refill(combo: QComboBox, values: list[str]) -> None:
+            current = combo.currentData()
+            have = [combo.itemData(i) for i in range(1, combo.count())]
+            if have == values:
+                return
+            combo.blockSignals(True)
+            while combo.count() > 1:
+                combo.removeItem(1)
+            for v in values:
+                combo.addItem(v, v)
+            i = combo.findData(current)
+            combo.setCurrentIndex(max(i, 0))
+            combo.blockSignals(False)
+
+        refill(self.plan_filter, sorted(str(p["id"]) for p in self.backend.plans))
+        refill(self.repo_filter, sorted(str(r["id"]) for r in self.backend.repos))
+        origins = {self.backend.instance_id} if self.backend.instance_id else set()
+        origins |= {
+            str(self.origin_filter.itemData(i)) for i in range(1, self.origin_filter.count())
+        }
+        refill(self.origin_filter, sorted(o for o in origins if o))
+
+    def _filters_changed(self) -> None:
+        self.model.set_filter(
+            OpFilter(
+                plan=self.plan_filter.currentData() or "",
+                repo=self.repo_filter.currentData() or "",
+                status=self.status_filter.currentData() or "",
+                origin=self.origin_filter.currentData() or "",
+            )
+        )
+
+    # -- selection, log, cancel --------------------------------------------------------------
+
+    def _selection_changed(self, selected: QItemSelection, _deselected: QItemSelection) -> None:
+        rows = self.view.selectionModel().selectedRows()
+        self.selected = self.model.op_at(rows[0].row()) if rows else None
+        self._show_selected(reload_log=True)
+
+    def _show_selected(self, *, reload_log: bool) -> None:
+        op = self.selected
+        if op is None:
+            self.detail_title.setText("Select an operation to see its log.")
+            self.cancel_button.setEnabled(False)
+            self.log.clear()
+            self._log_for = None
+            return
+        status = str(op.get("status"))
+        what = f"{op.get('kind')} {op.get('plan') or op.get('repo') or ''}".strip()
+        self.detail_title.setText(
+            f"{what} · {fmt.STATUS_WORDS.get(status, status)} · {op.get('origin')} · "
+            f"operation {op.get('id')}"
+        )
+        local = op.get("origin") == self.backend.instance_id
+        self.cancel_button.setEnabled(local and status not in FINISHED)
+        if reload_log:
+            self._log_for = str(op.get("id"))
+            self._log_loaded_at = time.monotonic()
+            self.run(self._load_log(str(op.get("id"))), name="ops:log")
+
+    async def _load_log(self, op_id: str) -> None:
+        res = await self.backend.call("GET", f"/v1/ops/{q(op_id)}/log")
+        if self._log_for != op_id:
+            return
+        lines = list(res.get("lines") or [])
+        text = "\n".join(lines) if lines else "(no log lines yet)"
+        if self.selected and self.selected.get("error"):
+            text += f"\n\n{self.selected['error']}"
+        bar = self.log.verticalScrollBar()
+        at_end = bar.value() >= bar.maximum() - 2
+        self.log.setPlainText(text)
+        if at_end:
+            bar.setValue(bar.maximum())
+
+    def _op_changed(self, op: dict[str, Any]) -> None:
+        if self.backend.instance_id and op.get("origin") not in (None, ""):
+            if self.origin_filter.findData(op.get("origin")) < 0:
+                self._fill_filters()
+        sel = self.selected
+        if sel is None or (sel.get("id"), sel.get("origin")) != (op.get("id"), op.get("origin")):
+            return
+        self.selected = op
+        finished = op.get("status") in FINISHED
+        due = time.monotonic() - self._log_loaded_at >= LOG_REFRESH
+        self._show_selected(reload_log=finished or due)
+
+    def _cancel(self) -> None:
+        op = self.selected
+        if op is None:
+            return
+        self.cancel_button.setEnabled(False)
+        self.run(self._do_cancel(str(op.get("id"))))
+
+    async def _do_cancel(self, op_id: str) -> None:
+        await self.backend.cancel(op_id)
+        self.banner.show_message(f"Cancelling operation {op_id[-8:]}…", "info")
+
+    def select_op(self, op_id: str) -> bool:
+        """Select the row of ``op_id`` (used by the tray's "show" and by tests)."""
+        row = self.model.row_of(op_id)
+        if row is None:
+            return False
+        self.view.selectRow(row)
+        self.view.scrollTo(self.model.index(row, COL_STATUS))
+        return True
+
+    async def close_page(self) -> None:
+        await self.model.close()
+        await super().close_page()

@@ -1,0 +1,210 @@
+"""Overview: this node (and, once peer sync lands, every node of the fleet) at a glance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from peerstash.desktop import fmt
+from peerstash.desktop.api import ApiError, Unavailable
+from peerstash.desktop.backend import Backend
+from peerstash.desktop.icons import STATUS_COLORS, status_icon
+from peerstash.desktop.widgets import Page, item, make_table
+
+PLAN_HEADERS = ("Plan", "Repository", "Last backup", "Result", "Next run", "")
+
+
+class OverviewPage(Page):
+    title = "Overview"
+
+    def __init__(self, backend: Backend, parent: QWidget | None = None) -> None:
+        super().__init__(backend, parent)
+        card = QFrame()
+        card.setObjectName("nodeCard")
+        card.setStyleSheet(
+            "QFrame#nodeCard{border:1px solid palette(mid);border-radius:8px;"
+            "background:palette(base);}"
+        )
+        cl = QHBoxLayout(card)
+        cl.setContentsMargins(14, 10, 14, 10)
+        text = QVBoxLayout()
+        self.node_title = QLabel("…")
+        self.node_title.setStyleSheet("font-size:13pt;font-weight:600;")
+        self.node_sub = QLabel("")
+        self.node_sub.setStyleSheet("color:palette(placeholder-text);")
+        text.addWidget(self.node_title)
+        text.addWidget(self.node_sub)
+        cl.addLayout(text, 1)
+        self.pause_button = QPushButton("Pause schedules")
+        self.pause_button.clicked.connect(self._toggle_pause)
+        cl.addWidget(self.pause_button, 0, Qt.AlignmentFlag.AlignVCenter)
+        self.outer.addWidget(card)
+
+        plans_label = QLabel("Backup plans")
+        plans_label.setStyleSheet("font-weight:600;")
+        self.outer.addWidget(plans_label)
+        self.plans = make_table(PLAN_HEADERS, stretch=3)
+        self.plans.setSelectionMode(self.plans.SelectionMode.NoSelection)
+        self.outer.addWidget(self.plans, 3)
+        self.empty = QLabel(
+            "No backup plans yet. Add a repository and a plan on the "
+            "<b>Plans &amp; repositories</b> page."
+        )
+        self.empty.setStyleSheet("color:palette(placeholder-text);")
+        self.empty.hide()
+        self.outer.addWidget(self.empty)
+
+        running_label = QLabel("Running now")
+        running_label.setStyleSheet("font-weight:600;")
+        self.outer.addWidget(running_label)
+        self.running_box = QWidget()
+        self.running_layout = QGridLayout(self.running_box)
+        self.running_layout.setContentsMargins(0, 0, 0, 0)
+        self.outer.addWidget(self.running_box)
+        self.idle = QLabel("Nothing is running.")
+        self.idle.setStyleSheet("color:palette(placeholder-text);")
+        self.outer.addWidget(self.idle)
+        self._bars: dict[tuple[str, str], tuple[QLabel, QProgressBar]] = {}
+
+        fleet_label = QLabel("Other nodes")
+        fleet_label.setStyleSheet("font-weight:600;")
+        self.outer.addWidget(fleet_label)
+        self.fleet = QLabel("…")
+        self.fleet.setWordWrap(True)
+        self.fleet.setStyleSheet("color:palette(placeholder-text);")
+        self.outer.addWidget(self.fleet)
+        self.outer.addStretch(1)
+
+        backend.statusChanged.connect(self._show_status)
+        backend.opChanged.connect(self._op_changed)
+        backend.opsReset.connect(self._show_running)
+        if backend.status:
+            self._show_status(backend.status)
+        self._show_running()
+
+    def activate(self) -> None:
+        self.run(self._refresh())
+
+    async def _refresh(self) -> None:
+        await self.backend.refresh_status()
+        try:
+            peers = await self.backend.peers.peers()
+        except Unavailable:
+            self.fleet.setText(
+                "Peer sync is not available in this version of the node, so only this node is "
+                "shown. Paired machines will appear here with their plans and state."
+            )
+        except ApiError as exc:
+            self.fleet.setText(f"Could not read the peers: {exc}")
+        else:
+            self.fleet.setText(
+                ", ".join(f"{p.get('instance_id', '?')} ({p.get('state', '?')})" for p in peers)
+                or "No paired nodes yet: pair one on the Peers page."
+            )
+
+    # -- status ------------------------------------------------------------------------------
+
+    def _show_status(self, st: dict[str, Any]) -> None:
+        where = (
+            "running inside this app"
+            if self.backend.in_process
+            else f"attached to the node running as process {st.get('pid')}"
+        )
+        paused = bool(st.get("paused"))
+        self.node_title.setText(f"This node: {st.get('instance_id', '?')}")
+        self.node_sub.setText(
+            f"Peerstash {st.get('version', '?')} · {where} · "
+            + ("scheduled backups are <b>paused</b>" if paused else "scheduled backups are on")
+        )
+        self.pause_button.setText("Resume schedules" if paused else "Pause schedules")
+        plans = list(st.get("plans") or [])
+        self.plans.setRowCount(len(plans))
+        for r, p in enumerate(plans):
+            last = p.get("last") or {}
+            self.plans.setItem(r, 0, item(str(p["id"]), p["id"]))
+            self.plans.setItem(r, 1, item(str(p.get("repo") or "")))
+            when = last.get("ended_at") or last.get("started_at") or last.get("created_at")
+            self.plans.setItem(r, 2, item(fmt.ago(when) if last else "never"))
+            status = str(last.get("status") or "")
+            if p.get("stale"):
+                res = item("stale: no recent successful backup")
+                res.setIcon(status_icon("warning"))
+                res.setForeground(QColor(STATUS_COLORS["warning"]))
+            elif last:
+                res = item(fmt.STATUS_WORDS.get(status, status))
+                res.setIcon(status_icon(status))
+                if last.get("error"):
+                    res.setToolTip(str(last["error"]))
+            else:
+                res = item("not backed up yet")
+            self.plans.setItem(r, 3, res)
+            nxt = p.get("next_due_at")
+            due = (
+                "disabled"
+                if not p.get("enabled", True)
+                else (f"{fmt.local_time(nxt)} ({fmt.until(nxt)})" if nxt else "manual")
+            )
+            if paused and nxt:
+                due += " · paused"
+            self.plans.setItem(r, 4, item(due))
+            button = QPushButton("Back up now")
+            button.setObjectName(f"overview-backup-{p['id']}")
+            plan_id = str(p["id"])
+            button.clicked.connect(lambda _=False, pid=plan_id: self.run(self._backup(pid)))
+            self.plans.setCellWidget(r, 5, button)
+        self.plans.setVisible(bool(plans))
+        self.empty.setVisible(not plans)
+
+    def _toggle_pause(self) -> None:
+        self.run(self.backend.set_paused(not self.backend.paused))
+
+    async def _backup(self, plan_id: str) -> None:
+        op = await self.backend.backup(plan_id)
+        self.banner.show_message(f"Backup of {plan_id} queued (operation {op['id'][-8:]}).", "ok")
+
+    # -- running operations --------------------------------------------------------------------
+
+    def _op_changed(self, op: dict[str, Any]) -> None:
+        self._show_running()
+
+    def _show_running(self) -> None:
+        active = self.backend.active
+        for key in list(self._bars):
+            if key not in active:
+                label, bar = self._bars.pop(key)
+                label.deleteLater()
+                bar.deleteLater()
+        for key, op in sorted(active.items(), key=lambda kv: kv[1].get("pk") or 0):
+            if key not in self._bars:
+                label, bar = QLabel(), QProgressBar()
+                bar.setRange(0, 1000)
+                bar.setTextVisible(True)
+                row = len(self._bars)
+                self.running_layout.addWidget(label, row, 0)
+                self.running_layout.addWidget(bar, row, 1)
+                self._bars[key] = (label, bar)
+            label, bar = self._bars[key]
+            what = f"{op.get('kind')} {op.get('plan') or op.get('repo') or ''}".strip()
+            label.setText(what)
+            frac = fmt.op_progress(op)
+            if frac is None:
+                bar.setRange(0, 0 if op.get("status") == "running" else 1000)
+                bar.setFormat(fmt.op_detail(op))
+            else:
+                bar.setRange(0, 1000)
+                bar.setValue(int(frac * 1000))
+                bar.setFormat(fmt.op_detail(op))
+        self.idle.setVisible(not active)
+        self.running_box.setVisible(bool(active))

@@ -1,0 +1,192 @@
+"""Plans and repositories: list, add (dialogs), remove, back up now, maintenance now."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtWidgets import QGroupBox, QPushButton, QVBoxLayout, QWidget
+
+from peerstash.desktop import fmt
+from peerstash.desktop.backend import Backend
+from peerstash.desktop.dialogs import AddPlanDialog, AddRepoDialog
+from peerstash.desktop.widgets import Page, button_row, item, make_table, selected_data
+
+PLAN_HEADERS = ("Plan", "Repository", "Schedule", "Folders", "Keep", "State")
+REPO_HEADERS = ("Repository", "Location", "Password", "ID", "Kind")
+
+
+def retention_text(ret: dict[str, Any]) -> str:
+    parts = [f"{k.removeprefix('keep_')} {v}" for k, v in ret.items() if v]
+    return ", ".join(parts) if parts else "everything"
+
+
+class PlansPage(Page):
+    title = "Plans & repositories"
+
+    def __init__(self, backend: Backend, parent: QWidget | None = None) -> None:
+        super().__init__(backend, parent)
+        plans_box = QGroupBox("Backup plans")
+        pl = QVBoxLayout(plans_box)
+        self.plans = make_table(PLAN_HEADERS, stretch=3)
+        self.plans.itemSelectionChanged.connect(self._update_buttons)
+        pl.addWidget(self.plans)
+        self.add_plan_button = QPushButton("Add plan…")
+        self.backup_button = QPushButton("Back up now")
+        self.remove_plan_button = QPushButton("Remove plan")
+        self.add_plan_button.clicked.connect(self.open_add_plan)
+        self.backup_button.clicked.connect(self._backup)
+        self.remove_plan_button.clicked.connect(self._remove_plan)
+        pl.addLayout(button_row(self.add_plan_button, self.backup_button, self.remove_plan_button))
+        self.outer.addWidget(plans_box, 1)
+
+        repos_box = QGroupBox("Repositories")
+        rl = QVBoxLayout(repos_box)
+        self.repos = make_table(REPO_HEADERS, stretch=1)
+        self.repos.itemSelectionChanged.connect(self._update_buttons)
+        rl.addWidget(self.repos)
+        self.add_repo_button = QPushButton("Add repository…")
+        self.add_repo_button.clicked.connect(self.open_add_repo)
+        self.maint_buttons: dict[str, QPushButton] = {}
+        for what, text in (
+            ("forget", "Apply retention now"),
+            ("prune", "Prune now"),
+            ("check", "Check now"),
+            ("unlock", "Unlock"),
+        ):
+            b = QPushButton(text)
+            b.clicked.connect(lambda _=False, w=what: self._maintenance(w))
+            self.maint_buttons[what] = b
+        self.remove_repo_button = QPushButton("Remove")
+        self.remove_repo_button.clicked.connect(self._remove_repo)
+        rl.addLayout(
+            button_row(self.add_repo_button, *self.maint_buttons.values(), self.remove_repo_button)
+        )
+        self.outer.addWidget(repos_box, 1)
+
+        self.dialog: AddPlanDialog | AddRepoDialog | None = None
+        backend.configChanged.connect(self._show)
+        self._show()
+
+    def activate(self) -> None:
+        self.run(self.backend.refresh_config())
+
+    def _show(self) -> None:
+        keep_plan, keep_repo = selected_data(self.plans), selected_data(self.repos)
+        plans, repos = self.backend.plans, self.backend.repos
+        self.plans.setRowCount(len(plans))
+        for r, p in enumerate(plans):
+            self.plans.setItem(r, 0, item(str(p["id"]), p["id"]))
+            self.plans.setItem(r, 1, item(str(p.get("repo"))))
+            self.plans.setItem(r, 2, item(fmt.schedule_text(p)))
+            paths = item(", ".join(p.get("paths") or []))
+            paths.setToolTip("\n".join(p.get("paths") or []))
+            self.plans.setItem(r, 3, paths)
+            self.plans.setItem(r, 4, item(retention_text(p.get("retention") or {})))
+            state = (
+                "enabled"
+                if p.get("enabled", True)
+                else f"disabled: {p.get('disabled_reason') or ''}"
+            )
+            self.plans.setItem(r, 5, item(state))
+            if p["id"] == keep_plan:
+                self.plans.selectRow(r)
+        self.repos.setRowCount(len(repos))
+        for r, repo in enumerate(repos):
+            self.repos.setItem(r, 0, item(str(repo["id"]), repo["id"]))
+            self.repos.setItem(r, 1, item(str(repo.get("uri"))))
+            src = str(repo.get("password_source"))
+            ref = repo.get("password_ref")
+            self.repos.setItem(r, 2, item(f"{src} ({ref})" if ref else src))
+            self.repos.setItem(r, 3, item(str(repo.get("guid") or "")[:8]))
+            kind = f"shared by {repo['origin']} · read-only" if repo.get("origin") else "own"
+            self.repos.setItem(r, 4, item(kind))
+            if repo["id"] == keep_repo:
+                self.repos.selectRow(r)
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        plan = selected_data(self.plans) is not None
+        repo_id = selected_data(self.repos)
+        repo = next((r for r in self.backend.repos if r["id"] == repo_id), None)
+        own = repo is not None and not repo.get("origin")
+        self.backup_button.setEnabled(plan)
+        self.remove_plan_button.setEnabled(plan)
+        for what, b in self.maint_buttons.items():
+            b.setEnabled(repo is not None and (own or what in ("check", "unlock")))
+        self.remove_repo_button.setEnabled(repo is not None)
+
+    # -- actions -----------------------------------------------------------------------------
+
+    def select_plan(self, plan_id: str) -> None:
+        for r in range(self.plans.rowCount()):
+            if self.plans.item(r, 0).text() == plan_id:
+                self.plans.selectRow(r)
+
+    def select_repo(self, repo_id: str) -> None:
+        for r in range(self.repos.rowCount()):
+            if self.repos.item(r, 0).text() == repo_id:
+                self.repos.selectRow(r)
+
+    def open_add_plan(self) -> AddPlanDialog:
+        dlg = AddPlanDialog(self.backend, self)
+        dlg.created.connect(
+            lambda plan: self.banner.show_message(f"Plan {plan['id']} added.", "ok")
+        )
+        self.dialog = dlg
+        dlg.open()
+        return dlg
+
+    def open_add_repo(self) -> AddRepoDialog:
+        dlg = AddRepoDialog(self.backend, self)
+        dlg.created.connect(
+            lambda res: self.banner.show_message(
+                f"Repository {res['repo']['id']}: {res.get('message', 'added')}.", "ok"
+            )
+        )
+        self.dialog = dlg
+        dlg.open()
+        return dlg
+
+    def _backup(self) -> None:
+        plan_id = selected_data(self.plans)
+        if plan_id:
+            self.run(self._do_backup(str(plan_id)), name="plans:backup")
+
+    async def _do_backup(self, plan_id: str) -> None:
+        op = await self.backend.backup(plan_id)
+        self.banner.show_message(
+            f"Backup of {plan_id} queued as operation {op['id'][-8:]}; follow it on the "
+            "Operations page.",
+            "ok",
+        )
+
+    def _maintenance(self, what: str) -> None:
+        repo_id = selected_data(self.repos)
+        if repo_id:
+            self.run(self._do_maintenance(str(repo_id), what), name=f"plans:{what}")
+
+    async def _do_maintenance(self, repo_id: str, what: str) -> None:
+        op = await self.backend.maintenance(repo_id, what)
+        self.banner.show_message(f"{what} of {repo_id} queued as operation {op['id'][-8:]}.", "ok")
+
+    def _remove_plan(self) -> None:
+        plan_id = selected_data(self.plans)
+        if plan_id:
+            self.run(self._do_remove_plan(str(plan_id)))
+
+    async def _do_remove_plan(self, plan_id: str) -> None:
+        await self.backend.delete_plan(plan_id)
+        self.banner.show_message(
+            f"Plan {plan_id} removed; its snapshots stay in the repository.", "ok"
+        )
+
+    def _remove_repo(self) -> None:
+        repo_id = selected_data(self.repos)
+        if repo_id:
+            self.run(self._do_remove_repo(str(repo_id)))
+
+    async def _do_remove_repo(self, repo_id: str) -> None:
+        await self.backend.delete_repo(repo_id)
+        self.banner.show_message(
+            f"Repository {repo_id} removed from Peerstash; its data is untouched.", "ok"
+        )

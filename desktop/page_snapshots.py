@@ -1,0 +1,351 @@
+"""Snapshots: pick a repository, pick a snapshot, browse its tree, restore a path with progress.
+
+The tree is loaded one directory at a time from the node's NDJSON ``ls`` stream (restic lists a
+directory and its direct children), so a snapshot of millions of files opens as fast as a small
+one, and rows are added in batches while they arrive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+from PySide6.QtCore import QModelIndex, Qt
+from PySide6.QtGui import QStandardItem, QStandardItemModel
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QTreeView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from peerstash.desktop import fmt
+from peerstash.desktop.api import q, query
+from peerstash.desktop.backend import FINISHED, Backend
+from peerstash.desktop.widgets import Page, item, make_table, selected_data
+
+PathRole = Qt.ItemDataRole.UserRole + 1
+LoadedRole = Qt.ItemDataRole.UserRole + 2
+TypeRole = Qt.ItemDataRole.UserRole + 3
+BATCH = 200
+
+
+def is_child(path: str, parent: str) -> bool:
+    """True when ``path`` is directly inside ``parent`` (both absolute snapshot paths)."""
+    parent = parent.rstrip("/") or "/"
+    path = path.rstrip("/") or "/"
+    return path != parent and os.path.dirname(path) == parent
+
+
+class SnapshotsPage(Page):
+    title = "Snapshots"
+
+    def __init__(self, backend: Backend, parent: QWidget | None = None) -> None:
+        super().__init__(backend, parent)
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Repository"))
+        self.repo = QComboBox()
+        self.repo.setMinimumContentsLength(14)
+        self.repo.currentIndexChanged.connect(self._repo_changed)
+        top.addWidget(self.repo)
+        self.refresh_button = QPushButton("Refresh")
+        self.refresh_button.clicked.connect(self._repo_changed)
+        top.addWidget(self.refresh_button)
+        top.addStretch(1)
+        self.outer.addLayout(top)
+
+        self.snapshots = make_table(("Time", "ID", "Host", "Tags", "Folders"), stretch=4)
+        self.snapshots.itemSelectionChanged.connect(self._snapshot_changed)
+        self.tree_model = QStandardItemModel(0, 3, self)
+        self.tree_model.setHorizontalHeaderLabels(["Name", "Size", "Modified"])
+        self.tree = QTreeView()
+        self.tree.setModel(self.tree_model)
+        self.tree.setUniformRowHeights(True)
+        self.tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.tree.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.tree.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.tree.header().setStretchLastSection(False)
+        self.tree.expanded.connect(self._expanded)
+        self.tree.selectionModel().selectionChanged.connect(self._update_restore)
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(self.snapshots)
+        split.addWidget(self.tree)
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 2)
+        self.outer.addWidget(split, 1)
+
+        rl = QHBoxLayout()
+        rl.addWidget(QLabel("Restore into"))
+        self.target = QLineEdit()
+        self.target.setPlaceholderText(
+            "a folder; the snapshot's full paths are recreated inside it"
+        )
+        rl.addWidget(self.target, 1)
+        choose = QPushButton("Choose…")
+        choose.clicked.connect(self._choose_target)
+        rl.addWidget(choose)
+        self.restore_button = QPushButton("Restore selected")
+        self.restore_button.clicked.connect(self.restore_selected)
+        rl.addWidget(self.restore_button)
+        self.outer.addLayout(rl)
+        pl = QVBoxLayout()
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.hide()
+        self.restore_status = QLabel("")
+        self.restore_status.setWordWrap(True)
+        pl.addWidget(self.progress)
+        pl.addWidget(self.restore_status)
+        self.outer.addLayout(pl)
+
+        self.restore_op: dict[str, Any] | None = None
+        self._loading: set[str] = set()
+        self._folder_dialog: QFileDialog | None = None
+        self._snap_generation = 0
+        backend.configChanged.connect(self._fill_repos)
+        backend.opChanged.connect(self._op_changed)
+        self._fill_repos()
+        self._update_restore()
+
+    def activate(self) -> None:
+        if self.repo.currentData() and self.snapshots.rowCount() == 0:
+            self._repo_changed()
+
+    # -- repositories and snapshots -----------------------------------------------------------
+
+    def _fill_repos(self) -> None:
+        current = self.repo.currentData()
+        ids = [str(r["id"]) for r in self.backend.repos]
+        if [self.repo.itemData(i) for i in range(self.repo.count())] == ids:
+            return
+        self.repo.blockSignals(True)
+        self.repo.clear()
+        for rid in ids:
+            self.repo.addItem(rid, rid)
+        i = self.repo.findData(current)
+        self.repo.setCurrentIndex(max(i, 0))
+        self.repo.blockSignals(False)
+        if self.repo.currentData() != current and self.isVisible():
+            self._repo_changed()
+
+    def select_repo(self, repo_id: str) -> None:
+        i = self.repo.findData(repo_id)
+        if i >= 0:
+            if i == self.repo.currentIndex():
+                self._repo_changed()
+            else:
+                self.repo.setCurrentIndex(i)
+
+    def _repo_changed(self) -> None:
+        repo = self.repo.currentData()
+        self.snapshots.setRowCount(0)
+        self._clear_tree()
+        if repo:
+            self.run(self.load_snapshots(str(repo)), name="snapshots:list")
+
+    async def load_snapshots(self, repo: str) -> None:
+        self._snap_generation += 1
+        gen = self._snap_generation
+        self.banner.show_message(f"Reading the snapshots of {repo}…", "info")
+        snaps = await self.backend.call("GET", f"/v1/repos/{q(repo)}/snapshots")
+        if gen != self._snap_generation:
+            return
+        self.banner.clear_message()
+        snaps = sorted(snaps, key=lambda s: s.get("time") or "", reverse=True)
+        self.snapshots.setRowCount(len(snaps))
+        for r, s in enumerate(snaps):
+            self.snapshots.setItem(r, 0, item(fmt.local_time(s.get("time"), seconds=True), s))
+            self.snapshots.setItem(r, 1, item(str(s.get("short_id") or s["id"][:8])))
+            self.snapshots.setItem(r, 2, item(str(s.get("hostname") or "")))
+            self.snapshots.setItem(r, 3, item(", ".join(s.get("tags") or [])))
+            self.snapshots.setItem(r, 4, item(", ".join(s.get("paths") or [])))
+        if not snaps:
+            self.banner.show_message(f"{repo} has no snapshots yet.", "info")
+
+    def snapshot(self) -> dict[str, Any] | None:
+        return selected_data(self.snapshots)
+
+    def _snapshot_changed(self) -> None:
+        self._clear_tree()
+        snap = self.snapshot()
+        if snap is None:
+            return
+        root = self._dir_item("/", "/")
+        self.tree_model.appendRow([root, QStandardItem(""), QStandardItem("")])
+        self.tree.expand(root.index())
+
+    # -- the tree ------------------------------------------------------------------------------
+
+    def _clear_tree(self) -> None:
+        self.tree_model.removeRows(0, self.tree_model.rowCount())
+        self._loading.clear()
+        self._update_restore()
+
+    def _dir_item(self, name: str, path: str) -> QStandardItem:
+        it = QStandardItem(name)
+        it.setData(path, PathRole)
+        it.setData(False, LoadedRole)
+        it.setData("dir", TypeRole)
+        it.setIcon(self.style().standardIcon(self.style().StandardPixmap.SP_DirIcon))
+        it.appendRow(QStandardItem("Loading…"))  # makes it expandable until it is read
+        return it
+
+    def _expanded(self, index: QModelIndex) -> None:
+        it = self.tree_model.itemFromIndex(index.siblingAtColumn(0))
+        if it is None or it.data(LoadedRole) or it.data(PathRole) in self._loading:
+            return
+        snap = self.snapshot()
+        repo = self.repo.currentData()
+        if snap and repo:
+            path = str(it.data(PathRole))
+            self._loading.add(path)
+            self.run(self.load_dir(str(repo), str(snap["id"]), it), name="snapshots:ls")
+
+    async def load_dir(self, repo: str, snap: str, parent: QStandardItem) -> None:
+        path = str(parent.data(PathRole))
+        batch: list[list[QStandardItem]] = []
+        first = True
+        count = 0
+
+        def flush() -> None:
+            nonlocal first
+            if first:
+                parent.removeRows(0, parent.rowCount())
+                first = False
+            for row in batch:
+                parent.appendRow(row)
+            batch.clear()
+
+        url = f"/v1/repos/{q(repo)}/snapshots/{q(snap)}/ls" + query({"path": path})
+        try:
+            async with contextlib.aclosing(self.backend.client.lines(url)) as stream:
+                async for node in stream:
+                    if not is_child(str(node.get("path") or ""), path):
+                        continue  # the directory itself (restic lists it first)
+                    batch.append(self._row(node))
+                    count += 1
+                    if len(batch) >= BATCH:
+                        flush()
+        finally:
+            self._loading.discard(path)
+        flush()
+        parent.setData(True, LoadedRole)
+        if count == 0:
+            parent.appendRow(QStandardItem("(empty)"))
+
+    def _row(self, node: dict[str, Any]) -> list[QStandardItem]:
+        name = str(node.get("name") or os.path.basename(str(node.get("path"))))
+        path = str(node.get("path"))
+        if node.get("type") == "dir":
+            first = self._dir_item(name, path)
+        else:
+            first = QStandardItem(name)
+            first.setData(path, PathRole)
+            first.setData(True, LoadedRole)
+            first.setData(str(node.get("type")), TypeRole)
+            first.setIcon(self.style().standardIcon(self.style().StandardPixmap.SP_FileIcon))
+        size = QStandardItem(
+            "" if node.get("type") == "dir" else fmt.human_bytes(node.get("size") or 0)
+        )
+        size.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return [first, size, QStandardItem(fmt.local_time(node.get("mtime")))]
+
+    def find_item(self, path: str) -> QStandardItem | None:
+        """The tree item of ``path`` if it is loaded (for tests and "reveal")."""
+        matches = self.tree_model.match(
+            self.tree_model.index(0, 0),
+            PathRole,
+            path,
+            1,
+            Qt.MatchFlag.MatchExactly | Qt.MatchFlag.MatchRecursive,
+        )
+        return self.tree_model.itemFromIndex(matches[0]) if matches else None
+
+    def selected_path(self) -> str | None:
+        idx = self.tree.selectionModel().selectedRows(0)
+        if not idx:
+            return None
+        path = idx[0].data(PathRole)
+        return str(path) if path else None
+
+    # -- restore -----------------------------------------------------------------------------
+
+    def _update_restore(self, *_: Any) -> None:
+        busy = self.restore_op is not None and self.restore_op.get("status") not in FINISHED
+        self.restore_button.setEnabled(self.selected_path() is not None and not busy)
+
+    def _choose_target(self) -> None:
+        dlg = QFileDialog(self, "Restore into which folder?")
+        dlg.setFileMode(QFileDialog.FileMode.Directory)
+        dlg.setOption(QFileDialog.Option.ShowDirsOnly, True)
+        dlg.fileSelected.connect(self.target.setText)
+        self._folder_dialog = dlg
+        dlg.open()
+
+    def restore_selected(self) -> None:
+        path, snap, repo = self.selected_path(), self.snapshot(), self.repo.currentData()
+        target = self.target.text().strip()
+        if not (path and snap and repo):
+            self.restore_status.setText("Select a file or folder of a snapshot first.")
+            return
+        if not target or not os.path.isabs(target):
+            self.restore_status.setText("Choose the folder to restore into (an absolute path).")
+            return
+        include = [] if path == "/" else [path]
+        self.restore_button.setEnabled(False)
+        self.run(self._do_restore(str(repo), str(snap["id"]), target, include), name="restore")
+
+    async def _do_restore(self, repo: str, snap: str, target: str, include: list[str]) -> None:
+        try:
+            op = await self.backend.restore(repo, snap, target, include)
+        finally:
+            self._update_restore()
+        self.restore_op = op
+        self.progress.setValue(0)
+        self.progress.setRange(0, 0)
+        self.progress.show()
+        what = include[0] if include else "the whole snapshot"
+        self.restore_status.setText(f"Restoring {what} into {target}…")
+        self._show_restore(op)
+
+    def _op_changed(self, op: dict[str, Any]) -> None:
+        cur = self.restore_op
+        if cur is not None and (op.get("id"), op.get("origin")) == (
+            cur.get("id"),
+            cur.get("origin"),
+        ):
+            self.restore_op = op
+            self._show_restore(op)
+
+    def _show_restore(self, op: dict[str, Any]) -> None:
+        status = str(op.get("status"))
+        frac = fmt.op_progress(op)
+        if frac is not None:
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(int(frac * 1000))
+            self.progress.setFormat(fmt.op_detail(op))
+        if status in FINISHED:
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(1000 if status == "success" else self.progress.value())
+            self.progress.setFormat("done" if status == "success" else status)
+            msg = (
+                "Restore finished."
+                if status == "success"
+                else f"Restore {fmt.STATUS_WORDS.get(status, status)}: {op.get('error') or ''}"
+            )
+            self.restore_status.setText(msg)
+            self.restore_status.setStyleSheet(
+                "color:#1e6b3c;" if status == "success" else "color:#8c2320;"
+            )
+            self.banner.show_message(msg, "ok" if status == "success" else "error")
+        self._update_restore()

@@ -1,0 +1,307 @@
+"""The tray icon, its menu, its tooltip and desktop notifications.
+
+The menu and the state are built whether or not a system tray exists (offscreen, or a desktop
+without a tray host): the icon is simply not shown then, and the window stays the way in. That
+also makes every menu action testable by triggering its ``QAction``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QMenu, QSystemTrayIcon
+
+from peerstash.desktop import fmt
+from peerstash.desktop.api import ApiError, Unavailable
+from peerstash.desktop.backend import Backend
+from peerstash.desktop.icons import state_icon
+from peerstash.desktop.tasks import Tasks
+
+log = logging.getLogger(__name__)
+
+STATE_WORDS = {
+    "ok": "all backups are fine",
+    "running": "a backup is running",
+    "warning": "a backup needs attention",
+    "error": "a backup failed",
+    "paused": "scheduled backups are paused",
+    "attention": "a peer needs attention",
+}
+
+FAILED = frozenset({"error", "interrupted"})
+
+
+def compute_state(
+    status: dict[str, Any], active: dict[Any, dict[str, Any]], peers_attention: bool = False
+) -> str:
+    """The tray state: what a person most needs to know, in this order.
+
+    Running work is shown first (it is what is happening now and ends by itself), then a
+    failure, then peers needing attention, then a warning (partial backup or stale plan), then
+    paused schedules; otherwise ok.
+    """
+    if any(op.get("status") == "running" for op in active.values()):
+        return "running"
+    plans = list(status.get("plans") or [])
+    lasts = [str((p.get("last") or {}).get("status") or "") for p in plans]
+    if any(s in FAILED for s in lasts):
+        return "error"
+    if peers_attention:
+        return "attention"
+    if any(s == "warning" for s in lasts) or any(p.get("stale") for p in plans):
+        return "warning"
+    if status.get("paused"):
+        return "paused"
+    return "ok"
+
+
+def tooltip_text(status: dict[str, Any], state: str) -> str:
+    lines = [f"Peerstash — {STATE_WORDS.get(state, state)}"]
+    for p in status.get("plans") or []:
+        last = p.get("last") or {}
+        if last:
+            when = last.get("ended_at") or last.get("started_at") or last.get("created_at")
+            word = fmt.STATUS_WORDS.get(str(last.get("status")), str(last.get("status")))
+            res = f"{word} {fmt.ago(when)}"
+        else:
+            res = "never backed up"
+        if p.get("stale"):
+            res += " (stale)"
+        nxt = p.get("next_due_at")
+        tail = f"; next {fmt.local_time(nxt)}" if nxt and not status.get("paused") else ""
+        lines.append(f"{p.get('id')}: {res}{tail}")
+    if status.get("paused"):
+        lines.append("Scheduled backups are paused.")
+    return "\n".join(lines)
+
+
+class RateLimiter:
+    """At most one message per key per ``per_key`` seconds, and one per ``spacing`` overall.
+
+    A repository that fails every five minutes must not bury the desktop in notifications:
+    the first one says it, the operations page has the rest.
+    """
+
+    def __init__(
+        self,
+        per_key: float = 900.0,
+        spacing: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_key = per_key
+        self.spacing = spacing
+        self.clock = clock
+        self._last_key: dict[str, float] = {}
+        self._last_any: float | None = None
+
+    def allow(self, key: str) -> bool:
+        now = self.clock()
+        last = self._last_key.get(key)
+        if last is not None and now - last < self.per_key:
+            return False
+        if self._last_any is not None and now - self._last_any < self.spacing:
+            return False
+        self._last_key[key] = now
+        self._last_any = now
+        return True
+
+
+class Tray(QObject):
+    stateChanged = Signal(str)
+    openRequested = Signal()
+    quitRequested = Signal()
+    #: (title, message) of every notification that was let through the rate limit.
+    notified = Signal(str, str)
+
+    def __init__(
+        self,
+        backend: Backend,
+        parent: QObject | None = None,
+        *,
+        limiter: RateLimiter | None = None,
+        show_icon: bool | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.backend = backend
+        self.limiter = limiter or RateLimiter()
+        self.tasks = Tasks(on_error=self._failed)
+        self.state = ""
+        self.tooltip = ""
+        self.peers_available: bool | None = None
+        self.peers_attention = False
+        self._stale_seen: set[str] = set()
+        self._failed_seen: set[str] = set()
+
+        self.menu = QMenu()
+        self.menu.setObjectName("trayMenu")
+        self.backup_actions: dict[str, QAction] = {}
+        self._plans_anchor = self.menu.addSeparator()
+        self.pause_action = self.menu.addAction("Pause scheduled backups")
+        self.pause_action.triggered.connect(self._toggle_pause)
+        self.peers_menu = self.menu.addMenu("Peers")
+        self.menu.addSeparator()
+        self.open_action = self.menu.addAction("Open Peerstash")
+        self.open_action.triggered.connect(self.openRequested)
+        self.quit_action = self.menu.addAction("Quit")
+        self.quit_action.triggered.connect(self.quitRequested)
+        self._fill_peers_menu([])
+
+        if show_icon is None:
+            show_icon = QSystemTrayIcon.isSystemTrayAvailable()
+        self.icon: QSystemTrayIcon | None = None
+        if show_icon:
+            self.icon = QSystemTrayIcon(state_icon("ok"), self)
+            self.icon.setContextMenu(self.menu)
+            self.icon.activated.connect(self._activated)
+            self.icon.show()
+        else:
+            log.info("no system tray available here; Peerstash runs with its window only")
+
+        backend.statusChanged.connect(self._status_changed)
+        backend.configChanged.connect(self._rebuild_plans)
+        backend.opChanged.connect(self._op_changed)
+        backend.opsReset.connect(self.update_state)
+        self._rebuild_plans()
+        self.update_state()
+
+    # -- menu --------------------------------------------------------------------------------
+
+    def _rebuild_plans(self) -> None:
+        for action in self.backup_actions.values():
+            self.menu.removeAction(action)
+            action.deleteLater()
+        self.backup_actions = {}
+        plans = [p for p in self.backend.plans if p.get("enabled", True)]
+        if not plans:
+            action = QAction("No backup plans yet", self.menu)
+            action.setEnabled(False)
+            self.menu.insertAction(self._plans_anchor, action)
+            self.backup_actions[""] = action
+        for p in plans:
+            plan_id = str(p["id"])
+            action = QAction(f"Back up {plan_id} now", self.menu)
+            action.setObjectName(f"backup:{plan_id}")
+            action.triggered.connect(lambda _=False, pid=plan_id: self.backup(pid))
+            self.menu.insertAction(self._plans_anchor, action)
+            self.backup_actions[plan_id] = action
+
+    def _fill_peers_menu(self, peers: list[dict[str, Any]]) -> None:
+        self.peers_menu.clear()
+        if self.peers_available is False:
+            a = self.peers_menu.addAction("Not available in this version")
+            a.setEnabled(False)
+            return
+        if self.peers_available is None:
+            a = self.peers_menu.addAction("…")
+            a.setEnabled(False)
+            return
+        if not peers:
+            a = self.peers_menu.addAction("No paired machines")
+            a.setEnabled(False)
+        for p in peers:
+            a = self.peers_menu.addAction(f"{p.get('instance_id', '?')}: {p.get('state', '?')}")
+            a.setEnabled(False)
+
+    async def refresh_peers(self) -> None:
+        try:
+            peers = await self.backend.peers.peers()
+        except Unavailable:
+            self.peers_available = False
+            peers = []
+        except ApiError:
+            return
+        else:
+            self.peers_available = True
+        self.peers_attention = any(p.get("state") in ("unreachable", "auth failed") for p in peers)
+        self._fill_peers_menu(peers)
+        self.update_state()
+
+    def backup(self, plan_id: str) -> None:
+        self.tasks.spawn(self.backend.backup(plan_id), name=f"tray:backup:{plan_id}")
+
+    def _toggle_pause(self) -> None:
+        self.tasks.spawn(self.backend.set_paused(not self.backend.paused), name="tray:pause")
+
+    def _activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
+        if reason in (
+            QSystemTrayIcon.ActivationReason.Trigger,
+            QSystemTrayIcon.ActivationReason.DoubleClick,
+        ):
+            self.openRequested.emit()
+
+    def _failed(self, exc: BaseException) -> None:
+        self.notify("Peerstash", str(exc), key=f"failed-request:{exc}")
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _status_changed(self, status: dict[str, Any]) -> None:
+        paused = bool(status.get("paused"))
+        self.pause_action.setText(
+            "Resume scheduled backups" if paused else "Pause scheduled backups"
+        )
+        for p in status.get("plans") or []:
+            pid = str(p.get("id"))
+            if p.get("stale") and pid not in self._stale_seen:
+                self._stale_seen.add(pid)
+                last = p.get("last") or {}
+                when = fmt.ago(last.get("ended_at")) if last.get("ended_at") else "never"
+                self.notify(
+                    f"Backups of {pid} are stale",
+                    f"The last successful backup was {when}.",
+                    key=f"stale:{pid}",
+                )
+            elif not p.get("stale"):
+                self._stale_seen.discard(pid)
+        self.update_state()
+
+    def _op_changed(self, op: dict[str, Any]) -> None:
+        status = op.get("status")
+        key = f"{op.get('origin')}/{op.get('id')}"
+        if status in FAILED and key not in self._failed_seen:
+            self._failed_seen.add(key)
+            what = f"{op.get('kind')} of {op.get('plan') or op.get('repo') or '?'}"
+            word = "failed" if status == "error" else "was interrupted"
+            self.notify(
+                f"The {what} {word}",
+                str(op.get("error") or "See the Operations page for its log."),
+                key=f"failed:{op.get('plan') or op.get('repo')}",
+                icon=QSystemTrayIcon.MessageIcon.Critical,
+            )
+        self.update_state()
+
+    def update_state(self) -> None:
+        state = compute_state(self.backend.status, self.backend.active, self.peers_attention)
+        self.tooltip = tooltip_text(self.backend.status, state)
+        if self.icon is not None:
+            self.icon.setToolTip(self.tooltip)
+        if state != self.state:
+            self.state = state
+            if self.icon is not None:
+                self.icon.setIcon(state_icon(state))
+            self.stateChanged.emit(state)
+
+    def notify(
+        self,
+        title: str,
+        message: str,
+        *,
+        key: str,
+        icon: QSystemTrayIcon.MessageIcon = QSystemTrayIcon.MessageIcon.Warning,
+    ) -> bool:
+        if not self.limiter.allow(key):
+            return False
+        log.info("notification: %s: %s", title, message)
+        if self.icon is not None and QSystemTrayIcon.supportsMessages():
+            self.icon.showMessage(title, message, icon, 10_000)
+        self.notified.emit(title, message)
+        return True
+
+    async def close(self) -> None:
+        await self.tasks.close()
+        if self.icon is not None:
+            self.icon.hide()

@@ -1,0 +1,206 @@
+"""GUI tests: offscreen Qt, a qasync loop per test, and a real node with a real restic repo.
+
+Pattern (pytest-asyncio and qasync do not share a loop well): GUI tests are plain ``def`` tests.
+Each gets a fresh ``qasync.QEventLoop`` on pytest-qt's ``QApplication`` and runs its body with
+``qloop.run(coro)``, bounded by a timeout. The node runs in-process on that same loop (exactly
+as in the tray app) or, for the attach test, as a real ``peerstash --no-gui`` process. Waiting
+is done on Qt signals and conditions (:func:`wait_for`), never with fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before any Qt import: no display is needed, and CI has none.
+os.environ["QT_QPA_PLATFORM"] = "offscreen"
+os.environ.setdefault("QT_API", "pyside6")
+os.environ.pop("DISPLAY", None)
+os.environ.pop("WAYLAND_DISPLAY", None)
+
+import asyncio
+import importlib.util
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HAVE_QT = all(importlib.util.find_spec(m) for m in ("PySide6", "qasync", "pytestqt"))
+PASSWORD = "gui-test-Pa55word"
+
+
+async def wait_for(
+    cond: Callable[[], Any],
+    *signals: Any,
+    timeout: float = 30.0,  # noqa: ASYNC109 - a plain bound, asyncio.timeout adds nothing
+    what: str = "",
+) -> Any:
+    """Wait until ``cond()`` is truthy, re-checking when any of ``signals`` fires.
+
+    Event-driven: no polling interval, no sleeps. Returns the truthy value.
+    """
+    value = cond()
+    if value:
+        return value
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def check(*_: Any) -> None:
+        if done.done():
+            return
+        try:
+            v = cond()
+        except Exception as exc:  # surface the failure instead of hanging
+            done.set_exception(exc)
+            return
+        if v:
+            done.set_result(v)
+
+    for sig in signals:
+        sig.connect(check)
+    try:
+        return await asyncio.wait_for(done, timeout)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}") from None
+    finally:
+        for sig in signals:
+            try:
+                sig.disconnect(check)
+            except (RuntimeError, TypeError):
+                pass
+
+
+@dataclass
+class QLoop:
+    loop: asyncio.AbstractEventLoop
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 90.0) -> Any:
+        return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+
+if HAVE_QT:
+
+    @pytest.fixture
+    def qloop(qapp: Any) -> Iterator[QLoop]:
+        import qasync
+
+        loop = qasync.QEventLoop(qapp)
+        asyncio.set_event_loop(loop)
+        try:
+            yield QLoop(loop)
+        finally:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            asyncio.set_event_loop(None)
+
+
+@dataclass
+class GuiEnv:
+    """A running tray app (window, tray, in-process node) with one real repository ``main``."""
+
+    app: Any  # peerstash.desktop.app.DesktopApp
+    data_dir: Path
+    src: Path
+    tmp: Path
+
+    @property
+    def window(self) -> Any:
+        return self.app.window
+
+    @property
+    def backend(self) -> Any:
+        return self.app.backend
+
+
+def make_tree(root: Path, megabytes: int = 1) -> Path:
+    """A source tree with incompressible data (restic reports progress while it reads)."""
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "notes.txt").write_text("hello from the gui test\n")
+    (root / "big").mkdir()
+    for i in range(4):
+        (root / "big" / f"blob{i}.bin").write_bytes(os.urandom(megabytes * (1 << 20) // 4))
+    return root
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+def src_megabytes() -> int:
+    """Size of the random data in the source tree (bigger where progress must be seen)."""
+    return 1
+
+
+@pytest.fixture
+def node_mode() -> str:
+    """How the node runs for ``gui``: "attached" (a ``peerstash --no-gui`` process) or
+    "in_process" (on the test's qasync loop, as the tray app does when none is running).
+
+    Attached is the default because a stopping in-process node waits for the admin API's open
+    follow stream to notice the closed client (up to its 15 s keep-alive), see
+    test_in_process_node_lifecycle.
+    """
+    return "attached"
+
+
+if HAVE_QT:
+
+    @pytest.fixture
+    def gui(
+        qloop: QLoop,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        node_mode: str,
+        src_megabytes: int,
+    ) -> Iterator[GuiEnv]:
+        from peerstash.desktop.app import DesktopApp
+        from peerstash.peer.cli import AdminClient
+        from peerstash.peer.node import NodeOptions
+        from tests.e2e.conftest import NodeProc
+
+        # Settings > Start at login writes here, never into the real ~/.config.
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+        data_dir = tmp_path / "data"
+        src = make_tree(tmp_path / "src", src_megabytes)
+        proc: NodeProc | None = None
+        if node_mode == "attached":
+            proc = NodeProc(data_dir, "guitest").start()
+        app = DesktopApp(
+            data_dir,
+            NodeOptions(instance_id="guitest", progress_interval=0.05, catch_up_grace=3600),
+            show_tray=False,
+            autostart_command=["peerstash", "--data-dir", str(data_dir)],
+        )
+
+        async def add_repo() -> None:
+            async with AdminClient(data_dir) as client:
+                await client.call(
+                    "POST",
+                    "/v1/repos",
+                    {
+                        "id": "main",
+                        "uri": str(tmp_path / "repo"),
+                        "password": {"source": "secret", "value": PASSWORD},
+                        "init": True,
+                    },
+                )
+            await app.backend.refresh_config()
+
+        try:
+            qloop.run(app.start())
+            assert app.in_process == (node_mode == "in_process")
+            qloop.run(add_repo())
+            yield GuiEnv(app, data_dir, src, tmp_path)
+        finally:
+            qloop.run(app.stop())
+            if proc is not None and proc.proc is not None:
+                proc.proc.kill()
+                proc.proc.wait(30)

@@ -1,0 +1,352 @@
+"""The tray app against a real node and a real restic repository (offscreen)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("pytestqt")
+pytest.importorskip("qasync")
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt
+
+from peerstash.desktop.opsmodel import ProgressRole
+from tests.gui.conftest import GuiEnv, QLoop, wait_for
+
+
+def _plan_rows(table: Any) -> list[str]:
+    return [table.item(r, 0).text() for r in range(table.rowCount())]
+
+
+def test_pages_show_the_real_node(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
+    w = gui.window
+    qtbot.addWidget(w)
+
+    async def body() -> None:
+        b = gui.backend
+        await b.add_plan({"id": "docs", "repo": "main", "paths": [str(gui.src)], "every": "6h"})
+        # Overview: this node and its plan, with a next run.
+        w.show_page(w.overview)
+        ov = w.overview
+        await wait_for(lambda: _plan_rows(ov.plans) == ["docs"], b.statusChanged, what="plan row")
+        assert "guitest" in ov.node_title.text()
+        assert "attached to the node running as process" in ov.node_sub.text()
+        assert ov.plans.item(0, 3).text() == "not backed up yet"
+        assert "in " in ov.plans.item(0, 4).text()  # "HH:MM (in 6 hours)"
+        # Plans & repositories: the real repo (with its restic id) and the plan.
+        w.show_page(w.plans)
+        assert _plan_rows(w.plans.repos) == ["main"]
+        assert len(w.plans.repos.item(0, 3).text()) == 8
+        assert _plan_rows(w.plans.plans) == ["docs"]
+        assert w.plans.plans.item(0, 2).text() == "every 6h00m"
+        # Settings: read-only facts about the node.
+        w.show_page(w.settings)
+        assert w.settings.fields["instance_id"].text() == "guitest"
+        assert w.settings.fields["data_dir"].text() == str(gui.data_dir)
+        # Peers: either real tables or a calm "not available" (depends on the node's version).
+        w.show_page(w.peers)
+        await w.peers.tasks.idle()
+        assert w.peers.available is not None
+        assert w.peers.placeholder.isHidden() == bool(w.peers.available)
+
+    qloop.run(body())
+
+
+@pytest.mark.parametrize(("node_mode", "src_megabytes"), [("in_process", 24)])
+def test_add_plan_through_dialog_then_back_up_now(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
+    w = gui.window
+    qtbot.addWidget(w)
+    w.show()
+    states: list[str] = []
+    tray = gui.app.tray
+    tray.stateChanged.connect(states.append)
+    states.append(tray.state)
+
+    async def body() -> None:
+        b = gui.backend
+        page = w.plans
+        w.show_page(page)
+        qtbot.mouseClick(page.add_plan_button, Qt.MouseButton.LeftButton)
+        dlg = page.dialog
+        assert dlg is not None and dlg.isVisible()
+        qtbot.keyClicks(dlg.name, "laptop-docs")
+        dlg.paths.setPlainText(str(gui.src))
+        dlg.schedule_kind.setCurrentIndex(dlg.schedule_kind.findData("every"))
+        qtbot.keyClicks(dlg.schedule, "12h")
+        qtbot.keyClicks(dlg.keep["last"], "3")
+        qtbot.mouseClick(dlg.save_button, Qt.MouseButton.LeftButton)
+        await wait_for(
+            lambda: not dlg.isVisible(), b.configChanged, dlg.finished, what="dialog closed"
+        )
+        assert dlg.field_errors() == {}
+        assert [p["id"] for p in b.plans] == ["laptop-docs"]
+        assert b.plans[0]["retention"] == {"keep_last": 3}
+        assert b.plans[0]["every_seconds"] == 12 * 3600
+
+        # The Operations page is open while the backup runs, as a person would watch it.
+        ops = w.operations
+        w.show_page(ops)
+        await ops.model.tasks.idle()
+        seen_progress: list[float] = []
+
+        def watch(top: Any, bottom: Any, *_: Any) -> None:
+            for r in range(top.row(), bottom.row() + 1):
+                frac = ops.model.index(r, 0).data(ProgressRole)
+                if frac is not None:
+                    seen_progress.append(frac)
+
+        ops.model.dataChanged.connect(watch)
+
+        w.show_page(page)
+        page.select_plan("laptop-docs")
+        assert page.backup_button.isEnabled()
+        qtbot.mouseClick(page.backup_button, Qt.MouseButton.LeftButton)
+        w.show_page(ops)
+
+        def backup_row() -> dict[str, Any] | None:
+            for op in ops.model.ops():
+                if op["kind"] == "backup" and op["plan"] == "laptop-docs":
+                    return op
+            return None
+
+        def ended() -> bool:
+            op = backup_row()
+            return op is not None and op["status"] not in ("pending", "running")
+
+        await wait_for(
+            ended, ops.model.dataChanged, ops.model.rowsInserted, timeout=120, what="backup end"
+        )
+        op = backup_row()
+        assert op is not None
+        assert op["status"] == "success", op.get("error")
+        assert op["snapshot_id"]
+        assert seen_progress, "no progress value was shown while the backup ran"
+        # The retention that the plan asked for ran after it, in the same flow.
+        await wait_for(
+            lambda: any(
+                o["kind"] == "forget" and o["status"] == "success" for o in ops.model.ops()
+            ),
+            ops.model.dataChanged,
+            ops.model.rowsInserted,
+            timeout=60,
+            what="forget success",
+        )
+        # The log of the selected operation is shown.
+        assert ops.select_op(op["id"])
+        await ops.tasks.idle()
+        assert "backup of plan laptop-docs" in ops.log.toPlainText()
+        assert not ops.cancel_button.isEnabled()
+        # The tray went running → ok once the status says the last backup succeeded.
+        await wait_for(
+            lambda: tray.state == "ok" and "running" in states,
+            tray.stateChanged,
+            b.statusChanged,
+            what="tray ok after running",
+        )
+        assert states.index("running") < len(states) - 1 and states[-1] == "ok"
+        assert "laptop-docs: success" in tray.tooltip
+        # Overview shows the result.
+        w.show_page(w.overview)
+        await w.overview.tasks.idle()
+        assert w.overview.plans.item(0, 3).text() == "success"
+
+    qloop.run(body(), timeout=240)
+
+
+def test_invalid_forms_show_inline_errors_and_create_nothing(
+    gui: GuiEnv, qloop: QLoop, qtbot: Any
+) -> None:
+    w = gui.window
+    qtbot.addWidget(w)
+
+    async def body() -> None:
+        b = gui.backend
+        page = w.plans
+        w.show_page(page)
+        dlg = page.open_add_plan()
+        qtbot.keyClicks(dlg.name, "bad name!")
+        dlg.paths.setPlainText(f"relative/dir\n{gui.tmp / 'does-not-exist'}")
+        dlg.schedule_kind.setCurrentIndex(dlg.schedule_kind.findData("every"))
+        qtbot.keyClicks(dlg.schedule, "6 parsecs")
+        qtbot.keyClicks(dlg.keep["daily"], "-3")
+        qtbot.keyClicks(dlg.keep_within, "forever")
+        qtbot.mouseClick(dlg.save_button, Qt.MouseButton.LeftButton)
+        errors = dlg.field_errors()
+        assert set(errors) == {"name", "paths", "schedule", "retention"}, errors
+        assert "not allowed" in errors["name"]
+        assert "relative/dir is not an absolute path" in errors["paths"]
+        assert "does not exist" in errors["paths"]
+        assert "unit" in errors["schedule"].lower() or "interval" in errors["schedule"].lower()
+        assert "whole number" in errors["retention"]
+        assert dlg.isVisible() and not dlg.submitting
+        assert dlg.banner.level == "error"
+
+        # A cron expression that never fires is refused as well.
+        dlg.name.setText("ok-name")
+        dlg.paths.setPlainText(str(gui.src))
+        dlg.keep["daily"].clear()
+        dlg.keep_within.clear()
+        dlg.schedule_kind.setCurrentIndex(dlg.schedule_kind.findData("cron"))
+        dlg.schedule.setText("0 0 30 2 *")
+        qtbot.mouseClick(dlg.save_button, Qt.MouseButton.LeftButton)
+        assert set(dlg.field_errors()) == {"schedule"}
+        dlg.reject()
+
+        # Repository form: missing name, relative location, passwords that differ.
+        rdlg = page.open_add_repo()
+        rdlg.uri.setText("relative/repo")
+        rdlg.password.setText("one")
+        rdlg.password2.setText("two")
+        qtbot.mouseClick(rdlg.save_button, Qt.MouseButton.LeftButton)
+        assert set(rdlg.field_errors()) == {"name", "uri", "password"}
+        # Password from a file that does not exist.
+        rdlg.name.setText("second")
+        rdlg.uri.setText(str(gui.tmp / "repo2"))
+        rdlg.source.setCurrentIndex(rdlg.source.findData("file"))
+        rdlg.ref.setText(str(gui.tmp / "no-such-password-file"))
+        qtbot.mouseClick(rdlg.save_button, Qt.MouseButton.LeftButton)
+        assert set(rdlg.field_errors()) == {"ref"}
+        rdlg.reject()
+
+        # Nothing reached the node.
+        assert await b.call("GET", "/v1/plans") == []
+        assert [r["id"] for r in await b.call("GET", "/v1/repos")] == ["main"]
+        assert not (gui.tmp / "repo2").exists()
+
+    qloop.run(body())
+
+
+def test_server_refusal_is_shown_under_the_field(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
+    """What only the node knows (here: a wrong password for an existing repo) comes back inline."""
+    w = gui.window
+    qtbot.addWidget(w)
+
+    async def body() -> None:
+        dlg = w.plans.open_add_repo()
+        dlg.name.setText("again")
+        dlg.uri.setText(str(gui.tmp / "repo"))
+        dlg.password.setText("not-the-password")
+        dlg.password2.setText("not-the-password")
+        dlg.init.setChecked(False)
+        qtbot.mouseClick(dlg.save_button, Qt.MouseButton.LeftButton)
+        await dlg.tasks.idle()
+        assert dlg.isVisible()
+        errors = dlg.field_errors()
+        assert "password" in errors, (errors, dlg.banner.text())
+        assert [r["id"] for r in await gui.backend.call("GET", "/v1/repos")] == ["main"]
+        dlg.reject()
+
+    qloop.run(body())
+
+
+def test_tray_menu_actions(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
+    w = gui.window
+    qtbot.addWidget(w)
+    tray = gui.app.tray
+
+    async def body() -> None:
+        b = gui.backend
+        await b.add_plan({"id": "alpha", "repo": "main", "paths": [str(gui.src / "docs")]})
+        await b.add_plan({"id": "beta", "repo": "main", "paths": [str(gui.src / "docs")]})
+        assert set(tray.backup_actions) == {"alpha", "beta"}
+        texts = [a.text() for a in tray.menu.actions()]
+        assert "Back up beta now" in texts and "Open Peerstash" in texts and "Quit" in texts
+        assert tray.peers_menu.actions(), "the Peers submenu is never empty"
+
+        started: list[dict[str, Any]] = []
+        b.opChanged.connect(lambda op: started.append(op))
+        tray.backup_actions["beta"].trigger()
+        await wait_for(
+            lambda: [o for o in started if o["kind"] == "backup"], b.opChanged, what="backup op"
+        )
+        assert {o["plan"] for o in started if o["kind"] == "backup"} == {"beta"}
+        await wait_for(
+            lambda: any(o["plan"] == "beta" and o["status"] == "success" for o in started),
+            b.opChanged,
+            timeout=120,
+            what="beta success",
+        )
+
+        # Pause, then resume, the scheduler.
+        assert tray.pause_action.text() == "Pause scheduled backups"
+        tray.pause_action.trigger()
+        await wait_for(lambda: b.paused, b.statusChanged, what="paused")
+        assert (await b.call("GET", "/v1/status"))["paused"] is True
+        assert tray.pause_action.text() == "Resume scheduled backups"
+        await wait_for(lambda: tray.state == "paused", tray.stateChanged, b.statusChanged)
+        tray.pause_action.trigger()
+        await wait_for(lambda: not b.paused, b.statusChanged, what="resumed")
+        assert (await b.call("GET", "/v1/status"))["paused"] is False
+
+        # Open shows the window; Quit asks the app to stop.
+        w.hide()
+        tray.open_action.trigger()
+        assert w.isVisible()
+        assert not gui.app.quit_requested.is_set()
+        tray.quit_action.trigger()
+        assert gui.app.quit_requested.is_set()
+
+    qloop.run(body(), timeout=180)
+
+
+def test_browse_snapshot_and_restore_a_file(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
+    w = gui.window
+    qtbot.addWidget(w)
+
+    async def body() -> None:
+        b = gui.backend
+        await b.add_plan({"id": "docs", "repo": "main", "paths": [str(gui.src / "docs")]})
+        op = await b.backup("docs")
+        await wait_for(
+            lambda: b.active.get((op["origin"], op["id"])) is None,
+            b.opChanged,
+            timeout=120,
+            what="backup done",
+        )
+        page = w.snapshots
+        w.show_page(page)
+        page.select_repo("main")
+        await page.tasks.idle()
+        assert page.snapshots.rowCount() == 1, page.banner.text()
+        page.snapshots.selectRow(0)
+        # Walk down to the file, one lazily listed directory at a time.
+        target_file = gui.src / "docs" / "notes.txt"
+        parts = target_file.parts
+        for depth in range(1, len(parts)):
+            await page.tasks.idle()
+            path = "/" + "/".join(parts[1:depth]) if depth > 1 else "/"
+            node = page.find_item(path)
+            assert node is not None, f"{path} not listed"
+            page.tree.expand(node.index())
+        await page.tasks.idle()
+        leaf = page.find_item(str(target_file))
+        assert leaf is not None
+        page.tree.setCurrentIndex(leaf.index())
+        page.tree.selectionModel().select(
+            leaf.index(),
+            page.tree.selectionModel().SelectionFlag.ClearAndSelect
+            | page.tree.selectionModel().SelectionFlag.Rows,
+        )
+        assert page.selected_path() == str(target_file)
+        out = gui.tmp / "restored"
+        out.mkdir()
+        page.target.setText(str(out))
+        assert page.restore_button.isEnabled()
+        qtbot.mouseClick(page.restore_button, Qt.MouseButton.LeftButton)
+        await wait_for(
+            lambda: (
+                page.restore_op is not None
+                and page.restore_op["status"] not in ("pending", "running")
+            ),
+            b.opChanged,
+            timeout=120,
+            what="restore end",
+        )
+        assert page.restore_op["status"] == "success", page.restore_op.get("error")
+        restored = out / Path(*parts[1:])
+        assert restored.read_text() == target_file.read_text()
+        assert page.progress.value() == 1000
+
+    qloop.run(body(), timeout=240)

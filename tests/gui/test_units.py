@@ -1,0 +1,214 @@
+"""Parts of the desktop that need no node: autostart entry, formatting, tray state, the
+operations model's merge rules, the Peers page when the node has no pairing API, and the
+promise that headless Peerstash never imports Qt."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peerstash.desktop import autostart, fmt
+
+
+def test_headless_entry_point_never_imports_qt() -> None:
+    code = (
+        "import sys, peerstash.desktop.__main__ as m\n"
+        "m.build = m.main  # the module and its helpers are importable\n"
+        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('PySide6', 'qasync', 'shiboken6'))\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"
+
+
+def test_no_gui_help_does_not_import_qt() -> None:
+    code = (
+        "import sys\n"
+        "from peerstash.desktop.__main__ import main\n"
+        "try:\n"
+        "    main(['--no-gui', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "assert 'PySide6' not in sys.modules\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+
+
+def test_autostart_entry_roundtrip(tmp_path: Path) -> None:
+    cmd = ["env", "PEERSTASH_START_HIDDEN=1", "/usr/bin/peerstash", "--data-dir", "/home/a b/$x"]
+    assert not autostart.is_enabled(tmp_path)
+    path = autostart.enable(cmd, tmp_path)
+    assert path == tmp_path / "autostart" / "peerstash.desktop"
+    text = path.read_text()
+    assert text.startswith("[Desktop Entry]\n")
+    assert (
+        'Exec=env PEERSTASH_START_HIDDEN=1 /usr/bin/peerstash --data-dir "/home/a b/\\$x"\n' in text
+    )
+    assert "Type=Application\n" in text and "Icon=peerstash\n" in text
+    assert autostart.is_enabled(tmp_path)
+    assert autostart.disable(tmp_path) is True
+    assert not path.exists()
+    assert autostart.disable(tmp_path) is False
+
+
+def test_autostart_uses_xdg_config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert autostart.autostart_path() == tmp_path / "autostart" / "peerstash.desktop"
+    monkeypatch.setenv("XDG_CONFIG_HOME", "relative/ignored")
+    assert autostart.autostart_path() == Path.home() / ".config" / "autostart" / "peerstash.desktop"
+
+
+def test_exec_quoting() -> None:
+    assert autostart.quote_exec_arg("plain") == "plain"
+    assert autostart.quote_exec_arg("100%") == "100%%"
+    assert autostart.quote_exec_arg('a "b"') == '"a \\"b\\""'
+    assert autostart.quote_exec_arg("back\\slash") == '"back\\\\slash"'
+
+
+def test_op_detail_words() -> None:
+    running = {"status": "running", "bytes_done": 50, "bytes_total": 200, "eta_seconds": 90}
+    assert fmt.op_progress(running) == 0.25
+    assert fmt.op_detail(running) == "25% of 200 B · ETA 1m30s"
+    assert fmt.op_progress({**running, "status": "success"}) is None
+    assert fmt.op_detail({"status": "error", "error": "wrong password\nmore"}) == "wrong password"
+    ok = {"status": "success", "snapshot_id": "abcdef0123456789", "summary": {"data_added": 2048}}
+    assert fmt.op_detail(ok) == "snapshot abcdef01 · 2.0 KiB added"
+    assert fmt.schedule_text({"schedule": None, "every_seconds": 3600}) == "every 1h00m"
+
+
+# -- Qt parts ---------------------------------------------------------------------------------
+
+needs_qt = pytest.mark.skipif(
+    not all(__import__("importlib").util.find_spec(m) for m in ("PySide6", "pytestqt", "qasync")),
+    reason="PySide6, qasync and pytest-qt are needed",
+)
+
+
+@needs_qt
+def test_tray_state_priorities() -> None:
+    from peerstash.desktop.tray import RateLimiter, compute_state, tooltip_text
+
+    ok_plan = {"id": "a", "last": {"status": "success", "ended_at": "2026-01-01T00:00:00+00:00"}}
+    assert compute_state({"plans": [ok_plan]}, {}) == "ok"
+    assert compute_state({"plans": [ok_plan], "paused": True}, {}) == "paused"
+    assert compute_state({"plans": [{**ok_plan, "stale": True}]}, {}) == "warning"
+    assert compute_state({"plans": [{"id": "b", "last": {"status": "error"}}]}, {}) == "error"
+    assert compute_state({"plans": [ok_plan]}, {}, peers_attention=True) == "attention"
+    running = {("x", "1"): {"status": "running"}}
+    assert (
+        compute_state({"plans": [{"id": "b", "last": {"status": "error"}}]}, running) == "running"
+    )
+    assert compute_state({"plans": [ok_plan]}, {("x", "1"): {"status": "pending"}}) == "ok"
+    tip = tooltip_text({"plans": [{**ok_plan, "next_due_at": None}]}, "ok")
+    assert tip.splitlines()[0] == "Peerstash — all backups are fine"
+    assert tip.splitlines()[1].startswith("a: success ")
+
+    now = [0.0]
+    lim = RateLimiter(per_key=100, spacing=5, clock=lambda: now[0])
+    assert lim.allow("x")
+    assert not lim.allow("y")  # too soon after any message
+    now[0] = 6
+    assert lim.allow("y")
+    assert not lim.allow("x") and not lim.allow("y")
+    now[0] = 120
+    assert lim.allow("x")
+
+
+class _FakeBackend:
+    """Stands in for Backend where only ``call`` is used (the model's paging)."""
+
+    def __init__(self, ops: list[dict[str, Any]], honour_before: bool) -> None:
+        self.ops = ops  # newest first
+        self.honour_before = honour_before
+        self.calls: list[str] = []
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        from urllib.parse import parse_qs, urlsplit
+
+        self.calls.append(path)
+        qs = {k: v[0] for k, v in parse_qs(urlsplit(path).query).items()}
+        rows = self.ops
+        if self.honour_before and "before" in qs:
+            rows = [o for o in rows if o["pk"] < int(qs["before"])]
+        return rows[: int(qs.get("limit", 100))]
+
+
+def _op(pk: int, status: str = "success", plan: str = "p", modno: int = 1) -> dict[str, Any]:
+    return {
+        "id": f"op{pk}",
+        "pk": pk,
+        "origin": "me",
+        "modno": modno,
+        "kind": "backup",
+        "status": status,
+        "plan": plan,
+        "repo": "r",
+        "created_at": None,
+    }
+
+
+@needs_qt
+@pytest.mark.parametrize("honour_before", [True, False])
+def test_ops_model_pages_and_merges(qapp: Any, honour_before: bool) -> None:
+    import asyncio
+
+    from peerstash.desktop import opsmodel
+    from peerstash.desktop.opsmodel import OpFilter, OpsModel
+
+    ops = [_op(pk) for pk in range(1200, 0, -1)]
+    fake = _FakeBackend(ops, honour_before)
+    model = OpsModel()
+    model.backend = fake  # type: ignore[assignment]
+
+    async def go() -> None:
+        await model.load()
+        assert model.rowCount() == opsmodel.PAGE
+        assert model.canFetchMore()
+        while model.canFetchMore():
+            model.fetchMore()
+            await model.tasks.idle()
+        assert [o["pk"] for o in model.ops()] == list(range(1200, 0, -1))
+        # Live changes: a new op goes on top, an update replaces in place, a stale one is ignored.
+        model.apply(_op(1201, "running", modno=5))
+        assert model.op_at(0)["pk"] == 1201
+        model.apply(_op(1201, "success", modno=6))
+        model.apply(_op(1201, "running", modno=5))  # late, older state
+        assert model.op_at(0)["status"] == "success"
+        assert model.rowCount() == 1201
+        # Filtering: a row that stops matching leaves, one that does not match never enters.
+        model.filter = OpFilter(status="success")
+        model.apply(_op(1202, "running", modno=7))
+        assert model.op_at(0)["pk"] == 1201
+        model.apply(_op(1201, "error", modno=8))
+        assert model.op_at(0)["pk"] == 1200
+
+    asyncio.run(go())
+
+
+@needs_qt
+def test_peers_page_when_the_node_has_no_pairing_api(qapp: Any) -> None:
+    import asyncio
+
+    from peerstash.desktop.api import Unavailable
+    from peerstash.desktop.page_peers import PeersPage
+
+    class NoPeers:
+        async def peers(self) -> list[Any]:
+            raise Unavailable("not available in this version of the node", 404)
+
+    class B:
+        peers = NoPeers()
+
+    page = PeersPage(B())  # type: ignore[arg-type]
+    asyncio.run(page.refresh())
+    assert page.available is False
+    assert not page.placeholder.isHidden()
+    assert page.content.isHidden()
+    assert "not available in this version" in page.placeholder.text()
