@@ -11,7 +11,7 @@ import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from peerstash.core import scheduler as sched
@@ -85,7 +85,9 @@ class Engine:
         self.instance_id = instance_id
         self.restic_path = restic_path
         self.cancel_grace = cancel_grace
-        self.runner = Runner(store, bus, max_parallel=max_parallel, progress_interval=progress_interval)
+        self.runner = Runner(
+            store, bus, max_parallel=max_parallel, progress_interval=progress_interval
+        )
         self.scheduler = sched.Scheduler(
             _ScheduleAdapter(store),
             self._scheduled_backup,
@@ -152,6 +154,7 @@ class Engine:
             env=env,
             options=tuple(repo.options),
             cache_dir=str(self.data_dir / "cache"),
+            name=repo.id,
         )
 
     async def add_repo(
@@ -256,7 +259,7 @@ class Engine:
         if not paths:
             raise EngineError("a plan needs at least one --path")
         for p in paths:
-            if not os.path.isabs(p):
+            if not PurePosixPath(p).is_absolute():
                 raise EngineError(f"path {p!r} must be absolute")
         if cron and every:
             raise EngineError("give either --schedule or --every, not both")
@@ -270,10 +273,20 @@ class Engine:
             raise EngineError(str(exc)) from None
         policy = RetentionPolicy.from_dict(dict(retention or {}))
         repo = await self.store.get_repo(repo_id)
+        schedule = sched.PlanSchedule(
+            plan_id=plan_id,
+            cron=cron or None,
+            interval_seconds=interval,
+            enabled=True,
+            next_due_at=None,
+            last_success_at=None,
+            created_at=utcnow(),
+        )
         plan = Plan(
+            next_due_at=sched.next_after(schedule, utcnow()),
             id=plan_id,
             repo_id=repo.id,
-            paths=[os.path.normpath(p) for p in paths],
+            paths=[str(PurePosixPath(p)) for p in paths],
             excludes=list(excludes),
             schedule_cron=cron or None,
             schedule_interval=interval,
@@ -297,9 +310,17 @@ class Engine:
     # -- operations --------------------------------------------------------------------------
 
     async def _submit(
-        self, repo: Repo, kind: OpKind, job: Any, *, plan_id: str | None = None, flow_id: str | None = None
+        self,
+        repo: Repo,
+        kind: OpKind,
+        job: Any,
+        *,
+        plan_id: str | None = None,
+        flow_id: str | None = None,
     ) -> Operation:
-        op = await self.store.create_operation(kind, plan_id=plan_id, repo_id=repo.id, flow_id=flow_id)
+        op = await self.store.create_operation(
+            kind, plan_id=plan_id, repo_id=repo.id, flow_id=flow_id
+        )
         await self.runner.submit(repo.id, op, job)
         return op
 
@@ -318,7 +339,9 @@ class Engine:
         """Queue a backup of ``plan_id`` (and its retention afterwards). Returns the pending op."""
         plan = await self.store.get_plan(plan_id)
         if not plan.enabled:
-            raise EngineError(f"plan {plan_id!r} is disabled: {plan.disabled_reason or 'no reason given'}")
+            raise EngineError(
+                f"plan {plan_id!r} is disabled: {plan.disabled_reason or 'no reason given'}"
+            )
         repo = await self.store.get_repo(plan.repo_id)
 
         async def job(ctx: OpContext) -> Outcome:
@@ -344,6 +367,10 @@ class Engine:
                 on_log=ctx.log,
             )
             summary = result.summary_dict()
+            if not RetentionPolicy.from_dict(plan.retention).is_empty():
+                # Retention follows a backup that made a snapshot, in the same flow; the repo's
+                # queue runs it right after this job.
+                await self.forget(repo.id, plan_id=plan.id, flow_id=ctx.op.flow_id)
             if result.partial:
                 return Outcome(
                     status=OpStatus.WARNING,
@@ -356,11 +383,7 @@ class Engine:
                 )
             return Outcome(snapshot_id=result.snapshot_id, summary=summary)
 
-        op = await self._submit(repo, OpKind.BACKUP, job, plan_id=plan.id)
-        if RetentionPolicy.from_dict(plan.retention).is_empty():
-            return op
-        await self.forget(repo.id, plan_id=plan.id, flow_id=op.flow_id)
-        return op
+        return await self._submit(repo, OpKind.BACKUP, job, plan_id=plan.id)
 
     async def forget(
         self, repo_id: str, *, plan_id: str | None = None, flow_id: str | None = None
@@ -368,9 +391,11 @@ class Engine:
         """Apply retention: one plan's policy, or each plan's policy on this repository."""
         repo = await self.store.get_repo(repo_id)
         self._refuse_maintenance_on_foreign(repo, "forget")
-        plans = [await self.store.get_plan(plan_id)] if plan_id else [
-            p for p in await self.store.list_plans() if p.repo_id == repo_id
-        ]
+        plans = (
+            [await self.store.get_plan(plan_id)]
+            if plan_id
+            else [p for p in await self.store.list_plans() if p.repo_id == repo_id]
+        )
         with_policy = [p for p in plans if not RetentionPolicy.from_dict(p.retention).is_empty()]
         if not with_policy:
             raise EngineError(
@@ -433,7 +458,7 @@ class Engine:
     async def restore(
         self, repo_id: str, snapshot_id: str, target: str, *, include: Sequence[str] = ()
     ) -> Operation:
-        if not os.path.isabs(target):
+        if not PurePosixPath(target).is_absolute():
             raise EngineError(f"restore target {target!r} must be an absolute path")
         repo = await self.store.get_repo(repo_id)
 
@@ -467,7 +492,9 @@ class Engine:
         except ResticError as exc:
             raise EngineError(exc.message) from None
 
-    async def ls(self, repo_id: str, snapshot_id: str, path: str | None = None) -> AsyncIterator[Any]:
+    async def ls(
+        self, repo_id: str, snapshot_id: str, path: str | None = None
+    ) -> AsyncIterator[Any]:
         repo = await self.store.get_repo(repo_id)
         access = await self.access(repo)
         try:
@@ -482,7 +509,9 @@ class Engine:
             raise EngineError(f"operation {op_id} already ended ({op.status})")
         return await self.runner.cancel(op.pk)
 
-    async def list_operations(self, flt: OpFilter = OpFilter(), limit: int = 100) -> list[Operation]:
+    async def list_operations(
+        self, flt: OpFilter | None = None, limit: int = 100
+    ) -> list[Operation]:
         return await self.store.list_operations(flt, limit)
 
     async def gc(self, *, older_than: timedelta = timedelta(days=90), keep_min: int = 1000) -> int:

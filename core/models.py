@@ -175,7 +175,48 @@ class OperationLog(Base):
 
     pk: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     op_pk: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("operations.pk", ondelete="CASCADE")
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("operations.pk", ondelete="CASCADE"),
     )
     seq: Mapped[int] = mapped_column(Integer)
     line: Mapped[str] = mapped_column(Text)
+
+
+class Peer(Base):
+    """Another Peerstash instance this one trusts, by its pinned identity key.
+
+    ``role`` says who dials: a ``known_host`` is one we dial (we paired with its token), an
+    ``authorized_client`` dials us (it used one of our tokens). ``grants`` are what *we* give
+    *it*; ``their_grants`` what it told us it gives us (informational: each side enforces its
+    own).
+    """
+
+    __tablename__ = "peers"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    key_id: Mapped[str] = mapped_column(String(40))
+    role: Mapped[str] = mapped_column(String(20))
+    url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    grants: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    their_grants: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    state: Mapped[str] = mapped_column(String(20), default="offline")
+    state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PairingTokenRow(Base):
+    """A one-time pairing token we issued; only a hash of its secret is kept."""
+
+    __tablename__ = "pairing_tokens"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(200))
+    label: Mapped[str] = mapped_column(Text, default="")
+    grants: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    max_uses: Mapped[int] = mapped_column(Integer, default=1)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

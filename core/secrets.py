@@ -35,7 +35,7 @@ def load_or_create_key(path: Path) -> bytes:
             ) from None
         key = path.read_bytes()
         if len(key) != nacl.secret.SecretBox.KEY_SIZE:
-            raise SecretError(f"{path} is not a Peerstash secret key (wrong size)")
+            raise SecretError(f"{path} is not a Peerstash secret key (wrong size)") from None
         return key
     key = nacl.utils.random(nacl.secret.SecretBox.KEY_SIZE)
     with os.fdopen(fd, "wb") as fh:

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from peerstash.core.models import Operation, Plan, Repo
+from peerstash.core.restic import LsNode, Snapshot, redact_uri
 
 
 def _ts(dt: datetime | None) -> str | None:
@@ -42,8 +43,6 @@ def op_to_dict(op: Operation) -> dict[str, Any]:
 
 
 def repo_to_dict(repo: Repo) -> dict[str, Any]:
-    from peerstash.core.restic import redact_uri
-
     return {
         "id": repo.id,
         "uri": redact_uri(repo.uri),
@@ -70,4 +69,30 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "enabled": plan.enabled,
         "disabled_reason": plan.disabled_reason,
         "next_due_at": _ts(plan.next_due_at),
+    }
+
+
+def snapshot_to_dict(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "id": snap.id,
+        "short_id": snap.short_id,
+        "time": _ts(snap.time),
+        "hostname": snap.hostname,
+        "username": snap.username,
+        "paths": list(snap.paths),
+        "tags": list(snap.tags),
+        "parent": snap.parent,
+        "summary": dict(snap.summary) if snap.summary else None,
+    }
+
+
+def lsnode_to_dict(node: LsNode) -> dict[str, Any]:
+    return {
+        "name": node.name,
+        "type": node.type,
+        "path": node.path,
+        "size": node.size,
+        "permissions": node.permissions,
+        "mtime": _ts(node.mtime),
+        "link_target": node.link_target,
     }

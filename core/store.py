@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +19,12 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, and_, delete, event, func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from peerstash.core.ids import new_ulid
 from peerstash.core.models import (
@@ -27,6 +32,8 @@ from peerstash.core.models import (
     OperationLog,
     OpKind,
     OpStatus,
+    PairingTokenRow,
+    Peer,
     Plan,
     Repo,
     Secret,
@@ -84,6 +91,7 @@ class OpFilter:
     repo_id: str | None = None
     status: str | None = None
     kind: str | None = None
+    flow_id: str | None = None
     #: Only operations with a primary key below this one: cheap paging for the newest-first views.
     before_pk: int | None = None
 
@@ -233,7 +241,9 @@ class Store:
 
     async def delete_repo(self, repo_id: str) -> None:
         async with self.session() as s, s.begin():
-            used = await s.scalar(select(func.count()).select_from(Plan).where(Plan.repo_id == repo_id))
+            used = await s.scalar(
+                select(func.count()).select_from(Plan).where(Plan.repo_id == repo_id)
+            )
             if used:
                 raise StoreError(
                     f"repository {repo_id!r} is used by {used} plan(s); delete or move them first"
@@ -292,7 +302,7 @@ class Store:
                 )
                 .group_by(Operation.plan_id)
             )
-            return {plan_id: ended for plan_id, ended in rows.all() if ended is not None}
+            return {pid: ended for pid, ended in rows.all() if pid and ended is not None}
 
     async def set_next_due(self, plan_id: str, when: datetime | None) -> None:
         async with self.session() as s, s.begin():
@@ -311,7 +321,12 @@ class Store:
         return self._modno[origin]
 
     async def create_operation(
-        self, kind: str, *, status: str = OpStatus.PENDING, flow_id: str | None = None, **fields: Any
+        self,
+        kind: str,
+        *,
+        status: str = OpStatus.PENDING,
+        flow_id: str | None = None,
+        **fields: Any,
     ) -> Operation:
         """Record a new local operation; it gets a fresh id and the next modno."""
         unknown = set(fields) - OP_FIELDS
@@ -371,8 +386,11 @@ class Store:
             raise NotFound(f"no operation {op_id}")
         return op
 
-    async def list_operations(self, flt: OpFilter = OpFilter(), limit: int = 100) -> list[Operation]:
+    async def list_operations(
+        self, flt: OpFilter | None = None, limit: int = 100
+    ) -> list[Operation]:
         """Newest first."""
+        flt = flt or OpFilter()
         q = select(Operation)
         conds = []
         if flt.origin is not None:
@@ -385,6 +403,8 @@ class Store:
             conds.append(Operation.status == flt.status)
         if flt.kind is not None:
             conds.append(Operation.kind == flt.kind)
+        if flt.flow_id is not None:
+            conds.append(Operation.flow_id == flt.flow_id)
         if flt.before_pk is not None:
             conds.append(Operation.pk < flt.before_pk)
         if conds:
@@ -402,7 +422,9 @@ class Store:
             .subquery()
         )
         async with self.session() as s:
-            ops = (await s.scalars(select(Operation).join(newest, Operation.pk == newest.c.pk))).all()
+            ops = (
+                await s.scalars(select(Operation).join(newest, Operation.pk == newest.c.pk))
+            ).all()
         return {(op.origin, op.plan_id or ""): op for op in ops}
 
     async def interrupt_unfinished(self, error: str) -> list[Operation]:
@@ -420,7 +442,11 @@ class Store:
         for pk in stale:
             done.append(
                 await self.update_operation(
-                    pk, status=OpStatus.INTERRUPTED, ended_at=utcnow(), error=error, eta_seconds=None
+                    pk,
+                    status=OpStatus.INTERRUPTED,
+                    ended_at=utcnow(),
+                    error=error,
+                    eta_seconds=None,
                 )
             )
         return done
@@ -464,10 +490,13 @@ class Store:
         if not clean:
             return
         async with self.session() as s, s.begin():
-            last = await s.scalar(select(func.max(OperationLog.seq)).where(OperationLog.op_pk == op_pk))
+            last = await s.scalar(
+                select(func.max(OperationLog.seq)).where(OperationLog.op_pk == op_pk)
+            )
             start = int(last or 0)
             s.add_all(
-                OperationLog(op_pk=op_pk, seq=start + i + 1, line=line) for i, line in enumerate(clean)
+                OperationLog(op_pk=op_pk, seq=start + i + 1, line=line)
+                for i, line in enumerate(clean)
             )
             end = start + len(clean)
             if end > LOG_HEAD + LOG_TAIL:
@@ -497,6 +526,106 @@ class Store:
             out.append(line)
             prev = seq
         return out
+
+    # -- peers -------------------------------------------------------------------------------
+
+    async def list_peers(self) -> list[Peer]:
+        async with self.session() as s:
+            return list((await s.scalars(select(Peer).order_by(Peer.id))).all())
+
+    async def get_peer(self, peer_id: str) -> Peer:
+        async with self.session() as s:
+            row = await s.get(Peer, peer_id)
+        if row is None:
+            raise NotFound(f"no peer named {peer_id!r}")
+        return row
+
+    async def put_peer(self, peer: Peer) -> Peer:
+        """Insert or replace a peer row (pairing decides whether replacing is allowed)."""
+        now = utcnow()
+        peer.updated_at = now
+        async with self.session() as s, s.begin():
+            old = await s.get(Peer, peer.id)
+            peer.created_at = old.created_at if old is not None else now
+            if old is not None:
+                await s.delete(old)
+                await s.flush()
+            s.add(peer)
+        return peer
+
+    async def update_peer(self, peer_id: str, **fields: Any) -> Peer:
+        async with self.session() as s, s.begin():
+            row = await s.get(Peer, peer_id)
+            if row is None:
+                raise NotFound(f"no peer named {peer_id!r}")
+            for key, value in fields.items():
+                setattr(row, key, value)
+            row.updated_at = utcnow()
+        return row
+
+    async def delete_peer(self, peer_id: str) -> None:
+        async with self.session() as s, s.begin():
+            await s.execute(delete(Peer).where(Peer.id == peer_id))
+
+    # -- pairing tokens ----------------------------------------------------------------------
+
+    async def add_token(self, row: PairingTokenRow) -> PairingTokenRow:
+        row.created_at = utcnow()
+        row.uses = 0
+        async with self.session() as s, s.begin():
+            s.add(row)
+        return row
+
+    async def list_tokens(self) -> list[PairingTokenRow]:
+        """Live tokens; expired ones are deleted on the way."""
+        async with self.session() as s, s.begin():
+            await s.execute(delete(PairingTokenRow).where(PairingTokenRow.expires_at <= utcnow()))
+            q = select(PairingTokenRow).order_by(PairingTokenRow.created_at)
+            return list((await s.scalars(q)).all())
+
+    async def delete_token(self, token_id: str) -> bool:
+        async with self.session() as s, s.begin():
+            res = await s.execute(delete(PairingTokenRow).where(PairingTokenRow.id == token_id))
+            return bool(getattr(res, "rowcount", 0))
+
+    async def redeem_token(
+        self, token_id: str, check: Callable[[str], bool], peer: Peer
+    ) -> PairingTokenRow:
+        """Use a token once and register ``peer`` with its grants, in one transaction.
+
+        ``check(secret_hash)`` compares the presented secret with the stored hash (in constant
+        time). The token is deleted when expired or used up. Raises TokenRefused.
+        """
+        now = utcnow()
+        async with self.session() as s, s.begin():
+            row = await s.get(PairingTokenRow, token_id, with_for_update=True)
+            if row is None or not check(row.secret_hash):
+                raise TokenRefused("the pairing token is not valid (wrong, expired or used up)")
+            if row.expires_at <= now or row.uses >= row.max_uses:
+                await s.delete(row)
+                raise TokenRefused("the pairing token is not valid (wrong, expired or used up)")
+            row.uses += 1
+            if row.uses >= row.max_uses:
+                await s.delete(row)
+            old = await s.get(Peer, peer.id)
+            if old is not None:
+                if old.public_key != peer.public_key:
+                    raise StoreError(
+                        f"an instance named {peer.id!r} is already paired with a different key; "
+                        "remove it on this node first"
+                    )
+                await s.delete(old)
+                await s.flush()
+            peer.grants = list(row.grants)
+            peer.created_at = old.created_at if old is not None else now
+            peer.updated_at = now
+            s.add(peer)
+        return row
+
+
+class TokenRefused(StoreError):
+    """A pairing token that does not exist, has expired or is used up (one message for all,
+    so a prober learns nothing about which)."""
 
 
 def repo_record(

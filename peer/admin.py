@@ -19,11 +19,20 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from peerstash.core.engine import Engine, EngineError, PasswordSpec
-from peerstash.core.models import OpStatus
+from peerstash.core.models import OpStatus, Peer
 from peerstash.core.retention import RetentionPolicy
 from peerstash.core.secrets import SecretError
-from peerstash.core.serialize import op_to_dict, plan_to_dict, repo_to_dict
+from peerstash.core.serialize import (
+    lsnode_to_dict,
+    op_to_dict,
+    plan_to_dict,
+    repo_to_dict,
+    snapshot_to_dict,
+)
 from peerstash.core.store import NotFound, OpFilter, StoreError
+from peerstash.peer.link import PairingError, PeerManager
+from peerstash.peer.pairing import TokenError, create_token, token_to_dict
+from peerstash.peer.permissions import GrantError
 
 if TYPE_CHECKING:
     from peerstash.peer.node import Node
@@ -239,27 +248,54 @@ async def cancel_op(request: web.Request) -> web.Response:
 
 
 async def wait_op(request: web.Request) -> web.StreamResponse:
-    """Stream an operation's changes as NDJSON until it ends (the CLI's ``--wait``)."""
+    """Stream an operation's changes as NDJSON until it ends (the CLI's ``--wait``).
+
+    With ``?flow=1`` it also follows the operations its job queued in the same flow (the
+    retention that follows a backup), so ``backup --wait`` returns when the whole run is done.
+    """
     engine = _engine(request)
-    op = await engine.store.find_operation(request.match_info["id"])
+    first = await engine.store.find_operation(request.match_info["id"])
+    whole_flow = request.query.get("flow") == "1"
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
+
+    async def current() -> dict[int, Any]:
+        if not whole_flow:
+            return {first.pk: await engine.store.get_operation(first.pk)}
+        ops = await engine.list_operations(
+            OpFilter(origin=first.origin, flow_id=first.flow_id), limit=1000
+        )
+        return {op.pk: op for op in ops}
+
     with engine.bus.subscribe("operation") as sub:
-        op = await engine.store.get_operation(op.pk)
-        await resp.write(json.dumps(op_to_dict(op)).encode() + b"\n")
-        while not OpStatus(op.status).finished:
+        known = await current()
+        for op in sorted(known.values(), key=lambda o: o.pk):
+            await resp.write(json.dumps(op_to_dict(op)).encode() + b"\n")
+        while True:
+            if all(OpStatus(op.status).finished for op in known.values()):
+                # Re-read: a job may have queued a follow-up just before it finished.
+                fresh = await current()
+                new = [op for pk, op in fresh.items() if pk not in known]
+                known = fresh
+                for op in new:
+                    await resp.write(json.dumps(op_to_dict(op)).encode() + b"\n")
+                if all(OpStatus(op.status).finished for op in known.values()):
+                    break
             try:
                 event = await asyncio.wait_for(sub.get(), timeout=15)
             except TimeoutError:
                 await resp.write(b"{}\n")  # keep-alive: the client can tell the node is alive
                 continue
-            changed = getattr(event, "op", None)
             if sub.lagged:
                 sub.lagged = False
-                changed = await engine.store.get_operation(op.pk)
-            if changed is not None and changed.pk == op.pk:
-                op = changed
-                await resp.write(json.dumps(op_to_dict(op)).encode() + b"\n")
+                known = await current()
+                continue
+            changed = getattr(event, "op", None)
+            if changed is None or changed.origin != first.origin:
+                continue
+            if changed.pk in known or (whole_flow and changed.flow_id == first.flow_id):
+                known[changed.pk] = changed
+                await resp.write(json.dumps(op_to_dict(changed)).encode() + b"\n")
     await resp.write_eof()
     return resp
 
@@ -283,19 +319,21 @@ async def follow_ops(request: web.Request) -> web.StreamResponse:
 
 async def snapshots(request: web.Request) -> web.Response:
     snaps = await _engine(request).snapshots(request.match_info["id"])
-    return web.json_response([s.to_dict() for s in snaps])
+    return web.json_response([snapshot_to_dict(s) for s in snaps])
 
 
 async def ls(request: web.Request) -> web.StreamResponse:
     """Stream a snapshot listing as NDJSON: a huge directory never times out while it flows."""
     engine = _engine(request)
-    nodes = engine.ls(request.match_info["id"], request.match_info["snap"], request.query.get("path"))
+    nodes = engine.ls(
+        request.match_info["id"], request.match_info["snap"], request.query.get("path")
+    )
     resp: web.StreamResponse | None = None
     async for node in nodes:
         if resp is None:
             resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
             await resp.prepare(request)
-        await resp.write(json.dumps(node.to_dict()).encode() + b"\n")
+        await resp.write(json.dumps(lsnode_to_dict(node)).encode() + b"\n")
     if resp is None:
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
@@ -351,6 +389,95 @@ async def gc(request: web.Request) -> web.Response:
     return web.json_response({"removed": removed})
 
 
+def _peers(request: web.Request) -> PeerManager:
+    manager = request.app[NODE_KEY].peers
+    if manager is None:
+        raise web.HTTPServiceUnavailable(reason="peer links are not running on this node")
+    return manager
+
+
+def peer_to_dict(peer: Peer) -> dict[str, Any]:
+    return {
+        "id": peer.id,
+        "key_id": peer.key_id,
+        "role": peer.role,
+        "url": peer.url,
+        "grants": list(peer.grants),
+        "their_grants": list(peer.their_grants),
+        "state": peer.state,
+        "state_reason": peer.state_reason,
+        "last_seen": peer.last_seen.isoformat() if peer.last_seen else None,
+    }
+
+
+async def create_token_route(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    data = await _body(request)
+    max_uses = data.get("max_uses", 1)
+    if not isinstance(max_uses, int):
+        raise BadRequest("max_uses must be a whole number")
+    if node.identity is None:
+        raise web.HTTPServiceUnavailable(reason="the node has no identity yet")
+    try:
+        text, row = await create_token(
+            _engine(request).store,
+            node.identity,
+            node.instance_id,
+            label=_str(data, "label", required=False) or "",
+            ttl=_str(data, "ttl", required=False) or "1h",
+            max_uses=max_uses,
+            grants=_str_list(data, "grants"),
+        )
+    except (TokenError, GrantError) as exc:
+        raise BadRequest(str(exc)) from None
+    return web.json_response({"token": text, **token_to_dict(row)}, status=201)
+
+
+async def list_tokens_route(request: web.Request) -> web.Response:
+    rows = await _engine(request).store.list_tokens()
+    return web.json_response([token_to_dict(r) for r in rows])
+
+
+async def delete_token_route(request: web.Request) -> web.Response:
+    if not await _engine(request).store.delete_token(request.match_info["id"]):
+        raise NotFound(f"no token with id {request.match_info['id']!r}")
+    return web.json_response({"deleted": request.match_info["id"]})
+
+
+async def list_peers_route(request: web.Request) -> web.Response:
+    peers = await _engine(request).store.list_peers()
+    return web.json_response([peer_to_dict(p) for p in peers])
+
+
+async def add_peer_route(request: web.Request) -> web.Response:
+    data = await _body(request)
+    try:
+        peer = await _peers(request).pair(
+            _str(data, "token") or "", _str(data, "url") or "", _str_list(data, "grants")
+        )
+    except GrantError as exc:
+        raise BadRequest(str(exc)) from None
+    except PairingError as exc:
+        raise EngineError(str(exc)) from None
+    return web.json_response(peer_to_dict(peer), status=201)
+
+
+async def remove_peer_route(request: web.Request) -> web.Response:
+    await _peers(request).remove(request.match_info["id"])
+    return web.json_response({"removed": request.match_info["id"]})
+
+
+async def check_peer_route(request: web.Request) -> web.Response:
+    manager = _peers(request)
+    peer = await manager.store.get_peer(request.match_info["id"])
+    if peer.role == "known_host":
+        manager.check_now(peer.id)
+        said = "reconnecting now"
+    else:
+        said = "this peer dials us; its link comes back when it reconnects"
+    return web.json_response({**peer_to_dict(peer), "message": said})
+
+
 def make_admin_app(node: Node) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app[NODE_KEY] = node
@@ -376,4 +503,11 @@ def make_admin_app(node: Node) -> web.Application:
     r.add_post("/v1/ops/{id}/cancel", cancel_op)
     r.add_post("/v1/schedules/pause", pause)
     r.add_post("/v1/gc", gc)
+    r.add_get("/v1/tokens", list_tokens_route)
+    r.add_post("/v1/tokens", create_token_route)
+    r.add_delete("/v1/tokens/{id}", delete_token_route)
+    r.add_get("/v1/peers", list_peers_route)
+    r.add_post("/v1/peers", add_peer_route)
+    r.add_delete("/v1/peers/{id}", remove_peer_route)
+    r.add_post("/v1/peers/{id}/check", check_peer_route)
     return app

@@ -62,6 +62,7 @@ import nacl.hash
 import nacl.public
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
+
 from peerstash.peer.identity import Identity, key_id, normalize_key_id
 from peerstash.peer.protocol import (
     MAX_FRAME_SIZE,

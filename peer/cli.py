@@ -133,7 +133,9 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     return "\n".join(lines)
 
 
@@ -170,16 +172,24 @@ def progress_bar(op: dict[str, Any], width: int = 30) -> str:
     bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
     files = f"{op.get('files_done', 0)}/{op.get('files_total', 0)} files"
     eta = human_duration(op.get("eta_seconds"))
-    return f"[{bar}] {frac * 100:5.1f}%  {human_bytes(done)}/{human_bytes(total)}  {files}  ETA {eta}"
+    return (
+        f"[{bar}] {frac * 100:5.1f}%  {human_bytes(done)}/{human_bytes(total)}  {files}  ETA {eta}"
+    )
 
 
-async def wait_for(client: AdminClient, op: dict[str, Any], *, quiet: bool = False) -> int:
-    """Follow an operation to its end, drawing progress on a terminal; return the exit code."""
+async def wait_for(
+    client: AdminClient, op: dict[str, Any], *, quiet: bool = False, flow: bool = False
+) -> int:
+    """Follow an operation (and with ``flow`` its follow-ups) to the end; return the exit code.
+
+    Progress is drawn on a terminal; the exit code is the worst result among the operations.
+    """
     tty = sys.stderr.isatty() and not quiet
     last_print = 0.0
-    final = op
-    async for update in client.stream(f"/v1/ops/{op['id']}/wait"):
-        final = update
+    final: dict[str, dict[str, Any]] = {op["id"]: op}
+    path = f"/v1/ops/{op['id']}/wait" + ("?flow=1" if flow else "")
+    async for update in client.stream(path):
+        final[update["id"]] = update
         if update["status"] == "running" and update.get("bytes_total"):
             if tty:
                 sys.stderr.write("\r" + progress_bar(update))
@@ -189,17 +199,20 @@ async def wait_for(client: AdminClient, op: dict[str, Any], *, quiet: bool = Fal
                 print(progress_bar(update), file=sys.stderr)
     if tty:
         sys.stderr.write("\n")
-    status = final["status"]
-    what = f"{final['kind']} {final['id']}"
-    if status == "success":
-        snap = f", snapshot {final['snapshot_id'][:8]}" if final.get("snapshot_id") else ""
-        print(f"{what}: success{snap}")
-        return 0
-    if status == "warning":
-        print(f"{what}: finished with a warning: {final.get('error')}", file=sys.stderr)
-        return EXIT_WARNING
-    print(f"{what}: {status}: {final.get('error') or 'no details'}", file=sys.stderr)
-    return EXIT_FAILED
+    code = 0
+    for done in final.values():
+        status = done["status"]
+        what = f"{done['kind']} {done['id']}"
+        if status == "success":
+            snap = f", snapshot {done['snapshot_id'][:8]}" if done.get("snapshot_id") else ""
+            print(f"{what}: success{snap}")
+        elif status == "warning":
+            print(f"{what}: finished with a warning: {done.get('error')}", file=sys.stderr)
+            code = max(code, EXIT_WARNING) if code != EXIT_FAILED else code
+        else:
+            print(f"{what}: {status}: {done.get('error') or 'no details'}", file=sys.stderr)
+            code = EXIT_FAILED
+    return code
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -218,7 +231,11 @@ async def cmd_status(c: AdminClient, a: argparse.Namespace) -> int:
     ]
     for p in st["plans"]:
         last = p["last"]
-        res = f"{last['status']} {short_time(last['ended_at'] or last['created_at'])}" if last else "never run"
+        res = (
+            f"{last['status']} {short_time(last['ended_at'] or last['created_at'])}"
+            if last
+            else "never run"
+        )
         stale = "  STALE" if p["stale"] else ""
         lines.append(f"plan {p['id']}: last {res}; next {short_time(p['next_due_at'])}{stale}")
     _emit(a, st, "\n".join(lines))
@@ -295,7 +312,7 @@ async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
         body = {
             "id": a.name,
             "repo": a.repo,
-            "paths": [os.path.abspath(p) for p in a.path],
+            "paths": [os.path.abspath(p) for p in a.path],  # noqa: ASYNC240 - getcwd only
             "excludes": a.exclude or [],
             "schedule": a.schedule,
             "every": a.every,
@@ -311,21 +328,37 @@ async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
     plans = await c.call("GET", "/v1/plans")
     rows = []
     for p in plans:
-        when = p["schedule"] or (f"every {human_duration(p['every_seconds'])}" if p["every_seconds"] else "manual")
-        rows.append([p["id"], p["repo"], when, ", ".join(p["paths"]), "yes" if p["enabled"] else "no"])
-    _emit(a, plans, table(rows, ["ID", "REPO", "SCHEDULE", "PATHS", "ENABLED"]) if rows else "no plans")
+        when = p["schedule"] or (
+            f"every {human_duration(p['every_seconds'])}" if p["every_seconds"] else "manual"
+        )
+        rows.append(
+            [p["id"], p["repo"], when, ", ".join(p["paths"]), "yes" if p["enabled"] else "no"]
+        )
+    _emit(
+        a,
+        plans,
+        table(rows, ["ID", "REPO", "SCHEDULE", "PATHS", "ENABLED"]) if rows else "no plans",
+    )
     return 0
 
 
 async def _started(c: AdminClient, a: argparse.Namespace, op: dict[str, Any]) -> int:
     if a.wait:
         return await wait_for(c, op, quiet=getattr(a, "json", False))
-    _emit(a, op, f"{op['kind']} queued as operation {op['id']} (follow it with `peerstash ops --follow`)")
+    _emit(
+        a,
+        op,
+        f"{op['kind']} queued as operation {op['id']} (follow it with `peerstash ops --follow`)",
+    )
     return 0
 
 
 async def cmd_backup(c: AdminClient, a: argparse.Namespace) -> int:
-    return await _started(c, a, await c.call("POST", f"/v1/plans/{a.plan}/backup"))
+    op = await c.call("POST", f"/v1/plans/{a.plan}/backup")
+    if a.wait:
+        # The whole run: the backup and the retention that follows it.
+        return await wait_for(c, op, quiet=a.json, flow=True)
+    return await _started(c, a, op)
 
 
 async def cmd_ops(c: AdminClient, a: argparse.Namespace) -> int:
@@ -360,22 +393,34 @@ async def cmd_cancel(c: AdminClient, a: argparse.Namespace) -> int:
 async def cmd_snapshots(c: AdminClient, a: argparse.Namespace) -> int:
     snaps = await c.call("GET", f"/v1/repos/{a.repo}/snapshots")
     rows = [
-        [s["short_id"], short_time(s["time"]), s["hostname"], ",".join(s.get("tags") or []), ", ".join(s["paths"])]
+        [
+            s["short_id"],
+            short_time(s["time"]),
+            s["hostname"],
+            ",".join(s.get("tags") or []),
+            ", ".join(s["paths"]),
+        ]
         for s in snaps
     ]
-    _emit(a, snaps, table(rows, ["ID", "TIME", "HOST", "TAGS", "PATHS"]) if rows else "no snapshots")
+    _emit(
+        a, snaps, table(rows, ["ID", "TIME", "HOST", "TAGS", "PATHS"]) if rows else "no snapshots"
+    )
     return 0
 
 
 async def cmd_ls(c: AdminClient, a: argparse.Namespace) -> int:
     q = f"?path={a.path}" if a.path else ""
     async for node in c.stream(f"/v1/repos/{a.repo}/snapshots/{a.snapshot}/ls{q}"):
-        print(json.dumps(node) if a.json else f"{node.get('type', '?')[0]} {node.get('path')}", flush=True)
+        print(
+            json.dumps(node) if a.json else f"{node.get('type', '?')[0]} {node.get('path')}",
+            flush=True,
+        )
     return 0
 
 
 async def cmd_restore(c: AdminClient, a: argparse.Namespace) -> int:
-    body = {"snapshot": a.snapshot, "target": os.path.abspath(a.target), "include": a.include or []}
+    target = os.path.abspath(a.target)  # noqa: ASYNC240 - getcwd only
+    body = {"snapshot": a.snapshot, "target": target, "include": a.include or []}
     return await _started(c, a, await c.call("POST", f"/v1/repos/{a.repo}/restore", body))
 
 
@@ -390,6 +435,88 @@ async def cmd_maintenance(c: AdminClient, a: argparse.Namespace) -> int:
 async def cmd_pause(c: AdminClient, a: argparse.Namespace) -> int:
     res = await c.call("POST", "/v1/schedules/pause", {"paused": a.command == "pause"})
     _emit(a, res, "schedules paused" if res["paused"] else "schedules resumed")
+    return 0
+
+
+async def cmd_token(c: AdminClient, a: argparse.Namespace) -> int:
+    if a.token_cmd == "create":
+        body = {
+            "label": a.label or "",
+            "ttl": a.ttl,
+            "max_uses": a.max_uses,
+            "grants": a.grant or [],
+        }
+        res = await c.call("POST", "/v1/tokens", body)
+        text = (
+            f"{res['token']}\n\nGive this token to the other machine (shown once), e.g.\n"
+            f"  peerstash peer add '{res['token']}' --url http://THIS-HOST:PORT\n"
+            f"It expires {short_time(res['expires_at'])} and works {res['max_uses']} time(s); "
+            f"grants: {', '.join(res['grants']) or 'none'}"
+        )
+        _emit(a, res, text)
+        return 0
+    if a.token_cmd == "delete":
+        res = await c.call("DELETE", f"/v1/tokens/{a.id}")
+        _emit(a, res, f"token {a.id} deleted")
+        return 0
+    rows = await c.call("GET", "/v1/tokens")
+    lines = [
+        [
+            t["id"],
+            t["label"] or "-",
+            f"{t['uses']}/{t['max_uses']}",
+            short_time(t["expires_at"]),
+            ", ".join(t["grants"]) or "-",
+        ]
+        for t in rows
+    ]
+    _emit(
+        a,
+        rows,
+        table(lines, ["ID", "LABEL", "USES", "EXPIRES", "GRANTS"]) if lines else "no tokens",
+    )
+    return 0
+
+
+async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
+    if a.peer_cmd == "add":
+        if not a.url:
+            raise CliError(
+                "--url is needed: the address of the node that made the token, e.g. http://host:9797"
+            )
+        res = await c.call(
+            "POST", "/v1/peers", {"token": a.token, "url": a.url, "grants": a.grant or []}
+        )
+        _emit(a, res, f"paired with {res['id']} (key {res['key_id']}); connecting")
+        return 0
+    if a.peer_cmd == "remove":
+        res = await c.call("DELETE", f"/v1/peers/{a.id}")
+        _emit(a, res, f"peer {a.id} removed; its link is closed")
+        return 0
+    if a.peer_cmd == "check":
+        res = await c.call("POST", f"/v1/peers/{a.id}/check")
+        _emit(a, res, f"{a.id}: {res['state']}; {res['message']}")
+        return 0
+    peers = await c.call("GET", "/v1/peers")
+    rows = [
+        [
+            p["id"],
+            p["key_id"],
+            "dials us" if p["role"] == "authorized_client" else "we dial",
+            p["state"]
+            + (f" ({p['state_reason']})" if p["state_reason"] and p["state"] != "online" else ""),
+            short_time(p["last_seen"]),
+            ", ".join(p["grants"]) or "-",
+        ]
+        for p in peers
+    ]
+    _emit(
+        a,
+        peers,
+        table(rows, ["ID", "KEY ID", "ROLE", "STATE", "LAST SEEN", "WE GRANT"])
+        if rows
+        else "no peers",
+    )
     return 0
 
 
@@ -410,6 +537,8 @@ COMMANDS = {
     "unlock": cmd_maintenance,
     "pause": cmd_pause,
     "resume": cmd_pause,
+    "token": cmd_token,
+    "peer": cmd_peer,
 }
 
 
@@ -425,9 +554,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="the node's data directory (or $PEERSTASH_DATA_DIR)")
     p.add_argument("--no-gui", action="store_true", help="run the node headless in the foreground")
     p.add_argument("--instance-id", help="this instance's name at first start (default: hostname)")
-    p.add_argument("--db-url", default=os.environ.get("PEERSTASH_DB_URL"),
-                   help="SQLAlchemy URL of the store (default: SQLite in the data dir)")
+    p.add_argument(
+        "--db-url",
+        default=os.environ.get("PEERSTASH_DB_URL"),
+        help="SQLAlchemy URL of the store (default: SQLite in the data dir)",
+    )
     p.add_argument("--restic", help="path of the restic binary (default: from PATH)")
+    p.add_argument(
+        "--listen",
+        default=os.environ.get("PEERSTASH_LISTEN", "0.0.0.0:9797"),
+        metavar="HOST:PORT",
+        help="peer port (default 0.0.0.0:9797; port 0 picks one)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log more (node only)")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
@@ -440,15 +578,25 @@ def build_parser() -> argparse.ArgumentParser:
     rsub = repo.add_subparsers(dest="repo_cmd", required=True, parser_class=_Parser)
     ra = rsub.add_parser("add", help="add (or --init create) a restic repository")
     ra.add_argument("name")
-    ra.add_argument("--uri", required=True, help="restic repository, e.g. /srv/backup or sftp:host:/path")
+    ra.add_argument(
+        "--uri", required=True, help="restic repository, e.g. /srv/backup or sftp:host:/path"
+    )
     pw = ra.add_mutually_exclusive_group()
     pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    pw.add_argument("--password-file", help="file holding the password (read by the node at run time)")
+    pw.add_argument(
+        "--password-file", help="file holding the password (read by the node at run time)"
+    )
     pw.add_argument("--password-env", help="environment variable of the node holding the password")
     pw.add_argument("--password-command", help="command printing the password")
-    ra.add_argument("--env", action="append", metavar="K=V", help="extra environment for restic (kept secret)")
-    ra.add_argument("--option", action="append", metavar="K=V", help="restic -o option, e.g. sftp.command=...")
-    ra.add_argument("--init", action="store_true", help="create the repository if it does not exist")
+    ra.add_argument(
+        "--env", action="append", metavar="K=V", help="extra environment for restic (kept secret)"
+    )
+    ra.add_argument(
+        "--option", action="append", metavar="K=V", help="restic -o option, e.g. sftp.command=..."
+    )
+    ra.add_argument(
+        "--init", action="store_true", help="create the repository if it does not exist"
+    )
     json_flag(ra)
     json_flag(rsub.add_parser("list", help="list repositories"))
     rr = rsub.add_parser("remove", help="forget a repository (its data stays where it is)")
@@ -522,10 +670,49 @@ def build_parser() -> argparse.ArgumentParser:
         m = sub.add_parser(name, help=text)
         m.add_argument("repo")
         if name == "unlock":
-            m.add_argument("--all", action="store_true", help="remove every lock, not only stale ones")
+            m.add_argument(
+                "--all", action="store_true", help="remove every lock, not only stale ones"
+            )
         else:
             m.add_argument("--wait", action="store_true")
         json_flag(m)
+
+    tok = sub.add_parser(
+        "token", help="pairing tokens that let another instance pair with this one"
+    )
+    tsub = tok.add_subparsers(dest="token_cmd", required=True, parser_class=_Parser)
+    tc = tsub.add_parser("create", help="make a one-time pairing token (shown once)")
+    tc.add_argument("--label", help="what it is for, shown in token list")
+    tc.add_argument("--ttl", default="1h", help="how long it is valid (default 1h, at most 30d)")
+    tc.add_argument("--max-uses", type=int, default=1, help="how many peers may use it (default 1)")
+    tc.add_argument(
+        "--grant",
+        action="append",
+        metavar="GRANT[:SCOPE]",
+        help="what the new peer may do here: ops, config.read, config.write, repos.receive, run (scopes *, repo:ID, plan:ID, !repo:ID, !plan:ID)",
+    )
+    json_flag(tc)
+    json_flag(tsub.add_parser("list", help="live tokens (never their secrets)"))
+    td = tsub.add_parser("delete", help="revoke a token before it is used")
+    td.add_argument("id")
+    json_flag(td)
+
+    peer = sub.add_parser("peer", help="paired instances")
+    pesub = peer.add_subparsers(dest="peer_cmd", required=True, parser_class=_Parser)
+    pea = pesub.add_parser("add", help="pair with the instance that made TOKEN")
+    pea.add_argument("token")
+    pea.add_argument("--url", help="its peer address, e.g. http://host:9797")
+    pea.add_argument(
+        "--grant", action="append", metavar="GRANT[:SCOPE]", help="what it may do here"
+    )
+    json_flag(pea)
+    json_flag(pesub.add_parser("list", help="known hosts and authorized clients with their state"))
+    pec = pesub.add_parser("check", help="reconnect to a peer now")
+    pec.add_argument("id")
+    json_flag(pec)
+    per = pesub.add_parser("remove", help="unpair: forget the peer and close its link")
+    per.add_argument("id")
+    json_flag(per)
 
     json_flag(sub.add_parser("pause", help="pause scheduled backups"))
     json_flag(sub.add_parser("resume", help="resume scheduled backups"))

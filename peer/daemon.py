@@ -9,16 +9,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
+from peerstash.peer.link import Timings
 from peerstash.peer.node import Node, NodeError, NodeOptions
 from peerstash.peer.paths import resolve_data_dir
 
 
 def node_options(args: argparse.Namespace) -> NodeOptions:
-    return NodeOptions(instance_id=args.instance_id, db_url=args.db_url, restic_path=args.restic)
+    timings_text = os.environ.get("PEERSTASH_LINK_TIMINGS", "")
+    try:
+        timings = Timings.parse(timings_text) if timings_text else None
+    except ValueError as exc:
+        raise NodeError(f"PEERSTASH_LINK_TIMINGS: {exc}") from None
+    return NodeOptions(
+        instance_id=args.instance_id,
+        db_url=args.db_url,
+        restic_path=args.restic,
+        listen=args.listen or None,
+        link_timings=timings,
+    )
 
 
 async def serve(data_dir: Path, options: NodeOptions, stop: asyncio.Event) -> None:
@@ -27,7 +40,8 @@ async def serve(data_dir: Path, options: NodeOptions, stop: asyncio.Event) -> No
     try:
         print(
             f"peerstash: node {node.instance_id} running for {data_dir} "
-            f"(admin socket {node.socket_path}); Ctrl-C stops it",
+            f"(admin socket {node.socket_path}, peers at {node.peer_url or 'disabled'}); "
+            "Ctrl-C stops it",
             file=sys.stderr,
             flush=True,
         )
@@ -42,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     data_dir = resolve_data_dir(args.data_dir)
 
     async def main() -> None:
@@ -49,9 +65,10 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(data_dir, node_options(args), stop)
+        await serve(data_dir, options, stop)
 
     try:
+        options = node_options(args)
         asyncio.run(main())
     except NodeError as exc:
         print(f"peerstash: {exc}", file=sys.stderr)

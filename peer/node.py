@@ -22,7 +22,10 @@ from peerstash.core.engine import Engine, check_name
 from peerstash.core.events import EventBus
 from peerstash.core.secrets import SecretStore, load_or_create_key
 from peerstash.core.store import Store
+from peerstash.peer.identity import Identity
+from peerstash.peer.link import PeerManager, Timings
 from peerstash.peer.paths import admin_socket_path, ensure_private_dir
+from peerstash.peer.server import make_peer_app, parse_listen
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,9 @@ class NodeOptions:
     catch_up_grace: float = 60.0
     cancel_grace: float = 10.0
     schedule: bool = True
+    #: Where the peer port listens; port 0 picks a free port (tests), None disables it.
+    listen: str | None = "0.0.0.0:9797"
+    link_timings: Timings | None = None
 
 
 def default_instance_id() -> str:
@@ -69,13 +75,17 @@ class Node:
         self.instance_id = ""
         self._lock_file: IO[str] | None = None
         self._admin_runner: web.AppRunner | None = None
+        self._peer_runner: web.AppRunner | None = None
         self.socket_path = admin_socket_path(data_dir)
+        self.identity: Identity | None = None
+        self.peers: PeerManager | None = None
+        self.peer_url: str | None = None
 
     # -- single instance ---------------------------------------------------------------------
 
     def _acquire_lock(self) -> None:
         path = self.data_dir / "node.lock"
-        fh = open(path, "a+")  # noqa: SIM115 - held open for the node's lifetime
+        fh = open(path, "a+")
         os.chmod(path, 0o600)
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -138,8 +148,37 @@ class Node:
             cancel_grace=opts.cancel_grace,
         )
         await self.engine.start(schedule=opts.schedule)
+        self.identity = Identity.load_or_create(self.data_dir / "identity.key")
+        self.peers = PeerManager(
+            store, self.bus, self.identity, instance_id, timings=opts.link_timings
+        )
+        await self._start_peer_server()
+        await self.peers.start()
         await self._start_admin()
         log.info("node %s ready (data dir %s)", instance_id, self.data_dir)
+
+    async def _start_peer_server(self) -> None:
+        if self.options.listen is None or self.peers is None:
+            return
+        try:
+            host, port = parse_listen(self.options.listen)
+        except ValueError as exc:
+            raise NodeError(str(exc)) from None
+        runner = web.AppRunner(make_peer_app(self.peers), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise NodeError(
+                f"cannot listen for peers on {host}:{port}: {exc.strerror or exc}; "
+                "choose another address with --listen HOST:PORT"
+            ) from None
+        self._peer_runner = runner
+        bound_port = runner.addresses[0][1] if runner.addresses else port
+        shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+        self.peer_url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{bound_port}"
 
     async def _start_admin(self) -> None:
         from peerstash.peer.admin import make_admin_app
@@ -171,6 +210,12 @@ class Node:
             self._admin_runner = None
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
+        if self.peers is not None:
+            await self.peers.stop()
+            self.peers = None
+        if self._peer_runner is not None:
+            await self._peer_runner.cleanup()
+            self._peer_runner = None
         if self.engine is not None:
             await self.engine.stop()
             self.engine = None
@@ -187,4 +232,6 @@ class Node:
             "pid": os.getpid(),
             "admin_socket": str(self.socket_path),
             "paused": bool(self.engine and self.engine.scheduler.paused),
+            "key_id": self.identity.key_id if self.identity else None,
+            "peer_url": self.peer_url,
         }

@@ -1,0 +1,169 @@
+"""Backup through Peerstash vs. bare ``restic backup`` on the same data, plus the node's RSS.
+
+Usage: .venv/bin/python benchmarks/backup_overhead.py [--files 3000] [--mb 300] [--rounds 3]
+
+Each round backs the same generated tree up twice into two fresh repositories, once with bare
+restic and once through a real ``peerstash --no-gui`` node driven by the CLI
+(``peerstash backup PLAN --wait``), alternating which goes first so the page cache favours
+neither. Both a first (everything new) and an unchanged (nothing new) run are timed. Figures are
+ratios against the bare run measured in the same round, so the machine's speed cancels out.
+The node's peak RSS (VmHWM of the node process alone; restic is a separate process) is read
+from /proc after the backups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+PASSWORD = "benchmark-password"
+PEERSTASH = [sys.executable, "-m", "peerstash.desktop"]
+
+
+def generate(root: Path, files: int, total_mb: int, seed: int = 7) -> None:
+    rng = random.Random(seed)
+    avg = total_mb * 1024 * 1024 // files
+    for i in range(files):
+        d = root / f"d{i % 50:02d}" / f"s{i % 7}"
+        d.mkdir(parents=True, exist_ok=True)
+        size = max(0, int(rng.expovariate(1 / avg))) if i % 10 else avg
+        (d / f"f{i:05d}.bin").write_bytes(os.urandom(size))
+
+
+def timed(cmd: list[str], env: dict[str, str], stdin: str | None = None) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, input=stdin, text=True, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def bare_restic(repo: Path, src: Path) -> tuple[float, float]:
+    env = {**os.environ, "RESTIC_PASSWORD": PASSWORD, "RESTIC_CACHE_DIR": str(repo) + "-cache"}
+    subprocess.run(["restic", "init", "-r", str(repo)], env=env, check=True, capture_output=True)
+    cmd = ["restic", "-r", str(repo), "backup", "--json", str(src)]
+    return timed(cmd, env), timed(cmd, env)
+
+
+def node_rss_peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def through_peerstash(
+    work: Path, repo: Path, src: Path
+) -> tuple[float, float, float, float, float]:
+    data = work / "node"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PEERSTASH_")}
+    node = subprocess.Popen(
+        [*PEERSTASH, "--data-dir", str(data), "--instance-id", "bench", "--no-gui"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert node.stderr is not None
+        for line in node.stderr:
+            if "Ctrl-C stops it" in line:
+                break
+        cli = [*PEERSTASH, "--data-dir", str(data)]
+        subprocess.run(
+            [*cli, "repo", "add", "r", "--uri", str(repo), "--password-stdin", "--init"],
+            input=PASSWORD + "\n",
+            text=True,
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+        subprocess.run(
+            [*cli, "plan", "add", "p", "--repo", "r", "--path", str(src)],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+        first = timed([*cli, "backup", "p", "--wait"], env)
+        again = timed([*cli, "backup", "p", "--wait"], env)
+        rss = node_rss_peak_mb(node.pid)
+        ops = json.loads(
+            subprocess.run(
+                [*cli, "ops", "--json"], check=True, capture_output=True, text=True, env=env
+            ).stdout
+        )
+        # Node-side time of each backup: from the request reaching the node to the op ending.
+        inside = [
+            (
+                datetime.fromisoformat(o["ended_at"]) - datetime.fromisoformat(o["created_at"])
+            ).total_seconds()
+            for o in reversed(ops)
+            if o["kind"] == "backup"
+        ]
+    finally:
+        node.send_signal(2)
+        node.wait(60)
+    return first, again, rss, inside[0], inside[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=3000)
+    ap.add_argument("--mb", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    restic_version = subprocess.run(
+        ["restic", "version"], capture_output=True, text=True
+    ).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="ps-bench-") as tmp:
+        work = Path(tmp)
+        src = work / "src"
+        generate(src, args.files, args.mb)
+        print(f"data: {args.files} files, {args.mb} MB; {restic_version}; {os.cpu_count()} cores")
+        ratios_first, ratios_again, rss_all = [], [], []
+        node_first, node_again = [], []
+        for rnd in range(args.rounds):
+            order = ["bare", "peerstash"] if rnd % 2 == 0 else ["peerstash", "bare"]
+            res: dict[str, tuple[float, ...]] = {}
+            for which in order:
+                rdir = work / f"round{rnd}-{which}"
+                rdir.mkdir()
+                if which == "bare":
+                    res[which] = bare_restic(rdir / "repo", src)
+                else:
+                    res[which] = through_peerstash(rdir, rdir / "repo", src)
+                shutil.rmtree(rdir)
+            bf, ba = res["bare"]
+            pf, pa, rss, nf, na = res["peerstash"]
+            ratios_first.append(pf / bf)
+            ratios_again.append(pa / ba)
+            node_first.append(nf / bf)
+            node_again.append(na / ba)
+            rss_all.append(rss)
+            print(
+                f"round {rnd + 1}: first: bare {bf:.2f}s, CLI {pf:.2f}s ({pf / bf:.3f}x), "
+                f"in node {nf:.2f}s ({nf / bf:.3f}x); unchanged: bare {ba:.2f}s, CLI {pa:.2f}s "
+                f"({pa / ba:.3f}x), in node {na:.2f}s ({na / ba:.3f}x); node peak RSS {rss:.0f} MB"
+            )
+        med = statistics.median
+        print("median ratios vs bare restic (target <= 1.03x):")
+        print(
+            f"  first backup,     in node: {med(node_first):.3f}x   whole CLI call: {med(ratios_first):.3f}x"
+        )
+        print(
+            f"  unchanged backup, in node: {med(node_again):.3f}x   whole CLI call: {med(ratios_again):.3f}x"
+        )
+        print(f"node peak RSS:                  {max(rss_all):.0f} MB  (target <= 120 MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,593 @@
+"""Peer links: one encrypted WebSocket per pair of peers, kept alive and healed.
+
+The side that holds the token (a *known host* entry) dials; the other side (which lists the
+dialer as an *authorized client*) answers at ``/v1/sync``. Either way, once the handshake and
+Hello/Welcome are done, a :class:`Link` runs the same loop: a heartbeat every
+``heartbeat`` seconds, and the link is declared dead after ``offline_after`` seconds without any
+frame. The dialer then reconnects with exponential backoff and jitter.
+
+States a person sees (persisted on the peer row and published as :class:`LinkStateChanged`):
+``online``, ``connecting``, ``offline``, ``unreachable`` (many failures in a row) and
+``auth failed`` (with the reason the other side gave).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from peerstash.core import __version__
+from peerstash.core.events import Event, EventBus
+from peerstash.core.models import Peer
+from peerstash.core.store import NotFound, Store, StoreError, TokenRefused, utcnow
+from peerstash.peer import channel as ch
+from peerstash.peer import protocol as proto
+from peerstash.peer.identity import Identity, key_id
+from peerstash.peer.permissions import Grants
+from peerstash.peer.tokens import RateLimiter, hash_secret, token_id, verify_secret
+
+log = logging.getLogger(__name__)
+
+ONLINE = "online"
+CONNECTING = "connecting"
+OFFLINE = "offline"
+UNREACHABLE = "unreachable"
+AUTH_FAILED = "auth failed"
+
+
+@dataclass(frozen=True)
+class LinkStateChanged(Event):
+    topic: str = field(init=False, default="link")
+    peer_id: str = ""
+    state: str = ""
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Link timings; tests shrink them so a whole reconnect cycle takes a second."""
+
+    heartbeat: float = 15.0
+    offline_after: float = 45.0
+    backoff_min: float = 1.0
+    backoff_max: float = 300.0
+    backoff_reset_after: float = 60.0
+    unreachable_after: int = 5
+    handshake_timeout: float = 10.0
+
+    @classmethod
+    def parse(cls, text: str) -> Timings:
+        """``heartbeat=0.5,offline_after=1.5,...`` (from ``$PEERSTASH_LINK_TIMINGS``)."""
+        values: dict[str, Any] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, _, raw = part.partition("=")
+            if key not in cls.__dataclass_fields__:
+                raise ValueError(f"unknown link timing {key!r}")
+            values[key] = int(raw) if key == "unreachable_after" else float(raw)
+        return cls(**values)
+
+
+class PairingError(Exception):
+    """Pairing failed; the message says why in words a person can act on."""
+
+
+class LinkClosed(Exception):
+    pass
+
+
+def describe_remote_error(err: proto.Error) -> str:
+    reasons = {
+        proto.ErrorCode.BAD_TOKEN: "the pairing token was refused (wrong, expired or used up)",
+        proto.ErrorCode.UNKNOWN_PEER: "the peer does not know this instance (was it removed there?)",
+        proto.ErrorCode.RATE_LIMITED: "too many failed pairing attempts; try again later",
+        proto.ErrorCode.FORBIDDEN: "the peer refused the request",
+        proto.ErrorCode.VERSION: "the peer speaks another protocol version",
+    }
+    base = reasons.get(err.code, f"the peer refused: {err.code}")  # type: ignore[call-overload]
+    return f"{base}: {err.message}" if err.message and err.code not in reasons else base
+
+
+MessageHandler = Callable[["Link", proto.Message], Awaitable[None]]
+
+
+class Link:
+    """One live, authenticated connection to a peer."""
+
+    def __init__(
+        self,
+        manager: PeerManager,
+        peer_id: str,
+        chan: ch.SecureChannel,
+        close_transport: Callable[[], Awaitable[Any]],
+    ) -> None:
+        self.manager = manager
+        self.peer_id = peer_id
+        self.channel = chan
+        self._close_transport = close_transport
+        self.last_rx = time.monotonic()
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        self.started = time.monotonic()
+
+    async def send(self, msg: proto.Message) -> None:
+        await self.channel.send_msg(msg)
+
+    async def run(self) -> str:
+        """Serve the link until it ends; returns why it ended."""
+        hb = asyncio.create_task(self._heartbeats())
+        try:
+            while True:
+                try:
+                    msg = await asyncio.wait_for(
+                        self.channel.recv_msg(), timeout=self.manager.timings.offline_after
+                    )
+                except TimeoutError:
+                    return self._end(f"no frame for {self.manager.timings.offline_after:g}s")
+                except proto.ProtocolError as exc:
+                    with contextlib.suppress(Exception):
+                        await self.send(
+                            proto.Error(code=proto.ErrorCode.PROTOCOL, message=str(exc)[:500])
+                        )
+                    return self._end(f"malformed message from peer: {exc}")
+                except ch.ChannelError as exc:
+                    return self._end(str(exc) or type(exc).__name__)
+                self.last_rx = time.monotonic()
+                if isinstance(msg, proto.Heartbeat):
+                    continue
+                if isinstance(msg, proto.Close):
+                    return self._end(f"closed by peer: {msg.reason}")
+                if isinstance(msg, proto.Error):
+                    return self._end(f"peer reported an error: {msg.code}: {msg.message}")
+                handler = self.manager.message_handler
+                if handler is not None:
+                    await handler(self, msg)
+        finally:
+            hb.cancel()
+            with contextlib.suppress(BaseException):
+                await hb
+            await self._shutdown()
+
+    def _end(self, reason: str) -> str:
+        if not self.close_reason:
+            self.close_reason = reason
+        return self.close_reason
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.manager.timings.heartbeat)
+            try:
+                await self.send(proto.Heartbeat(sent_at_ms=int(time.time() * 1000)))
+            except (ch.ChannelError, ConnectionError, RuntimeError):
+                return
+
+    async def close(self, reason: str) -> None:
+        """Close politely (tell the peer why), then tear the transport down."""
+        self._end(reason)
+        if not self.channel.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.send(proto.Close(reason=reason[:500])), timeout=2)
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self.channel.close(self.close_reason or "closed")
+        with contextlib.suppress(Exception):
+            await self._close_transport()
+        self.closed.set()
+
+
+class PeerManager:
+    """Owns every link of this node: the server side, the dialers, and pairing."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        identity: Identity,
+        instance_id: str,
+        *,
+        timings: Timings | None = None,
+        protocol_version: int = proto.PROTOCOL_VERSION,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.identity = identity
+        self.instance_id = instance_id
+        self.timings = timings or Timings()
+        self.protocol_version = protocol_version
+        self.links: dict[str, Link] = {}
+        self._dialers: dict[str, _Dialer] = {}
+        self._server_tasks: set[asyncio.Task[Any]] = set()
+        self.limiter = RateLimiter(max_failures=5, window=60.0)
+        self.message_handler: MessageHandler | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._handshakes = asyncio.Semaphore(64)
+        self._closing = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
+        )
+        for peer in await self.store.list_peers():
+            if peer.role == "known_host":
+                self._start_dialer(peer.id)
+            elif peer.state != OFFLINE:
+                await self._set_state(peer.id, OFFLINE, None)
+
+    async def stop(self) -> None:
+        self._closing = True
+        for dialer in list(self._dialers.values()):
+            await dialer.stop()
+        self._dialers.clear()
+        for link in list(self.links.values()):
+            await link.close("the peer is shutting down")
+        for task in list(self._server_tasks):
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 5)
+        if self._session is not None:
+            await self._session.close()
+
+    # -- state -------------------------------------------------------------------------------
+
+    async def _set_state(
+        self, peer_id: str, state: str, reason: str | None, *, seen: bool = False
+    ) -> None:
+        fields: dict[str, Any] = {"state": state, "state_reason": reason}
+        if seen:
+            fields["last_seen"] = utcnow()
+        try:
+            await self.store.update_peer(peer_id, **fields)
+        except NotFound:
+            return
+        self.bus.publish(LinkStateChanged(peer_id=peer_id, state=state, reason=reason))
+
+    async def touch(self, peer_id: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.store.update_peer(peer_id, last_seen=utcnow())
+
+    async def _adopt(self, link: Link) -> None:
+        """Make ``link`` the peer's link; a previous one is closed (newest wins)."""
+        old = self.links.get(link.peer_id)
+        self.links[link.peer_id] = link
+        if old is not None and old is not link:
+            await old.close("replaced by a newer connection")
+        await self._set_state(link.peer_id, ONLINE, None, seen=True)
+
+    async def _release(self, link: Link, reason: str) -> None:
+        if self.links.get(link.peer_id) is link:
+            del self.links[link.peer_id]
+            if not self._closing:
+                await self._set_state(link.peer_id, OFFLINE, reason, seen=True)
+
+    # -- server side -------------------------------------------------------------------------
+
+    async def handle_ws(self, request: web.Request) -> web.StreamResponse:
+        """``/v1/sync``: answer a dialing peer."""
+        ws = web.WebSocketResponse(max_msg_size=ch.WS_MAX_MSG_SIZE, autoping=True)
+        await ws.prepare(request)
+        task = asyncio.current_task()
+        if task is not None:
+            self._server_tasks.add(task)
+        try:
+            await self._serve(ws, request.remote or "?")
+        finally:
+            if task is not None:
+                self._server_tasks.discard(task)
+            await ws.close()
+        return ws
+
+    async def _serve(self, ws: web.WebSocketResponse, remote: str) -> None:
+        send, recv = ch.websocket_transport(ws)
+        async with self._handshakes:
+            try:
+                chan = await ch.respond(
+                    self.identity,
+                    send,
+                    recv,
+                    handshake_timeout=self.timings.handshake_timeout,
+                    protocol_version=self.protocol_version,
+                )
+                hello = await asyncio.wait_for(chan.recv_msg(), self.timings.handshake_timeout)
+            except (ch.ChannelError, proto.ProtocolError, TimeoutError) as exc:
+                log.info("peer link from %s failed during handshake: %s", remote, exc)
+                return
+            if not isinstance(hello, proto.Hello):
+                await _refuse(chan, proto.ErrorCode.PROTOCOL, "expected Hello")
+                return
+            peer = await self._authenticate(chan, hello, remote)
+            if peer is None:
+                return
+            await chan.send_msg(
+                proto.Welcome(
+                    instance_id=self.instance_id,
+                    grants=tuple(peer.grants),
+                    software=f"peerstash {__version__}",
+                )
+            )
+        link = Link(self, peer.id, chan, ws.close)
+        await self._adopt(link)
+        reason = await link.run()
+        await self._release(link, reason)
+
+    async def _authenticate(
+        self, chan: ch.SecureChannel, hello: proto.Hello, remote: str
+    ) -> Peer | None:
+        pub = chan.peer_public_key
+        try:
+            peer = await self.store.get_peer(hello.instance_id)
+        except NotFound:
+            peer = None
+        if peer is not None and peer.public_key == pub and hello.pairing_secret is None:
+            if peer.role != "authorized_client":
+                await _refuse(
+                    chan, proto.ErrorCode.UNKNOWN_PEER, "this node dials you, not the other way"
+                )
+                return None
+            await self.store.update_peer(peer.id, their_grants=list(hello.grants))
+            return await self.store.get_peer(peer.id)
+        if hello.pairing_secret is None:
+            log.warning(
+                "refused link from %s (%s): unknown key %s", remote, hello.instance_id, key_id(pub)
+            )
+            await _refuse(chan, proto.ErrorCode.UNKNOWN_PEER, "unknown instance or key")
+            return None
+        if not self.limiter.allowed(remote):
+            await _refuse(chan, proto.ErrorCode.RATE_LIMITED, "too many failed attempts")
+            return None
+        secret = hello.pairing_secret
+        candidate = Peer(
+            id=hello.instance_id,
+            public_key=pub,
+            key_id=key_id(pub),
+            role="authorized_client",
+            url=None,
+            grants=[],
+            their_grants=list(hello.grants),
+            state=CONNECTING,
+        )
+        try:
+            await self.store.redeem_token(
+                token_id(hash_secret(secret)),
+                lambda stored: verify_secret(secret, stored),
+                candidate,
+            )
+        except TokenRefused:
+            self.limiter.record_failure(remote)
+            log.warning("refused pairing from %s (%s): bad token", remote, hello.instance_id)
+            await _refuse(chan, proto.ErrorCode.BAD_TOKEN, "")
+            return None
+        except StoreError as exc:
+            await _refuse(chan, proto.ErrorCode.FORBIDDEN, str(exc))
+            return None
+        log.info("paired with %s (key %s) from %s", hello.instance_id, key_id(pub), remote)
+        return await self.store.get_peer(hello.instance_id)
+
+    # -- dialing side ------------------------------------------------------------------------
+
+    async def _dial(
+        self,
+        url: str,
+        *,
+        expected_key_id: str | None = None,
+        expected_public_key: bytes | None = None,
+        hello: proto.Hello,
+    ) -> tuple[ch.SecureChannel, proto.Welcome, aiohttp.ClientWebSocketResponse]:
+        assert self._session is not None
+        ws_url = url.rstrip("/") + "/v1/sync"
+        try:
+            ws = await self._session.ws_connect(
+                ws_url, max_msg_size=ch.WS_MAX_MSG_SIZE, autoping=True, heartbeat=None
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise PairingError(f"{url} is not a Peerstash peer port (HTTP {exc.status})") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ConnectionError(f"cannot reach {url}: {exc}") from None
+        try:
+            send, recv = ch.websocket_transport(ws)
+            chan = await ch.initiate(
+                self.identity,
+                send,
+                recv,
+                expected_key_id=expected_key_id,
+                expected_public_key=expected_public_key,
+                handshake_timeout=self.timings.handshake_timeout,
+                protocol_version=self.protocol_version,
+            )
+            await chan.send_msg(hello)
+            reply = await asyncio.wait_for(chan.recv_msg(), self.timings.handshake_timeout)
+            if isinstance(reply, proto.Error):
+                raise PairingError(describe_remote_error(reply))
+            if not isinstance(reply, proto.Welcome):
+                raise PairingError("the peer answered with an unexpected message")
+            return chan, reply, ws
+        except BaseException:
+            await ws.close()
+            raise
+
+    def _hello(self, grants: list[str], secret: bytes | None = None) -> proto.Hello:
+        return proto.Hello(
+            instance_id=self.instance_id,
+            grants=tuple(grants),
+            pairing_secret=secret,
+            software=f"peerstash {__version__}",
+        )
+
+    async def pair(self, token_text: str, url: str, grants: list[str]) -> Peer:
+        """Dial ``url`` with a token, pin the issuer, and keep a link to it from now on."""
+        from peerstash.peer.tokens import TokenFormatError, parse_token
+
+        try:
+            token = parse_token(token_text)
+        except TokenFormatError as exc:
+            raise PairingError(f"that is not a pairing token: {exc}") from None
+        parsed_grants = Grants.parse(grants).to_strings()
+        if token.instance_id == self.instance_id:
+            raise PairingError("that token was made by this instance; use it on another one")
+        try:
+            chan, welcome, ws = await self._dial(
+                url, expected_key_id=token.key_id, hello=self._hello(parsed_grants, token.secret)
+            )
+        except ch.AuthError:
+            raise PairingError(
+                f"the node at {url} is not the one that issued this token (its key does not match "
+                f"{token.key_id}); nothing was paired"
+            ) from None
+        except ch.VersionMismatchError as exc:
+            raise PairingError(
+                f"the node at {url} speaks peer protocol version {exc.theirs}, this one {exc.ours}; "
+                "update the older one"
+            ) from None
+        except (ch.ChannelError, proto.ProtocolError, TimeoutError) as exc:
+            raise PairingError(f"the secure handshake with {url} failed: {exc}") from None
+        except ConnectionError as exc:
+            raise PairingError(str(exc)) from None
+        try:
+            if welcome.instance_id != token.instance_id:
+                raise PairingError(
+                    f"the token names {token.instance_id!r} but the node answered as "
+                    f"{welcome.instance_id!r}; nothing was paired"
+                )
+            peer = Peer(
+                id=welcome.instance_id,
+                public_key=chan.peer_public_key,
+                key_id=key_id(chan.peer_public_key),
+                role="known_host",
+                url=url.rstrip("/"),
+                grants=parsed_grants,
+                their_grants=list(welcome.grants),
+                state=CONNECTING,
+            )
+            await self.store.put_peer(peer)
+        finally:
+            with contextlib.suppress(Exception):
+                await chan.send_msg(proto.Close(reason="pairing done; reconnecting"))
+            await ws.close()
+        self._start_dialer(peer.id, immediately=True)
+        return peer
+
+    def _start_dialer(self, peer_id: str, *, immediately: bool = False) -> None:
+        old = self._dialers.pop(peer_id, None)
+        if old is not None:
+            old.task.cancel()
+        self._dialers[peer_id] = _Dialer(self, peer_id)
+
+    def check_now(self, peer_id: str) -> bool:
+        dialer = self._dialers.get(peer_id)
+        if dialer is None:
+            return False
+        dialer.wake()
+        return True
+
+    def wake_all(self) -> None:
+        """Machine resumed or network changed: retry every dialer at once."""
+        for dialer in self._dialers.values():
+            dialer.wake()
+
+    async def remove(self, peer_id: str) -> None:
+        """Forget a peer; its link (if any) closes at once."""
+        await self.store.get_peer(peer_id)
+        dialer = self._dialers.pop(peer_id, None)
+        if dialer is not None:
+            await dialer.stop()
+        await self.store.delete_peer(peer_id)
+        link = self.links.pop(peer_id, None)
+        if link is not None:
+            await link.close("this peer was removed")
+        self.bus.publish(LinkStateChanged(peer_id=peer_id, state="removed", reason=None))
+
+
+async def _refuse(chan: ch.SecureChannel, code: str, message: str) -> None:
+    with contextlib.suppress(Exception):
+        await chan.send_msg(proto.Error(code=code, message=message))
+
+
+class _Dialer:
+    """Keeps one known host connected: dial, serve the link, back off, repeat."""
+
+    def __init__(self, manager: PeerManager, peer_id: str) -> None:
+        self.m = manager
+        self.peer_id = peer_id
+        self._wake = asyncio.Event()
+        self.task = asyncio.create_task(self._loop(), name=f"dial:{peer_id}")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(BaseException):
+            await self.task
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    async def _loop(self) -> None:
+        t = self.m.timings
+        delay = t.backoff_min
+        failures = 0
+        while True:
+            try:
+                peer = await self.m.store.get_peer(self.peer_id)
+            except NotFound:
+                return
+            await self.m._set_state(self.peer_id, CONNECTING, None)
+            state, reason = UNREACHABLE, ""
+            try:
+                chan, welcome, ws = await self.m._dial(
+                    peer.url or "",
+                    expected_public_key=peer.public_key,
+                    hello=self.m._hello(list(peer.grants)),
+                )
+            except (PairingError, ch.AuthError) as exc:
+                state, reason = (
+                    AUTH_FAILED,
+                    str(exc) or "the peer's key does not match the pinned key",
+                )
+            except ch.VersionMismatchError as exc:
+                state, reason = (
+                    AUTH_FAILED,
+                    f"protocol version mismatch (we {exc.ours}, they {exc.theirs})",
+                )
+            except (ConnectionError, ch.ChannelError, proto.ProtocolError, TimeoutError) as exc:
+                reason = str(exc) or type(exc).__name__
+            else:
+                failures = 0
+                if welcome.instance_id != self.peer_id:
+                    await ws.close()
+                    state, reason = AUTH_FAILED, f"answered as {welcome.instance_id!r}"
+                else:
+                    with contextlib.suppress(NotFound):
+                        await self.m.store.update_peer(
+                            self.peer_id, their_grants=list(welcome.grants)
+                        )
+                    link = Link(self.m, self.peer_id, chan, ws.close)
+                    await self.m._adopt(link)
+                    reason = await link.run()
+                    await self.m._release(link, reason)
+                    up_for = time.monotonic() - link.started
+                    if up_for >= t.backoff_reset_after:
+                        delay = t.backoff_min
+                    await self._pause(delay * random.uniform(0.5, 1.0))
+                    delay = min(t.backoff_max, delay * 2)
+                    continue
+            failures += 1
+            shown = (
+                state
+                if state == AUTH_FAILED
+                else (UNREACHABLE if failures >= t.unreachable_after else OFFLINE)
+            )
+            await self.m._set_state(self.peer_id, shown, reason)
+            await self._pause(delay * random.uniform(0.5, 1.0))
+            delay = min(t.backoff_max, delay * 2)

@@ -1,0 +1,396 @@
+"""The command contract, end to end: a real node, the real CLI, real restic, real repositories."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import random
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import NodeProc
+
+PASSWORD = "s3cret-Pa55word-for-tests"
+
+
+def make_tree(root: Path, files: int = 40, seed: int = 1) -> Path:
+    rng = random.Random(seed)
+    for i in range(files):
+        sub = root / f"dir{i % 5}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"file{i}.bin").write_bytes(rng.randbytes(rng.randint(0, 64 * 1024)))
+    (root / "notes.txt").write_text("hello from peerstash\n")
+    return root
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    cmp = filecmp.dircmp(a, b)
+    if cmp.left_only or cmp.right_only or cmp.funny_files:
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
+    if mismatch or errors:
+        return False
+    return all(same_tree(a / d, b / d) for d in cmp.common_dirs)
+
+
+def jcli(node: NodeProc, *args: str, **kw: Any) -> Any:
+    return json.loads(node.cli(*args, "--json", **kw).stdout)
+
+
+def add_repo(node: NodeProc, name: str, uri: str, *extra: str, init: bool = True) -> None:
+    args = ["repo", "add", name, "--uri", uri, "--password-stdin", *extra]
+    if init:
+        args.append("--init")
+    node.cli(*args, input=PASSWORD + "\n")
+
+
+@pytest.fixture(params=["local", "sftp", "rest"])
+def repo_uri_and_options(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, list[str]]:
+    if request.param == "local":
+        return str(tmp_path / "repo"), []
+    if request.param == "sftp":
+        server = request.getfixturevalue("sftp_server")
+        opts = [f"--option={o}" for o in server.restic_options()]
+        return server.repo_uri(str(tmp_path / "sftp-repo")), opts
+    server = request.getfixturevalue("rest_server")
+    return server.repo_uri(f"r{random.randrange(10**9)}"), []
+
+
+def test_backup_list_forget_restore_roundtrip(
+    node: NodeProc, tmp_path: Path, repo_uri_and_options: tuple[str, list[str]]
+) -> None:
+    uri, options = repo_uri_and_options
+    src = make_tree(tmp_path / "src")
+    add_repo(node, "main", uri, *options)
+    repos = jcli(node, "repo", "list")
+    assert [r["id"] for r in repos] == ["main"]
+    assert repos[0]["guid"] and len(repos[0]["guid"]) == 64
+
+    plan = jcli(
+        node, "plan", "add", "docs", "--repo", "main", "--path", str(src), "--keep-last", "2"
+    )
+    assert plan["retention"] == {"keep_last": 2}
+    for i in range(3):
+        if i:
+            (src / "notes.txt").write_text(f"changed {i}\n")
+        res = node.cli("backup", "docs", "--wait")
+        assert "backup" in res.stdout and "success, snapshot" in res.stdout
+        assert "forget" in res.stdout  # --wait follows the retention that comes after
+
+    ops = jcli(node, "ops")
+    backups = [o for o in ops if o["kind"] == "backup"]
+    assert len(backups) == 3
+    for o in backups:
+        assert o["status"] == "success", o
+        assert o["origin"] == "alpha" and o["plan"] == "docs" and o["repo"] == "main"
+        assert o["snapshot_id"] and o["started_at"] and o["ended_at"] and o["error"] is None
+    # Retention ran after each backup, in the same flow.
+    forgets = [o for o in ops if o["kind"] == "forget"]
+    assert len(forgets) == 3 and all(o["status"] == "success" for o in forgets)
+
+    snaps = jcli(node, "snapshots", "main")
+    assert len(snaps) == 2
+    newest = max(snaps, key=lambda s: s["time"])
+    assert newest["id"].startswith(backups[0]["snapshot_id"][:8])
+    assert {"plan:docs", "host:alpha"} <= set(newest["tags"])
+    assert newest["hostname"] == "alpha"
+
+    target = tmp_path / "restored"
+    node.cli("restore", "main", newest["id"], "--target", str(target), "--wait")
+    assert same_tree(src, target / src.relative_to("/"))
+    assert not same_tree(src, target / src.relative_to("/") / "dir0")  # the check can fail
+
+
+def test_repo_add_wrong_password_is_refused_and_nothing_stored(
+    node: NodeProc, tmp_path: Path
+) -> None:
+    uri = str(tmp_path / "repo")
+    subprocess.run(
+        ["restic", "init", "-r", uri],
+        env={**os.environ, "RESTIC_PASSWORD": "right"},
+        check=True,
+        capture_output=True,
+    )
+    res = node.cli(
+        "repo", "add", "r", "--uri", uri, "--password-stdin", input=PASSWORD + "\n", check=False
+    )
+    assert res.returncode == 1
+    assert "wrong password" in res.stderr.lower()
+    assert PASSWORD not in res.stderr + res.stdout
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert jcli(node, "repo", "list") == []
+
+
+def test_repo_add_missing_repo_says_to_init(node: NodeProc, tmp_path: Path) -> None:
+    res = node.cli(
+        "repo",
+        "add",
+        "r",
+        "--uri",
+        str(tmp_path / "nothing"),
+        "--password-stdin",
+        input=PASSWORD + "\n",
+        check=False,
+    )
+    assert res.returncode == 1
+    assert "--init" in res.stderr
+    assert jcli(node, "repo", "list") == []
+
+
+def test_password_sources_resolved_by_node(node_factory: Any, tmp_path: Path) -> None:
+    node = node_factory("alpha", REPO_PW="env-password").start()
+    pw_file = tmp_path / "pw"
+    pw_file.write_text("file-password\n")
+    pw_file.chmod(0o600)
+    src = make_tree(tmp_path / "src", files=3)
+    node.cli(
+        "repo", "add", "f", "--uri", str(tmp_path / "rf"), "--password-file", str(pw_file), "--init"
+    )
+    node.cli(
+        "repo", "add", "e", "--uri", str(tmp_path / "re"), "--password-env", "REPO_PW", "--init"
+    )
+    node.cli(
+        "repo",
+        "add",
+        "c",
+        "--uri",
+        str(tmp_path / "rc"),
+        "--password-command",
+        "echo cmd-password",
+        "--init",
+    )
+    for name, pw in (("f", "file-password"), ("e", "env-password"), ("c", "cmd-password")):
+        node.cli("plan", "add", f"p{name}", "--repo", name, "--path", str(src))
+        node.cli("backup", f"p{name}", "--wait")
+        # The repository really uses that password: bare restic opens it with it.
+        out = subprocess.run(
+            ["restic", "-r", str(tmp_path / f"r{name}"), "snapshots", "--json"],
+            env={**os.environ, "RESTIC_PASSWORD": pw},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert len(json.loads(out.stdout)) == 1
+    repos = {r["id"]: r for r in jcli(node, "repo", "list")}
+    assert repos["e"]["password_source"] == "env" and repos["e"]["password_ref"] == "REPO_PW"
+
+
+def test_secret_never_in_outputs_or_database(node: NodeProc, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", files=3)
+    add_repo(node, "main", str(tmp_path / "repo"), "--env", "EXTRA_TOKEN=tok-123456789")
+    node.cli("plan", "add", "p", "--repo", "main", "--path", str(src))
+    node.cli("backup", "p", "--wait")
+    outputs = [
+        node.cli("repo", "list", "--json").stdout,
+        node.cli("ops", "--json").stdout,
+        node.cli("status", "--json").stdout,
+        "\n".join(node.output),
+    ]
+    op_id = json.loads(outputs[1])[0]["id"]
+    outputs.append(node.cli("log", op_id).stdout)
+    blob = b"".join(p.read_bytes() for p in node.data_dir.rglob("*") if p.is_file())
+    for secret in (PASSWORD, "tok-123456789"):
+        assert all(secret not in text for text in outputs)
+        assert secret.encode() not in blob
+
+
+def test_failures_are_clear(node: NodeProc, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", files=3)
+    repo = tmp_path / "repo"
+    add_repo(node, "main", str(repo))
+    node.cli("plan", "add", "p", "--repo", "main", "--path", str(src))
+
+    res = node.cli("backup", "nope", check=False)
+    assert res.returncode == 1 and res.stderr.strip() == "peerstash: no plan named 'nope'"
+
+    res = node.cli(
+        "plan",
+        "add",
+        "q",
+        "--repo",
+        "main",
+        "--path",
+        str(src),
+        "--schedule",
+        "61 * * * *",
+        check=False,
+    )
+    assert res.returncode == 1 and "cron" in res.stderr.lower()
+
+    # The repository vanishes: the backup fails with a sentence, and the node keeps going.
+    repo.rename(tmp_path / "moved")
+    res = node.cli("backup", "p", "--wait", check=False)
+    assert res.returncode == 1
+    assert "there is no restic repository at main" in res.stderr
+    (tmp_path / "moved").rename(repo)
+    node.cli("backup", "p", "--wait")
+
+
+def test_locked_repository_names_the_holder(node: NodeProc, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", files=3)
+    repo = tmp_path / "repo"
+    add_repo(node, "main", str(repo))
+    node.cli("plan", "add", "p", "--repo", "main", "--path", str(src), "--keep-last", "1")
+    node.cli("backup", "p", "--wait")
+    # A bare restic backup reading stdin holds a lock until we close its input; its -v output
+    # says when the lock is taken.
+    holder = subprocess.Popen(
+        ["restic", "-r", str(repo), "backup", "-v", "--stdin", "--stdin-filename", "x"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "RESTIC_PASSWORD": PASSWORD},
+    )
+    try:
+        assert holder.stdout is not None
+        for line in holder.stdout:
+            if "read data from stdin" in line:
+                break
+        assert any((repo / "locks").iterdir())
+        res = node.cli("forget", "main", "--wait", check=False)
+        assert res.returncode == 1
+        assert "locked" in res.stderr.lower()
+        assert str(holder.pid) in res.stderr
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(60)
+    node.cli("forget", "main", "--wait")
+
+
+def unreadable_path(tmp_path: Path) -> str:
+    if os.geteuid() == 0:
+        # root reads any file mode; a read of /proc/self/mem at offset 0 fails with EIO instead.
+        return "/proc/self/mem"
+    bad = tmp_path / "src" / "secret.bin"
+    bad.write_bytes(b"x" * 100)
+    bad.chmod(0)
+    return str(bad)
+
+
+def test_unreadable_file_gives_warning_with_snapshot(node: NodeProc, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", files=3)
+    bad = unreadable_path(tmp_path)
+    add_repo(node, "main", str(tmp_path / "repo"))
+    paths = ["--path", str(src)] + (["--path", bad] if not bad.startswith(str(src)) else [])
+    node.cli("plan", "add", "p", "--repo", "main", *paths)
+    res = node.cli("backup", "p", "--wait", check=False)
+    assert res.returncode == 3, res.stderr
+    assert "could not be read" in res.stderr
+    op = jcli(node, "ops")[0]
+    assert op["status"] == "warning" and op["snapshot_id"]
+    assert len(jcli(node, "snapshots", "main")) == 1
+
+
+def test_cli_without_node_says_how_to_start(node_factory: Any) -> None:
+    idle = node_factory("idle")
+    res = idle.cli("status", check=False)
+    assert res.returncode == 1
+    assert "no Peerstash node is running" in res.stderr and "--no-gui" in res.stderr
+
+
+def test_second_node_refuses_and_names_the_first(node: NodeProc) -> None:
+    again = NodeProc(node.data_dir, node.instance_id)
+    again.start(wait=False)
+    assert again.proc is not None
+    code = again.proc.wait(30)
+    again._exited.wait(10)
+    assert code == 1
+    text = "\n".join(again.output)
+    assert "already running" in text and str(node.proc.pid if node.proc else "") in text
+    assert node.cli("status", "--json").returncode == 0
+
+
+def test_status_json_contract(node: NodeProc) -> None:
+    st = jcli(node, "status")
+    assert st["instance_id"] == "alpha"
+    assert st["version"]
+    assert st["data_dir"] == str(node.data_dir)
+
+
+def test_ctrl_c_leaves_no_running_operation(node: NodeProc, tmp_path: Path) -> None:
+    src = tmp_path / "big"
+    src.mkdir()
+    for i in range(8):
+        (src / f"f{i}").write_bytes(os.urandom(16 * 1024 * 1024))
+    add_repo(node, "main", str(tmp_path / "repo"))
+    node.cli("plan", "add", "p", "--repo", "main", "--path", str(src))
+    op = jcli(node, "backup", "p")
+    # Wait until restic is really running (the op reports running), then stop the node.
+    for update in follow(node, op["id"]):
+        if update["status"] == "running":
+            break
+    assert node.stop(signal.SIGINT) == 0
+    node.start()
+    final = next(o for o in jcli(node, "ops") if o["id"] == op["id"])
+    assert final["status"] in ("interrupted", "success")
+    assert all(
+        o["status"] not in ("running", "pending") or o["kind"] == "unlock"
+        for o in jcli(node, "ops")
+    )
+    node.cli("backup", "p", "--wait")
+    node.cli("check", "main", "--wait")
+
+
+def follow(node: NodeProc, op_id: str) -> Any:
+    """Yield an operation's states as the node streams them (the `--wait` endpoint)."""
+    proc = subprocess.Popen(
+        [
+            *__import__("tests.e2e.conftest", fromlist=["PEERSTASH"]).PEERSTASH,
+            "--data-dir",
+            str(node.data_dir),
+            "ops",
+            "--follow",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=node.env(),
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            update = json.loads(line)
+            if update["id"] == op_id:
+                yield update
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_sigkill_mid_backup_recovers(node: NodeProc, tmp_path: Path) -> None:
+    src = tmp_path / "big"
+    src.mkdir()
+    for i in range(8):
+        (src / f"f{i}").write_bytes(os.urandom(16 * 1024 * 1024))
+    repo = tmp_path / "repo"
+    add_repo(node, "main", str(repo))
+    node.cli("plan", "add", "p", "--repo", "main", "--path", str(src))
+    op = jcli(node, "backup", "p")
+    for update in follow(node, op["id"]):
+        if update["status"] == "running" and update["bytes_done"] > 0:
+            break
+    assert node.proc is not None
+    node.proc.kill()
+    node.proc.wait(10)
+    node.start()
+    ops = jcli(node, "ops")
+    killed = next(o for o in ops if o["id"] == op["id"])
+    assert killed["status"] == "interrupted"
+    assert "stopped" in killed["error"].lower()
+    res = node.cli("backup", "p", "--wait")
+    assert "success" in res.stdout
+    node.cli("check", "main", "--wait")
+    check = subprocess.run(
+        ["restic", "-r", str(repo), "check"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RESTIC_PASSWORD": PASSWORD},
+    )
+    assert check.returncode == 0, check.stderr

@@ -1,0 +1,207 @@
+"""The store against both backends: SQLite in a data dir, and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from peerstash.core.models import OpKind, OpStatus, Plan
+from peerstash.core.secrets import SecretError, SecretStore, load_or_create_key
+from peerstash.core.store import (
+    LOG_HEAD,
+    LOG_TAIL,
+    AlreadyExists,
+    NotFound,
+    OpFilter,
+    Store,
+    StoreError,
+    repo_record,
+)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        s = await Store.open(data_dir=tmp_path / "data")
+    else:
+        url = request.getfixturevalue("fresh_pg_url")
+        s = await Store.open(url)
+    s.local_origin = "laptop"
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_sqlite_files_are_private(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    s = await Store.open(data_dir=data)
+    s.local_origin = "x"
+    await s.create_operation(OpKind.BACKUP)
+    try:
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        files = [p for p in data.iterdir() if p.name.startswith("peerstash.db")]
+        assert {p.name for p in files} >= {"peerstash.db", "peerstash.db-wal"}
+        for p in files:
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+        async with s.engine.connect() as conn:
+            mode = (await conn.execute(text("PRAGMA journal_mode"))).scalar()
+        assert mode == "wal"
+    finally:
+        await s.close()
+
+
+async def test_modno_is_monotonic_per_origin_and_survives_reopen(tmp_path: Path) -> None:
+    s = await Store.open(data_dir=tmp_path)
+    s.local_origin = "laptop"
+    a = await s.create_operation(OpKind.BACKUP, plan_id="p")
+    b = await s.create_operation(OpKind.BACKUP, plan_id="p")
+    a2 = await s.update_operation(a.pk, status=OpStatus.RUNNING)
+    assert [a.modno, b.modno, a2.modno] == [1, 2, 3]
+    await s.close()
+    s = await Store.open(data_dir=tmp_path)
+    s.local_origin = "laptop"
+    c = await s.create_operation(OpKind.CHECK)
+    assert c.modno == 4
+    assert a.op_id < b.op_id < c.op_id  # ULIDs sort by creation
+    await s.close()
+
+
+async def test_operations_roundtrip_and_filters(store: Store) -> None:
+    await store.add_repo(repo_record("r1", "/srv/r1", "secret"))
+    op = await store.create_operation(OpKind.BACKUP, plan_id="p1", repo_id="r1")
+    assert op.status == OpStatus.PENDING
+    assert op.origin == "laptop"
+    started = datetime.now(UTC)
+    op = await store.update_operation(
+        op.pk, status=OpStatus.SUCCESS, started_at=started, snapshot_id="abc", summary={"n": 1}
+    )
+    again = await store.find_operation(op.op_id)
+    assert again.status == "success"
+    assert again.started_at == started
+    assert again.started_at.tzinfo is not None
+    assert again.summary == {"n": 1}
+    await store.create_operation(OpKind.CHECK, repo_id="r1")
+    assert [o.kind for o in await store.list_operations(OpFilter(kind="check"))] == ["check"]
+    assert len(await store.list_operations(OpFilter(plan_id="p1"))) == 1
+    newest_first = await store.list_operations()
+    assert newest_first[0].kind == "check"
+    with pytest.raises(ValueError, match="unknown operation fields"):
+        await store.update_operation(op.pk, modno=99)
+
+
+async def test_remote_operations_are_read_only(store: Store) -> None:
+    op = await store.create_operation(OpKind.BACKUP)
+    store.local_origin = "someone-else"
+    with pytest.raises(StoreError, match="read-only"):
+        await store.update_operation(op.pk, status=OpStatus.ERROR)
+
+
+async def test_interrupt_unfinished_leaves_no_running_rows(store: Store) -> None:
+    running = await store.create_operation(OpKind.BACKUP, status=OpStatus.RUNNING)
+    pending = await store.create_operation(OpKind.FORGET)
+    done = await store.create_operation(OpKind.CHECK, status=OpStatus.SUCCESS)
+    changed = await store.interrupt_unfinished("node died")
+    assert {o.pk for o in changed} == {running.pk, pending.pk}
+    for pk in (running.pk, pending.pk):
+        op = await store.get_operation(pk)
+        assert op.status == OpStatus.INTERRUPTED
+        assert op.error == "node died"
+        assert op.ended_at is not None
+    assert (await store.get_operation(done.pk)).status == OpStatus.SUCCESS
+
+
+async def test_gc_never_deletes_latest_result_of_a_plan(store: Store) -> None:
+    old = datetime.now(UTC) - timedelta(days=400)
+    ops = []
+    for plan in ("a", "a", "a", "b"):
+        op = await store.create_operation(OpKind.BACKUP, plan_id=plan, status=OpStatus.SUCCESS)
+        ops.append(op)
+    # Age them all; GC works on created_at.
+    async with store.session() as s, s.begin():
+        await s.execute(text("UPDATE operations SET created_at = :t"), {"t": old})
+    removed = await store.gc_operations(older_than=timedelta(days=30), keep_min=0)
+    left = {o.pk for o in await store.list_operations(limit=10)}
+    assert removed == 2
+    assert left == {ops[2].pk, ops[3].pk}  # newest of plan a, only one of plan b
+
+
+async def test_logs_are_bounded_head_and_tail(store: Store) -> None:
+    op = await store.create_operation(OpKind.BACKUP)
+    total = LOG_HEAD + LOG_TAIL + 500
+    for start in range(0, total, 700):
+        await store.append_log(op.pk, [f"line {i}" for i in range(start, min(total, start + 700))])
+    lines = await store.get_log(op.pk)
+    assert lines[0] == "line 0"
+    assert lines[LOG_HEAD - 1] == f"line {LOG_HEAD - 1}"
+    assert lines[LOG_HEAD] == "[... 500 lines not kept ...]"
+    assert lines[-1] == f"line {total - 1}"
+    assert len(lines) == LOG_HEAD + LOG_TAIL + 1
+
+
+async def test_repos_and_plans(store: Store) -> None:
+    await store.add_repo(repo_record("r1", "/srv/r1", "file", "/etc/pw"))
+    with pytest.raises(AlreadyExists):
+        await store.add_repo(repo_record("r1", "/srv/other", "secret"))
+    with pytest.raises(NotFound):
+        await store.get_repo("nope")
+    now = datetime.now(UTC)
+    await store.add_plan(
+        Plan(
+            id="p",
+            repo_id="r1",
+            paths=["/home"],
+            excludes=[],
+            retention={},
+            enabled=True,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    with pytest.raises(NotFound, match="no repository named 'r2'"):
+        await store.add_plan(
+            Plan(
+                id="q",
+                repo_id="r2",
+                paths=["/"],
+                excludes=[],
+                retention={},
+                enabled=True,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    with pytest.raises(StoreError, match="used by 1 plan"):
+        await store.delete_repo("r1")
+    await store.set_next_due("p", now)
+    assert (await store.get_plan("p")).next_due_at == now
+
+
+async def test_secrets_are_sealed_at_rest(store: Store, tmp_path: Path) -> None:
+    key_path = tmp_path / "keys" / "secret.key"
+    secrets = SecretStore(store, load_or_create_key(key_path))
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    await secrets.put("repo/r1/password", "correct horse battery staple")
+    assert await secrets.get("repo/r1/password") == "correct horse battery staple"
+    raw = await store.get_secret("repo/r1/password")
+    assert raw is not None and b"correct horse" not in raw
+    other = SecretStore(store, load_or_create_key(tmp_path / "other.key"))
+    with pytest.raises(SecretError, match="does not match") as info:
+        await other.get("repo/r1/password")
+    assert "correct horse" not in str(info.value)
+    await secrets.delete_prefix("repo/r1/")
+    assert await secrets.get("repo/r1/password") is None
+
+
+def test_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "secret.key"
+    load_or_create_key(path)
+    os.chmod(path, 0o644)
+    with pytest.raises(SecretError, match="readable by other users"):
+        load_or_create_key(path)
