@@ -142,36 +142,46 @@ async def node_answers(data_dir: Path, wait: float = 2.0) -> bool:
 
 
 class PeersApi:
-    """Everything the Peers page and the tray's Peers menu need, in one place to wire up.
+    """Everything the Peers page and the tray's Peers menu ask the node, in one place.
 
-    The pairing and sync endpoints are being built; until then every call raises
-    :class:`Unavailable`, which the views turn into a calm "not available in this version".
-    The paths here are the planned ones; when they land, only this class should change.
+    A node of a version without the pairing API answers 404/405, which arrives here as
+    :class:`Unavailable`; the views turn it into a calm "not available in this version".
     """
+
+    #: The grants one side can give the other (DESIGN.md, "Permissions").
+    GRANTS = ("ops", "config.read", "config.write", "repos.receive", "run")
 
     def __init__(self, client: DesktopClient) -> None:
         self.client = client
 
     async def peers(self) -> list[dict[str, Any]]:
-        """Known hosts and authorized clients, each with ``state`` and ``grants``."""
+        """Known hosts (``role`` ``known_host``) and authorized clients, with their ``state``."""
         return list(await self.client.request("GET", "/v1/peers") or [])
 
     async def discovered(self) -> list[dict[str, Any]]:
-        return list(await self.client.request("GET", "/v1/peers/discovered") or [])
+        """Peerstash instances announced on the LAN (zeroconf)."""
+        return list(await self.client.request("GET", "/v1/discovery") or [])
 
     async def tokens(self) -> list[dict[str, Any]]:
         return list(await self.client.request("GET", "/v1/tokens") or [])
 
     async def create_token(
-        self, label: str, ttl_seconds: int, max_uses: int, grants: list[str]
+        self, label: str, ttl: str, max_uses: int, grants: list[str]
     ) -> dict[str, Any]:
-        """Returns the token record, whose ``token`` text is shown once."""
-        body = {"label": label, "ttl_seconds": ttl_seconds, "max_uses": max_uses, "grants": grants}
+        """A new pairing token; its ``token`` text is shown once and never again."""
+        body = {"label": label, "ttl": ttl, "max_uses": max_uses, "grants": grants}
         return dict(await self.client.request("POST", "/v1/tokens", body))
 
-    async def pair(self, token: str, address: str | None = None) -> dict[str, Any]:
-        body = {"token": token, "address": address}
+    async def delete_token(self, token_id: str) -> None:
+        await self.client.request("DELETE", f"/v1/tokens/{q(token_id)}")
+
+    async def pair(self, token: str, url: str, grants: list[str]) -> dict[str, Any]:
+        """Dial the issuer at ``url`` with its token; ``grants`` are what we give it."""
+        body = {"token": token, "url": url, "grants": grants}
         return dict(await self.client.request("POST", "/v1/peers", body))
+
+    async def check(self, peer_id: str) -> dict[str, Any]:
+        return dict(await self.client.request("POST", f"/v1/peers/{q(peer_id)}/check", {}))
 
     async def remove(self, peer_id: str) -> None:
         await self.client.request("DELETE", f"/v1/peers/{q(peer_id)}")

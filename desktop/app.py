@@ -26,7 +26,7 @@ from pathlib import Path
 import shiboken6
 from PySide6.QtWidgets import QApplication
 
-from peerstash.desktop import autostart
+from peerstash.desktop import autostart, qtfix
 from peerstash.desktop.api import DesktopClient, node_answers
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.icons import app_icon
@@ -113,22 +113,32 @@ class DesktopApp:
         self.tray.openRequested.connect(self.window.bring_up)
         self.tray.quitRequested.connect(self.quit)
         self.window.closedWithoutTray.connect(self.quit)
-        self.tray.tasks.spawn(self.tray.refresh_peers(), name="tray:peers")
+        self.tray.openPeersRequested.connect(self.show_peers)
         if self.show_window or self.tray.icon is None:
             self.window.bring_up()
         self.started.set()
+
+    def show_peers(self) -> None:
+        if self.window is not None:
+            self.window.bring_up()
+            self.window.show_page(self.window.peers)
 
     def quit(self) -> None:
         self.quit_requested.set()
 
     async def stop(self) -> None:
-        """Tear down in reverse order; the node last, so views never see it vanish mid-call."""
-        if self.tray is not None:
-            await self.tray.close()
-        if self.window is not None:
-            await self.window.close_pages()
+        """Tear down in reverse order; the node last, so views never see it vanish mid-call.
+
+        The window and the tray icon go away first: stopping an in-process node can take a
+        few seconds (restic is asked to stop and remove its lock), and Quit must feel instant.
+        """
+        if self.window is not None and shiboken6.isValid(self.window):
             self.window.has_tray = True  # hiding now must not emit "quit" again
             self.window.hide()
+        if self.tray is not None:
+            await self.tray.close()
+        if self.window is not None and shiboken6.isValid(self.window):
+            await self.window.close_pages()
         if self.backend is not None:
             await self.backend.close()
         if self.client is not None:
@@ -172,6 +182,7 @@ def run_gui(args: argparse.Namespace) -> int:
     data_dir = resolve_data_dir(args.data_dir)
     qapp = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "peerstash"])
     assert isinstance(qapp, QApplication)
+    qtfix.apply()
     qapp.setApplicationName("Peerstash")
     qapp.setApplicationDisplayName("Peerstash")
     qapp.setDesktopFileName("peerstash")

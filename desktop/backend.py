@@ -19,7 +19,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from peerstash.desktop.api import ApiError, DesktopClient, PeersApi, q, query
+from peerstash.desktop.api import ApiError, DesktopClient, PeersApi, Unavailable, q, query
 from peerstash.desktop.tasks import Tasks
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ class Backend(QObject):
     configChanged = Signal()
     #: Reachability of the node changed: (connected, why not).
     connectionChanged = Signal(bool, str)
-    #: Something the person asked for failed; the text says what.
-    failed = Signal(str)
+    #: The list of peers was read again (see ``peer_list`` and ``peers_available``).
+    peersChanged = Signal()
 
     def __init__(
         self,
@@ -63,6 +63,10 @@ class Backend(QObject):
         self.repos: list[dict[str, Any]] = []
         #: Pending and running operations, by (origin, id).
         self.active: dict[tuple[str, str], dict[str, Any]] = {}
+        #: Paired machines, as ``GET /v1/peers`` lists them.
+        self.peer_list: list[dict[str, Any]] = []
+        #: None until asked; False when the node has no pairing API (an older version).
+        self.peers_available: bool | None = None
         self.connected = False
         self.tasks = Tasks(on_error=self._report)
         self._status_soon: asyncio.TimerHandle | None = None
@@ -100,7 +104,25 @@ class Backend(QObject):
     # -- reading -----------------------------------------------------------------------------
 
     async def refresh_all(self) -> None:
-        await asyncio.gather(self.refresh_status(), self.refresh_config(), self._refresh_active())
+        await asyncio.gather(
+            self.refresh_status(),
+            self.refresh_config(),
+            self._refresh_active(),
+            self.refresh_peers(),
+        )
+
+    async def refresh_peers(self) -> None:
+        """Read the peers; a node without the pairing API is not an error, just older."""
+        try:
+            peers = await self.peers.peers()
+        except Unavailable:
+            self.peers_available, self.peer_list = False, []
+        except ApiError as exc:
+            log.info("could not read the peers: %s", exc)
+            return
+        else:
+            self.peers_available, self.peer_list = True, peers
+        self.peersChanged.emit()
 
     async def refresh_status(self) -> dict[str, Any]:
         self.status = dict(await self.client.request("GET", "/v1/status"))
@@ -181,9 +203,11 @@ class Backend(QObject):
         self.opsReset.emit()
 
     async def _poll_status(self) -> None:
+        # No event stream for status, stale plans or peer states yet: read them now and then.
         while not self._closed:
             await asyncio.sleep(self.status_interval)
             await self._quiet(self.refresh_status())
+            await self._quiet(self.refresh_peers())
 
     def _on_op(self, op: dict[str, Any]) -> None:
         key = op_key(op)

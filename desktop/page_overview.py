@@ -18,7 +18,6 @@ from PySide6.QtWidgets import (
 )
 
 from peerstash.desktop import fmt
-from peerstash.desktop.api import ApiError, Unavailable
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.icons import STATUS_COLORS, status_icon
 from peerstash.desktop.widgets import Page, item, make_table
@@ -90,29 +89,45 @@ class OverviewPage(Page):
         backend.statusChanged.connect(self._show_status)
         backend.opChanged.connect(self._op_changed)
         backend.opsReset.connect(self._show_running)
+        backend.peersChanged.connect(self._show_peers)
         if backend.status:
             self._show_status(backend.status)
         self._show_running()
+        self._show_peers()
 
     def activate(self) -> None:
         self.run(self._refresh())
 
     async def _refresh(self) -> None:
         await self.backend.refresh_status()
-        try:
-            peers = await self.backend.peers.peers()
-        except Unavailable:
+        await self.backend.refresh_peers()
+
+    def _show_peers(self) -> None:
+        if self.backend.peers_available is False:
             self.fleet.setText(
                 "Peer sync is not available in this version of the node, so only this node is "
                 "shown. Paired machines will appear here with their plans and state."
             )
-        except ApiError as exc:
-            self.fleet.setText(f"Could not read the peers: {exc}")
-        else:
-            self.fleet.setText(
-                ", ".join(f"{p.get('instance_id', '?')} ({p.get('state', '?')})" for p in peers)
-                or "No paired nodes yet: pair one on the Peers page."
+            return
+        peers = self.backend.peer_list
+        if not peers:
+            self.fleet.setText("No paired machines yet: pair one on the Peers page.")
+            return
+        parts = []
+        for p in peers:
+            state = str(p.get("state") or "?")
+            color = (
+                "#2e9d58"
+                if state == "online"
+                else "#d99a1e"
+                if state in ("unreachable", "auth failed")
+                else "#858b94"
             )
+            seen = f", last seen {fmt.ago(p['last_seen'])}" if p.get("last_seen") else ""
+            parts.append(
+                f"<span style='color:{color}'>●</span> <b>{p.get('id', '?')}</b> {state}{seen}"
+            )
+        self.fleet.setText("<br>".join(parts))
 
     # -- status ------------------------------------------------------------------------------
 

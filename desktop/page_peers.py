@@ -1,36 +1,67 @@
-"""Peers: discovered machines, known hosts, authorized clients, pairing tokens.
+"""Peers: paired machines (both directions), pairing tokens, pairing, machines on the LAN.
 
-Everything goes through :class:`~peerstash.desktop.api.PeersApi`. The node does not serve the
-pairing endpoints yet; then the page says so calmly (one sentence, no error colours) and hides
-its controls. When the endpoints land, the tables fill from the same calls without changes here
-beyond column tuning.
+Everything goes through :class:`~peerstash.desktop.api.PeersApi`. A node without the pairing
+API (an older version) answers 404, and the page then says so calmly, one paragraph without
+error colours, instead of showing empty tables; a node without LAN discovery hides only that
+section.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QApplication,
+    QCheckBox,
+    QComboBox,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from peerstash.desktop.api import ApiError, Unavailable
+from peerstash.desktop import fmt
+from peerstash.desktop.api import ApiError, PeersApi, Unavailable
 from peerstash.desktop.backend import Backend
-from peerstash.desktop.widgets import Page, item, make_table
+from peerstash.desktop.icons import STATE_COLORS
+from peerstash.desktop.widgets import Page, button_row, item, make_table, selected_data
 
 UNAVAILABLE_TEXT = (
     "Pairing with other machines is not available in this version of the Peerstash node.\n\n"
-    "When it is, this page lists the machines found on your network, the hosts this one backs "
-    "up with, and the clients allowed to reach it, and lets you create a pairing token or pair "
-    "with one."
+    "When it is, this page lists the machines this one backs up with and the ones allowed to "
+    "reach it, with their state and what each may do, and lets you create a pairing token or "
+    "pair with one."
 )
+
+PEER_HEADERS = ("Machine", "State", "Key", "We allow", "They allow", "Last seen")
+STATE_COLOR = {
+    "online": STATE_COLORS["ok"],
+    "connecting": STATE_COLORS["running"],
+    "offline": STATE_COLORS["paused"],
+    "unreachable": STATE_COLORS["warning"],
+    "auth failed": STATE_COLORS["error"],
+}
+TTLS = (("15 minutes", "15m"), ("1 hour", "1h"), ("1 day", "1d"), ("1 week", "7d"))
+
+
+def grant_boxes(checked: tuple[str, ...]) -> tuple[QWidget, dict[str, QCheckBox]]:
+    box = QWidget()
+    row = QHBoxLayout(box)
+    row.setContentsMargins(0, 0, 0, 0)
+    boxes: dict[str, QCheckBox] = {}
+    for g in PeersApi.GRANTS:
+        cb = QCheckBox(g)
+        cb.setChecked(g in checked)
+        boxes[g] = cb
+        row.addWidget(cb)
+    row.addStretch(1)
+    return box, boxes
 
 
 class PeersPage(Page):
@@ -51,40 +82,87 @@ class PeersPage(Page):
         self.content = QWidget()
         cl = QVBoxLayout(self.content)
         cl.setContentsMargins(0, 0, 0, 0)
-        known = QGroupBox("Paired machines")
-        kl = QVBoxLayout(known)
-        self.peers = make_table(("Machine", "State", "Key", "Grants", "Address"), stretch=3)
-        kl.addWidget(self.peers)
-        self.remove_button = QPushButton("Remove")
-        self.remove_button.clicked.connect(self._remove)
-        kl.addWidget(self.remove_button)
-        cl.addWidget(known, 2)
 
-        disc = QGroupBox("Found on this network")
-        dl = QVBoxLayout(disc)
-        self.discovered = make_table(("Machine", "Key", "Address"), stretch=2)
-        dl.addWidget(self.discovered)
-        cl.addWidget(disc, 1)
+        hosts = QGroupBox("Machines this one connects to")
+        hl = QVBoxLayout(hosts)
+        self.hosts = make_table(PEER_HEADERS, stretch=3)
+        hl.addWidget(self.hosts)
+        self.check_button = QPushButton("Reconnect now")
+        self.check_button.clicked.connect(self._check)
+        self.remove_host_button = QPushButton("Remove")
+        self.remove_host_button.clicked.connect(lambda: self._remove(self.hosts))
+        hl.addLayout(button_row(self.check_button, self.remove_host_button))
+        cl.addWidget(hosts, 2)
 
-        pair = QGroupBox("Pair")
-        pl = QHBoxLayout(pair)
+        clients = QGroupBox("Machines allowed to connect here")
+        kl = QVBoxLayout(clients)
+        self.clients = make_table(PEER_HEADERS, stretch=3)
+        kl.addWidget(self.clients)
+        self.remove_client_button = QPushButton("Remove")
+        self.remove_client_button.clicked.connect(lambda: self._remove(self.clients))
+        kl.addLayout(button_row(self.remove_client_button))
+        cl.addWidget(clients, 2)
+
+        pair = QGroupBox("Pair with a machine")
+        pg = QGridLayout(pair)
         self.token_in = QLineEdit()
-        self.token_in.setPlaceholderText("paste a pairing token: keyid:secret#instance")
-        self.pair_button = QPushButton("Pair with token")
+        self.token_in.setPlaceholderText("pairing token made on the other machine")
+        self.url_in = QLineEdit()
+        self.url_in.setPlaceholderText("its peer address, e.g. http://desktop.local:9797")
+        grants_w, self.pair_grants = grant_boxes(("ops",))
+        self.pair_button = QPushButton("Pair")
         self.pair_button.clicked.connect(self._pair)
-        self.create_button = QPushButton("Create token…")
-        self.create_button.clicked.connect(self._create_token)
-        pl.addWidget(self.token_in, 1)
-        pl.addWidget(self.pair_button)
-        pl.addWidget(self.create_button)
+        pg.addWidget(QLabel("Token"), 0, 0)
+        pg.addWidget(self.token_in, 0, 1)
+        pg.addWidget(QLabel("Address"), 1, 0)
+        pg.addWidget(self.url_in, 1, 1)
+        pg.addWidget(QLabel("It may"), 2, 0)
+        pg.addWidget(grants_w, 2, 1)
+        pg.addWidget(self.pair_button, 0, 2, 3, 1)
         cl.addWidget(pair)
+
+        tokens = QGroupBox("Pairing tokens made here")
+        tl = QVBoxLayout(tokens)
+        self.tokens = make_table(("Label", "Grants", "Used", "Expires"), stretch=1)
+        self.tokens.setMaximumHeight(120)
+        tl.addWidget(self.tokens)
+        form = QHBoxLayout()
+        self.token_label = QLineEdit()
+        self.token_label.setPlaceholderText("label, e.g. laptop")
+        self.token_ttl = QComboBox()
+        for text, value in TTLS:
+            self.token_ttl.addItem(text, value)
+        self.token_ttl.setCurrentIndex(1)
+        self.token_uses = QSpinBox()
+        self.token_uses.setRange(1, 100)
+        self.token_uses.setPrefix("uses: ")
+        form.addWidget(self.token_label, 1)
+        form.addWidget(self.token_ttl)
+        form.addWidget(self.token_uses)
+        tl.addLayout(form)
+        token_grants_w, self.token_grants = grant_boxes(("ops", "config.read"))
+        tl.addWidget(token_grants_w)
+        self.create_button = QPushButton("Create token")
+        self.create_button.clicked.connect(self._create_token)
+        self.delete_token_button = QPushButton("Delete token")
+        self.delete_token_button.clicked.connect(self._delete_token)
+        tl.addLayout(button_row(self.create_button, self.delete_token_button))
         self.token_out = QLineEdit()
         self.token_out.setReadOnly(True)
         self.token_out.hide()
-        cl.addWidget(self.token_out)
+        tl.addWidget(self.token_out)
+        cl.addWidget(tokens)
+
+        self.discovery = QGroupBox("Found on this network")
+        dl = QVBoxLayout(self.discovery)
+        self.discovered = make_table(("Machine", "Key", "Address"), stretch=2)
+        self.discovered.setMaximumHeight(110)
+        dl.addWidget(self.discovered)
+        self.discovery.hide()
+        cl.addWidget(self.discovery)
         self.content.hide()
         self.outer.addWidget(self.content, 1)
-        self.outer.addStretch(0)
+        backend.peersChanged.connect(self._show_peers)
 
     def activate(self) -> None:
         self.run(self.refresh(), name="peers:refresh")
@@ -96,64 +174,139 @@ class PeersPage(Page):
             self._set_available(False)
             return
         self._set_available(True)
-        self._fill_peers(peers)
+        self._fill(peers)
+        try:
+            self._fill_tokens(await self.backend.peers.tokens())
+        except ApiError as exc:
+            self.banner.show_message(f"Could not read the tokens: {exc}", "warning")
         try:
             found = await self.backend.peers.discovered()
+        except Unavailable:
+            self.discovery.hide()
         except ApiError:
-            found = []
-        self.discovered.setRowCount(len(found))
-        for r, d in enumerate(found):
-            self.discovered.setItem(r, 0, item(str(d.get("instance_id") or d.get("id") or "?"), d))
-            self.discovered.setItem(r, 1, item(str(d.get("key_id") or d.get("fp") or "")))
-            self.discovered.setItem(r, 2, item(str(d.get("address") or "")))
+            self.discovery.hide()
+        else:
+            self.discovery.show()
+            self.discovered.setRowCount(len(found))
+            for r, d in enumerate(found):
+                name = str(d.get("instance_id") or d.get("id") or "?")
+                self.discovered.setItem(r, 0, item(name, d))
+                self.discovered.setItem(r, 1, item(str(d.get("key_id") or d.get("fp") or "")))
+                self.discovered.setItem(r, 2, item(str(d.get("url") or d.get("address") or "")))
 
     def _set_available(self, ok: bool) -> None:
         self.available = ok
         self.placeholder.setVisible(not ok)
         self.content.setVisible(ok)
 
-    def _fill_peers(self, peers: list[dict[str, Any]]) -> None:
-        self.peers.setRowCount(len(peers))
-        for r, p in enumerate(peers):
-            name = str(p.get("instance_id") or p.get("id") or "?")
-            self.peers.setItem(r, 0, item(name, name))
-            self.peers.setItem(r, 1, item(str(p.get("state") or "")))
-            self.peers.setItem(r, 2, item(str(p.get("key_id") or "")))
-            grants = p.get("grants") or []
-            text = ", ".join(g if isinstance(g, str) else str(g.get("grant", g)) for g in grants)
-            self.peers.setItem(r, 3, item(text))
-            self.peers.setItem(r, 4, item(str(p.get("address") or "")))
+    def _show_peers(self) -> None:
+        if self.backend.peers_available is False:
+            self._set_available(False)
+        elif self.backend.peers_available:
+            self._set_available(True)
+            self._fill(self.backend.peer_list)
+
+    def _fill(self, peers: list[dict[str, Any]]) -> None:
+        hosts = [p for p in peers if p.get("role") == "known_host"]
+        clients = [p for p in peers if p.get("role") != "known_host"]
+        for table, rows in ((self.hosts, hosts), (self.clients, clients)):
+            keep = selected_data(table)
+            table.setRowCount(len(rows))
+            for r, p in enumerate(rows):
+                name = str(p.get("id") or p.get("instance_id") or "?")
+                table.setItem(r, 0, item(name, name))
+                state = str(p.get("state") or "")
+                st = item(state)
+                st.setForeground(QColor(STATE_COLOR.get(state, "#444")))
+                if p.get("state_reason"):
+                    st.setToolTip(str(p["state_reason"]))
+                table.setItem(r, 1, st)
+                table.setItem(r, 2, item(str(p.get("key_id") or "")))
+                table.setItem(r, 3, item(", ".join(p.get("grants") or []) or "nothing"))
+                table.setItem(r, 4, item(", ".join(p.get("their_grants") or []) or "nothing"))
+                table.setItem(r, 5, item(fmt.ago(p.get("last_seen"))))
+                if name == keep:
+                    table.selectRow(r)
+
+    def _fill_tokens(self, tokens: list[dict[str, Any]]) -> None:
+        self.tokens.setRowCount(len(tokens))
+        for r, t in enumerate(tokens):
+            self.tokens.setItem(r, 0, item(str(t.get("label") or "(no label)"), t.get("id")))
+            self.tokens.setItem(r, 1, item(", ".join(t.get("grants") or [])))
+            self.tokens.setItem(r, 2, item(f"{t.get('uses', 0)} of {t.get('max_uses', '?')}"))
+            self.tokens.setItem(r, 3, item(fmt.local_time(t.get("expires_at"))))
+
+    # -- actions -----------------------------------------------------------------------------
 
     def _pair(self) -> None:
-        token = self.token_in.text().strip()
-        if token:
-            self.run(self._do_pair(token))
+        token, url = self.token_in.text().strip(), self.url_in.text().strip()
+        if not token or not url:
+            self.banner.show_message(
+                "Paste the token and give the other machine's address.", "error"
+            )
+            return
+        grants = [g for g, cb in self.pair_grants.items() if cb.isChecked()]
+        self.pair_button.setEnabled(False)
+        self.run(self._do_pair(token, url, grants))
 
-    async def _do_pair(self, token: str) -> None:
-        res = await self.backend.peers.pair(token)
-        self.banner.show_message(f"Paired with {res.get('instance_id', 'the peer')}.", "ok")
+    async def _do_pair(self, token: str, url: str, grants: list[str]) -> None:
+        try:
+            res = await self.backend.peers.pair(token, url, grants)
+        finally:
+            self.pair_button.setEnabled(True)
+        self.banner.show_message(f"Paired with {res.get('id', 'the other machine')}.", "ok")
         self.token_in.clear()
+        await self.backend.refresh_peers()
         await self.refresh()
 
     def _create_token(self) -> None:
-        self.run(self._do_create_token())
+        grants = [g for g, cb in self.token_grants.items() if cb.isChecked()]
+        self.run(
+            self._do_create_token(
+                self.token_label.text().strip(),
+                str(self.token_ttl.currentData()),
+                self.token_uses.value(),
+                grants,
+            )
+        )
 
-    async def _do_create_token(self) -> None:
-        res = await self.backend.peers.create_token("desktop", 3600, 1, ["ops", "config.read"])
+    async def _do_create_token(self, label: str, ttl: str, uses: int, grants: list[str]) -> None:
+        res = await self.backend.peers.create_token(label, ttl, uses, grants)
         text = str(res.get("token") or "")
         self.token_out.setText(text)
         self.token_out.show()
         QApplication.clipboard().setText(text)
         self.banner.show_message(
-            "Token created and copied; it is shown only now and works once within an hour.", "ok"
+            "Token created and copied to the clipboard. It is shown only now: paste it on the "
+            "other machine.",
+            "ok",
         )
+        self._fill_tokens(await self.backend.peers.tokens())
 
-    def _remove(self) -> None:
-        rows = self.peers.selectionModel().selectedRows()
-        if rows:
-            name = self.peers.item(rows[0].row(), 0).text()
-            self.run(self._do_remove(name))
+    def _delete_token(self) -> None:
+        token_id = selected_data(self.tokens)
+        if token_id:
+            self.run(self._do_delete_token(str(token_id)))
+
+    async def _do_delete_token(self, token_id: str) -> None:
+        await self.backend.peers.delete_token(token_id)
+        self._fill_tokens(await self.backend.peers.tokens())
+
+    def _check(self) -> None:
+        name = selected_data(self.hosts)
+        if name:
+            self.run(self._do_check(str(name)))
+
+    async def _do_check(self, name: str) -> None:
+        res = await self.backend.peers.check(name)
+        self.banner.show_message(f"{name}: {res.get('message', 'checking')}.", "info")
+
+    def _remove(self, table: Any) -> None:
+        name = selected_data(table)
+        if name:
+            self.run(self._do_remove(str(name)))
 
     async def _do_remove(self, name: str) -> None:
         await self.backend.peers.remove(name)
-        await self.refresh()
+        self.banner.show_message(f"{name} removed; it can no longer connect.", "ok")
+        await self.backend.refresh_peers()

@@ -28,6 +28,8 @@ class SettingsPage(Page):
             ("version", "Peerstash version"),
             ("data_dir", "Data directory"),
             ("admin_socket", "Admin socket"),
+            ("key_id", "Key id (compare it when pairing)"),
+            ("peer_url", "Peer address"),
             ("mode", "Node"),
         ):
             value = QLabel("…")
@@ -66,7 +68,8 @@ class SettingsPage(Page):
                     else f"attached to the node of process {st.get('pid', '?')} (it keeps running when you quit)"
                 )
             else:
-                text = str(st.get(key, "—"))
+                value = st.get(key)
+                text = "—" if value in (None, "") else str(value)
             label.setText(text)
 
     def activate(self) -> None:

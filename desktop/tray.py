@@ -17,7 +17,6 @@ from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
 from peerstash.desktop import fmt
-from peerstash.desktop.api import ApiError, Unavailable
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.icons import state_icon
 from peerstash.desktop.tasks import Tasks
@@ -34,6 +33,8 @@ STATE_WORDS = {
 }
 
 FAILED = frozenset({"error", "interrupted"})
+#: Peer link states a person should hear about.
+PEER_ATTENTION = frozenset({"unreachable", "auth failed"})
 
 
 def compute_state(
@@ -114,6 +115,7 @@ class RateLimiter:
 class Tray(QObject):
     stateChanged = Signal(str)
     openRequested = Signal()
+    openPeersRequested = Signal()
     quitRequested = Signal()
     #: (title, message) of every notification that was let through the rate limit.
     notified = Signal(str, str)
@@ -132,9 +134,9 @@ class Tray(QObject):
         self.tasks = Tasks(on_error=self._failed)
         self.state = ""
         self.tooltip = ""
-        self.peers_available: bool | None = None
         self.peers_attention = False
         self._stale_seen: set[str] = set()
+        self._peer_states: dict[str, str] = {}
         self._failed_seen: set[str] = set()
 
         self.menu = QMenu()
@@ -149,7 +151,7 @@ class Tray(QObject):
         self.open_action.triggered.connect(self.openRequested)
         self.quit_action = self.menu.addAction("Quit")
         self.quit_action.triggered.connect(self.quitRequested)
-        self._fill_peers_menu([])
+        self._fill_peers_menu()
 
         if show_icon is None:
             show_icon = QSystemTrayIcon.isSystemTrayAvailable()
@@ -166,8 +168,9 @@ class Tray(QObject):
         backend.configChanged.connect(self._rebuild_plans)
         backend.opChanged.connect(self._op_changed)
         backend.opsReset.connect(self.update_state)
+        backend.peersChanged.connect(self._peers_changed)
         self._rebuild_plans()
-        self.update_state()
+        self._peers_changed()
 
     # -- menu --------------------------------------------------------------------------------
 
@@ -190,35 +193,40 @@ class Tray(QObject):
             self.menu.insertAction(self._plans_anchor, action)
             self.backup_actions[plan_id] = action
 
-    def _fill_peers_menu(self, peers: list[dict[str, Any]]) -> None:
+    def _fill_peers_menu(self) -> None:
         self.peers_menu.clear()
-        if self.peers_available is False:
+        available = self.backend.peers_available
+        if available is False:
             a = self.peers_menu.addAction("Not available in this version")
             a.setEnabled(False)
             return
-        if self.peers_available is None:
+        peers = self.backend.peer_list
+        if available is None:
             a = self.peers_menu.addAction("…")
             a.setEnabled(False)
-            return
-        if not peers:
+        elif not peers:
             a = self.peers_menu.addAction("No paired machines")
             a.setEnabled(False)
         for p in peers:
-            a = self.peers_menu.addAction(f"{p.get('instance_id', '?')}: {p.get('state', '?')}")
+            a = self.peers_menu.addAction(f"{p.get('id', '?')}: {p.get('state', '?')}")
             a.setEnabled(False)
+        self.peers_menu.addSeparator()
+        show = self.peers_menu.addAction("Manage peers…")
+        show.triggered.connect(self.openPeersRequested)
 
-    async def refresh_peers(self) -> None:
-        try:
-            peers = await self.backend.peers.peers()
-        except Unavailable:
-            self.peers_available = False
-            peers = []
-        except ApiError:
-            return
-        else:
-            self.peers_available = True
-        self.peers_attention = any(p.get("state") in ("unreachable", "auth failed") for p in peers)
-        self._fill_peers_menu(peers)
+    def _peers_changed(self) -> None:
+        attention = False
+        for p in self.backend.peer_list:
+            pid = str(p.get("id"))
+            state = str(p.get("state") or "")
+            bad = state in PEER_ATTENTION
+            attention = attention or bad
+            if bad and self._peer_states.get(pid) not in PEER_ATTENTION:
+                reason = p.get("state_reason") or "it has not answered for a while"
+                self.notify(f"{pid} is {state}", str(reason), key=f"peer:{pid}")
+            self._peer_states[pid] = state
+        self.peers_attention = attention
+        self._fill_peers_menu()
         self.update_state()
 
     def backup(self, plan_id: str) -> None:
@@ -302,6 +310,6 @@ class Tray(QObject):
         return True
 
     async def close(self) -> None:
-        await self.tasks.close()
         if self.icon is not None:
             self.icon.hide()
+        await self.tasks.close()

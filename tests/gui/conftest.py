@@ -81,6 +81,13 @@ class QLoop:
 
 if HAVE_QT:
 
+    @pytest.fixture(autouse=True)
+    def _qt_refcount_guard(qapp: Any) -> None:
+        """The PySide6 6.12 / Python 3.11 guard of desktop/qtfix.py, as the app applies it."""
+        from peerstash.desktop import qtfix
+
+        qtfix.apply()
+
     @pytest.fixture
     def qloop(qapp: Any) -> Iterator[QLoop]:
         import qasync
@@ -98,6 +105,20 @@ if HAVE_QT:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
             asyncio.set_event_loop(None)
+
+
+LOOPBACK = "127.0.0.1:0"
+
+
+def node_options(**kw: Any) -> Any:
+    """NodeOptions for an in-process test node, its peer port (if it has one) on loopback."""
+    from dataclasses import fields
+
+    from peerstash.peer.node import NodeOptions
+
+    if "listen" in {f.name for f in fields(NodeOptions)}:
+        kw.setdefault("listen", LOOPBACK)
+    return NodeOptions(**kw)
 
 
 @dataclass
@@ -163,7 +184,6 @@ if HAVE_QT:
     ) -> Iterator[GuiEnv]:
         from peerstash.desktop.app import DesktopApp
         from peerstash.peer.cli import AdminClient
-        from peerstash.peer.node import NodeOptions
         from tests.e2e.conftest import NodeProc
 
         # Settings > Start at login writes here, never into the real ~/.config.
@@ -172,10 +192,11 @@ if HAVE_QT:
         src = make_tree(tmp_path / "src", src_megabytes)
         proc: NodeProc | None = None
         if node_mode == "attached":
-            proc = NodeProc(data_dir, "guitest").start()
+            # Peer port on loopback, port 0 (nodes of versions with a peer port read this).
+            proc = NodeProc(data_dir, "guitest", extra_env={"PEERSTASH_LISTEN": LOOPBACK}).start()
         app = DesktopApp(
             data_dir,
-            NodeOptions(instance_id="guitest", progress_interval=0.05, catch_up_grace=3600),
+            node_options(instance_id="guitest", progress_interval=0.05, catch_up_grace=3600),
             show_tray=False,
             autostart_command=["peerstash", "--data-dir", str(data_dir)],
         )

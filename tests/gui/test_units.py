@@ -193,22 +193,50 @@ def test_ops_model_pages_and_merges(qapp: Any, honour_before: bool) -> None:
 
 
 @needs_qt
-def test_peers_page_when_the_node_has_no_pairing_api(qapp: Any) -> None:
+def test_views_when_the_node_has_no_pairing_api(qapp: Any) -> None:
+    """An older node answers 404 on /v1/peers: the views say "not available", calmly."""
     import asyncio
 
     from peerstash.desktop.api import Unavailable
+    from peerstash.desktop.backend import Backend
+    from peerstash.desktop.page_overview import OverviewPage
     from peerstash.desktop.page_peers import PeersPage
+    from peerstash.desktop.tray import Tray
 
-    class NoPeers:
-        async def peers(self) -> list[Any]:
+    class OldNode:
+        async def request(self, method: str, path: str, body: Any = None) -> Any:
             raise Unavailable("not available in this version of the node", 404)
 
-    class B:
-        peers = NoPeers()
-
-    page = PeersPage(B())  # type: ignore[arg-type]
+    backend = Backend(OldNode(), in_process=False)  # type: ignore[arg-type]
+    page = PeersPage(backend)
+    overview = OverviewPage(backend)
+    tray = Tray(backend, show_icon=False)
     asyncio.run(page.refresh())
     assert page.available is False
     assert not page.placeholder.isHidden()
     assert page.content.isHidden()
     assert "not available in this version" in page.placeholder.text()
+    asyncio.run(backend.refresh_peers())
+    assert backend.peers_available is False
+    assert [a.text() for a in tray.peers_menu.actions()] == ["Not available in this version"]
+    assert "not available in this version" in overview.fleet.text()
+    assert tray.state == "ok" and not tray.peers_attention
+
+
+@needs_qt
+def test_refcount_guard_keeps_long_sessions_alive(qapp: Any) -> None:
+    """Tens of thousands of void Qt calls (minutes of a real session) must not abort Python."""
+    import sys
+
+    from PySide6.QtCore import QObject
+
+    from peerstash.desktop import qtfix
+
+    needed = qtfix.leaks_none() if not qtfix._applied else True
+    qtfix.apply()
+    obj = QObject()
+    for _ in range(50_000):
+        obj.setObjectName("x")
+    assert sys.getrefcount(None) > 0
+    if sys.version_info >= (3, 12):
+        assert not needed
