@@ -19,6 +19,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from peerstash.core.engine import Engine, EngineError, PasswordSpec
+from peerstash.core.events import (
+    ConfigChanged,
+    Event,
+    Notice,
+    OperationChanged,
+    PlanStale,
+)
 from peerstash.core.models import OpStatus, Peer
 from peerstash.core.retention import RetentionPolicy
 from peerstash.core.secrets import SecretError
@@ -30,7 +37,7 @@ from peerstash.core.serialize import (
     snapshot_to_dict,
 )
 from peerstash.core.store import NotFound, OpFilter, StoreError
-from peerstash.peer.link import PairingError, PeerManager
+from peerstash.peer.link import LinkStateChanged, PairingError, PeerManager
 from peerstash.peer.pairing import TokenError, create_token, token_to_dict
 from peerstash.peer.permissions import GrantError
 
@@ -478,6 +485,49 @@ async def check_peer_route(request: web.Request) -> web.Response:
     return web.json_response({**peer_to_dict(peer), "message": said})
 
 
+def event_to_dict(event: Event) -> dict[str, Any] | None:
+    if isinstance(event, OperationChanged) and event.op is not None:
+        return {"type": "operation", "op": op_to_dict(event.op)}
+    if isinstance(event, LinkStateChanged):
+        return {"type": "link", "peer": event.peer_id, "state": event.state, "reason": event.reason}
+    if isinstance(event, ConfigChanged):
+        return {"type": "config", "what": event.what, "id": event.id}
+    if isinstance(event, PlanStale):
+        last = event.last_success_at.isoformat() if event.last_success_at else None
+        return {"type": "stale", "plan": event.plan_id, "last_success_at": last}
+    if isinstance(event, Notice):
+        return {"type": "notice", "level": event.level, "message": event.message}
+    return None
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Every event as NDJSON: first the current link state of each peer, then live changes.
+
+    Subscribing before reading the current state means nothing falls between the two.
+    """
+    engine = _engine(request)
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    with engine.bus.subscribe() as sub:
+        for peer in await engine.store.list_peers():
+            line = {
+                "type": "link",
+                "peer": peer.id,
+                "state": peer.state,
+                "reason": peer.state_reason,
+            }
+            await resp.write(json.dumps(line).encode() + b"\n")
+        while True:
+            try:
+                event = await asyncio.wait_for(sub.get(), timeout=15)
+            except TimeoutError:
+                await resp.write(b"{}\n")
+                continue
+            data = event_to_dict(event)
+            if data is not None:
+                await resp.write(json.dumps(data).encode() + b"\n")
+
+
 def make_admin_app(node: Node) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app[NODE_KEY] = node
@@ -503,6 +553,7 @@ def make_admin_app(node: Node) -> web.Application:
     r.add_post("/v1/ops/{id}/cancel", cancel_op)
     r.add_post("/v1/schedules/pause", pause)
     r.add_post("/v1/gc", gc)
+    r.add_get("/v1/events", events)
     r.add_get("/v1/tokens", list_tokens_route)
     r.add_post("/v1/tokens", create_token_route)
     r.add_delete("/v1/tokens/{id}", delete_token_route)

@@ -384,6 +384,36 @@ async def cmd_log(c: AdminClient, a: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_wait(c: AdminClient, a: argparse.Namespace) -> int:
+    if a.json:
+        # Every state as it happens, one object per line, ending when the operation ends.
+        last: dict[str, Any] = {}
+        async for update in c.stream(f"/v1/ops/{a.op}/wait"):
+            last = update
+            print(json.dumps(update), flush=True)
+        return (
+            0
+            if last.get("status") == "success"
+            else (EXIT_WARNING if last.get("status") == "warning" else EXIT_FAILED)
+        )
+    op = await c.call("GET", f"/v1/ops/{a.op}")
+    return await wait_for(c, op)
+
+
+async def cmd_events(c: AdminClient, a: argparse.Namespace) -> int:
+    async for ev in c.stream("/v1/events"):
+        if a.json:
+            print(json.dumps(ev), flush=True)
+        elif ev["type"] == "link":
+            why = f" ({ev['reason']})" if ev.get("reason") else ""
+            print(f"peer {ev['peer']}: {ev['state']}{why}", flush=True)
+        elif ev["type"] == "operation":
+            print("op  " + "  ".join(op_line(ev["op"])), flush=True)
+        else:
+            print(json.dumps(ev), flush=True)
+    return 0
+
+
 async def cmd_cancel(c: AdminClient, a: argparse.Namespace) -> int:
     res = await c.call("POST", f"/v1/ops/{a.op}/cancel")
     _emit(a, res, f"cancelling {a.op}")
@@ -528,6 +558,8 @@ COMMANDS = {
     "ops": cmd_ops,
     "log": cmd_log,
     "cancel": cmd_cancel,
+    "wait": cmd_wait,
+    "events": cmd_events,
     "snapshots": cmd_snapshots,
     "ls": cmd_ls,
     "restore": cmd_restore,
@@ -639,6 +671,14 @@ def build_parser() -> argparse.ArgumentParser:
     lg = sub.add_parser("log", help="the log of one operation")
     lg.add_argument("op")
     json_flag(lg)
+    json_flag(
+        sub.add_parser(
+            "events", help="print the node's events as they happen (peers, operations, config)"
+        )
+    )
+    wt = sub.add_parser("wait", help="follow one operation until it ends (exit code as --wait)")
+    wt.add_argument("op")
+    json_flag(wt)
     cn = sub.add_parser("cancel", help="cancel a queued or running operation")
     cn.add_argument("op")
     json_flag(cn)

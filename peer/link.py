@@ -43,6 +43,9 @@ OFFLINE = "offline"
 UNREACHABLE = "unreachable"
 AUTH_FAILED = "auth failed"
 
+#: How long a closing WebSocket waits for the other side's close frame.
+CLOSE_TIMEOUT = 1.0
+
 
 @dataclass(frozen=True)
 class LinkStateChanged(Event):
@@ -179,8 +182,10 @@ class Link:
 
     async def _shutdown(self) -> None:
         self.channel.close(self.close_reason or "closed")
+        # A graceful WebSocket close waits for the other side's answer; a peer that went silent
+        # never gives one, and its state must not wait on it.
         with contextlib.suppress(Exception):
-            await self._close_transport()
+            await asyncio.wait_for(self._close_transport(), CLOSE_TIMEOUT)
         self.closed.set()
 
 
@@ -273,7 +278,9 @@ class PeerManager:
 
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
         """``/v1/sync``: answer a dialing peer."""
-        ws = web.WebSocketResponse(max_msg_size=ch.WS_MAX_MSG_SIZE, autoping=True)
+        ws = web.WebSocketResponse(
+            max_msg_size=ch.WS_MAX_MSG_SIZE, autoping=True, timeout=CLOSE_TIMEOUT
+        )
         await ws.prepare(request)
         task = asyncio.current_task()
         if task is not None:

@@ -57,6 +57,8 @@ class NodeOptions:
     #: Where the peer port listens; port 0 picks a free port (tests), None disables it.
     listen: str | None = "0.0.0.0:9797"
     link_timings: Timings | None = None
+    #: Only for tests of version negotiation: speak another peer protocol version.
+    protocol_version: int | None = None
 
 
 def default_instance_id() -> str:
@@ -150,7 +152,12 @@ class Node:
         await self.engine.start(schedule=opts.schedule)
         self.identity = Identity.load_or_create(self.data_dir / "identity.key")
         self.peers = PeerManager(
-            store, self.bus, self.identity, instance_id, timings=opts.link_timings
+            store,
+            self.bus,
+            self.identity,
+            instance_id,
+            timings=opts.link_timings,
+            **({"protocol_version": opts.protocol_version} if opts.protocol_version else {}),
         )
         await self._start_peer_server()
         await self.peers.start()

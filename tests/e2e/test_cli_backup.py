@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import NodeProc
+from tests.e2e.conftest import PEERSTASH, NodeProc
 
 PASSWORD = "s3cret-Pa55word-for-tests"
 
@@ -326,6 +326,8 @@ def test_ctrl_c_leaves_no_running_operation(node: NodeProc, tmp_path: Path) -> N
     for update in follow(node, op["id"]):
         if update["status"] == "running":
             break
+    else:
+        raise AssertionError("the backup ended before it was seen running")
     assert node.stop(signal.SIGINT) == 0
     node.start()
     final = next(o for o in jcli(node, "ops") if o["id"] == op["id"])
@@ -339,16 +341,9 @@ def test_ctrl_c_leaves_no_running_operation(node: NodeProc, tmp_path: Path) -> N
 
 
 def follow(node: NodeProc, op_id: str) -> Any:
-    """Yield an operation's states as the node streams them (the `--wait` endpoint)."""
+    """Yield an operation's states as the node streams them, from now until it ends."""
     proc = subprocess.Popen(
-        [
-            *__import__("tests.e2e.conftest", fromlist=["PEERSTASH"]).PEERSTASH,
-            "--data-dir",
-            str(node.data_dir),
-            "ops",
-            "--follow",
-            "--json",
-        ],
+        [*PEERSTASH, "--data-dir", str(node.data_dir), "wait", op_id, "--json"],
         stdout=subprocess.PIPE,
         text=True,
         env=node.env(),
@@ -356,9 +351,7 @@ def follow(node: NodeProc, op_id: str) -> Any:
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
-            update = json.loads(line)
-            if update["id"] == op_id:
-                yield update
+            yield json.loads(line)
     finally:
         proc.kill()
         proc.wait()
@@ -376,6 +369,8 @@ def test_sigkill_mid_backup_recovers(node: NodeProc, tmp_path: Path) -> None:
     for update in follow(node, op["id"]):
         if update["status"] == "running" and update["bytes_done"] > 0:
             break
+    else:
+        raise AssertionError("the backup ended before it made progress")
     assert node.proc is not None
     node.proc.kill()
     node.proc.wait(10)

@@ -1,0 +1,151 @@
+"""Two and three real `peerstash --no-gui` processes pairing and holding links over 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+from tests.e2e.conftest import PEERSTASH, NodeProc
+
+# Fast link timings so going offline and coming back take about a second, not minutes.
+FAST = "heartbeat=0.2,offline_after=1.5,backoff_min=0.1,backoff_max=0.5"
+
+
+class Events:
+    """The node's live event stream (`peerstash events --json`), read line by line."""
+
+    def __init__(self, node: NodeProc) -> None:
+        self.proc = subprocess.Popen(
+            [*PEERSTASH, "--data-dir", str(node.data_dir), "events", "--json"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=node.env(),
+        )
+
+    def lines(self) -> Iterator[dict[str, Any]]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            yield json.loads(line)
+
+    def wait_link(self, peer: str, state: str) -> None:
+        for ev in self.lines():
+            if ev.get("type") == "link" and ev["peer"] == peer and ev["state"] == state:
+                return
+        raise AssertionError(f"event stream ended before {peer} was {state}")
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def wait_link(node: NodeProc, peer: str, state: str, timeout: float = 30) -> None:
+    ev = Events(node)
+    timer = __import__("threading").Timer(timeout, ev.close)
+    timer.start()
+    try:
+        ev.wait_link(peer, state)
+    finally:
+        timer.cancel()
+        ev.close()
+
+
+def status(node: NodeProc) -> dict[str, Any]:
+    return json.loads(node.cli("status", "--json").stdout)
+
+
+def peers(node: NodeProc) -> dict[str, dict[str, Any]]:
+    return {p["id"]: p for p in json.loads(node.cli("peer", "list", "--json").stdout)}
+
+
+def pair(client: NodeProc, server: NodeProc, *grants: str) -> dict[str, Any]:
+    args = [a for g in grants for a in ("--grant", g)]
+    tok = json.loads(
+        server.cli("token", "create", "--label", client.instance_id, *args, "--json").stdout
+    )
+    assert tok["token"].endswith("#" + server.instance_id)
+    url = status(server)["peer_url"]
+    return json.loads(client.cli("peer", "add", tok["token"], "--url", url, "--json").stdout)
+
+
+def test_two_nodes_pair_drop_and_heal(node_factory: Any) -> None:
+    a = node_factory("alpha", PEERSTASH_LINK_TIMINGS=FAST).start()
+    b = node_factory("beta", PEERSTASH_LINK_TIMINGS=FAST).start()
+    st_b = status(b)
+    assert st_b["key_id"] and st_b["peer_url"].startswith("http://127.0.0.1:")
+    paired = pair(a, b, "ops", "run:plan:nightly")
+    assert paired["id"] == "beta" and paired["key_id"] == st_b["key_id"]
+    wait_link(a, "beta", "online")
+    wait_link(b, "alpha", "online")
+    on_b = peers(b)["alpha"]
+    assert on_b["role"] == "authorized_client" and on_b["grants"] == ["ops:*", "run:plan:nightly"]
+    assert on_b["key_id"] == status(a)["key_id"] and on_b["last_seen"]
+    on_a = peers(a)["beta"]
+    assert on_a["role"] == "known_host" and on_a["state"] == "online"
+
+    # Kill the dialing side: the other sees it offline, then online again after a restart,
+    # with no new pairing.
+    a.stop(signal.SIGKILL)
+    wait_link(b, "alpha", "offline")
+    a.start()
+    wait_link(a, "beta", "online")
+    wait_link(b, "alpha", "online")
+
+    # Restart the accepting side on the same port: the dialer finds it again.
+    port = status(b)["peer_url"].rsplit(":", 1)[1]
+    b.stop(signal.SIGTERM)
+    wait_link(a, "beta", "offline")
+    b.start("--listen", f"127.0.0.1:{port}")
+    wait_link(a, "beta", "online")
+    assert json.loads(b.cli("token", "list", "--json").stdout) == []
+
+    # Revoke: the link closes at once and the dialer is told why.
+    b.cli("peer", "remove", "alpha")
+    wait_link(a, "beta", "auth failed")
+    assert "does not know this instance" in peers(a)["beta"]["state_reason"]
+
+
+def test_three_nodes_and_rejections(node_factory: Any) -> None:
+    hub = node_factory("hub", PEERSTASH_LINK_TIMINGS=FAST).start()
+    a = node_factory("a", PEERSTASH_LINK_TIMINGS=FAST).start()
+    c = node_factory("c", PEERSTASH_LINK_TIMINGS=FAST).start()
+    pair(a, hub, "ops")
+    pair(c, hub, "config.read")
+    wait_link(hub, "a", "online")
+    wait_link(hub, "c", "online")
+    assert set(peers(hub)) == {"a", "c"}
+
+    # A used-up token: a clear message on the dialing side, nothing registered on the hub.
+    tok = json.loads(hub.cli("token", "create", "--json").stdout)["token"]
+    d = node_factory("d", PEERSTASH_LINK_TIMINGS=FAST).start()
+    url = status(hub)["peer_url"]
+    d.cli("peer", "add", tok, "--url", url)
+    e = node_factory("e").start()
+    res = e.cli("peer", "add", tok, "--url", url, check=False)
+    assert res.returncode == 1
+    assert res.stderr.strip() == (
+        "peerstash: the pairing token was refused (wrong, expired or used up)"
+    )
+    assert "e" not in peers(hub)
+
+    # A token shown to the wrong node: the key id pins the issuer.
+    res = e.cli(
+        "peer",
+        "add",
+        json.loads(hub.cli("token", "create", "--json").stdout)["token"],
+        "--url",
+        status(a)["peer_url"],
+        check=False,
+    )
+    assert res.returncode == 1 and "not the one that issued this token" in res.stderr
+    assert peers(a).keys() == {"hub"}
+
+    # Garbage, a bad grant and a bad TTL are refused with words.
+    res = e.cli("peer", "add", "not-a-token", "--url", url, check=False)
+    assert res.returncode == 1 and "not a pairing token" in res.stderr
+    res = hub.cli("token", "create", "--grant", "everything", check=False)
+    assert res.returncode == 1 and "everything" in res.stderr
+    res = hub.cli("token", "create", "--ttl", "forever", check=False)
+    assert res.returncode == 1 and "--ttl" in res.stderr
