@@ -164,12 +164,15 @@ async def real_node(data_dir: Path, count: int, steps: int) -> dict[str, float]:
     # asks the model for more, which asks the node for the next page.
     t = time.perf_counter()
     bar = page.view.verticalScrollBar()
+    fetches: list[float] = []
     while model.canFetchMore():
         bar.setValue(bar.maximum())
         page.view.viewport().repaint()
+        f = time.perf_counter()
         if model.canFetchMore():
             model.fetchMore()
         await model.tasks.idle()
+        fetches.append((time.perf_counter() - f) * 1000)
     to_end = time.perf_counter() - t
     total_rows = model.rowCount()
     steps_ms = scroll_steps(page.view, steps, random.Random(1))
@@ -181,6 +184,8 @@ async def real_node(data_dir: Path, count: int, steps: int) -> dict[str, float]:
         "page size": PAGE,
         "load all by scrolling (s)": to_end,
         "rows after scrolling": total_rows,
+        "fetches while scrolling": len(fetches),
+        "longest fetch (ms)": max(fetches, default=0.0),
         "scroll step p50 (ms)": statistics.median(steps_ms),
         "scroll step p95 (ms)": pct(steps_ms, 0.95),
         "scroll step max (ms)": max(steps_ms),

@@ -6,9 +6,10 @@ cost nothing until they are painted, and only the visible ones are.
 
 The node is asked for one page at first (the first paint must not wait for a long history);
 older rows are fetched when the view scrolls near the end (``canFetchMore``/``fetchMore``).
-The admin API has no cursor yet, so each further page asks for ``limit = loaded + page`` and
-passes ``before=<oldest pk>``: a node that honours ``before`` sends only older rows, one that
-ignores it sends the newest rows again, and both are merged the same way.
+The admin API has no cursor yet, so each further page asks for ``limit = max(loaded + page,
+2 * loaded)`` and passes ``before=<oldest pk>``: a node that honours ``before`` sends only older
+rows, one that ignores it sends the newest rows again (doubling keeps that linear overall), and
+both are merged the same way.
 """
 
 from __future__ import annotations
@@ -29,13 +30,7 @@ from PySide6.QtCore import (
     Signal,
 )
 from PySide6.QtGui import QColor, QPainter, QPalette
-from PySide6.QtWidgets import (
-    QApplication,
-    QStyle,
-    QStyledItemDelegate,
-    QStyleOptionProgressBar,
-    QStyleOptionViewItem,
-)
+from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
 from peerstash.desktop import fmt
 from peerstash.desktop.api import ApiError, query
@@ -44,7 +39,9 @@ from peerstash.desktop.icons import STATUS_COLORS, status_icon
 from peerstash.desktop.tasks import Tasks
 
 PAGE = 500
-MAX_LIMIT = 100_000
+#: Without a cursor the node must resend the newest rows to reach older ones; beyond this many
+#: the view stops and says so (filters reach older operations). See ``_fetch_older``.
+RESEND_CAP = 8_000
 
 COLUMNS = ("Status", "Kind", "Plan", "Repository", "Node", "Started", "Took", "Progress / result")
 COL_STATUS, COL_KIND, COL_PLAN, COL_REPO, COL_NODE, COL_STARTED, COL_TOOK, COL_DETAIL = range(8)
@@ -86,6 +83,8 @@ class OpsModel(QAbstractTableModel):
     loaded = Signal()
     #: A load failed; the text says why.
     loadFailed = Signal(str)
+    #: True when the list stops at RESEND_CAP rows because the node cannot page further.
+    cappedChanged = Signal(bool)
 
     def __init__(self, backend: Backend | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -97,6 +96,9 @@ class OpsModel(QAbstractTableModel):
         self._fetching = False
         self._generation = 0
         self._buffer: list[dict[str, Any]] | None = None
+        #: Whether the node honours ``before=<pk>`` (None until the first older page).
+        self.cursor: bool | None = None
+        self.capped = False
         self.tasks = Tasks(on_error=lambda exc: self.loadFailed.emit(str(exc)))
         if backend is not None:
             backend.opChanged.connect(self.apply)
@@ -217,22 +219,40 @@ class OpsModel(QAbstractTableModel):
         self._more = more
         self._fetching = False
         self.endResetModel()
+        if self.capped:
+            self.capped = False
+            self.cappedChanged.emit(False)
 
     async def _fetch_older(self, gen: int) -> None:
         assert self.backend is not None
         try:
             oldest = -self._keys[-1] if self._keys else None
-            limit = min(MAX_LIMIT, len(self._rows) + PAGE)
+            loaded = len(self._rows)
+            if self.cursor is True:
+                limit = PAGE * 4
+            elif self.cursor is None:
+                limit = loaded + PAGE  # one probe tells whether the node honours ``before``
+            else:
+                # Grow geometrically: the node resends what we have, and doubling keeps the
+                # total sent linear in the rows finally shown; stop at RESEND_CAP, because
+                # an in-process node builds every row on this (the Qt) thread.
+                limit = min(RESEND_CAP, max(loaded + PAGE, 2 * loaded))
             params = {**self.filter.params(), "limit": limit, "before": oldest}
             ops = await self.backend.call("GET", "/v1/ops" + query(params))
         finally:
             self._fetching = False
         if gen != self._generation:
             return
+        if oldest is not None and ops and self.cursor is None:
+            self.cursor = all(int(o.get("pk") or 0) < oldest for o in ops)
         older = [o for o in ops if oldest is None or int(o.get("pk") or 0) < oldest]
         older.sort(key=lambda o: -int(o.get("pk") or 0))
-        got_all = len(ops) < limit or limit >= MAX_LIMIT
-        self._more = bool(older) and not got_all
+        exhausted = len(ops) < limit
+        self._more = bool(older) and not exhausted
+        if self.cursor is False and not exhausted and limit >= RESEND_CAP:
+            self._more = False
+            self.capped = True
+            self.cappedChanged.emit(True)
         if older:
             first = len(self._rows)
             self.beginInsertRows(QModelIndex(), first, first + len(older) - 1)
@@ -277,27 +297,45 @@ class OpsModel(QAbstractTableModel):
 
 
 class ProgressDelegate(QStyledItemDelegate):
-    """Draws a progress bar (with percentage and ETA) for running operations."""
+    """Draws a slim progress bar with the percentage and ETA for running operations.
+
+    Painted by hand rather than with the style's progress bar: the same calm look on every
+    platform style, text that stays readable over both the filled and the empty part, and a
+    cost of a few primitives per visible running row.
+    """
+
+    TRACK = QColor("#e3e8ef")
+    FILL = QColor(STATUS_COLORS["running"])
+    TEXT = QColor("#1f2a37")
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: Index) -> None:
         frac = index.data(ProgressRole)
         if frac is None:
             super().paint(painter, option, index)
             return
-        if option.state & QStyle.StateFlag.State_Selected:
+        selected = bool(option.state & QStyle.StateFlag.State_Selected)
+        if selected:
             painter.fillRect(option.rect, option.palette.brush(QPalette.ColorRole.Highlight))
-        bar = QStyleOptionProgressBar()
-        rect = QRect(option.rect).adjusted(3, 3, -3, -3)
-        bar.rect = rect
-        bar.minimum = 0
-        bar.maximum = 1000
-        bar.progress = int(frac * 1000)
-        bar.text = str(index.data(Qt.ItemDataRole.DisplayRole) or "")
-        bar.textVisible = True
-        bar.textAlignment = Qt.AlignmentFlag.AlignCenter
-        bar.state = QStyle.StateFlag.State_Enabled | QStyle.StateFlag.State_Horizontal
-        style = option.widget.style() if option.widget is not None else QApplication.style()
-        style.drawControl(QStyle.ControlElement.CE_ProgressBar, bar, painter, option.widget)
+        rect = QRect(option.rect).adjusted(4, 4, -4, -4)
+        painter.save()
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(self.TRACK)
+        painter.drawRoundedRect(rect, 4, 4)
+        filled = QRect(rect)
+        filled.setWidth(max(0, int(rect.width() * float(frac))))
+        if filled.width() > 0:
+            painter.setBrush(self.FILL)
+            painter.drawRoundedRect(filled, 4, 4)
+        text = str(index.data(Qt.ItemDataRole.DisplayRole) or "")
+        align = Qt.AlignmentFlag.AlignCenter
+        painter.setPen(self.TEXT)
+        painter.drawText(rect, align, text)
+        if filled.width() > 0:
+            painter.setClipRect(filled)
+            painter.setPen(QColor("white"))
+            painter.drawText(rect, align, text)
+        painter.restore()
 
     def sizeHint(self, option: QStyleOptionViewItem, index: Index) -> QSize:
         hint = super().sizeHint(option, index)

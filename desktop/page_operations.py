@@ -24,7 +24,14 @@ from PySide6.QtWidgets import (
 from peerstash.desktop import fmt
 from peerstash.desktop.api import q
 from peerstash.desktop.backend import FINISHED, Backend
-from peerstash.desktop.opsmodel import COL_DETAIL, COL_STATUS, OpFilter, OpsModel, ProgressDelegate
+from peerstash.desktop.opsmodel import (
+    COL_DETAIL,
+    COL_STATUS,
+    RESEND_CAP,
+    OpFilter,
+    OpsModel,
+    ProgressDelegate,
+)
 from peerstash.desktop.widgets import Page
 
 STATUSES = ("pending", "running", "success", "warning", "error", "cancelled", "interrupted")
@@ -101,8 +108,20 @@ class OperationsPage(Page):
         self.log.setFont(mono)
         dl.addWidget(self.log)
 
+        self.capped_note = QLabel(
+            f"Showing the newest {RESEND_CAP:,} operations: this node cannot page further back "
+            "yet. Use the filters above to find older ones."
+        )
+        self.capped_note.setStyleSheet("color:palette(placeholder-text);")
+        self.capped_note.hide()
+        self.model.cappedChanged.connect(self.capped_note.setVisible)
+        table_box = QWidget()
+        tb = QVBoxLayout(table_box)
+        tb.setContentsMargins(0, 0, 0, 0)
+        tb.addWidget(self.view)
+        tb.addWidget(self.capped_note)
         split = QSplitter(Qt.Orientation.Vertical)
-        split.addWidget(self.view)
+        split.addWidget(table_box)
         split.addWidget(details)
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 1)

@@ -56,7 +56,7 @@ class OverviewPage(Page):
         self.outer.addWidget(plans_label)
         self.plans = make_table(PLAN_HEADERS, stretch=3)
         self.plans.setSelectionMode(self.plans.SelectionMode.NoSelection)
-        self.outer.addWidget(self.plans, 3)
+        self.outer.addWidget(self.plans)
         self.empty = QLabel(
             "No backup plans yet. Add a repository and a plan on the "
             "<b>Plans &amp; repositories</b> page."
@@ -181,6 +181,9 @@ class OverviewPage(Page):
             self.plans.setCellWidget(r, 5, button)
         self.plans.setVisible(bool(plans))
         self.empty.setVisible(not plans)
+        # As tall as its rows (up to ten), so "Running now" sits right below the plans.
+        rows_h = sum(self.plans.rowHeight(r) for r in range(min(len(plans), 10)))
+        self.plans.setFixedHeight(self.plans.horizontalHeader().height() + rows_h + 4)
 
     def _toggle_pause(self) -> None:
         self.run(self.backend.set_paused(not self.backend.paused))

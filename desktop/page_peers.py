@@ -82,6 +82,12 @@ class PeersPage(Page):
         self.content = QWidget()
         cl = QVBoxLayout(self.content)
         cl.setContentsMargins(0, 0, 0, 0)
+        self.me = QLabel("")
+        self.me.setWordWrap(True)
+        self.me.setTextInteractionFlags(self.me.textInteractionFlags().TextSelectableByMouse)
+        cl.addWidget(self.me)
+        backend.statusChanged.connect(lambda _st: self._show_me())
+        self._show_me()
 
         hosts = QGroupBox("Machines this one connects to")
         hl = QVBoxLayout(hosts)
@@ -163,6 +169,14 @@ class PeersPage(Page):
         self.content.hide()
         self.outer.addWidget(self.content, 1)
         backend.peersChanged.connect(self._show_peers)
+
+    def _show_me(self) -> None:
+        st = self.backend.status
+        parts = [f"This machine: <b>{st.get('instance_id', '?')}</b>"]
+        if st.get("key_id"):
+            parts.append(f"key <b>{st['key_id']}</b> (compare it on the other machine)")
+        parts.append(f"peer address {st.get('peer_url') or 'not listening'}")
+        self.me.setText(" · ".join(parts))
 
     def activate(self) -> None:
         self.run(self.refresh(), name="peers:refresh")

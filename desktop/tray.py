@@ -141,6 +141,9 @@ class Tray(QObject):
 
         self.menu = QMenu()
         self.menu.setObjectName("trayMenu")
+        self.status_action = self.menu.addAction("Peerstash")
+        self.status_action.setEnabled(False)
+        self.menu.addSeparator()
         self.backup_actions: dict[str, QAction] = {}
         self._plans_anchor = self.menu.addSeparator()
         self.pause_action = self.menu.addAction("Pause scheduled backups")
@@ -285,6 +288,8 @@ class Tray(QObject):
     def update_state(self) -> None:
         state = compute_state(self.backend.status, self.backend.active, self.peers_attention)
         self.tooltip = tooltip_text(self.backend.status, state)
+        self.status_action.setText(f"Peerstash: {STATE_WORDS.get(state, state)}")
+        self.status_action.setIcon(state_icon(state))
         if self.icon is not None:
             self.icon.setToolTip(self.tooltip)
         if state != self.state:

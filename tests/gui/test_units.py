@@ -240,3 +240,32 @@ def test_refcount_guard_keeps_long_sessions_alive(qapp: Any) -> None:
     assert sys.getrefcount(None) > 0
     if sys.version_info >= (3, 12):
         assert not needed
+
+
+@needs_qt
+@pytest.mark.parametrize(("honour_before", "shown"), [(True, 20_000), (False, 8_000)])
+def test_ops_model_deep_history(qapp: Any, honour_before: bool, shown: int) -> None:
+    """With a cursor every row is reachable; without one the list stops at RESEND_CAP."""
+    import asyncio
+
+    from peerstash.desktop.opsmodel import RESEND_CAP, OpsModel
+
+    assert shown == 20_000 or shown == RESEND_CAP
+    fake = _FakeBackend([_op(pk) for pk in range(20_000, 0, -1)], honour_before)
+    model = OpsModel()
+    model.backend = fake  # type: ignore[assignment]
+    capped: list[bool] = []
+    model.cappedChanged.connect(capped.append)
+
+    async def go() -> None:
+        await model.load()
+        while model.canFetchMore():
+            model.fetchMore()
+            await model.tasks.idle()
+
+    asyncio.run(go())
+    assert model.rowCount() == shown
+    assert model.cursor is honour_before
+    assert model.capped is (not honour_before)
+    assert capped == ([] if honour_before else [True])
+    assert len(fake.calls) < 60

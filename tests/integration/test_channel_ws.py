@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 from aiohttp import web
+
 from peerstash.peer.channel import (
     MAX_WIRE_FRAME_SIZE,
     WS_MAX_MSG_SIZE,

@@ -58,13 +58,13 @@ async def token_for(node: Node, **kw: object) -> str:
     return text
 
 
-async def wait_state(node: Node, peer_id: str, state: str, timeout: float = 10) -> None:
+async def wait_state(node: Node, peer_id: str, state: str, within: float = 10) -> None:
     """Await the link event that puts ``peer_id`` in ``state`` (or find it there already)."""
     assert node.engine
     with node.bus.subscribe("link") as sub:
         if (await node.engine.store.get_peer(peer_id)).state == state:
             return
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while True:
                 ev = await sub.get()
                 if isinstance(ev, LinkStateChanged) and ev.peer_id == peer_id and ev.state == state:
@@ -128,7 +128,7 @@ async def test_silence_makes_a_link_offline(make_node: MakeNode) -> None:
         await chan.send_msg(proto.Hello(instance_id="quiet", pairing_secret=token.secret))
         assert isinstance(await chan.recv_msg(), proto.Welcome)
         await wait_state(b, "quiet", "online")
-        await wait_state(b, "quiet", "offline", timeout=FAST.offline_after * 5)
+        await wait_state(b, "quiet", "offline", within=FAST.offline_after * 5)
         assert b.engine
         reason = (await b.engine.store.get_peer("quiet")).state_reason
         assert reason == f"no frame for {FAST.offline_after:g}s"

@@ -16,6 +16,7 @@ import nacl.bindings
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from peerstash.peer import channel as channel_mod
 from peerstash.peer import protocol
 from peerstash.peer.channel import (

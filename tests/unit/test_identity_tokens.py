@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from peerstash.peer import tokens
 from peerstash.peer.identity import Identity, IdentityError, key_id, normalize_key_id
 from peerstash.peer.tokens import (
