@@ -1,0 +1,295 @@
+"""Take the screenshots in this folder: a real node, real restic, Xvfb and a tray host.
+
+Usage (Debian: xvfb, trayer, xdotool, imagemagick):
+    .venv/bin/python docs/screenshots/take.py [--out docs/screenshots]
+
+It starts Xvfb and trayer, runs the tray app (node in-process) on a throwaway data directory
+with two repositories and three plans, makes some history, then captures: the overview, the
+operations page while a backup runs, the peers page, and the tray menu opened by a right click
+on the tray icon (xdotool). Nothing here is faked: every row comes from the node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SIZE = "1280x800"
+
+
+def start_x(display: str) -> list[subprocess.Popen[bytes]]:
+    procs = [subprocess.Popen(["Xvfb", display, "-screen", "0", f"{SIZE}x24", "-nolisten", "tcp"])]
+    for _ in range(100):
+        if subprocess.run(["xdpyinfo", "-display", display], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.05)
+    else:
+        # xdpyinfo may be missing: give Xvfb a moment instead.
+        time.sleep(1.0)
+    env = {**os.environ, "DISPLAY": display}
+    # A light background like a desktop, and a panel with a tray at the top right.
+    subprocess.run(["xsetroot", "-solid", "#d9dee5"], env=env, check=False)
+    procs.append(
+        subprocess.Popen(
+            [
+                "trayer",
+                "--edge",
+                "top",
+                "--align",
+                "right",
+                "--widthtype",
+                "request",
+                "--height",
+                "28",
+                "--SetDockType",
+                "true",
+                "--transparent",
+                "true",
+                "--alpha",
+                "0",
+                "--tint",
+                "0x30343b",
+                "--padding",
+                "6",
+                "--iconspacing",
+                "4",
+            ],
+            env=env,
+        )
+    )
+    return procs
+
+
+def _wallpaper_class() -> type:
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QColor, QLinearGradient, QPainter
+    from PySide6.QtWidgets import QWidget
+
+    class _Wallpaper(QWidget):
+        """A calm desktop background (Xvfb's root window has none)."""
+
+        def __init__(self) -> None:
+            super().__init__(
+                None, Qt.WindowType.FramelessWindowHint | Qt.WindowType.WindowStaysOnBottomHint
+            )
+
+        def paintEvent(self, _event: object) -> None:
+            p = QPainter(self)
+            g = QLinearGradient(0, 0, self.width(), self.height())
+            g.setColorAt(0, QColor("#5b7fa6"))
+            g.setColorAt(1, QColor("#9fb6cc"))
+            p.fillRect(self.rect(), g)
+            p.end()
+
+    return _Wallpaper
+
+
+def Wallpaper() -> Any:
+    return _wallpaper_class()()
+
+
+def child(out: Path) -> int:
+    """Runs under the X display: the app, the data, the captures."""
+    os.environ.setdefault("QT_API", "pyside6")
+    import qasync
+    from PySide6.QtCore import QPoint
+    from PySide6.QtWidgets import QApplication
+
+    from peerstash.desktop import qtfix
+    from peerstash.desktop.app import DesktopApp
+    from peerstash.peer.cli import AdminClient
+    from peerstash.peer.node import NodeOptions
+
+    qapp = QApplication([])
+    qtfix.apply()
+    wallpaper = Wallpaper()
+    wallpaper.setGeometry(qapp.primaryScreen().geometry())
+    wallpaper.show()
+    wallpaper.lower()
+    qapp.setApplicationName("Peerstash")
+    tmp = Path(tempfile.mkdtemp(prefix="peerstash-shots-"))
+    home = tmp / "home" / "ana"
+    docs, photos, code = home / "Documents", home / "Pictures", home / "src"
+    for d in (docs, photos, code):
+        d.mkdir(parents=True)
+    (docs / "taxes-2025.pdf").write_bytes(os.urandom(3 << 20))
+    (docs / "letters").mkdir()
+    for i in range(20):
+        (docs / "letters" / f"letter-{i:02d}.odt").write_bytes(os.urandom(40_000))
+    (code / "peerstash").mkdir()
+    (code / "peerstash" / "README.md").write_text("# hello\n")
+    for i in range(6):
+        (photos / f"IMG_{2400 + i}.jpg").write_bytes(os.urandom(2 << 20))
+
+    async def shoot() -> None:
+        kw = {"instance_id": "ana-laptop", "progress_interval": 0.3, "catch_up_grace": 3600}
+        from dataclasses import fields
+
+        if "listen" in {f.name for f in fields(NodeOptions)}:
+            kw["listen"] = "127.0.0.1:0"
+        app = DesktopApp(tmp / "data", NodeOptions(**kw), show_tray=True)
+        await app.start()
+        w, b, tray = app.window, app.backend, app.tray
+        assert w is not None and b is not None and tray is not None
+        async with AdminClient(tmp / "data") as c:
+            for name in ("nas", "usb-disk"):
+                await c.call(
+                    "POST",
+                    "/v1/repos",
+                    {
+                        "id": name,
+                        "uri": str(tmp / name),
+                        "password": {"source": "secret", "value": "correct horse battery"},
+                        "init": True,
+                    },
+                )
+        await b.refresh_config()
+        await b.add_plan(
+            {
+                "id": "documents",
+                "repo": "nas",
+                "paths": [str(docs)],
+                "every": "6h",
+                "retention": {"keep_daily": 7, "keep_weekly": 4},
+            }
+        )
+        await b.add_plan(
+            {
+                "id": "photos",
+                "repo": "usb-disk",
+                "paths": [str(photos)],
+                "schedule": "0 3 * * *",
+                "retention": {"keep_last": 10},
+            }
+        )
+        await b.add_plan({"id": "code", "repo": "nas", "paths": [str(code)], "every": "1h"})
+
+        async def until(cond: Any) -> None:
+            """Wait (on the backend's op changes) until ``cond()`` holds."""
+            changed = asyncio.Event()
+            b.opChanged.connect(changed.set)
+            try:
+                while not cond():
+                    changed.clear()
+                    await asyncio.wait_for(changed.wait(), 120)
+            finally:
+                b.opChanged.disconnect(changed.set)
+
+        async def run(plan: str) -> None:
+            await b.backup(plan)
+            await until(lambda: not b.active)
+
+        for plan in ("documents", "photos", "code", "documents"):
+            await run(plan)
+        # A failing run for realism: the source of "code" vanished.
+        shutil.rmtree(code)
+        await run("code")
+        code.mkdir()
+        (code / "peerstash").mkdir()
+        (code / "peerstash" / "README.md").write_text("# hello again\n")
+        await run("code")
+        await b.refresh_status()
+        await asyncio.sleep(0.5)
+
+        w.resize(1180, 720)
+        w.move(50, 50)
+        w.show_page(w.overview)
+        w.bring_up()
+        await asyncio.sleep(1.0)
+        w.grab().save(str(out / "overview.png"))
+
+        w.show_page(w.peers)
+        await w.peers.tasks.idle()
+        await asyncio.sleep(0.5)
+        w.grab().save(str(out / "peers.png"))
+
+        # A big backup, captured while it runs.
+        big = photos / "2026-summer"
+        big.mkdir()
+        for i in range(24):
+            (big / f"DSC_{i:04d}.raw").write_bytes(os.urandom(40 << 20))
+        w.show_page(w.operations)
+        await w.operations.model.tasks.idle()
+        op = await b.backup("photos")
+        key = (op["origin"], op["id"])
+        while True:
+            cur = b.active.get(key)
+            if cur is None:
+                break
+            if (
+                cur.get("bytes_total")
+                and 0.25 < (cur.get("bytes_done") or 0) / cur["bytes_total"] < 0.8
+            ):
+                break
+            await asyncio.sleep(0.05)
+        w.operations.select_op(op["id"])
+        await asyncio.sleep(0.4)
+        w.grab().save(str(out / "operations-running.png"))
+        await until(lambda: key not in b.active)
+
+        # The tray menu, opened as a person would: a right click on the icon (window behind).
+        w.show_page(w.overview)
+        w.move(420, 120)
+        await asyncio.sleep(0.5)
+        if tray.icon is not None and tray.icon.geometry().isValid():
+            g = tray.icon.geometry()
+            x, y = g.center().x(), g.center().y()
+            click = await asyncio.create_subprocess_exec(
+                "xdotool", "mousemove", str(x), str(y), "click", "3"
+            )
+            await click.wait()
+            await asyncio.sleep(0.8)
+            if not tray.menu.isVisible():
+                tray.menu.popup(QPoint(g.left(), g.bottom() + 2))
+                await asyncio.sleep(0.5)
+        else:
+            print("no tray icon geometry; showing the menu by hand", file=sys.stderr)
+            tray.menu.popup(QPoint(900, 30))
+            await asyncio.sleep(0.5)
+        screen = qapp.primaryScreen()
+        shot = screen.grabWindow(0)
+        menu = tray.menu.geometry()
+        left = max(0, menu.left() - 420)
+        crop = shot.copy(left, 0, shot.width() - left, menu.bottom() + 180)
+        crop.save(str(out / "tray-menu.png"))
+        tray.menu.hide()
+        app.quit()
+        await app.stop()
+
+    qasync.run(shoot())
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.child:
+        return child(args.out)
+    display = ":73"
+    procs = start_x(display)
+    try:
+        time.sleep(0.5)
+        env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+        env.pop("WAYLAND_DISPLAY", None)
+        return subprocess.run(
+            [sys.executable, __file__, "--child", "--out", str(args.out)], env=env, check=False
+        ).returncode
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            p.wait(10)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
