@@ -460,7 +460,7 @@ async def add_peer_route(request: web.Request) -> web.Response:
     data = await _body(request)
     try:
         peer = await _peers(request).pair(
-            _str(data, "token") or "", _str(data, "url") or "", _str_list(data, "grants")
+            _str(data, "token") or "", _str(data, "url", required=False), _str_list(data, "grants")
         )
     except GrantError as exc:
         raise BadRequest(str(exc)) from None
@@ -528,6 +528,68 @@ async def events(request: web.Request) -> web.StreamResponse:
                 await resp.write(json.dumps(data).encode() + b"\n")
 
 
+async def discovered(request: web.Request) -> web.Response:
+    """What LAN discovery sees, with whether each node is paired and its key matches."""
+    node = request.app[NODE_KEY]
+    if node.discovery is None:
+        raise EngineError(
+            "LAN discovery is off on this node (started with --no-discovery or the setting)"
+        )
+    try:
+        wait = float(request.query.get("timeout", "0"))
+    except ValueError:
+        raise BadRequest("timeout must be a number of seconds") from None
+    if not 0 <= wait <= 60:
+        raise BadRequest("timeout must be between 0 and 60 seconds")
+    if wait:
+        # Give announcements on the LAN time to arrive (a person asked to look for this long).
+        await asyncio.sleep(wait)
+    paired = {p.id: p for p in await _engine(request).store.list_peers()}
+    out = []
+    for found in node.discovery.peers():
+        known = paired.get(found.instance_id)
+        out.append(
+            {
+                "id": found.instance_id,
+                "key_id": found.key_id,
+                "version": found.version,
+                "compatible": found.compatible,
+                "addresses": list(found.addresses),
+                "port": found.port,
+                "paired": known is not None,
+                "key_matches": None if known is None else known.key_id == found.key_id,
+                "duplicate_id": len(node.discovery.duplicates.get(found.instance_id, ())) > 1,
+            }
+        )
+    return web.json_response(out)
+
+
+async def settings_route(request: web.Request) -> web.Response:
+    store = _engine(request).store
+    if request.method == "POST":
+        data = await _body(request)
+        key, value = data.get("key"), data.get("value")
+        if key == "discovery":
+            if not isinstance(value, bool):
+                raise BadRequest("discovery is on or off")
+        elif key == "discovery_interfaces":
+            if not (
+                value is None
+                or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+            ):
+                raise BadRequest("discovery_interfaces is a list of addresses or interface names")
+        elif key == "restic_path":
+            if not (value is None or isinstance(value, str)):
+                raise BadRequest("restic_path is a path")
+        else:
+            raise BadRequest(
+                f"unknown setting {key!r} (discovery, discovery_interfaces, restic_path)"
+            )
+        await store.set_setting(key, value)
+    keys = ("instance_id", "discovery", "discovery_interfaces", "restic_path")
+    return web.json_response({k: await store.get_setting(k) for k in keys})
+
+
 def make_admin_app(node: Node) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app[NODE_KEY] = node
@@ -554,6 +616,9 @@ def make_admin_app(node: Node) -> web.Application:
     r.add_post("/v1/schedules/pause", pause)
     r.add_post("/v1/gc", gc)
     r.add_get("/v1/events", events)
+    r.add_get("/v1/discovered", discovered)
+    r.add_get("/v1/settings", settings_route)
+    r.add_post("/v1/settings", settings_route)
     r.add_get("/v1/tokens", list_tokens_route)
     r.add_post("/v1/tokens", create_token_route)
     r.add_delete("/v1/tokens/{id}", delete_token_route)

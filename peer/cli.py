@@ -414,6 +414,45 @@ async def cmd_events(c: AdminClient, a: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_discover(c: AdminClient, a: argparse.Namespace) -> int:
+    found = await c.call("GET", f"/v1/discovered?timeout={a.timeout}")
+    rows = []
+    for f in found:
+        note = "paired" if f["paired"] else "-"
+        if f["paired"] and not f["key_matches"]:
+            note = "KEY MISMATCH: not the paired node"
+        if f["duplicate_id"]:
+            note += "; several keys use this id"
+        if not f["compatible"]:
+            note += f"; protocol v{f['version']} (incompatible)"
+        rows.append([f["id"], f["key_id"], ", ".join(f["addresses"]) + f":{f['port']}", note])
+    _emit(
+        a,
+        found,
+        table(rows, ["ID", "KEY ID", "ADDRESS", "NOTE"]) if rows else "nothing found on the LAN",
+    )
+    return 0
+
+
+async def cmd_settings(c: AdminClient, a: argparse.Namespace) -> int:
+    if a.settings_cmd == "set":
+        value: Any
+        if a.key == "discovery":
+            if a.value not in ("on", "off"):
+                raise CliError("discovery is on or off")
+            value = a.value == "on"
+        elif a.key == "discovery_interfaces":
+            value = [v for v in a.value.split(",") if v] or None
+        else:
+            value = a.value or None
+        res = await c.call("POST", "/v1/settings", {"key": a.key, "value": value})
+        _emit(a, res, f"{a.key} set; it takes effect when the node next starts")
+        return 0
+    res = await c.call("GET", "/v1/settings")
+    _emit(a, res, "\n".join(f"{k}: {v}" for k, v in res.items()))
+    return 0
+
+
 async def cmd_cancel(c: AdminClient, a: argparse.Namespace) -> int:
     res = await c.call("POST", f"/v1/ops/{a.op}/cancel")
     _emit(a, res, f"cancelling {a.op}")
@@ -510,10 +549,6 @@ async def cmd_token(c: AdminClient, a: argparse.Namespace) -> int:
 
 async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
     if a.peer_cmd == "add":
-        if not a.url:
-            raise CliError(
-                "--url is needed: the address of the node that made the token, e.g. http://host:9797"
-            )
         res = await c.call(
             "POST", "/v1/peers", {"token": a.token, "url": a.url, "grants": a.grant or []}
         )
@@ -560,6 +595,8 @@ COMMANDS = {
     "cancel": cmd_cancel,
     "wait": cmd_wait,
     "events": cmd_events,
+    "discover": cmd_discover,
+    "settings": cmd_settings,
     "snapshots": cmd_snapshots,
     "ls": cmd_ls,
     "restore": cmd_restore,
@@ -597,6 +634,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("PEERSTASH_LISTEN", "0.0.0.0:9797"),
         metavar="HOST:PORT",
         help="peer port (default 0.0.0.0:9797; port 0 picks one)",
+    )
+    p.add_argument(
+        "--no-discovery", action="store_true", help="do not announce or look for peers on the LAN"
+    )
+    p.add_argument(
+        "--discovery-interface",
+        action="append",
+        metavar="ADDR_OR_IFACE",
+        help="limit LAN discovery to this interface or address (repeatable)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log more (node only)")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
@@ -741,7 +787,9 @@ def build_parser() -> argparse.ArgumentParser:
     pesub = peer.add_subparsers(dest="peer_cmd", required=True, parser_class=_Parser)
     pea = pesub.add_parser("add", help="pair with the instance that made TOKEN")
     pea.add_argument("token")
-    pea.add_argument("--url", help="its peer address, e.g. http://host:9797")
+    pea.add_argument(
+        "--url", help="its peer address, e.g. http://host:9797 (default: find it on the LAN)"
+    )
     pea.add_argument(
         "--grant", action="append", metavar="GRANT[:SCOPE]", help="what it may do here"
     )
@@ -753,6 +801,20 @@ def build_parser() -> argparse.ArgumentParser:
     per = pesub.add_parser("remove", help="unpair: forget the peer and close its link")
     per.add_argument("id")
     json_flag(per)
+
+    disc = sub.add_parser("discover", help="list Peerstash nodes visible on the LAN")
+    disc.add_argument(
+        "--timeout", type=float, default=2.0, help="seconds to listen first (default 2)"
+    )
+    json_flag(disc)
+
+    st = sub.add_parser("settings", help="show or change node settings")
+    stsub = st.add_subparsers(dest="settings_cmd", parser_class=_Parser)
+    sts = stsub.add_parser("set", help="change a setting (effective at the next start)")
+    sts.add_argument("key", choices=["discovery", "discovery_interfaces", "restic_path"])
+    sts.add_argument("value", help="on/off for discovery; comma-separated list for interfaces")
+    json_flag(sts)
+    json_flag(st)
 
     json_flag(sub.add_parser("pause", help="pause scheduled backups"))
     json_flag(sub.add_parser("resume", help="resume scheduled backups"))

@@ -31,6 +31,8 @@ def node_options(args: argparse.Namespace) -> NodeOptions:
         restic_path=args.restic,
         listen=args.listen or None,
         link_timings=timings,
+        discovery=not args.no_discovery,
+        discovery_interfaces=args.discovery_interface,
     )
 
 

@@ -20,13 +20,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
 from peerstash.core import __version__
-from peerstash.core.events import Event, EventBus
+from peerstash.core.events import Event, EventBus, Notice
 from peerstash.core.models import Peer
 from peerstash.core.store import NotFound, Store, StoreError, TokenRefused, utcnow
 from peerstash.peer import channel as ch
@@ -34,6 +34,9 @@ from peerstash.peer import protocol as proto
 from peerstash.peer.identity import Identity, key_id
 from peerstash.peer.permissions import Grants
 from peerstash.peer.tokens import RateLimiter, hash_secret, token_id, verify_secret
+
+if TYPE_CHECKING:
+    from peerstash.peer.discovery import DiscoveredPeer, Discovery
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +219,7 @@ class PeerManager:
         self._session: aiohttp.ClientSession | None = None
         self._handshakes = asyncio.Semaphore(64)
         self._closing = False
+        self.discovery: Discovery | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -429,7 +433,7 @@ class PeerManager:
             software=f"peerstash {__version__}",
         )
 
-    async def pair(self, token_text: str, url: str, grants: list[str]) -> Peer:
+    async def pair(self, token_text: str, url: str | None, grants: list[str]) -> Peer:
         """Dial ``url`` with a token, pin the issuer, and keep a link to it from now on."""
         from peerstash.peer.tokens import TokenFormatError, parse_token
 
@@ -440,6 +444,16 @@ class PeerManager:
         parsed_grants = Grants.parse(grants).to_strings()
         if token.instance_id == self.instance_id:
             raise PairingError("that token was made by this instance; use it on another one")
+        if not url:
+            if self.discovery is None:
+                raise PairingError(
+                    "LAN discovery is off here: give the issuer's address with --url"
+                )
+            url = await self.find_on_lan(token.instance_id, token.key_id)
+            if url is None:
+                raise PairingError(
+                    f"{token.instance_id!r} was not found on the LAN; give its address with --url"
+                )
         try:
             chan, welcome, ws = await self._dial(
                 url, expected_key_id=token.key_id, hello=self._hello(parsed_grants, token.secret)
@@ -481,6 +495,63 @@ class PeerManager:
             await ws.close()
         self._start_dialer(peer.id, immediately=True)
         return peer
+
+    # -- discovery ---------------------------------------------------------------------------
+
+    def on_discovered(self, found: DiscoveredPeer | None, change: str) -> None:
+        """A node appeared or moved on the LAN: follow a known host to its new address.
+
+        Only an address is learned this way; the dialer still insists on the pinned key, so a
+        stranger announcing a known name gains nothing but a warning.
+        """
+        if found is None or change == "removed" or not found.compatible or not found.addresses:
+            return
+        task = asyncio.ensure_future(self._follow(found))
+        self._server_tasks.add(task)
+        task.add_done_callback(self._server_tasks.discard)
+
+    async def _follow(self, found: DiscoveredPeer) -> None:
+        try:
+            peer = await self.store.get_peer(found.instance_id)
+        except NotFound:
+            return
+        if peer.key_id != found.key_id:
+            msg = (
+                f"a node on the LAN announces itself as {peer.id!r} with key {found.key_id}, "
+                f"but {peer.id!r} is paired with key {peer.key_id}; it is not trusted"
+            )
+            log.warning(msg)
+            self.bus.publish(Notice(level="warning", message=msg))
+            return
+        if peer.role != "known_host":
+            return
+        url = f"http://{found.addresses[0]}:{found.port}"
+        if peer.url == url or (peer.state == ONLINE and peer.id in self.links):
+            return
+        log.info("peer %s moved to %s (seen on the LAN); reconnecting", peer.id, url)
+        await self.store.update_peer(peer.id, url=url)
+        self.check_now(peer.id)
+
+    async def find_on_lan(self, instance_id: str, key_id: str, within: float = 5.0) -> str | None:
+        """The URL of the node that issued a token, found by its instance id and key id."""
+        if self.discovery is None:
+            return None
+        from peerstash.peer.identity import normalize_key_id
+
+        want = normalize_key_id(key_id)
+        try:
+            found = await self.discovery.wait_for(
+                lambda p: (
+                    p.instance_id == instance_id
+                    and normalize_key_id(p.key_id) == want
+                    and p.compatible
+                    and bool(p.addresses)
+                ),
+                within,
+            )
+        except TimeoutError:
+            return None
+        return f"http://{found.addresses[0]}:{found.port}"
 
     def _start_dialer(self, peer_id: str, *, immediately: bool = False) -> None:
         old = self._dialers.pop(peer_id, None)

@@ -13,7 +13,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -26,6 +26,9 @@ from peerstash.peer.identity import Identity
 from peerstash.peer.link import PeerManager, Timings
 from peerstash.peer.paths import admin_socket_path, ensure_private_dir
 from peerstash.peer.server import make_peer_app, parse_listen
+
+if TYPE_CHECKING:
+    from peerstash.peer.discovery import Discovery
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,10 @@ class NodeOptions:
     #: Where the peer port listens; port 0 picks a free port (tests), None disables it.
     listen: str | None = "0.0.0.0:9797"
     link_timings: Timings | None = None
+    #: LAN discovery (zeroconf): on by default; ``discovery_interfaces`` limits it (e.g.
+    #: ["127.0.0.1"] in tests, or an interface name like "eth0").
+    discovery: bool = True
+    discovery_interfaces: list[str] | None = None
     #: Only for tests of version negotiation: speak another peer protocol version.
     protocol_version: int | None = None
 
@@ -82,6 +89,8 @@ class Node:
         self.identity: Identity | None = None
         self.peers: PeerManager | None = None
         self.peer_url: str | None = None
+        self._peer_port: int | None = None
+        self.discovery: Discovery | None = None
 
     # -- single instance ---------------------------------------------------------------------
 
@@ -161,6 +170,7 @@ class Node:
         )
         await self._start_peer_server()
         await self.peers.start()
+        await self._start_discovery()
         await self._start_admin()
         log.info("node %s ready (data dir %s)", instance_id, self.data_dir)
 
@@ -184,8 +194,47 @@ class Node:
             ) from None
         self._peer_runner = runner
         bound_port = runner.addresses[0][1] if runner.addresses else port
+        self._peer_port = int(bound_port)
         shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
         self.peer_url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{bound_port}"
+
+    async def _start_discovery(self) -> None:
+        """Announce ourselves and watch the LAN, once the peer port really listens."""
+        enabled = self.options.discovery and await self._setting("discovery", True)
+        if not enabled or self._peer_port is None or self.peers is None or self.identity is None:
+            return
+        from peerstash.peer.discovery import Announcement, Discovery
+
+        interfaces = self.options.discovery_interfaces or await self._setting(
+            "discovery_interfaces", None
+        )
+        self.discovery = Discovery(
+            interfaces=interfaces,
+            on_change=self.peers.on_discovered,
+            self_instance_id=self.instance_id,
+            self_key_id=self.identity.key_id,
+        )
+        self.peers.discovery = self.discovery
+        try:
+            await self.discovery.start()
+            await self.discovery.announce(
+                Announcement(
+                    instance_id=self.instance_id,
+                    key_id=self.identity.key_id,
+                    port=self._peer_port,
+                    display_name=self.instance_id,
+                )
+            )
+        except OSError as exc:
+            # No usable network interface is not a reason to refuse to back up.
+            log.warning("LAN discovery is off: %s", exc)
+            await self.discovery.close()
+            self.discovery = None
+            self.peers.discovery = None
+
+    async def _setting(self, key: str, default: Any) -> Any:
+        assert self.store is not None
+        return await self.store.get_setting(key, default)
 
     async def _start_admin(self) -> None:
         from peerstash.peer.admin import make_admin_app
@@ -217,6 +266,9 @@ class Node:
             self._admin_runner = None
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
+        if self.discovery is not None:
+            await self.discovery.close()  # goodbye packets: peers drop us from their lists
+            self.discovery = None
         if self.peers is not None:
             await self.peers.stop()
             self.peers = None
@@ -241,4 +293,5 @@ class Node:
             "paused": bool(self.engine and self.engine.scheduler.paused),
             "key_id": self.identity.key_id if self.identity else None,
             "peer_url": self.peer_url,
+            "discovery": self.discovery is not None,
         }

@@ -39,6 +39,8 @@ class NodeProc:
     def start(self, *extra: str, wait: bool = True) -> NodeProc:
         if not any(e.startswith("--listen") for e in extra):
             extra = (*extra, "--listen", "127.0.0.1:0")  # never the network, never a fixed port
+        if not any(e.startswith("--discovery-interface") for e in extra):
+            extra = (*extra, "--no-discovery")  # mDNS only where a test asks for it, on loopback
         self._ready.clear()
         self._exited.clear()
         self.proc = subprocess.Popen(

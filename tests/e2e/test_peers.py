@@ -149,3 +149,22 @@ def test_three_nodes_and_rejections(node_factory: Any) -> None:
     assert res.returncode == 1 and "everything" in res.stderr
     res = hub.cli("token", "create", "--ttl", "forever", check=False)
     assert res.returncode == 1 and "--ttl" in res.stderr
+
+
+def test_discover_and_pair_by_token_alone(node_factory: Any) -> None:
+    lan = ("--discovery-interface", "127.0.0.1")
+    a = node_factory("alpha", PEERSTASH_LINK_TIMINGS=FAST).start(*lan)
+    b = node_factory("beta", PEERSTASH_LINK_TIMINGS=FAST).start(*lan)
+    found = json.loads(a.cli("discover", "--timeout", "3", "--json").stdout)
+    beta = next(f for f in found if f["id"] == "beta")
+    assert beta["key_id"] == status(b)["key_id"] and beta["paired"] is False
+    assert beta["addresses"] == ["127.0.0.1"] and beta["compatible"] is True
+    tok = json.loads(b.cli("token", "create", "--json").stdout)["token"]
+    a.cli("peer", "add", tok)  # no --url: found on the LAN by the token's id and key id
+    wait_link(a, "beta", "online")
+    found = json.loads(a.cli("discover", "--timeout", "0", "--json").stdout)
+    assert next(f for f in found if f["id"] == "beta")["key_matches"] is True
+
+    off = node_factory("quiet").start()  # tests start nodes with --no-discovery by default
+    res = off.cli("discover", check=False)
+    assert res.returncode == 1 and "discovery is off" in res.stderr

@@ -40,6 +40,7 @@ async def make_node(tmp_path: Path) -> AsyncIterator[MakeNode]:
             "listen": "127.0.0.1:0",
             "link_timings": FAST,
             "schedule": False,
+            "discovery": False,
             **opts,
         }
         node = Node(tmp_path / name, NodeOptions(**settings))  # type: ignore[arg-type]
