@@ -509,6 +509,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
     with engine.bus.subscribe() as sub:
+        # Tells a client the subscription is live: whatever it does after this line is seen.
+        await resp.write(json.dumps({"type": "ready"}).encode() + b"\n")
         for peer in await engine.store.list_peers():
             line = {
                 "type": "link",

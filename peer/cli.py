@@ -402,6 +402,8 @@ async def cmd_wait(c: AdminClient, a: argparse.Namespace) -> int:
 
 async def cmd_events(c: AdminClient, a: argparse.Namespace) -> int:
     async for ev in c.stream("/v1/events"):
+        if ev.get("type") == "ready" and not a.json:
+            continue
         if a.json:
             print(json.dumps(ev), flush=True)
         elif ev["type"] == "link":

@@ -315,59 +315,69 @@ def test_status_json_contract(node: NodeProc) -> None:
 
 
 def test_ctrl_c_leaves_no_running_operation(node: NodeProc, tmp_path: Path) -> None:
-    src = tmp_path / "big"
-    src.mkdir()
-    for i in range(8):
-        (src / f"f{i}").write_bytes(os.urandom(16 * 1024 * 1024))
+    src = big_tree(tmp_path / "big")
     add_repo(node, "main", str(tmp_path / "repo"))
     node.cli("plan", "add", "p", "--repo", "main", "--path", str(src))
-    op = jcli(node, "backup", "p")
-    # Wait until restic is really running (the op reports running), then stop the node.
-    for update in follow(node, op["id"]):
+    # Stop the node while restic is really running.
+    for update in start_and_follow(node, "p"):
         if update["status"] == "running":
+            op_id = update["id"]
             break
     else:
         raise AssertionError("the backup ended before it was seen running")
     assert node.stop(signal.SIGINT) == 0
     node.start()
-    final = next(o for o in jcli(node, "ops") if o["id"] == op["id"])
+    ops = jcli(node, "ops")
+    final = next(o for o in ops if o["id"] == op_id)
     assert final["status"] in ("interrupted", "success")
-    assert all(
-        o["status"] not in ("running", "pending") or o["kind"] == "unlock"
-        for o in jcli(node, "ops")
-    )
+    assert not [o for o in ops if o["status"] in ("running", "pending") and o["kind"] != "unlock"]
     node.cli("backup", "p", "--wait")
     node.cli("check", "main", "--wait")
 
 
-def follow(node: NodeProc, op_id: str) -> Any:
-    """Yield an operation's states as the node streams them, from now until it ends."""
+def start_and_follow(node: NodeProc, plan: str) -> Any:
+    """Start a backup of ``plan`` and yield its states from the very first one.
+
+    The node's event stream is opened (and confirmed live) before the backup is asked for, so
+    no state can slip by however fast the backup runs.
+    """
     proc = subprocess.Popen(
-        [*PEERSTASH, "--data-dir", str(node.data_dir), "wait", op_id, "--json"],
+        [*PEERSTASH, "--data-dir", str(node.data_dir), "events", "--json"],
         stdout=subprocess.PIPE,
         text=True,
         env=node.env(),
     )
     try:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            yield json.loads(line)
+        lines = iter(proc.stdout)
+        assert json.loads(next(lines)) == {"type": "ready"}
+        op = jcli(node, "backup", plan)
+        for line in lines:
+            ev = json.loads(line)
+            if ev.get("type") == "operation" and ev["op"]["id"] == op["id"]:
+                yield ev["op"]
+                if ev["op"]["status"] not in ("pending", "running"):
+                    return
     finally:
         proc.kill()
         proc.wait()
 
 
-def test_sigkill_mid_backup_recovers(node: NodeProc, tmp_path: Path) -> None:
-    src = tmp_path / "big"
-    src.mkdir()
+def big_tree(root: Path) -> Path:
+    root.mkdir()
     for i in range(8):
-        (src / f"f{i}").write_bytes(os.urandom(16 * 1024 * 1024))
+        (root / f"f{i}").write_bytes(os.urandom(32 * 1024 * 1024))
+    return root
+
+
+def test_sigkill_mid_backup_recovers(node: NodeProc, tmp_path: Path) -> None:
+    src = big_tree(tmp_path / "big")
     repo = tmp_path / "repo"
     add_repo(node, "main", str(repo))
     node.cli("plan", "add", "p", "--repo", "main", "--path", str(src))
-    op = jcli(node, "backup", "p")
-    for update in follow(node, op["id"]):
+    for update in start_and_follow(node, "p"):
         if update["status"] == "running" and update["bytes_done"] > 0:
+            op_id = update["id"]
             break
     else:
         raise AssertionError("the backup ended before it made progress")
@@ -376,7 +386,7 @@ def test_sigkill_mid_backup_recovers(node: NodeProc, tmp_path: Path) -> None:
     node.proc.wait(10)
     node.start()
     ops = jcli(node, "ops")
-    killed = next(o for o in ops if o["id"] == op["id"])
+    killed = next(o for o in ops if o["id"] == op_id)
     assert killed["status"] == "interrupted"
     assert "stopped" in killed["error"].lower()
     res = node.cli("backup", "p", "--wait")
