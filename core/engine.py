@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -348,22 +348,13 @@ class Engine:
             access = await self.access(repo)
             ctx.log(f"backup of plan {plan.id} ({reason}) to {uri_for_people(repo.uri)}")
 
-            def progress(p: Any) -> None:
-                ctx.progress(
-                    bytes_done=p.bytes_done,
-                    bytes_total=p.bytes_total,
-                    files_done=p.files_done,
-                    files_total=p.files_total,
-                    eta_seconds=None if p.seconds_remaining is None else int(p.seconds_remaining),
-                )
-
             result = await self.restic().backup(
                 access,
                 plan.paths,
                 excludes=plan.excludes,
                 tags=(f"plan:{plan.id}", f"host:{self.instance_id}"),
                 host=self.instance_id,
-                on_progress=progress,
+                on_progress=progress_reporter(ctx),
                 on_log=ctx.log,
             )
             summary = result.summary_dict()
@@ -463,22 +454,13 @@ class Engine:
         repo = await self.store.get_repo(repo_id)
 
         async def job(ctx: OpContext) -> Outcome:
-            def progress(p: Any) -> None:
-                ctx.progress(
-                    bytes_done=p.bytes_done,
-                    bytes_total=p.bytes_total,
-                    files_done=p.files_done,
-                    files_total=p.files_total,
-                    eta_seconds=None if p.seconds_remaining is None else int(p.seconds_remaining),
-                )
-
             ctx.log(f"restore {snapshot_id} to {target}")
             res = await self.restic().restore(
                 await self.access(repo),
                 snapshot_id,
                 target,
                 include=include,
-                on_progress=progress,
+                on_progress=progress_reporter(ctx),
                 on_log=ctx.log,
             )
             return Outcome(snapshot_id=snapshot_id, summary=res.summary_dict())
@@ -553,6 +535,21 @@ class _ScheduleAdapter:
 
     async def set_next_due(self, plan_id: str, when: datetime | None) -> None:
         await self._store.set_next_due(plan_id, when)
+
+
+def progress_reporter(ctx: OpContext) -> Callable[[Any], None]:
+    """Turn restic's backup or restore progress into the operation's progress fields."""
+
+    def report(p: Any) -> None:
+        ctx.progress(
+            bytes_done=p.bytes_done,
+            bytes_total=p.bytes_total,
+            files_done=p.files_done,
+            files_total=p.files_total,
+            eta_seconds=None if p.seconds_remaining is None else int(p.seconds_remaining),
+        )
+
+    return report
 
 
 def uri_for_people(uri: str) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -66,6 +66,9 @@ OP_FIELDS = frozenset(
         "flow_id",
     }
 )
+
+
+_Named = TypeVar("_Named", Repo, Plan, Peer)
 
 
 def utcnow() -> datetime:
@@ -172,6 +175,27 @@ class Store:
     def session(self) -> AsyncSession:
         return self._sessions()
 
+    # -- generic rows keyed by name ----------------------------------------------------------
+
+    async def _get(self, model: type[_Named], key: str, what: str) -> _Named:
+        async with self.session() as s:
+            row = await s.get(model, key)
+        if row is None:
+            raise NotFound(f"no {what} named {key!r}")
+        return row
+
+    async def _update(
+        self, model: type[_Named], key: str, what: str, fields: dict[str, Any]
+    ) -> _Named:
+        async with self.session() as s, s.begin():
+            row = await s.get(model, key)
+            if row is None:
+                raise NotFound(f"no {what} named {key!r}")
+            for name, value in fields.items():
+                setattr(row, name, value)
+            row.updated_at = utcnow()
+        return row
+
     # -- settings ----------------------------------------------------------------------------
 
     async def get_setting(self, key: str, default: Any = None) -> Any:
@@ -219,25 +243,14 @@ class Store:
         return repo
 
     async def get_repo(self, repo_id: str) -> Repo:
-        async with self.session() as s:
-            row = await s.get(Repo, repo_id)
-        if row is None:
-            raise NotFound(f"no repository named {repo_id!r}")
-        return row
+        return await self._get(Repo, repo_id, "repository")
 
     async def list_repos(self) -> list[Repo]:
         async with self.session() as s:
             return list((await s.scalars(select(Repo).order_by(Repo.id))).all())
 
     async def update_repo(self, repo_id: str, **fields: Any) -> Repo:
-        async with self.session() as s, s.begin():
-            row = await s.get(Repo, repo_id)
-            if row is None:
-                raise NotFound(f"no repository named {repo_id!r}")
-            for key, value in fields.items():
-                setattr(row, key, value)
-            row.updated_at = utcnow()
-        return row
+        return await self._update(Repo, repo_id, "repository", fields)
 
     async def delete_repo(self, repo_id: str) -> None:
         async with self.session() as s, s.begin():
@@ -265,25 +278,14 @@ class Store:
         return plan
 
     async def get_plan(self, plan_id: str) -> Plan:
-        async with self.session() as s:
-            row = await s.get(Plan, plan_id)
-        if row is None:
-            raise NotFound(f"no plan named {plan_id!r}")
-        return row
+        return await self._get(Plan, plan_id, "plan")
 
     async def list_plans(self) -> list[Plan]:
         async with self.session() as s:
             return list((await s.scalars(select(Plan).order_by(Plan.id))).all())
 
     async def update_plan(self, plan_id: str, **fields: Any) -> Plan:
-        async with self.session() as s, s.begin():
-            row = await s.get(Plan, plan_id)
-            if row is None:
-                raise NotFound(f"no plan named {plan_id!r}")
-            for key, value in fields.items():
-                setattr(row, key, value)
-            row.updated_at = utcnow()
-        return row
+        return await self._update(Plan, plan_id, "plan", fields)
 
     async def delete_plan(self, plan_id: str) -> None:
         async with self.session() as s, s.begin():
@@ -534,11 +536,7 @@ class Store:
             return list((await s.scalars(select(Peer).order_by(Peer.id))).all())
 
     async def get_peer(self, peer_id: str) -> Peer:
-        async with self.session() as s:
-            row = await s.get(Peer, peer_id)
-        if row is None:
-            raise NotFound(f"no peer named {peer_id!r}")
-        return row
+        return await self._get(Peer, peer_id, "peer")
 
     async def put_peer(self, peer: Peer) -> Peer:
         """Insert or replace a peer row (pairing decides whether replacing is allowed)."""
@@ -554,14 +552,7 @@ class Store:
         return peer
 
     async def update_peer(self, peer_id: str, **fields: Any) -> Peer:
-        async with self.session() as s, s.begin():
-            row = await s.get(Peer, peer_id)
-            if row is None:
-                raise NotFound(f"no peer named {peer_id!r}")
-            for key, value in fields.items():
-                setattr(row, key, value)
-            row.updated_at = utcnow()
-        return row
+        return await self._update(Peer, peer_id, "peer", fields)
 
     async def delete_peer(self, peer_id: str) -> None:
         async with self.session() as s, s.begin():
