@@ -21,11 +21,15 @@ def has_display() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from peerstash.peer import cli, daemon
+    from peerstash.peer import cli
 
     args = cli.build_parser().parse_args(argv)
     if args.command:
         return cli.run_command(args)
+    # The node (SQLAlchemy, Alembic, restic wrapper) is imported only when one is started, so
+    # every CLI call stays quick.
+    from peerstash.peer import daemon
+
     if args.no_gui:
         return daemon.run(args)
     if not has_display():
