@@ -139,8 +139,11 @@ async def real_node(data_dir: Path, count: int, steps: int) -> dict[str, float]:
     from peerstash.peer.node import NodeOptions
 
     kw: dict[str, Any] = {"schedule": False}
-    if "listen" in {f.name for f in fields(NodeOptions)}:
+    have = {f.name for f in fields(NodeOptions)}
+    if "listen" in have:
         kw["listen"] = None  # no peer port needed
+    if "discovery" in have:
+        kw["discovery"] = False  # and nothing announced on the network
     app = DesktopApp(data_dir, NodeOptions(**kw), show_tray=False)
     t0 = time.perf_counter()
     await app.start()

@@ -159,8 +159,8 @@ class PeersApi:
         return list(await self.client.request("GET", "/v1/peers") or [])
 
     async def discovered(self) -> list[dict[str, Any]]:
-        """Peerstash instances announced on the LAN (zeroconf)."""
-        return list(await self.client.request("GET", "/v1/discovery") or [])
+        """Peerstash instances announced on the LAN (zeroconf), with ``paired``/``key_matches``."""
+        return list(await self.client.request("GET", "/v1/discovered") or [])
 
     async def tokens(self) -> list[dict[str, Any]]:
         return list(await self.client.request("GET", "/v1/tokens") or [])

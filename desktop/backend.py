@@ -5,9 +5,10 @@ what the node says into Qt signals, and keeps the little state every view shares
 status, plans, repositories, the operations in flight). Views never open their own follow
 streams: one subscription feeds the tray, the overview and the operations list alike.
 
-The node's admin API has no event stream for configuration, stale plans or pause state yet, so
-the status is re-read when an operation ends, after this app changes something, and every
-``status_interval`` seconds (to catch next-run times, stale plans and other clients' changes).
+Changes arrive on the node's ``/v1/events`` stream (operations, peer links, configuration,
+stale plans, notices). The status (last result and next run per plan, pause) has no event of
+its own, so it is re-read when an operation ends or the configuration changes, after this app
+changes something, and every ``status_interval`` seconds (next-run times move with the clock).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from PySide6.QtCore import QObject, Signal
@@ -42,8 +44,10 @@ class Backend(QObject):
     configChanged = Signal()
     #: Reachability of the node changed: (connected, why not).
     connectionChanged = Signal(bool, str)
-    #: The list of peers was read again (see ``peer_list`` and ``peers_available``).
+    #: The list of peers, or a peer's link state, changed (see ``peer_list``).
     peersChanged = Signal()
+    #: Something the node wants a person to see: (level, message).
+    notice = Signal(str, str)
 
     def __init__(
         self,
@@ -70,6 +74,9 @@ class Backend(QObject):
         self.connected = False
         self.tasks = Tasks(on_error=self._report)
         self._status_soon: asyncio.TimerHandle | None = None
+        self._config_soon_handle: asyncio.TimerHandle | None = None
+        #: Whether the node has the ``/v1/events`` stream (None until the first connection).
+        self.events_available: bool | None = None
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -86,8 +93,9 @@ class Backend(QObject):
 
     async def close(self) -> None:
         self._closed = True
-        if self._status_soon is not None:
-            self._status_soon.cancel()
+        for handle in (self._status_soon, self._config_soon_handle):
+            if handle is not None:
+                handle.cancel()
         await self.tasks.close()
 
     def _report(self, exc: BaseException) -> None:
@@ -167,10 +175,12 @@ class Backend(QObject):
             self.connectionChanged.emit(ok, why)
 
     async def _follow(self, opened: asyncio.Future[None]) -> None:
-        """Follow operation changes for as long as we run, reconnecting with backoff.
+        """Follow the node's changes for as long as we run, reconnecting with backoff.
 
-        After a reconnect the lists are reloaded (``opsReset``): changes made while the stream
-        was down were not seen.
+        ``/v1/events`` carries everything (operations, peer links, configuration, stale plans,
+        notices); a node of an older version has only ``/v1/ops/follow``, and then the rest is
+        polled. After a reconnect the lists are reloaded (``opsReset``): changes made while the
+        stream was down were not seen.
         """
         delay = 0.5
         ever_opened = False
@@ -187,8 +197,16 @@ class Backend(QObject):
                     opened.set_result(None)
 
             try:
-                async for op in self.client.lines("/v1/ops/follow", on_open=on_open):
-                    self._on_op(op)
+                if self.events_available is not False:
+                    try:
+                        async for event in self.client.lines("/v1/events", on_open=on_open):
+                            self._on_event(event)
+                    except Unavailable:
+                        self.events_available = False
+                        continue
+                else:
+                    async for op in self.client.lines("/v1/ops/follow", on_open=on_open):
+                        self._on_op(op)
                 why = "the node closed the stream (did it stop?)"
             except ApiError as exc:
                 why = str(exc)
@@ -198,16 +216,57 @@ class Backend(QObject):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
+    def _on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "ready":
+            self.events_available = True
+        elif kind == "operation" and isinstance(event.get("op"), dict):
+            self._on_op(event["op"])
+        elif kind == "link":
+            self._on_link(str(event.get("peer") or ""), event)
+        elif kind == "config":
+            self._config_soon()
+            self.refresh_status_soon()
+        elif kind == "stale":
+            self.refresh_status_soon()
+        elif kind == "notice":
+            self.notice.emit(str(event.get("level") or "info"), str(event.get("message") or ""))
+
+    def _on_link(self, peer_id: str, event: dict[str, Any]) -> None:
+        for p in self.peer_list:
+            if p.get("id") == peer_id:
+                p["state"] = event.get("state") or p.get("state")
+                p["state_reason"] = event.get("reason")
+                if p["state"] == "online":
+                    p["last_seen"] = datetime.now(UTC).isoformat()
+                self.peers_available = True
+                self.peersChanged.emit()
+                return
+        # A peer we have not listed yet (just paired, or paired by another client).
+        self.tasks.spawn(self._quiet(self.refresh_peers()), name="backend:peers")
+
+    def _config_soon(self, delay: float = 0.2) -> None:
+        if self._closed or self._config_soon_handle is not None:
+            return
+
+        def fire() -> None:
+            self._config_soon_handle = None
+            self.tasks.spawn(self._quiet(self.refresh_config()), name="backend:config")
+
+        self._config_soon_handle = asyncio.get_running_loop().call_later(delay, fire)
+
     async def _after_reconnect(self) -> None:
         await self.refresh_all()
         self.opsReset.emit()
 
     async def _poll_status(self) -> None:
-        # No event stream for status, stale plans or peer states yet: read them now and then.
+        # Next-run times move with the clock, and nodes without /v1/events tell nothing about
+        # stale plans or peers: read the status (and, for those nodes, the peers) now and then.
         while not self._closed:
             await asyncio.sleep(self.status_interval)
             await self._quiet(self.refresh_status())
-            await self._quiet(self.refresh_peers())
+            if not self.events_available:
+                await self._quiet(self.refresh_peers())
 
     def _on_op(self, op: dict[str, Any]) -> None:
         key = op_key(op)

@@ -104,12 +104,14 @@ class OverviewPage(Page):
 
     def _show_peers(self) -> None:
         if self.backend.peers_available is False:
+            self.fleet.setStyleSheet("color:palette(placeholder-text);")
             self.fleet.setText(
                 "Peer sync is not available in this version of the node, so only this node is "
                 "shown. Paired machines will appear here with their plans and state."
             )
             return
         peers = self.backend.peer_list
+        self.fleet.setStyleSheet("" if peers else "color:palette(placeholder-text);")
         if not peers:
             self.fleet.setText("No paired machines yet: pair one on the Peers page.")
             return

@@ -30,7 +30,14 @@ from peerstash.desktop import fmt
 from peerstash.desktop.api import ApiError, PeersApi, Unavailable
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.icons import STATE_COLORS
-from peerstash.desktop.widgets import Page, button_row, item, make_table, selected_data
+from peerstash.desktop.widgets import (
+    Page,
+    button_row,
+    confirm,
+    item,
+    make_table,
+    selected_data,
+)
 
 UNAVAILABLE_TEXT = (
     "Pairing with other machines is not available in this version of the Peerstash node.\n\n"
@@ -48,6 +55,24 @@ STATE_COLOR = {
     "auth failed": STATE_COLORS["error"],
 }
 TTLS = (("15 minutes", "15m"), ("1 hour", "1h"), ("1 day", "1d"), ("1 week", "7d"))
+
+
+def found_url(d: dict[str, Any]) -> str:
+    addresses = list(d.get("addresses") or [])
+    if not addresses or not d.get("port"):
+        return ""
+    host = addresses[0]
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{d['port']}"
+
+
+def grants_text(grants: Any) -> str:
+    """``ops:*, run:repo:nas`` reads as ``ops, run (repo:nas)``."""
+    out = []
+    for g in grants or []:
+        name, _, scope = str(g).partition(":")
+        out.append(name if scope in ("", "*") else f"{name} ({scope})")
+    return ", ".join(out) or "nothing"
 
 
 def grant_boxes(checked: tuple[str, ...]) -> tuple[QWidget, dict[str, QCheckBox]]:
@@ -70,6 +95,7 @@ class PeersPage(Page):
     def __init__(self, backend: Backend, parent: QWidget | None = None) -> None:
         super().__init__(backend, parent)
         self.available: bool | None = None
+        self.question: Any = None
         self.placeholder = QLabel(UNAVAILABLE_TEXT)
         self.placeholder.setWordWrap(True)
         self.placeholder.setStyleSheet(
@@ -161,9 +187,16 @@ class PeersPage(Page):
 
         self.discovery = QGroupBox("Found on this network")
         dl = QVBoxLayout(self.discovery)
-        self.discovered = make_table(("Machine", "Key", "Address"), stretch=2)
+        self.discovery_note = QLabel("")
+        self.discovery_note.setWordWrap(True)
+        self.discovery_note.setStyleSheet("color:palette(placeholder-text);")
+        dl.addWidget(self.discovery_note)
+        self.discovered = make_table(("Machine", "Key", "Address", "Paired"), stretch=2)
         self.discovered.setMaximumHeight(110)
         dl.addWidget(self.discovered)
+        self.use_found_button = QPushButton("Pair with this one…")
+        self.use_found_button.clicked.connect(self._use_found)
+        dl.addLayout(button_row(self.use_found_button))
         self.discovery.hide()
         cl.addWidget(self.discovery)
         self.content.hide()
@@ -193,20 +226,47 @@ class PeersPage(Page):
             self._fill_tokens(await self.backend.peers.tokens())
         except ApiError as exc:
             self.banner.show_message(f"Could not read the tokens: {exc}", "warning")
+        await self._refresh_discovered()
+
+    async def _refresh_discovered(self) -> None:
         try:
             found = await self.backend.peers.discovered()
         except Unavailable:
-            self.discovery.hide()
-        except ApiError:
-            self.discovery.hide()
-        else:
+            self.discovery.hide()  # a node without LAN discovery
+            return
+        except ApiError as exc:
             self.discovery.show()
-            self.discovered.setRowCount(len(found))
-            for r, d in enumerate(found):
-                name = str(d.get("instance_id") or d.get("id") or "?")
-                self.discovered.setItem(r, 0, item(name, d))
-                self.discovered.setItem(r, 1, item(str(d.get("key_id") or d.get("fp") or "")))
-                self.discovered.setItem(r, 2, item(str(d.get("url") or d.get("address") or "")))
+            self.discovered.hide()
+            self.use_found_button.hide()
+            self.discovery_note.setText(str(exc)[:1].upper() + str(exc)[1:] + ".")
+            return
+        self.discovery.show()
+        self.discovered.setVisible(bool(found))
+        self.use_found_button.setVisible(bool(found))
+        self.discovery_note.setText(
+            "" if found else "No other Peerstash machine announces itself on this network."
+        )
+        self.discovered.setRowCount(len(found))
+        for r, d in enumerate(found):
+            self.discovered.setItem(r, 0, item(str(d.get("id") or "?"), d))
+            self.discovered.setItem(r, 1, item(str(d.get("key_id") or "")))
+            self.discovered.setItem(r, 2, item(found_url(d)))
+            if d.get("paired"):
+                paired = "yes" if d.get("key_matches") is not False else "KEY DIFFERS: not trusted"
+            else:
+                paired = "no" if d.get("compatible", True) else "no (incompatible version)"
+            self.discovered.setItem(r, 3, item(paired))
+
+    def _use_found(self) -> None:
+        d = selected_data(self.discovered)
+        if d:
+            self.url_in.setText(found_url(d))
+            self.token_in.setFocus()
+            self.banner.show_message(
+                f"Now paste a pairing token made on {d.get('id')} (Peers → Create token there) "
+                f"and check that its key reads {d.get('key_id')}.",
+                "info",
+            )
 
     def _set_available(self, ok: bool) -> None:
         self.available = ok
@@ -236,8 +296,8 @@ class PeersPage(Page):
                     st.setToolTip(str(p["state_reason"]))
                 table.setItem(r, 1, st)
                 table.setItem(r, 2, item(str(p.get("key_id") or "")))
-                table.setItem(r, 3, item(", ".join(p.get("grants") or []) or "nothing"))
-                table.setItem(r, 4, item(", ".join(p.get("their_grants") or []) or "nothing"))
+                table.setItem(r, 3, item(grants_text(p.get("grants"))))
+                table.setItem(r, 4, item(grants_text(p.get("their_grants"))))
                 table.setItem(r, 5, item(fmt.ago(p.get("last_seen"))))
                 if name == keep:
                     table.selectRow(r)
@@ -246,7 +306,7 @@ class PeersPage(Page):
         self.tokens.setRowCount(len(tokens))
         for r, t in enumerate(tokens):
             self.tokens.setItem(r, 0, item(str(t.get("label") or "(no label)"), t.get("id")))
-            self.tokens.setItem(r, 1, item(", ".join(t.get("grants") or [])))
+            self.tokens.setItem(r, 1, item(grants_text(t.get("grants"))))
             self.tokens.setItem(r, 2, item(f"{t.get('uses', 0)} of {t.get('max_uses', '?')}"))
             self.tokens.setItem(r, 3, item(fmt.local_time(t.get("expires_at"))))
 
@@ -318,7 +378,14 @@ class PeersPage(Page):
     def _remove(self, table: Any) -> None:
         name = selected_data(table)
         if name:
-            self.run(self._do_remove(str(name)))
+            self.question = confirm(
+                self,
+                "Remove peer",
+                f"Remove {name}? The link is closed and its key forgotten; pairing again needs "
+                "a new token.",
+                "Remove peer",
+                lambda: self.run(self._do_remove(str(name))),
+            )
 
     async def _do_remove(self, name: str) -> None:
         await self.backend.peers.remove(name)

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtWidgets import QGroupBox, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QGroupBox, QMessageBox, QPushButton, QVBoxLayout, QWidget
 
 from peerstash.desktop import fmt
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.dialogs import AddPlanDialog, AddRepoDialog
-from peerstash.desktop.widgets import Page, button_row, item, make_table, selected_data
+from peerstash.desktop.widgets import (
+    Page,
+    button_row,
+    confirm,
+    item,
+    make_table,
+    selected_data,
+)
 
 PLAN_HEADERS = ("Plan", "Repository", "Schedule", "Folders", "Keep", "State")
 REPO_HEADERS = ("Repository", "Location", "Password", "ID", "Kind")
@@ -64,6 +71,7 @@ class PlansPage(Page):
         self.outer.addWidget(repos_box, 1)
 
         self.dialog: AddPlanDialog | AddRepoDialog | None = None
+        self.question: QMessageBox | None = None
         backend.configChanged.connect(self._show)
         self._show()
 
@@ -172,7 +180,13 @@ class PlansPage(Page):
     def _remove_plan(self) -> None:
         plan_id = selected_data(self.plans)
         if plan_id:
-            self.run(self._do_remove_plan(str(plan_id)))
+            self.question = confirm(
+                self,
+                "Remove plan",
+                f"Remove the plan {plan_id}? Its snapshots stay in the repository.",
+                "Remove plan",
+                lambda: self.run(self._do_remove_plan(str(plan_id))),
+            )
 
     async def _do_remove_plan(self, plan_id: str) -> None:
         await self.backend.delete_plan(plan_id)
@@ -183,7 +197,14 @@ class PlansPage(Page):
     def _remove_repo(self) -> None:
         repo_id = selected_data(self.repos)
         if repo_id:
-            self.run(self._do_remove_repo(str(repo_id)))
+            self.question = confirm(
+                self,
+                "Remove repository",
+                f"Stop using the repository {repo_id}? Peerstash forgets it and its password; "
+                "the data in it is not touched.",
+                "Remove repository",
+                lambda: self.run(self._do_remove_repo(str(repo_id))),
+            )
 
     async def _do_remove_repo(self, repo_id: str) -> None:
         await self.backend.delete_repo(repo_id)

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import QObject, Signal
-from PySide6.QtGui import QAction
+from PySide6.QtGui import QAction, QIcon
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
 from peerstash.desktop import fmt
 from peerstash.desktop.backend import Backend
-from peerstash.desktop.icons import state_icon
+from peerstash.desktop.icons import dot_pixmap, state_icon
 from peerstash.desktop.tasks import Tasks
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,13 @@ STATE_WORDS = {
 }
 
 FAILED = frozenset({"error", "interrupted"})
+PEER_STATE_COLORS = {
+    "online": "#2e9d58",
+    "connecting": "#2f7ed8",
+    "offline": "#858b94",
+    "unreachable": "#d99a1e",
+    "auth failed": "#d64541",
+}
 #: Peer link states a person should hear about.
 PEER_ATTENTION = frozenset({"unreachable", "auth failed"})
 
@@ -172,6 +179,7 @@ class Tray(QObject):
         backend.opChanged.connect(self._op_changed)
         backend.opsReset.connect(self.update_state)
         backend.peersChanged.connect(self._peers_changed)
+        backend.notice.connect(self._notice)
         self._rebuild_plans()
         self._peers_changed()
 
@@ -211,8 +219,10 @@ class Tray(QObject):
             a = self.peers_menu.addAction("No paired machines")
             a.setEnabled(False)
         for p in peers:
-            a = self.peers_menu.addAction(f"{p.get('id', '?')}: {p.get('state', '?')}")
-            a.setEnabled(False)
+            state = str(p.get("state") or "?")
+            a = self.peers_menu.addAction(f"{p.get('id', '?')}: {state}")
+            a.setIcon(QIcon(dot_pixmap(PEER_STATE_COLORS.get(state, "#858b94"), 12)))
+            a.triggered.connect(self.openPeersRequested)
         self.peers_menu.addSeparator()
         show = self.peers_menu.addAction("Manage peers…")
         show.triggered.connect(self.openPeersRequested)
@@ -269,6 +279,10 @@ class Tray(QObject):
             elif not p.get("stale"):
                 self._stale_seen.discard(pid)
         self.update_state()
+
+    def _notice(self, level: str, message: str) -> None:
+        if level in ("warning", "error") and message:
+            self.notify("Peerstash", message, key=f"notice:{message}")
 
     def _op_changed(self, op: dict[str, Any]) -> None:
         status = op.get("status")

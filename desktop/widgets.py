@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from PySide6.QtCore import Qt
@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QMessageBox,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -101,6 +102,25 @@ class Page(QWidget):
 
     async def close_page(self) -> None:
         await self.tasks.close()
+
+
+def confirm(
+    parent: QWidget, title: str, text: str, yes: str, on_yes: Callable[[], None]
+) -> QMessageBox:
+    """Ask before something that cannot be undone, without a nested event loop (``open()``)."""
+    box = QMessageBox(
+        QMessageBox.Icon.Question, title, text, QMessageBox.StandardButton.Cancel, parent
+    )
+    ok = box.addButton(yes, QMessageBox.ButtonRole.DestructiveRole)
+    box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+
+    def done() -> None:
+        if box.clickedButton() is ok:
+            on_yes()
+
+    box.finished.connect(done)
+    box.open()
+    return box
 
 
 def make_table(headers: Sequence[str], stretch: int | None = None) -> QTableWidget:

@@ -133,8 +133,12 @@ def child(out: Path) -> int:
         kw = {"instance_id": "ana-laptop", "progress_interval": 0.3, "catch_up_grace": 3600}
         from dataclasses import fields
 
-        if "listen" in {f.name for f in fields(NodeOptions)}:
+        have = {f.name for f in fields(NodeOptions)}
+        if "listen" in have:
             kw["listen"] = "127.0.0.1:0"
+        if "discovery_interfaces" in have:
+            # LAN discovery, but only among the nodes of this script: never beyond loopback.
+            kw["discovery_interfaces"] = ["127.0.0.1"]
         app = DesktopApp(tmp / "data", NodeOptions(**kw), show_tray=True)
         await app.start()
         w, b, tray = app.window, app.backend, app.tray
@@ -197,6 +201,36 @@ def child(out: Path) -> int:
         (code / "peerstash" / "README.md").write_text("# hello again\n")
         await run("code")
         await b.refresh_status()
+
+        # Two more machines: one this laptop connects to, one that connects to this laptop.
+        from peerstash.peer.node import Node
+
+        others = []
+        for name in ("nas-server", "office-desktop"):
+            node = Node(tmp / name, NodeOptions(**{**kw, "instance_id": name}))
+            await node.start()
+            others.append(node)
+        nas = others[0]
+        async with AdminClient(tmp / "nas-server") as c:
+            made = await c.call(
+                "POST",
+                "/v1/tokens",
+                {"label": "ana-laptop", "ttl": "1h", "grants": ["ops", "config.read"]},
+            )
+        await b.peers.pair(made["token"], str(nas.peer_url), ["ops", "run"])
+        mine = await b.peers.create_token("office", "1d", 1, ["ops", "config.read", "run"])
+        async with AdminClient(tmp / "office-desktop") as c:
+            await c.call(
+                "POST",
+                "/v1/peers",
+                {"token": mine["token"], "url": b.status["peer_url"], "grants": ["ops"]},
+            )
+        await b.peers.create_token("phone", "1d", 1, ["ops"])
+        for _ in range(50):
+            await b.refresh_peers()
+            if b.peer_list and all(p.get("state") == "online" for p in b.peer_list):
+                break
+            await asyncio.sleep(0.2)
         await asyncio.sleep(0.5)
 
         w.resize(1180, 720)
@@ -254,15 +288,31 @@ def child(out: Path) -> int:
             print("no tray icon geometry; showing the menu by hand", file=sys.stderr)
             tray.menu.popup(QPoint(900, 30))
             await asyncio.sleep(0.5)
+        # Hover "Peers" so its submenu (the paired machines and their state) opens too.
+        peers_at = tray.menu.mapToGlobal(
+            tray.menu.actionGeometry(tray.peers_menu.menuAction()).center()
+        )
+        hover = await asyncio.create_subprocess_exec(
+            "xdotool", "mousemove", str(peers_at.x()), str(peers_at.y())
+        )
+        await hover.wait()
+        await asyncio.sleep(1.0)
+        if not tray.peers_menu.isVisible():
+            tray.menu.setActiveAction(tray.peers_menu.menuAction())
+            await asyncio.sleep(0.8)
         screen = qapp.primaryScreen()
         shot = screen.grabWindow(0)
         menu = tray.menu.geometry()
+        if tray.peers_menu.isVisible():
+            menu = menu.united(tray.peers_menu.geometry())
         left = max(0, menu.left() - 420)
         crop = shot.copy(left, 0, shot.width() - left, menu.bottom() + 180)
         crop.save(str(out / "tray-menu.png"))
         tray.menu.hide()
         app.quit()
         await app.stop()
+        for node in others:
+            await node.stop()
 
     qasync.run(shoot())
     return 0

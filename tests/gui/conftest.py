@@ -111,13 +111,22 @@ LOOPBACK = "127.0.0.1:0"
 
 
 def node_options(**kw: Any) -> Any:
-    """NodeOptions for an in-process test node, its peer port (if it has one) on loopback."""
+    """NodeOptions for an in-process test node: peer port on loopback, no LAN discovery.
+
+    Nothing a test starts may send traffic beyond 127.0.0.1 (mDNS announcements included),
+    so discovery is off unless a test asks for it, and then only on loopback.
+    """
     from dataclasses import fields
 
     from peerstash.peer.node import NodeOptions
 
-    if "listen" in {f.name for f in fields(NodeOptions)}:
+    have = {f.name for f in fields(NodeOptions)}
+    if "listen" in have:
         kw.setdefault("listen", LOOPBACK)
+    if "discovery" in have:
+        kw.setdefault("discovery", False)
+    if "discovery_interfaces" in have:
+        kw.setdefault("discovery_interfaces", ["127.0.0.1"])
     return NodeOptions(**kw)
 
 

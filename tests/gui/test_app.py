@@ -350,3 +350,130 @@ def test_browse_snapshot_and_restore_a_file(gui: GuiEnv, qloop: QLoop, qtbot: An
         assert page.progress.value() == 1000
 
     qloop.run(body(), timeout=240)
+
+
+def test_pair_and_make_tokens_on_the_peers_page(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
+    """Pairing through the page with a second real node; skipped on nodes without pairing."""
+    from peerstash.peer.cli import AdminClient
+    from peerstash.peer.node import Node
+    from tests.gui.conftest import node_options
+
+    w = gui.window
+    qtbot.addWidget(w)
+    page = w.peers
+
+    async def body() -> None:
+        w.show_page(page)
+        await page.tasks.idle()
+        if not page.available:
+            pytest.skip("this node has no pairing API")
+        other = Node(gui.tmp / "bravo-data", node_options(instance_id="bravo"))
+        await other.start()
+        try:
+            assert other.peer_url
+            async with AdminClient(gui.tmp / "bravo-data") as client:
+                made = await client.call(
+                    "POST", "/v1/tokens", {"label": "guitest", "ttl": "1h", "grants": ["ops"]}
+                )
+            page.token_in.setText(made["token"])
+            page.url_in.setText(other.peer_url)
+            qtbot.mouseClick(page.pair_button, Qt.MouseButton.LeftButton)
+            await page.tasks.idle()
+            assert page.banner.level == "ok", page.banner.text()
+            assert _plan_rows(page.hosts) == ["bravo"]
+            assert page.hosts.item(0, 1).text() in ("connecting", "online")
+            assert page.hosts.item(0, 2).text() == other.identity.key_id  # type: ignore[union-attr]
+            # The tray's Peers submenu lists it.
+            await gui.backend.refresh_peers()
+            texts = [a.text() for a in gui.app.tray.peers_menu.actions()]
+            assert any(t.startswith("bravo: ") for t in texts), texts
+
+            # A token made here is shown once and listed.
+            page.token_label.setText("phone")
+            qtbot.mouseClick(page.create_button, Qt.MouseButton.LeftButton)
+            await page.tasks.idle()
+            assert page.token_out.isVisible()
+            assert page.token_out.text().endswith("#guitest")
+            assert _plan_rows(page.tokens) == ["phone"]
+        finally:
+            await other.stop()
+
+    qloop.run(body())
+
+
+def test_failures_notify_once_and_cancel_and_remove(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
+    """A failed backup notifies (once, rate-limited), turns the tray red; a queued operation
+    is cancelled from the Operations page; removing a plan asks first."""
+    import shutil
+
+    w = gui.window
+    qtbot.addWidget(w)
+    tray = gui.app.tray
+    notes: list[tuple[str, str]] = []
+    tray.notified.connect(lambda title, msg: notes.append((title, msg)))
+
+    async def body() -> None:
+        b = gui.backend
+        gone = gui.tmp / "gone"
+        gone.mkdir()
+        (gone / "f").write_text("x")
+        await b.add_plan({"id": "flaky", "repo": "main", "paths": [str(gone)]})
+        await b.add_plan({"id": "docs", "repo": "main", "paths": [str(gui.src)]})
+        shutil.rmtree(gone)
+
+        failed: list[dict[str, Any]] = []
+        b.opChanged.connect(lambda op: op["status"] == "error" and failed.append(op))
+        for expected in (1, 2):
+            tray.backup_actions["flaky"].trigger()
+            await wait_for(lambda n=expected: len(failed) >= n, b.opChanged, timeout=60)
+        await wait_for(lambda: tray.state == "error", tray.stateChanged, b.statusChanged)
+        failure_notes = [n for n in notes if "failed" in n[0]]
+        assert len(failure_notes) == 1, notes  # the second failure is within the rate limit
+        assert failure_notes[0][0] == "The backup of flaky failed"
+        assert failure_notes[0][1]  # restic's reason, in words
+
+        # Two backups on one repository: the second waits its turn; cancel it from the list.
+        ops = w.operations
+        w.show_page(ops)
+        await ops.model.tasks.idle()
+        first = await b.backup("docs")
+        second = await b.backup("docs")
+        await wait_for(lambda: ops.model.row_of(second["id"]) is not None, ops.model.rowsInserted)
+        assert ops.select_op(second["id"])
+        assert ops.cancel_button.isEnabled()
+        qtbot.mouseClick(ops.cancel_button, Qt.MouseButton.LeftButton)
+
+        def status_of(op_id: str) -> str:
+            row = ops.model.row_of(op_id)
+            return "" if row is None else str(ops.model.op_at(row)["status"])
+
+        await wait_for(
+            lambda: (
+                status_of(second["id"]) not in ("", "pending", "running")
+                and status_of(first["id"]) not in ("", "pending", "running")
+            ),
+            ops.model.dataChanged,
+            timeout=60,
+        )
+        assert status_of(second["id"]) == "cancelled"
+        assert status_of(first["id"]) == "success"
+
+        # Removing a plan asks first; Cancel keeps it, the destructive button removes it.
+        page = w.plans
+        w.show_page(page)
+        page.select_plan("flaky")
+        qtbot.mouseClick(page.remove_plan_button, Qt.MouseButton.LeftButton)
+        box = page.question
+        assert box is not None and box.isVisible()
+        box.reject()
+        await page.tasks.idle()
+        assert {p["id"] for p in await b.call("GET", "/v1/plans")} == {"flaky", "docs"}
+        qtbot.mouseClick(page.remove_plan_button, Qt.MouseButton.LeftButton)
+        box = page.question
+        remove = next(btn for btn in box.buttons() if btn.text() == "Remove plan")
+        qtbot.mouseClick(remove, Qt.MouseButton.LeftButton)
+        await page.tasks.idle()
+        assert {p["id"] for p in await b.call("GET", "/v1/plans")} == {"docs"}
+        assert _plan_rows(page.plans) == ["docs"]
+
+    qloop.run(body(), timeout=180)
