@@ -66,7 +66,17 @@ def through_peerstash(
     data = work / "node"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PEERSTASH_")}
     node = subprocess.Popen(
-        [*PEERSTASH, "--data-dir", str(data), "--instance-id", "bench", "--no-gui"],
+        [
+            *PEERSTASH,
+            "--data-dir",
+            str(data),
+            "--instance-id",
+            "bench",
+            "--no-gui",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-discovery",
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -57,6 +57,7 @@ def start_hub(data: Path) -> subprocess.Popen[str]:
             "--no-gui",
             "--listen",
             "127.0.0.1:0",
+            "--no-discovery",
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
