@@ -205,7 +205,7 @@ def main() -> None:
             hub = start_hub(data)
             try:
                 url = cli(data, "status")["peer_url"]
-                token = cli(data, "token", "create", "--max-uses", str(count + 1))["token"]
+                token = cli(data, "token", "create", "--max-uses", str(count))["token"]
                 clients = [Client(f"peer{i}") for i in range(count)]
                 asyncio.run(pair_all(clients, url, token))
                 if count == 10:

@@ -344,8 +344,9 @@ class PeerManager:
                     chan, proto.ErrorCode.UNKNOWN_PEER, "this node dials you, not the other way"
                 )
                 return None
-            await self.store.update_peer(peer.id, their_grants=list(hello.grants))
-            return await self.store.get_peer(peer.id)
+            if list(peer.their_grants) != list(hello.grants):
+                peer = await self.store.update_peer(peer.id, their_grants=list(hello.grants))
+            return peer
         if hello.pairing_secret is None:
             log.warning(
                 "refused link from %s (%s): unknown key %s", remote, hello.instance_id, key_id(pub)
