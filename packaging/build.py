@@ -1,0 +1,206 @@
+"""Build Peerstash's .deb with Briefcase, offline but for PyPI and Debian's apt repositories.
+
+Run through ``packaging/build`` (Debian's /usr/bin/python3, standard library only). Steps:
+
+1. apt-get install the build machine's packages listed in briefcase.toml (if missing);
+2. a venv at packaging/.build-venv with the pinned Briefcase from PyPI;
+3. our wheel, built from a copy of the checkout (the working tree stays clean);
+4. a staging project in packaging/out/stage: pyproject.toml as it is, plus the files Briefcase
+   wants next to it (CHANGELOG, license) that live in packaging/ in our layout;
+5. ``briefcase create/build/package linux system`` there, with our template and our wheel
+   given as ``-C`` overrides, and the extra files of briefcase.toml copied into the package
+   between create and build;
+6. the .deb lands in packaging/out/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGING = ROOT / "packaging"
+OUT = PACKAGING / "out"
+STAGE = OUT / "stage"
+VENV = PACKAGING / ".build-venv"
+SYSTEM_PYTHON = "/usr/bin/python3"
+#: What our wheel is built from (pyproject's package-dir mapping needs these folders).
+WHEEL_SOURCES = ["pyproject.toml", "README.md", "core", "peer", "desktop"]
+
+
+def log(msg: str) -> None:
+    print(f"==> {msg}", flush=True)
+
+
+def run(cmd: list[str], **kw: object) -> None:
+    print("+ " + " ".join(str(c) for c in cmd), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True, **kw)  # type: ignore[call-overload]
+
+
+def sudo() -> list[str]:
+    return [] if os.geteuid() == 0 else ["sudo"]
+
+
+def apt_install(packages: list[str]) -> None:
+    """Install the Debian packages that are missing (one apt-get update, only if needed)."""
+    missing = [
+        p
+        for p in packages
+        if subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        != "install ok installed"
+    ]
+    if not missing:
+        return
+    log(f"apt-get install {' '.join(missing)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run([*sudo(), "apt-get", "update"], env=env)
+    run([*sudo(), "apt-get", "install", "-y", "--no-install-recommends", *missing], env=env)
+
+
+def build_venv(requirement: str) -> Path:
+    python = VENV / "bin" / "python"
+    stamp = VENV / ".requirement"
+    if python.exists() and stamp.exists() and stamp.read_text() == requirement:
+        return python
+    log(f"venv {VENV} with {requirement}")
+    if VENV.exists():
+        shutil.rmtree(VENV)
+    run([SYSTEM_PYTHON, "-m", "venv", VENV])
+    run([python, "-m", "pip", "install", "-q", "--upgrade", "pip"])
+    run([python, "-m", "pip", "install", "-q", requirement, "build"])
+    stamp.write_text(requirement)
+    return python
+
+
+def build_wheel(python: Path) -> Path:
+    src = OUT / "wheel-src"
+    wheels = OUT / "wheels"
+    for d in (src, wheels):
+        if d.exists():
+            shutil.rmtree(d)
+    src.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in WHEEL_SOURCES:
+        path = ROOT / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, ignore=ignore)
+        else:
+            shutil.copy2(path, src / name)
+    log("building our wheel")
+    run([python, "-m", "build", "--wheel", "--outdir", wheels, src], stdout=subprocess.DEVNULL)
+    (wheel,) = wheels.glob("peerstash-*.whl")
+    return wheel
+
+
+def stage_project() -> None:
+    if STAGE.exists():
+        shutil.rmtree(STAGE)
+    STAGE.mkdir(parents=True)
+    shutil.copy2(ROOT / "pyproject.toml", STAGE / "pyproject.toml")
+    shutil.copy2(PACKAGING / "CHANGELOG.md", STAGE / "CHANGELOG.md")
+    for rel in ("packaging/LICENSE", "packaging/launcher", "resources/icons"):
+        dest = STAGE / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / rel).is_dir():
+            shutil.copytree(ROOT / rel, dest, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / rel, dest)
+
+
+def app_requires(wheel: Path) -> list[str]:
+    """pyproject's requires, with the checkout ("./[extras]") replaced by our wheel."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        app = tomllib.load(f)["tool"]["briefcase"]["app"]["peerstash"]
+    out = []
+    for req in app["requires"]:
+        if req.startswith(("./", "../", "/")):
+            extras = "[" + req.rsplit("[", 1)[1] if "[" in req else ""
+            out.append(f"{wheel}{extras}")
+        else:
+            out.append(req)
+    return out
+
+
+def toml_value(value: object) -> str:
+    # JSON strings, numbers, booleans and lists of them are valid TOML values.
+    return json.dumps(value)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--no-apt", action="store_true", help="do not apt-get install anything")
+    p.add_argument("-v", "--verbose", action="store_true", help="verbose Briefcase output")
+    args = p.parse_args()
+    started = time.monotonic()
+
+    with (ROOT / "briefcase.toml").open("rb") as f:
+        conf = tomllib.load(f)
+    target = conf["linux"]["system"]
+    if Path(sys.executable).resolve() != Path(conf["briefcase"]["python"]).resolve():
+        print(f"run me with {conf['briefcase']['python']} (packaging/build does)", file=sys.stderr)
+        return 2
+
+    if not args.no_apt:
+        apt_install(target["build_requires"])
+    python = build_venv(conf["briefcase"]["requirement"])
+    wheel = build_wheel(python)
+    stage_project()
+
+    overrides = {
+        "template": str((ROOT / target["template"]).resolve()),
+        "requires": app_requires(wheel),
+        **target.get("overrides", {}),
+    }
+    opts = [f"-C{key}={toml_value(value)}" for key, value in overrides.items()]
+    opts += ["--no-input"] + (["-vv"] if args.verbose else [])
+    briefcase = [str(VENV / "bin" / "briefcase")]
+    # Briefcase's own cache (tools, templates) stays in packaging/out, not in ~/.cache.
+    home = OUT / "briefcase-home"
+    home.mkdir(parents=True, exist_ok=True)
+    # Debian's tools first on PATH: a pyenv or /usr/local python3.X-config must not leak in.
+    path = f"/usr/sbin:/usr/bin:/sbin:/bin:{os.environ.get('PATH', '')}"
+    env = {**os.environ, "BRIEFCASE_HOME": str(home), "PATH": path}
+
+    log("briefcase create linux system")
+    run([*briefcase, "create", "linux", "system", *opts], cwd=STAGE, env=env)
+
+    (bundle,) = (STAGE / "build" / "peerstash").glob("*/*/peerstash-*")
+    for dest, src in target.get("files", {}).items():
+        path = bundle / dest
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / src, path)
+        path.chmod(0o644)
+        print(f"  + /{dest} (from {src})")
+
+    log("briefcase build linux system")
+    run([*briefcase, "build", "linux", "system", *opts], cwd=STAGE, env=env)
+    log("briefcase package linux system")
+    run(
+        [*briefcase, "package", "linux", "system", "--adhoc-sign", *opts],
+        cwd=STAGE,
+        env=env,
+    )
+
+    debs = sorted((STAGE / "dist").glob("*.deb"))
+    if len(debs) != 1:
+        print(f"expected one .deb in {STAGE / 'dist'}, found {debs}", file=sys.stderr)
+        return 1
+    for old in OUT.glob("*.deb"):
+        old.unlink()
+    deb = OUT / debs[0].name
+    shutil.copy2(debs[0], deb)
+    log(f"{deb} ({deb.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""The .deb, for real: build it, install it into a fresh Debian tree, use it there.
+
+Slow (a package build and a debootstrap: many minutes) and needs root and the network to
+Debian's mirror, so it runs only with ``PEERSTASH_TEST_DEB=1``. ``PEERSTASH_DEB=path`` skips
+the build and tests that package instead.
+
+In the tree (``chroot``, /proc and /dev mounted, unmounted in ``finally``):
+``apt-get install ./peerstash_*.deb`` pulls restic and the Qt runtime libraries; then
+``peerstash --no-gui`` starts, the CLI creates a repository, a plan, backs a folder up and
+restores it with the packaged restic (bytes compared), and the tray app starts offscreen and
+quits cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(3600),
+    pytest.mark.skipif(
+        os.environ.get("PEERSTASH_TEST_DEB") != "1", reason="set PEERSTASH_TEST_DEB=1 to run"
+    ),
+    pytest.mark.skipif(os.geteuid() != 0, reason="debootstrap and chroot need root"),
+]
+
+CHROOT_ENV = {
+    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+    "DEBIAN_FRONTEND": "noninteractive",
+}
+NODE = "/root/node"
+SRC = "/root/src"
+PASSWORD = "correct horse battery staple"
+
+
+def timed(label: str, timings: dict[str, float], fn, *args, **kw):  # type: ignore[no-untyped-def]
+    t0 = time.monotonic()
+    try:
+        return fn(*args, **kw)
+    finally:
+        timings[label] = round(time.monotonic() - t0, 1)
+        print(f"[deb] {label}: {timings[label]} s", flush=True)
+
+
+class Tree:
+    """A chroot with /proc and /dev mounted."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.mounts: list[Path] = []
+
+    def mount(self) -> None:
+        for what, args in (("proc", ["-t", "proc", "proc"]), ("dev", ["--bind", "/dev"])):
+            target = self.path / what
+            target.mkdir(exist_ok=True)
+            subprocess.run(["mount", *args, str(target)], check=True)
+            self.mounts.append(target)
+        pts = self.path / "dev" / "pts"
+        if pts.is_dir():
+            subprocess.run(["mount", "--bind", "/dev/pts", str(pts)], check=True)
+            self.mounts.append(pts)
+
+    def unmount(self) -> None:
+        for target in reversed(self.mounts):
+            subprocess.run(["umount", "--lazy", str(target)], check=False)
+        self.mounts.clear()
+
+    def cmd(self, *argv: str, env: dict[str, str] | None = None) -> list[str]:
+        full = {**CHROOT_ENV, **(env or {})}
+        return [
+            "chroot",
+            str(self.path),
+            "env",
+            "-i",
+            *(f"{k}={v}" for k, v in full.items()),
+            *argv,
+        ]
+
+    def run(
+        self,
+        *argv: str,
+        env: dict[str, str] | None = None,
+        input: str | None = None,
+        timeout: float = 600,
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            self.cmd(*argv, env=env), input=input, capture_output=True, text=True, timeout=timeout
+        )
+        if proc.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    def peerstash(self, *argv: str, data_dir: str = NODE, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+        return self.run("peerstash", "--data-dir", data_dir, *argv, **kw)
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    given = os.environ.get("PEERSTASH_DEB")
+    if given:
+        return Path(given).resolve()
+    t0 = time.monotonic()
+    subprocess.run([str(ROOT / "packaging" / "build")], check=True, cwd=ROOT)
+    print(f"[deb] packaging/build: {time.monotonic() - t0:.0f} s", flush=True)
+    (found,) = (ROOT / "packaging" / "out").glob("peerstash_*.deb")
+    return found
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
+    path = tmp_path_factory.mktemp("bookworm") / "root"
+    t0 = time.monotonic()
+    subprocess.run([str(ROOT / "packaging" / "rootfs"), str(path), "bookworm"], check=True)
+    print(f"[deb] debootstrap: {time.monotonic() - t0:.0f} s", flush=True)
+    shutil.copy2("/etc/resolv.conf", path / "etc" / "resolv.conf")
+    t = Tree(path)
+    t.mount()
+    try:
+        yield t
+    finally:
+        t.unmount()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def stop(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"did not stop within {timeout} s:\n{err}") from None
+    return proc.returncode, err
+
+
+def test_deb_installs_and_works_in_fresh_bookworm(deb: Path, tree: Tree) -> None:
+    timings: dict[str, float] = {}
+    shutil.copy2(deb, tree.path / "tmp" / deb.name)
+    timed("apt-get update", timings, tree.run, "apt-get", "update")
+    timed(
+        "apt-get install ./peerstash.deb",
+        timings,
+        tree.run,
+        "apt-get",
+        "install",
+        "-y",
+        "--no-install-recommends",
+        f"/tmp/{deb.name}",
+    )
+
+    # What the package put on the system.
+    for rel in (
+        "usr/bin/peerstash",
+        "usr/bin/restic",
+        "usr/share/applications/peerstash.desktop",
+        "usr/share/icons/hicolor/scalable/apps/peerstash.svg",
+        "usr/lib/systemd/system/peerstash@.service",
+        "usr/share/man/man1/peerstash.1.gz",
+    ):
+        assert (tree.path / rel).exists(), rel
+    assert "peerstash 0.1" in tree.run("peerstash", "--version").stdout
+
+    # The headless node.
+    log_path = tree.path / "root" / "node.log"
+    with log_path.open("w") as log:
+        node = subprocess.Popen(
+            tree.cmd(
+                "peerstash",
+                "--data-dir",
+                NODE,
+                "--no-gui",
+                "--no-discovery",
+                "--listen",
+                "127.0.0.1:0",
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        t0 = time.monotonic()
+        wait_for(lambda: "running for" in log_path.read_text(), 120, "the node to start")
+        timings["node start"] = round(time.monotonic() - t0, 1)
+        status = json.loads(tree.peerstash("status", "--json").stdout)
+        assert status["pid"] == node.pid
+
+        src = tree.path / SRC.lstrip("/")
+        (src / "sub").mkdir(parents=True)
+        (src / "random.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+        (src / "sub" / "hello.txt").write_text("hello from the packaged restic\n")
+        t0 = time.monotonic()
+        tree.peerstash(
+            "repo",
+            "add",
+            "local",
+            "--uri",
+            "/root/repo",
+            "--init",
+            "--password-stdin",
+            input=PASSWORD + "\n",
+        )
+        tree.peerstash("plan", "add", "home", "--repo", "local", "--path", SRC, "--every", "1d")
+        tree.peerstash("backup", "home", "--wait", timeout=300)
+        snaps = json.loads(tree.peerstash("snapshots", "local", "--json").stdout)
+        assert len(snaps) == 1
+        snap = snaps[0].get("short_id") or snaps[0]["id"]
+        tree.peerstash(
+            "restore", "local", snap, "--target", "/root/restored", "--wait", timeout=300
+        )
+        timings["backup + restore"] = round(time.monotonic() - t0, 1)
+        restored = tree.path / "root" / "restored" / SRC.lstrip("/")
+        for rel in ("random.bin", "sub/hello.txt"):
+            assert (restored / rel).read_bytes() == (src / rel).read_bytes(), rel
+    finally:
+        code, _ = stop(node)
+    assert code == 0, log_path.read_text()
+
+    # The tray app, offscreen: it starts its own node in-process and quits on SIGTERM.
+    gui_dir = "/root/gui"
+    t0 = time.monotonic()
+    gui = subprocess.Popen(
+        tree.cmd(
+            "peerstash",
+            "--data-dir",
+            gui_dir,
+            "--no-discovery",
+            "--listen",
+            "127.0.0.1:0",
+            env={"QT_QPA_PLATFORM": "offscreen", "PEERSTASH_START_HIDDEN": "1"},
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def gui_answers() -> bool:
+        assert gui.poll() is None, f"the tray app exited ({gui.returncode}): {gui.communicate()}"
+        proc = subprocess.run(
+            tree.cmd("peerstash", "--data-dir", gui_dir, "status", "--json"),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return proc.returncode == 0 and json.loads(proc.stdout)["pid"] == gui.pid
+
+    try:
+        wait_for(gui_answers, 120, "the tray app's node")
+        timings["tray app start"] = round(time.monotonic() - t0, 1)
+        time.sleep(3)  # the window and tray are built right after the node answers
+        assert gui.poll() is None, gui.communicate()
+    finally:
+        code, err = stop(gui)
+    assert code == 0, err
+    assert "Traceback" not in err, err
+
+    du = subprocess.run(
+        ["du", "-sk", str(tree.path / "usr" / "lib" / "peerstash")], capture_output=True, text=True
+    )
+    print(
+        f"[deb] {deb.name}: {deb.stat().st_size / 1e6:.1f} MB; /usr/lib/peerstash "
+        f"{int(du.stdout.split()[0]) / 1024:.0f} MiB; timings {timings}",
+        flush=True,
+    )
