@@ -8,9 +8,11 @@ and it is where the operation ``modno`` is minted, so no caller can forget to bu
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -612,6 +614,267 @@ class Store:
             peer.updated_at = now
             s.add(peer)
         return row
+
+    # =========================================================================================
+    # -- operation sync (used by peer/sync.py) ------------------------------------------------
+    # Everything below serves operation history sync between peers. It trades in *sync rows*:
+    # plain tuples of the columns in SYNC_OP_COLUMNS, in that order, with timestamps as UTC
+    # text ``YYYY-MM-DD HH:MM:SS.ffffff`` and ``summary`` as JSON text, i.e. exactly the wire
+    # form. Not ORM objects: a new peer receives its whole history at once, and building (and
+    # flushing) 100,000 ORM instances would take far longer than the 5 s we allow. That text
+    # form is also what SQLAlchemy's SQLite types store, so on SQLite rows go in and out as
+    # they are, with no per-value Python work; other backends convert through SQLAlchemy.
+    # =========================================================================================
+
+    #: The columns of an operation that travel between peers: everything but the local ``pk``
+    #: and ``origin`` (which the link implies and the receiver checks). Append only: the wire
+    #: record (``peer.protocol.OpRecord``) has the same fields in the same order.
+    SYNC_OP_COLUMNS: tuple[str, ...] = (
+        "op_id",
+        "modno",
+        "flow_id",
+        "kind",
+        "status",
+        "plan_id",
+        "repo_id",
+        "created_at",
+        "started_at",
+        "ended_at",
+        "bytes_done",
+        "bytes_total",
+        "files_done",
+        "files_total",
+        "eta_seconds",
+        "summary",
+        "snapshot_id",
+        "error",
+    )
+    _SYNC_TIMES: tuple[str, ...] = ("created_at", "started_at", "ended_at")
+
+    #: Ids per statement when a list of ids goes into ``IN (...)``: far below SQLite's and
+    #: PostgreSQL's bound-parameter limits.
+    _ID_CHUNK = 500
+
+    def _refuse_local(self, origin: str, what: str) -> None:
+        if not origin or origin == self.local_origin:
+            raise StoreError(f"{what} only applies to operations from another instance")
+
+    @property
+    def _sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @staticmethod
+    def sync_time(value: datetime | None) -> str | None:
+        """A timestamp in the sync rows' text form (UTC, microseconds, space-separated)."""
+        if value is None:
+            return None
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+    @staticmethod
+    def sync_time_parse(value: str | None) -> datetime | None:
+        """The aware datetime of a sync-row timestamp; ValueError unless in the exact form."""
+        if value is None:
+            return None
+        if len(value) != 26 or value[10] != " " or value[19] != ".":
+            raise ValueError(f"not a sync timestamp: {value[:40]!r}")
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+    async def _sync_query(self, where: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Sync rows matching a WHERE clause written with ``:name`` placeholders.
+
+        SQLite: one raw statement, rows exactly as stored. Elsewhere: SQLAlchemy reads them
+        with the backend's own timestamp and JSON types, and they are turned into text here.
+        """
+        sql = f"SELECT {', '.join(self.SYNC_OP_COLUMNS)} FROM operations WHERE {where}"
+        async with self.session() as s:
+            if self._sqlite:
+                conn = await s.connection()
+                return list((await conn.exec_driver_sql(sql, params)).all())
+            from sqlalchemy import text
+
+            q = select(*(getattr(Operation, c) for c in self.SYNC_OP_COLUMNS)).from_statement(
+                text(sql)
+            )
+            rows = (await s.execute(q, params)).all()
+        t = self.sync_time
+        return [
+            (*r[:7], t(r[7]), t(r[8]), t(r[9]), *r[10:15], json.dumps(r[15] or {}), *r[16:])
+            for r in rows
+        ]
+
+    async def max_modno(self, origin: str) -> int:
+        """The highest modno held for ``origin`` (0 when none): a receiver's high-water mark."""
+        async with self.session() as s:
+            value = await s.scalar(
+                select(func.max(Operation.modno)).where(Operation.origin == origin)
+            )
+        return int(value or 0)
+
+    async def ops_since(self, origin: str, modno: int, limit: int) -> list[tuple[Any, ...]]:
+        """Up to ``limit`` sync rows of ``origin`` with a modno above ``modno``, in modno order.
+
+        A sender pages through its history with this (continuing from the last modno it saw),
+        so a reconnect reads only what changed since the receiver's mark.
+        """
+        return await self._sync_query(
+            "origin = :origin AND modno > :modno ORDER BY modno LIMIT :limit",
+            {"origin": origin, "modno": int(modno), "limit": int(limit)},
+        )
+
+    async def ops_by_ids(self, origin: str, op_ids: Iterable[str]) -> list[tuple[Any, ...]]:
+        """Sync rows of the named operations of ``origin``, in modno order (unknown ids skipped)."""
+        ids = list(dict.fromkeys(op_ids))
+        out: list[tuple[Any, ...]] = []
+        for i in range(0, len(ids), self._ID_CHUNK):
+            chunk = ids[i : i + self._ID_CHUNK]
+            names = {f"id{n}": op_id for n, op_id in enumerate(chunk)}
+            marks = ", ".join(f":{n}" for n in names)
+            out += await self._sync_query(
+                f"origin = :origin AND op_id IN ({marks})", {"origin": origin, **names}
+            )
+        out.sort(key=lambda r: r[1])
+        return out
+
+    async def op_versions(
+        self, origin: str, allow: Callable[[str | None, str | None], bool] | None = None
+    ) -> dict[str, int]:
+        """``{op_id: modno}`` of the operations of ``origin`` that ``allow(repo_id, plan_id)``
+        admits (all when ``allow`` is None): what a digest or a repair compares.
+
+        ``allow`` is asked once per distinct (repo, plan) pair, not once per operation, so a
+        grant check costs nothing per row.
+        """
+        async with self.session() as s:
+            conn = await s.connection()
+            res = await conn.execute(
+                select(
+                    Operation.op_id, Operation.modno, Operation.repo_id, Operation.plan_id
+                ).where(Operation.origin == origin)
+            )
+            rows = res.all()
+        if allow is None:
+            return {op_id: modno for op_id, modno, _, _ in rows}
+        verdicts: dict[tuple[str | None, str | None], bool] = {}
+        out: dict[str, int] = {}
+        for op_id, modno, repo_id, plan_id in rows:
+            key = (repo_id, plan_id)
+            ok = verdicts.get(key)
+            if ok is None:
+                ok = verdicts[key] = bool(allow(repo_id, plan_id))
+            if ok:
+                out[op_id] = modno
+        return out
+
+    @staticmethod
+    def digest_of(origin: str, versions: Mapping[str, int]) -> tuple[int, int]:
+        """``(count, hash)`` of a set of (origin, op_id, modno): equal sets, equal digests.
+
+        Each item is hashed on its own and the hashes are summed modulo 2**63, so the digest
+        does not depend on order and both sides compute it from whatever they hold.
+        """
+        total = 0
+        prefix = origin.encode() + b"\0"
+        blake = hashlib.blake2b
+        for op_id, modno in versions.items():
+            item = prefix + f"{op_id}\0{modno}".encode()
+            total += int.from_bytes(blake(item, digest_size=8).digest(), "big")
+        return len(versions), total & 0x7FFF_FFFF_FFFF_FFFF
+
+    async def op_digest(
+        self, origin: str, allow: Callable[[str | None, str | None], bool] | None = None
+    ) -> tuple[int, int]:
+        """The digest (see :meth:`digest_of`) of ``origin``'s operations admitted by ``allow``.
+
+        The hashing runs in a worker thread: at 100,000 operations it is tens of milliseconds
+        of CPU that the event loop should not stall for.
+        """
+        versions = await self.op_versions(origin, allow)
+        return await asyncio.to_thread(self.digest_of, origin, versions)
+
+    async def upsert_remote_ops(self, origin: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Insert or update sync rows of another instance by (origin, op_id), in bulk.
+
+        A row replaces the stored one only when its modno is higher, so a stale or repeated
+        row (a reconnect, a repair racing a live push) never rolls an operation back. Returns
+        the number of rows offered. Refuses this instance's own origin: nothing a peer sends
+        may overwrite local history.
+        """
+        self._refuse_local(origin, "storing synced operations")
+        if not rows:
+            return 0
+        cols = self.SYNC_OP_COLUMNS
+        width = len(cols)
+        if any(len(r) != width for r in rows):
+            raise ValueError(f"a sync row has {width} values")
+        names = ", ".join(("origin", *cols))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "op_id")
+        if self._sqlite:
+            marks = ["?"] * (width + 1)
+            marks[1 + cols.index("summary")] = "coalesce(?, '{}')"
+            sql = (
+                f"INSERT INTO operations ({names}) VALUES ({', '.join(marks)}) "
+                f"ON CONFLICT (origin, op_id) DO UPDATE SET {updates} "
+                "WHERE excluded.modno > operations.modno"
+            )
+            params = [(origin, *r) for r in rows]
+            async with self.session() as s, s.begin():
+                conn = await s.connection()
+                await conn.exec_driver_sql(sql, params)
+            return len(rows)
+        from sqlalchemy import Table
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        table = Operation.__table__
+        assert isinstance(table, Table)
+        dicts = [
+            {
+                "origin": origin,
+                **dict(zip(cols, r, strict=True)),
+                "created_at": self.sync_time_parse(r[7]),
+                "started_at": self.sync_time_parse(r[8]),
+                "ended_at": self.sync_time_parse(r[9]),
+                "summary": json.loads(r[15] or "{}"),
+            }
+            for r in rows
+        ]
+        ins = pg_insert(table)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[table.c.origin, table.c.op_id],
+            set_={c: ins.excluded[c] for c in cols if c != "op_id"},
+            where=ins.excluded.modno > table.c.modno,
+        )
+        async with self.session() as s, s.begin():
+            await s.execute(stmt, dicts)
+        return len(rows)
+
+    async def delete_remote_ops(self, origin: str, op_ids: Iterable[str]) -> int:
+        """Delete the named operations of another instance (and their logs); returns how many."""
+        self._refuse_local(origin, "deleting synced operations")
+        ids = list(dict.fromkeys(op_ids))
+        deleted = 0
+        async with self.session() as s, s.begin():
+            for i in range(0, len(ids), self._ID_CHUNK):
+                chunk = ids[i : i + self._ID_CHUNK]
+                pks = select(Operation.pk).where(
+                    Operation.origin == origin, Operation.op_id.in_(chunk)
+                )
+                await s.execute(delete(OperationLog).where(OperationLog.op_pk.in_(pks)))
+                res = await s.execute(
+                    delete(Operation).where(Operation.origin == origin, Operation.op_id.in_(chunk))
+                )
+                deleted += int(getattr(res, "rowcount", 0) or 0)
+        return deleted
+
+    async def delete_origin(self, origin: str) -> int:
+        """Delete every operation of another instance (e.g. once it is unpaired)."""
+        self._refuse_local(origin, "deleting synced operations")
+        async with self.session() as s, s.begin():
+            pks = select(Operation.pk).where(Operation.origin == origin)
+            await s.execute(delete(OperationLog).where(OperationLog.op_pk.in_(pks)))
+            res = await s.execute(delete(Operation).where(Operation.origin == origin))
+        return int(getattr(res, "rowcount", 0) or 0)
+
+    # -- end of operation sync ----------------------------------------------------------------
 
 
 class TokenRefused(StoreError):
