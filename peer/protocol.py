@@ -31,6 +31,10 @@ __all__ = [
     "KEM_ENCAPSULATION_KEY_BYTES",
     "MAX_FRAME_SIZE",
     "MAX_HANDSHAKE_FRAME_SIZE",
+    "MAX_IDS_PER_FRAME",
+    "MAX_OPS_PER_BATCH",
+    "MAX_OP_ERROR",
+    "MAX_OP_SUMMARY",
     "PROTOCOL_VERSION",
     "Close",
     "Error",
@@ -43,6 +47,12 @@ __all__ = [
     "Heartbeat",
     "Hello",
     "Message",
+    "OpRecord",
+    "OpsBatch",
+    "OpsDeleted",
+    "OpsDigest",
+    "OpsManifest",
+    "OpsSince",
     "ProtocolError",
     "Welcome",
     "decode",
@@ -215,7 +225,114 @@ class Close(_Msg, tag="close", frozen=True):
 # tag and bounded fields, then add it to `Message` below; keep every message under
 # MAX_FRAME_SIZE by batching.
 
-Message: TypeAlias = Hello | Welcome | Heartbeat | Error | Close
+# -- operation sync (peer/sync.py) ---------------------------------------------------------
+#
+# Each side *owns* the operations it minted (their origin is its instance id) and is the only
+# one that sends them. A receiver says what it holds (``OpsSince``); the owner sends what is
+# newer and in the scope of its ``ops`` grant (``OpsBatch``), then a digest of everything in
+# scope (``OpsDigest``). On a mismatch the receiver lists what it holds (``OpsManifest``) and
+# the owner answers with what is missing or stale (``OpsBatch``) and what must go
+# (``OpsDeleted``), then a fresh digest.
+
+#: Most operations one ``OpsBatch`` may carry (senders use fewer, and split by size).
+MAX_OPS_PER_BATCH: Final = 5000
+#: Most ids one ``OpsManifest`` or ``OpsDeleted`` may carry.
+MAX_IDS_PER_FRAME: Final = 20_000
+#: Longest ``OpRecord.error`` and ``OpRecord.summary`` (senders truncate to these).
+MAX_OP_ERROR: Final = 4000
+MAX_OP_SUMMARY: Final = 64 * 1024
+
+OpId = Annotated[str, Meta(min_length=1, max_length=40)]
+Modno = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+Count64 = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+Hash63 = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+#: UTC, microseconds, space-separated: ``2026-11-23 05:05:41.906297`` (the store's text form).
+SyncTime = Annotated[str, Meta(min_length=26, max_length=26)]
+Ident = Annotated[str, Meta(min_length=1, max_length=100)]
+
+
+class OpRecord(msgspec.Struct, array_like=True, frozen=True):
+    """One operation's state as its owner holds it (everything but the local row number).
+
+    Encoded as an array, not a map: a full sync carries 100,000 of these, and field names
+    would double the bytes. New fields may only be appended, with defaults (a receiver ignores
+    trailing values it does not know). The order matches ``Store.SYNC_OP_COLUMNS``.
+    """
+
+    op_id: OpId
+    modno: Modno
+    flow_id: Annotated[str, Meta(max_length=40)]
+    kind: Annotated[str, Meta(min_length=1, max_length=20)]
+    status: Annotated[str, Meta(min_length=1, max_length=20)]
+    plan_id: Ident | None
+    repo_id: Ident | None
+    created_at: SyncTime
+    started_at: SyncTime | None
+    ended_at: SyncTime | None
+    bytes_done: Count64
+    bytes_total: Count64
+    files_done: Count64
+    files_total: Count64
+    eta_seconds: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None
+    summary: Annotated[str, Meta(max_length=MAX_OP_SUMMARY)]  # a JSON object, as text
+    snapshot_id: Annotated[str, Meta(max_length=64)] | None
+    error: Annotated[str, Meta(max_length=MAX_OP_ERROR)] | None
+
+
+class OpsSince(_Msg, tag="ops.since", frozen=True):
+    """Receiver → owner: "of each origin, I hold everything up to this modno"."""
+
+    marks: Annotated[dict[InstanceId, Modno], Meta(max_length=64)] = {}
+
+
+class OpsBatch(_Msg, tag="ops.batch", frozen=True):
+    """Owner → receiver: operations of ``origin`` (which must be the sender), newest state.
+
+    ``done`` marks the last batch of a catch-up or repair; live pushes always set it.
+    """
+
+    origin: InstanceId
+    ops: Annotated[tuple[OpRecord, ...], Meta(max_length=MAX_OPS_PER_BATCH)] = ()
+    done: bool = False
+
+
+class OpsDigest(_Msg, tag="ops.digest", frozen=True):
+    """Owner → receiver: count and order-free hash of (origin, op_id, modno) in scope."""
+
+    origin: InstanceId
+    count: Count64
+    hash: Hash63
+
+
+class OpsManifest(_Msg, tag="ops.manifest", frozen=True):
+    """Receiver → owner, after a digest mismatch: (op_id, modno) of every operation of
+    ``origin`` (the owner) the receiver holds, in chunks; ``done`` on the last."""
+
+    origin: InstanceId
+    op_ids: Annotated[tuple[OpId, ...], Meta(max_length=MAX_IDS_PER_FRAME)] = ()
+    modnos: Annotated[tuple[Modno, ...], Meta(max_length=MAX_IDS_PER_FRAME)] = ()
+    done: bool = False
+
+
+class OpsDeleted(_Msg, tag="ops.deleted", frozen=True):
+    """Owner → receiver: these operations of ``origin`` are gone or out of scope; drop them."""
+
+    origin: InstanceId
+    op_ids: Annotated[tuple[OpId, ...], Meta(max_length=MAX_IDS_PER_FRAME)] = ()
+
+
+Message: TypeAlias = (
+    Hello
+    | Welcome
+    | Heartbeat
+    | Error
+    | Close
+    | OpsSince
+    | OpsBatch
+    | OpsDigest
+    | OpsManifest
+    | OpsDeleted
+)
 
 
 # -- encoding and decoding ----------------------------------------------------------------
