@@ -216,6 +216,9 @@ class PeerManager:
         self._server_tasks: set[asyncio.Task[Any]] = set()
         self.limiter = RateLimiter(max_failures=5, window=60.0)
         self.message_handler: MessageHandler | None = None
+        #: Called once a link is adopted, before its read loop starts (operation sync sends
+        #: its high-water marks from here).
+        self.on_link_up: Callable[[Link], Awaitable[None]] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._handshakes = asyncio.Semaphore(64)
         self._closing = False
@@ -271,6 +274,8 @@ class PeerManager:
         if old is not None and old is not link:
             await old.close("replaced by a newer connection")
         await self._set_state(link.peer_id, ONLINE, None, seen=True)
+        if self.on_link_up is not None:
+            await self.on_link_up(link)
 
     async def _release(self, link: Link, reason: str) -> None:
         if self.links.get(link.peer_id) is link:

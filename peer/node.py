@@ -26,6 +26,7 @@ from peerstash.peer.identity import Identity
 from peerstash.peer.link import PeerManager, Timings
 from peerstash.peer.paths import admin_socket_path, ensure_private_dir
 from peerstash.peer.server import make_peer_app, parse_listen
+from peerstash.peer.sync import SyncService
 
 if TYPE_CHECKING:
     from peerstash.peer.discovery import Discovery
@@ -88,6 +89,7 @@ class Node:
         self.socket_path = admin_socket_path(data_dir)
         self.identity: Identity | None = None
         self.peers: PeerManager | None = None
+        self.sync: SyncService | None = None
         self.peer_url: str | None = None
         self._peer_port: int | None = None
         self.discovery: Discovery | None = None
@@ -168,6 +170,10 @@ class Node:
             timings=opts.link_timings,
             **({"protocol_version": opts.protocol_version} if opts.protocol_version else {}),
         )
+        self.sync = SyncService(store, self.bus, self.peers, instance_id)
+        self.peers.message_handler = self.sync.handle
+        self.peers.on_link_up = self.sync.on_link_up
+        await self.sync.start()
         await self._start_peer_server()
         await self.peers.start()
         await self._start_discovery()
@@ -272,6 +278,9 @@ class Node:
         if self.peers is not None:
             await self.peers.stop()
             self.peers = None
+        if self.sync is not None:
+            await self.sync.stop()
+            self.sync = None
         if self._peer_runner is not None:
             await self._peer_runner.cleanup()
             self._peer_runner = None

@@ -1,0 +1,671 @@
+"""Operation history sync: each node's own operations, mirrored on the peers it grants ``ops``.
+
+Every node *owns* the operations it minted (their ``origin`` is its instance id) and is the
+only one that ever sends them; a receiver stores them with that origin, read-only. Grants are
+enforced where the data lives: the owner decides what leaves (its ``ops`` grant to that peer,
+scoped by repo and plan), and the receiver refuses anything that claims another origin than
+the peer it came from.
+
+The exchange on every link, in both directions at once (each side is owner of its own
+operations and receiver of the other's)::
+
+    receiver                                  owner
+    OpsSince {owner: highest modno I hold} -->
+                                          <-- OpsBatch ... (only modno above that, in scope)
+                                          <-- OpsDigest (count + hash of (id, modno) in scope)
+    (digest equal: done; a reconnect with nothing changed costs a few hundred bytes)
+    OpsManifest ... (what I hold)          -->   only when the digests differ
+                                          <-- OpsDeleted (gone, or out of scope now)
+                                          <-- OpsBatch (missing or stale)
+                                          <-- OpsDigest (should match now)
+
+After the first catch-up, every local change is pushed live (``OpsBatch``). Each link has one
+outgoing queue (:class:`_LinkSync`): catch-up, repairs and live pushes leave in order, and the
+link's read loop never waits on a large send (two peers filling each other's socket from their
+read loops would deadlock). Bursts coalesce to the latest state of each operation, and a
+running operation's progress goes out at most every ``progress_interval`` seconds; its final
+state always goes out at once.
+
+Deletions are not pushed live (an owner's garbage collection publishes no event): the digest on
+the next connect, or :meth:`SyncService.regrant`, finds and repairs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import msgspec
+
+from peerstash.core.events import Event, EventBus, Notice, OperationChanged
+from peerstash.core.models import Operation, OpKind, OpStatus
+from peerstash.core.store import NotFound, Store
+from peerstash.peer import channel as ch
+from peerstash.peer import protocol as proto
+from peerstash.peer.link import Link, PeerManager
+from peerstash.peer.permissions import GrantError, Grants
+
+log = logging.getLogger(__name__)
+
+if proto.OpRecord.__struct_fields__ != Store.SYNC_OP_COLUMNS:  # pragma: no cover - a dev error
+    raise RuntimeError("peer.protocol.OpRecord and Store.SYNC_OP_COLUMNS disagree")
+
+#: Operations per OpsBatch: about 1 MB at typical sizes, well under the frame limit (batches
+#: that still come out too large are split further).
+BATCH_OPS = 2000
+#: Ids per OpsManifest / OpsDeleted frame (about 0.7 MB).
+IDS_PER_FRAME = 20_000
+#: Digest mismatches a receiver repairs in a row on one link before it waits for the next
+#: connect: a peer whose history keeps moving under the repair must not keep us busy forever.
+MAX_REPAIRS = 3
+#: Received batches up to this size are also announced as OperationChanged (one per op), so
+#: live views show remote progress; larger ones (a catch-up) only as one OpsSynced.
+ANNOUNCE_LIMIT = 32
+#: Outgoing jobs queued on one link before the peer is considered abusive.
+MAX_QUEUED_JOBS = 1000
+
+_STATUSES = frozenset(s.value for s in OpStatus)
+_KINDS = frozenset(k.value for k in OpKind)
+_RUNNING = OpStatus.RUNNING.value
+_TRUNCATED_SUMMARY = '{"truncated": true}'
+
+# A summary must be a JSON object of bounded depth: deeper nesting could exhaust the JSON
+# reader's recursion when the operation is read back later. Six levels fit every summary the
+# engine writes (forget: summary → groups → group → paths → path).
+_J0 = Union[str, int, float, bool, None]  # noqa: UP007 - runtime alias for msgspec
+_J1 = Union[_J0, list[_J0], dict[str, _J0]]  # noqa: UP007
+_J2 = Union[_J0, list[_J1], dict[str, _J1]]  # noqa: UP007
+_J3 = Union[_J0, list[_J2], dict[str, _J2]]  # noqa: UP007
+_J4 = Union[_J0, list[_J3], dict[str, _J3]]  # noqa: UP007
+_J5 = Union[_J0, list[_J4], dict[str, _J4]]  # noqa: UP007
+_summary_decoder = msgspec.json.Decoder(dict[str, _J5])
+
+
+@dataclass(frozen=True)
+class OpsSynced(Event):
+    """Operations of a peer were stored, deleted or checked here.
+
+    ``in_sync`` is set after a digest comparison: True when this node holds exactly what the
+    peer lets it see, False when a repair follows. Views refresh on it; tests await it.
+    """
+
+    topic: str = field(init=False, default="sync")
+    peer_id: str = ""
+    stored: int = 0
+    deleted: int = 0
+    in_sync: bool | None = None
+
+
+def _fit(row: Sequence[Any]) -> proto.OpRecord | None:
+    """A sync row as a wire record that the receiver's decoder will accept, or None.
+
+    The receiver validates every bound while decoding and closes the link on a violation, so
+    one odd row in our own database (an error message longer than the wire allows, a negative
+    ETA) must be fixed up here, or it would cut the link on every reconnect.
+    """
+    try:
+        return msgspec.convert(row, proto.OpRecord)
+    except msgspec.ValidationError:
+        pass
+    fixed = list(row)
+    summary, error = fixed[15], fixed[17]
+    if not isinstance(summary, str):
+        fixed[15] = "{}"
+    elif len(summary) > proto.MAX_OP_SUMMARY:
+        fixed[15] = _TRUNCATED_SUMMARY
+    if isinstance(error, str) and len(error) > proto.MAX_OP_ERROR:
+        fixed[17] = error[: proto.MAX_OP_ERROR - 1] + "…"
+    if isinstance(fixed[14], int) and not 0 <= fixed[14] < 2**31:
+        fixed[14] = None
+    for i in (10, 11, 12, 13):
+        if not isinstance(fixed[i], int) or fixed[i] < 0:
+            fixed[i] = 0
+    for i in (5, 6):
+        if fixed[i] == "":
+            fixed[i] = None
+    try:
+        return msgspec.convert(fixed, proto.OpRecord)
+    except msgspec.ValidationError as exc:
+        log.warning("operation %s cannot be synced: %s", row[0] if row else "?", exc)
+        return None
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return msgspec.json.encode(value or {}).decode()
+    except (TypeError, msgspec.EncodeError):
+        return json.dumps(value or {}, default=str)
+
+
+def record_of(op: Operation) -> proto.OpRecord | None:
+    """The wire record of an operation object (as published in OperationChanged)."""
+    t = Store.sync_time
+    row = (
+        op.op_id,
+        op.modno,
+        op.flow_id,
+        str(op.kind),
+        str(op.status),
+        op.plan_id,
+        op.repo_id,
+        t(op.created_at),
+        t(op.started_at),
+        t(op.ended_at),
+        op.bytes_done or 0,
+        op.bytes_total or 0,
+        op.files_done or 0,
+        op.files_total or 0,
+        op.eta_seconds,
+        _json_text(op.summary),
+        op.snapshot_id,
+        op.error,
+    )
+    return _fit(row)
+
+
+def _accept(rec: proto.OpRecord) -> tuple[Any, ...] | None:
+    """A received record as a sync row, or None when we cannot store it safely.
+
+    The decoder already checked types and lengths; this checks meaning: a status and kind we
+    know (views switch on them), timestamps in the store's exact text form, a summary that is
+    a JSON object of bounded depth (else it is replaced by ``{}``).
+    """
+    if rec.status not in _STATUSES or rec.kind not in _KINDS:
+        return None
+    try:
+        Store.sync_time_parse(rec.created_at)
+        Store.sync_time_parse(rec.started_at)
+        Store.sync_time_parse(rec.ended_at)
+    except ValueError:
+        return None
+    row = msgspec.structs.astuple(rec)
+    try:
+        _summary_decoder.decode(rec.summary)
+    except (msgspec.DecodeError, RecursionError):
+        return (*row[:15], "{}", *row[16:18])
+    return row[:18]
+
+
+@dataclass
+class _Repair:
+    """Owner side of one manifest exchange: what is in scope, and what the receiver listed."""
+
+    versions: dict[str, int]
+    seen: set[str] = field(default_factory=set)
+
+
+class SyncService:
+    """Runs operation sync on every link of one node.
+
+    Wire it to a :class:`PeerManager`: ``message_handler = service.handle`` and
+    ``on_link_up = service.on_link_up``; call :meth:`start` before links come up.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        manager: PeerManager,
+        instance_id: str,
+        *,
+        batch_ops: int = BATCH_OPS,
+        progress_interval: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.manager = manager
+        self.instance_id = instance_id
+        self.batch_ops = max(1, min(batch_ops, proto.MAX_OPS_PER_BATCH))
+        self.progress_interval = progress_interval
+        self._links: dict[str, _LinkSync] = {}
+        self._pump: asyncio.Task[None] | None = None
+        self._sub: Any = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start following local operation changes (subscribed now, so none is missed)."""
+        self._sub = self.bus.subscribe("operation", maxsize=100_000)
+        self._pump = asyncio.create_task(self._follow(), name="sync:pump")
+
+    async def stop(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(BaseException):
+                await self._pump
+            self._pump = None
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+        for ls in list(self._links.values()):
+            await ls.stop()
+        self._links.clear()
+
+    # -- link events -------------------------------------------------------------------------
+
+    async def on_link_up(self, link: Link) -> None:
+        """A link came up: tell the peer what we hold of its operations.
+
+        Called before the link's read loop starts, so the high-water mark we send cannot be
+        raised by a live push on this same link first (which could hide a gap).
+        """
+        try:
+            old = self._links.pop(link.peer_id, None)
+            if old is not None:
+                await old.stop()
+            ls = _LinkSync(self, link, await self._grants_of(link.peer_id))
+            self._links[link.peer_id] = ls
+            mark = await self.store.max_modno(link.peer_id)
+            await ls.send(proto.OpsSince(marks={link.peer_id: mark}))
+        except (ch.ChannelError, ConnectionError):
+            return
+        except Exception:
+            log.exception("operation sync could not start on the link to %s", link.peer_id)
+
+    async def regrant(self, peer_id: str) -> bool:
+        """The grants we give ``peer_id`` changed: apply them to the live link now.
+
+        Re-reads the grants, drops queued pushes now out of scope, and sends a fresh digest;
+        the peer's repair then removes what it may no longer see (and fetches what it now
+        may). Nothing we never sent is named to it. Returns False when the peer is offline
+        (the next connect applies the new grants anyway).
+        """
+        ls = self._links.get(peer_id)
+        if ls is None:
+            return False
+        ls.grants = await self._grants_of(peer_id)
+        ls.pending = {k: r for k, r in ls.pending.items() if ls.allows(r.repo_id, r.plan_id)}
+        ls.repair = None
+        ls.enqueue(ls.send_digest)
+        return True
+
+    async def _grants_of(self, peer_id: str) -> Grants:
+        try:
+            peer = await self.store.get_peer(peer_id)
+            return Grants.parse(peer.grants)
+        except NotFound:
+            return Grants.none()
+        except GrantError as exc:
+            log.warning("grants stored for %s are unreadable (%s); sending nothing", peer_id, exc)
+            return Grants.none()
+
+    # -- live pushes -------------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        sub = self._sub
+        assert sub is not None
+        while True:
+            event = await sub.get()
+            if sub.lagged:
+                # Changes were dropped while we were behind: let every peer check its copy.
+                sub.lagged = False
+                for ls in self._links.values():
+                    ls.enqueue(ls.send_digest)
+            op = getattr(event, "op", None)
+            if not isinstance(event, OperationChanged) or op is None:
+                continue
+            if op.origin != self.instance_id or not self._links:
+                continue
+            rec: proto.OpRecord | None = None
+            for ls in list(self._links.values()):
+                if ls.allows(op.repo_id, op.plan_id):
+                    rec = rec or record_of(op)
+                    if rec is None:
+                        break
+                    ls.push(rec)
+
+    # -- incoming messages -------------------------------------------------------------------
+
+    async def handle(self, link: Link, msg: proto.Message) -> None:
+        """The link's message handler: sync messages in, never raising into the link loop."""
+        ls = self._links.get(link.peer_id)
+        if ls is None or ls.link is not link:
+            log.debug("ignoring %s from a replaced link to %s", type(msg).__name__, link.peer_id)
+            return
+        try:
+            if isinstance(msg, proto.OpsSince):
+                mark = msg.marks.get(self.instance_id, 0)
+                ls.enqueue(lambda: ls.catch_up(mark))
+            elif isinstance(msg, proto.OpsBatch):
+                await self._on_batch(ls, msg)
+            elif isinstance(msg, proto.OpsDigest):
+                await self._on_digest(ls, msg)
+            elif isinstance(msg, proto.OpsManifest):
+                if msg.origin != self.instance_id or len(msg.op_ids) != len(msg.modnos):
+                    await self._refuse(ls, "a malformed manifest")
+                    return
+                ls.enqueue(lambda: ls.repair_chunk(msg))
+            elif isinstance(msg, proto.OpsDeleted):
+                if msg.origin != link.peer_id:
+                    await self._refuse(ls, f"deletion of operations of {msg.origin!r}")
+                    return
+                n = await self.store.delete_remote_ops(msg.origin, msg.op_ids)
+                self.bus.publish(OpsSynced(peer_id=link.peer_id, deleted=n))
+            else:
+                log.debug("ignoring %s from %s", type(msg).__name__, link.peer_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("operation sync with %s failed on %s", link.peer_id, type(msg).__name__)
+
+    async def _refuse(self, ls: _LinkSync, what: str) -> None:
+        """A peer sent something it may not: log it, store nothing, and cut the link."""
+        message = f"refused {what} from peer {ls.peer_id}: it may only send its own operations"
+        log.warning(message)
+        self.bus.publish(Notice(level="warning", message=message))
+        with contextlib.suppress(Exception):
+            await ls.send(proto.Error(code=proto.ErrorCode.FORBIDDEN, message=message[:500]))
+        await ls.stop()
+        self._links.pop(ls.peer_id, None)
+        with contextlib.suppress(Exception):
+            await ls.link.close(message[:500])
+
+    async def _on_batch(self, ls: _LinkSync, msg: proto.OpsBatch) -> None:
+        if msg.origin != ls.peer_id:
+            await self._refuse(ls, f"operations claiming origin {msg.origin!r}")
+            return
+        rows = []
+        for rec in msg.ops:
+            row = _accept(rec)
+            if row is None:
+                log.warning(
+                    "skipped operation %s from %s: unknown kind/status or bad time",
+                    rec.op_id,
+                    ls.peer_id,
+                )
+                continue
+            rows.append(row)
+        if not rows:
+            return
+        await self.store.upsert_remote_ops(msg.origin, rows)
+        self.bus.publish(OpsSynced(peer_id=ls.peer_id, stored=len(rows)))
+        if len(rows) <= ANNOUNCE_LIMIT:
+            for row in rows:
+                with contextlib.suppress(NotFound):
+                    op = await self.store.find_operation(row[0], origin=msg.origin)
+                    self.bus.publish(OperationChanged(op=op))
+
+    async def _on_digest(self, ls: _LinkSync, msg: proto.OpsDigest) -> None:
+        if msg.origin != ls.peer_id:
+            await self._refuse(ls, f"a digest for origin {msg.origin!r}")
+            return
+        ours = await self.store.op_digest(ls.peer_id)
+        if ours == (msg.count, msg.hash):
+            ls.mismatches = 0
+            self.bus.publish(OpsSynced(peer_id=ls.peer_id, in_sync=True))
+            return
+        self.bus.publish(OpsSynced(peer_id=ls.peer_id, in_sync=False))
+        if ls.mismatches >= MAX_REPAIRS:
+            log.warning(
+                "operations of %s still differ after %d repairs; trying again on the next connect",
+                ls.peer_id,
+                MAX_REPAIRS,
+            )
+            return
+        ls.mismatches += 1
+        log.info(
+            "operations of %s differ (we hold %d, it has %d in scope); repairing",
+            ls.peer_id,
+            ours[0],
+            msg.count,
+        )
+        ls.enqueue(ls.send_manifest)
+
+
+class _LinkSync:
+    """Sync state of one live link, and the one task that sends on its behalf."""
+
+    def __init__(self, service: SyncService, link: Link, grants: Grants) -> None:
+        self.svc = service
+        self.store = service.store
+        self.link = link
+        self.peer_id = link.peer_id
+        self.grants = grants
+        self.jobs: deque[Callable[[], Awaitable[None]]] = deque()
+        #: Latest unsent state of each changed operation (coalesces bursts).
+        self.pending: dict[str, proto.OpRecord] = {}
+        #: When each running operation was last pushed (progress is throttled).
+        self.last_push: dict[str, float] = {}
+        #: Live pushes start after the first catch-up, so the receiver's copy only ever grows
+        #: as a prefix in modno order (its high-water mark then hides nothing).
+        self.live = False
+        self.repair: _Repair | None = None
+        self.mismatches = 0
+        self.wake = asyncio.Event()
+        self._stopped = False
+        self._task = asyncio.create_task(self._run(), name=f"sync:{self.peer_id}")
+        self._watch = asyncio.create_task(self._watch_link(), name=f"sync-watch:{self.peer_id}")
+
+    # -- scope -------------------------------------------------------------------------------
+
+    def allows(self, repo_id: str | None, plan_id: str | None) -> bool:
+        return self.grants.allows("ops", repo=repo_id, plan=plan_id)
+
+    def _allow_fn(self) -> Callable[[str | None, str | None], bool]:
+        grants = self.grants
+        return lambda repo, plan: grants.allows("ops", repo=repo, plan=plan)
+
+    # -- queue -------------------------------------------------------------------------------
+
+    def enqueue(self, job: Callable[[], Awaitable[None]]) -> None:
+        if len(self.jobs) >= MAX_QUEUED_JOBS:
+            log.warning("too much queued sync work for %s; closing the link", self.peer_id)
+            self.svc._links.pop(self.peer_id, None)
+            task = asyncio.ensure_future(self.link.close("too many sync requests"))
+            task.add_done_callback(lambda _t: None)
+            self._stopped = True
+            self.wake.set()
+            return
+        self.jobs.append(job)
+        self.wake.set()
+
+    def push(self, rec: proto.OpRecord) -> None:
+        old = self.pending.get(rec.op_id)
+        if old is None or old.modno < rec.modno:
+            self.pending[rec.op_id] = rec
+            self.wake.set()
+
+    async def stop(self) -> None:
+        self._stopped = True
+        self.wake.set()
+        current = asyncio.current_task()
+        for task in (self._task, self._watch):
+            if task is not current:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _watch_link(self) -> None:
+        await self.link.closed.wait()
+        self._stopped = True
+        self.wake.set()
+        if self.svc._links.get(self.peer_id) is self:
+            del self.svc._links[self.peer_id]
+
+    async def _run(self) -> None:
+        try:
+            while not self._stopped:
+                self.wake.clear()
+                if self.jobs:
+                    job = self.jobs.popleft()
+                    try:
+                        await job()
+                    except (ch.ChannelError, ConnectionError):
+                        raise
+                    except Exception:
+                        log.exception("a sync job for %s failed", self.peer_id)
+                    continue
+                delay = await self._flush_live()
+                if self.jobs or self.wake.is_set():
+                    continue
+                if delay is None:
+                    await self.wake.wait()
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), delay)
+        except (ch.ChannelError, ConnectionError) as exc:
+            log.debug("sync with %s ended: %s", self.peer_id, exc)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def send(self, msg: proto.Message) -> None:
+        await self.link.channel.send(proto.encode(msg))
+
+    async def _send_ops(self, recs: Sequence[proto.OpRecord], *, done: bool) -> None:
+        n = self.svc.batch_ops
+        for i in range(0, len(recs), n):
+            await self._send_chunk(recs[i : i + n], done=done and i + n >= len(recs))
+
+    async def _send_chunk(self, recs: Sequence[proto.OpRecord], *, done: bool) -> None:
+        msg = proto.OpsBatch(origin=self.svc.instance_id, ops=tuple(recs), done=done)
+        try:
+            data = proto.encode(msg)
+        except proto.ProtocolError:
+            if len(recs) == 1:  # cannot happen within the field bounds; never cut the link
+                log.error("operation %s is too large to sync", recs[0].op_id)
+                return
+            half = len(recs) // 2
+            await self._send_chunk(recs[:half], done=False)
+            await self._send_chunk(recs[half:], done=done)
+            return
+        await self.link.channel.send(data)
+
+    async def _flush_live(self) -> float | None:
+        """Send the pending changes that are due; seconds until the next one is, or None."""
+        if not self.live or not self.pending:
+            return None
+        now = time.monotonic()
+        interval = self.svc.progress_interval
+        ready: list[proto.OpRecord] = []
+        wait: float | None = None
+        for op_id, rec in list(self.pending.items()):
+            if rec.status == _RUNNING:
+                last = self.last_push.get(op_id)
+                if last is not None and now - last < interval:
+                    left = interval - (now - last)
+                    wait = left if wait is None else min(wait, left)
+                    continue
+                self.last_push[op_id] = now
+            else:
+                self.last_push.pop(op_id, None)
+            ready.append(rec)
+            del self.pending[op_id]
+        if ready:
+            ready.sort(key=lambda r: r.modno)
+            await self._send_ops(ready, done=True)
+        return wait
+
+    async def send_digest(self) -> None:
+        if self.grants.allows_any("ops"):
+            count, digest = await self.store.op_digest(self.svc.instance_id, self._allow_fn())
+        else:
+            count, digest = 0, 0
+        await self.send(proto.OpsDigest(origin=self.svc.instance_id, count=count, hash=digest))
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    async def catch_up(self, mark: int) -> None:
+        """Send our operations in scope with a modno above ``mark``, then the digest."""
+        try:
+            if self.grants.allows_any("ops"):
+                allow = self._allow_fn()
+                verdicts: dict[tuple[str | None, str | None], bool] = {}
+                cursor = mark
+                held: list[proto.OpRecord] = []
+                while True:
+                    rows = await self.store.ops_since(
+                        self.svc.instance_id, cursor, self.svc.batch_ops
+                    )
+                    if not rows:
+                        break
+                    cursor = rows[-1][1]
+                    recs = []
+                    for row in rows:
+                        key = (row[6], row[5])
+                        ok = verdicts.get(key)
+                        if ok is None:
+                            ok = verdicts[key] = allow(row[6], row[5])
+                        if ok and (rec := _fit(row)) is not None:
+                            recs.append(rec)
+                    if recs:
+                        if held:
+                            await self._send_ops(held, done=False)
+                        held = recs
+                    if len(rows) < self.svc.batch_ops:
+                        break
+                if held:
+                    await self._send_ops(held, done=True)
+                # Queued live changes the scan already covered need not go out twice.
+                self.pending = {k: r for k, r in self.pending.items() if r.modno > cursor}
+        finally:
+            self.live = True
+            self.wake.set()
+        await self.send_digest()
+
+    async def send_manifest(self) -> None:
+        """Receiver side of a repair: list what we hold of the peer's operations."""
+        versions = await self.store.op_versions(self.peer_id)
+        items = list(versions.items())
+        origin = self.peer_id
+        if not items:
+            await self.send(proto.OpsManifest(origin=origin, done=True))
+            return
+        for i in range(0, len(items), IDS_PER_FRAME):
+            chunk = items[i : i + IDS_PER_FRAME]
+            await self.send(
+                proto.OpsManifest(
+                    origin=origin,
+                    op_ids=tuple(k for k, _ in chunk),
+                    modnos=tuple(v for _, v in chunk),
+                    done=i + IDS_PER_FRAME >= len(items),
+                )
+            )
+
+    async def repair_chunk(self, msg: proto.OpsManifest) -> None:
+        """Owner side of a repair: compare one manifest chunk with what is in scope here."""
+        local = self.svc.instance_id
+        if self.repair is None:
+            versions = (
+                await self.store.op_versions(local, self._allow_fn())
+                if self.grants.allows_any("ops")
+                else {}
+            )
+            self.repair = _Repair(versions)
+        rep = self.repair
+        gone: list[str] = []
+        resend: list[str] = []
+        for op_id, modno in zip(msg.op_ids, msg.modnos, strict=True):
+            have = rep.versions.get(op_id)
+            if have is None:
+                gone.append(op_id)
+                continue
+            rep.seen.add(op_id)
+            if have != modno:
+                # Stale there, or (after a restore of our database) ahead of us: replace it.
+                resend.append(op_id)
+                if have < modno:
+                    gone.append(op_id)
+        for i in range(0, len(gone), IDS_PER_FRAME):
+            await self.send(
+                proto.OpsDeleted(origin=local, op_ids=tuple(gone[i : i + IDS_PER_FRAME]))
+            )
+        if msg.done:
+            resend += [op_id for op_id in rep.versions if op_id not in rep.seen]
+            self.repair = None
+        if resend:
+            allow = self._allow_fn()
+            rows = await self.store.ops_by_ids(local, resend)
+            recs = [r for row in rows if allow(row[6], row[5]) and (r := _fit(row)) is not None]
+            await self._send_ops(recs, done=msg.done)
+        if msg.done:
+            await self.send_digest()
+
+
+__all__ = ["OpsSynced", "SyncService", "record_of"]
