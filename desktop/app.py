@@ -26,7 +26,7 @@ from pathlib import Path
 import shiboken6
 from PySide6.QtWidgets import QApplication
 
-from peerstash.desktop import autostart, qtfix
+from peerstash.desktop import autostart, prefs, qtfix
 from peerstash.desktop.api import DesktopClient, node_answers
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.icons import app_icon
@@ -109,6 +109,8 @@ class DesktopApp:
             show_tray = False
         self.window = MainWindow(backend, autostart_command=self.autostart_command)
         self.tray = Tray(backend, show_icon=show_tray)
+        self.tray.notifications_enabled = bool(prefs.load()["notifications"])
+        self.window.settings.notificationsToggled.connect(self._set_notifications)
         self.window.has_tray = self.tray.icon is not None
         self.tray.openRequested.connect(self.window.bring_up)
         self.tray.quitRequested.connect(self.quit)
@@ -117,6 +119,10 @@ class DesktopApp:
         if self.show_window or self.tray.icon is None:
             self.window.bring_up()
         self.started.set()
+
+    def _set_notifications(self, on: bool) -> None:
+        if self.tray is not None:
+            self.tray.notifications_enabled = on
 
     def show_peers(self) -> None:
         if self.window is not None:

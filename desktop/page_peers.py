@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSpinBox,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -115,6 +116,12 @@ class PeersPage(Page):
         backend.statusChanged.connect(lambda _st: self._show_me())
         self._show_me()
 
+        self.tabs = QTabWidget()
+        cl.addWidget(self.tabs, 1)
+        machines = QWidget()
+        ml = QVBoxLayout(machines)
+        pairing = QWidget()
+        pl_ = QVBoxLayout(pairing)
         hosts = QGroupBox("Machines this one connects to")
         hl = QVBoxLayout(hosts)
         self.hosts = make_table(PEER_HEADERS, stretch=3)
@@ -124,7 +131,7 @@ class PeersPage(Page):
         self.remove_host_button = QPushButton("Remove")
         self.remove_host_button.clicked.connect(lambda: self._remove(self.hosts))
         hl.addLayout(button_row(self.check_button, self.remove_host_button))
-        cl.addWidget(hosts, 2)
+        ml.addWidget(hosts, 1)
 
         clients = QGroupBox("Machines allowed to connect here")
         kl = QVBoxLayout(clients)
@@ -133,7 +140,7 @@ class PeersPage(Page):
         self.remove_client_button = QPushButton("Remove")
         self.remove_client_button.clicked.connect(lambda: self._remove(self.clients))
         kl.addLayout(button_row(self.remove_client_button))
-        cl.addWidget(clients, 2)
+        ml.addWidget(clients, 1)
 
         pair = QGroupBox("Pair with a machine")
         pg = QGridLayout(pair)
@@ -151,12 +158,12 @@ class PeersPage(Page):
         pg.addWidget(QLabel("It may"), 2, 0)
         pg.addWidget(grants_w, 2, 1)
         pg.addWidget(self.pair_button, 0, 2, 3, 1)
-        cl.addWidget(pair)
+        pl_.addWidget(pair)
 
         tokens = QGroupBox("Pairing tokens made here")
         tl = QVBoxLayout(tokens)
         self.tokens = make_table(("Label", "Grants", "Used", "Expires"), stretch=1)
-        self.tokens.setMaximumHeight(120)
+        self.tokens.setMaximumHeight(160)
         tl.addWidget(self.tokens)
         form = QHBoxLayout()
         self.token_label = QLineEdit()
@@ -183,22 +190,24 @@ class PeersPage(Page):
         self.token_out.setReadOnly(True)
         self.token_out.hide()
         tl.addWidget(self.token_out)
-        cl.addWidget(tokens)
+        pl_.addWidget(tokens)
+        pl_.addStretch(1)
 
-        self.discovery = QGroupBox("Found on this network")
+        self.discovery = QWidget()
         dl = QVBoxLayout(self.discovery)
         self.discovery_note = QLabel("")
         self.discovery_note.setWordWrap(True)
         self.discovery_note.setStyleSheet("color:palette(placeholder-text);")
         dl.addWidget(self.discovery_note)
         self.discovered = make_table(("Machine", "Key", "Address", "Paired"), stretch=2)
-        self.discovered.setMaximumHeight(110)
         dl.addWidget(self.discovered)
         self.use_found_button = QPushButton("Pair with this one…")
         self.use_found_button.clicked.connect(self._use_found)
         dl.addLayout(button_row(self.use_found_button))
-        self.discovery.hide()
-        cl.addWidget(self.discovery)
+        self.tabs.addTab(machines, "Paired machines")
+        self.tabs.addTab(pairing, "Pair a machine")
+        self.discovery_tab = self.tabs.addTab(self.discovery, "On this network")
+        self.tabs.setTabVisible(self.discovery_tab, False)
         self.content.hide()
         self.outer.addWidget(self.content, 1)
         backend.peersChanged.connect(self._show_peers)
@@ -232,20 +241,25 @@ class PeersPage(Page):
         try:
             found = await self.backend.peers.discovered()
         except Unavailable:
-            self.discovery.hide()  # a node without LAN discovery
+            self.tabs.setTabVisible(self.discovery_tab, False)  # a node without LAN discovery
             return
         except ApiError as exc:
-            self.discovery.show()
+            self.tabs.setTabVisible(self.discovery_tab, True)
             self.discovered.hide()
             self.use_found_button.hide()
             self.discovery_note.setText(str(exc)[:1].upper() + str(exc)[1:] + ".")
+            self.discovery_note.show()
             return
-        self.discovery.show()
+        self.tabs.setTabVisible(self.discovery_tab, True)
         self.discovered.setVisible(bool(found))
         self.use_found_button.setVisible(bool(found))
         self.discovery_note.setText(
-            "" if found else "No other Peerstash machine announces itself on this network."
+            "Peerstash machines that announce themselves on the local network. Discovery only "
+            "proposes an address: trust comes from a pairing token and the key you compare."
+            if found
+            else "No other Peerstash machine announces itself on this network."
         )
+        self.discovery_note.show()
         self.discovered.setRowCount(len(found))
         for r, d in enumerate(found):
             self.discovered.setItem(r, 0, item(str(d.get("id") or "?"), d))
@@ -261,6 +275,7 @@ class PeersPage(Page):
         d = selected_data(self.discovered)
         if d:
             self.url_in.setText(found_url(d))
+            self.tabs.setCurrentIndex(1)
             self.token_in.setFocus()
             self.banner.show_message(
                 f"Now paste a pairing token made on {d.get('id')} (Peers → Create token there) "

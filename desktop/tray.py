@@ -138,6 +138,8 @@ class Tray(QObject):
         super().__init__(parent)
         self.backend = backend
         self.limiter = limiter or RateLimiter()
+        #: Desktop notifications on or off (the Settings page; saved in desktop prefs).
+        self.notifications_enabled = True
         self.tasks = Tasks(on_error=self._failed)
         self.state = ""
         self.tooltip = ""
@@ -320,7 +322,7 @@ class Tray(QObject):
         key: str,
         icon: QSystemTrayIcon.MessageIcon = QSystemTrayIcon.MessageIcon.Warning,
     ) -> bool:
-        if not self.limiter.allow(key):
+        if not self.notifications_enabled or not self.limiter.allow(key):
             return False
         log.info("notification: %s: %s", title, message)
         if self.icon is not None and QSystemTrayIcon.supportsMessages():

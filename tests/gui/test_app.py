@@ -41,10 +41,30 @@ def test_pages_show_the_real_node(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None
         assert len(w.plans.repos.item(0, 3).text()) == 8
         assert _plan_rows(w.plans.plans) == ["docs"]
         assert w.plans.plans.item(0, 2).text() == "every 6h00m"
-        # Settings: read-only facts about the node.
-        w.show_page(w.settings)
-        assert w.settings.fields["instance_id"].text() == "guitest"
-        assert w.settings.fields["data_dir"].text() == str(gui.data_dir)
+        # Settings: facts about the node, its settings, this desktop's preferences.
+        st = w.settings
+        w.show_page(st)
+        await st.tasks.idle()
+        assert st.fields["instance_id"].text() == "guitest"
+        assert st.fields["data_dir"].text() == str(gui.data_dir)
+        entry = gui.tmp / "config" / "autostart" / "peerstash.desktop"
+        st.start_at_login.setChecked(True)
+        assert f"Exec=peerstash --data-dir {gui.data_dir}" in entry.read_text()
+        st.start_at_login.setChecked(False)
+        assert not entry.exists()
+        st.notifications.setChecked(False)
+        assert gui.app.tray.notifications_enabled is False
+        assert (
+            '"notifications": false'
+            in (gui.tmp / "config" / "peerstash" / "desktop.json").read_text()
+        )
+        assert not gui.app.tray.notify("t", "m", key="k")
+        st.notifications.setChecked(True)
+        if st.save_button.isEnabled():  # a node with /v1/settings
+            st.restic_path.setText("/usr/bin/restic")
+            await st.save_node_settings()
+            assert st.banner.level == "ok", st.banner.text()
+            assert (await b.call("GET", "/v1/settings"))["restic_path"] == "/usr/bin/restic"
         # Peers: either real tables or a calm "not available" (depends on the node's version).
         w.show_page(w.peers)
         await w.peers.tasks.idle()
@@ -375,11 +395,13 @@ def test_pair_and_make_tokens_on_the_peers_page(gui: GuiEnv, qloop: QLoop, qtbot
                 made = await client.call(
                     "POST", "/v1/tokens", {"label": "guitest", "ttl": "1h", "grants": ["ops"]}
                 )
+            page.tabs.setCurrentIndex(1)  # "Pair a machine"
             page.token_in.setText(made["token"])
             page.url_in.setText(other.peer_url)
             qtbot.mouseClick(page.pair_button, Qt.MouseButton.LeftButton)
             await page.tasks.idle()
             assert page.banner.level == "ok", page.banner.text()
+            page.tabs.setCurrentIndex(0)
             assert _plan_rows(page.hosts) == ["bravo"]
             assert page.hosts.item(0, 1).text() in ("connecting", "online")
             assert page.hosts.item(0, 2).text() == other.identity.key_id  # type: ignore[union-attr]
@@ -389,6 +411,7 @@ def test_pair_and_make_tokens_on_the_peers_page(gui: GuiEnv, qloop: QLoop, qtbot
             assert any(t.startswith("bravo: ") for t in texts), texts
 
             # A token made here is shown once and listed.
+            page.tabs.setCurrentIndex(1)
             page.token_label.setText("phone")
             qtbot.mouseClick(page.create_button, Qt.MouseButton.LeftButton)
             await page.tasks.idle()
