@@ -40,6 +40,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Union
 
 import msgspec
@@ -170,27 +171,54 @@ def record_of(op: Operation) -> proto.OpRecord | None:
     return _fit(row)
 
 
-def _accept(rec: proto.OpRecord) -> tuple[Any, ...] | None:
-    """A received record as a sync row, or None when we cannot store it safely.
+def _records(rows: Sequence[Sequence[Any]]) -> list[proto.OpRecord]:
+    """Sync rows as wire records: one C call for a whole page, row by row only if needed."""
+    try:
+        return msgspec.convert(rows, list[proto.OpRecord])
+    except msgspec.ValidationError:
+        return [rec for row in rows if (rec := _fit(row)) is not None]
+
+
+def _accept(ops: Sequence[proto.OpRecord]) -> tuple[list[tuple[Any, ...]], int]:
+    """Received records as sync rows, without those we cannot store safely; and how many
+    were skipped.
 
     The decoder already checked types and lengths; this checks meaning: a status and kind we
-    know (views switch on them), timestamps in the store's exact text form, a summary that is
-    a JSON object of bounded depth (else it is replaced by ``{}``).
+    know (views switch on them), real calendar timestamps in the store's layout (its reader
+    would fail on 30 February later, for every listing), and a summary that is a JSON object
+    of bounded depth (else it is stored as ``{}``). One loop, no call per field: a full sync
+    runs this 100,000 times.
     """
-    if rec.status not in _STATUSES or rec.kind not in _KINDS:
-        return None
-    try:
-        Store.sync_time_parse(rec.created_at)
-        Store.sync_time_parse(rec.started_at)
-        Store.sync_time_parse(rec.ended_at)
-    except ValueError:
-        return None
-    row = msgspec.structs.astuple(rec)
-    try:
-        _summary_decoder.decode(rec.summary)
-    except (msgspec.DecodeError, RecursionError):
-        return (*row[:15], "{}", *row[16:18])
-    return row[:18]
+    statuses, kinds = _STATUSES, _KINDS
+    parse = datetime.fromisoformat
+    astuple = msgspec.structs.astuple
+    check_summary = _summary_decoder.decode
+    rows: list[tuple[Any, ...]] = []
+    skipped = 0
+    for rec in ops:
+        if rec.status not in statuses or rec.kind not in kinds:
+            skipped += 1
+            continue
+        try:
+            for t in (rec.created_at, rec.started_at, rec.ended_at):
+                # The exact layout SQLAlchemy's reader expects (length 26 is checked while
+                # decoding), and a real date and time (fromisoformat checks the ranges).
+                if t is not None and not (
+                    t[4] == t[7] == "-" and t[10] == " " and t[13] == t[16] == ":" and t[19] == "."
+                ):
+                    raise ValueError(t)
+                if t is not None:
+                    parse(t)
+        except ValueError:
+            skipped += 1
+            continue
+        row = astuple(rec)
+        try:
+            check_summary(rec.summary)
+        except (msgspec.DecodeError, RecursionError):
+            row = (*row[:15], "{}", *row[16:])
+        rows.append(row[:18])
+    return rows, skipped
 
 
 @dataclass
@@ -371,17 +399,13 @@ class SyncService:
         if msg.origin != ls.peer_id:
             await self._refuse(ls, f"operations claiming origin {msg.origin!r}")
             return
-        rows = []
-        for rec in msg.ops:
-            row = _accept(rec)
-            if row is None:
-                log.warning(
-                    "skipped operation %s from %s: unknown kind/status or bad time",
-                    rec.op_id,
-                    ls.peer_id,
-                )
-                continue
-            rows.append(row)
+        rows, skipped = _accept(msg.ops)
+        if skipped:
+            log.warning(
+                "skipped %d operation(s) from %s: unknown kind or status, or an impossible time",
+                skipped,
+                ls.peer_id,
+            )
         if not rows:
             return
         await self.store.upsert_remote_ops(msg.origin, rows)
@@ -586,14 +610,15 @@ class _LinkSync:
                     if not rows:
                         break
                     cursor = rows[-1][1]
-                    recs = []
+                    inside = []
                     for row in rows:
                         key = (row[6], row[5])
                         ok = verdicts.get(key)
                         if ok is None:
                             ok = verdicts[key] = allow(row[6], row[5])
-                        if ok and (rec := _fit(row)) is not None:
-                            recs.append(rec)
+                        if ok:
+                            inside.append(row)
+                    recs = _records(inside) if inside else []
                     if recs:
                         if held:
                             await self._send_ops(held, done=False)
@@ -662,7 +687,7 @@ class _LinkSync:
         if resend:
             allow = self._allow_fn()
             rows = await self.store.ops_by_ids(local, resend)
-            recs = [r for row in rows if allow(row[6], row[5]) and (r := _fit(row)) is not None]
+            recs = _records([row for row in rows if allow(row[6], row[5])])
             await self._send_ops(recs, done=msg.done)
         if msg.done:
             await self.send_digest()
