@@ -259,6 +259,7 @@ async def test_reconnect_with_nothing_changed_costs_under_2kb(
     await both
     monkeypatch.undo()
     total = sum(sent)
+    print(f"reconnect sync bytes: {total} in {len(sent)} frames")
     assert total < 2048, (total, sent)
 
 
