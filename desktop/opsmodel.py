@@ -41,7 +41,7 @@ from peerstash.desktop.tasks import Tasks
 PAGE = 500
 #: Without a cursor the node must resend the newest rows to reach older ones; beyond this many
 #: the view stops and says so (filters reach older operations). See ``_fetch_older``.
-RESEND_CAP = 8_000
+RESEND_CAP = 5_000
 
 COLUMNS = ("Status", "Kind", "Plan", "Repository", "Node", "Started", "Took", "Progress / result")
 COL_STATUS, COL_KIND, COL_PLAN, COL_REPO, COL_NODE, COL_STARTED, COL_TOOK, COL_DETAIL = range(8)

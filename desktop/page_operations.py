@@ -128,12 +128,15 @@ class OperationsPage(Page):
         self.outer.addWidget(split, 1)
 
         self.selected: dict[str, Any] | None = None
+        #: Every node seen: this one, paired ones, and origins of synced operations.
+        self._origins: set[str] = set()
         self._log_loaded_at = 0.0
         self._log_for: str | None = None
         self._started = False
         backend.configChanged.connect(self._fill_filters)
         backend.statusChanged.connect(lambda _st: self._fill_filters())
         backend.opChanged.connect(self._op_changed)
+        backend.peersChanged.connect(self._fill_filters)
         self._fill_filters()
 
     def _combo(self, any_text: str) -> QComboBox:
@@ -167,11 +170,10 @@ class OperationsPage(Page):
 
         refill(self.plan_filter, sorted(str(p["id"]) for p in self.backend.plans))
         refill(self.repo_filter, sorted(str(r["id"]) for r in self.backend.repos))
-        origins = {self.backend.instance_id} if self.backend.instance_id else set()
-        origins |= {
-            str(self.origin_filter.itemData(i)) for i in range(1, self.origin_filter.count())
-        }
-        refill(self.origin_filter, sorted(o for o in origins if o))
+        if self.backend.instance_id:
+            self._origins.add(self.backend.instance_id)
+        self._origins |= {str(p.get("id")) for p in self.backend.peer_list if p.get("id")}
+        refill(self.origin_filter, sorted(o for o in self._origins if o))
 
     def _filters_changed(self) -> None:
         self.model.set_filter(
@@ -226,9 +228,10 @@ class OperationsPage(Page):
             bar.setValue(bar.maximum())
 
     def _op_changed(self, op: dict[str, Any]) -> None:
-        if self.backend.instance_id and op.get("origin") not in (None, ""):
-            if self.origin_filter.findData(op.get("origin")) < 0:
-                self._fill_filters()
+        origin = str(op.get("origin") or "")
+        if origin and origin not in self._origins:
+            self._origins.add(origin)
+            self._fill_filters()
         sel = self.selected
         if sel is None or (sel.get("id"), sel.get("origin")) != (op.get("id"), op.get("origin")):
             return

@@ -1,4 +1,9 @@
-"""Overview: this node (and, once peer sync lands, every node of the fleet) at a glance."""
+"""Overview: this node and the paired machines at a glance.
+
+Other machines' plans are known from their synced operations (``/v1/ops?origin=...``): the
+newest backup per (machine, plan) is its last result. Live changes from the event stream update
+that table without asking the node again.
+"""
 
 from __future__ import annotations
 
@@ -18,11 +23,14 @@ from PySide6.QtWidgets import (
 )
 
 from peerstash.desktop import fmt
+from peerstash.desktop.api import query
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.icons import STATUS_COLORS, status_icon
 from peerstash.desktop.widgets import Page, item, make_table
 
 PLAN_HEADERS = ("Plan", "Repository", "Last backup", "Result", "Next run", "")
+FLEET_HEADERS = ("Machine", "Link", "Plan", "Last backup", "Result")
+PEER_COLORS = {"online": "#2e9d58", "unreachable": "#d99a1e", "auth failed": "#d64541"}
 
 
 class OverviewPage(Page):
@@ -84,6 +92,12 @@ class OverviewPage(Page):
         self.fleet.setWordWrap(True)
         self.fleet.setStyleSheet("color:palette(placeholder-text);")
         self.outer.addWidget(self.fleet)
+        self.fleet_table = make_table(FLEET_HEADERS, stretch=4)
+        self.fleet_table.setSelectionMode(self.fleet_table.SelectionMode.NoSelection)
+        self.fleet_table.hide()
+        self.outer.addWidget(self.fleet_table)
+        #: Newest backup per machine and plan, from synced operations.
+        self.remote: dict[str, dict[str, dict[str, Any]]] = {}
         self.outer.addStretch(1)
 
         backend.statusChanged.connect(self._show_status)
@@ -101,6 +115,23 @@ class OverviewPage(Page):
     async def _refresh(self) -> None:
         await self.backend.refresh_status()
         await self.backend.refresh_peers()
+        await self.load_remote()
+
+    async def load_remote(self) -> None:
+        """The newest backup of each plan of each paired machine, from synced operations."""
+        for p in list(self.backend.peer_list):
+            origin = str(p.get("id") or "")
+            if not origin:
+                continue
+            ops = await self.backend.call(
+                "GET", "/v1/ops" + query({"origin": origin, "kind": "backup", "limit": 500})
+            )
+            latest: dict[str, dict[str, Any]] = {}
+            for op in ops:  # newest first
+                if op.get("plan") and op["plan"] not in latest:
+                    latest[op["plan"]] = op
+            self.remote[origin] = latest
+        self._show_peers()
 
     def _show_peers(self) -> None:
         if self.backend.peers_available is False:
@@ -109,27 +140,48 @@ class OverviewPage(Page):
                 "Peer sync is not available in this version of the node, so only this node is "
                 "shown. Paired machines will appear here with their plans and state."
             )
+            self.fleet.show()
+            self.fleet_table.hide()
             return
         peers = self.backend.peer_list
-        self.fleet.setStyleSheet("" if peers else "color:palette(placeholder-text);")
         if not peers:
             self.fleet.setText("No paired machines yet: pair one on the Peers page.")
+            self.fleet.show()
+            self.fleet_table.hide()
             return
-        parts = []
+        self.fleet.hide()
+        rows: list[tuple[dict[str, Any], str, dict[str, Any] | None]] = []
         for p in peers:
+            plans = self.remote.get(str(p.get("id")), {})
+            if not plans:
+                rows.append((p, "", None))
+            rows += [(p, plan, op) for plan, op in sorted(plans.items())]
+        t = self.fleet_table
+        t.setRowCount(len(rows))
+        for r, (p, plan, op) in enumerate(rows):
             state = str(p.get("state") or "?")
-            color = (
-                "#2e9d58"
-                if state == "online"
-                else "#d99a1e"
-                if state in ("unreachable", "auth failed")
-                else "#858b94"
-            )
-            seen = f", last seen {fmt.ago(p['last_seen'])}" if p.get("last_seen") else ""
-            parts.append(
-                f"<span style='color:{color}'>●</span> <b>{p.get('id', '?')}</b> {state}{seen}"
-            )
-        self.fleet.setText("<br>".join(parts))
+            t.setItem(r, 0, item(str(p.get("id") or "?")))
+            link = item(state)
+            link.setForeground(QColor(PEER_COLORS.get(state, "#858b94")))
+            if p.get("state_reason"):
+                link.setToolTip(str(p["state_reason"]))
+            t.setItem(r, 1, link)
+            t.setItem(r, 2, item(plan or "—"))
+            if op is None:
+                t.setItem(r, 3, item("—"))
+                t.setItem(r, 4, item("no operations shared" if not plan else ""))
+                continue
+            when = op.get("ended_at") or op.get("started_at") or op.get("created_at")
+            t.setItem(r, 3, item(fmt.ago(when)))
+            status = str(op.get("status"))
+            res = item(fmt.STATUS_WORDS.get(status, status))
+            res.setIcon(status_icon(status))
+            if op.get("error"):
+                res.setToolTip(str(op["error"]))
+            t.setItem(r, 4, res)
+        rows_h = sum(t.rowHeight(r) for r in range(min(len(rows), 8)))
+        t.setFixedHeight(t.horizontalHeader().height() + rows_h + 4)
+        t.show()
 
     # -- status ------------------------------------------------------------------------------
 
@@ -198,6 +250,15 @@ class OverviewPage(Page):
 
     def _op_changed(self, op: dict[str, Any]) -> None:
         self._show_running()
+        origin = str(op.get("origin") or "")
+        if (
+            origin
+            and origin != self.backend.instance_id
+            and op.get("kind") == "backup"
+            and op.get("plan")
+        ):
+            self.remote.setdefault(origin, {})[str(op["plan"])] = op
+            self._show_peers()
 
     def _show_running(self) -> None:
         active = self.backend.active

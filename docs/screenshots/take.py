@@ -226,6 +226,30 @@ def child(out: Path) -> int:
                 {"token": mine["token"], "url": b.status["peer_url"], "grants": ["ops"]},
             )
         await b.peers.create_token("phone", "1d", 1, ["ops"])
+        # Each of them backs something up; their operations sync to this laptop.
+        for name, plan in (("nas-server", "system"), ("office-desktop", "home")):
+            src = tmp / f"{name}-src"
+            src.mkdir()
+            (src / "data.bin").write_bytes(os.urandom(1 << 20))
+            async with AdminClient(tmp / name) as c:
+                await c.call(
+                    "POST",
+                    "/v1/repos",
+                    {
+                        "id": "local",
+                        "uri": str(tmp / f"{name}-repo"),
+                        "password": {"source": "secret", "value": "another password"},
+                        "init": True,
+                    },
+                )
+                await c.call(
+                    "POST",
+                    "/v1/plans",
+                    {"id": plan, "repo": "local", "paths": [str(src)], "every": "1d"},
+                )
+                op = await c.call("POST", f"/v1/plans/{plan}/backup")
+                async for _ in c.stream(f"/v1/ops/{op['id']}/wait"):
+                    pass
         for _ in range(50):
             await b.refresh_peers()
             if b.peer_list and all(p.get("state") == "online" for p in b.peer_list):

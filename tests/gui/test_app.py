@@ -383,6 +383,8 @@ def test_pair_and_make_tokens_on_the_peers_page(gui: GuiEnv, qloop: QLoop, qtbot
     page = w.peers
 
     async def body() -> None:
+        w.show_page(w.operations)  # the list is live from here on
+        await w.operations.model.tasks.idle()
         w.show_page(page)
         await page.tasks.idle()
         if not page.available:
@@ -418,6 +420,46 @@ def test_pair_and_make_tokens_on_the_peers_page(gui: GuiEnv, qloop: QLoop, qtbot
             assert page.token_out.isVisible()
             assert page.token_out.text().endswith("#guitest")
             assert _plan_rows(page.tokens) == ["phone"]
+
+            # bravo backs up; its operation syncs here (it granted us "ops") and shows up in the
+            # operations list and in the overview's table of other machines.
+            src = gui.tmp / "bravo-src"
+            src.mkdir()
+            (src / "f.txt").write_text("from bravo\n")
+            async with AdminClient(gui.tmp / "bravo-data") as client:
+                await client.call(
+                    "POST",
+                    "/v1/repos",
+                    {
+                        "id": "local",
+                        "uri": str(gui.tmp / "bravo-repo"),
+                        "password": {"source": "secret", "value": "bravo-password"},
+                        "init": True,
+                    },
+                )
+                await client.call(
+                    "POST", "/v1/plans", {"id": "home", "repo": "local", "paths": [str(src)]}
+                )
+                await client.call("POST", "/v1/plans/home/backup")
+            b = gui.backend
+            await wait_for(
+                lambda: any(
+                    o.get("origin") == "bravo" and o.get("status") == "success"
+                    for o in w.operations.model.ops()
+                ),
+                b.opChanged,
+                timeout=90,
+                what="bravo's backup synced",
+            )
+            assert w.operations.origin_filter.findData("bravo") > 0
+            w.show_page(w.overview)
+            await w.overview.tasks.idle()
+            fleet = w.overview.fleet_table
+            rows = [
+                (fleet.item(r, 0).text(), fleet.item(r, 2).text(), fleet.item(r, 4).text())
+                for r in range(fleet.rowCount())
+            ]
+            assert ("bravo", "home", "success") in rows, rows
         finally:
             await other.stop()
 

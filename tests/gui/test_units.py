@@ -243,7 +243,7 @@ def test_refcount_guard_keeps_long_sessions_alive(qapp: Any) -> None:
 
 
 @needs_qt
-@pytest.mark.parametrize(("honour_before", "shown"), [(True, 20_000), (False, 8_000)])
+@pytest.mark.parametrize(("honour_before", "shown"), [(True, 20_000), (False, 5_000)])
 def test_ops_model_deep_history(qapp: Any, honour_before: bool, shown: int) -> None:
     """With a cursor every row is reachable; without one the list stops at RESEND_CAP."""
     import asyncio
