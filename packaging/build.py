@@ -130,6 +130,27 @@ def app_requires(wheel: Path) -> list[str]:
     return out
 
 
+#: Libraries we ship: if a kept library or plugin needs one that is gone, cleanup went too far.
+BUNDLED_PREFIXES = ("libQt6", "libpyside6", "libshiboken6", "libicu")
+
+
+def check_shared_objects(bundle: Path) -> None:
+    """ldd every shared object in the bundle; fail on a missing library we ship ourselves."""
+    missing: dict[str, set[str]] = {}
+    for so in bundle.rglob("*.so*"):
+        if not so.is_file() or so.is_symlink():
+            continue
+        out = subprocess.run(["ldd", str(so)], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            name = line.strip().split(" ", 1)[0]
+            if "not found" in line and name.startswith(BUNDLED_PREFIXES):
+                missing.setdefault(name, set()).add(str(so.relative_to(bundle)))
+    if missing:
+        lines = [f"  {lib}, needed by {', '.join(sorted(users))}" for lib, users in missing.items()]
+        raise SystemExit("cleanup_paths removed libraries still in use:\n" + "\n".join(lines))
+    log("ldd: every bundled shared object finds the libraries we ship")
+
+
 def toml_value(value: object) -> str:
     # JSON strings, numbers, booleans and lists of them are valid TOML values.
     return json.dumps(value)
@@ -174,6 +195,7 @@ def main() -> int:
     run([*briefcase, "create", "linux", "system", *opts], cwd=STAGE, env=env)
 
     (bundle,) = (STAGE / "build" / "peerstash").glob("*/*/peerstash-*")
+    check_shared_objects(bundle)
     for dest, src in target.get("files", {}).items():
         path = bundle / dest
         path.parent.mkdir(parents=True, exist_ok=True)
