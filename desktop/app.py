@@ -209,6 +209,12 @@ def run_gui(args: argparse.Namespace) -> int:
         qasync.run(main())
     except NodeError as exc:
         print(f"peerstash: {exc}", file=sys.stderr)
+        if qapp.platformName() not in ("offscreen", "minimal"):
+            # Started from a menu, nobody reads stderr. The asyncio loop has ended, so a
+            # modal box (its own short event loop) nests in nothing here.
+            from PySide6.QtWidgets import QMessageBox
+
+            QMessageBox.critical(None, "Peerstash cannot start", str(exc))
         return 1
     except KeyboardInterrupt:
         return 130

@@ -138,6 +138,8 @@ class GuiEnv:
     data_dir: Path
     src: Path
     tmp: Path
+    #: The ``peerstash --no-gui`` process (a tests.e2e NodeProc) when attached, else None.
+    proc: Any = None
 
     @property
     def window(self) -> Any:
@@ -228,7 +230,7 @@ if HAVE_QT:
             qloop.run(app.start())
             assert app.in_process == (node_mode == "in_process")
             qloop.run(add_repo())
-            yield GuiEnv(app, data_dir, src, tmp_path)
+            yield GuiEnv(app, data_dir, src, tmp_path, proc)
         finally:
             qloop.run(app.stop())
             if proc is not None and proc.proc is not None:

@@ -172,6 +172,19 @@ def test_add_plan_through_dialog_then_back_up_now(gui: GuiEnv, qloop: QLoop, qtb
         await w.overview.tasks.idle()
         assert w.overview.plans.item(0, 3).text() == "success"
 
+        # Quit: the window goes at once, the in-process node stops cleanly (no operation left
+        # running, the admin socket removed, the data dir lock released).
+        socket_path = gui.app.node.socket_path
+        tray.quit_action.trigger()
+        assert gui.app.quit_requested.is_set()
+        await gui.app.stop()
+        assert not w.isVisible()
+        assert gui.app.node is None
+        assert not socket_path.exists()
+        from peerstash.desktop.api import node_answers
+
+        assert not await node_answers(gui.data_dir)
+
     qloop.run(body(), timeout=240)
 
 
@@ -542,3 +555,40 @@ def test_failures_notify_once_and_cancel_and_remove(gui: GuiEnv, qloop: QLoop, q
         assert _plan_rows(page.plans) == ["docs"]
 
     qloop.run(body(), timeout=180)
+
+
+def test_window_follows_the_node_going_away_and_coming_back(
+    gui: GuiEnv, qloop: QLoop, qtbot: Any
+) -> None:
+    """Attached to a node that dies: the window says so, reconnects when it is back, reloads."""
+    import asyncio
+
+    w = gui.window
+    qtbot.addWidget(w)
+    b = gui.backend
+    node = gui.proc
+    assert node is not None
+    resets: list[bool] = []
+    b.opsReset.connect(lambda: resets.append(True))
+
+    async def body() -> None:
+        assert b.connected
+        node.proc.kill()
+        await asyncio.to_thread(node.proc.wait, 30)
+        await wait_for(lambda: not b.connected, b.connectionChanged, what="disconnect seen")
+        assert "not reachable" in w.connection.text()
+        # Asking for something now fails in words, not with a traceback.
+        w.show_page(w.plans)
+        await w.plans.tasks.idle()
+        assert w.plans.banner.level == "error"
+        assert "no Peerstash node is running" in w.plans.banner.text()
+
+        await asyncio.to_thread(node.start)
+        await wait_for(lambda: b.connected, b.connectionChanged, timeout=60, what="reconnect")
+        await wait_for(lambda: resets, b.opsReset, what="lists reloaded")
+        assert "guitest" in w.connection.text()
+        await b.add_plan({"id": "after", "repo": "main", "paths": [str(gui.src / "docs")]})
+        op = await b.backup("after")
+        await wait_for(lambda: (op["origin"], op["id"]) not in b.active, b.opChanged, timeout=60)
+
+    qloop.run(body(), timeout=150)
