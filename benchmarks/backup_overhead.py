@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -88,6 +89,8 @@ def through_peerstash(
         for line in node.stderr:
             if "Ctrl-C stops it" in line:
                 break
+        # Keep reading the node's log so a full pipe never blocks it (and skews the figures).
+        threading.Thread(target=node.stderr.read, daemon=True).start()
         cli = [*PEERSTASH, "--data-dir", str(data)]
         subprocess.run(
             [*cli, "repo", "add", "r", "--uri", str(repo), "--password-stdin", "--init"],

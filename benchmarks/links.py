@@ -22,6 +22,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,7 +70,13 @@ def start_hub(data: Path) -> subprocess.Popen[str]:
     for line in proc.stderr:
         if "Ctrl-C stops it" in line:
             break
+    drain(proc)
     return proc
+
+
+def drain(proc: subprocess.Popen[str]) -> None:
+    """Keep reading the node's log so a full pipe never blocks it (and skews the figures)."""
+    threading.Thread(target=lambda: proc.stderr and proc.stderr.read(), daemon=True).start()
 
 
 def cpu_seconds(pid: int) -> float:
