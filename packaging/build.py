@@ -23,7 +23,9 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGING = ROOT / "packaging"
@@ -39,9 +41,9 @@ def log(msg: str) -> None:
     print(f"==> {msg}", flush=True)
 
 
-def run(cmd: list[str], **kw: object) -> None:
+def run(cmd: Sequence[str | Path], **kw: Any) -> None:
     print("+ " + " ".join(str(c) for c in cmd), flush=True)
-    subprocess.run([str(c) for c in cmd], check=True, **kw)  # type: ignore[call-overload]
+    subprocess.run([str(c) for c in cmd], check=True, **kw)
 
 
 def sudo() -> list[str]:
