@@ -68,6 +68,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status >= 400:
             return _error(exc.status, exc.reason or "request refused")
         raise
+    except ConnectionResetError:
+        # The client went away while we streamed to it (Ctrl-C on `ops --follow`, the tray
+        # quitting): nothing to answer, nothing to log.
+        raise asyncio.CancelledError from None
     except BadRequest as exc:
         return _error(400, str(exc))
     except NotFound as exc:
@@ -224,7 +228,11 @@ def _int_param(request: web.Request, name: str, default: int, maximum: int) -> i
 
 async def list_ops(request: web.Request) -> web.Response:
     q = request.query
+    before = q.get("before")
+    if before is not None and not before.isdigit():
+        raise BadRequest("before must be an operation's pk (a whole number)")
     flt = OpFilter(
+        before_pk=int(before) if before is not None else None,
         origin=q.get("origin"),
         plan_id=q.get("plan"),
         repo_id=q.get("repo"),

@@ -254,7 +254,11 @@ class Node:
         # We hold the data dir lock, so a socket file left here is from a dead node.
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
-        runner = web.AppRunner(make_admin_app(self), access_log=None, handle_signals=False)
+        # handler_cancellation: a client that goes away (CLI Ctrl-C, the tray quitting) ends its
+        # streaming request at once instead of at the next keep-alive write.
+        runner = web.AppRunner(
+            make_admin_app(self), access_log=None, handle_signals=False, handler_cancellation=True
+        )
         await runner.setup()
         site = web.UnixSite(runner, str(sock))
         old = os.umask(0o177)
