@@ -128,6 +128,37 @@ def through_peerstash(
     return first, again, rss, inside[0], inside[1]
 
 
+def in_process(work: Path, repo: Path, src: Path) -> tuple[float, float]:
+    """The same two backups through a Node running in this process (no CLI, no admin socket)."""
+    import asyncio
+
+    from peerstash.core.engine import PasswordSpec
+    from peerstash.peer.node import Node, NodeOptions
+
+    async def go() -> tuple[float, float]:
+        node = Node(
+            work / "inproc",
+            NodeOptions(instance_id="bench", listen=None, discovery=False, schedule=False),
+        )
+        await node.start()
+        try:
+            engine = node.engine
+            assert engine is not None
+            await engine.add_repo("r", str(repo), PasswordSpec("secret", value=PASSWORD), init=True)
+            await engine.add_plan("p", repo_id="r", paths=[str(src)])
+            times = []
+            for _ in range(2):
+                t0 = time.perf_counter()
+                op = await engine.backup("p")
+                await engine.wait(op.pk)
+                times.append(time.perf_counter() - t0)
+            return times[0], times[1]
+        finally:
+            await node.stop()
+
+    return asyncio.run(go())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=3000)
@@ -144,19 +175,28 @@ def main() -> None:
         print(f"data: {args.files} files, {args.mb} MB; {restic_version}; {os.cpu_count()} cores")
         ratios_first, ratios_again, rss_all = [], [], []
         node_first, node_again = [], []
+        eng_first: list[float] = []
+        eng_again: list[float] = []
         for rnd in range(args.rounds):
-            order = ["bare", "peerstash"] if rnd % 2 == 0 else ["peerstash", "bare"]
+            order = (
+                ["bare", "peerstash", "inproc"] if rnd % 2 == 0 else ["inproc", "peerstash", "bare"]
+            )
             res: dict[str, tuple[float, ...]] = {}
             for which in order:
                 rdir = work / f"round{rnd}-{which}"
                 rdir.mkdir()
                 if which == "bare":
                     res[which] = bare_restic(rdir / "repo", src)
+                elif which == "inproc":
+                    res[which] = in_process(rdir, rdir / "repo", src)
                 else:
                     res[which] = through_peerstash(rdir, rdir / "repo", src)
                 shutil.rmtree(rdir)
             bf, ba = res["bare"]
             pf, pa, rss, nf, na = res["peerstash"]
+            ef, ea = res["inproc"]
+            eng_first.append(ef / bf)
+            eng_again.append(ea / ba)
             ratios_first.append(pf / bf)
             ratios_again.append(pa / ba)
             node_first.append(nf / bf)
@@ -165,7 +205,8 @@ def main() -> None:
             print(
                 f"round {rnd + 1}: first: bare {bf:.2f}s, CLI {pf:.2f}s ({pf / bf:.3f}x), "
                 f"in node {nf:.2f}s ({nf / bf:.3f}x); unchanged: bare {ba:.2f}s, CLI {pa:.2f}s "
-                f"({pa / ba:.3f}x), in node {na:.2f}s ({na / ba:.3f}x); node peak RSS {rss:.0f} MB"
+                f"({pa / ba:.3f}x), in node {na:.2f}s ({na / ba:.3f}x); engine in-process first {ef:.2f}s "
+                f"({ef / bf:.3f}x) unchanged {ea:.2f}s ({ea / ba:.3f}x); node peak RSS {rss:.0f} MB"
             )
         med = statistics.median
         print("median ratios vs bare restic (target <= 1.03x):")
@@ -174,6 +215,10 @@ def main() -> None:
         )
         print(
             f"  unchanged backup, in node: {med(node_again):.3f}x   whole CLI call: {med(ratios_again):.3f}x"
+        )
+        print(
+            f"  engine in-process (no CLI, no socket): first {med(eng_first):.3f}x, "
+            f"unchanged {med(eng_again):.3f}x"
         )
         print(f"node peak RSS:                  {max(rss_all):.0f} MB  (target <= 120 MB)")
 
