@@ -694,27 +694,60 @@ class Store:
         finally:
             await cur.close()
 
-    async def _sync_query(self, where: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    async def _sync_rows(
+        self, s: AsyncSession, where: str, params: dict[str, Any]
+    ) -> list[tuple[Any, ...]]:
         """Sync rows matching a WHERE clause written with ``:name`` placeholders.
 
         SQLite: one raw statement, rows exactly as stored. Elsewhere: SQLAlchemy reads them
         with the backend's own timestamp and JSON types, and they are turned into text here.
         """
         sql = f"SELECT {', '.join(self.SYNC_OP_COLUMNS)} FROM operations WHERE {where}"
-        async with self.session() as s:
-            if self._sqlite:
-                return await self._sqlite_fetch(s, sql, params)
-            from sqlalchemy import text
+        if self._sqlite:
+            return await self._sqlite_fetch(s, sql, params)
+        from sqlalchemy import text
 
-            q = select(*(getattr(Operation, c) for c in self.SYNC_OP_COLUMNS)).from_statement(
-                text(sql)
-            )
-            rows = (await s.execute(q, params)).all()
+        q = select(*(getattr(Operation, c) for c in self.SYNC_OP_COLUMNS)).from_statement(text(sql))
+        rows = (await s.execute(q, params)).all()
         t = self.sync_time
         return [
             (*r[:7], t(r[7]), t(r[8]), t(r[9]), *r[10:15], json.dumps(r[15] or {}), *r[16:])
             for r in rows
         ]
+
+    async def _sync_query(self, where: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        async with self.session() as s:
+            return await self._sync_rows(s, where, params)
+
+    async def _versions(
+        self,
+        s: AsyncSession,
+        origin: str,
+        allow: Callable[[str | None, str | None], bool] | None,
+    ) -> dict[str, int]:
+        if self._sqlite:
+            rows = await self._sqlite_fetch(
+                s,
+                "SELECT op_id, modno, repo_id, plan_id FROM operations WHERE origin = :origin",
+                {"origin": origin},
+            )
+        else:
+            q = select(
+                Operation.op_id, Operation.modno, Operation.repo_id, Operation.plan_id
+            ).where(Operation.origin == origin)
+            rows = [tuple(r) for r in (await s.execute(q)).all()]
+        if allow is None:
+            return {op_id: modno for op_id, modno, _, _ in rows}
+        verdicts: dict[tuple[str | None, str | None], bool] = {}
+        out: dict[str, int] = {}
+        for op_id, modno, repo_id, plan_id in rows:
+            key = (repo_id, plan_id)
+            ok = verdicts.get(key)
+            if ok is None:
+                ok = verdicts[key] = bool(allow(repo_id, plan_id))
+            if ok:
+                out[op_id] = modno
+        return out
 
     async def max_modno(self, origin: str) -> int:
         """The highest modno held for ``origin`` (0 when none): a receiver's high-water mark."""
@@ -759,29 +792,42 @@ class Store:
         grant check costs nothing per row.
         """
         async with self.session() as s:
+            return await self._versions(s, origin, allow)
+
+    async def sync_snapshot(
+        self,
+        origin: str,
+        since: int,
+        allow: Callable[[str | None, str | None], bool] | None = None,
+    ) -> tuple[list[tuple[Any, ...]], dict[str, int]]:
+        """Sync rows of ``origin`` above modno ``since`` and its versions admitted by ``allow``,
+        both read from one consistent snapshot of the database.
+
+        A sender sends those rows, then the digest of those versions: the receiver then holds
+        exactly the state the digest describes, even while operations keep changing (a
+        running backup bumps its modno every second). From two separate reads, a change
+        committed in between would make the digests differ and start a needless repair.
+        """
+        params = {"origin": origin, "modno": int(since)}
+        where = "origin = :origin AND modno > :modno ORDER BY modno"
+        async with self.session() as s:
             if self._sqlite:
-                rows = await self._sqlite_fetch(
-                    s,
-                    "SELECT op_id, modno, repo_id, plan_id FROM operations WHERE origin = :origin",
-                    {"origin": origin},
-                )
-            else:
-                q = select(
-                    Operation.op_id, Operation.modno, Operation.repo_id, Operation.plan_id
-                ).where(Operation.origin == origin)
-                rows = [tuple(r) for r in (await s.execute(q)).all()]
-        if allow is None:
-            return {op_id: modno for op_id, modno, _, _ in rows}
-        verdicts: dict[tuple[str | None, str | None], bool] = {}
-        out: dict[str, int] = {}
-        for op_id, modno, repo_id, plan_id in rows:
-            key = (repo_id, plan_id)
-            ok = verdicts.get(key)
-            if ok is None:
-                ok = verdicts[key] = bool(allow(repo_id, plan_id))
-            if ok:
-                out[op_id] = modno
-        return out
+                # pysqlite starts no transaction for SELECTs: open one so that both reads see
+                # the same WAL snapshot.
+                conn = await s.connection()
+                driver: Any = (await conn.get_raw_connection()).driver_connection
+                await driver.execute("BEGIN")
+                try:
+                    rows = await self._sync_rows(s, where, params)
+                    versions = await self._versions(s, origin, allow)
+                finally:
+                    await driver.execute("COMMIT")
+                return rows, versions
+            async with s.begin():
+                await s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+                rows = await self._sync_rows(s, where, params)
+                versions = await self._versions(s, origin, allow)
+            return rows, versions
 
     @staticmethod
     def digest_of(origin: str, versions: Mapping[str, int]) -> tuple[int, int]:
