@@ -462,6 +462,9 @@ class _LinkSync:
         self.live = False
         self.repair: _Repair | None = None
         self.mismatches = 0
+        #: Every change in scope up to this modno has been sent on this link (None until the
+        #: first catch-up): where the next digest's snapshot starts.
+        self.sent_upto: int | None = None
         self.wake = asyncio.Event()
         self._stopped = False
         self._task = asyncio.create_task(self._run(), name=f"sync:{self.peer_id}")
@@ -587,11 +590,26 @@ class _LinkSync:
         return wait
 
     async def send_digest(self) -> None:
+        """Send what changed since our last scan, then the digest, from one snapshot.
+
+        Whatever is pushed or pending, the receiver then holds exactly the state the digest
+        describes (see ``Store.sync_snapshot``), so an operation that is busy changing does
+        not make every connect end in a repair.
+        """
+        if self.sent_upto is None:
+            return  # before the first catch-up; it ends with a digest anyway
+        local = self.svc.instance_id
         if self.grants.allows_any("ops"):
-            count, digest = await self.store.op_digest(self.svc.instance_id, self._allow_fn())
+            allow = self._allow_fn()
+            rows, versions = await self.store.sync_snapshot(local, self.sent_upto, allow)
+            if rows:
+                await self._send_ops(_records([r for r in rows if allow(r[6], r[5])]), done=True)
+                self.sent_upto = rows[-1][1]
+                self.pending = {k: r for k, r in self.pending.items() if r.modno > rows[-1][1]}
+            count, digest = await asyncio.to_thread(Store.digest_of, local, versions)
         else:
             count, digest = 0, 0
-        await self.send(proto.OpsDigest(origin=self.svc.instance_id, count=count, hash=digest))
+        await self.send(proto.OpsDigest(origin=local, count=count, hash=digest))
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -629,6 +647,9 @@ class _LinkSync:
                     await self._send_ops(held, done=True)
                 # Queued live changes the scan already covered need not go out twice.
                 self.pending = {k: r for k, r in self.pending.items() if r.modno > cursor}
+                self.sent_upto = cursor
+            else:
+                self.sent_upto = mark
         finally:
             self.live = True
             self.wake.set()
