@@ -140,7 +140,17 @@ async def status(request: web.Request) -> web.Response:
                 "last": op_to_dict(last) if last else None,
             }
         )
-    return web.json_response({**node.status(), "plans": plans})
+    fleet = _fleet(latest, engine.instance_id)
+    return web.json_response({**node.status(), "plans": plans, "peers": fleet})
+
+
+def _fleet(latest: dict[tuple[str, str], Any], local: str) -> dict[str, list[dict[str, Any]]]:
+    """Each other instance's last backup per plan, from its synced operations."""
+    fleet: dict[str, list[dict[str, Any]]] = {}
+    for (origin, plan_id), op in sorted(latest.items()):
+        if origin != local:
+            fleet.setdefault(origin, []).append({"plan": plan_id, "last": op_to_dict(op)})
+    return fleet
 
 
 async def list_repos(request: web.Request) -> web.Response:
@@ -460,8 +470,10 @@ async def delete_token_route(request: web.Request) -> web.Response:
 
 
 async def list_peers_route(request: web.Request) -> web.Response:
-    peers = await _engine(request).store.list_peers()
-    return web.json_response([peer_to_dict(p) for p in peers])
+    engine = _engine(request)
+    fleet = _fleet(await engine.store.latest_per_plan(), engine.instance_id)
+    peers = await engine.store.list_peers()
+    return web.json_response([{**peer_to_dict(p), "plans": fleet.get(p.id, [])} for p in peers])
 
 
 async def add_peer_route(request: web.Request) -> web.Response:

@@ -238,6 +238,11 @@ async def cmd_status(c: AdminClient, a: argparse.Namespace) -> int:
         )
         stale = "  STALE" if p["stale"] else ""
         lines.append(f"plan {p['id']}: last {res}; next {short_time(p['next_due_at'])}{stale}")
+    for peer, plans in sorted(st.get("peers", {}).items()):
+        for item in plans:
+            last = item["last"]
+            when = short_time(last["ended_at"] or last["created_at"])
+            lines.append(f"{peer} plan {item['plan']}: last {last['status']} {when}")
     _emit(a, st, "\n".join(lines))
     return 0
 

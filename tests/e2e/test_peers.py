@@ -168,3 +168,49 @@ def test_discover_and_pair_by_token_alone(node_factory: Any) -> None:
     off = node_factory("quiet").start()  # tests start nodes with --no-discovery by default
     res = off.cli("discover", check=False)
     assert res.returncode == 1 and "discovery is off" in res.stderr
+
+
+def test_fleet_history_reaches_a_granted_peer(node_factory: Any, tmp_path: Any) -> None:
+    hub = node_factory("hub", PEERSTASH_LINK_TIMINGS=FAST).start()
+    a = node_factory("laptop", PEERSTASH_LINK_TIMINGS=FAST).start()
+    pair(a, hub, "ops")  # the hub lets the laptop see its operation history
+    wait_link(a, "hub", "online")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("fleet\n")
+    hub.cli(
+        "repo",
+        "add",
+        "r",
+        "--uri",
+        str(tmp_path / "repo"),
+        "--password-stdin",
+        "--init",
+        input="pw-for-fleet-test\n",
+    )
+    hub.cli("plan", "add", "docs", "--repo", "r", "--path", str(src))
+    events = Events(a)
+    try:
+        assert next(events.lines()) == {"type": "ready"}
+        hub.cli("backup", "docs", "--wait")
+        for ev in events.lines():
+            op = ev.get("op") or {}
+            if (
+                ev.get("type") == "operation"
+                and op.get("origin") == "hub"
+                and op["status"] == "success"
+            ):
+                break
+    finally:
+        events.close()
+    theirs = json.loads(a.cli("ops", "--origin", "hub", "--json").stdout)
+    mine = json.loads(hub.cli("ops", "--json").stdout)
+    assert [(o["id"], o["status"], o["snapshot_id"]) for o in theirs] == [
+        (o["id"], o["status"], o["snapshot_id"]) for o in mine
+    ]
+    st = status(a)
+    assert st["peers"]["hub"][0]["plan"] == "docs"
+    assert st["peers"]["hub"][0]["last"]["status"] == "success"
+    assert peers(a)["hub"]["plans"][0]["last"]["snapshot_id"] == mine[0]["snapshot_id"]
+    # The other way round nothing was granted: the hub sees none of the laptop's history.
+    assert json.loads(hub.cli("ops", "--origin", "laptop", "--json").stdout) == []
