@@ -17,7 +17,9 @@ from peerstash.peer.node import Node, NodeOptions
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    n = Node(tmp_path / "d", NodeOptions(instance_id="adm", listen=None, discovery=False, schedule=False))
+    n = Node(
+        tmp_path / "d", NodeOptions(instance_id="adm", listen=None, discovery=False, schedule=False)
+    )
     await n.start()
     try:
         yield n
@@ -39,9 +41,15 @@ async def test_socket_is_private(node: Node) -> None:
     [
         (b"{not json", "request body is not valid JSON"),
         (b"[1, 2]", "request body must be a JSON object"),
-        (b'{"id": 5, "uri": "/x", "password": {"source": "secret", "value": "p"}}', "field 'id' must be a string"),
+        (
+            b'{"id": 5, "uri": "/x", "password": {"source": "secret", "value": "p"}}',
+            "field 'id' must be a string",
+        ),
         (b'{"id": "r", "uri": "/x"}', "missing field 'password' (an object with 'source')"),
-        (b'{"id": "r", "uri": "/x", "password": {"source": "secret", "value": "p"}, "env": [1]}', "field 'env' must map names to strings"),
+        (
+            b'{"id": "r", "uri": "/x", "password": {"source": "secret", "value": "p"}, "env": [1]}',
+            "field 'env' must map names to strings",
+        ),
         (b"\xff\xfe\x00garbage", "request body is not valid JSON"),
     ],
 )
@@ -71,7 +79,9 @@ async def test_oversized_and_unknown_requests(node: Node) -> None:
 async def test_client_leaving_a_stream_does_not_hold_up_shutdown(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    node = Node(tmp_path / "d", NodeOptions(instance_id="adm", listen=None, discovery=False, schedule=False))
+    node = Node(
+        tmp_path / "d", NodeOptions(instance_id="adm", listen=None, discovery=False, schedule=False)
+    )
     await node.start()
     async with session(node) as s:
         resp = await s.get("http://n/v1/events")
