@@ -6,6 +6,8 @@ the rules about operations live in one place.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -35,6 +37,7 @@ from peerstash.core.store import NotFound, OpFilter, Store, StoreError, repo_rec
 log = logging.getLogger(__name__)
 
 PASSWORD_SOURCES = ("secret", "file", "env", "command")
+GC_EVERY = 24 * 3600.0
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -95,6 +98,7 @@ class Engine:
             on_stale=self._on_stale,
         )
         self._restic: Restic | None = None
+        self._gc_task: asyncio.Task[None] | None = None
         self.stale_plans: dict[str, datetime | None] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -111,10 +115,27 @@ class Engine:
                 await self._enqueue_unlock(repo, stale_only=True)
         if schedule:
             await self.scheduler.start()
+            self._gc_task = asyncio.create_task(self._gc_daily(), name="operations-gc")
 
     async def stop(self) -> None:
+        if self._gc_task is not None:
+            self._gc_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gc_task
+            self._gc_task = None
         await self.scheduler.stop()
         await self.runner.close()
+
+    async def _gc_daily(self) -> None:
+        """Trim old operations once a day so the history never grows without bound."""
+        while True:
+            try:
+                removed = await self.gc()
+                if removed:
+                    log.info("removed %d operations older than 90 days", removed)
+            except Exception:  # a failed trim must not stop the node; try again tomorrow
+                log.exception("trimming old operations failed")
+            await asyncio.sleep(GC_EVERY)
 
     def restic(self) -> Restic:
         if self._restic is None:

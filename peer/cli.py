@@ -460,6 +460,12 @@ async def cmd_settings(c: AdminClient, a: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_gc(c: AdminClient, a: argparse.Namespace) -> int:
+    res = await c.call("POST", "/v1/gc", {"older_than_days": a.older_than_days})
+    _emit(a, res, f"removed {res['removed']} operations (the latest result of every plan is kept)")
+    return 0
+
+
 async def cmd_cancel(c: AdminClient, a: argparse.Namespace) -> int:
     res = await c.call("POST", f"/v1/ops/{a.op}/cancel")
     _emit(a, res, f"cancelling {a.op}")
@@ -641,6 +647,7 @@ COMMANDS = {
     "cancel": cmd_cancel,
     "wait": cmd_wait,
     "events": cmd_events,
+    "gc": cmd_gc,
     "discover": cmd_discover,
     "settings": cmd_settings,
     "snapshots": cmd_snapshots,
@@ -862,6 +869,10 @@ def build_parser() -> argparse.ArgumentParser:
     sts.add_argument("value", help="on/off for discovery; comma-separated list for interfaces")
     json_flag(sts)
     json_flag(st)
+
+    gcp = sub.add_parser("gc", help="delete old operations now (the node also does it daily)")
+    gcp.add_argument("--older-than-days", type=int, default=90, metavar="N")
+    json_flag(gcp)
 
     json_flag(sub.add_parser("pause", help="pause scheduled backups"))
     json_flag(sub.add_parser("resume", help="resume scheduled backups"))

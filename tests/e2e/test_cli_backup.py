@@ -399,3 +399,14 @@ def test_sigkill_mid_backup_recovers(node: NodeProc, tmp_path: Path) -> None:
         env={**os.environ, "RESTIC_PASSWORD": PASSWORD},
     )
     assert check.returncode == 0, check.stderr
+
+
+def test_gc_keeps_recent_history(node: NodeProc, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", files=2)
+    add_repo(node, "main", str(tmp_path / "repo"))
+    node.cli("plan", "add", "p", "--repo", "main", "--path", str(src))
+    node.cli("backup", "p", "--wait")
+    assert jcli(node, "gc", "--older-than-days", "1") == {"removed": 0}
+    assert [o["kind"] for o in jcli(node, "ops")] == ["backup"]
+    res = node.cli("gc", "--older-than-days", "0", check=False)
+    assert res.returncode == 1 and "positive whole number" in res.stderr
