@@ -144,11 +144,15 @@ class Engine:
 
     # -- repositories ------------------------------------------------------------------------
 
-    async def access(self, repo: Repo) -> RepoAccess:
-        """Everything restic needs to open ``repo``, secrets resolved at the last moment."""
+    async def access(self, repo: Repo, *, prefix: str | None = None) -> RepoAccess:
+        """Everything restic needs to open ``repo``, secrets resolved at the last moment.
+
+        ``prefix`` reads the secrets from another place (settings being tried out).
+        """
+        base = prefix if prefix is not None else f"repo/{repo.id}/"
         password: PasswordValue | PasswordFile | PasswordCommand
         if repo.password_source == "secret":
-            value = await self.secrets.get(_secret_name(repo.id, "password"))
+            value = await self.secrets.get(base + "password")
             if value is None:
                 raise EngineError(f"the password of repository {repo.id!r} is missing")
             password = PasswordValue(value)
@@ -166,7 +170,7 @@ class Engine:
             password = PasswordCommand(repo.password_ref)
         env: dict[str, str] = {}
         for key in repo.env_keys:
-            val = await self.secrets.get(_secret_name(repo.id, f"env/{key}"))
+            val = await self.secrets.get(f"{base}env/{key}")
             if val is not None:
                 env[key] = val
         return RepoAccess(
@@ -254,6 +258,93 @@ class Engine:
         self.bus.publish(ConfigChanged(what="repo", id=repo_id))
         return row, said
 
+    async def update_repo(
+        self,
+        repo_id: str,
+        *,
+        uri: str | None = None,
+        password: PasswordSpec | None = None,
+        env: Mapping[str, str] | None = None,
+        options: Sequence[str] | None = None,
+    ) -> Repo:
+        """Change how a repository is reached; it must still open, and be the same repository.
+
+        The new settings are tried (restic opens the repository and we compare its id) before
+        anything is stored, so a typo never replaces a working configuration.
+        """
+        repo = await self.store.get_repo(repo_id)
+        if repo.origin is not None:
+            raise EngineError(
+                f"repository {repo_id!r} is shared by {repo.origin} and read-only here"
+            )
+        if password is not None:
+            if password.source not in PASSWORD_SOURCES:
+                raise EngineError(f"unknown password source {password.source!r}")
+            if password.source == "secret" and not password.value:
+                raise EngineError("an empty password is not allowed")
+            if password.source != "secret" and not password.ref:
+                raise EngineError(f"--password-{password.source} needs a value")
+        for opt in options or ():
+            if "=" not in opt:
+                raise EngineError(f"option {opt!r} must look like KEY=VALUE")
+        trial = repo_record(
+            repo.id,
+            uri or repo.uri,
+            password.source if password else repo.password_source,
+            (password.ref if password else repo.password_ref) or "",
+            env_keys=sorted(env) if env is not None else repo.env_keys,
+            options=options if options is not None else repo.options,
+        )
+        staged = f"staging/{repo_id}/"  # never a repo's own prefix (those start "repo/")
+        if password is not None and password.source == "secret":
+            assert password.value is not None
+            await self.secrets.put(staged + "password", password.value)
+        elif password is None and repo.password_source == "secret":
+            old = await self.secrets.get(_secret_name(repo_id, "password"))
+            await self.secrets.put(staged + "password", old or "")
+        for key in trial.env_keys:
+            value = (
+                env[key]
+                if env is not None
+                else await self.secrets.get(_secret_name(repo_id, f"env/{key}"))
+            )
+            await self.secrets.put(f"{staged}env/{key}", value or "")
+        try:
+            trial_access = await self.access(trial, prefix=staged)
+            guid = await self.restic().guid(trial_access)
+        except ResticError as exc:
+            await self.secrets.delete_prefix(staged)
+            raise EngineError(exc.message) from None
+        except EngineError:
+            await self.secrets.delete_prefix(staged)
+            raise
+        if repo.guid and guid != repo.guid:
+            await self.secrets.delete_prefix(staged)
+            raise EngineError(
+                f"that is another repository (id {guid[:8]}, not {repo.guid[:8]}); add it as a "
+                "new repository instead"
+            )
+        # Commit: move the staged secrets into place, then the row.
+        await self.secrets.delete_prefix(f"repo/{repo_id}/")
+        if trial.password_source == "secret":
+            value = await self.secrets.get(staged + "password")
+            await self.secrets.put(_secret_name(repo_id, "password"), value or "")
+        for key in trial.env_keys:
+            value = await self.secrets.get(f"{staged}env/{key}")
+            await self.secrets.put(_secret_name(repo_id, f"env/{key}"), value or "")
+        await self.secrets.delete_prefix(staged)
+        updated = await self.store.update_repo(
+            repo_id,
+            uri=trial.uri,
+            password_source=trial.password_source,
+            password_ref=trial.password_ref,
+            env_keys=list(trial.env_keys),
+            options=list(trial.options),
+            guid=guid,
+        )
+        self.bus.publish(ConfigChanged(what="repo", id=repo_id))
+        return updated
+
     async def list_repos(self) -> list[Repo]:
         return await self.store.list_repos()
 
@@ -277,6 +368,65 @@ class Engine:
         retention: Mapping[str, Any] | None = None,
     ) -> Plan:
         check_name("plan", plan_id)
+        fields = await self._plan_fields(plan_id, repo_id, paths, excludes, cron, every, retention)
+        plan = Plan(id=plan_id, enabled=True, **fields)
+        await self.store.add_plan(plan)
+        self.bus.publish(ConfigChanged(what="plan", id=plan_id))
+        self.scheduler.reschedule()
+        return plan
+
+    async def update_plan(self, plan_id: str, **changes: Any) -> Plan:
+        """Change a plan; fields not given keep their value. Validated exactly like a new one.
+
+        ``changes`` may hold ``repo``, ``paths``, ``excludes``, ``schedule`` (cron), ``every``
+        (``schedule`` and ``every`` replace each other; give ``""`` for a manual-only plan),
+        ``retention`` and ``enabled``.
+        """
+        allowed = {"repo", "paths", "excludes", "schedule", "every", "retention", "enabled"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise EngineError(f"cannot change {', '.join(sorted(unknown))} of a plan")
+        plan = await self.store.get_plan(plan_id)
+        cron, every = plan.schedule_cron, None
+        if plan.schedule_interval:
+            cron, every = None, f"{plan.schedule_interval}s"
+        if "schedule" in changes or "every" in changes:
+            cron, every = changes.get("schedule") or None, changes.get("every") or None
+        fields = await self._plan_fields(
+            plan_id,
+            changes.get("repo", plan.repo_id),
+            changes.get("paths", plan.paths),
+            changes.get("excludes", plan.excludes),
+            cron,
+            every,
+            changes.get("retention", plan.retention),
+        )
+        if "enabled" in changes:
+            if not isinstance(changes["enabled"], bool):
+                raise EngineError("enabled is true or false")
+            fields["enabled"] = changes["enabled"]
+            if changes["enabled"]:
+                fields["disabled_reason"] = None
+        if fields["schedule_cron"] == plan.schedule_cron and (
+            fields["schedule_interval"] == plan.schedule_interval
+        ):
+            fields.pop("next_due_at")  # same schedule: keep the due time the scheduler set
+        updated = await self.store.update_plan(plan_id, **fields)
+        self.bus.publish(ConfigChanged(what="plan", id=plan_id))
+        self.scheduler.reschedule()
+        return updated
+
+    async def _plan_fields(
+        self,
+        plan_id: str,
+        repo_id: str,
+        paths: Sequence[str],
+        excludes: Sequence[str],
+        cron: str | None,
+        every: str | None,
+        retention: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """Validate a plan's settings; the row fields they make, or EngineError."""
         if not paths:
             raise EngineError("a plan needs at least one --path")
         for p in paths:
@@ -290,9 +440,9 @@ class Engine:
                 sched.validate_cron(cron)
             if every:
                 interval = sched.parse_every(every)
-        except ValueError as exc:
+            policy = RetentionPolicy.from_dict(dict(retention or {}))
+        except (TypeError, ValueError) as exc:
             raise EngineError(str(exc)) from None
-        policy = RetentionPolicy.from_dict(dict(retention or {}))
         repo = await self.store.get_repo(repo_id)
         schedule = sched.PlanSchedule(
             plan_id=plan_id,
@@ -303,21 +453,15 @@ class Engine:
             last_success_at=None,
             created_at=utcnow(),
         )
-        plan = Plan(
-            next_due_at=sched.next_after(schedule, utcnow()),
-            id=plan_id,
-            repo_id=repo.id,
-            paths=[str(PurePosixPath(p)) for p in paths],
-            excludes=list(excludes),
-            schedule_cron=cron or None,
-            schedule_interval=interval,
-            retention=policy.to_dict(),
-            enabled=True,
-        )
-        await self.store.add_plan(plan)
-        self.bus.publish(ConfigChanged(what="plan", id=plan_id))
-        self.scheduler.reschedule()
-        return plan
+        return {
+            "repo_id": repo.id,
+            "paths": [str(PurePosixPath(p)) for p in paths],
+            "excludes": list(excludes),
+            "schedule_cron": cron or None,
+            "schedule_interval": interval,
+            "retention": policy.to_dict(),
+            "next_due_at": sched.next_after(schedule, utcnow()),
+        }
 
     async def list_plans(self) -> list[Plan]:
         return await self.store.list_plans()

@@ -40,6 +40,7 @@ from peerstash.core.store import NotFound, OpFilter, StoreError
 from peerstash.peer.link import LinkStateChanged, PairingError, PeerManager
 from peerstash.peer.pairing import TokenError, create_token, token_to_dict
 from peerstash.peer.permissions import GrantError
+from peerstash.peer.server import parse_listen
 
 if TYPE_CHECKING:
     from peerstash.peer.node import Node
@@ -211,6 +212,58 @@ async def add_plan(request: web.Request) -> web.Response:
         retention=retention,
     )
     return web.json_response(plan_to_dict(plan), status=201)
+
+
+async def edit_plan(request: web.Request) -> web.Response:
+    data = await _body(request)
+    extra = set(data) - {"repo", "schedule", "every", "paths", "excludes", "retention", "enabled"}
+    if extra:
+        raise BadRequest(f"cannot change {', '.join(sorted(extra))} of a plan")
+    changes: dict[str, Any] = {}
+    for key in ("repo", "schedule", "every"):
+        if key in data:
+            changes[key] = _str(data, key, required=False) or ""
+    for key in ("paths", "excludes"):
+        if key in data:
+            changes[key] = _str_list(data, key)
+    if "retention" in data:
+        if not isinstance(data["retention"], dict):
+            raise BadRequest("field 'retention' must be an object")
+        changes["retention"] = data["retention"]
+    if "enabled" in data:
+        if not isinstance(data["enabled"], bool):
+            raise BadRequest("field 'enabled' must be true or false")
+        changes["enabled"] = data["enabled"]
+    plan = await _engine(request).update_plan(request.match_info["id"], **changes)
+    return web.json_response(plan_to_dict(plan))
+
+
+async def edit_repo(request: web.Request) -> web.Response:
+    data = await _body(request)
+    spec = None
+    if "password" in data:
+        pw = data["password"]
+        if not isinstance(pw, dict):
+            raise BadRequest("field 'password' must be an object with 'source'")
+        spec = PasswordSpec(
+            source=_str(pw, "source") or "",
+            ref=_str(pw, "ref", required=False) or "",
+            value=_str(pw, "value", required=False),
+        )
+    env = data.get("env")
+    if env is not None and not (
+        isinstance(env, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+    ):
+        raise BadRequest("field 'env' must map names to strings")
+    repo = await _engine(request).update_repo(
+        request.match_info["id"],
+        uri=_str(data, "uri", required=False),
+        password=spec,
+        env=env,
+        options=_str_list(data, "options") if "options" in data else None,
+    )
+    return web.json_response(repo_to_dict(repo))
 
 
 async def delete_plan(request: web.Request) -> web.Response:
@@ -494,6 +547,15 @@ async def remove_peer_route(request: web.Request) -> web.Response:
     return web.json_response({"removed": request.match_info["id"]})
 
 
+async def grant_peer_route(request: web.Request) -> web.Response:
+    data = await _body(request)
+    try:
+        peer = await _peers(request).set_grants(request.match_info["id"], _str_list(data, "grants"))
+    except GrantError as exc:
+        raise BadRequest(str(exc)) from None
+    return web.json_response(peer_to_dict(peer))
+
+
 async def check_peer_route(request: web.Request) -> web.Response:
     manager = _peers(request)
     peer = await manager.store.get_peer(request.match_info["id"])
@@ -586,29 +648,45 @@ async def discovered(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
+def _check_listen(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        parse_listen(value)
+    except ValueError:
+        return False
+    return True
+
+
+#: Settings a person may change, with a check and the sentence shown when it fails. Each takes
+#: effect when the node next starts; ``None`` puts the default back.
+SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "display_name": (
+        lambda v: isinstance(v, str) and 0 < len(v) <= 63,
+        "display_name is 1 to 63 characters",
+    ),
+    "listen": (_check_listen, "listen is HOST:PORT, e.g. 0.0.0.0:9797"),
+    "discovery": (lambda v: isinstance(v, bool), "discovery is on or off"),
+    "discovery_interfaces": (
+        lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+        "discovery_interfaces is a list of addresses or interface names",
+    ),
+    "restic_path": (lambda v: isinstance(v, str) and bool(v), "restic_path is a path"),
+}
+
+
 async def settings_route(request: web.Request) -> web.Response:
     store = _engine(request).store
     if request.method == "POST":
         data = await _body(request)
         key, value = data.get("key"), data.get("value")
-        if key == "discovery":
-            if not isinstance(value, bool):
-                raise BadRequest("discovery is on or off")
-        elif key == "discovery_interfaces":
-            if not (
-                value is None
-                or (isinstance(value, list) and all(isinstance(v, str) for v in value))
-            ):
-                raise BadRequest("discovery_interfaces is a list of addresses or interface names")
-        elif key == "restic_path":
-            if not (value is None or isinstance(value, str)):
-                raise BadRequest("restic_path is a path")
-        else:
-            raise BadRequest(
-                f"unknown setting {key!r} (discovery, discovery_interfaces, restic_path)"
-            )
+        if key not in SETTINGS:
+            raise BadRequest(f"unknown setting {key!r} ({', '.join(SETTINGS)})")
+        check, message = SETTINGS[key]
+        if value is not None and not check(value):
+            raise BadRequest(message)
         await store.set_setting(key, value)
-    keys = ("instance_id", "discovery", "discovery_interfaces", "restic_path")
+    keys = ("instance_id", *SETTINGS)
     return web.json_response({k: await store.get_setting(k) for k in keys})
 
 
@@ -620,6 +698,7 @@ def make_admin_app(node: Node) -> web.Application:
     r.add_get("/v1/repos", list_repos)
     r.add_post("/v1/repos", add_repo)
     r.add_delete("/v1/repos/{id}", delete_repo)
+    r.add_patch("/v1/repos/{id}", edit_repo)
     r.add_get("/v1/repos/{id}/snapshots", snapshots)
     r.add_get("/v1/repos/{id}/snapshots/{snap}/ls", ls)
     r.add_post("/v1/repos/{id}/restore", restore)
@@ -628,6 +707,7 @@ def make_admin_app(node: Node) -> web.Application:
     r.add_get("/v1/plans", list_plans)
     r.add_post("/v1/plans", add_plan)
     r.add_delete("/v1/plans/{id}", delete_plan)
+    r.add_patch("/v1/plans/{id}", edit_plan)
     r.add_post("/v1/plans/{id}/backup", backup)
     r.add_get("/v1/ops", list_ops)
     r.add_get("/v1/ops/follow", follow_ops)
@@ -648,4 +728,5 @@ def make_admin_app(node: Node) -> web.Application:
     r.add_post("/v1/peers", add_peer_route)
     r.add_delete("/v1/peers/{id}", remove_peer_route)
     r.add_post("/v1/peers/{id}/check", check_peer_route)
+    r.add_patch("/v1/peers/{id}", grant_peer_route)
     return app

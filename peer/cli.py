@@ -270,14 +270,19 @@ def _read_password(a: argparse.Namespace) -> dict[str, Any]:
     return {"source": "secret", "value": value}
 
 
+def _env_pairs(items: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--env {item!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
 async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
     if a.repo_cmd == "add":
-        env: dict[str, str] = {}
-        for item in a.env or []:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise CliError(f"--env {item!r}: expected KEY=VALUE")
-            env[key] = value
+        env = _env_pairs(a.env or [])
         body = {
             "id": a.name,
             "uri": a.uri,
@@ -289,6 +294,21 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
         res = await c.call("POST", "/v1/repos", body)
         _emit(a, res, f"repository {a.name}: {res['message']} (id {res['repo']['guid'][:8]})")
         return 0
+    if a.repo_cmd == "edit":
+        patch: dict[str, Any] = {}
+        if a.uri:
+            patch["uri"] = a.uri
+        if a.password_stdin or a.password_file or a.password_env or a.password_command:
+            patch["password"] = _read_password(a)
+        if a.env is not None:
+            patch["env"] = _env_pairs(a.env)
+        if a.option is not None:
+            patch["options"] = [o for o in a.option if o]
+        if not patch:
+            raise CliError("nothing to change: give --uri, a password option, --env or --option")
+        res = await c.call("PATCH", f"/v1/repos/{a.name}", patch)
+        _emit(a, res, f"repository {a.name} changed; it opens with the new settings")
+        return 0
     if a.repo_cmd == "remove":
         res = await c.call("DELETE", f"/v1/repos/{a.name}")
         _emit(a, res, f"repository {a.name} removed from Peerstash (its data is untouched)")
@@ -299,21 +319,23 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
     return 0
 
 
+RETENTION_KEYS = (
+    "keep_last",
+    "keep_hourly",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_yearly",
+    "keep_within",
+)
+
+
+def _retention(a: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(a, k) for k in RETENTION_KEYS if getattr(a, k, None) is not None}
+
+
 async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
     if a.plan_cmd == "add":
-        retention = {
-            k: getattr(a, k)
-            for k in (
-                "keep_last",
-                "keep_hourly",
-                "keep_daily",
-                "keep_weekly",
-                "keep_monthly",
-                "keep_yearly",
-                "keep_within",
-            )
-            if getattr(a, k) is not None
-        }
         body = {
             "id": a.name,
             "repo": a.repo,
@@ -321,10 +343,34 @@ async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
             "excludes": a.exclude or [],
             "schedule": a.schedule,
             "every": a.every,
-            "retention": retention,
+            "retention": _retention(a),
         }
         res = await c.call("POST", "/v1/plans", body)
         _emit(a, res, f"plan {a.name} added (next run {short_time(res['next_due_at'])})")
+        return 0
+    if a.plan_cmd == "edit":
+        changes: dict[str, Any] = {}
+        if a.repo:
+            changes["repo"] = a.repo
+        if a.path:
+            changes["paths"] = [os.path.abspath(p) for p in a.path]  # noqa: ASYNC240
+        if a.exclude is not None:
+            changes["excludes"] = [e for e in a.exclude if e]
+        if a.schedule is not None:
+            changes["schedule"] = a.schedule
+        if a.every is not None:
+            changes["every"] = a.every
+        if a.manual:
+            changes["schedule"] = ""
+        retention = _retention(a)
+        if retention or a.no_retention:
+            changes["retention"] = retention
+        if a.enable or a.disable:
+            changes["enabled"] = bool(a.enable)
+        if not changes:
+            raise CliError("nothing to change: give the options to change (see plan edit --help)")
+        res = await c.call("PATCH", f"/v1/plans/{a.name}", changes)
+        _emit(a, res, f"plan {a.name} changed (next run {short_time(res['next_due_at'])})")
         return 0
     if a.plan_cmd == "remove":
         res = await c.call("DELETE", f"/v1/plans/{a.name}")
@@ -567,6 +613,11 @@ async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
         )
         _emit(a, res, f"paired with {res['id']} (key {res['key_id']}); connecting")
         return 0
+    if a.peer_cmd == "grant":
+        res = await c.call("PATCH", f"/v1/peers/{a.id}", {"grants": a.grant or []})
+        shown = ", ".join(res["grants"]) or "nothing"
+        _emit(a, res, f"{a.id} may now: {shown} (its link restarts to apply it)")
+        return 0
     if a.peer_cmd == "remove":
         res = await c.call("DELETE", f"/v1/peers/{a.id}")
         _emit(a, res, f"peer {a.id} removed; its link is closed")
@@ -685,9 +736,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restic", help="path of the restic binary (default: from PATH)")
     p.add_argument(
         "--listen",
-        default=os.environ.get("PEERSTASH_LISTEN", "0.0.0.0:9797"),
+        default=os.environ.get("PEERSTASH_LISTEN"),
         metavar="HOST:PORT",
-        help="peer port (default 0.0.0.0:9797; port 0 picks one)",
+        help="peer port (default: the listen setting, else 0.0.0.0:9797; port 0 picks one)",
     )
     p.add_argument(
         "--no-discovery", action="store_true", help="do not announce or look for peers on the LAN"
@@ -730,6 +781,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--init", action="store_true", help="create the repository if it does not exist"
     )
     json_flag(ra)
+    re_ = rsub.add_parser("edit", help="change how a repository is reached (it must still open)")
+    re_.add_argument("name")
+    re_.add_argument("--uri")
+    rpw = re_.add_mutually_exclusive_group()
+    rpw.add_argument("--password-stdin", action="store_true")
+    rpw.add_argument("--password-file")
+    rpw.add_argument("--password-env")
+    rpw.add_argument("--password-command")
+    re_.add_argument("--env", action="append", metavar="K=V", help="replaces the extra environment")
+    re_.add_argument("--option", action="append", metavar="K=V", help="replaces the -o options")
+    re_.set_defaults(init=False)
+    json_flag(re_)
     json_flag(rsub.add_parser("list", help="list repositories"))
     rr = rsub.add_parser("remove", help="forget a repository (its data stays where it is)")
     rr.add_argument("name")
@@ -749,6 +812,28 @@ def build_parser() -> argparse.ArgumentParser:
         pa.add_argument(f"--keep-{unit}", type=int, metavar="N")
     pa.add_argument("--keep-within", metavar="DURATION", help="e.g. 30d")
     json_flag(pa)
+    pe = psub.add_parser("edit", help="change a plan (only the options given)")
+    pe.add_argument("name")
+    pe.add_argument("--repo")
+    pe.add_argument("--path", action="append", help="replaces the paths (repeatable)")
+    pe.add_argument(
+        "--exclude",
+        action="append",
+        metavar="PATTERN",
+        help="replaces the excludes (repeatable; --exclude '' for none)",
+    )
+    pwhen = pe.add_mutually_exclusive_group()
+    pwhen.add_argument("--schedule", metavar="CRON")
+    pwhen.add_argument("--every", metavar="INTERVAL")
+    pwhen.add_argument("--manual", action="store_true", help="no schedule: run only when asked")
+    for unit in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        pe.add_argument(f"--keep-{unit}", type=int, metavar="N")
+    pe.add_argument("--keep-within", metavar="DURATION")
+    pe.add_argument("--no-retention", action="store_true", help="remove the retention policy")
+    onoff = pe.add_mutually_exclusive_group()
+    onoff.add_argument("--enable", action="store_true")
+    onoff.add_argument("--disable", action="store_true")
+    json_flag(pe)
     json_flag(psub.add_parser("list", help="list plans"))
     pr = psub.add_parser("remove", help="remove a plan (its snapshots stay)")
     pr.add_argument("name")
@@ -848,6 +933,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--grant", action="append", metavar="GRANT[:SCOPE]", help="what it may do here"
     )
     json_flag(pea)
+    peg = pesub.add_parser("grant", help="replace what a peer may do here")
+    peg.add_argument("id")
+    peg.add_argument(
+        "--grant",
+        action="append",
+        metavar="GRANT[:SCOPE]",
+        help="the new grants (repeatable); none at all revokes every grant",
+    )
+    json_flag(peg)
     json_flag(pesub.add_parser("list", help="known hosts and authorized clients with their state"))
     pec = pesub.add_parser("check", help="reconnect to a peer now")
     pec.add_argument("id")
@@ -865,7 +959,10 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("settings", help="show or change node settings")
     stsub = st.add_subparsers(dest="settings_cmd", parser_class=_Parser)
     sts = stsub.add_parser("set", help="change a setting (effective at the next start)")
-    sts.add_argument("key", choices=["discovery", "discovery_interfaces", "restic_path"])
+    sts.add_argument(
+        "key",
+        choices=["display_name", "listen", "discovery", "discovery_interfaces", "restic_path"],
+    )
     sts.add_argument("value", help="on/off for discovery; comma-separated list for interfaces")
     json_flag(sts)
     json_flag(st)

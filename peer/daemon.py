@@ -29,7 +29,7 @@ def node_options(args: argparse.Namespace) -> NodeOptions:
         instance_id=args.instance_id,
         db_url=args.db_url,
         restic_path=args.restic,
-        listen=args.listen or None,
+        listen=args.listen or "",
         link_timings=timings,
         discovery=not args.no_discovery,
         discovery_interfaces=args.discovery_interface,

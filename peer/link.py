@@ -565,6 +565,19 @@ class PeerManager:
             old.task.cancel()
         self._dialers[peer_id] = _Dialer(self, peer_id)
 
+    async def set_grants(self, peer_id: str, grants: list[str]) -> Peer:
+        """Replace what we grant ``peer_id``; a live link is restarted so it takes effect now.
+
+        The reconnect runs the sync handshake again, which sends what is newly in scope and
+        removes on the peer what fell out of it.
+        """
+        parsed = Grants.parse(grants).to_strings()
+        peer = await self.store.update_peer(peer_id, grants=parsed)
+        link = self.links.get(peer_id)
+        if link is not None:
+            await link.close("grants changed; reconnecting")
+        return peer
+
     def check_now(self, peer_id: str) -> bool:
         dialer = self._dialers.get(peer_id)
         if dialer is None:

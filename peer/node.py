@@ -58,8 +58,9 @@ class NodeOptions:
     catch_up_grace: float = 60.0
     cancel_grace: float = 10.0
     schedule: bool = True
-    #: Where the peer port listens; port 0 picks a free port (tests), None disables it.
-    listen: str | None = "0.0.0.0:9797"
+    #: Where the peer port listens; "" means the ``listen`` setting, else DEFAULT_LISTEN; port 0
+    #: picks a free port (tests); None disables the peer port.
+    listen: str | None = ""
     link_timings: Timings | None = None
     #: LAN discovery (zeroconf): on by default; ``discovery_interfaces`` limits it (e.g.
     #: ["127.0.0.1"] in tests, or an interface name like "eth0").
@@ -67,6 +68,9 @@ class NodeOptions:
     discovery_interfaces: list[str] | None = None
     #: Only for tests of version negotiation: speak another peer protocol version.
     protocol_version: int | None = None
+
+
+DEFAULT_LISTEN = "0.0.0.0:9797"
 
 
 def default_instance_id() -> str:
@@ -183,8 +187,9 @@ class Node:
     async def _start_peer_server(self) -> None:
         if self.options.listen is None or self.peers is None:
             return
+        listen = self.options.listen or await self._setting("listen", None) or DEFAULT_LISTEN
         try:
-            host, port = parse_listen(self.options.listen)
+            host, port = parse_listen(listen)
         except ValueError as exc:
             raise NodeError(str(exc)) from None
         runner = web.AppRunner(make_peer_app(self.peers), access_log=None, handle_signals=False)
@@ -228,7 +233,7 @@ class Node:
                     instance_id=self.instance_id,
                     key_id=self.identity.key_id,
                     port=self._peer_port,
-                    display_name=self.instance_id,
+                    display_name=await self._setting("display_name", None) or self.instance_id,
                 )
             )
         except OSError as exc:

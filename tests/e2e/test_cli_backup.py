@@ -410,3 +410,44 @@ def test_gc_keeps_recent_history(node: NodeProc, tmp_path: Path) -> None:
     assert [o["kind"] for o in jcli(node, "ops")] == ["backup"]
     res = node.cli("gc", "--older-than-days", "0", check=False)
     assert res.returncode == 1 and "positive whole number" in res.stderr
+
+
+def test_edit_plan_and_repo_validated_and_nothing_lost(node: NodeProc, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", files=3)
+    add_repo(node, "main", str(tmp_path / "repo"))
+    node.cli("plan", "add", "p", "--repo", "main", "--path", str(src), "--schedule", "0 3 * * *")
+    plan = jcli(node, "plan", "edit", "p", "--every", "2h", "--keep-last", "1")
+    assert plan["schedule"] is None and plan["every_seconds"] == 7200
+    assert plan["retention"] == {"keep_last": 1} and plan["next_due_at"]
+    res = node.cli("plan", "edit", "p", "--schedule", "99 * * * *", check=False)
+    assert res.returncode == 1 and "cron" in res.stderr.lower()
+    assert jcli(node, "plan", "list")[0]["every_seconds"] == 7200  # unchanged by the bad edit
+    node.cli("plan", "edit", "p", "--disable")
+    res = node.cli("backup", "p", check=False)
+    assert res.returncode == 1 and "disabled" in res.stderr
+    node.cli("plan", "edit", "p", "--enable", "--manual")
+    assert jcli(node, "plan", "list")[0]["next_due_at"] is None
+
+    # The password moves to a file: checked against the repository before it is kept.
+    wrong = tmp_path / "wrong-pw"
+    wrong.write_text("not it\n")
+    res = node.cli("repo", "edit", "main", "--password-file", str(wrong), check=False)
+    assert res.returncode == 1 and "wrong password" in res.stderr.lower()
+    node.cli("backup", "p", "--wait")  # the old password still works
+    right = tmp_path / "pw"
+    right.write_text(PASSWORD + "\n")
+    repo = jcli(node, "repo", "edit", "main", "--password-file", str(right))
+    assert repo["password_source"] == "file" and repo["password_ref"] == str(right)
+    node.cli("backup", "p", "--wait")
+
+    # Pointing it at another repository is refused: that would mix two histories.
+    other = tmp_path / "other"
+    subprocess.run(
+        ["restic", "init", "-r", str(other)],
+        env={**os.environ, "RESTIC_PASSWORD": PASSWORD},
+        check=True,
+        capture_output=True,
+    )
+    res = node.cli("repo", "edit", "main", "--uri", str(other), check=False)
+    assert res.returncode == 1 and "another repository" in res.stderr
+    assert jcli(node, "repo", "list")[0]["uri"] == str(tmp_path / "repo")

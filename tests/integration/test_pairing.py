@@ -21,6 +21,7 @@ from peerstash.peer.identity import Identity
 from peerstash.peer.link import LinkStateChanged, PairingError, Timings
 from peerstash.peer.node import Node, NodeOptions
 from peerstash.peer.pairing import create_token
+from peerstash.peer.permissions import GrantError
 from peerstash.peer.tokens import parse_token
 
 FAST = Timings(
@@ -290,3 +291,22 @@ async def test_peer_port_serves_nothing_else(make_node: MakeNode) -> None:
         for path in ("/", "/v1/status", "/v1/repos", "/v1/ops", "/admin"):
             async with s.get(b.peer_url + path) as r:
                 assert r.status == 404, path
+
+
+async def test_changing_grants_applies_on_the_live_link(make_node: MakeNode) -> None:
+    a, b = await make_node("a"), await make_node("b")
+    assert a.peers and b.peers and b.peer_url and a.engine
+    await a.peers.pair(await token_for(b, grants=["ops"]), b.peer_url, [])
+    await wait_state(a, "b", "online")
+    old = b.peers.links["a"]
+    with a.bus.subscribe("link") as sub:
+        await b.peers.set_grants("a", ["ops:repo:r1", "run:plan:p"])
+        async with asyncio.timeout(10):
+            while True:  # the link went down and came back up with the new grants
+                ev = await sub.get()
+                if isinstance(ev, LinkStateChanged) and ev.peer_id == "b" and ev.state == "online":
+                    break
+    assert old.close_reason == "grants changed; reconnecting"
+    assert (await a.engine.store.get_peer("b")).their_grants == ["ops:repo:r1", "run:plan:p"]
+    with pytest.raises(GrantError, match="everything"):
+        await b.peers.set_grants("a", ["everything"])
