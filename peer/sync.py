@@ -221,6 +221,17 @@ def _accept(ops: Sequence[proto.OpRecord]) -> tuple[list[tuple[Any, ...]], int]:
     return rows, skipped
 
 
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait for it to end, without swallowing our *own* cancellation.
+
+    (``with suppress(BaseException): await task`` would: a dialer cancelled while it stops
+    an old link's sync would then carry on, and whoever stops the dialer waits forever.)
+    """
+    if not task.done():
+        task.cancel()
+        await asyncio.wait([task])
+
+
 @dataclass
 class _Repair:
     """Owner side of one manifest exchange: what is in scope, and what the receiver listed."""
@@ -265,9 +276,7 @@ class SyncService:
 
     async def stop(self) -> None:
         if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(BaseException):
-                await self._pump
+            await _cancel(self._pump)
             self._pump = None
         if self._sub is not None:
             self._sub.close()
@@ -505,9 +514,7 @@ class _LinkSync:
         current = asyncio.current_task()
         for task in (self._task, self._watch):
             if task is not current:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+                await _cancel(task)
 
     async def _watch_link(self) -> None:
         await self.link.closed.wait()
