@@ -533,6 +533,65 @@ async def test_randomized_convergence_with_dropped_links(
 # -- store level ---------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+async def bare_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        store = await Store.open(data_dir=tmp_path / "data")
+    else:
+        store = await Store.open(request.getfixturevalue("fresh_pg_url"))
+    store.local_origin = "me"
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def as_row(rec: proto.OpRecord) -> tuple[Any, ...]:
+    return tuple(getattr(rec, f) for f in proto.OpRecord.__struct_fields__)
+
+
+async def test_store_sync_methods_on_both_backends(bare_store: Store) -> None:
+    store = bare_store
+    rec = record(
+        modno=5,
+        status="running",
+        started_at=Store.sync_time(utcnow()),
+        summary=json.dumps({"files_new": 3, "groups": [{"paths": ["/a"]}], "é": 1.5}),
+        error="x" * 10,
+    )
+    row = as_row(rec)
+    await store.upsert_remote_ops("x", [row])
+    # Read back in exactly the wire form, whatever the backend.
+    [back] = await store.ops_since("x", 0, 10)
+    assert _norm(back) == _norm(row)
+    older = (*row[:1], 4, *row[2:4], "success", *row[5:])
+    await store.upsert_remote_ops("x", [older])
+    assert (await store.find_operation(rec.op_id, "x")).status == "running"
+    newer = (*row[:1], 6, *row[2:4], "success", *row[5:])
+    await store.upsert_remote_ops("x", [newer])
+    op = await store.find_operation(rec.op_id, "x")
+    assert op.status == "success" and op.summary["groups"] == [{"paths": ["/a"]}]
+    assert op.started_at == Store.sync_time_parse(rec.started_at)
+    assert await store.max_modno("x") == 6
+    others = [as_row(record(modno=10 + i, repo_id=f"r{i % 2}")) for i in range(600)]
+    await store.upsert_remote_ops("x", others)
+    assert len(await store.ops_by_ids("x", [r[0] for r in others] + ["nope"])) == 600
+    versions = await store.op_versions("x", lambda repo, plan: repo == "r1")
+    assert len(versions) == 300 + 1  # the first record is in r1 too
+    rows, snap = await store.sync_snapshot("x", 300, lambda repo, plan: repo == "r1")
+    assert [r[1] for r in rows] == list(range(301, 610)) and snap == versions
+    assert await store.op_digest("x", lambda repo, plan: repo == "r1") == Store.digest_of(
+        "x", versions
+    )
+    with pytest.raises(StoreError):
+        await store.upsert_remote_ops("me", [row])
+    with pytest.raises(StoreError):
+        await store.delete_remote_ops("me", [rec.op_id])
+    assert await store.delete_remote_ops("x", [rec.op_id, "nope"]) == 1
+    assert await store.delete_origin("x") == 600
+    assert await store.op_digest("x") == (0, 0)
+
+
 async def test_store_upserts_only_newer_and_never_touches_local(tmp_path: Path) -> None:
     store = await Store.open(data_dir=tmp_path)
     store.local_origin = "me"
