@@ -318,6 +318,18 @@ class Backend(QObject):
         await self.refresh_config()
         return dict(res)
 
+    async def edit_plan(self, plan_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change some of a plan's settings (``PATCH``); the node validates as for a new one."""
+        plan = await self.call("PATCH", f"/v1/plans/{q(plan_id)}", changes)
+        await asyncio.gather(self.refresh_config(), self.refresh_status())
+        return dict(plan)
+
+    async def edit_repo(self, repo_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change how a repository is reached; the node keeps it only if it still opens."""
+        repo = await self.call("PATCH", f"/v1/repos/{q(repo_id)}", changes)
+        await self.refresh_config()
+        return dict(repo)
+
     async def delete_plan(self, plan_id: str) -> None:
         await self.call("DELETE", f"/v1/plans/{q(plan_id)}")
         await asyncio.gather(self.refresh_config(), self.refresh_status())

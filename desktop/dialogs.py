@@ -1,10 +1,13 @@
-"""Add-plan and add-repository dialogs, with inline validation.
+"""Add- and edit-plan and repository dialogs, with inline validation.
 
 Each field shows its own error under it as soon as Save is pressed; nothing reaches the node
 until the form is clean. The checks are core's own validators (names, cron, intervals,
 retention), so the form and the node agree by construction; what only the node can know (a
 name already taken, a wrong password) comes back from the admin API and is shown under the
 field it is about. Dialogs are opened with ``open()``, never ``exec()``: no nested event loop.
+
+The edit dialogs are the add dialogs prefilled from what the node lists, with the name fixed;
+they send only what changed (``PATCH``), so a field left alone keeps its value on the node.
 """
 
 from __future__ import annotations
@@ -150,6 +153,11 @@ class FormDialog(QDialog):
 
 
 class AddPlanDialog(FormDialog):
+    #: The id of the plan being edited (None when adding).
+    editing: str | None = None
+    #: Paths the plan already has: not required to exist now (a disk may be unplugged).
+    known_paths: frozenset[str] = frozenset()
+
     def __init__(self, backend: Backend, parent: QWidget | None = None) -> None:
         super().__init__(backend, "Add a backup plan", parent)
         self.name = QLineEdit()
@@ -241,7 +249,7 @@ class AddPlanDialog(FormDialog):
             check_name("plan", name)
         except EngineError as exc:
             errors["name"] = "Give the plan a name." if not name else str(exc)
-        if any(p.get("id") == name for p in self.backend.plans):
+        if name != self.editing and any(p.get("id") == name for p in self.backend.plans):
             errors["name"] = f"A plan named {name!r} already exists."
         repo = self.repo.currentData()
         if not repo:
@@ -253,7 +261,7 @@ class AddPlanDialog(FormDialog):
         for p in paths:
             if not os.path.isabs(p):
                 bad.append(f"{p} is not an absolute path")
-            elif not os.path.exists(p):
+            elif not os.path.exists(p) and p not in self.known_paths:
                 bad.append(f"{p} does not exist")
         if bad:
             errors["paths"] = "; ".join(bad)
@@ -336,6 +344,9 @@ PASSWORD_SOURCES = (
 
 
 class AddRepoDialog(FormDialog):
+    #: The id of the repository being edited (None when adding).
+    editing: str | None = None
+
     def __init__(self, backend: Backend, parent: QWidget | None = None) -> None:
         super().__init__(backend, "Add a repository", parent)
         self.name = QLineEdit()
@@ -396,7 +407,7 @@ class AddRepoDialog(FormDialog):
             check_name("repository", name)
         except EngineError as exc:
             errors["name"] = "Give the repository a name." if not name else str(exc)
-        if any(r.get("id") == name for r in self.backend.repos):
+        if name != self.editing and any(r.get("id") == name for r in self.backend.repos):
             errors["name"] = f"A repository named {name!r} already exists."
         uri = self.uri.text().strip()
         if not uri:
@@ -460,3 +471,140 @@ class AddRepoDialog(FormDialog):
         if "no restic repository" in m or "does not exist" in m or "uri" in m:
             return "uri"
         return None
+
+
+def every_text(seconds: int) -> str:
+    """``5400`` → ``"1h30m"``: an interval as a person writes it (and ``parse_every`` reads)."""
+    out = []
+    rest = int(seconds)
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            out.append(f"{rest // size}{unit}")
+            rest %= size
+    return "".join(out) or "0s"
+
+
+class EditPlanDialog(AddPlanDialog):
+    """The add-plan form, filled from ``plan`` (as ``GET /v1/plans`` lists it); name fixed."""
+
+    def __init__(
+        self, backend: Backend, plan: dict[str, Any], parent: QWidget | None = None
+    ) -> None:
+        super().__init__(backend, parent)
+        self.plan = plan
+        self.editing = str(plan["id"])
+        self.known_paths = frozenset(plan.get("paths") or [])
+        self.setWindowTitle(f"Edit the plan {self.editing}")
+        self.name.setText(self.editing)
+        self.name.setEnabled(False)
+        repo = str(plan.get("repo") or "")
+        if self.repo.findData(repo) < 0:
+            self.repo.addItem(repo, repo)
+        self.repo.setCurrentIndex(self.repo.findData(repo))
+        self.paths.setPlainText("\n".join(plan.get("paths") or []))
+        self.excludes.setPlainText("\n".join(plan.get("excludes") or []))
+        if plan.get("schedule"):
+            self.schedule_kind.setCurrentIndex(self.schedule_kind.findData("cron"))
+            self.schedule.setText(str(plan["schedule"]))
+        elif plan.get("every_seconds"):
+            self.schedule_kind.setCurrentIndex(self.schedule_kind.findData("every"))
+            self.schedule.setText(every_text(int(plan["every_seconds"])))
+        retention = dict(plan.get("retention") or {})
+        for unit, edit in self.keep.items():
+            value = retention.get(f"keep_{unit}")
+            edit.setText(str(value) if value else "")
+        self.keep_within.setText(str(retention.get("keep_within") or ""))
+
+    def validate(self) -> tuple[dict[str, str], dict[str, Any]]:
+        errors, full = super().validate()
+        plan = self.plan
+        body: dict[str, Any] = {}
+        empty: dict[str, Any] = {"repo": "", "paths": [], "excludes": [], "retention": {}}
+        for key, default in empty.items():
+            if full[key] != (plan.get(key) or default):
+                body[key] = full[key]
+        cron = full.get("schedule") or None
+        every = parse_every(full["every"]) if full.get("every") else None
+        if cron != (plan.get("schedule") or None) or every != (plan.get("every_seconds") or None):
+            body["schedule"] = full.get("schedule", "")
+            body["every"] = full.get("every", "")
+        return errors, body
+
+    def working_text(self) -> str:
+        return "Saving the plan…"
+
+    async def send(self, body: dict[str, Any]) -> Any:
+        if not body:
+            return self.plan
+        return await self.backend.edit_plan(self.editing or "", body)
+
+
+class EditRepoDialog(AddRepoDialog):
+    """The add-repository form, filled from ``repo`` (as ``GET /v1/repos`` lists it).
+
+    The name is fixed and "create" does not apply. A stored password is never shown: leaving
+    the password empty keeps it. The node opens the repository with the new settings before it
+    keeps them, so a wrong password is refused and the old settings stay.
+    """
+
+    def __init__(
+        self, backend: Backend, repo: dict[str, Any], parent: QWidget | None = None
+    ) -> None:
+        super().__init__(backend, parent)
+        self.repo_row = repo
+        self.editing = str(repo["id"])
+        self.setWindowTitle(f"Edit the repository {self.editing}")
+        self.name.setText(self.editing)
+        self.name.setEnabled(False)
+        self.uri.setText(str(repo.get("uri") or ""))
+        src = str(repo.get("password_source") or "secret")
+        self.source.setCurrentIndex(max(0, self.source.findData(src)))
+        if src != "secret":
+            self.ref.setText(str(repo.get("password_ref") or ""))
+        self.password.setPlaceholderText("leave empty to keep the current password")
+        self.options.setPlainText("\n".join(repo.get("options") or []))
+        self.init.setChecked(False)
+        self.init.hide()
+        self.form.setRowVisible(self.form.rowCount() - 1, False)
+
+    def validate(self) -> tuple[dict[str, str], dict[str, Any]]:
+        errors, full = super().validate()
+        repo = self.repo_row
+        keep_secret = (
+            repo.get("password_source") == "secret"
+            and full["password"]["source"] == "secret"
+            and not self.password.text()
+            and not self.password2.text()
+        )
+        if keep_secret:
+            errors.pop("password", None)
+        body: dict[str, Any] = {}
+        if full["uri"] != (repo.get("uri") or ""):
+            body["uri"] = full["uri"]
+        pw = full["password"]
+        same_ref = pw["source"] != "secret" and (
+            pw["source"] == repo.get("password_source")
+            and pw.get("ref") == (repo.get("password_ref") or "")
+        )
+        if not keep_secret and not same_ref:
+            body["password"] = pw
+        if full["options"] != list(repo.get("options") or []):
+            body["options"] = full["options"]
+        return errors, body
+
+    def working_text(self) -> str:
+        return "Opening the repository with the new settings…"
+
+    async def send(self, body: dict[str, Any]) -> Any:
+        if not body:
+            return {"repo": self.repo_row, "message": "nothing changed"}
+        repo = await self.backend.edit_repo(self.editing or "", body)
+        return {"repo": repo, "message": "changed; it opens with the new settings"}
+
+    def server_field(self, message: str) -> str | None:
+        m = message.lower()
+        if "another repository" in m:
+            return "uri"
+        if "shared by" in m:
+            return None
+        return super().server_field(message)

@@ -1,4 +1,4 @@
-"""Plans and repositories: list, add (dialogs), remove, back up now, maintenance now."""
+"""Plans and repositories: list, add and edit (dialogs), remove, back up now, maintenance now."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from PySide6.QtWidgets import QGroupBox, QMessageBox, QPushButton, QVBoxLayout, 
 
 from peerstash.desktop import fmt
 from peerstash.desktop.backend import Backend
-from peerstash.desktop.dialogs import AddPlanDialog, AddRepoDialog
+from peerstash.desktop.dialogs import AddPlanDialog, AddRepoDialog, EditPlanDialog, EditRepoDialog
 from peerstash.desktop.widgets import (
     Page,
     button_row,
@@ -38,12 +38,21 @@ class PlansPage(Page):
         self.plans.itemSelectionChanged.connect(self._update_buttons)
         pl.addWidget(self.plans)
         self.add_plan_button = QPushButton("Add plan…")
+        self.edit_plan_button = QPushButton("Edit…")
+        self.edit_plan_button.clicked.connect(self.open_edit_plan)
         self.backup_button = QPushButton("Back up now")
         self.remove_plan_button = QPushButton("Remove plan")
         self.add_plan_button.clicked.connect(self.open_add_plan)
         self.backup_button.clicked.connect(self._backup)
         self.remove_plan_button.clicked.connect(self._remove_plan)
-        pl.addLayout(button_row(self.add_plan_button, self.backup_button, self.remove_plan_button))
+        pl.addLayout(
+            button_row(
+                self.add_plan_button,
+                self.edit_plan_button,
+                self.backup_button,
+                self.remove_plan_button,
+            )
+        )
         self.outer.addWidget(plans_box, 1)
 
         repos_box = QGroupBox("Repositories")
@@ -53,6 +62,8 @@ class PlansPage(Page):
         rl.addWidget(self.repos)
         self.add_repo_button = QPushButton("Add repository…")
         self.add_repo_button.clicked.connect(self.open_add_repo)
+        self.edit_repo_button = QPushButton("Edit…")
+        self.edit_repo_button.clicked.connect(self.open_edit_repo)
         self.maint_buttons: dict[str, QPushButton] = {}
         for what, text in (
             ("forget", "Apply retention now"),
@@ -66,7 +77,12 @@ class PlansPage(Page):
         self.remove_repo_button = QPushButton("Remove")
         self.remove_repo_button.clicked.connect(self._remove_repo)
         rl.addLayout(
-            button_row(self.add_repo_button, *self.maint_buttons.values(), self.remove_repo_button)
+            button_row(
+                self.add_repo_button,
+                self.edit_repo_button,
+                *self.maint_buttons.values(),
+                self.remove_repo_button,
+            )
         )
         self.outer.addWidget(repos_box, 1)
 
@@ -118,7 +134,17 @@ class PlansPage(Page):
         repo = next((r for r in self.backend.repos if r["id"] == repo_id), None)
         own = repo is not None and not repo.get("origin")
         self.backup_button.setEnabled(plan)
+        self.edit_plan_button.setEnabled(plan)
         self.remove_plan_button.setEnabled(plan)
+        self.edit_repo_button.setEnabled(own)
+        if repo is None:
+            self.edit_repo_button.setToolTip("Select a repository to change its settings.")
+        elif not own:
+            self.edit_repo_button.setToolTip(
+                f"Shared by {repo['origin']}: read-only here. Change it on {repo['origin']}."
+            )
+        else:
+            self.edit_repo_button.setToolTip("Change the location, password or options.")
         for what, b in self.maint_buttons.items():
             b.setEnabled(repo is not None and (own or what in ("check", "unlock")))
         self.remove_repo_button.setEnabled(repo is not None)
@@ -149,6 +175,32 @@ class PlansPage(Page):
         dlg.created.connect(
             lambda res: self.banner.show_message(
                 f"Repository {res['repo']['id']}: {res.get('message', 'added')}.", "ok"
+            )
+        )
+        self.dialog = dlg
+        dlg.open()
+        return dlg
+
+    def open_edit_plan(self) -> EditPlanDialog | None:
+        plan_id = selected_data(self.plans)
+        plan = next((p for p in self.backend.plans if p["id"] == plan_id), None)
+        if plan is None:
+            return None
+        dlg = EditPlanDialog(self.backend, plan, self)
+        dlg.created.connect(lambda p: self.banner.show_message(f"Plan {p['id']} saved.", "ok"))
+        self.dialog = dlg
+        dlg.open()
+        return dlg
+
+    def open_edit_repo(self) -> EditRepoDialog | None:
+        repo_id = selected_data(self.repos)
+        repo = next((r for r in self.backend.repos if r["id"] == repo_id), None)
+        if repo is None or repo.get("origin"):
+            return None
+        dlg = EditRepoDialog(self.backend, repo, self)
+        dlg.created.connect(
+            lambda res: self.banner.show_message(
+                f"Repository {res['repo']['id']}: {res.get('message', 'saved')}.", "ok"
             )
         )
         self.dialog = dlg
