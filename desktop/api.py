@@ -183,5 +183,10 @@ class PeersApi:
     async def check(self, peer_id: str) -> dict[str, Any]:
         return dict(await self.client.request("POST", f"/v1/peers/{q(peer_id)}/check", {}))
 
+    async def set_grants(self, peer_id: str, grants: list[str]) -> dict[str, Any]:
+        """Replace what we grant ``peer_id`` (entries like ``ops`` or ``run:plan:x,!repo:y``)."""
+        body = {"grants": grants}
+        return dict(await self.client.request("PATCH", f"/v1/peers/{q(peer_id)}", body))
+
     async def remove(self, peer_id: str) -> None:
         await self.client.request("DELETE", f"/v1/peers/{q(peer_id)}")

@@ -37,10 +37,11 @@ from PySide6.QtWidgets import (
 from peerstash.core.engine import EngineError, check_name
 from peerstash.core.retention import RetentionPolicy
 from peerstash.core.scheduler import parse_every, validate_cron
-from peerstash.desktop.api import ApiError
+from peerstash.desktop.api import ApiError, PeersApi
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.tasks import Tasks
 from peerstash.desktop.widgets import Banner, FieldError
+from peerstash.peer.permissions import GrantError, Grants
 
 KEEP_FIELDS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -608,3 +609,89 @@ class EditRepoDialog(AddRepoDialog):
         if "shared by" in m:
             return None
         return super().server_field(message)
+
+
+#: What each grant lets the peer do here (DESIGN.md, "Permissions").
+GRANT_WORDS = {
+    "ops": "see this machine's operations",
+    "config.read": "read plans and repositories (never secrets)",
+    "config.write": "create and change plans and repositories",
+    "repos.receive": "share its repositories into this machine's settings",
+    "run": "start plans, browse snapshots and restore here",
+}
+
+
+def split_grants(grants: Any) -> dict[str, str]:
+    """``["ops:*", "run:plan:a,!repo:b"]`` → ``{"ops": "*", "run": "plan:a, !repo:b"}``."""
+    out: dict[str, list[str]] = {}
+    for entry in grants or []:
+        name, _, scope = str(entry).partition(":")
+        out.setdefault(name.strip(), []).extend(
+            s.strip() for s in (scope or "*").split(",") if s.strip()
+        )
+    return {name: ", ".join(dict.fromkeys(scopes)) for name, scopes in out.items()}
+
+
+class EditGrantsDialog(FormDialog):
+    """What we allow one peer: a checkbox per grant, each with its scope (``*`` = everything).
+
+    Saving replaces the peer's grants (``PATCH /v1/peers/{id}``); the node restarts the link so
+    they apply at once.
+    """
+
+    def __init__(
+        self, backend: Backend, peer: dict[str, Any], parent: QWidget | None = None
+    ) -> None:
+        super().__init__(backend, f"What {peer.get('id')} may do here", parent)
+        self.peer = peer
+        self.peer_id = str(peer.get("id") or "")
+        current = split_grants(peer.get("grants"))
+        grid = QGridLayout()
+        self.boxes: dict[str, QCheckBox] = {}
+        self.scopes: dict[str, QLineEdit] = {}
+        for row, g in enumerate(PeersApi.GRANTS):
+            cb = QCheckBox(g)
+            cb.setChecked(g in current)
+            cb.setToolTip(GRANT_WORDS.get(g, ""))
+            scope = QLineEdit(current.get(g, "*"))
+            scope.setPlaceholderText("* (everything)")
+            scope.setEnabled(cb.isChecked())
+            cb.toggled.connect(scope.setEnabled)
+            words = QLabel(GRANT_WORDS.get(g, ""))
+            words.setStyleSheet("color:palette(placeholder-text);")
+            grid.addWidget(cb, row, 0)
+            grid.addWidget(scope, row, 1)
+            grid.addWidget(words, row, 2)
+            self.boxes[g], self.scopes[g] = cb, scope
+        self.add_field(
+            "grants",
+            "It may",
+            grid,
+            "Scope: * for everything, or repo:ID, plan:ID, and !repo:ID, !plan:ID to leave "
+            "one out, separated by commas. Nothing ticked: it may do nothing here.",
+        )
+
+    def validate(self) -> tuple[dict[str, str], dict[str, Any]]:
+        entries = []
+        for g, cb in self.boxes.items():
+            if not cb.isChecked():
+                continue
+            scopes = [s.strip() for s in self.scopes[g].text().split(",") if s.strip()]
+            entries.append(f"{g}:{','.join(scopes or ['*'])}")
+        errors: dict[str, str] = {}
+        try:
+            entries = Grants.parse(entries).to_strings()
+        except GrantError as exc:
+            errors["grants"] = str(exc)[:1].upper() + str(exc)[1:]
+        return errors, {"grants": entries}
+
+    def working_text(self) -> str:
+        return "Saving; the link restarts so the change applies now…"
+
+    async def send(self, body: dict[str, Any]) -> Any:
+        peer = await self.backend.peers.set_grants(self.peer_id, body["grants"])
+        await self.backend.refresh_peers()
+        return peer
+
+    def server_field(self, message: str) -> str | None:
+        return "grants"

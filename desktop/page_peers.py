@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 from peerstash.desktop import fmt
 from peerstash.desktop.api import ApiError, PeersApi, Unavailable
 from peerstash.desktop.backend import Backend
+from peerstash.desktop.dialogs import EditGrantsDialog
 from peerstash.desktop.icons import STATE_COLORS
 from peerstash.desktop.widgets import (
     Page,
@@ -97,6 +98,9 @@ class PeersPage(Page):
         super().__init__(backend, parent)
         self.available: bool | None = None
         self.question: Any = None
+        self.dialog: EditGrantsDialog | None = None
+        #: The peers as last listed, by id (what the grants dialog starts from).
+        self._peers: dict[str, dict[str, Any]] = {}
         self.placeholder = QLabel(UNAVAILABLE_TEXT)
         self.placeholder.setWordWrap(True)
         self.placeholder.setStyleSheet(
@@ -128,18 +132,24 @@ class PeersPage(Page):
         hl.addWidget(self.hosts)
         self.check_button = QPushButton("Reconnect now")
         self.check_button.clicked.connect(self._check)
+        self.host_grants_button = QPushButton("Edit grants…")
+        self.host_grants_button.clicked.connect(lambda: self.open_edit_grants(self.hosts))
         self.remove_host_button = QPushButton("Remove")
         self.remove_host_button.clicked.connect(lambda: self._remove(self.hosts))
-        hl.addLayout(button_row(self.check_button, self.remove_host_button))
+        hl.addLayout(
+            button_row(self.check_button, self.host_grants_button, self.remove_host_button)
+        )
         ml.addWidget(hosts, 1)
 
         clients = QGroupBox("Machines allowed to connect here")
         kl = QVBoxLayout(clients)
         self.clients = make_table(PEER_HEADERS, stretch=3)
         kl.addWidget(self.clients)
+        self.client_grants_button = QPushButton("Edit grants…")
+        self.client_grants_button.clicked.connect(lambda: self.open_edit_grants(self.clients))
         self.remove_client_button = QPushButton("Remove")
         self.remove_client_button.clicked.connect(lambda: self._remove(self.clients))
-        kl.addLayout(button_row(self.remove_client_button))
+        kl.addLayout(button_row(self.client_grants_button, self.remove_client_button))
         ml.addWidget(clients, 1)
 
         pair = QGroupBox("Pair with a machine")
@@ -296,6 +306,7 @@ class PeersPage(Page):
             self._fill(self.backend.peer_list)
 
     def _fill(self, peers: list[dict[str, Any]]) -> None:
+        self._peers = {str(p.get("id") or p.get("instance_id") or "?"): p for p in peers}
         hosts = [p for p in peers if p.get("role") == "known_host"]
         clients = [p for p in peers if p.get("role") != "known_host"]
         for table, rows in ((self.hosts, hosts), (self.clients, clients)):
@@ -389,6 +400,24 @@ class PeersPage(Page):
     async def _do_check(self, name: str) -> None:
         res = await self.backend.peers.check(name)
         self.banner.show_message(f"{name}: {res.get('message', 'checking')}.", "info")
+
+    def open_edit_grants(self, table: Any) -> EditGrantsDialog | None:
+        """What the selected peer may do here, in a small dialog (saved through the node)."""
+        peer = self._peers.get(str(selected_data(table)))
+        if peer is None:
+            self.banner.show_message("Select a machine first.", "info")
+            return None
+        dlg = EditGrantsDialog(self.backend, peer, self)
+        dlg.created.connect(
+            lambda p: self.banner.show_message(
+                f"{p.get('id')} may now: {grants_text(p.get('grants'))}. The link restarted so "
+                "this applies now.",
+                "ok",
+            )
+        )
+        self.dialog = dlg
+        dlg.open()
+        return dlg
 
     def _remove(self, table: Any) -> None:
         name = selected_data(table)

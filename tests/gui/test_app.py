@@ -473,6 +473,29 @@ def test_pair_and_make_tokens_on_the_peers_page(gui: GuiEnv, qloop: QLoop, qtbot
                 for r in range(fleet.rowCount())
             ]
             assert ("bravo", "home", "success") in rows, rows
+
+            # Edit what we grant bravo: a bad scope is refused inline, a good one is listed.
+            w.show_page(page)
+            page.tabs.setCurrentIndex(0)
+            page.hosts.selectRow(0)
+            qtbot.mouseClick(page.host_grants_button, Qt.MouseButton.LeftButton)
+            dlg = page.dialog
+            assert dlg is not None and dlg.isVisible()
+            assert dlg.boxes["ops"].isChecked() and dlg.scopes["ops"].text() == "*"
+            assert not dlg.boxes["run"].isChecked() and not dlg.scopes["run"].isEnabled()
+            dlg.boxes["run"].setChecked(True)
+            dlg.scopes["run"].setText("nightly")
+            qtbot.mouseClick(dlg.save_button, Qt.MouseButton.LeftButton)
+            assert set(dlg.field_errors()) == {"grants"}, dlg.field_errors()
+            assert not dlg.tasks.busy
+            dlg.scopes["run"].setText("plan:nightly")
+            dlg.scopes["ops"].setText("*, !repo:private")
+            qtbot.mouseClick(dlg.save_button, Qt.MouseButton.LeftButton)
+            await wait_for(lambda: not dlg.isVisible(), dlg.finished, what="grants saved")
+            assert page.banner.level == "ok", page.banner.text()
+            assert page.hosts.item(0, 3).text() == "ops (*,!repo:private), run (plan:nightly)"
+            listed = {p["id"]: p for p in await b.call("GET", "/v1/peers")}
+            assert listed["bravo"]["grants"] == ["ops:*,!repo:private", "run:plan:nightly"]
         finally:
             await other.stop()
 
