@@ -1,9 +1,10 @@
 """Settings: what this node is, the node's own settings, and this desktop's preferences.
 
-Node settings (LAN discovery and its interfaces, the restic binary) go through the admin API's
-``/v1/settings`` and apply when the node starts next; a node without that endpoint shows them
-read-only. Start at login (an XDG autostart entry) and notifications belong to this desktop.
-The instance name and the peer port are fixed at the node's first start / on its command line.
+Node settings (the name shown to other machines, the peer port, LAN discovery and its
+interfaces, the restic binary) go through the admin API's ``/v1/settings`` and take effect when
+the node next restarts; the node checks each value and its refusal is shown under the field. An
+empty field puts the node's default back. A node without that endpoint shows them read-only.
+Start at login (an XDG autostart entry) and notifications belong to this desktop.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ from PySide6.QtWidgets import (
 from peerstash.desktop import autostart, prefs
 from peerstash.desktop.api import ApiError, Unavailable
 from peerstash.desktop.backend import Backend
-from peerstash.desktop.widgets import Page, button_row
+from peerstash.desktop.widgets import FieldError, Page, button_row
+
+#: The peer port's address when the setting is unset (peer/node.py DEFAULT_LISTEN).
+DEFAULT_LISTEN = "0.0.0.0:9797"
+RESTART_NOTE = "Takes effect when the node next restarts."
 
 
 class SettingsPage(Page):
@@ -64,18 +69,36 @@ class SettingsPage(Page):
         node = QGroupBox("Node settings")
         nl = QVBoxLayout(node)
         nform = QFormLayout()
+        self.display_name = QLineEdit()
+        self.display_name.setPlaceholderText("the instance name")
+        self.listen = QLineEdit()
+        self.listen.setPlaceholderText(f"{DEFAULT_LISTEN} (HOST:PORT)")
         self.discovery = QCheckBox("Announce this machine and look for others on the local network")
         self.interfaces = QLineEdit()
         self.interfaces.setPlaceholderText("all interfaces (or e.g. 192.168.1.20, eth0)")
         self.restic_path = QLineEdit()
         self.restic_path.setPlaceholderText("restic from PATH")
-        nform.addRow("LAN discovery", self.discovery)
-        nform.addRow("Only on", self.interfaces)
-        nform.addRow("restic binary", self.restic_path)
+        #: The inline error under each node setting, by its key in ``/v1/settings``.
+        self.errors: dict[str, FieldError] = {}
+        for key, label, widget in (
+            ("display_name", "Name on the network", self.display_name),
+            ("listen", "Peer port", self.listen),
+            ("discovery", "LAN discovery", self.discovery),
+            ("discovery_interfaces", "Only on", self.interfaces),
+            ("restic_path", "restic binary", self.restic_path),
+        ):
+            box = QWidget()
+            v = QVBoxLayout(box)
+            v.setContentsMargins(0, 0, 0, 0)
+            v.setSpacing(2)
+            v.addWidget(widget)
+            self.errors[key] = FieldError()
+            v.addWidget(self.errors[key])
+            nform.addRow(label, box)
         nl.addLayout(nform)
-        self.save_button = QPushButton("Save node settings")
+        self.save_button = QPushButton("Save")
         self.save_button.clicked.connect(self._save_node_settings)
-        self.node_note = QLabel("Changes apply when the node starts next.")
+        self.node_note = QLabel(RESTART_NOTE + " Leave a field empty for the default.")
         self.node_note.setStyleSheet("color:palette(placeholder-text);")
         nl.addLayout(button_row(self.save_button))
         nl.addWidget(self.node_note)
@@ -121,26 +144,44 @@ class SettingsPage(Page):
         self.start_at_login.blockSignals(False)
         self.run(self.load_node_settings(), name="settings:load")
 
+    @property
+    def node_inputs(self) -> tuple[QWidget, ...]:
+        return (
+            self.display_name,
+            self.listen,
+            self.discovery,
+            self.interfaces,
+            self.restic_path,
+            self.save_button,
+        )
+
     async def load_node_settings(self) -> None:
         try:
             data = await self.backend.call("GET", "/v1/settings")
         except Unavailable:
             self._node_settings = None
-            for w in (self.discovery, self.interfaces, self.restic_path, self.save_button):
+            for w in self.node_inputs:
                 w.setEnabled(False)
             self.node_note.setText("This version of the node has no settings API.")
             return
-        self._node_settings = dict(data)
+        self._fill_node_settings(dict(data))
+
+    def _fill_node_settings(self, data: dict[str, Any]) -> None:
+        self._node_settings = data
+        self.display_name.setPlaceholderText(str(data.get("instance_id") or "the instance name"))
+        self.display_name.setText(str(data.get("display_name") or ""))
+        self.listen.setText(str(data.get("listen") or ""))
         self.discovery.setChecked(data.get("discovery") is not False)
         self.interfaces.setText(", ".join(data.get("discovery_interfaces") or []))
         self.restic_path.setText(str(data.get("restic_path") or ""))
+        for err in self.errors.values():
+            err.set_error("")
 
-    def _save_node_settings(self) -> None:
-        self.run(self.save_node_settings(), name="settings:save")
-
-    async def save_node_settings(self) -> None:
-        current = self._node_settings or {}
-        wanted: dict[str, Any] = {
+    def wanted_settings(self) -> dict[str, Any]:
+        """What the form asks for, as ``/v1/settings`` values (None = the node's default)."""
+        return {
+            "display_name": self.display_name.text().strip() or None,
+            "listen": self.listen.text().strip() or None,
             "discovery": self.discovery.isChecked(),
             "discovery_interfaces": [
                 p.strip() for p in self.interfaces.text().split(",") if p.strip()
@@ -148,23 +189,47 @@ class SettingsPage(Page):
             or None,
             "restic_path": self.restic_path.text().strip() or None,
         }
-        changed = {k: v for k, v in wanted.items() if current.get(k) != v}
+
+    def _save_node_settings(self) -> None:
+        self.save_button.setEnabled(False)
+        self.run(self.save_node_settings(), name="settings:save")
+
+    async def save_node_settings(self) -> None:
+        """Send each changed setting; the node's refusal of one is shown under its field."""
+        current = self._node_settings or {}
+        changed = {k: v for k, v in self.wanted_settings().items() if current.get(k) != v}
         if "discovery" in changed and current.get("discovery") is None and changed["discovery"]:
             changed.pop("discovery")  # unset means on: nothing to store
+        refused: dict[str, str] = {}
         try:
             for key, value in changed.items():
-                self._node_settings = await self.backend.call(
-                    "POST", "/v1/settings", {"key": key, "value": value}
-                )
-        except ApiError as exc:
-            self.banner.show_message(f"The node refused the setting: {exc}", "error")
-            return
-        self.banner.show_message(
-            "Saved; the node uses these settings from its next start."
-            if changed
-            else "Nothing changed.",
-            "ok",
-        )
+                try:
+                    current = await self.backend.call(
+                        "POST", "/v1/settings", {"key": key, "value": value}
+                    )
+                except Unavailable:
+                    raise
+                except ApiError as exc:
+                    if exc.status is None:  # the node is not reachable: nothing more to try
+                        raise
+                    text = str(exc)
+                    refused[key] = text[:1].upper() + text[1:] + "."
+        finally:
+            self.save_button.setEnabled(True)
+        self._node_settings = dict(current)
+        for key, err in self.errors.items():
+            err.set_error(refused.get(key, ""))
+        if refused:
+            saved = len(changed) - len(refused)
+            self.banner.show_message(
+                "The node refused the settings marked in red"
+                + (f"; the other {saved} were saved." if saved else "; nothing was saved."),
+                "error",
+            )
+        elif changed:
+            self.banner.show_message(f"Saved. {RESTART_NOTE}", "ok")
+        else:
+            self.banner.show_message("Nothing changed.", "ok")
 
     def _toggle_autostart(self, on: bool) -> None:
         try:

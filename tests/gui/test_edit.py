@@ -163,3 +163,69 @@ def test_edit_a_repository_wrong_password_keeps_the_old_one(
         assert "nothing changed" in page.banner.text()
 
     qloop.run(body(), timeout=180)
+
+
+def test_settings_save_round_trip_and_refusals(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
+    w = gui.window
+    qtbot.addWidget(w)
+    st = w.settings
+
+    async def body() -> None:
+        b = gui.backend
+        w.show_page(st)
+        await st.tasks.idle()
+        assert st.save_button.isEnabled()
+        assert st.display_name.placeholderText() == "guitest"
+        assert "next restarts" in st.node_note.text()
+
+        # Every node setting, saved and read back from the node.
+        st.display_name.setText("Guitest laptop")
+        st.listen.setText("127.0.0.1:9797")
+        st.discovery.setChecked(False)
+        st.interfaces.setText("127.0.0.1, lo")
+        st.restic_path.setText("/usr/bin/restic")
+        qtbot.mouseClick(st.save_button, Qt.MouseButton.LeftButton)
+        await st.tasks.idle()
+        assert st.banner.level == "ok", st.banner.text()
+        assert "next restarts" in st.banner.text()
+        assert not any(e.text() for e in st.errors.values())
+        stored = await b.call("GET", "/v1/settings")
+        assert stored["display_name"] == "Guitest laptop"
+        assert stored["listen"] == "127.0.0.1:9797"
+        assert stored["discovery"] is False
+        assert stored["discovery_interfaces"] == ["127.0.0.1", "lo"]
+        assert stored["restic_path"] == "/usr/bin/restic"
+
+        # The page reads them back when shown again.
+        st.display_name.clear()
+        st.listen.clear()
+        st.activate()
+        await st.tasks.idle()
+        assert st.display_name.text() == "Guitest laptop"
+        assert st.listen.text() == "127.0.0.1:9797"
+        assert not st.discovery.isChecked()
+
+        # An invalid peer port: the node's sentence under the field; the rest still saves.
+        st.listen.setText("no-port-here")
+        st.display_name.setText("Renamed")
+        qtbot.mouseClick(st.save_button, Qt.MouseButton.LeftButton)
+        await st.tasks.idle()
+        assert st.banner.level == "error", st.banner.text()
+        assert st.errors["listen"].isVisibleTo(st)
+        assert "HOST:PORT" in st.errors["listen"].text()
+        assert not st.errors["display_name"].text()
+        stored = await b.call("GET", "/v1/settings")
+        assert stored["listen"] == "127.0.0.1:9797"
+        assert stored["display_name"] == "Renamed"
+
+        # Empty fields put the node's defaults back.
+        st.listen.clear()
+        st.display_name.clear()
+        qtbot.mouseClick(st.save_button, Qt.MouseButton.LeftButton)
+        await st.tasks.idle()
+        assert st.banner.level == "ok", st.banner.text()
+        assert not st.errors["listen"].text()
+        stored = await b.call("GET", "/v1/settings")
+        assert stored["listen"] is None and stored["display_name"] is None
+
+    qloop.run(body())
