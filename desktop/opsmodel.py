@@ -5,11 +5,10 @@ row of a changed operation is a binary search and a new operation is one insert:
 cost nothing until they are painted, and only the visible ones are.
 
 The node is asked for one page at first (the first paint must not wait for a long history);
-older rows are fetched when the view scrolls near the end (``canFetchMore``/``fetchMore``).
-The admin API has no cursor yet, so each further page asks for ``limit = max(loaded + page,
-2 * loaded)`` and passes ``before=<oldest pk>``: a node that honours ``before`` sends only older
-rows, one that ignores it sends the newest rows again (doubling keeps that linear overall), and
-both are merged the same way.
+older rows are fetched a page at a time when the view scrolls near the end (``canFetchMore``/
+``fetchMore``), with ``before=<oldest pk loaded>``: each page is exactly the rows below the
+last one, so every operation is reachable however long the history. (A node too old for
+``before`` answers with the newest rows again; none of them is older, so the list just ends.)
 """
 
 from __future__ import annotations
@@ -38,10 +37,9 @@ from peerstash.desktop.backend import Backend
 from peerstash.desktop.icons import STATUS_COLORS, status_icon
 from peerstash.desktop.tasks import Tasks
 
+#: Rows per request, first page and older ones alike: small enough that an in-process node
+#: builds a page on the Qt thread without a visible pause.
 PAGE = 500
-#: Without a cursor the node must resend the newest rows to reach older ones; beyond this many
-#: the view stops and says so (filters reach older operations). See ``_fetch_older``.
-RESEND_CAP = 5_000
 
 COLUMNS = ("Status", "Kind", "Plan", "Repository", "Node", "Started", "Took", "Progress / result")
 COL_STATUS, COL_KIND, COL_PLAN, COL_REPO, COL_NODE, COL_STARTED, COL_TOOK, COL_DETAIL = range(8)
@@ -83,8 +81,6 @@ class OpsModel(QAbstractTableModel):
     loaded = Signal()
     #: A load failed; the text says why.
     loadFailed = Signal(str)
-    #: True when the list stops at RESEND_CAP rows because the node cannot page further.
-    cappedChanged = Signal(bool)
 
     def __init__(self, backend: Backend | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -96,9 +92,6 @@ class OpsModel(QAbstractTableModel):
         self._fetching = False
         self._generation = 0
         self._buffer: list[dict[str, Any]] | None = None
-        #: Whether the node honours ``before=<pk>`` (None until the first older page).
-        self.cursor: bool | None = None
-        self.capped = False
         self.tasks = Tasks(on_error=lambda exc: self.loadFailed.emit(str(exc)))
         if backend is not None:
             backend.opChanged.connect(self.apply)
@@ -219,40 +212,21 @@ class OpsModel(QAbstractTableModel):
         self._more = more
         self._fetching = False
         self.endResetModel()
-        if self.capped:
-            self.capped = False
-            self.cappedChanged.emit(False)
 
     async def _fetch_older(self, gen: int) -> None:
+        """The page of operations just older than the oldest row loaded."""
         assert self.backend is not None
         try:
             oldest = -self._keys[-1] if self._keys else None
-            loaded = len(self._rows)
-            if self.cursor is True:
-                limit = PAGE * 4
-            elif self.cursor is None:
-                limit = loaded + PAGE  # one probe tells whether the node honours ``before``
-            else:
-                # Grow geometrically: the node resends what we have, and doubling keeps the
-                # total sent linear in the rows finally shown; stop at RESEND_CAP, because
-                # an in-process node builds every row on this (the Qt) thread.
-                limit = min(RESEND_CAP, max(loaded + PAGE, 2 * loaded))
-            params = {**self.filter.params(), "limit": limit, "before": oldest}
+            params = {**self.filter.params(), "limit": PAGE, "before": oldest}
             ops = await self.backend.call("GET", "/v1/ops" + query(params))
         finally:
             self._fetching = False
         if gen != self._generation:
             return
-        if oldest is not None and ops and self.cursor is None:
-            self.cursor = all(int(o.get("pk") or 0) < oldest for o in ops)
         older = [o for o in ops if oldest is None or int(o.get("pk") or 0) < oldest]
         older.sort(key=lambda o: -int(o.get("pk") or 0))
-        exhausted = len(ops) < limit
-        self._more = bool(older) and not exhausted
-        if self.cursor is False and not exhausted and limit >= RESEND_CAP:
-            self._more = False
-            self.capped = True
-            self.cappedChanged.emit(True)
+        self._more = bool(older) and len(ops) >= PAGE
         if older:
             first = len(self._rows)
             self.beginInsertRows(QModelIndex(), first, first + len(older) - 1)

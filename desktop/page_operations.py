@@ -27,7 +27,6 @@ from peerstash.desktop.backend import FINISHED, Backend
 from peerstash.desktop.opsmodel import (
     COL_DETAIL,
     COL_STATUS,
-    RESEND_CAP,
     OpFilter,
     OpsModel,
     ProgressDelegate,
@@ -108,20 +107,8 @@ class OperationsPage(Page):
         self.log.setFont(mono)
         dl.addWidget(self.log)
 
-        self.capped_note = QLabel(
-            f"Showing the newest {RESEND_CAP:,} operations: this node cannot page further back "
-            "yet. Use the filters above to find older ones."
-        )
-        self.capped_note.setStyleSheet("color:palette(placeholder-text);")
-        self.capped_note.hide()
-        self.model.cappedChanged.connect(self.capped_note.setVisible)
-        table_box = QWidget()
-        tb = QVBoxLayout(table_box)
-        tb.setContentsMargins(0, 0, 0, 0)
-        tb.addWidget(self.view)
-        tb.addWidget(self.capped_note)
         split = QSplitter(Qt.Orientation.Vertical)
-        split.addWidget(table_box)
+        split.addWidget(self.view)
         split.addWidget(details)
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 1)
