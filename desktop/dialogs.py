@@ -515,6 +515,10 @@ class EditPlanDialog(AddPlanDialog):
             value = retention.get(f"keep_{unit}")
             edit.setText(str(value) if value else "")
         self.keep_within.setText(str(retention.get("keep_within") or ""))
+        self.enabled = QCheckBox("Enabled: its schedule runs")
+        self.enabled.setChecked(bool(plan.get("enabled", True)))
+        reason = plan.get("disabled_reason")
+        self.add_field("enabled", "", self.enabled, f"Disabled because: {reason}" if reason else "")
 
     def validate(self) -> tuple[dict[str, str], dict[str, Any]]:
         errors, full = super().validate()
@@ -529,6 +533,8 @@ class EditPlanDialog(AddPlanDialog):
         if cron != (plan.get("schedule") or None) or every != (plan.get("every_seconds") or None):
             body["schedule"] = full.get("schedule", "")
             body["every"] = full.get("every", "")
+        if self.enabled.isChecked() != bool(plan.get("enabled", True)):
+            body["enabled"] = self.enabled.isChecked()
         return errors, body
 
     def working_text(self) -> str:

@@ -106,10 +106,11 @@ class PlansPage(Page):
             paths.setToolTip("\n".join(p.get("paths") or []))
             self.plans.setItem(r, 3, paths)
             self.plans.setItem(r, 4, item(retention_text(p.get("retention") or {})))
+            reason = p.get("disabled_reason")
             state = (
                 "enabled"
                 if p.get("enabled", True)
-                else f"disabled: {p.get('disabled_reason') or ''}"
+                else (f"disabled: {reason}" if reason else "disabled")
             )
             self.plans.setItem(r, 5, item(state))
             if p["id"] == keep_plan:

@@ -76,6 +76,17 @@ def test_edit_a_plan_through_the_dialog(gui: GuiEnv, qloop: QLoop, qtbot: Any) -
         assert plan["retention"] == {"keep_last": 3}
         assert plan["paths"] == [str(gui.src / "docs")]
 
+        # Disable it: the list says so.
+        page.select_plan("docs")
+        dlg = page.open_edit_plan()
+        assert dlg is not None and dlg.enabled.isChecked()
+        dlg.enabled.setChecked(False)
+        assert dlg.validate() == ({}, {"enabled": False})
+        qtbot.mouseClick(dlg.save_button, Qt.MouseButton.LeftButton)
+        await wait_for(lambda: not dlg.isVisible(), dlg.finished, what="dialog closed")
+        assert page.plans.item(_row_of(page.plans, "docs"), 5).text().startswith("disabled")
+        assert (await b.call("GET", "/v1/plans"))[0]["enabled"] is False
+
     qloop.run(body())
 
 

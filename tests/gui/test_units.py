@@ -199,6 +199,61 @@ def test_ops_model_pages_and_merges(qapp: Any, honour_before: bool) -> None:
 
 
 @needs_qt
+def test_shared_repository_cannot_be_edited(qapp: Any) -> None:
+    """A repository another node shares is read-only here: Edit is off and says why."""
+    from peerstash.desktop.backend import Backend
+    from peerstash.desktop.dialogs import EditRepoDialog
+    from peerstash.desktop.page_plans import PlansPage
+
+    backend = Backend(object(), in_process=False)  # type: ignore[arg-type]
+    backend.repos = [
+        {"id": "nas", "uri": "rest:http://nas/", "password_source": "secret", "origin": "bravo"},
+        {"id": "own", "uri": "/srv/restic", "password_source": "secret", "origin": None},
+    ]
+    page = PlansPage(backend)
+    assert not page.edit_repo_button.isEnabled()
+    page.select_repo("nas")
+    assert not page.edit_repo_button.isEnabled()
+    tip = page.edit_repo_button.toolTip()
+    assert "bravo" in tip and "read-only" in tip
+    assert page.open_edit_repo() is None
+    page.select_repo("own")
+    assert page.edit_repo_button.isEnabled()
+    dlg = page.open_edit_repo()
+    assert isinstance(dlg, EditRepoDialog)
+    # Nothing touched: nothing to send (a stored password is kept, never shown).
+    assert dlg.password.text() == ""
+    assert dlg.validate() == ({}, {})
+    dlg.uri.setText("/srv/restic2")
+    dlg.options.setPlainText("bad option")
+    errors, body = dlg.validate()
+    assert set(errors) == {"options"} and body["uri"] == "/srv/restic2"
+    dlg.reject()
+
+
+@needs_qt
+def test_grants_dialog_reads_and_writes_entries(qapp: Any) -> None:
+    from peerstash.desktop.backend import Backend
+    from peerstash.desktop.dialogs import EditGrantsDialog, split_grants
+
+    assert split_grants(["ops:*", "run:plan:a,!repo:b", "ops"]) == {
+        "ops": "*",
+        "run": "plan:a, !repo:b",
+    }
+    backend = Backend(object(), in_process=False)  # type: ignore[arg-type]
+    dlg = EditGrantsDialog(backend, {"id": "bravo", "grants": ["run:plan:a,!repo:b"]})
+    assert dlg.boxes["run"].isChecked() and not dlg.boxes["ops"].isChecked()
+    assert dlg.validate() == ({}, {"grants": ["run:plan:a,!repo:b"]})
+    dlg.boxes["run"].setChecked(False)
+    assert dlg.validate() == ({}, {"grants": []})  # nothing at all is a valid answer
+    dlg.boxes["ops"].setChecked(True)
+    dlg.scopes["ops"].setText("!*")
+    errors, _ = dlg.validate()
+    assert set(errors) == {"grants"}
+    dlg.reject()
+
+
+@needs_qt
 def test_views_when_the_node_has_no_pairing_api(qapp: Any) -> None:
     """An older node answers 404 on /v1/peers: the views say "not available", calmly."""
     import asyncio
