@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from peerstash.core import scheduler as sched
-from peerstash.core.events import ConfigChanged, EventBus, PlanStale
+from peerstash.core.events import ConfigChanged, EventBus, PlanStale, Woke
 from peerstash.core.models import Operation, OpKind, OpStatus, Plan, Repo
 from peerstash.core.restic import (
     ErrorKind,
@@ -96,6 +96,7 @@ class Engine:
             self._scheduled_backup,
             catch_up_grace=catch_up_grace,
             on_stale=self._on_stale,
+            on_wake=lambda: self.bus.publish(Woke()),
         )
         self._restic: Restic | None = None
         self._gc_task: asyncio.Task[None] | None = None

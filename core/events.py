@@ -41,6 +41,13 @@ class PlanStale(Event):
 
 
 @dataclass(frozen=True)
+class Woke(Event):
+    """The machine resumed from sleep (or its clock jumped): retry what waits on the network."""
+
+    topic: str = field(init=False, default="wake")
+
+
+@dataclass(frozen=True)
 class Notice(Event):
     """Something a person should see (e.g. 'schedules paused')."""
 

@@ -493,6 +493,7 @@ class Scheduler:
         on_stale: Callable[[str, datetime | None], None] | None = None,
         stale_factor: float = 2.0,
         tz: tzinfo | None = None,
+        on_wake: Callable[[], None] | None = None,
     ) -> None:
         if catch_up_grace < 0:
             raise ValueError("catch_up_grace must not be negative")
@@ -508,6 +509,8 @@ class Scheduler:
         self._grace = float(catch_up_grace)
         self._max_tick = float(max_tick)
         self._threshold = float(jump_threshold)
+        self._on_wake = on_wake
+        self._gap_seen = False  # a sleep or jump we noticed ourselves (not a requested wake)
         self._on_stale = on_stale
         self._stale_factor = stale_factor
         self._tz_override = tz
@@ -625,13 +628,13 @@ class Scheduler:
             overslept = slept > self._sleep_requested + self._threshold
         if drift > self._threshold:
             log.info("wall clock ran %.0fs ahead of the monotonic clock: sleep or jump", drift)
-            woke = True
+            woke = self._gap_seen = True
         elif drift < -self._threshold:
             log.warning("wall clock stepped back by %.0fs", -drift)
             went_back = True
         if overslept:
             log.info("loop overslept (%.0fs asleep): treating it as a wake", slept)
-            woke = True
+            woke = self._gap_seen = True
         if woke or went_back:
             self._base_offset = offset
         return woke, went_back
@@ -641,6 +644,13 @@ class Scheduler:
         now = _utc(self._clock.now())
         mono = self._clock.monotonic()
         woke, _went_back = self._detect_gap(now, mono)
+        if self._gap_seen and self._on_wake is not None:
+            # Others care too: peer links retry at once instead of waiting out their backoff.
+            self._gap_seen = False
+            try:
+                self._on_wake()
+            except Exception:
+                log.exception("on_wake callback failed")
         if woke and self._tz_override is None:
             refresh_local_timezone()
         zone = self._tz_override if self._tz_override is not None else local_timezone()

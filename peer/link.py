@@ -222,11 +222,13 @@ class PeerManager:
         self._session: aiohttp.ClientSession | None = None
         self._handshakes = asyncio.Semaphore(64)
         self._closing = False
+        self._wake_watch: asyncio.Task[None] | None = None
         self.discovery: Discovery | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._wake_watch = asyncio.create_task(self._retry_on_wake(), name="links:wake")
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
         )
@@ -236,8 +238,19 @@ class PeerManager:
             elif peer.state != OFFLINE:
                 await self._set_state(peer.id, OFFLINE, None)
 
+    async def _retry_on_wake(self) -> None:
+        """After a sleep, every dialer retries at once instead of finishing its backoff."""
+        with self.bus.subscribe("wake") as sub:
+            while True:
+                await sub.get()
+                self.wake_all()
+
     async def stop(self) -> None:
         self._closing = True
+        if self._wake_watch is not None:
+            self._wake_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._wake_watch
         for dialer in list(self._dialers.values()):
             await dialer.stop()
         self._dialers.clear()

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from sqlalchemy import update
 
+from peerstash.core.events import Woke
 from peerstash.core.models import PairingTokenRow
 from peerstash.core.store import utcnow
 from peerstash.peer import channel as ch
@@ -310,3 +311,20 @@ async def test_changing_grants_applies_on_the_live_link(make_node: MakeNode) -> 
     assert (await a.engine.store.get_peer("b")).their_grants == ["ops:repo:r1", "run:plan:p"]
     with pytest.raises(GrantError, match="everything"):
         await b.peers.set_grants("a", ["everything"])
+
+
+async def test_wake_makes_dialers_retry_at_once(make_node: MakeNode) -> None:
+    slow = Timings(heartbeat=0.2, offline_after=1.0, backoff_min=60, backoff_max=60)
+    a, b = await make_node("a", link_timings=slow), await make_node("b")
+    assert a.peers and b.peer_url
+    await a.peers.pair(await token_for(b), b.peer_url, [])
+    await wait_state(a, "b", "online")
+    port = b.peer_url.rsplit(":", 1)[1]
+    await b.stop()
+    await wait_state(a, "b", "offline")
+    b2 = await make_node("b", listen=f"127.0.0.1:{port}")
+    assert b2.peer_url
+    # The dialer now waits out a 30-60 s backoff; a wake (as the scheduler reports after a
+    # suspend) cuts it short.
+    a.bus.publish(Woke())
+    await wait_state(a, "b", "online", within=10)

@@ -844,3 +844,15 @@ def test_module_does_not_reach_for_qt_or_http() -> None:
     assert source is not None
     text = open(source, encoding="utf-8").read()
     assert "aiohttp" not in text and "PySide6" not in text
+
+
+async def test_a_detected_wake_is_announced_once(make: Make) -> None:
+    wakes: list[float] = []
+    h = await make(
+        [plan(every=3600, due=T0 + timedelta(minutes=30))], on_wake=lambda: wakes.append(1)
+    )
+    await h.clock.run_for(600)
+    assert wakes == []  # ordinary ticks are not wakes
+    await h.clock.advance(60, wall_jump=8 * HOUR - 60)
+    await h.clock.run_for(120)
+    assert wakes == [1]
