@@ -192,7 +192,12 @@ class Node:
             host, port = parse_listen(listen)
         except ValueError as exc:
             raise NodeError(str(exc)) from None
-        runner = web.AppRunner(make_peer_app(self.peers), access_log=None, handle_signals=False)
+        # A short shutdown timeout: by the time the runner stops, PeerManager.stop has ended
+        # every link, and aiohttp would otherwise wait its full 60 s for a connection a peer
+        # opened in that very moment (it ignores the request once shutting down).
+        runner = web.AppRunner(
+            make_peer_app(self.peers), access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         try:
