@@ -264,15 +264,23 @@ class SyncService:
         self.batch_ops = max(1, min(batch_ops, proto.MAX_OPS_PER_BATCH))
         self.progress_interval = progress_interval
         self._links: dict[str, _LinkSync] = {}
+        #: Highest modno held per peer origin: what OpsSince says on the next connect. Read
+        #: from the store at start, raised as batches are stored (a peer paired later starts
+        #: at 0, which at worst resends what we hold; storing is idempotent).
+        self._marks: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._pump: asyncio.Task[None] | None = None
         self._sub: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start following local operation changes (subscribed now, so none is missed)."""
+        """Start following local operation changes (subscribed now, so none is missed), and
+        read each known peer's high-water mark once (later ones are kept up to date here)."""
         self._sub = self.bus.subscribe("operation", maxsize=100_000)
         self._pump = asyncio.create_task(self._follow(), name="sync:pump")
+        for peer in await self.store.list_peers():
+            self._marks[peer.id] = await self.store.max_modno(peer.id)
 
     async def stop(self) -> None:
         if self._pump is not None:
@@ -284,27 +292,32 @@ class SyncService:
         for ls in list(self._links.values()):
             await ls.stop()
         self._links.clear()
+        for task in list(self._tasks):
+            await _cancel(task)
 
     # -- link events -------------------------------------------------------------------------
 
     async def on_link_up(self, link: Link) -> None:
         """A link came up: tell the peer what we hold of its operations.
 
-        Called before the link's read loop starts, so the high-water mark we send cannot be
-        raised by a live push on this same link first (which could hide a gap).
+        Called before the link's read loop starts, so the high-water mark we take cannot be
+        raised by a live push on this same link first (which could hide a gap). It does no
+        I/O at all (the mark is kept in memory; the grants are read when first needed),
+        so bringing a link up takes no longer with sync than without (the link code and its
+        tests rely on the exact order in which a link's state is written and read).
         """
-        try:
-            old = self._links.pop(link.peer_id, None)
-            if old is not None:
-                await old.stop()
-            ls = _LinkSync(self, link, await self._grants_of(link.peer_id))
-            self._links[link.peer_id] = ls
-            mark = await self.store.max_modno(link.peer_id)
-            await ls.send(proto.OpsSince(marks={link.peer_id: mark}))
-        except (ch.ChannelError, ConnectionError):
-            return
-        except Exception:
-            log.exception("operation sync could not start on the link to %s", link.peer_id)
+        old = self._links.pop(link.peer_id, None)
+        if old is not None:
+            self._spawn(old.stop())
+        ls = _LinkSync(self, link)
+        self._links[link.peer_id] = ls
+        since = proto.OpsSince(marks={link.peer_id: self._marks.get(link.peer_id, 0)})
+        ls.enqueue(lambda: ls.send(since))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def regrant(self, peer_id: str) -> bool:
         """The grants we give ``peer_id`` changed: apply them to the live link now.
@@ -384,6 +397,9 @@ class SyncService:
                     await self._refuse(ls, f"deletion of operations of {msg.origin!r}")
                     return
                 n = await self.store.delete_remote_ops(msg.origin, msg.op_ids)
+                # What remains decides the mark (after a repair that replaced copies which
+                # were ahead of the owner, e.g. once it restored its database, it must drop).
+                self._marks[msg.origin] = await self.store.max_modno(msg.origin)
                 self.bus.publish(OpsSynced(peer_id=link.peer_id, deleted=n))
             else:
                 log.debug("ignoring %s from %s", type(msg).__name__, link.peer_id)
@@ -418,6 +434,9 @@ class SyncService:
         if not rows:
             return
         await self.store.upsert_remote_ops(msg.origin, rows)
+        top = max(row[1] for row in rows)
+        if top > self._marks.get(msg.origin, 0):
+            self._marks[msg.origin] = top
         self.bus.publish(OpsSynced(peer_id=ls.peer_id, stored=len(rows)))
         if len(rows) <= ANNOUNCE_LIMIT:
             for row in rows:
@@ -455,12 +474,14 @@ class SyncService:
 class _LinkSync:
     """Sync state of one live link, and the one task that sends on its behalf."""
 
-    def __init__(self, service: SyncService, link: Link, grants: Grants) -> None:
+    def __init__(self, service: SyncService, link: Link) -> None:
         self.svc = service
         self.store = service.store
         self.link = link
         self.peer_id = link.peer_id
-        self.grants = grants
+        #: What we grant this peer; read when first needed (None until then: nothing is
+        #: queued for it before its first catch-up anyway).
+        self.grants: Grants | None = None
         self.jobs: deque[Callable[[], Awaitable[None]]] = deque()
         #: Latest unsent state of each changed operation (coalesces bursts).
         self.pending: dict[str, proto.OpRecord] = {}
@@ -482,10 +503,16 @@ class _LinkSync:
     # -- scope -------------------------------------------------------------------------------
 
     def allows(self, repo_id: str | None, plan_id: str | None) -> bool:
-        return self.grants.allows("ops", repo=repo_id, plan=plan_id)
+        return self.grants is not None and self.grants.allows("ops", repo=repo_id, plan=plan_id)
+
+    async def scope(self) -> Grants:
+        """The grants this peer has from us (read from the store once per link)."""
+        if self.grants is None:
+            self.grants = await self.svc._grants_of(self.peer_id)
+        return self.grants
 
     def _allow_fn(self) -> Callable[[str | None, str | None], bool]:
-        grants = self.grants
+        grants = self.grants or Grants.none()
         return lambda repo, plan: grants.allows("ops", repo=repo, plan=plan)
 
     # -- queue -------------------------------------------------------------------------------
@@ -606,7 +633,7 @@ class _LinkSync:
         if self.sent_upto is None:
             return  # before the first catch-up; it ends with a digest anyway
         local = self.svc.instance_id
-        if self.grants.allows_any("ops"):
+        if (await self.scope()).allows_any("ops"):
             allow = self._allow_fn()
             rows, versions = await self.store.sync_snapshot(local, self.sent_upto, allow)
             if rows:
@@ -623,7 +650,7 @@ class _LinkSync:
     async def catch_up(self, mark: int) -> None:
         """Send our operations in scope with a modno above ``mark``, then the digest."""
         try:
-            if self.grants.allows_any("ops"):
+            if (await self.scope()).allows_any("ops"):
                 allow = self._allow_fn()
                 verdicts: dict[tuple[str | None, str | None], bool] = {}
                 cursor = mark
@@ -687,7 +714,7 @@ class _LinkSync:
         if self.repair is None:
             versions = (
                 await self.store.op_versions(local, self._allow_fn())
-                if self.grants.allows_any("ops")
+                if (await self.scope()).allows_any("ops")
                 else {}
             )
             self.repair = _Repair(versions)
