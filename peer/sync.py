@@ -521,8 +521,7 @@ class _LinkSync:
         if len(self.jobs) >= MAX_QUEUED_JOBS:
             log.warning("too much queued sync work for %s; closing the link", self.peer_id)
             self.svc._links.pop(self.peer_id, None)
-            task = asyncio.ensure_future(self.link.close("too many sync requests"))
-            task.add_done_callback(lambda _t: None)
+            self.svc._spawn(self.link.close("too many sync requests"))
             self._stopped = True
             self.wake.set()
             return
