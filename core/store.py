@@ -459,7 +459,8 @@ class Store:
         """Delete finished operations older than ``older_than``, returning how many.
 
         Never deletes the newest ``keep_min`` operations, nor the latest result of any plan (a
-        plan that stopped running must still show when it last worked), nor anything unfinished.
+        plan that stopped running must still show when it last worked), nor anything unfinished,
+        nor another instance's operations (their owner trims those; sync follows).
         """
         cutoff = utcnow() - older_than
         async with self.session() as s, s.begin():
@@ -475,6 +476,9 @@ class Store:
             )
             result = await s.execute(
                 delete(Operation).where(
+                    # Only our own history: a peer's operations here are a copy that its
+                    # owner trims, and sync removes them when the owner does.
+                    Operation.origin == self.local_origin,
                     Operation.pk <= floor,
                     Operation.created_at < cutoff,
                     Operation.status.not_in([OpStatus.PENDING, OpStatus.RUNNING]),

@@ -123,13 +123,18 @@ async def test_gc_never_deletes_latest_result_of_a_plan(store: Store) -> None:
     for plan in ("a", "a", "a", "b"):
         op = await store.create_operation(OpKind.BACKUP, plan_id=plan, status=OpStatus.SUCCESS)
         ops.append(op)
+    # Two old operations that came from a peer: its owner trims them, not us.
+    store.local_origin = "peer"
+    theirs = [await store.create_operation(OpKind.CHECK, status=OpStatus.SUCCESS) for _ in "xy"]
+    store.local_origin = "laptop"
     # Age them all; GC works on created_at.
     async with store.session() as s, s.begin():
         await s.execute(text("UPDATE operations SET created_at = :t"), {"t": old})
     removed = await store.gc_operations(older_than=timedelta(days=30), keep_min=0)
     left = {o.pk for o in await store.list_operations(limit=10)}
     assert removed == 2
-    assert left == {ops[2].pk, ops[3].pk}  # newest of plan a, only one of plan b
+    # newest of plan a, the only one of plan b, and the peer's untouched
+    assert left == {ops[2].pk, ops[3].pk, *(o.pk for o in theirs)}
 
 
 async def test_logs_are_bounded_head_and_tail(store: Store) -> None:
