@@ -722,6 +722,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"peerstash: {message}\n")
 
 
+def password_options(sp: argparse.ArgumentParser) -> None:
+    """The four ways to give a repository password (repo add, repo edit)."""
+    pw = sp.add_mutually_exclusive_group()
+    pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    pw.add_argument(
+        "--password-file", help="file holding the password (read by the node at run time)"
+    )
+    pw.add_argument("--password-env", help="environment variable of the node holding the password")
+    pw.add_argument("--password-command", help="command printing the password")
+
+
+def retention_options(sp: argparse.ArgumentParser) -> None:
+    """--keep-* (plan add, plan edit)."""
+    for unit in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        sp.add_argument(f"--keep-{unit}", type=int, metavar="N")
+    sp.add_argument("--keep-within", metavar="DURATION", help="e.g. 30d")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="peerstash", description="Backups for every machine you own.")
     p.add_argument("--version", action="version", version=f"peerstash {__version__}")
@@ -764,13 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
     ra.add_argument(
         "--uri", required=True, help="restic repository, e.g. /srv/backup or sftp:host:/path"
     )
-    pw = ra.add_mutually_exclusive_group()
-    pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    pw.add_argument(
-        "--password-file", help="file holding the password (read by the node at run time)"
-    )
-    pw.add_argument("--password-env", help="environment variable of the node holding the password")
-    pw.add_argument("--password-command", help="command printing the password")
+    password_options(ra)
     ra.add_argument(
         "--env", action="append", metavar="K=V", help="extra environment for restic (kept secret)"
     )
@@ -784,11 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
     re_ = rsub.add_parser("edit", help="change how a repository is reached (it must still open)")
     re_.add_argument("name")
     re_.add_argument("--uri")
-    rpw = re_.add_mutually_exclusive_group()
-    rpw.add_argument("--password-stdin", action="store_true")
-    rpw.add_argument("--password-file")
-    rpw.add_argument("--password-env")
-    rpw.add_argument("--password-command")
+    password_options(re_)
     re_.add_argument("--env", action="append", metavar="K=V", help="replaces the extra environment")
     re_.add_argument("--option", action="append", metavar="K=V", help="replaces the -o options")
     re_.set_defaults(init=False)
@@ -808,9 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
     when = pa.add_mutually_exclusive_group()
     when.add_argument("--schedule", metavar="CRON", help='cron expression, e.g. "0 3 * * *"')
     when.add_argument("--every", metavar="INTERVAL", help="interval, e.g. 6h, 30m, 1d")
-    for unit in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
-        pa.add_argument(f"--keep-{unit}", type=int, metavar="N")
-    pa.add_argument("--keep-within", metavar="DURATION", help="e.g. 30d")
+    retention_options(pa)
     json_flag(pa)
     pe = psub.add_parser("edit", help="change a plan (only the options given)")
     pe.add_argument("name")
@@ -826,9 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
     pwhen.add_argument("--schedule", metavar="CRON")
     pwhen.add_argument("--every", metavar="INTERVAL")
     pwhen.add_argument("--manual", action="store_true", help="no schedule: run only when asked")
-    for unit in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
-        pe.add_argument(f"--keep-{unit}", type=int, metavar="N")
-    pe.add_argument("--keep-within", metavar="DURATION")
+    retention_options(pe)
     pe.add_argument("--no-retention", action="store_true", help="remove the retention policy")
     onoff = pe.add_mutually_exclusive_group()
     onoff.add_argument("--enable", action="store_true")
