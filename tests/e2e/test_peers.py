@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,7 +44,7 @@ class Events:
 
 def wait_link(node: NodeProc, peer: str, state: str, timeout: float = 30) -> None:
     ev = Events(node)
-    timer = __import__("threading").Timer(timeout, ev.close)
+    timer = threading.Timer(timeout, ev.close)  # bounds the wait: the stream ends, and we fail
     timer.start()
     try:
         ev.wait_link(peer, state)
