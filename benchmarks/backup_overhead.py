@@ -20,15 +20,14 @@ import random
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
+from nodeproc import PEERSTASH, start_node
+
 PASSWORD = "benchmark-password"
-PEERSTASH = [sys.executable, "-m", "peerstash.desktop"]
 
 
 def generate(root: Path, files: int, total_mb: int, seed: int = 7) -> None:
@@ -66,31 +65,8 @@ def through_peerstash(
 ) -> tuple[float, float, float, float, float]:
     data = work / "node"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PEERSTASH_")}
-    node = subprocess.Popen(
-        [
-            *PEERSTASH,
-            "--data-dir",
-            str(data),
-            "--instance-id",
-            "bench",
-            "--no-gui",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-discovery",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    node = start_node(data, "bench")
     try:
-        assert node.stderr is not None
-        for line in node.stderr:
-            if "Ctrl-C stops it" in line:
-                break
-        # Keep reading the node's log so a full pipe never blocks it (and skews the figures).
-        threading.Thread(target=node.stderr.read, daemon=True).start()
         cli = [*PEERSTASH, "--data-dir", str(data)]
         subprocess.run(
             [*cli, "repo", "add", "r", "--uri", str(repo), "--password-stdin", "--init"],

@@ -20,20 +20,17 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import aiohttp
+from nodeproc import PEERSTASH, start_node
 
 from peerstash.peer import channel as ch
 from peerstash.peer import protocol as proto
 from peerstash.peer.identity import Identity
 from peerstash.peer.tokens import parse_token
-
-PEERSTASH = [sys.executable, "-m", "peerstash.desktop"]
 
 
 def cli(data: Path, *args: str) -> dict:
@@ -47,36 +44,7 @@ def cli(data: Path, *args: str) -> dict:
 
 
 def start_hub(data: Path) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PEERSTASH_")}
-    proc = subprocess.Popen(
-        [
-            *PEERSTASH,
-            "--data-dir",
-            str(data),
-            "--instance-id",
-            "hub",
-            "--no-gui",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-discovery",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "Ctrl-C stops it" in line:
-            break
-    drain(proc)
-    return proc
-
-
-def drain(proc: subprocess.Popen[str]) -> None:
-    """Keep reading the node's log so a full pipe never blocks it (and skews the figures)."""
-    threading.Thread(target=lambda: proc.stderr and proc.stderr.read(), daemon=True).start()
+    return start_node(data, "hub")
 
 
 def cpu_seconds(pid: int) -> float:
