@@ -186,6 +186,10 @@ class Store:
             raise NotFound(f"no {what} named {key!r}")
         return row
 
+    async def _list(self, model: type[_Named]) -> list[_Named]:
+        async with self.session() as s:
+            return list((await s.scalars(select(model).order_by(model.id))).all())
+
     async def _update(
         self, model: type[_Named], key: str, what: str, fields: dict[str, Any]
     ) -> _Named:
@@ -248,8 +252,7 @@ class Store:
         return await self._get(Repo, repo_id, "repository")
 
     async def list_repos(self) -> list[Repo]:
-        async with self.session() as s:
-            return list((await s.scalars(select(Repo).order_by(Repo.id))).all())
+        return await self._list(Repo)
 
     async def update_repo(self, repo_id: str, **fields: Any) -> Repo:
         return await self._update(Repo, repo_id, "repository", fields)
@@ -283,8 +286,7 @@ class Store:
         return await self._get(Plan, plan_id, "plan")
 
     async def list_plans(self) -> list[Plan]:
-        async with self.session() as s:
-            return list((await s.scalars(select(Plan).order_by(Plan.id))).all())
+        return await self._list(Plan)
 
     async def update_plan(self, plan_id: str, **fields: Any) -> Plan:
         return await self._update(Plan, plan_id, "plan", fields)
@@ -538,8 +540,7 @@ class Store:
     # -- peers -------------------------------------------------------------------------------
 
     async def list_peers(self) -> list[Peer]:
-        async with self.session() as s:
-            return list((await s.scalars(select(Peer).order_by(Peer.id))).all())
+        return await self._list(Peer)
 
     async def get_peer(self, peer_id: str) -> Peer:
         return await self._get(Peer, peer_id, "peer")
