@@ -153,9 +153,7 @@ class Link:
                     return self._end(f"closed by peer: {msg.reason}")
                 if isinstance(msg, proto.Error):
                     return self._end(f"peer reported an error: {msg.code}: {msg.message}")
-                handler = self.manager.message_handler
-                if handler is not None:
-                    await handler(self, msg)
+                await self.manager.dispatch(self, msg)
         finally:
             hb.cancel()
             with contextlib.suppress(BaseException):
@@ -215,15 +213,42 @@ class PeerManager:
         self._dialers: dict[str, _Dialer] = {}
         self._server_tasks: set[asyncio.Task[Any]] = set()
         self.limiter = RateLimiter(max_failures=5, window=60.0)
-        self.message_handler: MessageHandler | None = None
-        #: Called once a link is adopted, before its read loop starts (operation sync sends
-        #: its high-water marks from here).
-        self.on_link_up: Callable[[Link], Awaitable[None]] | None = None
+        #: Who handles which message type (see :meth:`add_handler`).
+        self._handlers: dict[type[proto.Message], MessageHandler] = {}
+        #: Called once a link is adopted, before its read loop starts, in the order added
+        #: (operation sync sends its high-water marks from here).
+        self._link_up_hooks: list[Callable[[Link], Awaitable[None]]] = []
         self._session: aiohttp.ClientSession | None = None
         self._handshakes = asyncio.Semaphore(64)
         self._closing = False
         self._wake_watch: asyncio.Task[None] | None = None
         self.discovery: Discovery | None = None
+
+    # -- services on the links ----------------------------------------------------------------
+
+    def add_handler(self, handler: MessageHandler, *types: type[proto.Message]) -> None:
+        """Route messages of ``types`` to ``handler`` (one handler per type).
+
+        Each service on the link (operation sync, shared repositories, requests) owns its
+        message types; a type nobody handles is logged and dropped, so a newer peer's
+        messages never break an older one. The handler runs in the link's read loop: it must
+        hand anything slow to a task of its own.
+        """
+        for t in types:
+            if t in self._handlers:
+                raise ValueError(f"{t.__name__} already has a handler")
+            self._handlers[t] = handler
+
+    def add_link_up(self, hook: Callable[[Link], Awaitable[None]]) -> None:
+        """Call ``hook(link)`` whenever a link is adopted, before its read loop starts."""
+        self._link_up_hooks.append(hook)
+
+    async def dispatch(self, link: Link, msg: proto.Message) -> None:
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            log.debug("no handler for %s from %s", type(msg).__name__, link.peer_id)
+            return
+        await handler(link, msg)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -287,8 +312,8 @@ class PeerManager:
         if old is not None and old is not link:
             await old.close("replaced by a newer connection")
         await self._set_state(link.peer_id, ONLINE, None, seen=True)
-        if self.on_link_up is not None:
-            await self.on_link_up(link)
+        for hook in self._link_up_hooks:
+            await hook(link)
 
     async def _release(self, link: Link, reason: str) -> None:
         if self.links.get(link.peer_id) is link:

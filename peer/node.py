@@ -175,8 +175,7 @@ class Node:
             **({"protocol_version": opts.protocol_version} if opts.protocol_version else {}),
         )
         self.sync = SyncService(store, self.bus, self.peers, instance_id)
-        self.peers.message_handler = self.sync.handle
-        self.peers.on_link_up = self.sync.on_link_up
+        self.sync.attach()
         await self.sync.start()
         await self._start_peer_server()
         await self.peers.start()

@@ -243,8 +243,8 @@ class _Repair:
 class SyncService:
     """Runs operation sync on every link of one node.
 
-    Wire it to a :class:`PeerManager`: ``message_handler = service.handle`` and
-    ``on_link_up = service.on_link_up``; call :meth:`start` before links come up.
+    Wire it to its :class:`PeerManager` with :meth:`attach`; call :meth:`start` before links
+    come up.
     """
 
     def __init__(
@@ -273,6 +273,18 @@ class SyncService:
         self._sub: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Take the operation sync messages and the link-up moment of our PeerManager."""
+        self.manager.add_handler(
+            self.handle,
+            proto.OpsSince,
+            proto.OpsBatch,
+            proto.OpsDigest,
+            proto.OpsManifest,
+            proto.OpsDeleted,
+        )
+        self.manager.add_link_up(self.on_link_up)
 
     async def start(self) -> None:
         """Start following local operation changes (subscribed now, so none is missed), and
