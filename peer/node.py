@@ -25,6 +25,7 @@ from peerstash.core.store import Store
 from peerstash.peer.identity import Identity
 from peerstash.peer.link import PeerManager, Timings
 from peerstash.peer.paths import admin_socket_path, ensure_private_dir
+from peerstash.peer.rpc import RpcService
 from peerstash.peer.server import make_peer_app, parse_listen
 from peerstash.peer.sync import SyncService
 
@@ -94,6 +95,7 @@ class Node:
         self.identity: Identity | None = None
         self.peers: PeerManager | None = None
         self.sync: SyncService | None = None
+        self.rpc: RpcService | None = None
         self.peer_url: str | None = None
         self._peer_port: int | None = None
         self.discovery: Discovery | None = None
@@ -176,6 +178,8 @@ class Node:
         )
         self.sync = SyncService(store, self.bus, self.peers, instance_id)
         self.sync.attach()
+        self.rpc = RpcService(self.peers)
+        self.rpc.attach()
         await self.sync.start()
         await self._start_peer_server()
         await self.peers.start()
@@ -294,6 +298,9 @@ class Node:
         if self.sync is not None:
             await self.sync.stop()
             self.sync = None
+        if self.rpc is not None:
+            await self.rpc.stop()
+            self.rpc = None
         if self._peer_runner is not None:
             await self._peer_runner.cleanup()
             self._peer_runner = None

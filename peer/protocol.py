@@ -29,6 +29,7 @@ from msgspec import Meta
 __all__ = [
     "KEM_CIPHERTEXT_BYTES",
     "KEM_ENCAPSULATION_KEY_BYTES",
+    "MAX_CHUNK_ITEMS",
     "MAX_FRAME_SIZE",
     "MAX_HANDSHAKE_FRAME_SIZE",
     "MAX_IDS_PER_FRAME",
@@ -36,6 +37,8 @@ __all__ = [
     "MAX_OP_ERROR",
     "MAX_OP_SUMMARY",
     "PROTOCOL_VERSION",
+    "Call",
+    "CallCancel",
     "Close",
     "Error",
     "ErrorCode",
@@ -54,6 +57,8 @@ __all__ = [
     "OpsManifest",
     "OpsSince",
     "ProtocolError",
+    "Reply",
+    "ReplyChunk",
     "Welcome",
     "decode",
     "decode_handshake",
@@ -167,6 +172,12 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"  # too many failed attempts from this address
     FORBIDDEN = "forbidden"  # a request outside the grants given
     INTERNAL = "internal"  # the sender failed; not the receiver's fault
+    # Codes of a failed Reply (the link stays up):
+    UNKNOWN_METHOD = "unknown_method"  # the answerer does not offer this request
+    BAD_REQUEST = "bad_request"  # arguments missing or of the wrong shape
+    NOT_FOUND = "not_found"  # the plan, repository, snapshot... does not exist there
+    FAILED = "failed"  # the answerer tried and could not (the message says why)
+    BUSY = "busy"  # too many calls in flight on this link
 
 
 class Hello(_Msg, tag="hello", frozen=True):
@@ -321,6 +332,50 @@ class OpsDeleted(_Msg, tag="ops.deleted", frozen=True):
     op_ids: Annotated[tuple[OpId, ...], Meta(max_length=MAX_IDS_PER_FRAME)] = ()
 
 
+# -- requests (peer/rpc.py) ------------------------------------------------------------------
+#
+# One side asks (``Call``), the other answers once (``Reply``), after zero or more
+# ``ReplyChunk`` frames for answers that stream (a large directory listing). Ids are minted by
+# the caller and unique per link. Every call is checked against the grants of the side that
+# answers; a method it does not know is answered with ``unknown_method``, never a closed link.
+
+CallId = Annotated[str, Meta(min_length=1, max_length=40)]
+Method = Annotated[str, Meta(min_length=1, max_length=64)]
+#: Most items one ``ReplyChunk`` may carry.
+MAX_CHUNK_ITEMS: Final = 10_000
+
+
+class Call(_Msg, tag="call", frozen=True):
+    """Caller → answerer: run ``method`` with ``args`` (a map of plain values)."""
+
+    id: CallId
+    method: Method
+    args: dict[str, object] = {}
+
+
+class Reply(_Msg, tag="reply", frozen=True):
+    """Answerer → caller: the end of a call. ``code`` is set when it failed, and ``error``
+    then says why in words a person can act on."""
+
+    id: CallId
+    result: object = None
+    code: Code | None = None
+    error: Text | None = None
+
+
+class ReplyChunk(_Msg, tag="reply.chunk", frozen=True):
+    """Answerer → caller: part of a streamed answer; the ``Reply`` that follows ends it."""
+
+    id: CallId
+    items: Annotated[tuple[object, ...], Meta(max_length=MAX_CHUNK_ITEMS)] = ()
+
+
+class CallCancel(_Msg, tag="call.cancel", frozen=True):
+    """Caller → answerer: the caller stopped waiting; stop working on the call."""
+
+    id: CallId
+
+
 Message: TypeAlias = (
     Hello
     | Welcome
@@ -332,6 +387,10 @@ Message: TypeAlias = (
     | OpsDigest
     | OpsManifest
     | OpsDeleted
+    | Call
+    | Reply
+    | ReplyChunk
+    | CallCancel
 )
 
 

@@ -1,0 +1,370 @@
+"""Requests over a peer link: one side calls a method, the other answers, once or streaming.
+
+Config reads and writes, remote commands and on-demand logs are all "ask the peer, get an
+answer"; this module is that one mechanism, so each feature only registers its methods.
+
+* **Grants are checked where the data lives.** Each method names the grant it needs; the
+  answering side checks the caller holds it (``Grants.allows_any``) before the handler runs,
+  and the handler checks the scope of the exact repo or plan (:meth:`CallContext.require`).
+* **The link never blocks on a call.** Handlers run as tasks of their own, at most
+  ``max_in_flight`` per link (more are answered ``busy``); the read loop only routes frames.
+* **Streams never time out while data flows.** A caller's wait is bounded by *silence*, not
+  by total time: every chunk restarts the clock. Sending is paced by the link itself (a send
+  waits for the socket), so a slow caller slows the answerer instead of filling memory.
+* **A dropped link fails every call on it at once** with :class:`PeerUnavailable`, and the
+  answerer cancels the handlers of calls it can no longer answer.
+* **Errors are words, not tracebacks.** A handler raises :class:`CallError` (or a core
+  ``EngineError`` / ``NotFound``, whose messages are written for people) to answer with a
+  reason; anything else is logged on the answering side and reported as an internal error,
+  so no detail (a path, a secret) leaks to the peer by accident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from peerstash.core.engine import EngineError
+from peerstash.core.ids import new_ulid
+from peerstash.core.store import NotFound
+from peerstash.peer import channel as ch
+from peerstash.peer import protocol as proto
+from peerstash.peer.link import Link, PeerManager
+from peerstash.peer.permissions import GrantError, Grants
+
+log = logging.getLogger(__name__)
+
+#: Calls one peer may have running here at once.
+MAX_IN_FLIGHT = 16
+#: Items per ReplyChunk when a handler streams (well under the frame limit for listings).
+CHUNK_ITEMS = 500
+#: How long a caller waits for the first or next frame of an answer by default.
+DEFAULT_SILENCE = 30.0
+
+Result = Any
+Handler = Callable[["CallContext", Mapping[str, Any]], Awaitable[Result] | AsyncIterator[Any]]
+
+
+class CallError(Exception):
+    """A call failed for a reason a person can act on (``code`` from :class:`proto.ErrorCode`)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class PeerUnavailable(CallError):
+    """The peer is not linked now, or the link dropped before it answered."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unavailable", message)
+
+
+class CallTimeout(CallError):
+    """The peer said nothing for longer than the caller was willing to wait."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("timeout", message)
+
+
+@dataclass
+class CallContext:
+    """What a handler knows about the call: who asked and what they were granted here."""
+
+    peer_id: str
+    grants: Grants
+    link: Link
+    method: str
+
+    def require(self, grant: str, *, repo: str | None = None, plan: str | None = None) -> None:
+        """Refuse (``forbidden``) unless our grant to the caller covers this repo or plan."""
+        if not self.grants.allows(grant, repo=repo, plan=plan):
+            what = f"repository {repo!r}" if repo else f"plan {plan!r}" if plan else "this"
+            raise CallError(
+                proto.ErrorCode.FORBIDDEN,
+                f"{self.peer_id} has no {grant!r} grant for {what} here",
+            )
+
+
+@dataclass
+class _Method:
+    handler: Handler
+    grant: str | None
+
+
+@dataclass
+class _Waiting:
+    """A call we made, waiting for its answer."""
+
+    link: Link
+    frames: asyncio.Queue[proto.Reply | proto.ReplyChunk] = field(default_factory=asyncio.Queue)
+
+
+def arg(args: Mapping[str, Any], name: str, kind: type | tuple[type, ...] = str, **opt: Any) -> Any:
+    """``args[name]`` checked against ``kind``; ``default=`` makes it optional.
+
+    A wrong or missing argument is the caller's fault: ``bad_request``, never a crash.
+    """
+    if name not in args or args[name] is None:
+        if "default" in opt:
+            return opt["default"]
+        raise CallError(proto.ErrorCode.BAD_REQUEST, f"argument {name!r} is missing")
+    value = args[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise CallError(proto.ErrorCode.BAD_REQUEST, f"argument {name!r} has the wrong type")
+    return value
+
+
+class RpcService:
+    """Calls out to peers and answers their calls, on every link of one node."""
+
+    def __init__(self, manager: PeerManager, *, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+        self.manager = manager
+        self.max_in_flight = max_in_flight
+        self._methods: dict[str, _Method] = {}
+        self._waiting: dict[str, _Waiting] = {}
+        #: Handlers running for each link (by link object: a replaced link's calls end).
+        self._serving: dict[Link, dict[str, asyncio.Task[None]]] = {}
+        self._watches: set[asyncio.Future[None]] = set()
+
+    def attach(self) -> None:
+        self.manager.add_handler(
+            self._on_message, proto.Call, proto.Reply, proto.ReplyChunk, proto.CallCancel
+        )
+
+    def register(self, method: str, handler: Handler, *, grant: str | None) -> None:
+        """Offer ``method`` to peers holding ``grant`` (None: any paired peer).
+
+        ``handler(ctx, args)`` returns the result, or is an async generator whose items are
+        streamed to the caller.
+        """
+        if method in self._methods:
+            raise ValueError(f"method {method!r} is already registered")
+        self._methods[method] = _Method(handler, grant)
+
+    async def stop(self) -> None:
+        for watch in list(self._watches):
+            watch.cancel()
+        for calls in list(self._serving.values()):
+            for task in list(calls.values()):
+                task.cancel()
+        for calls in list(self._serving.values()):
+            for task in list(calls.values()):
+                with contextlib.suppress(BaseException):
+                    await task
+        self._serving.clear()
+
+    # -- calling -----------------------------------------------------------------------------
+
+    def _link(self, peer_id: str) -> Link:
+        link = self.manager.links.get(peer_id)
+        if link is None or link.closed.is_set():
+            raise PeerUnavailable(f"peer {peer_id} is not connected now")
+        return link
+
+    async def call(
+        self,
+        peer_id: str,
+        method: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        silence: float = DEFAULT_SILENCE,
+    ) -> Any:
+        """Ask ``peer_id`` and return its answer (a streamed answer is returned as a list)."""
+        items: list[Any] = []
+        result: Any = None
+        async for chunk, final in self._exchange(peer_id, method, args, silence):
+            if chunk is not None:
+                items.extend(chunk)
+            else:
+                result = final
+        return items if items else result
+
+    async def stream(
+        self,
+        peer_id: str,
+        method: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        silence: float = DEFAULT_SILENCE,
+    ) -> AsyncIterator[Any]:
+        """Ask ``peer_id`` and yield the items of its streamed answer as they arrive."""
+        async for chunk, _ in self._exchange(peer_id, method, args, silence):
+            for item in chunk or ():
+                yield item
+
+    async def _exchange(
+        self,
+        peer_id: str,
+        method: str,
+        args: Mapping[str, Any] | None,
+        silence: float,
+    ) -> AsyncIterator[tuple[tuple[Any, ...] | None, Any]]:
+        """Yields ``(items, None)`` per chunk, then ``(None, result)`` once at the end."""
+        link = self._link(peer_id)
+        call_id = new_ulid()
+        waiting = _Waiting(link)
+        self._waiting[call_id] = waiting
+        finished = False
+        try:
+            try:
+                await link.send(proto.Call(id=call_id, method=method, args=dict(args or {})))
+            except (ch.ChannelError, ConnectionError, RuntimeError) as exc:
+                raise PeerUnavailable(f"peer {peer_id} went away: {exc}") from None
+            while True:
+                frame = await self._next(waiting, peer_id, method, silence)
+                if isinstance(frame, proto.ReplyChunk):
+                    yield frame.items, None
+                    continue
+                finished = True
+                if frame.code is not None:
+                    raise CallError(frame.code, frame.error or f"{method} failed on {peer_id}")
+                yield None, frame.result
+                return
+        finally:
+            self._waiting.pop(call_id, None)
+            if not finished and not link.closed.is_set():
+                with contextlib.suppress(Exception):
+                    await link.send(proto.CallCancel(id=call_id))
+
+    async def _next(
+        self, waiting: _Waiting, peer_id: str, method: str, silence: float
+    ) -> proto.Reply | proto.ReplyChunk:
+        get = asyncio.ensure_future(waiting.frames.get())
+        closed = asyncio.ensure_future(waiting.link.closed.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {get, closed}, timeout=silence, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            closed.cancel()
+            if not get.done():
+                get.cancel()
+        if get in done:
+            return get.result()
+        if closed in done:
+            why = waiting.link.close_reason or "closed"
+            raise PeerUnavailable(f"the link to {peer_id} dropped before it answered ({why})")
+        raise CallTimeout(f"{peer_id} did not answer {method} within {silence:g}s")
+
+    # -- answering ---------------------------------------------------------------------------
+
+    async def _on_message(self, link: Link, msg: proto.Message) -> None:
+        if isinstance(msg, proto.Reply | proto.ReplyChunk):
+            waiting = self._waiting.get(msg.id)
+            if waiting is not None and waiting.link is link:
+                waiting.frames.put_nowait(msg)
+            return
+        if isinstance(msg, proto.CallCancel):
+            task = self._serving.get(link, {}).get(msg.id)
+            if task is not None:
+                task.cancel()
+            return
+        if isinstance(msg, proto.Call):
+            if link not in self._serving:
+                self._serving[link] = {}
+                watch = asyncio.ensure_future(self._forget_link(link))
+                self._watches.add(watch)
+                watch.add_done_callback(self._watches.discard)
+            calls = self._serving[link]
+            if msg.id in calls:
+                return  # a duplicate id: the first call answers
+            if len(calls) >= self.max_in_flight:
+                await self._reply(
+                    link,
+                    msg.id,
+                    code=proto.ErrorCode.BUSY,
+                    error=f"too many requests in flight (at most {self.max_in_flight})",
+                )
+                return
+            task = asyncio.create_task(self._serve(link, msg), name=f"rpc:{msg.method}")
+            calls[msg.id] = task
+            call_id = msg.id
+
+            def done(_: asyncio.Task[None]) -> None:
+                calls.pop(call_id, None)
+
+            task.add_done_callback(done)
+
+    async def _forget_link(self, link: Link) -> None:
+        """When a link ends, its calls can no longer be answered: stop them."""
+        await link.closed.wait()
+        calls = self._serving.pop(link, {})
+        for task in list(calls.values()):
+            task.cancel()
+
+    async def _serve(self, link: Link, msg: proto.Call) -> None:
+        method = self._methods.get(msg.method)
+        if method is None:
+            await self._reply(
+                link,
+                msg.id,
+                code=proto.ErrorCode.UNKNOWN_METHOD,
+                error=f"this peer does not offer {msg.method!r} (it may run an older version)",
+            )
+            return
+        try:
+            grants = await self._grants_of(link.peer_id)
+            if method.grant is not None and not grants.allows_any(method.grant):
+                raise CallError(
+                    proto.ErrorCode.FORBIDDEN,
+                    f"{link.peer_id} has no {method.grant!r} grant here",
+                )
+            ctx = CallContext(peer_id=link.peer_id, grants=grants, link=link, method=msg.method)
+            out = method.handler(ctx, msg.args)
+            if inspect.isasyncgen(out):
+                await self._stream_out(link, msg.id, out)
+                return
+            assert inspect.isawaitable(out)
+            result = await out
+        except asyncio.CancelledError:
+            raise
+        except CallError as exc:
+            await self._reply(link, msg.id, code=exc.code, error=exc.message)
+            return
+        except NotFound as exc:
+            await self._reply(link, msg.id, code=proto.ErrorCode.NOT_FOUND, error=str(exc))
+            return
+        except EngineError as exc:
+            await self._reply(link, msg.id, code=proto.ErrorCode.FAILED, error=str(exc))
+            return
+        except Exception:
+            log.exception("answering %s from %s failed", msg.method, link.peer_id)
+            await self._reply(
+                link,
+                msg.id,
+                code=proto.ErrorCode.INTERNAL,
+                error=f"{msg.method} failed on the peer (its log says why)",
+            )
+            return
+        await self._reply(link, msg.id, result=result)
+
+    async def _stream_out(self, link: Link, call_id: str, items: AsyncIterator[Any]) -> None:
+        batch: list[Any] = []
+        async for item in items:
+            batch.append(item)
+            if len(batch) >= CHUNK_ITEMS:
+                await link.send(proto.ReplyChunk(id=call_id, items=tuple(batch)))
+                batch = []
+        if batch:
+            await link.send(proto.ReplyChunk(id=call_id, items=tuple(batch)))
+        await self._reply(link, call_id)
+
+    async def _reply(self, link: Link, call_id: str, **fields: Any) -> None:
+        if "error" in fields and fields["error"] is not None:
+            fields["error"] = str(fields["error"])[:2000]
+        with contextlib.suppress(ch.ChannelError, ConnectionError, RuntimeError):
+            await link.send(proto.Reply(id=call_id, **fields))
+
+    async def _grants_of(self, peer_id: str) -> Grants:
+        try:
+            return Grants.parse((await self.manager.store.get_peer(peer_id)).grants)
+        except (NotFound, GrantError):
+            return Grants.none()
