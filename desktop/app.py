@@ -2,10 +2,10 @@
 
 One code path: whether the node runs inside this process or in another one, every view talks to
 it through the admin socket (:class:`~peerstash.desktop.api.DesktopClient`). When a node already
-answers on the data directory's socket (a ``peerstash --no-gui``, or a first tray app), this
-process attaches to it and opens its own window; it never starts a second node. Raising the
-*other* process's window would need a channel between GUIs that the node does not offer, so a
-second launch simply shows a window of its own, attached to the same node.
+answers on the data directory's socket, this process never starts a second node: if a window
+already follows that node (a first tray app), the node is asked to bring it up
+(``POST /v1/ui/present``) and this launch ends there; if none does (a ``peerstash --no-gui``),
+this process attaches to the node and opens the window.
 
 Lifecycle (see DESIGN.md, "qasync"): ``qasync.run`` runs :meth:`DesktopApp.run`; Quit sets an
 ``asyncio.Event``, cleanup is awaited (the node stops its restic processes cleanly), and only
@@ -27,7 +27,7 @@ import shiboken6
 from PySide6.QtWidgets import QApplication
 
 from peerstash.desktop import autostart, prefs, qtfix
-from peerstash.desktop.api import DesktopClient, node_answers
+from peerstash.desktop.api import ApiError, DesktopClient, node_answers
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.icons import app_icon
 from peerstash.desktop.tray import Tray
@@ -77,6 +77,8 @@ class DesktopApp:
         self.tray: Tray | None = None
         self.quit_requested = asyncio.Event()
         self.started = asyncio.Event()
+        #: Set when an open window of another process was brought up instead of starting.
+        self.handed_over = False
 
     @property
     def in_process(self) -> bool:
@@ -84,6 +86,10 @@ class DesktopApp:
 
     async def start(self) -> None:
         if await node_answers(self.data_dir):
+            if await self._present_other_window():
+                self.handed_over = True
+                self.started.set()
+                return
             log.info("a node already runs for %s; attaching to it", self.data_dir)
         else:
             node = Node(self.data_dir, self.options)
@@ -113,12 +119,26 @@ class DesktopApp:
         self.window.settings.notificationsToggled.connect(self._set_notifications)
         self.window.has_tray = self.tray.icon is not None
         self.tray.openRequested.connect(self.window.bring_up)
+        backend.presentRequested.connect(self.window.bring_up)
         self.tray.quitRequested.connect(self.quit)
         self.window.closedWithoutTray.connect(self.quit)
         self.tray.openPeersRequested.connect(self.show_peers)
         if self.show_window or self.tray.icon is None:
             self.window.bring_up()
         self.started.set()
+
+    async def _present_other_window(self) -> bool:
+        """Ask the running node to bring up a window that already follows it."""
+        async with DesktopClient(self.data_dir) as client:
+            try:
+                answer = await client.request("POST", "/v1/ui/present")
+            except ApiError as exc:  # an older node, or it just stopped: open our own
+                log.info("could not ask for the open window (%s); opening one here", exc)
+                return False
+        windows = int(answer.get("windows") or 0) if isinstance(answer, dict) else 0
+        if windows:
+            log.info("Peerstash is already open for %s; brought its window up", self.data_dir)
+        return windows > 0
 
     def _set_notifications(self, on: bool) -> None:
         if self.tray is not None:
@@ -161,7 +181,8 @@ class DesktopApp:
     async def run(self) -> None:
         try:
             await self.start()
-            await self.quit_requested.wait()
+            if not self.handed_over:
+                await self.quit_requested.wait()
         finally:
             await self.stop()
 
@@ -221,4 +242,6 @@ def run_gui(args: argparse.Namespace) -> int:
     finally:
         with contextlib.suppress(Exception):
             qapp.processEvents()
+    if desktop.handed_over:
+        print("peerstash: already open; brought its window to the front", file=sys.stderr)
     return 0

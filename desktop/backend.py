@@ -48,6 +48,8 @@ class Backend(QObject):
     peersChanged = Signal()
     #: Something the node wants a person to see: (level, message).
     notice = Signal(str, str)
+    #: ``peerstash`` was launched again: this window should come to the front.
+    presentRequested = Signal()
 
     def __init__(
         self,
@@ -199,7 +201,7 @@ class Backend(QObject):
             try:
                 if self.events_available is not False:
                     try:
-                        async for event in self.client.lines("/v1/events", on_open=on_open):
+                        async for event in self.client.lines("/v1/events?ui=1", on_open=on_open):
                             self._on_event(event)
                     except Unavailable:
                         self.events_available = False
@@ -231,6 +233,8 @@ class Backend(QObject):
             self.refresh_status_soon()
         elif kind == "notice":
             self.notice.emit(str(event.get("level") or "info"), str(event.get("message") or ""))
+        elif kind == "present":
+            self.presentRequested.emit()
 
     def _on_link(self, peer_id: str, event: dict[str, Any]) -> None:
         for p in self.peer_list:

@@ -10,9 +10,11 @@ are never logged, because some carry passwords.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,16 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
 NODE_KEY: web.AppKey[Node] = web.AppKey("node")
+#: How many desktop windows follow ``/v1/events?ui=1`` right now (a one-element list: mutable).
+WINDOWS_KEY: web.AppKey[list[int]] = web.AppKey("windows")
+
+
+@dataclass(frozen=True)
+class WindowWanted(Event):
+    """``peerstash`` was launched again: the window that is already open should come up."""
+
+    topic: str = field(init=False, default="ui")
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -579,18 +591,31 @@ def event_to_dict(event: Event) -> dict[str, Any] | None:
         return {"type": "stale", "plan": event.plan_id, "last_success_at": last}
     if isinstance(event, Notice):
         return {"type": "notice", "level": event.level, "message": event.message}
+    if isinstance(event, WindowWanted):
+        return {"type": "present"}
     return None
 
 
 async def events(request: web.Request) -> web.StreamResponse:
     """Every event as NDJSON: first the current link state of each peer, then live changes.
 
-    Subscribing before reading the current state means nothing falls between the two.
+    Subscribing before reading the current state means nothing falls between the two. A
+    desktop window says ``?ui=1``: while it follows, a second launch brings it up
+    (:func:`present`) instead of opening another.
     """
     engine = _engine(request)
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
-    with engine.bus.subscribe() as sub:
+    windows = request.app[WINDOWS_KEY]
+    is_window = request.query.get("ui") == "1"
+    with engine.bus.subscribe() as sub, contextlib.ExitStack() as counted:
+        if is_window:
+            windows[0] += 1
+
+            def uncount() -> None:
+                windows[0] -= 1
+
+            counted.callback(uncount)
         # Tells a client the subscription is live: whatever it does after this line is seen.
         await resp.write(json.dumps({"type": "ready"}).encode() + b"\n")
         for peer in await engine.store.list_peers():
@@ -648,6 +673,18 @@ async def discovered(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
+async def present(request: web.Request) -> web.Response:
+    """Bring up the desktop windows that follow this node; says how many there are.
+
+    A second ``peerstash`` launch calls this first: when a window answers, it has nothing
+    more to do (no second window, no second node).
+    """
+    count = request.app[WINDOWS_KEY][0]
+    if count:
+        _engine(request).bus.publish(WindowWanted())
+    return web.json_response({"windows": count})
+
+
 def _check_listen(value: object) -> bool:
     if not isinstance(value, str):
         return False
@@ -693,6 +730,7 @@ async def settings_route(request: web.Request) -> web.Response:
 def make_admin_app(node: Node) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app[NODE_KEY] = node
+    app[WINDOWS_KEY] = [0]
     r = app.router
     r.add_get("/v1/status", status)
     r.add_get("/v1/repos", list_repos)
@@ -718,6 +756,7 @@ def make_admin_app(node: Node) -> web.Application:
     r.add_post("/v1/schedules/pause", pause)
     r.add_post("/v1/gc", gc)
     r.add_get("/v1/events", events)
+    r.add_post("/v1/ui/present", present)
     r.add_get("/v1/discovered", discovered)
     r.add_get("/v1/settings", settings_route)
     r.add_post("/v1/settings", settings_route)
