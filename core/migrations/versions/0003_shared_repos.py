@@ -35,8 +35,9 @@ def upgrade() -> None:
             batch.drop_constraint(_FK, type_="foreignkey")
         return
     for fk in sa.inspect(bind).get_foreign_keys("plans"):
-        if fk.get("referred_table") == "repos" and fk.get("name"):
-            op.drop_constraint(fk["name"], "plans", type_="foreignkey")
+        name = fk.get("name")
+        if fk.get("referred_table") == "repos" and name:
+            op.drop_constraint(name, "plans", type_="foreignkey")
 
 
 def downgrade() -> None:
