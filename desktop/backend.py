@@ -48,6 +48,9 @@ class Backend(QObject):
     peersChanged = Signal()
     #: Something the node wants a person to see: (level, message).
     notice = Signal(str, str)
+    #: A repository's snapshots changed (a forget or prune, here or by a shared repository's
+    #: owner): its id. Snapshot views showing it reload.
+    snapshotsChanged = Signal(str)
 
     def __init__(
         self,
@@ -231,6 +234,8 @@ class Backend(QObject):
             self.refresh_status_soon()
         elif kind == "notice":
             self.notice.emit(str(event.get("level") or "info"), str(event.get("message") or ""))
+        elif kind == "snapshots" and event.get("repo"):
+            self.snapshotsChanged.emit(str(event["repo"]))
 
     def _on_link(self, peer_id: str, event: dict[str, Any]) -> None:
         for p in self.peer_list:
