@@ -254,6 +254,13 @@ async def test_guid_conflict_skips_one_repo_and_repush_changes_nothing(
     again = await got
     assert not again.changed and again.added == [] and list(again.skipped) == ["r1@a"]
     assert (await b.engine.store.get_repo("r2@a")).updated_at == r2.updated_at
+
+    # A changes a shared repository (here its client URI): B is brought up to date.
+    got = next_shares(b, "a")
+    await a.engine.share_repo("r2", client_uri=f"{tmp_path}/repo2/")
+    moved = await got
+    assert moved.updated == ["r2@a"] and moved.added == moved.removed == []
+    assert (await b.engine.store.get_repo("r2@a")).uri == f"{tmp_path}/repo2/"
     assert PW1 not in caplog.text and PW2 not in caplog.text
 
 
