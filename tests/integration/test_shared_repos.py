@@ -345,3 +345,30 @@ def test_shared_repo_messages_never_show_secrets() -> None:
                 )
             )
         )
+
+
+async def test_same_repository_from_two_owners_is_taken_once(
+    make_node: MakeNode, restic_bin: str, tmp_path: Path
+) -> None:
+    a = await make_node("a", restic_path=restic_bin)
+    b = await make_node("b", restic_path=restic_bin)
+    c = await make_node("c", restic_path=restic_bin)
+    assert a.engine and b.engine and c.engine
+    repo = str(tmp_path / "repo")
+    await a.engine.add_repo("r", repo, PasswordSpec("secret", value=PW1), init=True)
+    await c.engine.add_repo("same", repo, PasswordSpec("secret", value=PW1))
+    await c.engine.add_repo(
+        "other", str(tmp_path / "o"), PasswordSpec("secret", value=PW2), init=True
+    )
+    for owner, names in ((a, ("r",)), (c, ("same", "other"))):
+        for name in names:
+            await owner.engine.share_repo(name)  # type: ignore[union-attr]
+    got = next_shares(b, "a")
+    await link(a, b, ["repos.receive"])
+    assert (await got).added == ["r@a"]
+    got = next_shares(b, "c")
+    await link(c, b, ["repos.receive"])
+    from_c = await got
+    assert from_c.added == ["other@c"]
+    assert "repository r@a (shared by a) is the same restic repository" in from_c.skipped["same@c"]
+    assert sorted(r.id for r in await b.engine.list_repos()) == ["other@c", "r@a"]
