@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,7 +18,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from peerstash.core import scheduler as sched
-from peerstash.core.events import ConfigChanged, EventBus, PlanStale, Woke
+from peerstash.core.events import (
+    ConfigChanged,
+    EventBus,
+    Notice,
+    PlanStale,
+    SharesReceived,
+    SnapshotsChanged,
+    Woke,
+)
 from peerstash.core.models import Operation, OpKind, OpStatus, Plan, Repo
 from peerstash.core.restic import (
     ErrorKind,
@@ -32,11 +41,17 @@ from peerstash.core.restic import (
 from peerstash.core.retention import RetentionPolicy
 from peerstash.core.runner import STOPPED_MESSAGE, OpContext, Outcome, Runner
 from peerstash.core.secrets import SecretStore
+from peerstash.core.sharing import SharedRepoSpec, ShareResult, received_repo_id
 from peerstash.core.store import NotFound, OpFilter, Store, StoreError, repo_record, utcnow
 
 log = logging.getLogger(__name__)
 
 PASSWORD_SOURCES = ("secret", "file", "env", "command")
+#: How long a repository's password command may take when the owner resolves it for sharing.
+PASSWORD_COMMAND_TIMEOUT = 30.0
+#: Setting that remembers, per owner, the shared repositories a person deleted here (so the
+#: owner's next push does not bring them back; a fresh share after an unshare does).
+DECLINED_SETTING = "declined_shares"
 GC_EVERY = 24 * 3600.0
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -101,6 +116,10 @@ class Engine:
         self._restic: Restic | None = None
         self._gc_task: asyncio.Task[None] | None = None
         self.stale_plans: dict[str, datetime | None] = {}
+        #: Repositories peers shared that we did not take, local id → why (GUID already
+        #: here, name unusable). Recomputed on each owner's push; shown by status and
+        #: ``repo list``.
+        self.skipped_shares: dict[str, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -350,10 +369,312 @@ class Engine:
         return await self.store.list_repos()
 
     async def delete_repo(self, repo_id: str) -> None:
-        await self.store.get_repo(repo_id)
+        """Forget a repository (its data stays). A received one may be deleted too: it is
+        remembered as declined, so its owner's next push does not bring it back."""
+        repo = await self.store.get_repo(repo_id)
         await self.store.delete_repo(repo_id)
         await self.secrets.delete_prefix(f"repo/{repo_id}/")
+        if repo.origin is not None:
+            name = repo_id.removesuffix(received_repo_id("", repo.origin))
+            declined = dict(await self.store.get_setting(DECLINED_SETTING, {}) or {})
+            names = set(declined.get(repo.origin, [])) | {name}
+            declined[repo.origin] = sorted(names)
+            await self.store.set_setting(DECLINED_SETTING, declined)
         self.bus.publish(ConfigChanged(what="repo", id=repo_id))
+
+    # -- sharing: the owner's side -----------------------------------------------------------
+
+    async def share_repo(self, repo_id: str, *, client_uri: str | None = None) -> Repo:
+        """Offer one of our repositories to the peers that grant us ``repos.receive``.
+
+        ``client_uri`` is the address receivers use (our local path is useless to them);
+        None keeps the one set before, "" clears it. The GUID is learned now if unknown and
+        the password must resolve, so a share that receivers could not open fails here.
+        """
+        repo = await self.store.get_repo(repo_id)
+        if repo.origin is not None:
+            raise EngineError(
+                f"repository {repo_id!r} is shared by {repo.origin}; only its owner can share it"
+            )
+        fields: dict[str, Any] = {"shared": True}
+        if client_uri is not None:
+            if client_uri and client_uri != client_uri.strip():
+                raise EngineError("the client URI has leading or trailing spaces")
+            fields["client_uri"] = client_uri or None
+        await self._password_value(repo)
+        if not repo.guid:
+            fields["guid"] = await self._learn_guid(repo)
+        updated = await self.store.update_repo(repo_id, **fields)
+        self.bus.publish(ConfigChanged(what="repo", id=repo_id))
+        return updated
+
+    async def unshare_repo(self, repo_id: str) -> Repo:
+        """Stop sharing a repository: receivers remove it and disable their plans on it."""
+        repo = await self.store.get_repo(repo_id)
+        if repo.origin is not None:
+            raise EngineError(
+                f"repository {repo_id!r} is shared by {repo.origin}; only its owner can unshare "
+                "it (remove it here with `repo remove`)"
+            )
+        updated = await self.store.update_repo(repo_id, shared=False)
+        self.bus.publish(ConfigChanged(what="repo", id=repo_id))
+        return updated
+
+    async def _learn_guid(self, repo: Repo) -> str:
+        """Ask restic for the repository's GUID (``cat config``) and remember it."""
+        try:
+            guid = await self.restic().guid(await self.access(repo))
+        except ResticError as exc:
+            raise EngineError(exc.message) from None
+        await self.store.update_repo(repo.id, guid=guid)
+        return guid
+
+    async def _password_value(self, repo: Repo) -> str:
+        """The password itself, whatever its source, as restic would read it.
+
+        Only for sharing: receivers get the value, never our file path, variable or command
+        (which mean nothing on their machine). Errors never contain the value.
+        """
+        source, ref = repo.password_source, repo.password_ref
+        if source == "secret":
+            value = await self.secrets.get(_secret_name(repo.id, "password"))
+        elif source == "env":
+            value = os.environ.get(ref)
+        elif source == "file":
+            try:
+                raw = await asyncio.to_thread(Path(ref).read_text, encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise EngineError(
+                    f"cannot read the password file of repository {repo.id!r}: "
+                    f"{getattr(exc, 'strerror', None) or type(exc).__name__}"
+                ) from None
+            value = raw.strip()  # as restic does (Go's strings.TrimSpace)
+        else:
+            value = await self._run_password_command(repo)
+        if not value:
+            raise EngineError(f"the password of repository {repo.id!r} is missing or empty")
+        return value
+
+    async def _run_password_command(self, repo: Repo) -> str:
+        try:
+            argv = shlex.split(repo.password_ref)
+        except ValueError:
+            argv = []
+        if not argv:
+            raise EngineError(f"the password command of repository {repo.id!r} is not valid")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            raise EngineError(
+                f"the password command of repository {repo.id!r} cannot run: {exc.strerror}"
+            ) from None
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), PASSWORD_COMMAND_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise EngineError(
+                f"the password command of repository {repo.id!r} took over "
+                f"{PASSWORD_COMMAND_TIMEOUT:g}s"
+            ) from None
+        if proc.returncode != 0:
+            raise EngineError(
+                f"the password command of repository {repo.id!r} failed (exit {proc.returncode})"
+            )
+        return out.decode("utf-8", "replace").strip()
+
+    async def shared_repo_specs(self) -> list[SharedRepoSpec]:
+        """Everything receivers need for each repository we share, secrets resolved.
+
+        All or nothing: one repository whose password cannot be resolved right now raises
+        EngineError, and the caller sends nothing rather than a set without it (which its
+        receivers would take as an unshare).
+        """
+        out: list[SharedRepoSpec] = []
+        for repo in await self.store.list_repos():
+            if not repo.shared or repo.origin is not None:
+                continue
+            guid = repo.guid or await self._learn_guid(repo)
+            password = await self._password_value(repo)
+            env: dict[str, str] = {}
+            for key in repo.env_keys:
+                val = await self.secrets.get(_secret_name(repo.id, f"env/{key}"))
+                if val is not None:
+                    env[key] = val
+            out.append(
+                SharedRepoSpec(
+                    name=repo.id,
+                    uri=repo.client_uri or repo.uri,
+                    guid=guid,
+                    password=password,
+                    env=env,
+                    options=tuple(repo.options),
+                )
+            )
+        return out
+
+    # -- sharing: the receiver's side --------------------------------------------------------
+
+    async def receive_shared(
+        self, origin: str, specs: Sequence[SharedRepoSpec], allow: Callable[[str], bool]
+    ) -> ShareResult:
+        """Apply ``origin``'s full set of shared repositories here.
+
+        ``allow(name)`` is *our* grant to ``origin`` (``repos.receive`` for that repository):
+        what it refuses is not stored at all. A repository whose GUID we already hold under
+        another id (our own, or from another owner) is skipped with a warning; one of
+        ``origin``'s we hold that is not in the set was unshared: it is removed and the plans
+        on it are disabled with the reason. Applying the same set again changes nothing.
+        """
+        check_name("instance", origin)
+        result = ShareResult(origin=origin, offered=len(specs))
+        repos = await self.store.list_repos()
+        held = {r.id: r for r in repos if r.origin == origin}
+        declined_all = dict(await self.store.get_setting(DECLINED_SETTING, {}) or {})
+        declined = set(declined_all.get(origin, []))
+        keep: set[str] = set()
+        names: set[str] = set()
+        for spec in specs:
+            if spec.name in names:
+                continue
+            names.add(spec.name)
+            if not allow(spec.name):
+                result.refused.append(spec.name)
+                continue
+            try:
+                check_name("repository", spec.name)
+            except EngineError as exc:
+                result.skipped[received_repo_id(spec.name, origin)[:200]] = str(exc)
+                continue
+            local_id = received_repo_id(spec.name, origin)
+            if len(local_id) > 100:
+                result.skipped[local_id] = "the name and the owner's id are over 100 characters"
+                continue
+            if spec.name in declined:
+                log.info(
+                    "%s shares repository %s, which was removed here; not taken", origin, spec.name
+                )
+                continue
+            old = held.get(local_id)
+            if old is None:
+                twin = next((r for r in repos if r.guid == spec.guid), None)
+                if twin is not None:
+                    whose = "our own" if twin.origin is None else f"shared by {twin.origin}"
+                    result.skipped[local_id] = (
+                        f"repository {twin.id} ({whose}) is the same restic repository "
+                        f"(id {spec.guid[:8]})"
+                    )
+                    continue
+                await self._put_received(local_id, origin, spec, None)
+                result.added.append(local_id)
+            elif await self._put_received(local_id, origin, spec, old):
+                result.updated.append(local_id)
+            keep.add(local_id)
+        refused = set(result.refused)
+        for rid in sorted(set(held) - keep):
+            name = rid.removesuffix(received_repo_id("", origin))
+            if name in refused:
+                reason = f"repository {rid} from {origin} is no longer allowed here (repos.receive)"
+            else:
+                reason = f"repository {rid} was unshared by {origin}"
+            try:
+                disabled = await self.store.remove_unshared_repo(rid, reason)
+            except NotFound:
+                continue
+            await self.secrets.delete_prefix(f"repo/{rid}/")
+            result.removed.append(rid)
+            result.disabled_plans += disabled
+            log.warning(
+                "%s%s", reason, f"; disabled plan(s) {', '.join(disabled)}" if disabled else ""
+            )
+        if declined & names != declined:
+            # What the owner no longer shares is no longer declined: a new share is a new offer.
+            declined_all[origin] = sorted(declined & names)
+            await self.store.set_setting(DECLINED_SETTING, declined_all)
+        self._report_shares(result)
+        for rid in (*result.added, *result.updated, *result.removed):
+            self.bus.publish(ConfigChanged(what="repo", id=rid))
+        for plan_id in result.disabled_plans:
+            self.bus.publish(ConfigChanged(what="plan", id=plan_id))
+        if result.disabled_plans:
+            self.scheduler.reschedule()
+        self.bus.publish(SharesReceived(origin=origin, result=result))
+        return result
+
+    def _report_shares(self, result: ShareResult) -> None:
+        """Log and announce (Notice) what was not taken; remember skips for status."""
+        suffix = received_repo_id("", result.origin)
+        before = self.skipped_shares
+        self.skipped_shares = {
+            k: v for k, v in self.skipped_shares.items() if not k.endswith(suffix)
+        } | result.skipped
+        for local_id, why in result.skipped.items():
+            if before.get(local_id) == why:
+                continue  # said already: every reconnect re-sends the set
+            message = f"shared repository {local_id} not taken: {why}"
+            log.warning(message)
+            self.bus.publish(Notice(level="warning", message=message))
+        if result.refused:
+            message = (
+                f"refused repositories {', '.join(result.refused)} from {result.origin}: "
+                "this node does not grant it repos.receive for them"
+            )
+            log.warning(message)
+            self.bus.publish(Notice(level="warning", message=message))
+
+    async def _put_received(
+        self, local_id: str, origin: str, spec: SharedRepoSpec, old: Repo | None
+    ) -> bool:
+        """Store (or bring up to date) one received repository; False when already equal."""
+        base = f"repo/{local_id}/"
+        env_keys = sorted(spec.env)
+        if old is not None:
+            same_row = (
+                old.uri == spec.uri
+                and old.guid == spec.guid
+                and list(old.options) == list(spec.options)
+                and list(old.env_keys) == env_keys
+                and old.password_source == "secret"
+            )
+            if same_row and await self.secrets.get(base + "password") == spec.password:
+                stored = {k: await self.secrets.get(f"{base}env/{k}") for k in env_keys}
+                if stored == dict(spec.env):
+                    return False
+        await self.secrets.delete_prefix(base)
+        await self.secrets.put(base + "password", spec.password)
+        for key, value in spec.env.items():
+            await self.secrets.put(f"{base}env/{key}", value)
+        if old is None:
+            row = repo_record(local_id, spec.uri, "secret", "", env_keys, spec.options)
+            row.guid = spec.guid
+            row.origin = origin
+            await self.store.add_repo(row)
+        else:
+            await self.store.update_repo(
+                local_id,
+                uri=spec.uri,
+                guid=spec.guid,
+                options=list(spec.options),
+                env_keys=env_keys,
+                password_source="secret",
+                password_ref="",
+            )
+        return True
+
+    def owner_changed_snapshots(self, origin: str, name: str, reason: str) -> str | None:
+        """The owner of shared repository ``name`` forgot or pruned: tell our views.
+
+        Returns the local id, or None when we do not hold that repository. Nothing is cached
+        here (``snapshots`` asks restic each time), so this only publishes the event.
+        """
+        local_id = received_repo_id(name, origin)
+        self.bus.publish(SnapshotsChanged(repo_id=local_id, reason=reason, origin=origin))
+        return local_id
 
     # -- plans -------------------------------------------------------------------------------
 
@@ -524,7 +845,12 @@ class Engine:
                 on_log=ctx.log,
             )
             summary = result.summary_dict()
-            if not RetentionPolicy.from_dict(plan.retention).is_empty():
+            if repo.origin is not None and not RetentionPolicy.from_dict(plan.retention).is_empty():
+                ctx.log(
+                    f"retention skipped: repository {repo.id} is shared by {repo.origin}, "
+                    "whose owner does its maintenance"
+                )
+            elif not RetentionPolicy.from_dict(plan.retention).is_empty():
                 # Retention follows a backup that made a snapshot, in the same flow; the repo's
                 # queue runs it right after this job.
                 await self.forget(repo.id, plan_id=plan.id, flow_id=ctx.op.flow_id)
@@ -571,6 +897,7 @@ class Engine:
                 )
                 removed += res.removed
                 kept += res.kept
+            self.bus.publish(SnapshotsChanged(repo_id=repo.id, reason="forget"))
             return Outcome(summary={"removed": removed, "kept": kept})
 
         return await self._submit(repo, OpKind.FORGET, job, plan_id=plan_id, flow_id=flow_id)
@@ -587,12 +914,14 @@ class Engine:
 
         async def job(ctx: OpContext) -> Outcome:
             await self.restic().prune(await self.access(repo), on_log=ctx.log)
+            self.bus.publish(SnapshotsChanged(repo_id=repo.id, reason="prune"))
             return Outcome()
 
         return await self._submit(repo, OpKind.PRUNE, job)
 
     async def check(self, repo_id: str) -> Operation:
         repo = await self.store.get_repo(repo_id)
+        self._refuse_maintenance_on_foreign(repo, "check")
 
         async def job(ctx: OpContext) -> Outcome:
             await self.restic().check(await self.access(repo), on_log=ctx.log)

@@ -56,6 +56,32 @@ class Notice(Event):
     message: str = ""
 
 
+@dataclass(frozen=True)
+class SnapshotsChanged(Event):
+    """A repository's snapshots changed behind the views' back: a forget or prune here, or
+    (``origin`` set) the owner of a shared repository told us it forgot or pruned.
+
+    The engine caches no snapshot list (each ``snapshots`` call asks restic), so this is for
+    views that show one (the desktop's snapshot page, ``events`` followers) to reload it.
+    """
+
+    topic: str = field(init=False, default="snapshots")
+    repo_id: str = ""
+    reason: str = ""  # "forget" | "prune"
+    origin: str | None = None
+
+
+@dataclass(frozen=True)
+class SharesReceived(Event):
+    """A peer's full set of shared repositories was applied here (``result`` says what
+    changed: a :class:`peerstash.core.sharing.ShareResult`). Published even when nothing
+    changed, so a view (or a test) knows the set arrived."""
+
+    topic: str = field(init=False, default="shares")
+    origin: str = ""
+    result: Any = None
+
+
 class Subscription:
     def __init__(self, bus: EventBus, topics: frozenset[str] | None, maxsize: int) -> None:
         self._bus = bus

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -112,7 +113,13 @@ class Repo(Base):
     # restic -o options (e.g. sftp.command); not secret by contract.
     options: Mapped[list[Any]] = mapped_column(JSON, default=list)
     guid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The instance that shared this repository with us (None for our own). A received
+    # repository is read-only here; its id is ``NAME@ORIGIN`` (see core/engine.py).
     origin: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # Our own repository offered to peers that grant us ``repos.receive`` (see peer/repos.py).
+    shared: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The URI receivers use when set: the owner's local path is useless to them.
+    client_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -121,7 +128,10 @@ class Plan(Base):
     __tablename__ = "plans"
 
     id: Mapped[str] = mapped_column(String(100), primary_key=True)
-    repo_id: Mapped[str] = mapped_column(ForeignKey("repos.id"))
+    # No foreign key (since migration 0003): a plan on a repository its owner unshared stays,
+    # disabled with the reason, naming the repository it used. The store checks a plan's
+    # repository exists when one is added, and refuses to delete a repository plans use.
+    repo_id: Mapped[str] = mapped_column(String(100))
     paths: Mapped[list[Any]] = mapped_column(JSON)
     excludes: Mapped[list[Any]] = mapped_column(JSON, default=list)
     schedule_cron: Mapped[str | None] = mapped_column(String(100), nullable=True)

@@ -52,7 +52,11 @@ def repo_to_dict(repo: Repo) -> dict[str, Any]:
         "env_keys": list(repo.env_keys or []),
         "options": list(repo.options or []),
         "guid": repo.guid,
+        # Who shared it with us (None for our own); received repositories are read-only here.
         "origin": repo.origin,
+        "read_only": repo.origin is not None,
+        "shared": bool(repo.shared),
+        "client_uri": redact_uri(repo.client_uri) if repo.client_uri else None,
         "created_at": _ts(repo.created_at),
     }
 

@@ -268,6 +268,28 @@ class Store:
                 )
             await s.execute(delete(Repo).where(Repo.id == repo_id))
 
+    async def remove_unshared_repo(self, repo_id: str, reason: str) -> list[str]:
+        """Delete a received repository its owner stopped sharing, disabling its plans.
+
+        One transaction: the plans that used it stay (disabled, with ``reason``, still naming
+        the repository) so a person sees why they stopped, and nothing runs into a repository
+        we no longer have the password of. Returns the ids of the plans disabled.
+        """
+        async with self.session() as s, s.begin():
+            repo = await s.get(Repo, repo_id)
+            if repo is None:
+                raise NotFound(f"no repository named {repo_id!r}")
+            if repo.origin is None:
+                raise StoreError(f"repository {repo_id!r} is our own; it cannot be unshared to us")
+            plans = list((await s.scalars(select(Plan).where(Plan.repo_id == repo_id))).all())
+            now = utcnow()
+            for plan in plans:
+                plan.enabled = False
+                plan.disabled_reason = reason
+                plan.updated_at = now
+            await s.delete(repo)
+        return [p.id for p in plans]
+
     # -- plans -------------------------------------------------------------------------------
 
     async def add_plan(self, plan: Plan) -> Plan:

@@ -50,6 +50,9 @@ class Backend(QObject):
     notice = Signal(str, str)
     #: ``peerstash`` was launched again: this window should come to the front.
     presentRequested = Signal()
+    #: A repository's snapshots changed (a forget or prune, here or by a shared repository's
+    #: owner): its id. Snapshot views showing it reload.
+    snapshotsChanged = Signal(str)
 
     def __init__(
         self,
@@ -235,6 +238,8 @@ class Backend(QObject):
             self.notice.emit(str(event.get("level") or "info"), str(event.get("message") or ""))
         elif kind == "present":
             self.presentRequested.emit()
+        elif kind == "snapshots" and event.get("repo"):
+            self.snapshotsChanged.emit(str(event["repo"]))
 
     def _on_link(self, peer_id: str, event: dict[str, Any]) -> None:
         for p in self.peer_list:

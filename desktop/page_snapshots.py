@@ -113,6 +113,7 @@ class SnapshotsPage(Page):
         self._folder_dialog: QFileDialog | None = None
         self._snap_generation = 0
         backend.configChanged.connect(self._fill_repos)
+        backend.snapshotsChanged.connect(self._snapshots_changed)
         backend.opChanged.connect(self._op_changed)
         self._fill_repos()
         self._update_restore()
@@ -145,6 +146,11 @@ class SnapshotsPage(Page):
                 self._repo_changed()
             else:
                 self.repo.setCurrentIndex(i)
+
+    def _snapshots_changed(self, repo_id: str) -> None:
+        """A forget or prune (maybe by a shared repository's owner) changed what we show."""
+        if repo_id == self.repo.currentData() and self.isVisible():
+            self._repo_changed()
 
     def _repo_changed(self) -> None:
         repo = self.repo.currentData()

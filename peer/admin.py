@@ -27,6 +27,8 @@ from peerstash.core.events import (
     Notice,
     OperationChanged,
     PlanStale,
+    SharesReceived,
+    SnapshotsChanged,
 )
 from peerstash.core.models import OpStatus, Peer
 from peerstash.core.retention import RetentionPolicy
@@ -199,6 +201,23 @@ async def add_repo(request: web.Request) -> web.Response:
 async def delete_repo(request: web.Request) -> web.Response:
     await _engine(request).delete_repo(request.match_info["id"])
     return web.json_response({"deleted": request.match_info["id"]})
+
+
+async def share_repo(request: web.Request) -> web.Response:
+    """Share one of our repositories with the peers that grant us ``repos.receive``.
+
+    Body: ``{"client_uri": "..."}`` optionally (absent keeps the one set before, "" clears it).
+    """
+    data = await _body(request)
+    repo = await _engine(request).share_repo(
+        request.match_info["id"], client_uri=_str(data, "client_uri", required=False)
+    )
+    return web.json_response(repo_to_dict(repo))
+
+
+async def unshare_repo(request: web.Request) -> web.Response:
+    repo = await _engine(request).unshare_repo(request.match_info["id"])
+    return web.json_response(repo_to_dict(repo))
 
 
 async def list_plans(request: web.Request) -> web.Response:
@@ -593,6 +612,25 @@ def event_to_dict(event: Event) -> dict[str, Any] | None:
         return {"type": "notice", "level": event.level, "message": event.message}
     if isinstance(event, WindowWanted):
         return {"type": "present"}
+    if isinstance(event, SnapshotsChanged):
+        return {
+            "type": "snapshots",
+            "repo": event.repo_id,
+            "reason": event.reason,
+            "origin": event.origin,
+        }
+    if isinstance(event, SharesReceived) and event.result is not None:
+        r = event.result
+        return {
+            "type": "shares",
+            "origin": event.origin,
+            "added": list(r.added),
+            "updated": list(r.updated),
+            "removed": list(r.removed),
+            "disabled_plans": list(r.disabled_plans),
+            "skipped": dict(r.skipped),
+            "refused": list(r.refused),
+        }
     return None
 
 
@@ -737,6 +775,8 @@ def make_admin_app(node: Node) -> web.Application:
     r.add_post("/v1/repos", add_repo)
     r.add_delete("/v1/repos/{id}", delete_repo)
     r.add_patch("/v1/repos/{id}", edit_repo)
+    r.add_post("/v1/repos/{id}/share", share_repo)
+    r.add_post("/v1/repos/{id}/unshare", unshare_repo)
     r.add_get("/v1/repos/{id}/snapshots", snapshots)
     r.add_get("/v1/repos/{id}/snapshots/{snap}/ls", ls)
     r.add_post("/v1/repos/{id}/restore", restore)

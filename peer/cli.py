@@ -243,6 +243,8 @@ async def cmd_status(c: AdminClient, a: argparse.Namespace) -> int:
             last = item["last"]
             when = short_time(last["ended_at"] or last["created_at"])
             lines.append(f"{peer} plan {item['plan']}: last {last['status']} {when}")
+    for local_id, why in sorted((st.get("shared_skipped") or {}).items()):
+        lines.append(f"shared repository {local_id} not taken: {why}")
     _emit(a, st, "\n".join(lines))
     return 0
 
@@ -313,9 +315,39 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
         res = await c.call("DELETE", f"/v1/repos/{a.name}")
         _emit(a, res, f"repository {a.name} removed from Peerstash (its data is untouched)")
         return 0
+    if a.repo_cmd == "share":
+        body = {} if a.client_uri is None else {"client_uri": a.client_uri}
+        res = await c.call("POST", f"/v1/repos/{a.name}/share", body)
+        via = f" at {res['client_uri']}" if res.get("client_uri") else ""
+        _emit(
+            a,
+            res,
+            f"repository {a.name} is shared{via} with peers that grant this node repos.receive",
+        )
+        return 0
+    if a.repo_cmd == "unshare":
+        res = await c.call("POST", f"/v1/repos/{a.name}/unshare")
+        _emit(a, res, f"repository {a.name} is no longer shared; peers remove it")
+        return 0
     repos = await c.call("GET", "/v1/repos")
-    rows = [[r["id"], r["uri"], r["password_source"], (r["guid"] or "")[:8]] for r in repos]
-    _emit(a, repos, table(rows, ["ID", "URI", "PASSWORD", "GUID"]) if rows else "no repositories")
+    if a.json:
+        _emit(a, repos, "")
+        return 0
+    rows = [
+        [
+            r["id"],
+            r["uri"],
+            r["password_source"],
+            (r["guid"] or "")[:8],
+            r["origin"] or ("shared" if r["shared"] else "-"),
+        ]
+        for r in repos
+    ]
+    text = table(rows, ["ID", "URI", "PASSWORD", "GUID", "SHARING"]) if rows else "no repositories"
+    skipped = (await c.call("GET", "/v1/status")).get("shared_skipped") or {}
+    for local_id, why in sorted(skipped.items()):
+        text += f"\nnot taken: {local_id}: {why}"
+    _emit(a, repos, text)
     return 0
 
 
@@ -805,6 +837,19 @@ def build_parser() -> argparse.ArgumentParser:
     rr = rsub.add_parser("remove", help="forget a repository (its data stays where it is)")
     rr.add_argument("name")
     json_flag(rr)
+    rs = rsub.add_parser(
+        "share", help="share a repository with peers that grant this node repos.receive"
+    )
+    rs.add_argument("name")
+    rs.add_argument(
+        "--client-uri",
+        metavar="URI",
+        help="the URI peers use to reach it (default: its own URI); '' clears it",
+    )
+    json_flag(rs)
+    ru = rsub.add_parser("unshare", help="stop sharing a repository (peers remove it)")
+    ru.add_argument("name")
+    json_flag(ru)
 
     plan = sub.add_parser("plan", help="manage backup plans")
     psub = plan.add_subparsers(dest="plan_cmd", required=True, parser_class=_Parser)

@@ -25,6 +25,7 @@ from peerstash.core.store import Store
 from peerstash.peer.identity import Identity
 from peerstash.peer.link import PeerManager, Timings
 from peerstash.peer.paths import admin_socket_path, ensure_private_dir
+from peerstash.peer.repos import RepoShareService
 from peerstash.peer.rpc import RpcService
 from peerstash.peer.server import make_peer_app, parse_listen
 from peerstash.peer.sync import SyncService
@@ -96,6 +97,7 @@ class Node:
         self.peers: PeerManager | None = None
         self.sync: SyncService | None = None
         self.rpc: RpcService | None = None
+        self.repos: RepoShareService | None = None
         self.peer_url: str | None = None
         self._peer_port: int | None = None
         self.discovery: Discovery | None = None
@@ -181,6 +183,9 @@ class Node:
         self.rpc = RpcService(self.peers)
         self.rpc.attach()
         await self.sync.start()
+        self.repos = RepoShareService(self.engine, self.bus, self.peers, instance_id)
+        self.repos.attach()
+        await self.repos.start()
         await self._start_peer_server()
         await self.peers.start()
         await self._start_discovery()
@@ -301,6 +306,9 @@ class Node:
         if self.rpc is not None:
             await self.rpc.stop()
             self.rpc = None
+        if self.repos is not None:
+            await self.repos.stop()
+            self.repos = None
         if self._peer_runner is not None:
             await self._peer_runner.cleanup()
             self._peer_runner = None
@@ -323,4 +331,6 @@ class Node:
             "key_id": self.identity.key_id if self.identity else None,
             "peer_url": self.peer_url,
             "discovery": self.discovery is not None,
+            # Repositories peers shared that were not taken here, and why (e.g. same GUID).
+            "shared_skipped": dict(self.engine.skipped_shares) if self.engine else {},
         }

@@ -36,6 +36,7 @@ __all__ = [
     "MAX_OPS_PER_BATCH",
     "MAX_OP_ERROR",
     "MAX_OP_SUMMARY",
+    "MAX_SHARED_REPOS",
     "PROTOCOL_VERSION",
     "Call",
     "CallCancel",
@@ -59,6 +60,9 @@ __all__ = [
     "ProtocolError",
     "Reply",
     "ReplyChunk",
+    "RepoSnapshotsChanged",
+    "ReposShared",
+    "SharedRepo",
     "Welcome",
     "decode",
     "decode_handshake",
@@ -376,6 +380,59 @@ class CallCancel(_Msg, tag="call.cancel", frozen=True):
     id: CallId
 
 
+# -- shared repositories (peer/repos.py) --------------------------------------------------
+#
+# An owner sends each peer that grants it ``repos.receive`` the *full* set of its repositories
+# in that grant's scope (``ReposShared``): on every link-up and whenever the set or one of its
+# repositories changes. A repository missing from a new set was unshared. Each entry carries
+# the password and extra environment *values*: they travel only inside the encrypted channel,
+# and the structs' repr never shows them. ``RepoSnapshotsChanged`` tells receivers that the
+# owner's forget or prune changed a shared repository's snapshots.
+
+#: Most repositories one ``ReposShared`` may carry.
+MAX_SHARED_REPOS: Final = 256
+RepoUri = Annotated[str, Meta(min_length=1, max_length=4000)]
+RepoGuid = Annotated[str, Meta(min_length=8, max_length=64, pattern="^[0-9a-f]+$")]
+SecretText = Annotated[str, Meta(min_length=1, max_length=4096)]
+EnvName = Annotated[str, Meta(min_length=1, max_length=200, pattern="^[A-Za-z_][A-Za-z0-9_]*$")]
+EnvValue = Annotated[str, Meta(max_length=4096)]
+ResticOption = Annotated[str, Meta(min_length=3, max_length=2000)]
+
+
+class SharedRepo(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One shared repository as its owner offers it (``name`` is the owner's id for it)."""
+
+    name: Ident
+    uri: RepoUri
+    guid: RepoGuid
+    password: SecretText
+    env: Annotated[dict[EnvName, EnvValue], Meta(max_length=32)] = {}
+    options: Annotated[tuple[ResticOption, ...], Meta(max_length=32)] = ()
+
+    def __repr__(self) -> str:
+        # The password and the environment values never reach a log line through repr().
+        return (
+            f"SharedRepo(name={self.name!r}, uri=<{len(self.uri)} chars>, guid={self.guid!r}, "
+            f"password=<redacted>, env={sorted(self.env)!r}, options={self.options!r})"
+        )
+
+
+class ReposShared(_Msg, tag="repos.shared", frozen=True):
+    """Owner → receiver: every repository the owner shares with it, now (may be empty)."""
+
+    repos: Annotated[tuple[SharedRepo, ...], Meta(max_length=MAX_SHARED_REPOS)] = ()
+
+    def __repr__(self) -> str:
+        return f"ReposShared(repos={[r.name for r in self.repos]!r}, secrets=<redacted>)"
+
+
+class RepoSnapshotsChanged(_Msg, tag="repos.snapshots", frozen=True):
+    """Owner → receiver: a forget or prune changed shared repository ``name``'s snapshots."""
+
+    name: Ident
+    reason: Code
+
+
 Message: TypeAlias = (
     Hello
     | Welcome
@@ -391,6 +448,8 @@ Message: TypeAlias = (
     | Reply
     | ReplyChunk
     | CallCancel
+    | ReposShared
+    | RepoSnapshotsChanged
 )
 
 

@@ -188,6 +188,41 @@ async def test_repos_and_plans(store: Store) -> None:
     assert (await store.get_plan("p")).next_due_at == now
 
 
+async def test_unshared_repo_goes_and_its_plans_stay_disabled(store: Store) -> None:
+    """Both backends: the plan outlives its repository (no foreign key since 0003)."""
+    own = repo_record("mine", "/srv/mine", "secret")
+    await store.add_repo(own)
+    got = repo_record("photos@nas", "/srv/photos", "secret")
+    got.origin = "nas"
+    await store.add_repo(got)
+    assert (await store.get_repo("mine")).shared is False
+    now = datetime.now(UTC)
+    for plan_id, repo_id in (("p", "photos@nas"), ("q", "mine")):
+        await store.add_plan(
+            Plan(
+                id=plan_id,
+                repo_id=repo_id,
+                paths=["/home"],
+                excludes=[],
+                retention={},
+                enabled=True,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    with pytest.raises(StoreError, match="our own"):
+        await store.remove_unshared_repo("mine", "no")
+    reason = "repository photos@nas was unshared by nas"
+    assert await store.remove_unshared_repo("photos@nas", reason) == ["p"]
+    assert [r.id for r in await store.list_repos()] == ["mine"]
+    p, q = await store.get_plan("p"), await store.get_plan("q")
+    assert (p.enabled, p.disabled_reason, p.repo_id) == (False, reason, "photos@nas")
+    assert (q.enabled, q.disabled_reason) == (True, None)
+    await store.update_repo("mine", shared=True, client_uri="sftp:nas:/srv/mine")
+    mine = await store.get_repo("mine")
+    assert (mine.shared, mine.client_uri) == (True, "sftp:nas:/srv/mine")
+
+
 async def test_secrets_are_sealed_at_rest(store: Store, tmp_path: Path) -> None:
     key_path = tmp_path / "keys" / "secret.key"
     secrets = SecretStore(store, load_or_create_key(key_path))
