@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from peerstash.core import scheduler as sched
-from peerstash.core.events import ConfigChanged, EventBus, PlanStale, Woke
+from peerstash.core.events import ConfigChanged, EventBus, OperationsDeleted, PlanStale, Woke
 from peerstash.core.models import Operation, OpKind, OpStatus, Plan, Repo
 from peerstash.core.restic import (
     ErrorKind,
@@ -663,7 +663,12 @@ class Engine:
         return await self.store.list_operations(flt, limit)
 
     async def gc(self, *, older_than: timedelta = timedelta(days=90), keep_min: int = 1000) -> int:
-        return await self.store.gc_operations(older_than=older_than, keep_min=keep_min)
+        """Trim old operations; returns how many. Announces what went (OperationsDeleted), so
+        peers holding copies drop them now rather than at their next connect."""
+        gone = await self.store.trim_operations(older_than=older_than, keep_min=keep_min)
+        if gone:
+            self.bus.publish(OperationsDeleted(origin=self.instance_id, ops=tuple(gone)))
+        return len(gone)
 
     # -- scheduler glue ----------------------------------------------------------------------
 
