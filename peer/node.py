@@ -25,6 +25,8 @@ from peerstash.core.store import Store
 from peerstash.peer.identity import Identity
 from peerstash.peer.link import PeerManager, Timings
 from peerstash.peer.paths import admin_socket_path, ensure_private_dir
+from peerstash.peer.remote_config import RemoteConfig
+from peerstash.peer.remote_logs import RemoteLogs
 from peerstash.peer.rpc import RpcService
 from peerstash.peer.server import make_peer_app, parse_listen
 from peerstash.peer.sync import SyncService
@@ -96,6 +98,8 @@ class Node:
         self.peers: PeerManager | None = None
         self.sync: SyncService | None = None
         self.rpc: RpcService | None = None
+        #: Operation logs, ours or fetched from the peer that owns the operation.
+        self.logs: RemoteLogs | None = None
         self.peer_url: str | None = None
         self._peer_port: int | None = None
         self.discovery: Discovery | None = None
@@ -180,6 +184,9 @@ class Node:
         self.sync.attach()
         self.rpc = RpcService(self.peers)
         self.rpc.attach()
+        RemoteConfig(self.engine, self.rpc).register()
+        self.logs = RemoteLogs(store, self.rpc, instance_id)
+        self.logs.register()
         await self.sync.start()
         await self._start_peer_server()
         await self.peers.start()
@@ -301,6 +308,7 @@ class Node:
         if self.rpc is not None:
             await self.rpc.stop()
             self.rpc = None
+            self.logs = None
         if self._peer_runner is not None:
             await self._peer_runner.cleanup()
             self._peer_runner = None
