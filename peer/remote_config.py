@@ -14,9 +14,12 @@ touches, so ``config.write:plan:docs`` lets a peer change plan *docs* and nothin
   own words.
 * **A new plan must target a repository in scope** (and its own id must not be excluded), so a
   peer allowed to write plans on one repository cannot back up into another.
-* **Repositories are not written remotely.** Adding one needs its password, and changing one
-  tries the new settings with restic on the owner's machine; both stay local (``peerstash repo
-  add`` on that machine). This module refuses them with that sentence, and the CLI does too.
+* **Repositories are not written remotely.** A repository's password source can be a command
+  and its ``-o`` options can name one (``sftp.command``): a peer that could write repositories
+  could run programs on this machine, which ``config.write`` must not mean. Adding one also
+  needs its password, which should not leave the machine that uses it. So they are changed
+  only locally (``peerstash repo add`` there); the admin API refuses ``--on`` with that sentence
+  (:data:`REPO_WRITES_REFUSED`) and no method for it is offered to peers.
 """
 
 from __future__ import annotations
