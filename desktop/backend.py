@@ -231,6 +231,10 @@ class Backend(QObject):
             self.refresh_status_soon()
         elif kind == "notice":
             self.notice.emit(str(event.get("level") or "info"), str(event.get("message") or ""))
+        elif kind == "ops_deleted":
+            # Old operations were trimmed (here, or by a peer whose history we hold): the
+            # lists reload rather than show rows that are gone.
+            self.opsReset.emit()
 
     def _on_link(self, peer_id: str, event: dict[str, Any]) -> None:
         for p in self.peer_list:

@@ -24,6 +24,7 @@ from peerstash.core.events import (
     Event,
     Notice,
     OperationChanged,
+    OperationsDeleted,
     PlanStale,
 )
 from peerstash.core.models import OpStatus, Peer
@@ -45,6 +46,7 @@ from peerstash.peer.permissions import GrantError
 from peerstash.peer.remote_logs import LogUnavailable
 from peerstash.peer.rpc import CallError, RpcService
 from peerstash.peer.server import parse_listen
+from peerstash.peer.sync import OpsSynced
 
 if TYPE_CHECKING:
     from peerstash.peer.node import Node
@@ -667,6 +669,11 @@ def event_to_dict(event: Event) -> dict[str, Any] | None:
         return {"type": "stale", "plan": event.plan_id, "last_success_at": last}
     if isinstance(event, Notice):
         return {"type": "notice", "level": event.level, "message": event.message}
+    # Operations gone (our gc, or a peer's reaching us): views drop them by reloading.
+    if isinstance(event, OperationsDeleted) and event.ops:
+        return {"type": "ops_deleted", "origin": event.origin, "count": len(event.ops)}
+    if isinstance(event, OpsSynced) and event.deleted:
+        return {"type": "ops_deleted", "origin": event.peer_id, "count": event.deleted}
     return None
 
 

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy import update
 
 from peerstash.core.engine import PasswordSpec
 from peerstash.core.events import ConfigChanged
-from peerstash.core.models import OpStatus
-from peerstash.core.store import NotFound
+from peerstash.core.models import Operation, OpStatus
+from peerstash.core.store import NotFound, utcnow
 from peerstash.peer import remote_config
 from peerstash.peer.node import Node
 from peerstash.peer.remote_logs import LogUnavailable
@@ -264,3 +267,43 @@ async def test_a_log_outside_the_ops_scope_is_refused_by_its_owner(make_node: Ma
     with pytest.raises(CallError) as exc:
         await rpc(b).call("a", "ops.log", {"id": hidden.op_id})
     assert exc.value.message == "b has no 'ops' grant for repository 'r2' here"
+
+
+async def test_gc_on_a_shows_in_the_event_stream_of_both_nodes(make_node: MakeNode) -> None:
+    a, b = await make_node("a"), await make_node("b")
+    await link(a, b, ["ops"])
+    ops = [await change(a, plan="p1") for _ in range(3)]
+    for op in ops:
+        await change(a, op.pk, status=OpStatus.SUCCESS, ended_at=utcnow())
+    await converge(a, b)
+    async with store_of(a).session() as s, s.begin():
+        await s.execute(
+            update(Operation)
+            .where(Operation.pk.in_([o.pk for o in ops[:2]]))
+            .values(created_at=utcnow() - timedelta(days=400))
+        )
+
+    async def stream(node: Node) -> AsyncIterator[dict[str, Any]]:
+        conn = aiohttp.UnixConnector(path=str(node.socket_path))
+        async with (
+            aiohttp.ClientSession(connector=conn) as s,
+            s.get("http://node/v1/events") as r,
+        ):
+            while line := await r.content.readline():
+                if line.strip() != b"{}":
+                    yield json.loads(line)
+
+    async def first_deletion(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+        async for ev in events:
+            if ev["type"] == "ops_deleted":
+                return ev
+        raise AssertionError("the event stream ended")
+
+    on_a, on_b = stream(a), stream(b)
+    assert (await anext(on_a), await anext(on_b)) == ({"type": "ready"}, {"type": "ready"})
+    assert a.engine and await a.engine.gc(older_than=timedelta(days=90), keep_min=0) == 2
+    async with asyncio.timeout(5):
+        assert await first_deletion(on_a) == {"type": "ops_deleted", "origin": "a", "count": 2}
+        assert await first_deletion(on_b) == {"type": "ops_deleted", "origin": "a", "count": 2}
+    await on_a.aclose()
+    await on_b.aclose()
