@@ -653,7 +653,8 @@ async def peer_remove_plan_route(request: web.Request) -> web.Response:
 
 
 async def peer_repo_write_route(request: web.Request) -> web.Response:
-    """Refused on purpose (see peer/remote_config.py): a password never leaves its machine."""
+    """Refused on purpose (see peer/remote_config.py): a repository's settings can run commands
+    on its machine, and its password should not leave it."""
     raise EngineError(remote_config.REPO_WRITES_REFUSED.format(peer=request.match_info["id"]))
 
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 import aiohttp
 
@@ -290,8 +291,6 @@ def _env_pairs(items: list[str]) -> dict[str, str]:
 
 
 def _peer_path(peer: str) -> str:
-    from urllib.parse import quote
-
     return f"/v1/peers/{quote(peer, safe='')}"
 
 
@@ -342,7 +341,7 @@ async def _repo_on(c: AdminClient, a: argparse.Namespace, peer: str) -> int:
     if a.repo_cmd == "add":
         await c.call("POST", _peer_path(peer) + "/repos", {})
     if a.repo_cmd in ("edit", "remove"):
-        await c.call("PATCH", _peer_path(peer) + f"/repos/{a.name}", {})
+        await c.call("PATCH", _peer_path(peer) + "/repos/" + quote(a.name, safe=""), {})
     repos = (await c.call("GET", _peer_path(peer) + "/config"))["repos"]
     rows = [[r["id"], r["uri"], r["password_source"], (r["guid"] or "")[:8]] for r in repos]
     empty = f"no repositories of {peer} are visible here"
@@ -477,7 +476,7 @@ async def cmd_ops(c: AdminClient, a: argparse.Namespace) -> int:
 
 
 async def cmd_log(c: AdminClient, a: argparse.Namespace) -> int:
-    q = f"?origin={a.origin}" if a.origin else ""
+    q = f"?origin={quote(a.origin, safe='')}" if a.origin else ""
     res = await c.call("GET", f"/v1/ops/{a.op}/log{q}")
     _emit(a, res, "\n".join(res["lines"]))
     return 0
