@@ -22,6 +22,7 @@ from peerstash.core.events import (
     ConfigChanged,
     EventBus,
     Notice,
+    OperationsDeleted,
     PlanStale,
     SharesReceived,
     SnapshotsChanged,
@@ -992,7 +993,12 @@ class Engine:
         return await self.store.list_operations(flt, limit)
 
     async def gc(self, *, older_than: timedelta = timedelta(days=90), keep_min: int = 1000) -> int:
-        return await self.store.gc_operations(older_than=older_than, keep_min=keep_min)
+        """Trim old operations; returns how many. Announces what went (OperationsDeleted), so
+        peers holding copies drop them now rather than at their next connect."""
+        gone = await self.store.trim_operations(older_than=older_than, keep_min=keep_min)
+        if gone:
+            self.bus.publish(OperationsDeleted(origin=self.instance_id, ops=tuple(gone)))
+        return len(gone)
 
     # -- scheduler glue ----------------------------------------------------------------------
 

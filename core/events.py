@@ -27,6 +27,20 @@ class OperationChanged(Event):
 
 
 @dataclass(frozen=True)
+class OperationsDeleted(Event):
+    """This instance deleted some of its own operations (garbage collection).
+
+    Published so peers holding copies can drop them at once instead of at the next connect.
+    ``ops`` are ``peerstash.core.store.DeletedOp`` (id, repo, plan): the repo and plan decide
+    which peers were allowed to see each one.
+    """
+
+    topic: str = field(init=False, default="operations-deleted")
+    origin: str = ""
+    ops: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
 class ConfigChanged(Event):
     topic: str = field(init=False, default="config")
     what: str = ""  # "repo" | "plan" | "settings"

@@ -90,6 +90,15 @@ class AlreadyExists(StoreError):
 
 
 @dataclass(frozen=True)
+class DeletedOp:
+    """An operation that was deleted, with the ids its sync scope is decided by."""
+
+    op_id: str
+    repo_id: str | None
+    plan_id: str | None
+
+
+@dataclass(frozen=True)
 class OpFilter:
     origin: str | None = None
     plan_id: str | None = None
@@ -480,11 +489,20 @@ class Store:
         return done
 
     async def gc_operations(self, *, older_than: timedelta, keep_min: int = 1000) -> int:
-        """Delete finished operations older than ``older_than``, returning how many.
+        """Delete finished operations older than ``older_than``, returning how many
+        (see :meth:`trim_operations`)."""
+        return len(await self.trim_operations(older_than=older_than, keep_min=keep_min))
+
+    async def trim_operations(
+        self, *, older_than: timedelta, keep_min: int = 1000
+    ) -> list[DeletedOp]:
+        """Delete finished operations older than ``older_than``; the ones deleted.
 
         Never deletes the newest ``keep_min`` operations, nor the latest result of any plan (a
         plan that stopped running must still show when it last worked), nor anything unfinished,
-        nor another instance's operations (their owner trims those; sync follows).
+        nor another instance's operations (their owner trims those; sync follows). What was
+        deleted is returned with its repo and plan, so sync can tell exactly the peers that
+        were allowed to see each one (and nobody else) that it is gone.
         """
         cutoff = utcnow() - older_than
         async with self.session() as s, s.begin():
@@ -492,14 +510,15 @@ class Store:
                 select(Operation.pk).order_by(Operation.pk.desc()).offset(keep_min).limit(1)
             )
             if floor is None:
-                return 0
+                return []
             latest = (
                 select(func.max(Operation.pk))
                 .where(Operation.plan_id.is_not(None))
                 .group_by(Operation.origin, Operation.plan_id, Operation.kind)
             )
             result = await s.execute(
-                delete(Operation).where(
+                delete(Operation)
+                .where(
                     # Only our own history: a peer's operations here are a copy that its
                     # owner trims, and sync removes them when the owner does.
                     Operation.origin == self.local_origin,
@@ -508,11 +527,13 @@ class Store:
                     Operation.status.not_in([OpStatus.PENDING, OpStatus.RUNNING]),
                     Operation.pk.not_in(latest),
                 )
+                .returning(Operation.op_id, Operation.repo_id, Operation.plan_id)
             )
+            gone = [DeletedOp(op_id, repo_id, plan_id) for op_id, repo_id, plan_id in result.all()]
             await s.execute(
                 delete(OperationLog).where(OperationLog.op_pk.not_in(select(Operation.pk)))
             )
-            return int(getattr(result, "rowcount", 0) or 0)
+            return gone
 
     # -- operation logs ----------------------------------------------------------------------
 

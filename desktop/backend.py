@@ -240,6 +240,10 @@ class Backend(QObject):
             self.presentRequested.emit()
         elif kind == "snapshots" and event.get("repo"):
             self.snapshotsChanged.emit(str(event["repo"]))
+        elif kind == "ops_deleted":
+            # Old operations were trimmed (here, or by a peer whose history we hold): the
+            # lists reload rather than show rows that are gone.
+            self.opsReset.emit()
 
     def _on_link(self, peer_id: str, event: dict[str, Any]) -> None:
         for p in self.peer_list:

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from peerstash.desktop import fmt
-from peerstash.desktop.api import q
+from peerstash.desktop.api import ApiError, q
 from peerstash.desktop.backend import FINISHED, Backend
 from peerstash.desktop.opsmodel import (
     COL_DETAIL,
@@ -198,14 +198,21 @@ class OperationsPage(Page):
         if reload_log:
             self._log_for = str(op.get("id"))
             self._log_loaded_at = time.monotonic()
-            self.run(self._load_log(str(op.get("id"))), name="ops:log")
+            self.run(self._load_log(str(op.get("id")), str(op.get("origin") or "")), name="ops:log")
 
-    async def _load_log(self, op_id: str) -> None:
-        res = await self.backend.call("GET", f"/v1/ops/{q(op_id)}/log")
+    async def _load_log(self, op_id: str, origin: str) -> None:
+        """Show the log; a peer's operation's log is fetched from that peer by the node, and
+        when it cannot be (the peer is offline) the node's sentence is shown in its place."""
+        try:
+            res = await self.backend.call(
+                "GET", f"/v1/ops/{q(op_id)}/log" + (f"?origin={q(origin)}" if origin else "")
+            )
+        except ApiError as exc:
+            res = {"lines": [], "unavailable": str(exc)}
         if self._log_for != op_id:
             return
         lines = list(res.get("lines") or [])
-        text = "\n".join(lines) if lines else "(no log lines yet)"
+        text = "\n".join(lines) if lines else res.get("unavailable") or "(no log lines yet)"
         if self.selected and self.selected.get("error"):
             text += f"\n\n{self.selected['error']}"
         bar = self.log.verticalScrollBar()

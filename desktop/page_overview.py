@@ -118,10 +118,14 @@ class OverviewPage(Page):
         await self.load_remote()
 
     async def load_remote(self) -> None:
-        """The newest backup of each plan of each paired machine, from synced operations."""
+        """The newest backup of each plan of each paired machine: the node lists it with each
+        peer (from synced operations); a node too old to do so is asked for the operations."""
         for p in list(self.backend.peer_list):
             origin = str(p.get("id") or "")
             if not origin:
+                continue
+            if isinstance(p.get("plans"), list):
+                self.remote[origin] = {str(r["plan"]): r for r in p["plans"] if r.get("plan")}
                 continue
             ops = await self.backend.call(
                 "GET", "/v1/ops" + query({"origin": origin, "kind": "backup", "limit": 500})

@@ -26,6 +26,7 @@ from peerstash.core.events import (
     Event,
     Notice,
     OperationChanged,
+    OperationsDeleted,
     PlanStale,
     SharesReceived,
     SnapshotsChanged,
@@ -41,10 +42,15 @@ from peerstash.core.serialize import (
     snapshot_to_dict,
 )
 from peerstash.core.store import NotFound, OpFilter, StoreError
+from peerstash.peer import fleet as fleet_view
+from peerstash.peer import remote_config
 from peerstash.peer.link import LinkStateChanged, PairingError, PeerManager
 from peerstash.peer.pairing import TokenError, create_token, token_to_dict
 from peerstash.peer.permissions import GrantError
+from peerstash.peer.remote_logs import LogUnavailable
+from peerstash.peer.rpc import CallError, RpcService
 from peerstash.peer.server import parse_listen
+from peerstash.peer.sync import OpsSynced
 
 if TYPE_CHECKING:
     from peerstash.peer.node import Node
@@ -71,6 +77,19 @@ class BadRequest(Exception):
     pass
 
 
+#: HTTP status for each reason a peer gave for not answering a request (peer/rpc.py codes).
+CALL_STATUS = {
+    "forbidden": 403,
+    "not_found": 404,
+    "bad_request": 400,
+    "failed": 409,
+    "unavailable": 503,
+    "busy": 503,
+    "timeout": 504,
+    "unknown_method": 501,
+}
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -89,6 +108,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         raise asyncio.CancelledError from None
     except BadRequest as exc:
         return _error(400, str(exc))
+    except LogUnavailable as exc:
+        return _error(503, str(exc))
+    except CallError as exc:
+        # A peer's answer: its own words, with the peer named when it did not say them itself.
+        return _error(CALL_STATUS.get(exc.code, 502), exc.message)
     except NotFound as exc:
         return _error(404, str(exc))
     except (EngineError, StoreError, SecretError) as exc:
@@ -155,17 +179,8 @@ async def status(request: web.Request) -> web.Response:
                 "last": op_to_dict(last) if last else None,
             }
         )
-    fleet = _fleet(latest, engine.instance_id)
+    fleet = await fleet_view.fleet(engine.store, engine.instance_id)
     return web.json_response({**node.status(), "plans": plans, "peers": fleet})
-
-
-def _fleet(latest: dict[tuple[str, str], Any], local: str) -> dict[str, list[dict[str, Any]]]:
-    """Each other instance's last backup per plan, from its synced operations."""
-    fleet: dict[str, list[dict[str, Any]]] = {}
-    for (origin, plan_id), op in sorted(latest.items()):
-        if origin != local:
-            fleet.setdefault(origin, []).append({"plan": plan_id, "last": op_to_dict(op)})
-    return fleet
 
 
 async def list_repos(request: web.Request) -> web.Response:
@@ -224,8 +239,8 @@ async def list_plans(request: web.Request) -> web.Response:
     return web.json_response([plan_to_dict(p) for p in await _engine(request).list_plans()])
 
 
-async def add_plan(request: web.Request) -> web.Response:
-    data = await _body(request)
+def _new_plan(data: dict[str, Any]) -> dict[str, Any]:
+    """A new plan's fields from a request body, checked for shape (the engine checks meaning)."""
     retention = data.get("retention", {})
     if not isinstance(retention, dict):
         raise BadRequest("field 'retention' must be an object")
@@ -233,20 +248,33 @@ async def add_plan(request: web.Request) -> web.Response:
         RetentionPolicy.from_dict(retention)
     except (TypeError, ValueError) as exc:
         raise BadRequest(f"bad retention policy: {exc}") from None
+    return {
+        "id": _str(data, "id") or "",
+        "repo": _str(data, "repo") or "",
+        "paths": _str_list(data, "paths"),
+        "excludes": _str_list(data, "excludes"),
+        "schedule": _str(data, "schedule", required=False),
+        "every": _str(data, "every", required=False),
+        "retention": retention,
+    }
+
+
+async def add_plan(request: web.Request) -> web.Response:
+    f = _new_plan(await _body(request))
     plan = await _engine(request).add_plan(
-        _str(data, "id") or "",
-        repo_id=_str(data, "repo") or "",
-        paths=_str_list(data, "paths"),
-        excludes=_str_list(data, "excludes"),
-        cron=_str(data, "schedule", required=False),
-        every=_str(data, "every", required=False),
-        retention=retention,
+        f["id"],
+        repo_id=f["repo"],
+        paths=f["paths"],
+        excludes=f["excludes"],
+        cron=f["schedule"],
+        every=f["every"],
+        retention=f["retention"],
     )
     return web.json_response(plan_to_dict(plan), status=201)
 
 
-async def edit_plan(request: web.Request) -> web.Response:
-    data = await _body(request)
+def _plan_changes(data: dict[str, Any]) -> dict[str, Any]:
+    """A plan edit from a request body: only the fields given, each checked for shape."""
     extra = set(data) - {"repo", "schedule", "every", "paths", "excludes", "retention", "enabled"}
     if extra:
         raise BadRequest(f"cannot change {', '.join(sorted(extra))} of a plan")
@@ -265,6 +293,11 @@ async def edit_plan(request: web.Request) -> web.Response:
         if not isinstance(data["enabled"], bool):
             raise BadRequest("field 'enabled' must be true or false")
         changes["enabled"] = data["enabled"]
+    return changes
+
+
+async def edit_plan(request: web.Request) -> web.Response:
+    changes = _plan_changes(await _body(request))
     plan = await _engine(request).update_plan(request.match_info["id"], **changes)
     return web.json_response(plan_to_dict(plan))
 
@@ -344,9 +377,17 @@ async def get_op(request: web.Request) -> web.Response:
 
 
 async def get_op_log(request: web.Request) -> web.Response:
+    """An operation's log; a peer's operation's log is asked of that peer (``?origin=`` picks
+    the copy when two origins minted the same id, which ULIDs make all but impossible)."""
+    node = request.app[NODE_KEY]
     engine = _engine(request)
-    op = await engine.store.find_operation(request.match_info["id"])
-    return web.json_response({"id": op.op_id, "lines": await engine.store.get_log(op.pk)})
+    op = await engine.store.find_operation(
+        request.match_info["id"], origin=request.query.get("origin") or None
+    )
+    if node.logs is None:
+        raise web.HTTPServiceUnavailable(reason="the node is shutting down")
+    lines = await node.logs.lines(op)
+    return web.json_response({"id": op.op_id, "origin": op.origin, "lines": lines})
 
 
 async def cancel_op(request: web.Request) -> web.Response:
@@ -555,7 +596,7 @@ async def delete_token_route(request: web.Request) -> web.Response:
 
 async def list_peers_route(request: web.Request) -> web.Response:
     engine = _engine(request)
-    fleet = _fleet(await engine.store.latest_per_plan(), engine.instance_id)
+    fleet = await fleet_view.plans_by_peer(engine.store, engine.instance_id)
     peers = await engine.store.list_peers()
     return web.json_response([{**peer_to_dict(p), "plans": fleet.get(p.id, [])} for p in peers])
 
@@ -598,6 +639,56 @@ async def check_peer_route(request: web.Request) -> web.Response:
     return web.json_response({**peer_to_dict(peer), "message": said})
 
 
+def _rpc(request: web.Request) -> tuple[RpcService, str]:
+    """The request layer and the peer named in the path (which must be paired)."""
+    rpc = request.app[NODE_KEY].rpc
+    if rpc is None:
+        raise web.HTTPServiceUnavailable(reason="peer links are not running on this node")
+    return rpc, request.match_info["id"]
+
+
+async def _paired(request: web.Request, peer_id: str) -> None:
+    try:
+        await _engine(request).store.get_peer(peer_id)
+    except NotFound:
+        raise NotFound(f"{peer_id!r} is not a paired peer (see `peerstash peer list`)") from None
+
+
+async def peer_config_route(request: web.Request) -> web.Response:
+    """The peer's repos and plans that it lets us read (never a secret: it sends none)."""
+    rpc, peer_id = _rpc(request)
+    await _paired(request, peer_id)
+    return web.json_response(await remote_config.read(rpc, peer_id))
+
+
+async def peer_add_plan_route(request: web.Request) -> web.Response:
+    rpc, peer_id = _rpc(request)
+    fields = _new_plan(await _body(request))
+    await _paired(request, peer_id)
+    return web.json_response(await remote_config.add_plan(rpc, peer_id, fields), status=201)
+
+
+async def peer_edit_plan_route(request: web.Request) -> web.Response:
+    rpc, peer_id = _rpc(request)
+    changes = _plan_changes(await _body(request))
+    await _paired(request, peer_id)
+    plan = await remote_config.edit_plan(rpc, peer_id, request.match_info["plan"], changes)
+    return web.json_response(plan)
+
+
+async def peer_remove_plan_route(request: web.Request) -> web.Response:
+    rpc, peer_id = _rpc(request)
+    await _paired(request, peer_id)
+    res = await remote_config.remove_plan(rpc, peer_id, request.match_info["plan"])
+    return web.json_response(res)
+
+
+async def peer_repo_write_route(request: web.Request) -> web.Response:
+    """Refused on purpose (see peer/remote_config.py): a repository's settings can run commands
+    on its machine, and its password should not leave it."""
+    raise EngineError(remote_config.REPO_WRITES_REFUSED.format(peer=request.match_info["id"]))
+
+
 def event_to_dict(event: Event) -> dict[str, Any] | None:
     if isinstance(event, OperationChanged) and event.op is not None:
         return {"type": "operation", "op": op_to_dict(event.op)}
@@ -631,6 +722,11 @@ def event_to_dict(event: Event) -> dict[str, Any] | None:
             "skipped": dict(r.skipped),
             "refused": list(r.refused),
         }
+    # Operations gone (our gc, or a peer's reaching us): views drop them by reloading.
+    if isinstance(event, OperationsDeleted) and event.ops:
+        return {"type": "ops_deleted", "origin": event.origin, "count": len(event.ops)}
+    if isinstance(event, OpsSynced) and event.deleted:
+        return {"type": "ops_deleted", "origin": event.peer_id, "count": event.deleted}
     return None
 
 
@@ -808,4 +904,10 @@ def make_admin_app(node: Node) -> web.Application:
     r.add_delete("/v1/peers/{id}", remove_peer_route)
     r.add_post("/v1/peers/{id}/check", check_peer_route)
     r.add_patch("/v1/peers/{id}", grant_peer_route)
+    r.add_get("/v1/peers/{id}/config", peer_config_route)
+    r.add_post("/v1/peers/{id}/plans", peer_add_plan_route)
+    r.add_patch("/v1/peers/{id}/plans/{plan}", peer_edit_plan_route)
+    r.add_delete("/v1/peers/{id}/plans/{plan}", peer_remove_plan_route)
+    r.add_post("/v1/peers/{id}/repos", peer_repo_write_route)
+    r.add_patch("/v1/peers/{id}/repos/{repo}", peer_repo_write_route)
     return app

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 import aiohttp
 
@@ -222,6 +223,17 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)
 
 
+def fleet_lines(plans: list[dict[str, Any]]) -> list[str]:
+    """A peer's last backup per plan, one line each (status, peer list)."""
+    out = []
+    for p in plans:
+        when = short_time(p.get("ended_at") or p.get("started_at") or p.get("created_at"))
+        snap = f", snapshot {p['snapshot_id'][:8]}" if p.get("snapshot_id") else ""
+        why = f": {p['error']}" if p.get("error") else ""
+        out.append(f"plan {p['plan']}: last backup {p['status']} {when}{snap}{why}")
+    return out or ["no backups shared with this node"]
+
+
 async def cmd_status(c: AdminClient, a: argparse.Namespace) -> int:
     st = await c.call("GET", "/v1/status")
     lines = [
@@ -238,11 +250,9 @@ async def cmd_status(c: AdminClient, a: argparse.Namespace) -> int:
         )
         stale = "  STALE" if p["stale"] else ""
         lines.append(f"plan {p['id']}: last {res}; next {short_time(p['next_due_at'])}{stale}")
-    for peer, plans in sorted(st.get("peers", {}).items()):
-        for item in plans:
-            last = item["last"]
-            when = short_time(last["ended_at"] or last["created_at"])
-            lines.append(f"{peer} plan {item['plan']}: last {last['status']} {when}")
+    for peer in st.get("peers") or []:
+        lines.append(f"peer {peer['id']}: {peer['state']}")
+        lines += [f"  {line}" for line in fleet_lines(peer["plans"])]
     for local_id, why in sorted((st.get("shared_skipped") or {}).items()):
         lines.append(f"shared repository {local_id} not taken: {why}")
     _emit(a, st, "\n".join(lines))
@@ -282,7 +292,13 @@ def _env_pairs(items: list[str]) -> dict[str, str]:
     return env
 
 
+def _peer_path(peer: str) -> str:
+    return f"/v1/peers/{quote(peer, safe='')}"
+
+
 async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
+    if getattr(a, "on", None):
+        return await _repo_on(c, a, a.on)
     if a.repo_cmd == "add":
         env = _env_pairs(a.env or [])
         body = {
@@ -351,6 +367,20 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
     return 0
 
 
+async def _repo_on(c: AdminClient, a: argparse.Namespace, peer: str) -> int:
+    """Repositories of a peer: listed when it grants config.read; never written from here
+    (the node refuses, before any password is asked for)."""
+    if a.repo_cmd == "add":
+        await c.call("POST", _peer_path(peer) + "/repos", {})
+    if a.repo_cmd in ("edit", "remove"):
+        await c.call("PATCH", _peer_path(peer) + "/repos/" + quote(a.name, safe=""), {})
+    repos = (await c.call("GET", _peer_path(peer) + "/config"))["repos"]
+    rows = [[r["id"], r["uri"], r["password_source"], (r["guid"] or "")[:8]] for r in repos]
+    empty = f"no repositories of {peer} are visible here"
+    _emit(a, repos, table(rows, ["ID", "URI", "PASSWORD", "GUID"]) if rows else empty)
+    return 0
+
+
 RETENTION_KEYS = (
     "keep_last",
     "keep_hourly",
@@ -367,25 +397,36 @@ def _retention(a: argparse.Namespace) -> dict[str, Any]:
 
 
 async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
+    """Plans of this node, or with ``--on PEER`` of a peer (config.read / config.write there).
+
+    A peer's paths are its own: they are sent as given, not made absolute here.
+    """
+    on: str | None = getattr(a, "on", None)
+    base = _peer_path(on) + "/plans" if on else "/v1/plans"
+
+    def where(path: str) -> str:
+        return path if on else os.path.abspath(path)
+
+    suffix = f" on {on}" if on else ""
     if a.plan_cmd == "add":
         body = {
             "id": a.name,
             "repo": a.repo,
-            "paths": [os.path.abspath(p) for p in a.path],  # noqa: ASYNC240 - getcwd only
+            "paths": [where(p) for p in a.path],
             "excludes": a.exclude or [],
             "schedule": a.schedule,
             "every": a.every,
             "retention": _retention(a),
         }
-        res = await c.call("POST", "/v1/plans", body)
-        _emit(a, res, f"plan {a.name} added (next run {short_time(res['next_due_at'])})")
+        res = await c.call("POST", base, body)
+        _emit(a, res, f"plan {a.name} added{suffix} (next run {short_time(res['next_due_at'])})")
         return 0
     if a.plan_cmd == "edit":
         changes: dict[str, Any] = {}
         if a.repo:
             changes["repo"] = a.repo
         if a.path:
-            changes["paths"] = [os.path.abspath(p) for p in a.path]  # noqa: ASYNC240
+            changes["paths"] = [where(p) for p in a.path]
         if a.exclude is not None:
             changes["excludes"] = [e for e in a.exclude if e]
         if a.schedule is not None:
@@ -401,14 +442,17 @@ async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
             changes["enabled"] = bool(a.enable)
         if not changes:
             raise CliError("nothing to change: give the options to change (see plan edit --help)")
-        res = await c.call("PATCH", f"/v1/plans/{a.name}", changes)
-        _emit(a, res, f"plan {a.name} changed (next run {short_time(res['next_due_at'])})")
+        res = await c.call("PATCH", f"{base}/{a.name}", changes)
+        _emit(a, res, f"plan {a.name} changed{suffix} (next run {short_time(res['next_due_at'])})")
         return 0
-    if a.plan_cmd == "remove":
-        res = await c.call("DELETE", f"/v1/plans/{a.name}")
-        _emit(a, res, f"plan {a.name} removed")
+    if a.plan_cmd in ("remove", "delete"):
+        res = await c.call("DELETE", f"{base}/{a.name}")
+        _emit(a, res, f"plan {a.name} removed{suffix}")
         return 0
-    plans = await c.call("GET", "/v1/plans")
+    if on:
+        plans = (await c.call("GET", _peer_path(on) + "/config"))["plans"]
+    else:
+        plans = await c.call("GET", "/v1/plans")
     rows = []
     for p in plans:
         when = p["schedule"] or (
@@ -420,7 +464,9 @@ async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
     _emit(
         a,
         plans,
-        table(rows, ["ID", "REPO", "SCHEDULE", "PATHS", "ENABLED"]) if rows else "no plans",
+        table(rows, ["ID", "REPO", "SCHEDULE", "PATHS", "ENABLED"])
+        if rows
+        else (f"no plans of {on} are visible here" if on else "no plans"),
     )
     return 0
 
@@ -462,7 +508,8 @@ async def cmd_ops(c: AdminClient, a: argparse.Namespace) -> int:
 
 
 async def cmd_log(c: AdminClient, a: argparse.Namespace) -> int:
-    res = await c.call("GET", f"/v1/ops/{a.op}/log")
+    q = f"?origin={quote(a.origin, safe='')}" if a.origin else ""
+    res = await c.call("GET", f"/v1/ops/{a.op}/log{q}")
     _emit(a, res, "\n".join(res["lines"]))
     return 0
 
@@ -671,13 +718,10 @@ async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
         ]
         for p in peers
     ]
-    _emit(
-        a,
-        peers,
-        table(rows, ["ID", "KEY ID", "ROLE", "STATE", "LAST SEEN", "WE GRANT"])
-        if rows
-        else "no peers",
-    )
+    text = table(rows, ["ID", "KEY ID", "ROLE", "STATE", "LAST SEEN", "WE GRANT"])
+    for p in peers:
+        text += f"\n\n{p['id']}:\n" + "\n".join(f"  {ln}" for ln in fleet_lines(p["plans"]))
+    _emit(a, peers, text if rows else "no peers")
     return 0
 
 
@@ -805,6 +849,9 @@ def build_parser() -> argparse.ArgumentParser:
     def json_flag(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--json", action="store_true", help="print JSON")
 
+    def on_flag(sp: argparse.ArgumentParser, what: str) -> None:
+        sp.add_argument("--on", metavar="PEER", help=f"on a paired peer instead: {what}")
+
     json_flag(sub.add_parser("status", help="what this node is and how its plans are doing"))
 
     repo = sub.add_parser("repo", help="manage repositories")
@@ -824,6 +871,7 @@ def build_parser() -> argparse.ArgumentParser:
     ra.add_argument(
         "--init", action="store_true", help="create the repository if it does not exist"
     )
+    on_flag(ra, "refused, repositories are added on their own machine")
     json_flag(ra)
     re_ = rsub.add_parser("edit", help="change how a repository is reached (it must still open)")
     re_.add_argument("name")
@@ -832,10 +880,14 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--env", action="append", metavar="K=V", help="replaces the extra environment")
     re_.add_argument("--option", action="append", metavar="K=V", help="replaces the -o options")
     re_.set_defaults(init=False)
+    on_flag(re_, "refused, repositories are changed on their own machine")
     json_flag(re_)
-    json_flag(rsub.add_parser("list", help="list repositories"))
+    rl = rsub.add_parser("list", help="list repositories")
+    on_flag(rl, "it must grant config.read")
+    json_flag(rl)
     rr = rsub.add_parser("remove", help="forget a repository (its data stays where it is)")
     rr.add_argument("name")
+    on_flag(rr, "refused, repositories are removed on their own machine")
     json_flag(rr)
     rs = rsub.add_parser(
         "share", help="share a repository with peers that grant this node repos.receive"
@@ -862,6 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--schedule", metavar="CRON", help='cron expression, e.g. "0 3 * * *"')
     when.add_argument("--every", metavar="INTERVAL", help="interval, e.g. 6h, 30m, 1d")
     retention_options(pa)
+    on_flag(pa, "it must grant config.write; paths are the peer's, give them absolute")
     json_flag(pa)
     pe = psub.add_parser("edit", help="change a plan (only the options given)")
     pe.add_argument("name")
@@ -882,10 +935,14 @@ def build_parser() -> argparse.ArgumentParser:
     onoff = pe.add_mutually_exclusive_group()
     onoff.add_argument("--enable", action="store_true")
     onoff.add_argument("--disable", action="store_true")
+    on_flag(pe, "it must grant config.write")
     json_flag(pe)
-    json_flag(psub.add_parser("list", help="list plans"))
-    pr = psub.add_parser("remove", help="remove a plan (its snapshots stay)")
+    pl = psub.add_parser("list", help="list plans")
+    on_flag(pl, "it must grant config.read")
+    json_flag(pl)
+    pr = psub.add_parser("remove", aliases=["delete"], help="remove a plan (its snapshots stay)")
     pr.add_argument("name")
+    on_flag(pr, "it must grant config.write")
     json_flag(pr)
 
     b = sub.add_parser("backup", help="back a plan up now")
@@ -902,8 +959,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--status")
     json_flag(o)
 
-    lg = sub.add_parser("log", help="the log of one operation")
+    lg = sub.add_parser(
+        "log", help="the log of one operation (a peer's is fetched from that peer when asked)"
+    )
     lg.add_argument("op")
+    lg.add_argument("--origin", help="the instance that ran it, if two minted the same id")
     json_flag(lg)
     json_flag(
         sub.add_parser(

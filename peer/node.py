@@ -25,6 +25,8 @@ from peerstash.core.store import Store
 from peerstash.peer.identity import Identity
 from peerstash.peer.link import PeerManager, Timings
 from peerstash.peer.paths import admin_socket_path, ensure_private_dir
+from peerstash.peer.remote_config import RemoteConfig
+from peerstash.peer.remote_logs import RemoteLogs
 from peerstash.peer.repos import RepoShareService
 from peerstash.peer.rpc import RpcService
 from peerstash.peer.server import make_peer_app, parse_listen
@@ -98,6 +100,8 @@ class Node:
         self.sync: SyncService | None = None
         self.rpc: RpcService | None = None
         self.repos: RepoShareService | None = None
+        #: Operation logs, ours or fetched from the peer that owns the operation.
+        self.logs: RemoteLogs | None = None
         self.peer_url: str | None = None
         self._peer_port: int | None = None
         self.discovery: Discovery | None = None
@@ -182,6 +186,9 @@ class Node:
         self.sync.attach()
         self.rpc = RpcService(self.peers)
         self.rpc.attach()
+        RemoteConfig(self.engine, self.rpc).register()
+        self.logs = RemoteLogs(store, self.rpc, instance_id)
+        self.logs.register()
         await self.sync.start()
         self.repos = RepoShareService(self.engine, self.bus, self.peers, instance_id)
         self.repos.attach()
@@ -306,6 +313,7 @@ class Node:
         if self.rpc is not None:
             await self.rpc.stop()
             self.rpc = None
+            self.logs = None
         if self.repos is not None:
             await self.repos.stop()
             self.repos = None

@@ -26,8 +26,11 @@ read loops would deadlock). Bursts coalesce to the latest state of each operatio
 running operation's progress goes out at most every ``progress_interval`` seconds; its final
 state always goes out at once.
 
-Deletions are not pushed live (an owner's garbage collection publishes no event): the digest on
-the next connect, or :meth:`SyncService.regrant`, finds and repairs them.
+Deletions are pushed live too: the owner's garbage collection publishes
+:class:`~peerstash.core.events.OperationsDeleted` with the (id, repo, plan) of what it removed,
+and each link sends ``OpsDeleted`` for the ids that peer was allowed to see (so no peer learns
+an id outside its scope). Deletions made any other way (a database restored from a backup) are
+still found by the digest on the next connect, or by :meth:`SyncService.regrant`.
 """
 
 from __future__ import annotations
@@ -45,9 +48,9 @@ from typing import Any, Union
 
 import msgspec
 
-from peerstash.core.events import Event, EventBus, Notice, OperationChanged
+from peerstash.core.events import Event, EventBus, Notice, OperationChanged, OperationsDeleted
 from peerstash.core.models import Operation, OpKind, OpStatus
-from peerstash.core.store import NotFound, Store
+from peerstash.core.store import DeletedOp, NotFound, Store
 from peerstash.peer import channel as ch
 from peerstash.peer import protocol as proto
 from peerstash.peer.link import Link, PeerManager
@@ -289,7 +292,7 @@ class SyncService:
     async def start(self) -> None:
         """Start following local operation changes (subscribed now, so none is missed), and
         read each known peer's high-water mark once (later ones are kept up to date here)."""
-        self._sub = self.bus.subscribe("operation", maxsize=100_000)
+        self._sub = self.bus.subscribe("operation", "operations-deleted", maxsize=100_000)
         self._pump = asyncio.create_task(self._follow(), name="sync:pump")
         for peer in await self.store.list_peers():
             self._marks[peer.id] = await self.store.max_modno(peer.id)
@@ -370,6 +373,11 @@ class SyncService:
                 sub.lagged = False
                 for ls in self._links.values():
                     ls.enqueue(ls.send_digest)
+            if isinstance(event, OperationsDeleted):
+                if event.origin == self.instance_id:
+                    for ls in list(self._links.values()):
+                        ls.forget(event.ops)
+                continue
             op = getattr(event, "op", None)
             if not isinstance(event, OperationChanged) or op is None:
                 continue
@@ -545,6 +553,25 @@ class _LinkSync:
         if old is None or old.modno < rec.modno:
             self.pending[rec.op_id] = rec
             self.wake.set()
+
+    def forget(self, ops: Sequence[DeletedOp]) -> None:
+        """Our garbage collection deleted ``ops``: tell the peer, in this link's order.
+
+        A change still waiting to be pushed must not bring one back, so those go at once;
+        the ids are filtered by scope when the job runs (the grants may not be read yet).
+        """
+        for op in ops:
+            self.pending.pop(op.op_id, None)
+            self.last_push.pop(op.op_id, None)
+        self.enqueue(lambda: self.send_deleted(ops))
+
+    async def send_deleted(self, ops: Sequence[DeletedOp]) -> None:
+        """Send ``OpsDeleted`` for those of ``ops`` this peer may see (the others it never got)."""
+        grants = await self.scope()
+        ids = [o.op_id for o in ops if grants.allows("ops", repo=o.repo_id, plan=o.plan_id)]
+        for i in range(0, len(ids), IDS_PER_FRAME):
+            chunk = tuple(ids[i : i + IDS_PER_FRAME])
+            await self.send(proto.OpsDeleted(origin=self.svc.instance_id, op_ids=chunk))
 
     async def stop(self) -> None:
         self._stopped = True

@@ -210,8 +210,96 @@ def test_fleet_history_reaches_a_granted_peer(node_factory: Any, tmp_path: Any) 
         (o["id"], o["status"], o["snapshot_id"]) for o in mine
     ]
     st = status(a)
-    assert st["peers"]["hub"][0]["plan"] == "docs"
-    assert st["peers"]["hub"][0]["last"]["status"] == "success"
-    assert peers(a)["hub"]["plans"][0]["last"]["snapshot_id"] == mine[0]["snapshot_id"]
+    assert [(p["id"], p["state"]) for p in st["peers"]] == [("hub", "online")]
+    assert st["peers"][0]["plans"][0]["plan"] == "docs"
+    assert st["peers"][0]["plans"][0]["status"] == "success"
+    assert peers(a)["hub"]["plans"][0]["snapshot_id"] == mine[0]["snapshot_id"]
     # The other way round nothing was granted: the hub sees none of the laptop's history.
     assert json.loads(hub.cli("ops", "--origin", "laptop", "--json").stdout) == []
+
+
+def wait_remote_op(node: NodeProc, origin: str, act: Any) -> dict[str, Any]:
+    """Run ``act`` and return the first operation of ``origin`` that ends, as ``node`` sees it
+    (through its event stream, subscribed before ``act``: nothing is missed)."""
+    events = Events(node)
+    timer = threading.Timer(60, events.close)
+    timer.start()
+    try:
+        assert next(events.lines()) == {"type": "ready"}
+        act()
+        for ev in events.lines():
+            op = ev.get("op") or {}
+            if op.get("origin") == origin and op["status"] not in ("pending", "running"):
+                return dict(op)
+        raise AssertionError(f"event stream ended before an operation of {origin} ended")
+    finally:
+        timer.cancel()
+        events.close()
+
+
+def test_a_peer_adds_a_plan_reads_a_remote_log_and_sees_the_result(
+    node_factory: Any, tmp_path: Any
+) -> None:
+    hub = node_factory("hub", PEERSTASH_LINK_TIMINGS=FAST).start()
+    laptop = node_factory("laptop", PEERSTASH_LINK_TIMINGS=FAST).start()
+    pair(laptop, hub, "ops", "config.read:repo:r", "config.write:repo:r")
+    wait_link(laptop, "hub", "online")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("remote plan\n")
+    for repo in ("r", "other"):
+        hub.cli(
+            "repo",
+            "add",
+            repo,
+            "--uri",
+            str(tmp_path / repo),
+            "--password-stdin",
+            "--init",
+            input="pw-remote-plan-test\n",
+        )
+
+    # The laptop adds a plan on the hub; the hub has it, the laptop lists it there.
+    out = laptop.cli("plan", "add", "docs", "--on", "hub", "--repo", "r", "--path", str(src))
+    assert out.stdout.startswith("plan docs added on hub")
+    assert [p["id"] for p in json.loads(hub.cli("plan", "list", "--json").stdout)] == ["docs"]
+    listed = json.loads(laptop.cli("plan", "list", "--on", "hub", "--json").stdout)
+    assert [(p["id"], p["repo"], p["paths"]) for p in listed] == [("docs", "r", [str(src)])]
+    repos = json.loads(laptop.cli("repo", "list", "--on", "hub", "--json").stdout)
+    assert [r["id"] for r in repos] == ["r"]  # "other" is out of scope: absent
+    assert "pw-remote-plan-test" not in json.dumps(repos)
+    # Out of scope, and invalid: refused by the hub, in its words.
+    res = laptop.cli(
+        "plan", "add", "x", "--on", "hub", "--repo", "other", "--path", "/x", check=False
+    )
+    assert res.returncode == 1
+    assert "hub: laptop has no 'config.write' grant for repository 'other' here" in res.stderr
+    res = laptop.cli("plan", "edit", "docs", "--on", "hub", "--every", "often", check=False)
+    assert res.returncode == 1 and res.stderr.startswith("peerstash: hub: ")
+    res = laptop.cli("repo", "add", "r3", "--on", "hub", "--uri", "/x", check=False)
+    assert res.returncode == 1 and "on hub itself" in res.stderr
+
+    # The hub runs it; the laptop reads the log from the hub and sees the result per plan.
+    op = wait_remote_op(laptop, "hub", lambda: hub.cli("backup", "docs", "--wait"))
+    assert op["status"] == "success"
+    log = laptop.cli("log", op["id"]).stdout
+    assert log == hub.cli("log", op["id"]).stdout
+    assert "backup of plan docs (manual)" in log
+    (entry,) = peers(laptop)["hub"]["plans"]
+    assert (entry["plan"], entry["status"], entry["snapshot_id"]) == (
+        "docs",
+        "success",
+        op["snapshot_id"],
+    )
+    assert "plan docs: last backup success" in laptop.cli("peer", "list").stdout
+
+    # The laptop removes the plan again.
+    laptop.cli("plan", "remove", "docs", "--on", "hub")
+    assert json.loads(hub.cli("plan", "list", "--json").stdout) == []
+
+    # The hub goes away: its logs are with it, and the laptop says so.
+    hub.stop()
+    wait_link(laptop, "hub", "offline")
+    res = laptop.cli("log", op["id"], check=False)
+    assert res.returncode == 1
+    assert "the log of this operation is on hub, which is offline now" in res.stderr

@@ -482,6 +482,18 @@ def test_pair_and_make_tokens_on_the_peers_page(gui: GuiEnv, qloop: QLoop, qtbot
             ]
             assert ("bravo", "home", "success") in rows, rows
 
+            # Its log is not synced: the node fetches it from bravo when the operation is
+            # selected, and it shows like a local one.
+            theirs = next(
+                o
+                for o in w.operations.model.ops()
+                if o.get("origin") == "bravo" and o.get("kind") == "backup"
+            )
+            w.show_page(w.operations)
+            assert w.operations.select_op(theirs["id"])
+            await w.operations.tasks.idle()
+            assert "backup of plan home (manual)" in w.operations.log.toPlainText()
+
             # Edit what we grant bravo: a bad scope is refused inline, a good one is listed.
             w.show_page(page)
             page.tabs.setCurrentIndex(0)

@@ -366,3 +366,18 @@ def test_ops_view_loads_older_rows_when_scrolled_to_the_end(qapp: Any) -> None:
     asyncio.run(go())
     assert [o["pk"] for o in model.ops()] == list(range(3 * PAGE, 0, -1))
     view.close()
+
+
+@needs_qt
+def test_trimmed_operations_reload_the_lists(qapp: Any) -> None:
+    """The node says operations were deleted (gc here or on a peer): views reload, and only
+    then; other events do not reset the lists."""
+    from peerstash.desktop.backend import Backend
+
+    backend = Backend(object(), in_process=False)  # type: ignore[arg-type]
+    resets: list[bool] = []
+    backend.opsReset.connect(lambda: resets.append(True))
+    backend._on_event({"type": "notice", "level": "info", "message": "hello"})
+    assert resets == []
+    backend._on_event({"type": "ops_deleted", "origin": "bravo", "count": 4})
+    assert resets == [True]

@@ -213,7 +213,7 @@ async def test_b_restarts_after_changes_and_deletions_and_converges(make_node: M
     for op in more:
         await change(a, op.pk, status=OpStatus.RUNNING, started_at=utcnow(), bytes_done=5)
         await change(a, op.pk, status=OpStatus.SUCCESS, ended_at=utcnow(), snapshot_id="t" * 64)
-    # Age the first five and collect them: deletions publish no event, the digest finds them.
+    # Age the first five and collect them while B is away: the digest on reconnect finds them.
     store = store_of(a)
     async with store.session() as s, s.begin():
         await s.execute(
@@ -231,6 +231,38 @@ async def test_b_restarts_after_changes_and_deletions_and_converges(make_node: M
     rows = await store_of(b2).ops_since("a", 0, 10**9)
     assert len(rows) == len({r[0] for r in rows})  # no duplicates
     assert {r[0] for r in rows} == set(await owned(a))
+
+
+async def test_gc_on_the_owner_removes_the_copies_live(make_node: MakeNode) -> None:
+    a, b = await make_node("a"), await make_node("b")
+    await link(a, b, ["ops:repo:r1"])
+    ops = [await change(a, repo="r1" if i % 3 else "r2", plan=f"p{i % 2}") for i in range(9)]
+    for op in ops:
+        await change(a, op.pk, status=OpStatus.SUCCESS, ended_at=utcnow())
+    await converge(a, b, ["ops:repo:r1"])
+    store = store_of(a)
+    old = [o.pk for o in ops[:6]]
+    async with store.session() as s, s.begin():
+        await s.execute(
+            update(Operation)
+            .where(Operation.pk.in_(old))
+            .values(created_at=utcnow() - timedelta(days=400))
+        )
+    before = set(await held(b, "a"))
+    with b.bus.subscribe("sync") as sub:
+        assert a.engine
+        removed = await a.engine.gc(older_than=timedelta(days=90), keep_min=0)
+        assert removed > 0
+        async with asyncio.timeout(5):
+            while True:
+                ev = await sub.get()
+                if isinstance(ev, OpsSynced) and ev.deleted:
+                    break
+    # No reconnect, no digest round: the deletion itself reached B.
+    assert ev.peer_id == "a" and ev.in_sync is None
+    now = await held(b, "a")
+    assert now == await owned(a, ["ops:repo:r1"])
+    assert len(before) - len(now) == ev.deleted > 0
 
 
 async def test_reconnect_with_nothing_changed_costs_under_2kb(

@@ -1,0 +1,62 @@
+"""The fleet at a glance: each paired peer, its link state and its last backup per plan.
+
+Nothing is asked of the peers: the results come from the operations they already sync to us
+(grant ``ops``), so the view works while a peer is offline (it shows what we last heard) and
+costs one query however many peers there are. A peer that shares no history with us is listed
+with no plans.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peerstash.core.models import Operation, Peer
+from peerstash.core.store import Store
+
+
+def _ts(value: Any) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def last_result(plan_id: str, op: Operation) -> dict[str, Any]:
+    """One plan's last backup as the fleet views show it (the fields a person reads)."""
+    return {
+        "plan": plan_id,
+        "repo": op.repo_id,
+        "op": op.op_id,
+        "status": op.status,
+        "created_at": _ts(op.created_at),
+        "started_at": _ts(op.started_at),
+        "ended_at": _ts(op.ended_at),
+        "snapshot_id": op.snapshot_id,
+        "error": op.error,
+    }
+
+
+async def plans_by_peer(store: Store, local: str) -> dict[str, list[dict[str, Any]]]:
+    """Each other origin's last backup result per plan (sorted by plan id)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for (origin, plan_id), op in sorted((await store.latest_per_plan()).items()):
+        if origin != local:
+            out.setdefault(origin, []).append(last_result(plan_id, op))
+    return out
+
+
+def peer_entry(peer: Peer, plans: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": peer.id,
+        "state": peer.state,
+        "state_reason": peer.state_reason,
+        "last_seen": _ts(peer.last_seen),
+        "plans": plans,
+    }
+
+
+async def fleet(store: Store, local: str) -> list[dict[str, Any]]:
+    """Every paired peer with its state and last backup per plan, by peer id."""
+    plans = await plans_by_peer(store, local)
+    peers = sorted(await store.list_peers(), key=lambda p: p.id)
+    return [peer_entry(p, plans.get(p.id, [])) for p in peers]
+
+
+__all__ = ["fleet", "last_result", "plans_by_peer"]

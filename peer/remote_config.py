@@ -1,0 +1,212 @@
+"""A peer's configuration, read and changed over the link (grants ``config.read``/``config.write``).
+
+Both grants are enforced here, on the node whose configuration it is: the caller's node only
+forwards what a person asked for. Each request is checked against the exact repo and plan it
+touches, so ``config.write:plan:docs`` lets a peer change plan *docs* and nothing else.
+
+* **Reading never shows a secret.** Repositories are described by :func:`repo_public_dict`:
+  the password's *kind* only (no value, no file path, variable name or command), the names of
+  the extra environment variables (never their values), and the keys of the restic options
+  (never their values, which can hold credentials or key paths). Out-of-scope repos and plans
+  are simply absent, as if they did not exist.
+* **Writing goes through the engine,** exactly like a local change: the same validation, the
+  same ``ConfigChanged`` event, the same scheduler update. A refusal comes back in the engine's
+  own words.
+* **A new plan must target a repository in scope** (and its own id must not be excluded), so a
+  peer allowed to write plans on one repository cannot back up into another.
+* **Repositories are not written remotely.** A repository's password source can be a command
+  and its ``-o`` options can name one (``sftp.command``): a peer that could write repositories
+  could run programs on this machine, which ``config.write`` must not mean. Adding one also
+  needs its password, which should not leave the machine that uses it. So they are changed
+  only locally (``peerstash repo add`` there); the admin API refuses ``--on`` with that sentence
+  (:data:`REPO_WRITES_REFUSED`) and no method for it is offered to peers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from peerstash.core.engine import Engine
+from peerstash.core.models import Plan, Repo
+from peerstash.core.restic import redact_uri
+from peerstash.core.serialize import plan_to_dict
+from peerstash.core.store import NotFound
+from peerstash.peer import protocol as proto
+from peerstash.peer.rpc import (
+    CallContext,
+    CallError,
+    CallTimeout,
+    PeerUnavailable,
+    RpcService,
+    arg,
+)
+
+READ = "config.read"
+WRITE = "config.write"
+
+#: The methods this module offers, by name (the caller's side uses the same names).
+M_READ = "config.get"
+M_PLAN_ADD = "config.plan.add"
+M_PLAN_EDIT = "config.plan.edit"
+M_PLAN_REMOVE = "config.plan.remove"
+
+#: Plan fields a peer may set, with the type each must have on the wire.
+PLAN_CHANGES: dict[str, type | tuple[type, ...]] = {
+    "repo": str,
+    "paths": list,
+    "excludes": list,
+    "schedule": str,
+    "every": str,
+    "retention": dict,
+    "enabled": bool,
+}
+
+REPO_WRITES_REFUSED = (
+    "repositories cannot be added or changed from another machine (their passwords stay on "
+    "the machine that uses them); run `peerstash repo add` or `repo edit` on {peer} itself"
+)
+
+
+def repo_public_dict(repo: Repo) -> dict[str, Any]:
+    """A repository as a peer may see it: how it is set up, never how it is unlocked."""
+    return {
+        "id": repo.id,
+        "uri": redact_uri(repo.uri),
+        "password_source": repo.password_source,
+        "env_keys": list(repo.env_keys or []),
+        "option_keys": [opt.partition("=")[0] for opt in repo.options or []],
+        "guid": repo.guid,
+        "origin": repo.origin,
+    }
+
+
+def _plan_in_scope(ctx: CallContext, grant: str, plan: Plan) -> bool:
+    return ctx.grants.allows(grant, repo=plan.repo_id, plan=plan.id)
+
+
+def _str_list(args: Mapping[str, Any], name: str) -> list[str]:
+    value = arg(args, name, list, default=[])
+    if not all(isinstance(v, str) for v in value):
+        raise CallError(proto.ErrorCode.BAD_REQUEST, f"argument {name!r} must list strings")
+    return list(value)
+
+
+def _target_repo(ctx: CallContext, repo_id: str, plan_id: str) -> None:
+    """Refuse unless a plan ``plan_id`` on ``repo_id`` is writable by the caller: the repo must
+    be in scope itself, and neither id excluded."""
+    ctx.require(WRITE, repo=repo_id)
+    ctx.require(WRITE, repo=repo_id, plan=plan_id)
+
+
+class RemoteConfig:
+    """Answers config reads and writes from peers, on behalf of one engine."""
+
+    def __init__(self, engine: Engine, rpc: RpcService) -> None:
+        self.engine = engine
+        self.rpc = rpc
+
+    def register(self) -> None:
+        self.rpc.register(M_READ, self._read, grant=READ)
+        self.rpc.register(M_PLAN_ADD, self._plan_add, grant=WRITE)
+        self.rpc.register(M_PLAN_EDIT, self._plan_edit, grant=WRITE)
+        self.rpc.register(M_PLAN_REMOVE, self._plan_remove, grant=WRITE)
+
+    async def _read(self, ctx: CallContext, args: Mapping[str, Any]) -> dict[str, Any]:
+        repos = [
+            repo_public_dict(r)
+            for r in await self.engine.list_repos()
+            if ctx.grants.allows(READ, repo=r.id)
+        ]
+        plans = [
+            plan_to_dict(p) for p in await self.engine.list_plans() if _plan_in_scope(ctx, READ, p)
+        ]
+        return {"repos": repos, "plans": plans}
+
+    async def _plan(self, ctx: CallContext, plan_id: str) -> Plan:
+        """The plan the caller may write, else ``forbidden`` (or ``not_found`` when its scope
+        would cover a plan of that name: whether it exists is not told to anyone else)."""
+        try:
+            plan = await self.engine.store.get_plan(plan_id)
+        except NotFound:
+            ctx.require(WRITE, plan=plan_id)
+            raise
+        if not _plan_in_scope(ctx, WRITE, plan):
+            ctx.require(WRITE, plan=plan_id)  # names the plan, unless only its repo is out
+            ctx.require(WRITE, plan=plan_id, repo=plan.repo_id)
+        return plan
+
+    async def _plan_add(self, ctx: CallContext, args: Mapping[str, Any]) -> dict[str, Any]:
+        plan_id = arg(args, "id")
+        repo_id = arg(args, "repo")
+        _target_repo(ctx, repo_id, plan_id)
+        plan = await self.engine.add_plan(
+            plan_id,
+            repo_id=repo_id,
+            paths=_str_list(args, "paths"),
+            excludes=_str_list(args, "excludes"),
+            cron=arg(args, "schedule", default=None),
+            every=arg(args, "every", default=None),
+            retention=arg(args, "retention", dict, default={}),
+        )
+        return plan_to_dict(plan)
+
+    async def _plan_edit(self, ctx: CallContext, args: Mapping[str, Any]) -> dict[str, Any]:
+        plan = await self._plan(ctx, arg(args, "id"))
+        given = arg(args, "changes", dict)
+        unknown = set(given) - set(PLAN_CHANGES)
+        if unknown:
+            raise CallError(
+                proto.ErrorCode.BAD_REQUEST, f"cannot change {', '.join(sorted(unknown))} of a plan"
+            )
+        changes: dict[str, Any] = {}
+        for name, kind in PLAN_CHANGES.items():
+            if name in given:
+                changes[name] = (
+                    _str_list(given, name) if kind is list else arg(given, name, kind, default="")
+                )
+        if "repo" in changes and changes["repo"] != plan.repo_id:
+            _target_repo(ctx, changes["repo"], plan.id)
+        return plan_to_dict(await self.engine.update_plan(plan.id, **changes))
+
+    async def _plan_remove(self, ctx: CallContext, args: Mapping[str, Any]) -> dict[str, Any]:
+        plan = await self._plan(ctx, arg(args, "id"))
+        await self.engine.delete_plan(plan.id)
+        return {"deleted": plan.id}
+
+
+# -- the calling side ----------------------------------------------------------------------
+
+
+async def _call(rpc: RpcService, peer_id: str, method: str, args: Mapping[str, Any]) -> Any:
+    """Call ``method`` on ``peer_id``; a refusal keeps the peer's words, prefixed with its name
+    (the message says "here" meaning the peer, and the person reading it is elsewhere)."""
+    try:
+        return await rpc.call(peer_id, method, args)
+    except (PeerUnavailable, CallTimeout):
+        raise  # these already name the peer and say what happened to the link
+    except CallError as exc:
+        raise CallError(exc.code, f"{peer_id}: {exc.message}") from None
+
+
+async def read(rpc: RpcService, peer_id: str) -> dict[str, Any]:
+    """``peer_id``'s repos and plans that it lets us read: ``{"repos": [...], "plans": [...]}``."""
+    result = await _call(rpc, peer_id, M_READ, {})
+    if not isinstance(result, dict):
+        raise CallError(proto.ErrorCode.PROTOCOL, f"{peer_id} sent an unreadable configuration")
+    return {"repos": list(result.get("repos") or []), "plans": list(result.get("plans") or [])}
+
+
+async def add_plan(rpc: RpcService, peer_id: str, fields: Mapping[str, Any]) -> Any:
+    return await _call(rpc, peer_id, M_PLAN_ADD, fields)
+
+
+async def edit_plan(rpc: RpcService, peer_id: str, plan_id: str, changes: Mapping[str, Any]) -> Any:
+    return await _call(rpc, peer_id, M_PLAN_EDIT, {"id": plan_id, "changes": dict(changes)})
+
+
+async def remove_plan(rpc: RpcService, peer_id: str, plan_id: str) -> Any:
+    return await _call(rpc, peer_id, M_PLAN_REMOVE, {"id": plan_id})
+
+
+__all__ = ["REPO_WRITES_REFUSED", "RemoteConfig", "repo_public_dict"]

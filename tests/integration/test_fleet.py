@@ -1,0 +1,309 @@
+"""Fleet features between two real in-process nodes over loopback (real stores, links, restic).
+
+A peer's configuration read and written under ``config.read`` / ``config.write``, a remote
+operation's log fetched from its owner on demand, garbage collection reaching receivers live,
+and each peer's last backup per plan in status and the peer list (gc reaching receivers live is in test_sync.py). What is asserted is what a
+person sees: the answer through the admin API (as the CLI prints it), or the words of a refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from sqlalchemy import update
+
+from peerstash.core.engine import PasswordSpec
+from peerstash.core.events import ConfigChanged
+from peerstash.core.models import Operation, OpStatus
+from peerstash.core.store import NotFound, utcnow
+from peerstash.peer import remote_config
+from peerstash.peer.node import Node
+from peerstash.peer.remote_logs import LogUnavailable
+from peerstash.peer.rpc import CallError, RpcService
+from tests.integration.test_pairing import MakeNode, make_node, wait_state
+from tests.integration.test_sync import change, converge, link, store_of
+
+__all__ = ["make_node"]
+
+PASSWORD = "correct-horse-battery-staple-1234"
+ENV_SECRET = "aws-secret-value-9876"
+
+
+def rpc(node: Node) -> RpcService:
+    assert node.rpc is not None
+    return node.rpc
+
+
+async def admin(node: Node, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One admin API request, as the CLI makes it: (HTTP status, decoded JSON)."""
+    conn = aiohttp.UnixConnector(path=str(node.socket_path))
+    async with (
+        aiohttp.ClientSession(connector=conn) as s,
+        s.request(method, f"http://node{path}", json=body) as r,
+    ):
+        return r.status, await r.json()
+
+
+async def add_repo(node: Node, repo_id: str, where: Path, **kw: Any) -> None:
+    assert node.engine
+    password = kw.pop("password", PasswordSpec(source="secret", value=PASSWORD))
+    await node.engine.add_repo(repo_id, str(where / repo_id), password, init=True, **kw)
+
+
+# -- config.read -----------------------------------------------------------------------------
+
+
+async def test_config_read_shows_the_scope_and_never_a_secret(
+    make_node: MakeNode, restic_bin: str, tmp_path: Path
+) -> None:
+    a = await make_node("a", restic_path=restic_bin)
+    b = await make_node("b")
+    c = await make_node("c")
+    await link(a, b, ["config.read:repo:r1,!plan:private"])
+    await link(a, c, ["ops"])
+    assert a.engine
+    pw_file = tmp_path / "pw-file-location"
+    pw_file.write_text(PASSWORD + "\n")
+    await add_repo(
+        a,
+        "r1",
+        tmp_path,
+        env={"AWS_SECRET_ACCESS_KEY": ENV_SECRET},
+        options=["sftp.command=ssh -i /keys/id-secret-key host"],
+    )
+    await add_repo(a, "r2", tmp_path, password=PasswordSpec(source="file", ref=str(pw_file)))
+    await a.engine.add_plan("docs", repo_id="r1", paths=["/srv/docs"])
+    await a.engine.add_plan("private", repo_id="r1", paths=["/srv/private"])
+    await a.engine.add_plan("media", repo_id="r2", paths=["/srv/media"])
+
+    status, got = await admin(b, "GET", "/v1/peers/a/config")
+    assert status == 200
+    assert [r["id"] for r in got["repos"]] == ["r1"]
+    assert [p["id"] for p in got["plans"]] == ["docs"]
+    assert got["plans"][0]["paths"] == ["/srv/docs"] and got["plans"][0]["repo"] == "r1"
+    repo = got["repos"][0]
+    assert repo["password_source"] == "secret"
+    assert repo["env_keys"] == ["AWS_SECRET_ACCESS_KEY"]
+    assert repo["option_keys"] == ["sftp.command"]
+    whole = json.dumps(got)
+    for secret in (PASSWORD, ENV_SECRET, "id-secret-key", str(pw_file)):
+        assert secret not in whole
+    # The list commands with --on show the same answer.
+    assert (await remote_config.read(rpc(b), "a")) == got
+
+    # A peer without config.read is refused by A, in A's words.
+    status, err = await admin(c, "GET", "/v1/peers/a/config")
+    assert status == 403
+    assert err == {"error": "a: c has no 'config.read' grant here"}
+    # Not a peer at all: said so without asking anyone.
+    status, err = await admin(b, "GET", "/v1/peers/nobody/config")
+    assert status == 404 and "'nobody' is not a paired peer" in err["error"]
+
+
+# -- config.write ----------------------------------------------------------------------------
+
+
+async def test_config_write_changes_plans_in_scope_only(
+    make_node: MakeNode, restic_bin: str, tmp_path: Path
+) -> None:
+    a = await make_node("a", restic_path=restic_bin)
+    b = await make_node("b")
+    await link(a, b, ["config.write:repo:r1,!plan:locked"])
+    assert a.engine
+    await add_repo(a, "r1", tmp_path)
+    await add_repo(a, "r2", tmp_path)
+    await a.engine.add_plan("media", repo_id="r2", paths=["/srv/media"])
+    await a.engine.add_plan("locked", repo_id="r1", paths=["/srv/locked"])
+
+    with a.bus.subscribe("config") as sub:
+        status, plan = await admin(
+            b,
+            "POST",
+            "/v1/peers/a/plans",
+            {"id": "docs", "repo": "r1", "paths": ["/srv/docs"], "every": "6h"},
+        )
+        assert status == 201, plan
+        assert plan["id"] == "docs" and plan["every_seconds"] == 6 * 3600
+        ev = await asyncio.wait_for(sub.get(), 5)
+        assert ev == ConfigChanged(what="plan", id="docs")
+    on_a = await a.engine.store.get_plan("docs")
+    assert on_a.repo_id == "r1" and on_a.paths == ["/srv/docs"]
+
+    status, plan = await admin(
+        b, "PATCH", "/v1/peers/a/plans/docs", {"paths": ["/srv/docs", "/srv/notes"]}
+    )
+    assert status == 200 and plan["paths"] == ["/srv/docs", "/srv/notes"]
+    assert (await a.engine.store.get_plan("docs")).paths == ["/srv/docs", "/srv/notes"]
+
+    # The engine's validation on A, in its own words.
+    status, err = await admin(
+        b, "POST", "/v1/peers/a/plans", {"id": "rel", "repo": "r1", "paths": ["relative/dir"]}
+    )
+    assert status == 409 and err == {"error": "a: path 'relative/dir' must be absolute"}
+    status, err = await admin(b, "PATCH", "/v1/peers/a/plans/docs", {"schedule": "not cron"})
+    assert status == 409 and err["error"].startswith("a: ") and "cron" in err["error"]
+
+    # Out of scope: another repo, an excluded plan, moving a plan out of the scope.
+    status, err = await admin(
+        b, "POST", "/v1/peers/a/plans", {"id": "x", "repo": "r2", "paths": ["/srv/x"]}
+    )
+    assert status == 403
+    assert err == {"error": "a: b has no 'config.write' grant for repository 'r2' here"}
+    status, err = await admin(
+        b, "POST", "/v1/peers/a/plans", {"id": "locked2", "repo": "r1", "paths": ["/x"]}
+    )
+    assert status == 201  # an id not excluded is fine on r1
+    status, err = await admin(b, "PATCH", "/v1/peers/a/plans/locked", {"every": "1h"})
+    assert status == 403 and "no 'config.write' grant for plan 'locked'" in err["error"]
+    status, err = await admin(b, "PATCH", "/v1/peers/a/plans/docs", {"repo": "r2"})
+    assert status == 403 and "repository 'r2'" in err["error"]
+    status, err = await admin(b, "DELETE", "/v1/peers/a/plans/media")
+    assert status == 403
+    assert (await a.engine.store.get_plan("media")).paths == ["/srv/media"]
+    assert (await a.engine.store.get_plan("docs")).repo_id == "r1"
+
+    # Repositories are not written from another machine; nothing is asked of A.
+    status, err = await admin(b, "POST", "/v1/peers/a/repos", {})
+    assert status == 409 and "run `peerstash repo add` or `repo edit` on a itself" in err["error"]
+
+    status, res = await admin(b, "DELETE", "/v1/peers/a/plans/docs")
+    assert status == 200 and res == {"deleted": "docs"}
+    with pytest.raises(NotFound):
+        await a.engine.store.get_plan("docs")
+    # Without config.write at all, the handler never runs.
+    c = await make_node("c")
+    await link(a, c, ["config.read"])
+    with pytest.raises(CallError) as exc:
+        await remote_config.remove_plan(rpc(c), "a", "locked2")
+    assert exc.value.message == "a: c has no 'config.write' grant here"
+    assert (await a.engine.store.get_plan("locked2")).repo_id == "r1"
+
+
+# -- logs on demand, and the fleet view --------------------------------------------------------
+
+
+async def test_a_remote_operation_log_is_fetched_from_its_owner_and_status_shows_the_fleet(
+    make_node: MakeNode, restic_bin: str, tmp_path: Path
+) -> None:
+    a = await make_node("a", restic_path=restic_bin)
+    b = await make_node("b")
+    await link(a, b, ["ops"])
+    assert a.engine and b.engine
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "file.txt").write_text("hello fleet\n")
+    await add_repo(a, "r1", tmp_path)
+    await a.engine.add_plan("docs", repo_id="r1", paths=[str(src)])
+    await a.engine.add_plan("never", repo_id="r1", paths=[str(src)])
+
+    op = await a.engine.backup("docs")
+    final = await a.engine.wait(op.pk)
+    assert final.status == OpStatus.SUCCESS and final.snapshot_id
+    await converge(a, b)
+    on_a = await a.engine.store.get_log(op.pk)
+    assert any("backup of plan docs" in line for line in on_a)
+    # Logs are not synced: B holds the operation, not its lines.
+    copy = await b.engine.store.find_operation(op.op_id, origin="a")
+    assert await b.engine.store.get_log(copy.pk) == []
+
+    status, res = await admin(b, "GET", f"/v1/ops/{op.op_id}/log")
+    assert status == 200
+    assert res == {"id": op.op_id, "origin": "a", "lines": on_a}
+    # restic's own lines travel too: a check prints text (a backup in --json mode prints
+    # little besides progress, which is not logged).
+    check = await a.engine.wait((await a.engine.check("r1")).pk)
+    assert check.status == OpStatus.SUCCESS
+    await converge(a, b)
+    status, res = await admin(b, "GET", f"/v1/ops/{check.op_id}/log")
+    assert status == 200 and res["lines"] == await a.engine.store.get_log(check.pk)
+    assert any("no errors were found" in line for line in res["lines"])
+
+    # Each peer's last backup per plan, from the synced operations (no call to A).
+    status, st = await admin(b, "GET", "/v1/status")
+    assert status == 200
+    assert [(p["id"], p["state"]) for p in st["peers"]] == [("a", "online")]
+    (docs,) = st["peers"][0]["plans"]
+    assert docs["plan"] == "docs" and docs["status"] == "success" and docs["op"] == op.op_id
+    assert docs["snapshot_id"] == final.snapshot_id and docs["ended_at"]
+    status, peers = await admin(b, "GET", "/v1/peers")
+    assert peers[0]["id"] == "a" and peers[0]["plans"] == [docs]
+    # A sees no history of B (none was granted the other way).
+    status, st_a = await admin(a, "GET", "/v1/status")
+    assert st_a["peers"] == [{**st_a["peers"][0], "plans": []}]
+
+    # A goes away: the log cannot be fetched, and B says where it is.
+    await a.stop()
+    await wait_state(b, "a", "offline")
+    with pytest.raises(LogUnavailable) as exc:
+        assert b.logs is not None
+        await b.logs.lines(copy)
+    assert str(exc.value).startswith("the log of this operation is on a, which is offline now")
+    status, err = await admin(b, "GET", f"/v1/ops/{op.op_id}/log?origin=a")
+    assert status == 503 and err["error"] == str(exc.value)
+    # The fleet view still shows what B last heard, with the link state.
+    status, st = await admin(b, "GET", "/v1/status")
+    assert st["peers"][0]["state"] == "offline" and st["peers"][0]["plans"] == [docs]
+
+
+async def test_a_log_outside_the_ops_scope_is_refused_by_its_owner(make_node: MakeNode) -> None:
+    a, b = await make_node("a"), await make_node("b")
+    await link(a, b, ["ops:repo:r1"])
+    shared = await change(a, repo="r1")
+    hidden = await change(a, repo="r2")
+    await store_of(a).append_log(shared.pk, ["line one", "line two"])
+    await store_of(a).append_log(hidden.pk, ["not for b"])
+    await converge(a, b, ["ops:repo:r1"])
+    assert b.logs is not None
+    copy = await store_of(b).find_operation(shared.op_id, origin="a")
+    assert await b.logs.lines(copy) == ["line one", "line two"]
+    # B never got the other operation; asking for its log anyway is refused on A.
+    with pytest.raises(CallError) as exc:
+        await rpc(b).call("a", "ops.log", {"id": hidden.op_id})
+    assert exc.value.message == "b has no 'ops' grant for repository 'r2' here"
+
+
+async def test_gc_on_a_shows_in_the_event_stream_of_both_nodes(make_node: MakeNode) -> None:
+    a, b = await make_node("a"), await make_node("b")
+    await link(a, b, ["ops"])
+    ops = [await change(a, plan="p1") for _ in range(3)]
+    for op in ops:
+        await change(a, op.pk, status=OpStatus.SUCCESS, ended_at=utcnow())
+    await converge(a, b)
+    async with store_of(a).session() as s, s.begin():
+        await s.execute(
+            update(Operation)
+            .where(Operation.pk.in_([o.pk for o in ops[:2]]))
+            .values(created_at=utcnow() - timedelta(days=400))
+        )
+
+    async def stream(node: Node) -> AsyncIterator[dict[str, Any]]:
+        conn = aiohttp.UnixConnector(path=str(node.socket_path))
+        async with (
+            aiohttp.ClientSession(connector=conn) as s,
+            s.get("http://node/v1/events") as r,
+        ):
+            while line := await r.content.readline():
+                if line.strip() != b"{}":
+                    yield json.loads(line)
+
+    async def first_deletion(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+        async for ev in events:
+            if ev["type"] == "ops_deleted":
+                return ev
+        raise AssertionError("the event stream ended")
+
+    on_a, on_b = stream(a), stream(b)
+    assert (await anext(on_a), await anext(on_b)) == ({"type": "ready"}, {"type": "ready"})
+    assert a.engine and await a.engine.gc(older_than=timedelta(days=90), keep_min=0) == 2
+    async with asyncio.timeout(5):
+        assert await first_deletion(on_a) == {"type": "ops_deleted", "origin": "a", "count": 2}
+        assert await first_deletion(on_b) == {"type": "ops_deleted", "origin": "a", "count": 2}
+    await on_a.aclose()
+    await on_b.aclose()
