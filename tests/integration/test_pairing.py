@@ -256,7 +256,15 @@ async def test_newer_connection_replaces_older(make_node: MakeNode) -> None:
 async def test_garbage_on_one_connection_leaves_other_links_alone(make_node: MakeNode) -> None:
     a, b = await make_node("a"), await make_node("b")
     assert a.peers and b.peers and b.peer_url
-    await a.peers.pair(await token_for(b), b.peer_url, [])
+    with b.bus.subscribe("link") as sub:
+        await a.peers.pair(await token_for(b), b.peer_url, [])
+        # The pairing connection ends right after pairing ("pairing done; reconnecting"); the
+        # link under test is the dialer's, which B announces after that one went offline.
+        async with asyncio.timeout(10):
+            while True:
+                ev = await sub.get()
+                if isinstance(ev, LinkStateChanged) and "pairing done" in (ev.reason or ""):
+                    break
     await wait_state(b, "a", "online")
     link = b.peers.links["a"]
     async with aiohttp.ClientSession() as s, s.ws_connect(b.peer_url + "/v1/sync") as ws:
