@@ -82,12 +82,19 @@ class DesktopClient(AdminClient):
             raise ApiError("the node closed the connection (did it stop?)") from None
 
     async def lines(
-        self, path: str, on_open: Callable[[], None] | None = None
+        self,
+        path: str,
+        on_open: Callable[[], None] | None = None,
+        *,
+        idle_timeout: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield the objects of an NDJSON stream (keep-alive ``{}`` lines skipped).
 
         ``on_open`` runs once the node has answered, before the first object: a view that must
         not miss a change subscribes first and then loads the current state in that callback.
+        ``idle_timeout``: for a stream the node keeps alive, how long a silence (no line, not
+        even a keep-alive) means the stream is stuck; :class:`ApiError` then, so the caller
+        reopens it instead of showing a frozen picture.
         """
         if self._session is None:
             raise ApiError("not connected to the node")
@@ -108,7 +115,12 @@ class DesktopClient(AdminClient):
                 if on_open is not None:
                     on_open()
                 while True:
-                    line = await resp.content.readline()
+                    try:
+                        line = await asyncio.wait_for(resp.content.readline(), idle_timeout)
+                    except TimeoutError:
+                        raise ApiError(
+                            f"the node's stream {path} said nothing for {idle_timeout:g}s"
+                        ) from None
                     if not line:
                         return
                     try:

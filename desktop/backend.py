@@ -26,6 +26,10 @@ from peerstash.desktop.tasks import Tasks
 
 log = logging.getLogger(__name__)
 
+#: The node sends a keep-alive on /v1/events every 15 s: three missed mean the stream is stuck
+#: and is reopened (with a reload, as after any reconnect).
+EVENTS_SILENCE = 45.0
+
 FINISHED = frozenset({"success", "warning", "error", "cancelled", "interrupted"})
 
 
@@ -204,7 +208,9 @@ class Backend(QObject):
             try:
                 if self.events_available is not False:
                     try:
-                        async for event in self.client.lines("/v1/events?ui=1", on_open=on_open):
+                        async for event in self.client.lines(
+                            "/v1/events?ui=1", on_open=on_open, idle_timeout=EVENTS_SILENCE
+                        ):
                             self._on_event(event)
                     except Unavailable:
                         self.events_available = False

@@ -137,7 +137,12 @@ def test_add_plan_through_dialog_then_back_up_now(gui: GuiEnv, qloop: QLoop, qtb
 
         try:
             await wait_for(
-                ended, ops.model.dataChanged, ops.model.rowsInserted, timeout=120, what="backup end"
+                ended,
+                ops.model.dataChanged,
+                ops.model.rowsInserted,
+                ops.model.modelReset,  # a reopened event stream reloads the list
+                timeout=120,
+                what="backup end",
             )
         except AssertionError:
             # Say what the node holds and what the view shows: a hang and a missed update look
@@ -158,6 +163,7 @@ def test_add_plan_through_dialog_then_back_up_now(gui: GuiEnv, qloop: QLoop, qtb
             ),
             ops.model.dataChanged,
             ops.model.rowsInserted,
+            ops.model.modelReset,
             timeout=60,
             what="forget success",
         )
