@@ -288,9 +288,7 @@ def main() -> int:
     ap.add_argument("--skip-node", action="store_true", help="only the model-alone figures")
     args = ap.parse_args()
     qapp = QApplication.instance() or QApplication([])
-    import qasync
-
-    from peerstash.desktop import qtfix
+    from peerstash.desktop import qloop, qtfix
 
     qtfix.apply()  # as the app does: PySide6 6.12 on Python 3.11 loses references to None
     # The admin API logs a traceback when it stops while a follow stream is open (a known
@@ -320,7 +318,7 @@ def main() -> int:
         print(f"\nfirst paint target ≤ {TARGET_MS:.0f} ms: {'met' if ok else 'NOT met'}")
         return ok
 
-    ok = qasync.run(run())
+    ok = qloop.run(run(), qapp)
     return 0 if ok else 1
 
 

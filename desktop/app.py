@@ -7,7 +7,7 @@ already follows that node (a first tray app), the node is asked to bring it up
 (``POST /v1/ui/present``) and this launch ends there; if none does (a ``peerstash --no-gui``),
 this process attaches to the node and opens the window.
 
-Lifecycle (see DESIGN.md, "qasync"): ``qasync.run`` runs :meth:`DesktopApp.run`; Quit sets an
+Lifecycle (see DESIGN.md, "qasync"): :func:`peerstash.desktop.qloop.run` runs :meth:`DesktopApp.run`; Quit sets an
 ``asyncio.Event``, cleanup is awaited (the node stops its restic processes cleanly), and only
 then does the coroutine return and the loop close. Nothing here calls ``exec()`` on a dialog.
 """
@@ -198,8 +198,7 @@ def _install_signal_handlers(app: DesktopApp) -> None:
 
 def run_gui(args: argparse.Namespace) -> int:
     """``peerstash`` with a display: the tray app until Quit. Returns the exit code."""
-    import qasync
-
+    from peerstash.desktop import qloop
     from peerstash.peer.daemon import node_options
 
     logging.basicConfig(
@@ -227,7 +226,7 @@ def run_gui(args: argparse.Namespace) -> int:
         await desktop.run()
 
     try:
-        qasync.run(main())
+        qloop.run(main(), qapp)
     except NodeError as exc:
         print(f"peerstash: {exc}", file=sys.stderr)
         if qapp.platformName() not in ("offscreen", "minimal"):

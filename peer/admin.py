@@ -59,8 +59,6 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
 NODE_KEY: web.AppKey[Node] = web.AppKey("node")
-#: Longest wait for the store while opening an event stream (see :func:`events`).
-STREAM_READ_TIMEOUT = 5.0
 #: How many desktop windows follow ``/v1/events?ui=1`` right now (a one-element list: mutable).
 WINDOWS_KEY: web.AppKey[list[int]] = web.AppKey("windows")
 
@@ -754,15 +752,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             counted.callback(uncount)
         # Tells a client the subscription is live: whatever it does after this line is seen.
         await resp.write(json.dumps({"type": "ready"}).encode() + b"\n")
-        try:
-            # Bounded: CI once saw this first read never return (cause not found yet), which
-            # left a window with a live stream that said nothing. Link lines are a courtesy
-            # (clients can list peers), live events are not: go on to them.
-            peers = await asyncio.wait_for(engine.store.list_peers(), STREAM_READ_TIMEOUT)
-        except TimeoutError:
-            log.error("events stream: reading the peers took over %gs", STREAM_READ_TIMEOUT)
-            peers = []
-        for peer in peers:
+        for peer in await engine.store.list_peers():
             line = {
                 "type": "link",
                 "peer": peer.id,

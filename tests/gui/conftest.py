@@ -90,9 +90,11 @@ if HAVE_QT:
 
     @pytest.fixture
     def qloop(qapp: Any) -> Iterator[QLoop]:
-        import qasync
+        from peerstash.desktop.qloop import QEventLoop
 
-        loop = qasync.QEventLoop(qapp)
+        # The app's own loop: asyncio's running loop stays set while pytest-qt processes
+        # events between test phases (see desktop/qloop.py for what broke without it).
+        loop = QEventLoop(qapp)
         asyncio.set_event_loop(loop)
         try:
             yield QLoop(loop)
