@@ -135,11 +135,81 @@ def in_process(work: Path, repo: Path, src: Path) -> tuple[float, float]:
     return asyncio.run(go())
 
 
+def unchanged_interleaved(
+    work: Path, src: Path, runs: int
+) -> tuple[list[float], list[float], list[float]]:
+    """Unchanged-data backups, bare and through one node, alternating ``runs`` times each.
+
+    An unchanged backup takes under a second, so a single pair of them says little: the
+    machine's jitter is as large as the difference sought. Here both repositories are backed
+    up once, then the two sides take turns on the same warm page cache, and the medians are
+    compared. Returns (bare wall times, node-side times, whole CLI call times).
+    """
+    bare_repo, node_repo = work / "again-bare", work / "again-node"
+    env = {**os.environ, "RESTIC_PASSWORD": PASSWORD, "RESTIC_CACHE_DIR": str(bare_repo) + "-c"}
+    subprocess.run(
+        ["restic", "init", "-r", str(bare_repo)], env=env, check=True, capture_output=True
+    )
+    bare_cmd = ["restic", "-r", str(bare_repo), "backup", "--json", str(src)]
+    timed(bare_cmd, env)
+    data = work / "again-node-data"
+    node_env = {k: v for k, v in os.environ.items() if not k.startswith("PEERSTASH_")}
+    node = start_node(data, "bench")
+    cli = [*PEERSTASH, "--data-dir", str(data)]
+    bare_t: list[float] = []
+    cli_t: list[float] = []
+    try:
+        subprocess.run(
+            [*cli, "repo", "add", "r", "--uri", str(node_repo), "--password-stdin", "--init"],
+            input=PASSWORD + "\n",
+            text=True,
+            check=True,
+            capture_output=True,
+            env=node_env,
+        )
+        subprocess.run(
+            [*cli, "plan", "add", "p", "--repo", "r", "--path", str(src)],
+            check=True,
+            capture_output=True,
+            env=node_env,
+        )
+        timed([*cli, "backup", "p", "--wait"], node_env)
+        for i in range(runs):
+            if i % 2:
+                bare_t.append(timed(bare_cmd, env))
+                cli_t.append(timed([*cli, "backup", "p", "--wait"], node_env))
+            else:
+                cli_t.append(timed([*cli, "backup", "p", "--wait"], node_env))
+                bare_t.append(timed(bare_cmd, env))
+        ops = json.loads(
+            subprocess.run(
+                [*cli, "ops", "--json", "--limit", str(4 * runs + 10)],
+                check=True,
+                capture_output=True,
+                text=True,
+                env=node_env,
+            ).stdout
+        )
+    finally:
+        node.send_signal(2)
+        node.wait(60)
+    inside = [
+        (
+            datetime.fromisoformat(o["ended_at"]) - datetime.fromisoformat(o["created_at"])
+        ).total_seconds()
+        for o in [o for o in ops if o["kind"] == "backup"][:runs]
+    ]
+    return bare_t, inside, cli_t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=3000)
     ap.add_argument("--mb", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--again", type=int, default=11, help="interleaved unchanged backups on each side"
+    )
     args = ap.parse_args()
     restic_version = subprocess.run(
         ["restic", "version"], capture_output=True, text=True
@@ -197,6 +267,16 @@ def main() -> None:
             f"unchanged {med(eng_again):.3f}x"
         )
         print(f"node peak RSS:                  {max(rss_all):.0f} MB  (target <= 120 MB)")
+        if args.again:
+            bare_t, inside, cli_t = unchanged_interleaved(work, src, args.again)
+            print(
+                f"unchanged data, {args.again} interleaved runs each: bare median "
+                f"{med(bare_t):.3f}s, in node {med(inside):.3f}s "
+                f"({med(inside) / med(bare_t):.3f}x), whole CLI call {med(cli_t):.3f}s "
+                f"({med(cli_t) / med(bare_t):.3f}x)"
+            )
+            print(f"  bare: {' '.join(f'{t:.2f}' for t in bare_t)}")
+            print(f"  node: {' '.join(f'{t:.2f}' for t in inside)}")
 
 
 if __name__ == "__main__":
