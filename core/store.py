@@ -591,14 +591,19 @@ class Store:
         peer: str | None = None,
         states: Iterable[str] | None = None,
         limit: int = 1000,
+        newest_first: bool = False,
     ) -> list[RemoteRequest]:
-        """Requests, oldest first (the order they are delivered in), optionally filtered."""
+        """Requests, oldest first (the order they are delivered in) unless ``newest_first``."""
         q = select(RemoteRequest)
         if peer is not None:
             q = q.where(RemoteRequest.peer == peer)
         if states is not None:
             q = q.where(RemoteRequest.state.in_(list(states)))
-        q = q.order_by(RemoteRequest.created_at, RemoteRequest.id).limit(limit)
+        if newest_first:
+            q = q.order_by(RemoteRequest.created_at.desc(), RemoteRequest.id.desc())
+        else:
+            q = q.order_by(RemoteRequest.created_at, RemoteRequest.id)
+        q = q.limit(limit)
         async with self.session() as s:
             return list((await s.scalars(q)).all())
 

@@ -25,6 +25,7 @@ from peerstash.core.store import Store
 from peerstash.peer.identity import Identity
 from peerstash.peer.link import PeerManager, Timings
 from peerstash.peer.paths import admin_socket_path, ensure_private_dir
+from peerstash.peer.remote import DEFAULT_TTL, RemoteService
 from peerstash.peer.rpc import RpcService
 from peerstash.peer.server import make_peer_app, parse_listen
 from peerstash.peer.sync import SyncService
@@ -69,6 +70,9 @@ class NodeOptions:
     discovery_interfaces: list[str] | None = None
     #: Only for tests of version negotiation: speak another peer protocol version.
     protocol_version: int | None = None
+    #: Seconds a remote request (run, restore) waits for its offline peer before it is given
+    #: up as ``timed out`` (``$PEERSTASH_REMOTE_TTL`` for the daemon).
+    remote_ttl: float = DEFAULT_TTL
 
 
 DEFAULT_LISTEN = "0.0.0.0:9797"
@@ -96,6 +100,7 @@ class Node:
         self.peers: PeerManager | None = None
         self.sync: SyncService | None = None
         self.rpc: RpcService | None = None
+        self.remote: RemoteService | None = None
         self.peer_url: str | None = None
         self._peer_port: int | None = None
         self.discovery: Discovery | None = None
@@ -180,7 +185,12 @@ class Node:
         self.sync.attach()
         self.rpc = RpcService(self.peers)
         self.rpc.attach()
+        self.remote = RemoteService(
+            store, self.bus, self.engine, self.peers, self.rpc, instance_id, ttl=opts.remote_ttl
+        )
+        self.remote.attach()
         await self.sync.start()
+        await self.remote.start()
         await self._start_peer_server()
         await self.peers.start()
         await self._start_discovery()
@@ -292,6 +302,9 @@ class Node:
         if self.discovery is not None:
             await self.discovery.close()  # goodbye packets: peers drop us from their lists
             self.discovery = None
+        if self.remote is not None:
+            await self.remote.stop()
+            self.remote = None
         if self.peers is not None:
             await self.peers.stop()
             self.peers = None
