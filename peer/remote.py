@@ -186,6 +186,8 @@ class RemoteService:
         #: Requests whose delivery call is under way (never delivered twice at once, and
         #: never timed out while the peer may be accepting them).
         self._in_flight: set[str] = set()
+        #: Requests asked to be delivered while their delivery was in flight: tried once more.
+        self._again: set[str] = set()
         #: Serialises read-check-write of request rows (transitions only move forward).
         self._write = asyncio.Lock()
         #: Serialises "already started for this request id?" with starting it (answering side).
@@ -228,13 +230,14 @@ class RemoteService:
             self._sub.close()
             self._sub = None
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any] | None:
         if self._closing:
             coro.close()
-            return
+            return None
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- asking: requests ----------------------------------------------------------------------
 
@@ -273,7 +276,11 @@ class RemoteService:
         self.bus.publish(RemoteRequestChanged(request=req))
         self._wake.set()  # the TTL clock has a new deadline
         log.info("remote %s request %s to %s: %s", kind, req.id, peer_id, args)
-        await self.deliver(req.id)
+        # Shielded: a client that stops waiting (Ctrl-C on the CLI) must not cut the delivery
+        # in half and leave the request waiting for the next link-up.
+        first = self._spawn(self.deliver(req.id), f"remote:deliver:{req.id}")
+        if first is not None:
+            await asyncio.shield(first)
         return await self.store.get_request(req.id)
 
     async def _known_peer(self, peer_id: str) -> None:
@@ -298,6 +305,9 @@ class RemoteService:
         peer's operation id is kept, and a synced operation already here is applied at once.
         """
         if request_id in self._in_flight:
+            # The delivery under way may just have found the peer offline while its link came
+            # up: make sure this moment's chance is not lost.
+            self._again.add(request_id)
             return
         self._in_flight.add(request_id)
         try:
@@ -348,6 +358,9 @@ class RemoteService:
         finally:
             self._in_flight.discard(request_id)
             self._wake.set()  # the TTL clock skipped it while it was in flight
+            if request_id in self._again:
+                self._again.discard(request_id)
+                self._spawn(self.deliver(request_id), f"remote:deliver:{request_id}")
         await self._reconcile(request_id)
 
     def _retry_later(self, request_id: str) -> None:
