@@ -317,6 +317,16 @@ class RemoteService:
             if self._expired(req):
                 await self._time_out(req)
                 return
+            try:
+                await self.store.get_peer(req.peer)
+            except NotFound:
+                await self._transition(
+                    req.id,
+                    FAILED,
+                    error=f"{req.peer} is no longer paired with this node; nothing was sent",
+                    note=None,
+                )
+                return
             method = f"remote.{req.kind}"
             try:
                 result = await self.rpc.call(
@@ -435,12 +445,14 @@ class RemoteService:
         return req.created_at + timedelta(seconds=self.ttl) <= utcnow()
 
     async def _time_out(self, req: RemoteRequest) -> None:
+        why = "it was offline all that time" if req.note == offline_note(req.peer) else req.note
         await self._transition(
             req.id,
             TIMED_OUT,
             error=(
-                f"not delivered to {req.peer} within {_human_seconds(self.ttl)} "
-                "(it was offline all that time); nothing was started there"
+                f"not delivered to {req.peer} within {_human_seconds(self.ttl)}"
+                + (f" ({why})" if why else "")
+                + "; nothing was started there"
             ),
             note=None,
         )

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from peerstash.core.engine import PasswordSpec
@@ -374,3 +376,53 @@ async def test_remote_restore_restores_real_bytes_on_the_peer(
     for f in sorted((src / "sub").iterdir()):
         assert (restored / "sub" / f.name).read_bytes() == f.read_bytes()
     assert not (restored / "big.bin").exists()  # only what was included
+
+
+# -- the admin API behind the CLI ----------------------------------------------------------
+
+
+async def test_the_admin_api_queues_a_request_and_follows_it_to_the_end(
+    make_node: MakeNode, restic_bin: str, tmp_path: Path
+) -> None:
+    a, b = await two(make_node, restic_bin, ["run", "ops"])
+    await with_plan(a, tmp_path)
+    port = port_of(a)
+    await a.stop()
+    await wait_state(b, "alpha", "offline")
+    connector = aiohttp.UnixConnector(path=str(b.socket_path))
+    async with aiohttp.ClientSession(connector=connector) as s:
+        async with s.post("http://n/v1/remote/run", json={"peer": "alpha", "plan": "docs"}) as r:
+            assert r.status == 202
+            req = await r.json()
+        assert req["state"] == "queued" and req["message"] == offline_note("alpha")
+        async with s.get("http://n/v1/peers/alpha/repos/r1/snapshots") as r:
+            assert r.status == 409
+            assert await r.json() == {
+                "error": "peer alpha is offline (not connected now); try again when it is online"
+            }
+        body = {"peer": "alpha", "repo": "r1", "snapshot": "latest", "target": "here"}
+        async with s.post("http://n/v1/remote/restore", json=body) as r:
+            assert r.status == 409
+            assert (await r.json())["error"].startswith("restore target 'here' is relative")
+
+        lines: list[dict[str, Any]] = []
+        async with s.get(f"http://n/v1/remote/requests/{req['id']}/wait") as r:
+            first = json.loads(await r.content.readline())
+            assert first["state"] == "queued" and first["op"] is None
+            a2 = await make_node("alpha", restic_path=restic_bin, listen=f"127.0.0.1:{port}")
+            async with asyncio.timeout(60):
+                async for raw in r.content:
+                    if raw.strip() != b"{}":
+                        lines.append(json.loads(raw))
+        last = lines[-1]
+        assert last["state"] == "done" and last["final"] is True
+        (op_a,) = await ops_for(a2, req["id"])
+        assert last["op"]["id"] == op_a.op_id and last["op"]["status"] == "success"
+        assert last["snapshot_id"] == op_a.snapshot_id
+        assert [x["state"] for x in lines] == sorted(
+            (x["state"] for x in lines), key=["queued", "accepted", "running", "done"].index
+        )
+        async with s.get("http://n/v1/remote/requests") as r:
+            assert [x["id"] for x in await r.json()] == [req["id"]]
+        async with s.get("http://n/v1/remote/requests/nope") as r:
+            assert r.status == 404
