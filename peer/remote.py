@@ -578,12 +578,25 @@ class RemoteService:
             raise CallError(proto.ErrorCode.BAD_REQUEST, "argument 'request_id' is malformed")
         return str(rid)
 
-    async def _started_for(self, request_id: str, kind: str) -> Operation | None:
-        """Our operation already started for this request id (a repeated delivery), if any."""
+    async def _started_for(
+        self, request_id: str, kind: str, *, plan: str | None = None, repo: str | None = None
+    ) -> Operation | None:
+        """Our operation already started for this request id (a repeated delivery), if any.
+
+        Flow ids are visible to peers with ``ops``: an id that names an operation of another
+        plan or repository is refused rather than answered with that operation.
+        """
         ops = await self.store.list_operations(
             OpFilter(origin=self.instance_id, flow_id=request_id, kind=kind), limit=1
         )
-        return ops[0] if ops else None
+        if not ops:
+            return None
+        op = ops[0]
+        if (plan is not None and op.plan_id != plan) or (repo is not None and op.repo_id != repo):
+            raise CallError(
+                proto.ErrorCode.BAD_REQUEST, "that request id was already used for another request"
+            )
+        return op
 
     @staticmethod
     def _accepted(op: Operation, *, again: bool) -> dict[str, Any]:
@@ -611,7 +624,7 @@ class RemoteService:
                 f"{ctx.peer_id} has no 'run' grant for plan {plan_id!r} here",
             )
         async with self._accepting:
-            op = await self._started_for(request_id, OpKind.BACKUP.value)
+            op = await self._started_for(request_id, OpKind.BACKUP.value, plan=plan.id)
             if op is not None:
                 log.info(
                     "request %s from %s arrived again; it is operation %s",
@@ -651,7 +664,7 @@ class RemoteService:
                 f"restore target {target!r} is relative; give an absolute path on {self.instance_id}",
             )
         async with self._accepting:
-            op = await self._started_for(request_id, OpKind.RESTORE.value)
+            op = await self._started_for(request_id, OpKind.RESTORE.value, repo=repo_id)
             if op is not None:
                 return self._accepted(op, again=True)
             op = await self.engine.restore(

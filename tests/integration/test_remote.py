@@ -295,6 +295,13 @@ async def test_a_lost_accept_is_delivered_again_and_starts_nothing_twice(
     assert len({r["op_id"] for r in results}) == 1
     assert sorted(r["again"] for r in results) == [False, True, True, True]
     assert len(await ops_for(a, "dup-1")) == 1
+    # An id already used for another plan is not a way to learn about that plan's backup.
+    assert a.engine
+    await a.engine.add_plan("other", repo_id="r1", paths=[str(tmp_path)])
+    with pytest.raises(CallError) as err:
+        await rpc(b).call("alpha", "remote.run", {"request_id": "dup-1", "plan": "other"})
+    assert err.value.code == proto.ErrorCode.BAD_REQUEST
+    assert err.value.message == "that request id was already used for another request"
 
 
 async def test_a_request_not_delivered_in_time_times_out_and_never_runs(
