@@ -70,8 +70,12 @@ _RANK = {QUEUED: 0, ACCEPTED: 1, RUNNING: 2, DONE: 3, FAILED: 3, TIMED_OUT: 3}
 #: How long a request may wait for its peer before it is given up (a day: a laptop that is
 #: away over night still gets it in the morning; a week-old "back up now" would surprise).
 DEFAULT_TTL = 24 * 3600.0
-#: How long a caller waits for the peer to say anything (streams: between chunks).
+#: How long a caller waits for the peer to accept a request (it only queues an operation).
 CALL_SILENCE = 30.0
+#: How long browsing waits for the peer to say anything (streams: between chunks). restic may
+#: take minutes to list the snapshots of a large remote repository before its first byte; a
+#: peer that is gone is noticed by the link itself (heartbeats), not by this.
+BROWSE_SILENCE = 300.0
 #: When a peer was busy or slow to answer while online, try again after this long.
 RETRY_AFTER = 30.0
 
@@ -169,6 +173,7 @@ class RemoteService:
         *,
         ttl: float = DEFAULT_TTL,
         silence: float = CALL_SILENCE,
+        browse_silence: float = BROWSE_SILENCE,
         retry_after: float = RETRY_AFTER,
     ) -> None:
         self.store = store
@@ -179,6 +184,7 @@ class RemoteService:
         self.instance_id = instance_id
         self.ttl = ttl
         self.silence = silence
+        self.browse_silence = browse_silence
         self.retry_after = retry_after
         #: Open requests by id → (peer, operation kind): matching a synced operation to its
         #: request must not cost a query for every operation a busy fleet syncs.
@@ -549,8 +555,10 @@ class RemoteService:
         await self._known_peer(peer_id)
         try:
             items = await self.rpc.call(
-                peer_id, "remote.snapshots", {"repo": repo_id}, silence=self.silence
+                peer_id, "remote.snapshots", {"repo": repo_id}, silence=self.browse_silence
             )
+        except CallTimeout:
+            raise RemoteError(f"{peer_id} did not answer within {self.browse_silence:g}s") from None
         except CallError as exc:
             raise RemoteError(self.words(peer_id, exc)) from None
         return [i for i in (items or []) if isinstance(i, dict)]
@@ -564,9 +572,15 @@ class RemoteService:
         if path:
             args["path"] = path
         try:
-            async for item in self.rpc.stream(peer_id, "remote.ls", args, silence=self.silence):
+            async for item in self.rpc.stream(
+                peer_id, "remote.ls", args, silence=self.browse_silence
+            ):
                 if isinstance(item, dict):
                     yield item
+        except CallTimeout:
+            raise RemoteError(
+                f"{peer_id} sent nothing for {self.browse_silence:g}s; the listing stopped"
+            ) from None
         except CallError as exc:
             raise RemoteError(self.words(peer_id, exc)) from None
 

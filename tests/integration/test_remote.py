@@ -433,3 +433,26 @@ async def test_the_admin_api_queues_a_request_and_follows_it_to_the_end(
             assert [x["id"] for x in await r.json()] == [req["id"]]
         async with s.get("http://n/v1/remote/requests/nope") as r:
             assert r.status == 404
+
+
+async def test_a_listing_that_goes_silent_stops_with_an_error_not_as_complete(
+    make_node: MakeNode, restic_bin: str
+) -> None:
+    a, b = await two(make_node, restic_bin, ["run"])
+    remote(b).browse_silence = 0.5
+    stuck = asyncio.Event()
+
+    async def listing(ctx: CallContext, args: Mapping[str, Any]) -> Any:
+        for i in range(600):
+            yield {"path": f"/d/{i}"}
+        stuck.set()
+        await asyncio.Event().wait()  # restic hangs after 600 entries
+        yield {}
+
+    rpc(a)._methods["remote.ls"].handler = listing
+    got: list[str] = []
+    with pytest.raises(RemoteError) as err:
+        async for node in remote(b).ls("alpha", "r1", "latest"):
+            got.append(node["path"])
+    assert str(err.value) == "alpha sent nothing for 0.5s; the listing stopped"
+    assert stuck.is_set() and got == [f"/d/{i}" for i in range(500)]  # one full chunk arrived
