@@ -45,6 +45,7 @@ from peerstash.peer.remote import (
     RemoteRequestChanged,
     RemoteService,
     is_followable,
+    op_kind_of,
     request_to_dict,
 )
 from peerstash.peer.server import parse_listen
@@ -630,7 +631,10 @@ async def remote_wait(request: web.Request) -> web.StreamResponse:
         req = await remote.get_request(rid)
         await resp.prepare(request)
         op: Any = None
-        ops = await remote.store.list_operations(OpFilter(origin=req.peer, flow_id=rid), limit=1)
+        kind = op_kind_of(req)
+        ops = await remote.store.list_operations(
+            OpFilter(origin=req.peer, flow_id=rid, kind=kind), limit=1
+        )
         if ops:
             op = ops[0]
 
@@ -657,6 +661,7 @@ async def remote_wait(request: web.Request) -> web.StreamResponse:
                 and event.op is not None
                 and event.op.origin == req.peer
                 and event.op.flow_id == rid
+                and event.op.kind == kind
             ):
                 op = event.op
                 await line()

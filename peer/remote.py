@@ -97,6 +97,12 @@ class RemoteError(Exception):
     """A remote command could not be done; the message says why, in words."""
 
 
+def op_kind_of(req: RemoteRequest) -> str:
+    """The kind of the operation a request starts on its peer (its flow may hold more, e.g.
+    the retention that follows a backup)."""
+    return _OP_KIND.get(req.kind, "")
+
+
 def offline_note(peer_id: str) -> str:
     return (
         f"peer {peer_id} is offline; the request is queued and will be delivered when it comes back"
@@ -218,7 +224,7 @@ class RemoteService:
         clock. Subscribed first, so nothing that arrives meanwhile is missed."""
         self._sub = self.bus.subscribe("operation", "sync", maxsize=100_000)
         for req in await self.store.list_requests(states=OPEN_STATES):
-            self._open[req.id] = (req.peer, _OP_KIND.get(req.kind, ""))
+            self._open[req.id] = (req.peer, op_kind_of(req))
         self._spawn(self._follow(), "remote:follow")
         self._spawn(self._expire_loop(), "remote:ttl")
         for peer_id in sorted({peer for peer, _ in self._open.values()}):
@@ -721,5 +727,6 @@ __all__ = [
     "RemoteRequestChanged",
     "RemoteService",
     "describe",
+    "op_kind_of",
     "request_to_dict",
 ]
