@@ -156,9 +156,13 @@ class Link:
                 await self.manager.dispatch(self, msg)
         finally:
             hb.cancel()
-            with contextlib.suppress(BaseException):
-                await hb
-            await self._shutdown()
+            try:
+                # Not ``suppress(BaseException): await hb``: that would also swallow a cancel
+                # of *this* task arriving meanwhile (a dialer being stopped), which then dials
+                # again and its stop() waits forever.
+                await asyncio.wait([hb])
+            finally:
+                await self._shutdown()
 
     def _end(self, reason: str) -> str:
         if not self.close_reason:
@@ -659,9 +663,17 @@ class _Dialer:
         self._wake.set()
 
     async def stop(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(BaseException):
-            await self.task
+        """Cancel the dialer until it has ended.
+
+        One cancel is not always enough on Python 3.11: ``asyncio.wait_for`` returns the
+        inner result instead of raising when a frame arrives in the same moment as the
+        cancel (gh-86296), and the link then serves on, heartbeats and all, while this waits.
+        """
+        while not self.task.done():
+            self.task.cancel()
+            await asyncio.wait([self.task], timeout=1.0)
+        if not self.task.cancelled():
+            self.task.exception()  # mark it retrieved; stopping is all that was asked
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
