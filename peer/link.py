@@ -156,13 +156,9 @@ class Link:
                 await self.manager.dispatch(self, msg)
         finally:
             hb.cancel()
-            try:
-                # Not ``suppress(BaseException): await hb``: that would also swallow a cancel
-                # of *this* task arriving meanwhile (a dialer being stopped), which then dials
-                # again and its stop() waits forever.
-                await asyncio.wait([hb])
-            finally:
-                await self._shutdown()
+            with contextlib.suppress(BaseException):
+                await hb
+            await self._shutdown()
 
     def _end(self, reason: str) -> str:
         if not self.close_reason:
@@ -665,9 +661,10 @@ class _Dialer:
     async def stop(self) -> None:
         """Cancel the dialer until it has ended.
 
-        One cancel is not always enough on Python 3.11: ``asyncio.wait_for`` returns the
-        inner result instead of raising when a frame arrives in the same moment as the
-        cancel (gh-86296), and the link then serves on, heartbeats and all, while this waits.
+        One cancel is not always enough: ``asyncio.wait_for`` on Python 3.11 returns the
+        inner result instead of raising when a frame arrives in the same moment as the cancel
+        (gh-86296), and ``Link.run`` suppresses everything while it awaits its heartbeat task;
+        either way the link served on, heartbeats and all, while this waited forever.
         """
         while not self.task.done():
             self.task.cancel()
