@@ -200,6 +200,9 @@ class RemoteService:
         self._in_flight: set[str] = set()
         #: Requests asked to be delivered while their delivery was in flight: tried once more.
         self._again: set[str] = set()
+        #: Queued request ids per peer, so a link-up with nothing to deliver does no I/O at all
+        #: (link code and its tests rely on the order a link's state is written and read).
+        self._queued: dict[str, set[str]] = {}
         #: Serialises read-check-write of request rows (transitions only move forward).
         self._write = asyncio.Lock()
         #: Serialises "already started for this request id?" with starting it (answering side).
@@ -225,8 +228,13 @@ class RemoteService:
         self._sub = self.bus.subscribe("operation", "sync", maxsize=100_000)
         for req in await self.store.list_requests(states=OPEN_STATES):
             self._open[req.id] = (req.peer, op_kind_of(req))
+            if req.state == QUEUED:
+                self._queued.setdefault(req.peer, set()).add(req.id)
         self._spawn(self._follow(), "remote:follow")
-        self._spawn(self._expire_loop(), "remote:ttl")
+        # The first pass runs here, in line with the node's other start-up queries: a query
+        # racing them would make the store open a second connection, and link code (and its
+        # tests) rely on the order a single connection gives a link's state writes and reads.
+        self._spawn(self._expire_loop(await self._expire_due()), "remote:ttl")
         for peer_id in sorted({peer for peer, _ in self._open.values()}):
             await self._reconcile_peer(peer_id)
 
@@ -285,6 +293,7 @@ class RemoteService:
             RemoteRequest(id=new_ulid(), peer=peer_id, kind=kind, args=args, state=QUEUED)
         )
         self._open[req.id] = (peer_id, _OP_KIND[kind])
+        self._queued.setdefault(peer_id, set()).add(req.id)
         self.bus.publish(RemoteRequestChanged(request=req))
         self._wake.set()  # the TTL clock has a new deadline
         log.info("remote %s request %s to %s: %s", kind, req.id, peer_id, args)
@@ -448,6 +457,12 @@ class RemoteService:
             req = await self.store.update_request(request_id, state=state, **changes)
         if state in FINAL_STATES:
             self._open.pop(request_id, None)
+        if state != QUEUED:
+            waiting = self._queued.get(req.peer)
+            if waiting is not None:
+                waiting.discard(request_id)
+                if not waiting:
+                    del self._queued[req.peer]
         self.bus.publish(RemoteRequestChanged(request=req))
         if state != before:
             log.info("remote request %s: %s", req.id, describe(req))
@@ -469,27 +484,37 @@ class RemoteService:
             note=None,
         )
 
-    async def _expire_loop(self) -> None:
-        """Turn queued requests older than the TTL into ``timed out``, at their deadline."""
+    async def _expire_due(self) -> float | None:
+        """Time out the queued requests past the TTL; seconds until the next deadline."""
+        self._wake.clear()
+        if not self._queued:
+            return None  # nothing queued: no query
+        now = utcnow()
+        nearest: float | None = None
+        for req in await self.store.list_requests(states=[QUEUED]):
+            if req.id in self._in_flight:
+                continue  # the peer may be accepting it right now; decided by its answer
+            left = (req.created_at + timedelta(seconds=self.ttl) - now).total_seconds()
+            if left <= 0:
+                await self._time_out(req)
+            else:
+                nearest = left if nearest is None else min(nearest, left)
+        return nearest
+
+    async def _expire_loop(self, nearest: float | None) -> None:
+        """Turn queued requests older than the TTL into ``timed out``, at their deadline
+        (woken early when a request is made or a delivery ends)."""
         while True:
-            self._wake.clear()
-            now = utcnow()
-            nearest: float | None = None
-            for req in await self.store.list_requests(states=[QUEUED]):
-                if req.id in self._in_flight:
-                    continue  # the peer may be accepting it right now; decided by its answer
-                left = (req.created_at + timedelta(seconds=self.ttl) - now).total_seconds()
-                if left <= 0:
-                    await self._time_out(req)
-                else:
-                    nearest = left if nearest is None else min(nearest, left)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), nearest)
+            nearest = await self._expire_due()
 
     async def _on_link_up(self, link: Link) -> None:
         """A peer came online: deliver what waits for it (in a task: this runs before the
-        link's read loop, which must be running to receive the answers)."""
-        self._spawn(self._deliver_queued(link.peer_id), f"remote:deliver:{link.peer_id}")
+        link's read loop, which must be running to receive the answers). Nothing queued for
+        it: nothing is done, not even a query."""
+        if self._queued.get(link.peer_id):
+            self._spawn(self._deliver_queued(link.peer_id), f"remote:deliver:{link.peer_id}")
 
     async def _deliver_queued(self, peer_id: str) -> None:
         for req in await self.store.list_requests(peer=peer_id, states=[QUEUED]):
