@@ -823,8 +823,14 @@ class Engine:
                     op = changed
             return op
 
-    async def backup(self, plan_id: str, *, reason: str = "manual") -> Operation:
-        """Queue a backup of ``plan_id`` (and its retention afterwards). Returns the pending op."""
+    async def backup(
+        self, plan_id: str, *, reason: str = "manual", flow_id: str | None = None
+    ) -> Operation:
+        """Queue a backup of ``plan_id`` (and its retention afterwards). Returns the pending op.
+
+        ``flow_id`` names the flow from outside (a peer's request id), so the request can be
+        recognised later: on a repeated delivery here, and in the synced operation there.
+        """
         plan = await self.store.get_plan(plan_id)
         if not plan.enabled:
             raise EngineError(
@@ -867,7 +873,7 @@ class Engine:
                 )
             return Outcome(snapshot_id=result.snapshot_id, summary=summary)
 
-        return await self._submit(repo, OpKind.BACKUP, job, plan_id=plan.id)
+        return await self._submit(repo, OpKind.BACKUP, job, plan_id=plan.id, flow_id=flow_id)
 
     async def forget(
         self, repo_id: str, *, plan_id: str | None = None, flow_id: str | None = None
@@ -943,8 +949,16 @@ class Engine:
         return await self._submit(repo, OpKind.UNLOCK, job)
 
     async def restore(
-        self, repo_id: str, snapshot_id: str, target: str, *, include: Sequence[str] = ()
+        self,
+        repo_id: str,
+        snapshot_id: str,
+        target: str,
+        *,
+        include: Sequence[str] = (),
+        flow_id: str | None = None,
     ) -> Operation:
+        """Queue a restore of ``snapshot_id`` into the absolute path ``target`` (``flow_id``
+        as for :meth:`backup`)."""
         if not PurePosixPath(target).is_absolute():
             raise EngineError(f"restore target {target!r} must be an absolute path")
         repo = await self.store.get_repo(repo_id)
@@ -961,7 +975,7 @@ class Engine:
             )
             return Outcome(snapshot_id=snapshot_id, summary=res.summary_dict())
 
-        return await self._submit(repo, OpKind.RESTORE, job)
+        return await self._submit(repo, OpKind.RESTORE, job, flow_id=flow_id)
 
     async def snapshots(self, repo_id: str) -> list[Any]:
         repo = await self.store.get_repo(repo_id)

@@ -217,6 +217,32 @@ class Peer(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class RemoteRequest(Base):
+    """A command this instance asked a peer to run (a backup, a restore), kept until it ends.
+
+    It is persisted because the peer may be offline when it is made: it waits ``queued`` and
+    is delivered when the link comes up, even after a restart. ``args`` holds what the peer
+    needs (plan, repository, snapshot, target), never a secret. ``remote_op_id`` is the
+    operation the peer started for it; its state follows that operation as it arrives through
+    operation sync.
+    """
+
+    __tablename__ = "remote_requests"
+    __table_args__ = (Index("ix_remote_requests_peer_state", "peer", "state"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    peer: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20))
+    args: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(20))
+    remote_op_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    snapshot_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class PairingTokenRow(Base):
     """A one-time pairing token we issued; only a hash of its secret is kept."""
 

@@ -37,6 +37,7 @@ from peerstash.core.models import (
     PairingTokenRow,
     Peer,
     Plan,
+    RemoteRequest,
     Repo,
     Secret,
     Setting,
@@ -70,7 +71,7 @@ OP_FIELDS = frozenset(
 )
 
 
-_Named = TypeVar("_Named", Repo, Plan, Peer)
+_Named = TypeVar("_Named", Repo, Plan, Peer, RemoteRequest)
 
 
 def utcnow() -> datetime:
@@ -607,6 +608,47 @@ class Store:
     async def delete_peer(self, peer_id: str) -> None:
         async with self.session() as s, s.begin():
             await s.execute(delete(Peer).where(Peer.id == peer_id))
+
+    # -- remote requests ---------------------------------------------------------------------
+
+    async def add_request(self, req: RemoteRequest) -> RemoteRequest:
+        """Persist a new request to a peer (its id is minted by the caller)."""
+        now = utcnow()
+        req.created_at = req.created_at or now
+        req.updated_at = now
+        async with self.session() as s, s.begin():
+            if await s.get(RemoteRequest, req.id) is not None:
+                raise AlreadyExists(f"a request with id {req.id!r} exists already")
+            s.add(req)
+        return req
+
+    async def get_request(self, request_id: str) -> RemoteRequest:
+        return await self._get(RemoteRequest, request_id, "remote request")
+
+    async def update_request(self, request_id: str, **fields: Any) -> RemoteRequest:
+        return await self._update(RemoteRequest, request_id, "remote request", fields)
+
+    async def list_requests(
+        self,
+        *,
+        peer: str | None = None,
+        states: Iterable[str] | None = None,
+        limit: int = 1000,
+        newest_first: bool = False,
+    ) -> list[RemoteRequest]:
+        """Requests, oldest first (the order they are delivered in) unless ``newest_first``."""
+        q = select(RemoteRequest)
+        if peer is not None:
+            q = q.where(RemoteRequest.peer == peer)
+        if states is not None:
+            q = q.where(RemoteRequest.state.in_(list(states)))
+        if newest_first:
+            q = q.order_by(RemoteRequest.created_at.desc(), RemoteRequest.id.desc())
+        else:
+            q = q.order_by(RemoteRequest.created_at, RemoteRequest.id)
+        q = q.limit(limit)
+        async with self.session() as s:
+            return list((await s.scalars(q)).all())
 
     # -- pairing tokens ----------------------------------------------------------------------
 

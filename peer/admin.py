@@ -47,6 +47,14 @@ from peerstash.peer import remote_config
 from peerstash.peer.link import LinkStateChanged, PairingError, PeerManager
 from peerstash.peer.pairing import TokenError, create_token, token_to_dict
 from peerstash.peer.permissions import GrantError
+from peerstash.peer.remote import (
+    RemoteError,
+    RemoteRequestChanged,
+    RemoteService,
+    is_followable,
+    op_kind_of,
+    request_to_dict,
+)
 from peerstash.peer.remote_logs import LogUnavailable
 from peerstash.peer.rpc import CallError, RpcService
 from peerstash.peer.server import parse_listen
@@ -115,7 +123,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error(CALL_STATUS.get(exc.code, 502), exc.message)
     except NotFound as exc:
         return _error(404, str(exc))
-    except (EngineError, StoreError, SecretError) as exc:
+    except (EngineError, StoreError, SecretError, RemoteError) as exc:
         return _error(409, str(exc))
     except Exception:
         log.exception("admin API: unexpected error in %s %s", request.method, request.path)
@@ -689,6 +697,136 @@ async def peer_repo_write_route(request: web.Request) -> web.Response:
     raise EngineError(remote_config.REPO_WRITES_REFUSED.format(peer=request.match_info["id"]))
 
 
+# -- remote commands (peer/remote.py) --------------------------------------------------------
+
+
+def _remote(request: web.Request) -> RemoteService:
+    remote = request.app[NODE_KEY].remote
+    if remote is None:
+        raise web.HTTPServiceUnavailable(reason="peer links are not running on this node")
+    return remote
+
+
+async def remote_run(request: web.Request) -> web.Response:
+    """Ask a peer to back up one of its plans; answers with the request as it stands now
+    (``queued`` when the peer is offline, ``failed`` when it refused)."""
+    data = await _body(request)
+    req = await _remote(request).request_run(_str(data, "peer") or "", _str(data, "plan") or "")
+    return web.json_response(request_to_dict(req), status=202)
+
+
+async def remote_restore(request: web.Request) -> web.Response:
+    """Ask a peer to restore a snapshot of its repository into a folder on that peer."""
+    data = await _body(request)
+    req = await _remote(request).request_restore(
+        _str(data, "peer") or "",
+        _str(data, "repo") or "",
+        _str(data, "snapshot") or "",
+        _str(data, "target") or "",
+        _str_list(data, "include"),
+    )
+    return web.json_response(request_to_dict(req), status=202)
+
+
+async def remote_list(request: web.Request) -> web.Response:
+    limit = _int_param(request, "limit", 100, 10_000)
+    reqs = await _remote(request).list_requests(limit)
+    return web.json_response([request_to_dict(r) for r in reqs])
+
+
+async def remote_get(request: web.Request) -> web.Response:
+    req = await _remote(request).get_request(request.match_info["id"])
+    return web.json_response(request_to_dict(req))
+
+
+async def remote_wait(request: web.Request) -> web.StreamResponse:
+    """Stream a request as NDJSON until it ends or can no longer be followed (``--wait``).
+
+    Each line is the request with ``op``: the peer's operation for it as last synced here
+    (progress included), or null before it arrives.
+    """
+    node = request.app[NODE_KEY]
+    remote = _remote(request)
+    rid = request.match_info["id"]
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    with node.bus.subscribe("remote", "operation") as sub:
+        req = await remote.get_request(rid)
+        await resp.prepare(request)
+        op: Any = None
+        kind = op_kind_of(req)
+        ops = await remote.store.list_operations(
+            OpFilter(origin=req.peer, flow_id=rid, kind=kind), limit=1
+        )
+        if ops:
+            op = ops[0]
+
+        async def line() -> None:
+            data = {**request_to_dict(req), "op": op_to_dict(op) if op is not None else None}
+            await resp.write(json.dumps(data).encode() + b"\n")
+
+        await line()
+        while is_followable(req):
+            try:
+                event = await asyncio.wait_for(sub.get(), timeout=15)
+            except TimeoutError:
+                await resp.write(b"{}\n")
+                continue
+            if sub.lagged:
+                sub.lagged = False
+                req = await remote.get_request(rid)
+                await line()
+            elif isinstance(event, RemoteRequestChanged) and event.request.id == rid:
+                req = event.request
+                await line()
+            elif (
+                isinstance(event, OperationChanged)
+                and event.op is not None
+                and event.op.origin == req.peer
+                and event.op.flow_id == rid
+                and event.op.kind == kind
+            ):
+                op = event.op
+                await line()
+    await resp.write_eof()
+    return resp
+
+
+async def remote_snapshots(request: web.Request) -> web.Response:
+    snaps = await _remote(request).snapshots(request.match_info["peer"], request.match_info["id"])
+    return web.json_response(snaps)
+
+
+async def remote_ls(request: web.Request) -> web.StreamResponse:
+    """Stream a peer's snapshot listing as NDJSON while it arrives over the link.
+
+    An error before the first entry is an ordinary error answer; one after it (the link
+    dropped mid-listing) is a last line ``{"error": ...}``, so a listing cut short is never
+    mistaken for a complete one.
+    """
+    nodes = _remote(request).ls(
+        request.match_info["peer"],
+        request.match_info["id"],
+        request.match_info["snap"],
+        request.query.get("path"),
+    )
+    resp: web.StreamResponse | None = None
+    try:
+        async for node in nodes:
+            if resp is None:
+                resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+                await resp.prepare(request)
+            await resp.write(json.dumps(node).encode() + b"\n")
+    except RemoteError as exc:
+        if resp is None:
+            raise
+        await resp.write(json.dumps({"error": str(exc)}).encode() + b"\n")
+    if resp is None:
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+    await resp.write_eof()
+    return resp
+
+
 def event_to_dict(event: Event) -> dict[str, Any] | None:
     if isinstance(event, OperationChanged) and event.op is not None:
         return {"type": "operation", "op": op_to_dict(event.op)}
@@ -727,6 +865,8 @@ def event_to_dict(event: Event) -> dict[str, Any] | None:
         return {"type": "ops_deleted", "origin": event.origin, "count": len(event.ops)}
     if isinstance(event, OpsSynced) and event.deleted:
         return {"type": "ops_deleted", "origin": event.peer_id, "count": event.deleted}
+    if isinstance(event, RemoteRequestChanged) and event.request is not None:
+        return {"type": "remote", "request": request_to_dict(event.request)}
     return None
 
 
@@ -910,4 +1050,11 @@ def make_admin_app(node: Node) -> web.Application:
     r.add_delete("/v1/peers/{id}/plans/{plan}", peer_remove_plan_route)
     r.add_post("/v1/peers/{id}/repos", peer_repo_write_route)
     r.add_patch("/v1/peers/{id}/repos/{repo}", peer_repo_write_route)
+    r.add_get("/v1/peers/{peer}/repos/{id}/snapshots", remote_snapshots)
+    r.add_get("/v1/peers/{peer}/repos/{id}/snapshots/{snap}/ls", remote_ls)
+    r.add_post("/v1/remote/run", remote_run)
+    r.add_post("/v1/remote/restore", remote_restore)
+    r.add_get("/v1/remote/requests", remote_list)
+    r.add_get("/v1/remote/requests/{id}", remote_get)
+    r.add_get("/v1/remote/requests/{id}/wait", remote_wait)
     return app

@@ -17,6 +17,7 @@ from pathlib import Path
 from peerstash.peer.link import Timings
 from peerstash.peer.node import Node, NodeError, NodeOptions
 from peerstash.peer.paths import resolve_data_dir
+from peerstash.peer.remote import DEFAULT_TTL
 
 
 def node_options(args: argparse.Namespace) -> NodeOptions:
@@ -25,6 +26,13 @@ def node_options(args: argparse.Namespace) -> NodeOptions:
         timings = Timings.parse(timings_text) if timings_text else None
     except ValueError as exc:
         raise NodeError(f"PEERSTASH_LINK_TIMINGS: {exc}") from None
+    ttl_text = os.environ.get("PEERSTASH_REMOTE_TTL", "")
+    try:
+        remote_ttl = float(ttl_text) if ttl_text else DEFAULT_TTL
+    except ValueError:
+        raise NodeError(f"PEERSTASH_REMOTE_TTL is seconds, not {ttl_text!r}") from None
+    if remote_ttl <= 0:
+        raise NodeError("PEERSTASH_REMOTE_TTL must be more than 0 seconds")
     return NodeOptions(
         instance_id=args.instance_id,
         db_url=args.db_url,
@@ -33,6 +41,7 @@ def node_options(args: argparse.Namespace) -> NodeOptions:
         link_timings=timings,
         discovery=not args.no_discovery,
         discovery_interfaces=args.discovery_interface,
+        remote_ttl=remote_ttl,
     )
 
 

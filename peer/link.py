@@ -659,9 +659,18 @@ class _Dialer:
         self._wake.set()
 
     async def stop(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(BaseException):
-            await self.task
+        """Cancel the dialer until it has ended.
+
+        One cancel is not always enough: ``asyncio.wait_for`` on Python 3.11 returns the
+        inner result instead of raising when a frame arrives in the same moment as the cancel
+        (gh-86296), and ``Link.run`` suppresses everything while it awaits its heartbeat task;
+        either way the link served on, heartbeats and all, while this waited forever.
+        """
+        while not self.task.done():
+            self.task.cancel()
+            await asyncio.wait([self.task], timeout=1.0)
+        if not self.task.cancelled():
+            self.task.exception()  # mark it retrieved; stopping is all that was asked
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -25,6 +25,7 @@ from peerstash.core.store import Store
 from peerstash.peer.identity import Identity
 from peerstash.peer.link import PeerManager, Timings
 from peerstash.peer.paths import admin_socket_path, ensure_private_dir
+from peerstash.peer.remote import DEFAULT_TTL, RemoteService
 from peerstash.peer.remote_config import RemoteConfig
 from peerstash.peer.remote_logs import RemoteLogs
 from peerstash.peer.repos import RepoShareService
@@ -72,6 +73,9 @@ class NodeOptions:
     discovery_interfaces: list[str] | None = None
     #: Only for tests of version negotiation: speak another peer protocol version.
     protocol_version: int | None = None
+    #: Seconds a remote request (run, restore) waits for its offline peer before it is given
+    #: up as ``timed out`` (``$PEERSTASH_REMOTE_TTL`` for the daemon).
+    remote_ttl: float = DEFAULT_TTL
 
 
 DEFAULT_LISTEN = "0.0.0.0:9797"
@@ -102,6 +106,7 @@ class Node:
         self.repos: RepoShareService | None = None
         #: Operation logs, ours or fetched from the peer that owns the operation.
         self.logs: RemoteLogs | None = None
+        self.remote: RemoteService | None = None
         self.peer_url: str | None = None
         self._peer_port: int | None = None
         self.discovery: Discovery | None = None
@@ -189,7 +194,12 @@ class Node:
         RemoteConfig(self.engine, self.rpc).register()
         self.logs = RemoteLogs(store, self.rpc, instance_id)
         self.logs.register()
+        self.remote = RemoteService(
+            store, self.bus, self.engine, self.peers, self.rpc, instance_id, ttl=opts.remote_ttl
+        )
+        self.remote.attach()
         await self.sync.start()
+        await self.remote.start()
         self.repos = RepoShareService(self.engine, self.bus, self.peers, instance_id)
         self.repos.attach()
         await self.repos.start()
@@ -304,6 +314,9 @@ class Node:
         if self.discovery is not None:
             await self.discovery.close()  # goodbye packets: peers drop us from their lists
             self.discovery = None
+        if self.remote is not None:
+            await self.remote.stop()
+            self.remote = None
         if self.peers is not None:
             await self.peers.stop()
             self.peers = None

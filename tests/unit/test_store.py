@@ -245,3 +245,40 @@ def test_key_readable_by_others_is_refused(tmp_path: Path) -> None:
     os.chmod(path, 0o644)
     with pytest.raises(SecretError, match="readable by other users"):
         load_or_create_key(path)
+
+
+async def test_remote_requests_roundtrip_and_filters(store: Store) -> None:
+    from peerstash.core.models import RemoteRequest
+
+    first = await store.add_request(
+        RemoteRequest(id="01REQ1", peer="nas", kind="run", args={"plan": "docs"}, state="queued")
+    )
+    await store.add_request(
+        RemoteRequest(
+            id="01REQ2",
+            peer="nas",
+            kind="restore",
+            args={"repo": "r", "snapshot": "abc", "target": "/srv/x", "include": []},
+            state="queued",
+        )
+    )
+    await store.add_request(
+        RemoteRequest(id="01REQ3", peer="hub", kind="run", args={"plan": "p"}, state="done")
+    )
+    with pytest.raises(AlreadyExists):
+        await store.add_request(
+            RemoteRequest(id="01REQ1", peer="nas", kind="run", args={}, state="queued")
+        )
+    assert first.created_at.tzinfo is not None
+    queued = await store.list_requests(peer="nas", states=["queued"])
+    assert [r.id for r in queued] == ["01REQ1", "01REQ2"]
+    assert queued[1].args["target"] == "/srv/x"
+    moved = await store.update_request("01REQ1", state="accepted", remote_op_id="01OP")
+    assert moved.state == "accepted" and moved.updated_at >= first.updated_at
+    assert [r.id for r in await store.list_requests(states=["accepted", "done"])] == [
+        "01REQ1",
+        "01REQ3",
+    ]
+    assert (await store.get_request("01REQ1")).remote_op_id == "01OP"
+    with pytest.raises(NotFound, match="no remote request named 'nope'"):
+        await store.get_request("nope")
