@@ -105,7 +105,7 @@ def check_peer_uri(uri: str) -> None:
     if not uri or uri != uri.strip() or any(c in uri for c in "\0\r\n"):
         raise _refuse(f"repository URI {shown!r} is not a usable restic repository")
     scheme_match = None if _DRIVE.match(uri) else _SCHEME.match(uri)
-    scheme = scheme_match.group(1).lower() if scheme_match else "local"
+    scheme = scheme_match.group(1) if scheme_match else "local"
     if scheme == "rclone":
         raise _refuse(
             "a peer may not add rclone: repositories: restic runs the rclone program for them; "
