@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from peerstash.peer import protocol as proto
 from peerstash.peer.remote_config import check_peer_env, check_peer_uri, peer_password
 from peerstash.peer.rpc import CallError
 
@@ -106,3 +107,9 @@ def test_a_password_value_is_taken_and_not_shown() -> None:
     spec = peer_password({"source": "secret", "value": "s3cret-value"})
     assert spec.source == "secret" and spec.value == "s3cret-value"
     assert "s3cret-value" not in repr(spec)
+
+
+def test_a_call_never_shows_its_argument_values() -> None:
+    call = proto.Call(id="c1", method="config.repo.add", args={"password": {"value": "pw-9"}})
+    assert "pw-9" not in repr(call) and "pw-9" not in str(call)
+    assert "password" in repr(call)
