@@ -31,8 +31,7 @@ touches, so ``config.write:plan:docs`` lets a peer change plan *docs* and nothin
 
 from __future__ import annotations
 
-import ntpath
-import posixpath
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -117,7 +116,7 @@ def check_peer_uri(uri: str) -> None:
             "a URI starting with " + ", ".join(f"{b}:" for b in PEER_BACKENDS[1:])
         )
     rest = uri[len(scheme_match.group(0)) :] if scheme_match else uri
-    if scheme == "local" and not (posixpath.isabs(rest) or ntpath.isabs(rest)):
+    if scheme == "local" and not os.path.isabs(rest):  # as this machine reads its own paths
         raise _refuse(f"a local repository path from a peer must be absolute, not {shown!r}")
     if scheme == "sftp":
         authority = rest[2:].split("/", 1)[0] if rest.startswith("//") else rest.split(":")[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from peerstash.peer import protocol as proto
@@ -14,7 +16,6 @@ from peerstash.peer.rpc import CallError
     [
         "/srv/backup/r1",
         "local:/srv/backup/r1",
-        "C:\\backup\\r1",
         "sftp:backup@nas:/srv/r1",
         "sftp://backup@nas:2222//srv/r1",
         "rest:https://user:pass@host:8000/r1",
@@ -27,6 +28,14 @@ from peerstash.peer.rpc import CallError
 )
 def test_uris_a_peer_may_set(uri: str) -> None:
     check_peer_uri(uri)
+
+
+def test_a_local_path_is_absolute_as_this_machine_reads_it() -> None:
+    if os.name == "nt":
+        check_peer_uri("C:\\backup\\r1")
+    else:
+        with pytest.raises(CallError, match="must be absolute"):
+            check_peer_uri("C:\\backup\\r1")
 
 
 @pytest.mark.parametrize(
