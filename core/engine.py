@@ -12,7 +12,7 @@ import logging
 import os
 import shlex
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -75,7 +75,7 @@ class PasswordSpec:
 
     source: str
     ref: str = ""
-    value: str | None = None
+    value: str | None = field(default=None, repr=False)
 
 
 def _secret_name(repo_id: str, what: str) -> str:

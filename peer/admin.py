@@ -691,10 +691,75 @@ async def peer_remove_plan_route(request: web.Request) -> web.Response:
     return web.json_response(res)
 
 
-async def peer_repo_write_route(request: web.Request) -> web.Response:
-    """Refused on purpose (see peer/remote_config.py): a repository's settings can run commands
-    on its machine, and its password should not leave it."""
-    raise EngineError(remote_config.REPO_WRITES_REFUSED.format(peer=request.match_info["id"]))
+def _peer_password(data: dict[str, Any], *, required: bool) -> dict[str, Any] | None:
+    """A password object's shape, forwarded as given: the peer decides what it accepts."""
+    pw = data.get("password")
+    if pw is None and not required:
+        return None
+    if not isinstance(pw, dict):
+        raise BadRequest("field 'password' must be an object with 'source'")
+    out = {"source": _str(pw, "source") or ""}
+    for key in ("ref", "value"):
+        value = _str(pw, key, required=False)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _peer_env(data: dict[str, Any]) -> dict[str, str]:
+    env = data.get("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise BadRequest("field 'env' must map names to strings")
+    return env
+
+
+async def peer_add_repo_route(request: web.Request) -> web.Response:
+    """Add a repository on the peer (config.write there; the peer enforces what a peer may
+    set, see peer/remote_config.py). The password goes only into the link, never a log."""
+    rpc, peer_id = _rpc(request)
+    data = await _body(request)
+    extra = set(data) - {"id", "uri", "password", "env", "options", "init"}
+    if extra:
+        raise BadRequest(f"unknown field {', '.join(sorted(extra))}")
+    fields: dict[str, Any] = {
+        "id": _str(data, "id") or "",
+        "uri": _str(data, "uri") or "",
+        "password": _peer_password(data, required=True),
+        "env": _peer_env(data),
+        "options": _str_list(data, "options"),
+        "init": bool(data.get("init", False)),
+    }
+    await _paired(request, peer_id)
+    return web.json_response(await remote_config.add_repo(rpc, peer_id, fields), status=201)
+
+
+async def peer_edit_repo_route(request: web.Request) -> web.Response:
+    rpc, peer_id = _rpc(request)
+    data = await _body(request)
+    extra = set(data) - {"uri", "password", "env", "options"}
+    if extra:
+        raise BadRequest(f"cannot change {', '.join(sorted(extra))} of a repository")
+    changes: dict[str, Any] = {}
+    if "uri" in data:
+        changes["uri"] = _str(data, "uri")
+    if "password" in data:
+        changes["password"] = _peer_password(data, required=True)
+    if "env" in data:
+        changes["env"] = _peer_env(data)
+    if "options" in data:
+        changes["options"] = _str_list(data, "options")
+    await _paired(request, peer_id)
+    res = await remote_config.edit_repo(rpc, peer_id, request.match_info["repo"], changes)
+    return web.json_response(res)
+
+
+async def peer_remove_repo_route(request: web.Request) -> web.Response:
+    rpc, peer_id = _rpc(request)
+    await _paired(request, peer_id)
+    res = await remote_config.remove_repo(rpc, peer_id, request.match_info["repo"])
+    return web.json_response(res)
 
 
 # -- remote commands (peer/remote.py) --------------------------------------------------------
@@ -1048,8 +1113,9 @@ def make_admin_app(node: Node) -> web.Application:
     r.add_post("/v1/peers/{id}/plans", peer_add_plan_route)
     r.add_patch("/v1/peers/{id}/plans/{plan}", peer_edit_plan_route)
     r.add_delete("/v1/peers/{id}/plans/{plan}", peer_remove_plan_route)
-    r.add_post("/v1/peers/{id}/repos", peer_repo_write_route)
-    r.add_patch("/v1/peers/{id}/repos/{repo}", peer_repo_write_route)
+    r.add_post("/v1/peers/{id}/repos", peer_add_repo_route)
+    r.add_patch("/v1/peers/{id}/repos/{repo}", peer_edit_repo_route)
+    r.add_delete("/v1/peers/{id}/repos/{repo}", peer_remove_repo_route)
     r.add_get("/v1/peers/{peer}/repos/{id}/snapshots", remote_snapshots)
     r.add_get("/v1/peers/{peer}/repos/{id}/snapshots/{snap}/ls", remote_ls)
     r.add_post("/v1/remote/run", remote_run)

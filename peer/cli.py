@@ -368,12 +368,42 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
 
 
 async def _repo_on(c: AdminClient, a: argparse.Namespace, peer: str) -> int:
-    """Repositories of a peer: listed when it grants config.read; never written from here
-    (the node refuses, before any password is asked for)."""
+    """Repositories of a peer: listed when it grants config.read, added, changed or removed when
+    it grants config.write for them. The peer checks what a peer may set (a password given as
+    a value only, no -o options, no RESTIC_ variables, no rclone:) and refuses the rest."""
+    base = _peer_path(peer) + "/repos"
     if a.repo_cmd == "add":
-        await c.call("POST", _peer_path(peer) + "/repos", {})
-    if a.repo_cmd in ("edit", "remove"):
-        await c.call("PATCH", _peer_path(peer) + "/repos/" + quote(a.name, safe=""), {})
+        body = {
+            "id": a.name,
+            "uri": a.uri,
+            "password": _read_password(a),
+            "env": _env_pairs(a.env or []),
+            "options": a.option or [],
+            "init": a.init,
+        }
+        res = await c.call("POST", base, body)
+        guid = (res["repo"].get("guid") or "")[:8]
+        _emit(a, res, f"repository {a.name} on {peer}: {res['message']} (id {guid})")
+        return 0
+    if a.repo_cmd == "edit":
+        patch: dict[str, Any] = {}
+        if a.uri:
+            patch["uri"] = a.uri
+        if a.password_stdin or a.password_file or a.password_env or a.password_command:
+            patch["password"] = _read_password(a)
+        if a.env is not None:
+            patch["env"] = _env_pairs(a.env)
+        if a.option is not None:
+            patch["options"] = [o for o in a.option if o]
+        if not patch:
+            raise CliError("nothing to change: give --uri, --password-stdin or --env")
+        res = await c.call("PATCH", f"{base}/{quote(a.name, safe='')}", patch)
+        _emit(a, res, f"repository {a.name} on {peer} changed; it opens with the new settings")
+        return 0
+    if a.repo_cmd == "remove":
+        res = await c.call("DELETE", f"{base}/{quote(a.name, safe='')}")
+        _emit(a, res, f"repository {a.name} removed from {peer} (its data is untouched)")
+        return 0
     repos = (await c.call("GET", _peer_path(peer) + "/config"))["repos"]
     rows = [[r["id"], r["uri"], r["password_source"], (r["guid"] or "")[:8]] for r in repos]
     empty = f"no repositories of {peer} are visible here"
@@ -1012,7 +1042,7 @@ def build_parser() -> argparse.ArgumentParser:
     ra.add_argument(
         "--init", action="store_true", help="create the repository if it does not exist"
     )
-    on_flag(ra, "refused, repositories are added on their own machine")
+    on_flag(ra, "it must grant config.write (password by --password-stdin only)")
     json_flag(ra)
     re_ = rsub.add_parser("edit", help="change how a repository is reached (it must still open)")
     re_.add_argument("name")
@@ -1021,14 +1051,14 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--env", action="append", metavar="K=V", help="replaces the extra environment")
     re_.add_argument("--option", action="append", metavar="K=V", help="replaces the -o options")
     re_.set_defaults(init=False)
-    on_flag(re_, "refused, repositories are changed on their own machine")
+    on_flag(re_, "it must grant config.write for the repository")
     json_flag(re_)
     rl = rsub.add_parser("list", help="list repositories")
     on_flag(rl, "it must grant config.read")
     json_flag(rl)
     rr = rsub.add_parser("remove", help="forget a repository (its data stays where it is)")
     rr.add_argument("name")
-    on_flag(rr, "refused, repositories are removed on their own machine")
+    on_flag(rr, "it must grant config.write for the repository")
     json_flag(rr)
     rs = rsub.add_parser(
         "share", help="share a repository with peers that grant this node repos.receive"

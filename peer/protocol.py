@@ -356,6 +356,11 @@ class Call(_Msg, tag="call", frozen=True):
     method: Method
     args: dict[str, object] = {}
 
+    def __repr__(self) -> str:
+        # Arguments can hold a secret (a repository password for ``config.repo.add``): a Call
+        # that ends up in a log or a traceback shows their names only.
+        return f"Call(id={self.id!r}, method={self.method!r}, args=<{', '.join(self.args)}>)"
+
 
 class Reply(_Msg, tag="reply", frozen=True):
     """Answerer → caller: the end of a call. ``code`` is set when it failed, and ``error``

@@ -14,24 +14,33 @@ touches, so ``config.write:plan:docs`` lets a peer change plan *docs* and nothin
   own words.
 * **A new plan must target a repository in scope** (and its own id must not be excluded), so a
   peer allowed to write plans on one repository cannot back up into another.
-* **Repositories are not written remotely.** A repository's password source can be a command
-  and its ``-o`` options can name one (``sftp.command``): a peer that could write repositories
-  could run programs on this machine, which ``config.write`` must not mean. Adding one also
-  needs its password, which should not leave the machine that uses it. So they are changed
-  only locally (``peerstash repo add`` there); the admin API refuses ``--on`` with that sentence
-  (:data:`REPO_WRITES_REFUSED`) and no method for it is offered to peers.
+* **Repositories are written within rules that keep programs out** (:func:`check_repo_fields`),
+  checked here because a repository's settings can run things on this machine: its password
+  source can be a command, restic ``-o`` options can name one (``sftp.command``,
+  ``rclone.program``), an ``rclone:`` URI runs rclone, and environment variables such as
+  ``RESTIC_PASSWORD_COMMAND``, ``LD_PRELOAD`` or ``SSH_ASKPASS`` change what runs. So a peer
+  gives the password only as a value (never a file, variable or command), no ``-o`` options at
+  all, environment names that look like plain variables and are not on the list of ones that
+  change what runs (:data:`PEER_ENV_REFUSED`), and a URI of a backend that runs no program of
+  its choosing (an absolute local path, ``sftp:``, ``rest:``, ``s3:``, ``b2:``, ``azure:``,
+  ``gs:``, ``swift:``). A repository set up here with a password file, variable or command, or
+  with options, keeps them: a peer may not replace them, only change what the rules allow.
+  The password travels only inside the encrypted link, as an argument of the call; it is never
+  logged, echoed in a refusal, or sent back (answers use :func:`repo_public_dict`).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from peerstash.core.engine import Engine
+from peerstash.core.engine import Engine, EngineError, PasswordSpec
 from peerstash.core.models import Plan, Repo
 from peerstash.core.restic import redact_uri
 from peerstash.core.serialize import plan_to_dict
-from peerstash.core.store import NotFound
+from peerstash.core.store import NotFound, StoreError
 from peerstash.peer import protocol as proto
 from peerstash.peer.rpc import (
     CallContext,
@@ -50,6 +59,9 @@ M_READ = "config.get"
 M_PLAN_ADD = "config.plan.add"
 M_PLAN_EDIT = "config.plan.edit"
 M_PLAN_REMOVE = "config.plan.remove"
+M_REPO_ADD = "config.repo.add"
+M_REPO_EDIT = "config.repo.edit"
+M_REPO_REMOVE = "config.repo.remove"
 
 #: Plan fields a peer may set, with the type each must have on the wire.
 PLAN_CHANGES: dict[str, type | tuple[type, ...]] = {
@@ -62,10 +74,126 @@ PLAN_CHANGES: dict[str, type | tuple[type, ...]] = {
     "enabled": bool,
 }
 
-REPO_WRITES_REFUSED = (
-    "repositories cannot be added or changed from another machine (their passwords stay on "
-    "the machine that uses them); run `peerstash repo add` or `repo edit` on {peer} itself"
+#: Repository fields a peer may send when it adds (``id`` aside) or edits one.
+REPO_ADD_FIELDS = frozenset({"id", "uri", "password", "env", "options", "init"})
+REPO_CHANGES = frozenset({"uri", "password", "env", "options"})
+
+#: restic backends a peer may name: none of them runs a program the URI or a peer chooses
+#: (``sftp:`` runs ``ssh`` with fixed arguments; ``rclone:`` runs rclone and is refused).
+PEER_BACKENDS = ("local", "sftp", "rest", "s3", "b2", "azure", "gs", "swift")
+#: Environment names a peer may not set, by prefix, by suffix and whole: they set restic's
+#: password or repository (``RESTIC_*``), choose what programs run or load (the loader, PATH,
+#: ssh's askpass, the shell's startup files, rclone), or name a file or program to use.
+PEER_ENV_REFUSED_PREFIXES = ("RESTIC_", "RCLONE_", "LD_", "DYLD_", "SSH_", "GIT_", "PYTHON")
+PEER_ENV_REFUSED_SUFFIXES = ("_FILE", "_COMMAND", "_PROGRAM", "_EXECUTABLES", "_PATH")
+PEER_ENV_REFUSED = frozenset(
+    {"PATH", "HOME", "SHELL", "ENV", "BASH_ENV", "IFS", "TMPDIR", "GODEBUG", "XDG_CONFIG_HOME"}
 )
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def _refuse(message: str) -> CallError:
+    return CallError(proto.ErrorCode.FORBIDDEN, message)
+
+
+def check_peer_uri(uri: str) -> None:
+    """Refuse a repository URI a peer may not set (see :data:`PEER_BACKENDS`)."""
+    shown = redact_uri(uri)
+    if not uri or uri != uri.strip() or any(c in uri for c in "\0\r\n"):
+        raise _refuse(f"repository URI {shown!r} is not a usable restic repository")
+    scheme_match = None if _DRIVE.match(uri) else _SCHEME.match(uri)
+    scheme = scheme_match.group(1) if scheme_match else "local"
+    if scheme == "rclone":
+        raise _refuse(
+            "a peer may not add rclone: repositories: restic runs the rclone program for them; "
+            "add it on this machine itself"
+        )
+    if scheme not in PEER_BACKENDS:
+        raise _refuse(
+            f"a peer may not use the {scheme}: backend; it may give an absolute local path or "
+            "a URI starting with " + ", ".join(f"{b}:" for b in PEER_BACKENDS[1:])
+        )
+    rest = uri[len(scheme_match.group(0)) :] if scheme_match else uri
+    if scheme == "local" and not os.path.isabs(rest):  # as this machine reads its own paths
+        raise _refuse(f"a local repository path from a peer must be absolute, not {shown!r}")
+    if scheme == "sftp":
+        authority = rest[2:].split("/", 1)[0] if rest.startswith("//") else rest.split(":")[0]
+        parts = re.split(r"[@:]", authority)
+        if any(ch.isspace() for ch in uri) or any(p.startswith("-") for p in parts):
+            raise _refuse(
+                f"sftp URI {shown!r} would pass options to ssh (a host or user starting with "
+                "'-', or spaces); a peer may not set that"
+            )
+
+
+def check_peer_env(env: Mapping[str, str]) -> None:
+    """Refuse environment variables a peer may not set (names only are ever said)."""
+    for key, value in env.items():
+        if not _ENV_NAME.match(key):
+            raise _refuse(
+                f"environment name {key[:100]!r} does not look like a variable name "
+                "(letters, digits and _, not starting with a digit)"
+            )
+        name = key.upper()
+        if name.startswith("RESTIC_"):
+            raise _refuse(
+                f"a peer may not set {key}: RESTIC_ variables choose restic's password "
+                "(RESTIC_PASSWORD_COMMAND runs a program) or repository"
+            )
+        if (
+            name in PEER_ENV_REFUSED
+            or name.startswith(PEER_ENV_REFUSED_PREFIXES)
+            or name.endswith(PEER_ENV_REFUSED_SUFFIXES)
+        ):
+            raise _refuse(
+                f"a peer may not set {key}: it can choose a program, library or file that "
+                "restic or ssh uses on this machine"
+            )
+        if "\0" in value:
+            raise _refuse(f"the value of {key} holds a NUL character")
+
+
+def _peer_may_set(key: str) -> bool:
+    try:
+        check_peer_env({key: ""})
+    except CallError:
+        return False
+    return True
+
+
+def peer_password(value: Any) -> PasswordSpec:
+    """The password a peer sends: only ever the value itself."""
+    if not isinstance(value, dict):
+        raise CallError(proto.ErrorCode.BAD_REQUEST, "argument 'password' has the wrong type")
+    source = value.get("source", "secret")
+    if source != "secret" or value.get("ref"):
+        raise _refuse(
+            "a peer may give a repository password only as a value (--password-stdin): a "
+            "password file, variable or command would make this machine read or run what a "
+            "peer named"
+        )
+    secret = value.get("value")
+    if not isinstance(secret, str) or not secret:
+        raise CallError(proto.ErrorCode.BAD_REQUEST, "the password is missing or empty")
+    return PasswordSpec(source="secret", value=secret)
+
+
+def _no_options(args: Mapping[str, Any]) -> None:
+    if args.get("options"):
+        raise _refuse(
+            "a peer may not set restic -o options: some name a program to run "
+            "(sftp.command, rclone.program); set them on this machine itself"
+        )
+
+
+def _env_arg(args: Mapping[str, Any]) -> dict[str, str]:
+    env = arg(args, "env", dict, default={})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise CallError(proto.ErrorCode.BAD_REQUEST, "argument 'env' must map names to strings")
+    check_peer_env(env)
+    return dict(env)
 
 
 def repo_public_dict(repo: Repo) -> dict[str, Any]:
@@ -111,6 +239,9 @@ class RemoteConfig:
         self.rpc.register(M_PLAN_ADD, self._plan_add, grant=WRITE)
         self.rpc.register(M_PLAN_EDIT, self._plan_edit, grant=WRITE)
         self.rpc.register(M_PLAN_REMOVE, self._plan_remove, grant=WRITE)
+        self.rpc.register(M_REPO_ADD, self._repo_add, grant=WRITE)
+        self.rpc.register(M_REPO_EDIT, self._repo_edit, grant=WRITE)
+        self.rpc.register(M_REPO_REMOVE, self._repo_remove, grant=WRITE)
 
     async def _read(self, ctx: CallContext, args: Mapping[str, Any]) -> dict[str, Any]:
         repos = [
@@ -174,6 +305,75 @@ class RemoteConfig:
         await self.engine.delete_plan(plan.id)
         return {"deleted": plan.id}
 
+    async def _repo(self, ctx: CallContext, repo_id: str) -> Repo:
+        """The repository the caller may write (``forbidden`` before ``not_found``)."""
+        ctx.require(WRITE, repo=repo_id)
+        return await self.engine.store.get_repo(repo_id)
+
+    async def _repo_add(self, ctx: CallContext, args: Mapping[str, Any]) -> dict[str, Any]:
+        repo_id = arg(args, "id")
+        ctx.require(WRITE, repo=repo_id)
+        unknown = set(args) - REPO_ADD_FIELDS
+        if unknown:
+            raise CallError(
+                proto.ErrorCode.BAD_REQUEST, f"unknown field {', '.join(sorted(unknown))}"
+            )
+        _no_options(args)
+        uri = arg(args, "uri")
+        check_peer_uri(uri)
+        env = _env_arg(args)
+        password = peer_password(arg(args, "password", dict))
+        row, said = await self.engine.add_repo(
+            repo_id, uri, password, env=env, init=arg(args, "init", bool, default=False)
+        )
+        return {"repo": repo_public_dict(row), "message": said}
+
+    async def _repo_edit(self, ctx: CallContext, args: Mapping[str, Any]) -> dict[str, Any]:
+        repo = await self._repo(ctx, arg(args, "id"))
+        given = arg(args, "changes", dict)
+        unknown = set(given) - REPO_CHANGES
+        if unknown:
+            raise CallError(
+                proto.ErrorCode.BAD_REQUEST,
+                f"cannot change {', '.join(sorted(unknown))} of a repository",
+            )
+        if "options" in given:
+            _no_options({"options": True})
+        uri = arg(given, "uri", default=None)
+        if uri is not None:
+            check_peer_uri(uri)
+        env = None
+        if "env" in given:
+            kept = [k for k in repo.env_keys or [] if not _peer_may_set(k)]
+            if kept:
+                raise _refuse(
+                    f"repository {repo.id!r} has environment variables set on this machine that "
+                    f"a peer may not set ({', '.join(kept)}); change them here"
+                )
+            env = _env_arg(given)
+        password = None
+        if "password" in given:
+            if repo.password_source != "secret":
+                raise _refuse(
+                    f"repository {repo.id!r} takes its password from a {repo.password_source} "
+                    "set on this machine; only this machine can change how it is found"
+                )
+            password = peer_password(given["password"])
+        if uri is None and env is None and password is None:
+            raise CallError(proto.ErrorCode.BAD_REQUEST, "nothing to change")
+        updated = await self.engine.update_repo(repo.id, uri=uri, password=password, env=env)
+        return repo_public_dict(updated)
+
+    async def _repo_remove(self, ctx: CallContext, args: Mapping[str, Any]) -> dict[str, Any]:
+        repo = await self._repo(ctx, arg(args, "id"))
+        try:
+            await self.engine.delete_repo(repo.id)
+        except NotFound:
+            raise
+        except StoreError as exc:  # still used by plans: the store says so, for people
+            raise EngineError(str(exc)) from None
+        return {"deleted": repo.id}
+
 
 # -- the calling side ----------------------------------------------------------------------
 
@@ -209,4 +409,24 @@ async def remove_plan(rpc: RpcService, peer_id: str, plan_id: str) -> Any:
     return await _call(rpc, peer_id, M_PLAN_REMOVE, {"id": plan_id})
 
 
-__all__ = ["REPO_WRITES_REFUSED", "RemoteConfig", "repo_public_dict"]
+async def add_repo(rpc: RpcService, peer_id: str, fields: Mapping[str, Any]) -> Any:
+    """Ask ``peer_id`` to add a repository; ``fields`` as for a local one (the password, if
+    any, travels only inside the link and the peer checks every rule)."""
+    return await _call(rpc, peer_id, M_REPO_ADD, fields)
+
+
+async def edit_repo(rpc: RpcService, peer_id: str, repo_id: str, changes: Mapping[str, Any]) -> Any:
+    return await _call(rpc, peer_id, M_REPO_EDIT, {"id": repo_id, "changes": dict(changes)})
+
+
+async def remove_repo(rpc: RpcService, peer_id: str, repo_id: str) -> Any:
+    return await _call(rpc, peer_id, M_REPO_REMOVE, {"id": repo_id})
+
+
+__all__ = [
+    "RemoteConfig",
+    "check_peer_env",
+    "check_peer_uri",
+    "peer_password",
+    "repo_public_dict",
+]

@@ -242,7 +242,7 @@ def test_a_peer_adds_a_plan_reads_a_remote_log_and_sees_the_result(
 ) -> None:
     hub = node_factory("hub", PEERSTASH_LINK_TIMINGS=FAST).start()
     laptop = node_factory("laptop", PEERSTASH_LINK_TIMINGS=FAST).start()
-    pair(laptop, hub, "ops", "config.read:repo:r", "config.write:repo:r")
+    pair(laptop, hub, "ops", "config.read:repo:r,repo:r3", "config.write:repo:r,repo:r3")
     wait_link(laptop, "hub", "online")
     src = tmp_path / "src"
     src.mkdir()
@@ -276,8 +276,55 @@ def test_a_peer_adds_a_plan_reads_a_remote_log_and_sees_the_result(
     assert "hub: laptop has no 'config.write' grant for repository 'other' here" in res.stderr
     res = laptop.cli("plan", "edit", "docs", "--on", "hub", "--every", "often", check=False)
     assert res.returncode == 1 and res.stderr.startswith("peerstash: hub: ")
-    res = laptop.cli("repo", "add", "r3", "--on", "hub", "--uri", "/x", check=False)
-    assert res.returncode == 1 and "on hub itself" in res.stderr
+    # A repository added on the hub from the laptop: created there, the password only piped in.
+    res = laptop.cli(
+        "repo",
+        "add",
+        "r3",
+        "--on",
+        "hub",
+        "--uri",
+        str(tmp_path / "r3"),
+        "--password-stdin",
+        "--init",
+        input="pw-sent-over-the-link\n",
+    )
+    assert res.stdout.startswith("repository r3 on hub: created a new repository")
+    assert (tmp_path / "r3" / "config").is_file()
+    assert [r["id"] for r in json.loads(hub.cli("repo", "list", "--json").stdout)] == [
+        "other",
+        "r",
+        "r3",
+    ]
+    listed_repos = laptop.cli("repo", "list", "--on", "hub").stdout
+    assert "r3" in listed_repos and "pw-sent-over-the-link" not in listed_repos
+    # What could run a program on the hub is refused there, in its words.
+    res = laptop.cli(
+        "repo", "add", "r3", "--on", "hub", "--uri", "/x", "--password-command", "id", check=False
+    )
+    assert res.returncode == 1
+    assert "hub: a peer may give a repository password only as a value" in res.stderr
+    res = laptop.cli(
+        "repo",
+        "add",
+        "r4",
+        "--on",
+        "hub",
+        "--uri",
+        "rclone:x:y",
+        "--password-stdin",
+        input="pw\n",
+        check=False,
+    )
+    assert res.returncode == 1
+    assert "hub: laptop has no 'config.write' grant for repository 'r4' here" in res.stderr
+    laptop.cli("repo", "remove", "r3", "--on", "hub")
+    for line in hub.output + laptop.output:  # neither node logged it
+        assert "pw-sent-over-the-link" not in line
+    assert [r["id"] for r in json.loads(hub.cli("repo", "list", "--json").stdout)] == [
+        "other",
+        "r",
+    ]
 
     # The hub runs it; the laptop reads the log from the hub and sees the result per plan.
     op = wait_remote_op(laptop, "hub", lambda: hub.cli("backup", "docs", "--wait"))

@@ -169,10 +169,6 @@ async def test_config_write_changes_plans_in_scope_only(
     assert (await a.engine.store.get_plan("media")).paths == ["/srv/media"]
     assert (await a.engine.store.get_plan("docs")).repo_id == "r1"
 
-    # Repositories are not written from another machine; nothing is asked of A.
-    status, err = await admin(b, "POST", "/v1/peers/a/repos", {})
-    assert status == 409 and "run `peerstash repo add` or `repo edit` on a itself" in err["error"]
-
     status, res = await admin(b, "DELETE", "/v1/peers/a/plans/docs")
     assert status == 200 and res == {"deleted": "docs"}
     with pytest.raises(NotFound):
@@ -184,6 +180,215 @@ async def test_config_write_changes_plans_in_scope_only(
         await remote_config.remove_plan(rpc(c), "a", "locked2")
     assert exc.value.message == "a: c has no 'config.write' grant here"
     assert (await a.engine.store.get_plan("locked2")).repo_id == "r1"
+
+
+# -- config.write on repositories --------------------------------------------------------------
+
+REMOTE_PW = "peer-sent-password-5551"
+NEW_PW = "peer-changed-password-7772"
+
+
+def new_repo(repo_id: str, where: Path, **over: Any) -> dict[str, Any]:
+    """An admin API body for ``repo add --on``, as the CLI sends it with --password-stdin."""
+    body: dict[str, Any] = {
+        "id": repo_id,
+        "uri": str(where / repo_id),
+        "password": {"source": "secret", "value": REMOTE_PW},
+        "env": {},
+        "options": [],
+        "init": True,
+    }
+    return body | over
+
+
+async def test_config_write_adds_edits_and_removes_repos_in_scope_within_the_rules(
+    make_node: MakeNode, restic_bin: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG", logger="peerstash")
+    a = await make_node("a", restic_path=restic_bin)
+    b = await make_node("b", restic_path=restic_bin)
+    await link(a, b, ["config.read:repo:r1,repo:r2", "config.write:repo:r1,repo:r2"])
+    assert a.engine
+    said: list[str] = []  # every refusal B was given, to look for the password in
+
+    async def refused(method: str, path: str, body: Any, status: int, words: str) -> None:
+        got_status, err = await admin(b, method, path, body)
+        said.append(json.dumps(err))
+        assert got_status == status, err
+        assert words in err["error"], err
+
+    # Added on A with --init: a real restic repository there, told as A's engine tells it.
+    with a.bus.subscribe("config") as sub:
+        status, res = await admin(b, "POST", "/v1/peers/a/repos", new_repo("r1", tmp_path))
+        assert status == 201, res
+        assert await asyncio.wait_for(sub.get(), 5) == ConfigChanged(what="repo", id="r1")
+    assert res["message"] == "created a new repository"
+    assert res["repo"]["id"] == "r1" and res["repo"]["password_source"] == "secret"
+    assert (tmp_path / "r1" / "config").is_file()
+    row = await a.engine.store.get_repo("r1")
+    assert row.guid == res["repo"]["guid"] and row.password_source == "secret"
+    # B lists it; a plan B adds on A backs up into it, with the password B gave.
+    status, got = await admin(b, "GET", "/v1/peers/a/config")
+    assert [r["id"] for r in got["repos"]] == ["r1"]
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("into a repository a peer added\n")
+    status, plan = await admin(
+        b, "POST", "/v1/peers/a/plans", {"id": "docs", "repo": "r1", "paths": [str(src)]}
+    )
+    assert status == 201, plan
+    op = await a.engine.wait((await a.engine.backup("docs")).pk)
+    assert op.status == "success", op.error
+    assert len(await a.engine.snapshots("r1")) == 1
+
+    # Scope: another repository is refused by A; without config.write the handler never runs.
+    await refused(
+        "POST",
+        "/v1/peers/a/repos",
+        new_repo("other", tmp_path),
+        403,
+        "a: b has no 'config.write' grant for repository 'other' here",
+    )
+    c = await make_node("c")
+    await link(a, c, ["config.read"])
+    with pytest.raises(CallError) as exc:
+        await remote_config.add_repo(rpc(c), "a", new_repo("r2", tmp_path))
+    assert exc.value.message == "a: c has no 'config.write' grant here"
+    assert not (tmp_path / "r2").exists()
+
+    # The rules, each refused by A in words, nothing stored and nothing created.
+    for source, ref in (("command", "echo hi"), ("file", "/etc/hostname"), ("env", "HOME")):
+        await refused(
+            "POST",
+            "/v1/peers/a/repos",
+            new_repo("r2", tmp_path, password={"source": source, "ref": ref}),
+            403,
+            "a: a peer may give a repository password only as a value",
+        )
+    await refused(
+        "POST",
+        "/v1/peers/a/repos",
+        new_repo("r2", tmp_path, options=["sftp.command=sh -c evil"]),
+        403,
+        "a: a peer may not set restic -o options",
+    )
+    await refused(
+        "POST",
+        "/v1/peers/a/repos",
+        new_repo("r2", tmp_path, env={"RESTIC_PASSWORD_COMMAND": "sh -c evil"}),
+        403,
+        "a: a peer may not set RESTIC_PASSWORD_COMMAND",
+    )
+    for key in ("LD_PRELOAD", "SSH_ASKPASS", "PATH"):
+        await refused(
+            "POST",
+            "/v1/peers/a/repos",
+            new_repo("r2", tmp_path, env={key: "/x"}),
+            403,
+            f"a: a peer may not set {key}",
+        )
+    await refused(
+        "POST",
+        "/v1/peers/a/repos",
+        new_repo("r2", tmp_path, env={"BAD-NAME": "x"}),
+        403,
+        "does not look like a variable name",
+    )
+    await refused(
+        "POST",
+        "/v1/peers/a/repos",
+        new_repo("r2", tmp_path, uri="rclone:remote:bucket"),
+        403,
+        "a: a peer may not add rclone: repositories",
+    )
+    await refused(
+        "POST",
+        "/v1/peers/a/repos",
+        new_repo("r2", tmp_path, uri="sftp:-oProxyCommand=evil:/srv/r2"),
+        403,
+        "would pass options to ssh",
+    )
+    await refused(
+        "POST",
+        "/v1/peers/a/repos",
+        new_repo("r2", tmp_path, uri="relative/r2"),
+        403,
+        "must be absolute",
+    )
+    with pytest.raises(NotFound):
+        await a.engine.store.get_repo("r2")
+    assert not (tmp_path / "r2").exists()
+
+    # Edits in scope within the rules: the password and the environment (it must still open).
+    status, res = await admin(
+        b,
+        "PATCH",
+        "/v1/peers/a/repos/r1",
+        {"password": {"source": "secret", "value": REMOTE_PW}, "env": {"B2_ACCOUNT_ID": "x"}},
+    )
+    assert status == 200, res
+    assert res["env_keys"] == ["B2_ACCOUNT_ID"]
+    await refused(
+        "PATCH",
+        "/v1/peers/a/repos/r1",
+        {"password": {"source": "secret", "value": NEW_PW}},
+        409,
+        "a: ",  # restic cannot open it with a wrong password: refused, nothing replaced
+    )
+    assert (await a.engine.store.get_repo("r1")).password_source == "secret"
+    await refused("PATCH", "/v1/peers/a/repos/r1", {"options": ["x=y"]}, 403, "-o options")
+    await refused(
+        "PATCH",
+        "/v1/peers/a/repos/r1",
+        {"password": {"source": "command", "ref": "sh -c evil"}},
+        403,
+        "only as a value",
+    )
+    await refused(
+        "PATCH", "/v1/peers/a/repos/r1", {"uri": "rclone:x:y"}, 403, "rclone: repositories"
+    )
+    # A repository set up on A with a password command keeps it: a peer may not replace it.
+    pw_file = tmp_path / "pw"
+    pw_file.write_text(PASSWORD + "\n")
+    await add_repo(a, "r2", tmp_path, password=PasswordSpec(source="command", ref=f"cat {pw_file}"))
+    await refused(
+        "PATCH",
+        "/v1/peers/a/repos/r2",
+        {"password": {"source": "secret", "value": PASSWORD}},
+        403,
+        "takes its password from a command set on this machine",
+    )
+    assert (await a.engine.store.get_repo("r2")).password_ref == f"cat {pw_file}"
+    status, got = await admin(b, "GET", "/v1/peers/a/config")
+    assert {r["id"]: r["password_source"] for r in got["repos"]} == {
+        "r1": "secret",
+        "r2": "command",
+    }
+    said.append(json.dumps(got))
+
+    # Removal: refused while a plan uses it (the store's words), done once the plan is gone.
+    await refused("DELETE", "/v1/peers/a/repos/r1", None, 409, "used by 1 plan(s)")
+    status, _ = await admin(b, "DELETE", "/v1/peers/a/plans/docs")
+    assert status == 200
+    status, res = await admin(b, "DELETE", "/v1/peers/a/repos/r1")
+    assert status == 200 and res == {"deleted": "r1"}
+    with pytest.raises(NotFound):
+        await a.engine.store.get_repo("r1")
+    assert (tmp_path / "r1" / "config").is_file()  # its data stays
+    await refused(
+        "DELETE",
+        "/v1/peers/a/repos/elsewhere",
+        None,
+        403,
+        "no 'config.write' grant for repository 'elsewhere'",
+    )
+
+    # The passwords were never logged on either side, nor said back in any answer.
+    logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
+    for secret in (REMOTE_PW, NEW_PW):
+        assert secret not in logged
+        assert not any(secret in text for text in said)
+    assert REMOTE_PW not in repr(PasswordSpec(source="secret", value=REMOTE_PW))
 
 
 # -- logs on demand, and the fleet view --------------------------------------------------------
