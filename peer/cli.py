@@ -282,6 +282,22 @@ def _read_password(a: argparse.Namespace) -> dict[str, Any]:
     return {"source": "secret", "value": value}
 
 
+def _repo_patch(a: argparse.Namespace, hint: str) -> dict[str, Any]:
+    """The changes ``repo edit`` asks for (here or on a peer); at least one is required."""
+    patch: dict[str, Any] = {}
+    if a.uri:
+        patch["uri"] = a.uri
+    if a.password_stdin or a.password_file or a.password_env or a.password_command:
+        patch["password"] = _read_password(a)
+    if a.env is not None:
+        patch["env"] = _env_pairs(a.env)
+    if a.option is not None:
+        patch["options"] = [o for o in a.option if o]
+    if not patch:
+        raise CliError(f"nothing to change: {hint}")
+    return patch
+
+
 def _env_pairs(items: list[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for item in items:
@@ -313,17 +329,7 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
         _emit(a, res, f"repository {a.name}: {res['message']} (id {res['repo']['guid'][:8]})")
         return 0
     if a.repo_cmd == "edit":
-        patch: dict[str, Any] = {}
-        if a.uri:
-            patch["uri"] = a.uri
-        if a.password_stdin or a.password_file or a.password_env or a.password_command:
-            patch["password"] = _read_password(a)
-        if a.env is not None:
-            patch["env"] = _env_pairs(a.env)
-        if a.option is not None:
-            patch["options"] = [o for o in a.option if o]
-        if not patch:
-            raise CliError("nothing to change: give --uri, a password option, --env or --option")
+        patch = _repo_patch(a, "give --uri, a password option, --env or --option")
         res = await c.call("PATCH", f"/v1/repos/{a.name}", patch)
         _emit(a, res, f"repository {a.name} changed; it opens with the new settings")
         return 0
@@ -386,17 +392,7 @@ async def _repo_on(c: AdminClient, a: argparse.Namespace, peer: str) -> int:
         _emit(a, res, f"repository {a.name} on {peer}: {res['message']} (id {guid})")
         return 0
     if a.repo_cmd == "edit":
-        patch: dict[str, Any] = {}
-        if a.uri:
-            patch["uri"] = a.uri
-        if a.password_stdin or a.password_file or a.password_env or a.password_command:
-            patch["password"] = _read_password(a)
-        if a.env is not None:
-            patch["env"] = _env_pairs(a.env)
-        if a.option is not None:
-            patch["options"] = [o for o in a.option if o]
-        if not patch:
-            raise CliError("nothing to change: give --uri, --password-stdin or --env")
+        patch = _repo_patch(a, "give --uri, --password-stdin or --env")
         res = await c.call("PATCH", f"{base}/{quote(a.name, safe='')}", patch)
         _emit(a, res, f"repository {a.name} on {peer} changed; it opens with the new settings")
         return 0

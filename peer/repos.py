@@ -34,17 +34,17 @@ import contextlib
 import functools
 import hashlib
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from peerstash.core.engine import Engine, EngineError
 from peerstash.core.events import ConfigChanged, EventBus, Notice, SnapshotsChanged
 from peerstash.core.sharing import SharedRepoSpec, received_repo_id
 from peerstash.core.store import NotFound
-from peerstash.peer import channel as ch
 from peerstash.peer import protocol as proto
 from peerstash.peer.link import Link, PeerManager
+from peerstash.peer.outbox import LinkOutbox
+from peerstash.peer.outbox import cancel_and_wait as _cancel
 from peerstash.peer.permissions import GrantError, Grants
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,6 @@ log = logging.getLogger(__name__)
 #: Jobs queued on one link before the peer is considered abusive (each push coalesces, so a
 #: well-behaved peer never gets near this).
 MAX_QUEUED_JOBS = 200
-
-
-async def _cancel(task: asyncio.Task[Any]) -> None:
-    """Cancel ``task`` and wait for it, without swallowing our own cancellation."""
-    if not task.done():
-        task.cancel()
-        await asyncio.wait([task])
 
 
 def _grants(entries: list[Any], peer_id: str, whose: str) -> Grants:
@@ -232,35 +225,20 @@ class RepoShareService:
         ]
 
 
-class _LinkShares:
-    """One link's outgoing queue and the worker that runs it in order."""
+class _LinkShares(LinkOutbox):
+    """One link's shared-repository messages, sent in order."""
+
+    what = "shared repositories"
 
     def __init__(self, service: RepoShareService, link: Link) -> None:
         self.svc = service
-        self.link = link
-        self.peer_id = link.peer_id
-        self.jobs: deque[Callable[[], Awaitable[None]]] = deque()
-        self.wake = asyncio.Event()
         self.push_queued = False
         #: Hash of the last set sent on this link (kept in memory only): an equal set is
         #: not sent again.
         self.last_sent: bytes | None = None
-        self._stopped = False
-        self._task = asyncio.create_task(self._run(), name=f"repos:{self.peer_id}")
-        self._watch = asyncio.create_task(self._watch_link(), name=f"repos-watch:{self.peer_id}")
-
-    def enqueue(self, job: Callable[[], Awaitable[None]]) -> None:
-        if self._stopped:
-            return
-        if len(self.jobs) >= MAX_QUEUED_JOBS:
-            log.warning("too much queued repository work for %s; closing the link", self.peer_id)
-            self._stopped = True
-            self.svc._links.pop(self.peer_id, None)
-            self.svc._spawn(self.link.close("too many shared repository messages"))
-            self.wake.set()
-            return
-        self.jobs.append(job)
-        self.wake.set()
+        super().__init__(
+            link, service._links, service._spawn, max_jobs=MAX_QUEUED_JOBS, name="repos"
+        )
 
     def request_push(self) -> None:
         """Queue one push of our full set (bursts of changes coalesce into one)."""
@@ -268,44 +246,15 @@ class _LinkShares:
             self.push_queued = True
             self.enqueue(self.push)
 
-    async def stop(self) -> None:
-        self._stopped = True
-        self.wake.set()
-        current = asyncio.current_task()
-        for task in (self._task, self._watch):
-            if task is not current:
-                await _cancel(task)
-
-    async def _watch_link(self) -> None:
-        await self.link.closed.wait()
-        self._stopped = True
-        self.wake.set()
-        if self.svc._links.get(self.peer_id) is self:
-            del self.svc._links[self.peer_id]
-
-    async def _run(self) -> None:
-        try:
-            while not self._stopped:
-                self.wake.clear()
-                if not self.jobs:
-                    await self.wake.wait()
-                    continue
-                job = self.jobs.popleft()
-                try:
-                    await job()
-                except (ch.ChannelError, ConnectionError):
-                    raise
-                except Exception as exc:
-                    # Never the exception's repr with arguments (it could hold a secret):
-                    # its type and message, which the engine words without secrets.
-                    log.warning(
-                        "shared repositories with %s: a job failed: %s: %s",
-                        self.peer_id,
-                        type(exc).__name__,
-                        exc,
-                    )
-        except (ch.ChannelError, ConnectionError) as exc:
-            log.debug("shared repositories with %s ended: %s", self.peer_id, exc)
+    def job_failed(self, exc: Exception) -> None:
+        # Never the exception's repr with arguments (it could hold a secret): its type and
+        # message, which the engine words without secrets.
+        log.warning(
+            "shared repositories with %s: a job failed: %s: %s",
+            self.peer_id,
+            type(exc).__name__,
+            exc,
+        )
 
     async def push(self) -> None:
         """Send our full set to this peer, unless it equals the last one sent here."""

@@ -40,7 +40,6 @@ import contextlib
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -51,9 +50,10 @@ import msgspec
 from peerstash.core.events import Event, EventBus, Notice, OperationChanged, OperationsDeleted
 from peerstash.core.models import Operation, OpKind, OpStatus
 from peerstash.core.store import DeletedOp, NotFound, Store
-from peerstash.peer import channel as ch
 from peerstash.peer import protocol as proto
 from peerstash.peer.link import Link, PeerManager
+from peerstash.peer.outbox import LinkOutbox
+from peerstash.peer.outbox import cancel_and_wait as _cancel
 from peerstash.peer.permissions import GrantError, Grants
 
 log = logging.getLogger(__name__)
@@ -222,17 +222,6 @@ def _accept(ops: Sequence[proto.OpRecord]) -> tuple[list[tuple[Any, ...]], int]:
             row = (*row[:15], "{}", *row[16:])
         rows.append(row[:18])
     return rows, skipped
-
-
-async def _cancel(task: asyncio.Task[Any]) -> None:
-    """Cancel ``task`` and wait for it to end, without swallowing our *own* cancellation.
-
-    (``with suppress(BaseException): await task`` would: a dialer cancelled while it stops
-    an old link's sync would then carry on, and whoever stops the dialer waits forever.)
-    """
-    if not task.done():
-        task.cancel()
-        await asyncio.wait([task])
 
 
 @dataclass
@@ -491,8 +480,10 @@ class SyncService:
         ls.enqueue(ls.send_manifest)
 
 
-class _LinkSync:
+class _LinkSync(LinkOutbox):
     """Sync state of one live link, and the one task that sends on its behalf."""
+
+    what = "operation sync"
 
     def __init__(self, service: SyncService, link: Link) -> None:
         self.svc = service
@@ -502,7 +493,6 @@ class _LinkSync:
         #: What we grant this peer; read when first needed (None until then: nothing is
         #: queued for it before its first catch-up anyway).
         self.grants: Grants | None = None
-        self.jobs: deque[Callable[[], Awaitable[None]]] = deque()
         #: Latest unsent state of each changed operation (coalesces bursts).
         self.pending: dict[str, proto.OpRecord] = {}
         #: When each running operation was last pushed (progress is throttled).
@@ -515,10 +505,9 @@ class _LinkSync:
         #: Every change in scope up to this modno has been sent on this link (None until the
         #: first catch-up): where the next digest's snapshot starts.
         self.sent_upto: int | None = None
-        self.wake = asyncio.Event()
-        self._stopped = False
-        self._task = asyncio.create_task(self._run(), name=f"sync:{self.peer_id}")
-        self._watch = asyncio.create_task(self._watch_link(), name=f"sync-watch:{self.peer_id}")
+        super().__init__(
+            link, service._links, service._spawn, max_jobs=MAX_QUEUED_JOBS, name="sync"
+        )
 
     # -- scope -------------------------------------------------------------------------------
 
@@ -536,17 +525,6 @@ class _LinkSync:
         return lambda repo, plan: grants.allows("ops", repo=repo, plan=plan)
 
     # -- queue -------------------------------------------------------------------------------
-
-    def enqueue(self, job: Callable[[], Awaitable[None]]) -> None:
-        if len(self.jobs) >= MAX_QUEUED_JOBS:
-            log.warning("too much queued sync work for %s; closing the link", self.peer_id)
-            self.svc._links.pop(self.peer_id, None)
-            self.svc._spawn(self.link.close("too many sync requests"))
-            self._stopped = True
-            self.wake.set()
-            return
-        self.jobs.append(job)
-        self.wake.set()
 
     def push(self, rec: proto.OpRecord) -> None:
         old = self.pending.get(rec.op_id)
@@ -573,44 +551,8 @@ class _LinkSync:
             chunk = tuple(ids[i : i + IDS_PER_FRAME])
             await self.send(proto.OpsDeleted(origin=self.svc.instance_id, op_ids=chunk))
 
-    async def stop(self) -> None:
-        self._stopped = True
-        self.wake.set()
-        current = asyncio.current_task()
-        for task in (self._task, self._watch):
-            if task is not current:
-                await _cancel(task)
-
-    async def _watch_link(self) -> None:
-        await self.link.closed.wait()
-        self._stopped = True
-        self.wake.set()
-        if self.svc._links.get(self.peer_id) is self:
-            del self.svc._links[self.peer_id]
-
-    async def _run(self) -> None:
-        try:
-            while not self._stopped:
-                self.wake.clear()
-                if self.jobs:
-                    job = self.jobs.popleft()
-                    try:
-                        await job()
-                    except (ch.ChannelError, ConnectionError):
-                        raise
-                    except Exception:
-                        log.exception("a sync job for %s failed", self.peer_id)
-                    continue
-                delay = await self._flush_live()
-                if self.jobs or self.wake.is_set():
-                    continue
-                if delay is None:
-                    await self.wake.wait()
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.wake.wait(), delay)
-        except (ch.ChannelError, ConnectionError) as exc:
-            log.debug("sync with %s ended: %s", self.peer_id, exc)
+    async def idle(self) -> float | None:
+        return await self._flush_live()
 
     # -- sending -----------------------------------------------------------------------------
 
