@@ -1010,6 +1010,7 @@ class Engine:
         """Trim old operations; returns how many. Announces what went (OperationsDeleted), so
         peers holding copies drop them now rather than at their next connect."""
         gone = await self.store.trim_operations(older_than=older_than, keep_min=keep_min)
+        await self.store.trim_requests(older_than=older_than)
         if gone:
             self.bus.publish(OperationsDeleted(origin=self.instance_id, ops=tuple(gone)))
         return len(gone)

@@ -217,6 +217,11 @@ class Peer(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+#: States of a :class:`RemoteRequest` that never change again (``peer/remote.py`` has them all);
+#: garbage collection removes old requests in these states.
+REQUEST_FINAL_STATES: tuple[str, ...] = ("done", "failed", "timed out")
+
+
 class RemoteRequest(Base):
     """A command this instance asked a peer to run (a backup, a restore), kept until it ends.
 

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import (
 
 from peerstash.core.ids import new_ulid
 from peerstash.core.models import (
+    REQUEST_FINAL_STATES,
     Operation,
     OperationLog,
     OpKind,
@@ -649,6 +650,19 @@ class Store:
         q = q.limit(limit)
         async with self.session() as s:
             return list((await s.scalars(q)).all())
+
+    async def trim_requests(self, *, older_than: timedelta) -> int:
+        """Delete requests that ended (``REQUEST_FINAL_STATES``) and last changed before
+        ``older_than`` ago; the operations they started stay, with their own history."""
+        cutoff = utcnow() - older_than
+        async with self.session() as s, s.begin():
+            res = await s.execute(
+                delete(RemoteRequest).where(
+                    RemoteRequest.state.in_(REQUEST_FINAL_STATES),
+                    RemoteRequest.updated_at < cutoff,
+                )
+            )
+        return int(getattr(res, "rowcount", 0) or 0)
 
     # -- pairing tokens ----------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from typing import Any
 from peerstash.core.engine import Engine
 from peerstash.core.events import Event, EventBus, OperationChanged
 from peerstash.core.ids import new_ulid
-from peerstash.core.models import Operation, OpKind, OpStatus, RemoteRequest
+from peerstash.core.models import REQUEST_FINAL_STATES, Operation, OpKind, OpStatus, RemoteRequest
 from peerstash.core.serialize import lsnode_to_dict, snapshot_to_dict
 from peerstash.core.store import NotFound, OpFilter, Store, utcnow
 from peerstash.peer import protocol as proto
@@ -64,6 +64,8 @@ TIMED_OUT = "timed out"
 #: States a request can still leave; the rest are final.
 OPEN_STATES = (QUEUED, ACCEPTED, RUNNING)
 FINAL_STATES = (DONE, FAILED, TIMED_OUT)
+if FINAL_STATES != REQUEST_FINAL_STATES:  # pragma: no cover - a dev error
+    raise RuntimeError("peer.remote.FINAL_STATES and core REQUEST_FINAL_STATES disagree")
 #: Requests only move forward: a late or repeated event never rolls one back.
 _RANK = {QUEUED: 0, ACCEPTED: 1, RUNNING: 2, DONE: 3, FAILED: 3, TIMED_OUT: 3}
 

@@ -22,6 +22,7 @@ from peerstash.core.store import (
     Store,
     StoreError,
     repo_record,
+    utcnow,
 )
 
 
@@ -282,3 +283,27 @@ async def test_remote_requests_roundtrip_and_filters(store: Store) -> None:
     assert (await store.get_request("01REQ1")).remote_op_id == "01OP"
     with pytest.raises(NotFound, match="no remote request named 'nope'"):
         await store.get_request("nope")
+
+
+async def test_gc_removes_old_ended_requests_and_keeps_open_ones(store: Store) -> None:
+    from datetime import timedelta
+
+    from peerstash.core.models import RemoteRequest
+
+    states = {"old-done": "done", "old-failed": "failed", "old-timed": "timed out"}
+    states |= {"old-queued": "queued", "old-running": "running", "new-done": "done"}
+    for rid, state in states.items():
+        await store.add_request(RemoteRequest(id=rid, peer="nas", kind="run", args={}, state=state))
+    from sqlalchemy import update
+
+    long_ago = utcnow() - timedelta(days=100)
+    old = [rid for rid in states if rid.startswith("old-")]
+    async with store.session() as s, s.begin():  # test data: the store always stamps "now"
+        await s.execute(
+            update(RemoteRequest).where(RemoteRequest.id.in_(old)).values(updated_at=long_ago)
+        )
+    assert await store.trim_requests(older_than=timedelta(days=90)) == 3
+    left = {r.id for r in await store.list_requests()}
+    # Open requests stay however old (a laptop away for months still gets its request, or
+    # times it out); recently ended ones stay to be looked at.
+    assert left == {"old-queued", "old-running", "new-done"}
