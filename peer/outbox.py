@@ -127,3 +127,38 @@ class LinkOutbox:
                         await asyncio.wait_for(self.wake.wait(), delay)
         except (ch.ChannelError, ConnectionError) as exc:
             log.debug("%s with %s ended: %s", self.what, self.peer_id, exc)
+
+
+class LinkService:
+    """What a service that keeps an outbox per link shares: its outboxes, the tasks it spawns,
+    and the one bus subscription its pump follows; :meth:`stop` ends them all in order."""
+
+    def __init__(self) -> None:
+        self._links: dict[str, Any] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pump: asyncio.Task[None] | None = None
+        self._sub: Any = None
+
+    def _follow_bus(self, sub: Any, pump: Awaitable[None], name: str) -> None:
+        """Subscribe first (so no event is missed), then start the pump that reads it."""
+        self._sub = sub
+        self._pump = asyncio.ensure_future(pump)
+        self._pump.set_name(name)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        if self._pump is not None:
+            await cancel_and_wait(self._pump)
+            self._pump = None
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+        for outbox in list(self._links.values()):
+            await outbox.stop()
+        self._links.clear()
+        for task in list(self._tasks):
+            await cancel_and_wait(task)

@@ -29,12 +29,10 @@ them in their repr, and nothing here formats a spec's fields into a message.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import hashlib
 import logging
-from collections.abc import Awaitable
 from typing import Any
 
 from peerstash.core.engine import Engine, EngineError
@@ -43,8 +41,7 @@ from peerstash.core.sharing import SharedRepoSpec, received_repo_id
 from peerstash.core.store import NotFound
 from peerstash.peer import protocol as proto
 from peerstash.peer.link import Link, PeerManager
-from peerstash.peer.outbox import LinkOutbox
-from peerstash.peer.outbox import cancel_and_wait as _cancel
+from peerstash.peer.outbox import LinkOutbox, LinkService
 from peerstash.peer.permissions import GrantError, Grants
 
 log = logging.getLogger(__name__)
@@ -64,7 +61,7 @@ def _grants(entries: list[Any], peer_id: str, whose: str) -> Grants:
         return Grants.none()
 
 
-class RepoShareService:
+class RepoShareService(LinkService):
     """Pushes our shared repositories to peers and applies theirs here.
 
     Wire it to its :class:`PeerManager` with :meth:`attach`, then :meth:`start` it before the
@@ -79,10 +76,8 @@ class RepoShareService:
         self.bus = bus
         self.manager = manager
         self.instance_id = instance_id
+        super().__init__()
         self._links: dict[str, _LinkShares] = {}
-        self._pump: asyncio.Task[None] | None = None
-        self._sub: Any = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -92,26 +87,9 @@ class RepoShareService:
 
     async def start(self) -> None:
         """Follow repository changes (subscribed now, so none is missed)."""
-        self._sub = self.bus.subscribe("config", "snapshots", maxsize=10_000)
-        self._pump = asyncio.create_task(self._follow(), name="repos:pump")
-
-    async def stop(self) -> None:
-        if self._pump is not None:
-            await _cancel(self._pump)
-            self._pump = None
-        if self._sub is not None:
-            self._sub.close()
-            self._sub = None
-        for ls in list(self._links.values()):
-            await ls.stop()
-        self._links.clear()
-        for task in list(self._tasks):
-            await _cancel(task)
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._follow_bus(
+            self.bus.subscribe("config", "snapshots", maxsize=10_000), self._follow(), "repos:pump"
+        )
 
     # -- link events -------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Union
@@ -52,8 +52,7 @@ from peerstash.core.models import Operation, OpKind, OpStatus
 from peerstash.core.store import DeletedOp, NotFound, Store
 from peerstash.peer import protocol as proto
 from peerstash.peer.link import Link, PeerManager
-from peerstash.peer.outbox import LinkOutbox
-from peerstash.peer.outbox import cancel_and_wait as _cancel
+from peerstash.peer.outbox import LinkOutbox, LinkService
 from peerstash.peer.permissions import GrantError, Grants
 
 log = logging.getLogger(__name__)
@@ -232,7 +231,7 @@ class _Repair:
     seen: set[str] = field(default_factory=set)
 
 
-class SyncService:
+class SyncService(LinkService):
     """Runs operation sync on every link of one node.
 
     Wire it to its :class:`PeerManager` with :meth:`attach`; call :meth:`start` before links
@@ -255,14 +254,12 @@ class SyncService:
         self.instance_id = instance_id
         self.batch_ops = max(1, min(batch_ops, proto.MAX_OPS_PER_BATCH))
         self.progress_interval = progress_interval
+        super().__init__()
         self._links: dict[str, _LinkSync] = {}
         #: Highest modno held per peer origin: what OpsSince says on the next connect. Read
         #: from the store at start, raised as batches are stored (a peer paired later starts
         #: at 0, which at worst resends what we hold; storing is idempotent).
         self._marks: dict[str, int] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._pump: asyncio.Task[None] | None = None
-        self._sub: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -281,23 +278,13 @@ class SyncService:
     async def start(self) -> None:
         """Start following local operation changes (subscribed now, so none is missed), and
         read each known peer's high-water mark once (later ones are kept up to date here)."""
-        self._sub = self.bus.subscribe("operation", "operations-deleted", maxsize=100_000)
-        self._pump = asyncio.create_task(self._follow(), name="sync:pump")
+        self._follow_bus(
+            self.bus.subscribe("operation", "operations-deleted", maxsize=100_000),
+            self._follow(),
+            "sync:pump",
+        )
         for peer in await self.store.list_peers():
             self._marks[peer.id] = await self.store.max_modno(peer.id)
-
-    async def stop(self) -> None:
-        if self._pump is not None:
-            await _cancel(self._pump)
-            self._pump = None
-        if self._sub is not None:
-            self._sub.close()
-            self._sub = None
-        for ls in list(self._links.values()):
-            await ls.stop()
-        self._links.clear()
-        for task in list(self._tasks):
-            await _cancel(task)
 
     # -- link events -------------------------------------------------------------------------
 
@@ -317,11 +304,6 @@ class SyncService:
         self._links[link.peer_id] = ls
         since = proto.OpsSince(marks={link.peer_id: self._marks.get(link.peer_id, 0)})
         ls.enqueue(lambda: ls.send(since))
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def regrant(self, peer_id: str) -> bool:
         """The grants we give ``peer_id`` changed: apply them to the live link now.
