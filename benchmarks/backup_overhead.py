@@ -60,6 +60,24 @@ def node_rss_peak_mb(pid: int) -> float:
     return float("nan")
 
 
+def add_repo_and_plan(cli: list[str], repo: Path, src: Path, env: dict[str, str]) -> None:
+    """Repository ``r`` (created at ``repo``) and plan ``p`` backing ``src`` up into it."""
+    subprocess.run(
+        [*cli, "repo", "add", "r", "--uri", str(repo), "--password-stdin", "--init"],
+        input=PASSWORD + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    subprocess.run(
+        [*cli, "plan", "add", "p", "--repo", "r", "--path", str(src)],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+
+
 def through_peerstash(
     work: Path, repo: Path, src: Path
 ) -> tuple[float, float, float, float, float]:
@@ -68,20 +86,7 @@ def through_peerstash(
     node = start_node(data, "bench")
     try:
         cli = [*PEERSTASH, "--data-dir", str(data)]
-        subprocess.run(
-            [*cli, "repo", "add", "r", "--uri", str(repo), "--password-stdin", "--init"],
-            input=PASSWORD + "\n",
-            text=True,
-            check=True,
-            capture_output=True,
-            env=env,
-        )
-        subprocess.run(
-            [*cli, "plan", "add", "p", "--repo", "r", "--path", str(src)],
-            check=True,
-            capture_output=True,
-            env=env,
-        )
+        add_repo_and_plan(cli, repo, src, env)
         first = timed([*cli, "backup", "p", "--wait"], env)
         again = timed([*cli, "backup", "p", "--wait"], env)
         rss = node_rss_peak_mb(node.pid)
@@ -195,20 +200,7 @@ def unchanged_interleaved(
         return bare_t, inside_t, wall_t
 
     try:
-        subprocess.run(
-            [*cli, "repo", "add", "r", "--uri", str(node_repo), "--password-stdin", "--init"],
-            input=PASSWORD + "\n",
-            text=True,
-            check=True,
-            capture_output=True,
-            env=node_env,
-        )
-        subprocess.run(
-            [*cli, "plan", "add", "p", "--repo", "r", "--path", str(src)],
-            check=True,
-            capture_output=True,
-            env=node_env,
-        )
+        add_repo_and_plan(cli, node_repo, src, node_env)
         return asyncio.run(alternate())
     finally:
         node.send_signal(2)
