@@ -31,6 +31,7 @@ from peerstash.core.events import (
 from peerstash.core.models import Operation, OpKind, OpStatus, Plan, Repo
 from peerstash.core.restic import (
     ErrorKind,
+    ForgetResult,
     PasswordCommand,
     PasswordFile,
     PasswordValue,
@@ -852,14 +853,10 @@ class Engine:
                 on_log=ctx.log,
             )
             summary = result.summary_dict()
-            if repo.origin is not None and not RetentionPolicy.from_dict(plan.retention).is_empty():
-                ctx.log(
-                    f"retention skipped: repository {repo.id} is shared by {repo.origin}, "
-                    "whose owner does its maintenance"
-                )
-            elif not RetentionPolicy.from_dict(plan.retention).is_empty():
+            if not RetentionPolicy.from_dict(plan.retention).is_empty():
                 # Retention follows a backup that made a snapshot, in the same flow; the repo's
-                # queue runs it right after this job.
+                # queue runs it right after this job. It touches only this instance's snapshots
+                # of this plan, so it runs on a shared repository too (without prune).
                 await self.forget(repo.id, plan_id=plan.id, flow_id=ctx.op.flow_id)
             if result.partial:
                 return Outcome(
@@ -875,22 +872,47 @@ class Engine:
 
         return await self._submit(repo, OpKind.BACKUP, job, plan_id=plan.id, flow_id=flow_id)
 
+    def own_snapshots(self, plan_id: str) -> tuple[str, tuple[str, str]]:
+        """The host and the tags that mark the snapshots this instance made for ``plan_id``.
+
+        :meth:`backup` writes them (``--host <instance id>``, tags ``plan:<id>`` and
+        ``host:<instance id>``) and retention selects by all three, so a plan's policy never
+        reaches another machine's plan of the same name in a shared repository, nor a snapshot
+        made by hand without both tags.
+        """
+        return self.instance_id, (f"plan:{plan_id}", f"host:{self.instance_id}")
+
+    async def _retention_plans(self, repo: Repo, plan_id: str | None) -> list[Plan]:
+        """The plans whose policy ``forget`` applies on ``repo`` (one, or all of them there)."""
+        if plan_id:
+            plan = await self.store.get_plan(plan_id)
+            if plan.repo_id != repo.id:
+                raise EngineError(
+                    f"plan {plan_id!r} backs up to repository {plan.repo_id!r}, not {repo.id!r}"
+                )
+            plans = [plan]
+        else:
+            plans = [p for p in await self.store.list_plans() if p.repo_id == repo.id]
+        with_policy = [p for p in plans if not RetentionPolicy.from_dict(p.retention).is_empty()]
+        if not with_policy and plan_id:
+            raise EngineError(f"plan {plan_id!r} has no retention policy; add --keep-* to it")
+        if not with_policy:
+            raise EngineError(
+                f"no plan on repository {repo.id!r} has a retention policy; add --keep-* to a plan"
+            )
+        return with_policy
+
     async def forget(
         self, repo_id: str, *, plan_id: str | None = None, flow_id: str | None = None
     ) -> Operation:
-        """Apply retention: one plan's policy, or each plan's policy on this repository."""
+        """Apply retention: one plan's policy, or each plan's policy on this repository.
+
+        Only snapshots this instance made for the plan are candidates (:meth:`own_snapshots`),
+        so this is allowed on a repository shared to us too: there we trim our own backups and
+        leave ``prune`` (which needs the whole repository) to the owner. Forget never prunes.
+        """
         repo = await self.store.get_repo(repo_id)
-        self._refuse_maintenance_on_foreign(repo, "forget")
-        plans = (
-            [await self.store.get_plan(plan_id)]
-            if plan_id
-            else [p for p in await self.store.list_plans() if p.repo_id == repo_id]
-        )
-        with_policy = [p for p in plans if not RetentionPolicy.from_dict(p.retention).is_empty()]
-        if not with_policy:
-            raise EngineError(
-                f"no plan on repository {repo_id!r} has a retention policy; add --keep-* to a plan"
-            )
+        with_policy = await self._retention_plans(repo, plan_id)
 
         async def job(ctx: OpContext) -> Outcome:
             access = await self.access(repo)
@@ -898,9 +920,13 @@ class Engine:
             kept: list[str] = []
             for plan in with_policy:
                 policy = RetentionPolicy.from_dict(plan.retention)
-                ctx.log(f"forget for plan {plan.id}: {' '.join(policy.to_args())}")
+                host, tags = self.own_snapshots(plan.id)
+                ctx.log(
+                    f"forget for plan {plan.id} (snapshots of host {host} tagged "
+                    f"{' and '.join(tags)}): {' '.join(policy.to_args())}"
+                )
                 res = await self.restic().forget(
-                    access, policy, tags=(f"plan:{plan.id}",), on_log=ctx.log
+                    access, policy, tags=tags, host=host, prune=False, on_log=ctx.log
                 )
                 removed += res.removed
                 kept += res.kept
@@ -908,6 +934,33 @@ class Engine:
             return Outcome(summary={"removed": removed, "kept": kept})
 
         return await self._submit(repo, OpKind.FORGET, job, plan_id=plan_id, flow_id=flow_id)
+
+    async def forget_preview(
+        self, repo_id: str, *, plan_id: str | None = None
+    ) -> list[tuple[Plan, ForgetResult]]:
+        """What :meth:`forget` would remove and keep, per plan, without changing anything.
+
+        A direct answer, not an operation: restic runs ``forget --dry-run`` without taking
+        the repository's lock, so a preview neither waits for nor blocks a running backup.
+        """
+        repo = await self.store.get_repo(repo_id)
+        with_policy = await self._retention_plans(repo, plan_id)
+        access = await self.access(repo)
+        previews: list[tuple[Plan, ForgetResult]] = []
+        for plan in with_policy:
+            host, tags = self.own_snapshots(plan.id)
+            try:
+                res = await self.restic().forget(
+                    access,
+                    RetentionPolicy.from_dict(plan.retention),
+                    tags=tags,
+                    host=host,
+                    dry_run=True,
+                )
+            except ResticError as exc:
+                raise EngineError(exc.message) from None
+            previews.append((plan, res))
+        return previews
 
     def _refuse_maintenance_on_foreign(self, repo: Repo, what: str) -> None:
         if repo.origin is not None:

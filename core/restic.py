@@ -89,6 +89,7 @@ __all__ = [
     "build_env",
     "classify_failure",
     "find_restic",
+    "forget_args",
     "format_error_line",
     "iter_lines",
     "parse_cat_config",
@@ -824,6 +825,10 @@ class ForgetGroup:
     tags: tuple[str, ...]
     keep: tuple[str, ...]
     remove: tuple[str, ...]
+    #: The same snapshots in full (time, host, paths, tags), for a dry run's listing. Left out
+    #: of :meth:`ForgetResult.summary_dict`: an operation's summary keeps only the ids.
+    keep_snapshots: tuple[Snapshot, ...] = ()
+    remove_snapshots: tuple[Snapshot, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -836,14 +841,26 @@ class ForgetResult:
     pruned: bool = False
 
     def summary_dict(self) -> dict[str, Any]:
-        """Every field, JSON-ready, for the operation's summary."""
-        return dict(_jsonable(asdict(self)))
+        """Every field but the full snapshots, JSON-ready, for the operation's summary."""
+        summary = dict(_jsonable(asdict(self)))
+        for group in summary["groups"]:
+            group.pop("keep_snapshots", None)
+            group.pop("remove_snapshots", None)
+        return summary
+
+    @property
+    def kept_snapshots(self) -> tuple[Snapshot, ...]:
+        return tuple(s for g in self.groups for s in g.keep_snapshots)
+
+    @property
+    def removed_snapshots(self) -> tuple[Snapshot, ...]:
+        return tuple(s for g in self.groups for s in g.remove_snapshots)
 
 
-def _ids(value: Any) -> tuple[str, ...]:
+def _snapshots_of(value: Any) -> tuple[Snapshot, ...]:
     if not isinstance(value, list):  # restic prints "remove": null when nothing is removed
         return ()
-    return tuple(snap.id for snap in map(_snapshot, value) if snap is not None)
+    return tuple(snap for snap in map(_snapshot, value) if snap is not None)
 
 
 def parse_forget(doc: Any, *, pruned: bool = False) -> ForgetResult:
@@ -856,13 +873,17 @@ def parse_forget(doc: Any, *, pruned: bool = False) -> ForgetResult:
     for item in doc:
         if not isinstance(item, dict):
             continue
+        keep = _snapshots_of(item.get("keep"))
+        remove = _snapshots_of(item.get("remove"))
         groups.append(
             ForgetGroup(
                 host=_str(item, "host"),
                 paths=_strs(item, "paths"),
                 tags=_strs(item, "tags"),
-                keep=_ids(item.get("keep")),
-                remove=_ids(item.get("remove")),
+                keep=tuple(snap.id for snap in keep),
+                remove=tuple(snap.id for snap in remove),
+                keep_snapshots=keep,
+                remove_snapshots=remove,
             )
         )
     return ForgetResult(
@@ -1538,6 +1559,62 @@ def _check_tags(tags: Iterable[str]) -> list[str]:
     return result
 
 
+def forget_args(
+    policy: RetentionPolicy,
+    *,
+    tags: Sequence[str] = (),
+    host: str | None = None,
+    group_by: str | None = None,
+    prune: bool = False,
+    dry_run: bool = False,
+) -> list[str]:
+    """The ``restic forget`` arguments for ``policy`` on the snapshots of ``host`` that carry
+    *all* of ``tags``; an empty policy is refused (it would keep nothing in particular).
+
+    ``host`` becomes ``--host`` and the tags one ``--tag a,b`` (restic reads the comma as AND;
+    separate ``--tag`` flags would be OR and widen the selection). Both filters together are
+    how a plan's retention stays on the snapshots this instance made for it: a repository may
+    hold other machines' plans of the same name and snapshots made by hand.
+
+    ``group_by`` (``None`` = choose): without tags we use restic's own default,
+    ``host,paths``, so each machine and each backup set keeps its own history - grouping
+    by tags alone would let one host's snapshots count against another's in a shared
+    repository. With tags (a plan's ``plan:<id>`` and ``host:<instance>``) we use
+    ``host,tags``: the tag filter already selects the plan, and grouping by tags rather
+    than paths means editing a plan's paths does not strand its older snapshots in a group
+    of their own that the policy would then keep forever. Pass ``""`` to disable grouping.
+
+    ``dry_run`` adds ``--dry-run`` and the global ``--no-lock``: restic 0.14 then reports
+    what it would remove without touching the repository or waiting for its lock, so a
+    preview never queues behind (or blocks) a running backup. It cannot go with ``prune``.
+    """
+    if policy.is_empty():
+        raise ResticError(
+            ErrorKind.INVALID_ARGS,
+            "refusing to run forget with an empty retention policy: with no keep rule "
+            "restic has nothing telling it which snapshots to keep. Set at least one rule "
+            "(e.g. keep last 10)",
+        )
+    if dry_run and prune:
+        raise ResticError(ErrorKind.INVALID_ARGS, "a dry run of forget cannot also prune")
+    checked = _check_tags(_seq(tags))
+    args = ["forget", "--json", *policy.to_args()]
+    if host is not None:
+        if not host.strip() or host.startswith("-"):
+            raise ResticError(ErrorKind.INVALID_ARGS, f"invalid host {host!r} for forget")
+        args += ["--host", host]
+    if checked:
+        args += ["--tag", ",".join(checked)]
+    if group_by is None:
+        group_by = "host,tags" if checked else "host,paths"
+    args += ["--group-by", group_by]
+    if prune:
+        args.append("--prune")
+    if dry_run:
+        args += ["--dry-run", "--no-lock"]
+    return args
+
+
 def _seq(value: str | os.PathLike[str] | Sequence[Any]) -> list[Any]:
     """A list from a sequence argument; a lone string is one item, not its characters."""
     if isinstance(value, str | os.PathLike):
@@ -1975,36 +2052,17 @@ class Restic:
         policy: RetentionPolicy,
         *,
         tags: Sequence[str] = (),
+        host: str | None = None,
         group_by: str | None = None,
         prune: bool = False,
+        dry_run: bool = False,
         on_log: LogCallback | None = None,
     ) -> ForgetResult:
-        """Apply ``policy`` to the snapshots carrying all of ``tags``; refuse an empty policy.
-
-        ``group_by`` (``None`` = choose): without tags we use restic's own default,
-        ``host,paths``, so each machine and each backup set keeps its own history - grouping
-        by tags alone would let one host's snapshots count against another's in a shared
-        repository. With tags (a plan's ``plan:<id>`` and ``host:<instance>``) we use
-        ``host,tags``: the tag filter already selects the plan, and grouping by tags rather
-        than paths means editing a plan's paths does not strand its older snapshots in a group
-        of their own that the policy would then keep forever. Pass ``""`` to disable grouping.
-        """
-        if policy.is_empty():
-            raise ResticError(
-                ErrorKind.INVALID_ARGS,
-                "refusing to run forget with an empty retention policy: with no keep rule "
-                "restic has nothing telling it which snapshots to keep. Set at least one rule "
-                "(e.g. keep last 10)",
-            )
-        checked = _check_tags(_seq(tags))
-        args = ["forget", "--json", *policy.to_args()]
-        if checked:
-            args += ["--tag", ",".join(checked)]
-        if group_by is None:
-            group_by = "host,tags" if checked else "host,paths"
-        args += ["--group-by", group_by]
-        if prune:
-            args.append("--prune")
+        """Apply ``policy`` to the snapshots of ``host`` carrying all of ``tags``; refuse an
+        empty policy. ``dry_run`` only reports what would go (see :func:`forget_args`)."""
+        args = forget_args(
+            policy, tags=tags, host=host, group_by=group_by, prune=prune, dry_run=dry_run
+        )
         doc = await self._json_doc(repo, "forget", args, on_log)
         return parse_forget(doc, pruned=prune)
 

@@ -510,12 +510,49 @@ async def restore(request: web.Request) -> web.Response:
     return web.json_response(op_to_dict(op), status=202)
 
 
+async def _forget(request: web.Request) -> web.Response:
+    """``{"plan": ID, "dry_run": true}``, both optional. A dry run answers at once with what
+    would go and what stays (200, no operation); otherwise the forget is queued (202)."""
+    engine = _engine(request)
+    repo_id = request.match_info["id"]
+    data = await _body(request)
+    extra = set(data) - {"plan", "dry_run"}
+    if extra:
+        raise BadRequest(f"unknown field(s) for forget: {', '.join(sorted(extra))}")
+    plan_id = _str(data, "plan", required=False)
+    dry_run = data.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise BadRequest("dry_run is true or false")
+    if not dry_run:
+        op = await engine.forget(repo_id, plan_id=plan_id or None)
+        return web.json_response(op_to_dict(op), status=202)
+    previews = await engine.forget_preview(repo_id, plan_id=plan_id or None)
+    plans: list[dict[str, Any]] = []
+    keep: list[dict[str, Any]] = []
+    remove: list[dict[str, Any]] = []
+    for plan, result in previews:
+        host, tags = engine.own_snapshots(plan.id)
+        plans.append(
+            {
+                "plan": plan.id,
+                "retention": RetentionPolicy.from_dict(plan.retention).to_dict(),
+                "host": host,
+                "tags": list(tags),
+            }
+        )
+        keep += [{**snapshot_to_dict(s), "plan": plan.id} for s in result.kept_snapshots]
+        remove += [{**snapshot_to_dict(s), "plan": plan.id} for s in result.removed_snapshots]
+    return web.json_response(
+        {"repo": repo_id, "dry_run": True, "plans": plans, "keep": keep, "remove": remove}
+    )
+
+
 def _maintenance(name: str) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         engine = _engine(request)
         repo_id = request.match_info["id"]
         if name == "forget":
-            op = await engine.forget(repo_id)
+            return await _forget(request)
         elif name == "prune":
             op = await engine.prune(repo_id)
         elif name == "check":

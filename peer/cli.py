@@ -657,6 +657,43 @@ async def cmd_restore(c: AdminClient, a: argparse.Namespace) -> int:
     return await _started(c, a, await c.call("POST", f"/v1/repos/{a.repo}/restore", body))
 
 
+async def cmd_forget(c: AdminClient, a: argparse.Namespace) -> int:
+    """Apply retention, or (``--dry-run``) list what it would remove and keep, changing nothing."""
+    body: dict[str, Any] = {}
+    if a.plan:
+        body["plan"] = a.plan
+    if not a.dry_run:
+        return await _started(c, a, await c.call("POST", f"/v1/repos/{_q(a.repo)}/forget", body))
+    if a.wait:
+        raise CliError("--wait has nothing to wait for with --dry-run")
+    res = await c.call("POST", f"/v1/repos/{_q(a.repo)}/forget", {**body, "dry_run": True})
+
+    def rows(snaps: list[dict[str, Any]]) -> list[list[str]]:
+        return [
+            [
+                s["short_id"],
+                short_time(s["time"]),
+                s["hostname"],
+                s["plan"],
+                ", ".join(s["paths"]),
+            ]
+            for s in snaps
+        ]
+
+    headers = ["ID", "TIME", "HOST", "PLAN", "PATHS"]
+    parts = [
+        "dry run: nothing was removed. Only this node's snapshots of each plan are considered "
+        f"(host {', '.join(sorted({p['host'] for p in res['plans']}))})."
+    ]
+    remove, keep = rows(res["remove"]), rows(res["keep"])
+    parts.append(
+        f"would remove {len(remove)}:\n{table(remove, headers)}" if remove else "would remove none"
+    )
+    parts.append(f"would keep {len(keep)}:\n{table(keep, headers)}" if keep else "would keep none")
+    _emit(a, res, "\n\n".join(parts))
+    return 0
+
+
 async def cmd_maintenance(c: AdminClient, a: argparse.Namespace) -> int:
     body = {"all": bool(getattr(a, "all", False))}
     op = await c.call("POST", f"/v1/repos/{a.repo}/{a.command}", body)
@@ -946,7 +983,7 @@ COMMANDS = {
     "snapshots": cmd_snapshots,
     "ls": cmd_ls,
     "restore": cmd_restore,
-    "forget": cmd_maintenance,
+    "forget": cmd_forget,
     "prune": cmd_maintenance,
     "check": cmd_maintenance,
     "unlock": cmd_maintenance,
@@ -1163,13 +1200,20 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(r)
 
     for name, text in (
-        ("forget", "apply the plans' retention policies"),
+        ("forget", "apply the plans' retention policies to this node's snapshots"),
         ("prune", "remove unreferenced data"),
         ("check", "verify the repository"),
         ("unlock", "remove stale locks"),
     ):
         m = sub.add_parser(name, help=text)
         m.add_argument("repo")
+        if name == "forget":
+            m.add_argument("--plan", help="only this plan's policy (default: every plan on REPO)")
+            m.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="list what would be removed and kept; change nothing",
+            )
         if name == "unlock":
             m.add_argument(
                 "--all", action="store_true", help="remove every lock, not only stale ones"

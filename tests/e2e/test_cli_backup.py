@@ -264,6 +264,65 @@ def test_locked_repository_names_the_holder(node: NodeProc, tmp_path: Path) -> N
     node.cli("forget", "main", "--wait")
 
 
+def test_forget_dry_run_lists_what_goes_and_changes_nothing(node: NodeProc, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", files=3)
+    repo = tmp_path / "repo"
+    add_repo(node, "main", str(repo))
+    node.cli("plan", "add", "p", "--repo", "main", "--path", str(src))
+    for i in range(3):
+        (src / "notes.txt").write_text(f"version {i}\n")
+        node.cli("backup", "p", "--wait")
+    made = [s["short_id"] for s in sorted(jcli(node, "snapshots", "main"), key=lambda s: s["time"])]
+    assert len(made) == 3
+    env = {**os.environ, "RESTIC_PASSWORD": PASSWORD}
+    # Another machine's snapshot with our plan's tag: never ours to forget.
+    subprocess.run(
+        ["restic", "-r", str(repo), "backup", "-q", "--host", "other", "--tag", "plan:p", str(src)],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    node.cli("plan", "edit", "p", "--keep-last", "1")
+    ops_before = jcli(node, "ops")
+
+    # A bare restic backup holds the repository's lock: a dry run does not need it.
+    holder = subprocess.Popen(
+        ["restic", "-r", str(repo), "backup", "-v", "--stdin", "--stdin-filename", "x"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        assert holder.stdout is not None
+        for line in holder.stdout:
+            if "read data from stdin" in line:
+                break
+        res = node.cli("forget", "main", "--dry-run")
+        preview = jcli(node, "forget", "main", "--dry-run", "--plan", "p")
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(60)
+    assert "dry run: nothing was removed" in res.stdout and "(host alpha)" in res.stdout
+    assert "would remove 2:" in res.stdout and "would keep 1:" in res.stdout
+    assert all(short in res.stdout for short in made) and "other" not in res.stdout
+    assert sorted(s["short_id"] for s in preview["remove"]) == sorted(made[:2])
+    assert [s["short_id"] for s in preview["keep"]] == [made[2]]
+    assert {(s["hostname"], s["plan"]) for s in preview["remove"]} == {("alpha", "p")}
+    assert len(jcli(node, "snapshots", "main")) == 4  # nothing removed
+    assert jcli(node, "ops") == ops_before  # and no operation made
+
+    bad = node.cli("forget", "main", "--dry-run", "--wait", check=False)
+    assert bad.returncode == 1 and "nothing to wait for" in bad.stderr
+    node.cli("forget", "main", "--plan", "p", "--wait")
+    left = {(s["short_id"], s["hostname"]) for s in jcli(node, "snapshots", "main")}
+    assert {short for short, host in left if host == "alpha"} == {made[2]}
+    assert [host for _, host in left].count("other") == 1
+
+
 def unreadable_path(tmp_path: Path) -> str:
     if os.geteuid() == 0:
         # root reads any file mode; a read of /proc/self/mem at offset 0 fails with EIO instead.

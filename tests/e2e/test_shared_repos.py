@@ -67,8 +67,11 @@ def test_share_reaches_the_granting_peer(node_factory: Any, tmp_path: Path) -> N
 
     res = beta.cli("repo", "edit", "photos@alpha", "--uri", "/elsewhere", check=False)
     assert res.returncode == 1 and "shared by alpha and read-only here" in res.stderr
-    res = beta.cli("forget", "photos@alpha", check=False)
-    assert res.returncode == 1 and "done by its owner" in res.stderr
+    res = beta.cli("prune", "photos@alpha", check=False)
+    assert res.returncode == 1 and "prune is done by its owner" in res.stderr
+    # forget is allowed there (on beta's own snapshots), but beta has no plan with a policy.
+    res = beta.cli("forget", "photos@alpha", "--dry-run", check=False)
+    assert res.returncode == 1 and "no plan on repository 'photos@alpha'" in res.stderr
 
     ev = until_shares(
         beta,

@@ -40,6 +40,7 @@ from peerstash.core.restic import (
     build_env,
     classify_failure,
     find_restic,
+    forget_args,
     format_error_line,
     iter_lines,
     parse_cat_config,
@@ -458,6 +459,11 @@ def test_forget_014_dry_run() -> None:
     assert all(g.host for g in result.groups)
     summary = result.summary_dict()
     assert json.loads(json.dumps(summary)) == summary and len(summary["groups"]) == 4
+    # The full snapshots (for a dry run's listing) match the ids, and stay out of the summary.
+    assert [s.id for s in result.kept_snapshots] == list(result.kept)
+    assert [s.id for s in result.removed_snapshots] == list(result.removed)
+    assert all(s.time and s.hostname and s.paths for s in result.removed_snapshots)
+    assert all("remove_snapshots" not in g for g in summary["groups"])
 
 
 def test_forget_014_with_prune_mixes_json_and_text() -> None:
@@ -742,6 +748,44 @@ def test_retention_policy() -> None:
             RetentionPolicy.from_dict(bad)
     for good in ("30d", "2d12h", "1y", "5m"):
         assert RetentionPolicy(keep_within=good).to_args() == ["--keep-within", good]
+
+
+def test_forget_args_select_one_hosts_plan() -> None:
+    policy = RetentionPolicy(keep_last=1, keep_daily=7)
+    args = forget_args(policy, tags=["plan:home", "host:node-a"], host="node-a")
+    assert args == [
+        "forget",
+        "--json",
+        "--keep-last",
+        "1",
+        "--keep-daily",
+        "7",
+        "--host",
+        "node-a",
+        "--tag",
+        "plan:home,host:node-a",  # one --tag with a comma: both tags (two flags would be OR)
+        "--group-by",
+        "host,tags",
+    ]
+    assert "--prune" not in args and "--dry-run" not in args
+    dry = forget_args(policy, tags=["plan:home", "host:node-a"], host="node-a", dry_run=True)
+    assert dry == [*args, "--dry-run", "--no-lock"]
+    assert forget_args(policy, prune=True) == [
+        "forget",
+        "--json",
+        *policy.to_args(),
+        "--group-by",
+        "host,paths",
+        "--prune",
+    ]
+    for bad_host in ("", " ", "--prune"):
+        with pytest.raises(ResticError, match="invalid host") as info:
+            forget_args(policy, host=bad_host)
+        assert info.value.kind is ErrorKind.INVALID_ARGS
+    with pytest.raises(ResticError, match="cannot also prune"):
+        forget_args(policy, dry_run=True, prune=True)
+    with pytest.raises(ResticError, match="cannot contain ','"):
+        forget_args(policy, tags=["plan:a,host:b"])
 
 
 async def test_forget_refuses_an_empty_policy() -> None:
