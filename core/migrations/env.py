@@ -42,6 +42,9 @@ context.configure(
     target_metadata=Base.metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    # True on SQLite too: the Store's migration connection emits a real BEGIN (alembic's own
+    # default for SQLite assumes the driver's autocommitted DDL, which left half-done upgrades).
+    transactional_ddl=True,
     transaction_per_migration=False,
     on_version_apply=_on_version_apply,
 )
