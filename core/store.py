@@ -371,6 +371,8 @@ async def _upgrade(
 
 
 def _failure_text(where: str, progress: dict[str, Any], reason: str, copy: Path | None) -> str:
+    if "before" not in progress:  # it failed before its revision could even be read
+        return f"could not open the database {where}: {reason}"
     script = _script_directory()
     before = progress.get("before")
     applied: list[str] = progress.get("applied", [])

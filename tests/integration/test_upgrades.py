@@ -11,6 +11,7 @@ it was, with one worded error; a database from a newer Peerstash is refused unto
 from __future__ import annotations
 
 import contextlib
+import socket
 import sqlite3
 import stat
 from collections.abc import AsyncIterator
@@ -357,3 +358,16 @@ async def test_an_unreadable_database_is_one_line(tmp_path: Path) -> None:
     assert str(failed.value) == (
         f"cannot read the database {data / 'peerstash.db'}: file is not a database"
     )
+
+
+async def test_an_unreachable_postgresql_is_one_line_without_its_password() -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"postgresql+asyncpg://peerstash:hunter2secret@127.0.0.1:{port}/peerstash"
+    with pytest.raises(MigrationError) as failed:
+        await Store.open(url)
+    message = str(failed.value)
+    assert message.startswith("could not open the database 'peerstash' on 127.0.0.1: ")
+    assert "\n" not in message
+    assert "hunter2secret" not in message
