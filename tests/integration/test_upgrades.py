@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import Connection
 
-from peerstash.core.models import OpKind
+from peerstash.core.models import Base, OpKind
 from peerstash.core.store import MigrationError, OpFilter, Store, backup_path
 from tests.fixtures.upgrades import (
     BUILDERS,
@@ -113,6 +115,20 @@ async def snapshot(db: Db) -> Any:
         await engine.dispose()
 
 
+async def schema_diff(db: Db) -> list[Any]:
+    """What differs between the database and the head models (indexes, types, FKs...)."""
+    engine = old_build_engine(db.url)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(
+                lambda sync: compare_metadata(
+                    MigrationContext.configure(sync, opts={"compare_type": True}), Base.metadata
+                )
+            )
+    finally:
+        await engine.dispose()
+
+
 def wal_size(db_file: Path) -> int:
     """Size of the database's -wal file, 0 when there is none."""
     wal = Path(f"{db_file}-wal")
@@ -194,6 +210,7 @@ async def test_data_at_every_revision_survives_the_upgrade(db: Db, revision: str
     after = await snapshot(db)
     assert revision_in(after) == [head()]
     assert tmp_tables(after) == []
+    assert await schema_diff(db) == []  # the same schema a new database gets
 
     store = await db.open_store()
     try:
