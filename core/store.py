@@ -348,10 +348,8 @@ def _sqlite_migration_engine(url: str) -> AsyncEngine:
     return engine
 
 
-async def _upgrade(
-    engine: AsyncEngine, where: str, *, copy: Path | None = None, target: str = "head"
-) -> None:
-    """Run the migrations on ``engine`` in one transaction; word any failure for a person."""
+async def _upgrade(engine: AsyncEngine, where: str, *, copy: Path | None = None) -> None:
+    """Run the migrations to head on ``engine`` in one transaction; word any failure."""
     progress: dict[str, Any] = {}
     try:
         async with engine.begin() as conn:
@@ -359,7 +357,7 @@ async def _upgrade(
                 fk = (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar()
                 if fk and _sqlite_file(str(engine.url)) is not None:
                     raise RuntimeError("foreign keys are on in the migration transaction")
-            await conn.run_sync(_run_migrations, target, progress, where)
+            await conn.run_sync(_run_migrations, "head", progress, where)
     except MigrationError as exc:
         if not progress.get("fk_check"):
             raise
