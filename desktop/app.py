@@ -205,6 +205,8 @@ def run_gui(args: argparse.Namespace) -> int:
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not getattr(args, "verbose", False):  # as the daemon: no migration chatter on start
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     data_dir = resolve_data_dir(args.data_dir)
     qapp = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "peerstash"])
     assert isinstance(qapp, QApplication)

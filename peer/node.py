@@ -21,7 +21,7 @@ from peerstash.core import __version__
 from peerstash.core.engine import Engine, check_name
 from peerstash.core.events import EventBus
 from peerstash.core.secrets import SecretStore, load_or_create_key
-from peerstash.core.store import Store
+from peerstash.core.store import Store, StoreError
 from peerstash.peer.identity import Identity
 from peerstash.peer.link import PeerManager, Timings
 from peerstash.peer.paths import admin_socket_path, ensure_private_dir
@@ -150,7 +150,12 @@ class Node:
 
     async def _start(self) -> None:
         opts = self.options
-        self.store = store = await Store.open(opts.db_url, data_dir=self.data_dir)
+        try:
+            self.store = store = await Store.open(opts.db_url, data_dir=self.data_dir)
+        except StoreError as exc:
+            # e.g. a failed upgrade: one worded line (what failed, where the copy is) for the
+            # daemon and the tray; the traceback is in the log at debug level.
+            raise NodeError(str(exc)) from None
         instance_id = await store.get_setting("instance_id")
         if instance_id is None:
             instance_id = opts.instance_id or default_instance_id()
