@@ -16,6 +16,7 @@ import os
 import re
 import sqlite3
 import stat
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -228,15 +229,29 @@ def _run_migrations(
     cfg = _alembic_config()
     cfg.attributes["connection"] = connection
     cfg.attributes["applied"] = applied
+    sqlite = connection.dialect.name == "sqlite"
+    # Dangling references that were there before (an old orphan no migration made) must not
+    # block an upgrade forever; only the ones this upgrade would add are refused.
+    before = _dangling_references(connection) if sqlite else Counter()
     command.upgrade(cfg, target)
-    if connection.dialect.name == "sqlite" and applied:
-        bad = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-        if bad:
-            tables = ", ".join(sorted({str(row[0]) for row in bad}))
+    if sqlite and applied:
+        added = _dangling_references(connection) - before
+        if added:
+            tables = ", ".join(sorted({table for table, _parent in added}))
             progress["fk_check"] = True
             raise MigrationError(
-                f"after the upgrade {len(bad)} row(s) of {tables} refer to rows that do not exist"
+                f"after the upgrade {sum(added.values())} row(s) of {tables} refer to rows "
+                "that do not exist"
             )
+
+
+def _dangling_references(connection: Connection) -> Counter[tuple[str, str]]:
+    """How many rows of each (table, referred table) refer to a row that does not exist.
+
+    Counted per table pair, not per row: a batch rebuild may give a table's rows new rowids.
+    """
+    rows = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    return Counter((str(row[0]), str(row[2])) for row in rows)
 
 
 def _sqlite_file(url: str) -> Path | None:

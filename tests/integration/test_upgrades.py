@@ -327,14 +327,23 @@ async def test_a_table_in_the_way_fails_a_later_migration_and_rolls_back_earlier
     assert await snapshot(db) == before  # 0003's changes to repos and plans are undone too
 
 
-async def test_a_dangling_reference_fails_the_check_and_rolls_back(tmp_path: Path) -> None:
-    """SQLite migrates with foreign keys off; the check before commit still catches breakage."""
+async def test_a_reference_broken_by_the_upgrade_fails_the_check_and_rolls_back(
+    tmp_path: Path,
+) -> None:
+    """SQLite migrates with foreign keys off; the check before commit still catches breakage.
+
+    The breakage is made by a trigger that empties ``operations`` when a migration step records
+    its revision, as a faulty migration would: every log row then refers to nothing.
+    """
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
     db = Db("sqlite", f"sqlite+aiosqlite:///{data / 'peerstash.db'}", data)
     await make_database_at(db.url, REVISIONS[0])
     with contextlib.closing(sqlite3.connect(db.file)) as conn, conn:
-        conn.execute("INSERT INTO operation_logs (op_pk, seq, line) VALUES (999, 0, 'orphan')")
+        conn.execute(
+            "CREATE TRIGGER faulty_migration AFTER UPDATE ON alembic_version "
+            "BEGIN DELETE FROM operations; END"
+        )
     before = await snapshot(db)
 
     with pytest.raises(MigrationError) as failed:
@@ -342,8 +351,27 @@ async def test_a_dangling_reference_fails_the_check_and_rolls_back(tmp_path: Pat
 
     message = str(failed.value)
     assert "the foreign key check after the migrations failed" in message
-    assert "1 row(s) of operation_logs refer to rows that do not exist" in message
+    assert "row(s) of operation_logs refer to rows that do not exist" in message
     assert await snapshot(db) == before
+
+
+async def test_an_orphan_from_before_the_upgrade_does_not_block_it(tmp_path: Path) -> None:
+    """A dangling row no migration made (an old build's leftover) must not refuse every start."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    db = Db("sqlite", f"sqlite+aiosqlite:///{data / 'peerstash.db'}", data)
+    await make_database_at(db.url, REVISIONS[0])
+    with contextlib.closing(sqlite3.connect(db.file)) as conn, conn:
+        conn.execute("INSERT INTO operation_logs (op_pk, seq, line) VALUES (999, 0, 'orphan')")
+
+    store = await db.open_store()
+    await store.close()
+
+    with contextlib.closing(sqlite3.connect(db.file)) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (head(),)
+        assert conn.execute("SELECT line FROM operation_logs WHERE op_pk = 999").fetchall() == [
+            ("orphan",)
+        ]
 
 
 async def test_a_database_from_a_newer_peerstash_is_refused_untouched(db: Db) -> None:
