@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from peerstash.core.engine import PasswordSpec
 from peerstash.core.models import Secret
-from peerstash.core.store import Store, utcnow
+from peerstash.core.store import Store, StoreError, utcnow
 from peerstash.peer import channel as ch
 from peerstash.peer import protocol as proto
 from peerstash.peer.identity import Identity
@@ -32,9 +32,18 @@ from peerstash.peer.sync import OpsSynced
 from tests.integration.test_pairing import MakeNode, make_node, token_for, wait_state
 from tests.integration.test_remote import until
 from tests.integration.test_shared_repos import PW1, assert_no_secret_in_files, next_shares
-from tests.integration.test_sync import change, converge, fake_peer, held, record, store_of
+from tests.integration.test_sync import (
+    as_row,
+    bare_store,
+    change,
+    converge,
+    fake_peer,
+    held,
+    record,
+    store_of,
+)
 
-__all__ = ["make_node"]  # the fixture, re-exported for pytest
+__all__ = ["bare_store", "make_node"]  # the fixtures, re-exported for pytest
 
 ENV_SECRET = "env-Kx93-never-in-clear"
 #: What O grants R: its history of plan p1 only (so the backup R asks for stays "accepted",
@@ -391,3 +400,32 @@ async def test_daily_gc_ages_and_caps_peer_copies(make_node: MakeNode) -> None:
     assert set(await held(r, "o")) == {k for _, k in p1[-5:]}
     # O's own history is never touched by the cap on copies.
     assert len(await held(o, "o")) == 13
+
+
+async def test_store_trims_a_peer_copy_by_age_and_count_on_both_backends(bare_store: Store) -> None:
+    store = bare_store
+    old_done = [record(modno=i + 1, plan_id="p", created_at=_ago(200 + i)) for i in range(4)]
+    old_running = record(modno=10, plan_id="p", status="running", created_at=_ago(300))
+    old_lonely = record(modno=11, plan_id="once", created_at=_ago(400))
+    fresh = [record(modno=20 + i, plan_id="p", created_at=_ago(1 + i * 0.1)) for i in range(3)]
+    everything = [*old_done, old_running, old_lonely, *fresh]
+    await store.upsert_remote_ops("x", [as_row(x) for x in everything])
+    await store.upsert_remote_ops("y", [as_row(x) for x in everything])
+    # Age: the old finished ones go, except the newest keep_min, the latest of each plan and
+    # what is still running.
+    gone = await store.trim_peer_ops("x", older_than=timedelta(days=90), max_ops=1000, keep_min=4)
+    assert {g.op_id for g in gone} == {x.op_id for x in old_done[1:]}
+    assert {g.plan_id for g in gone} == {"p"}
+    left = {r[0] for r in await store.ops_since("x", 0, 100)}
+    assert left == {x.op_id for x in (*fresh, old_done[0], old_running, old_lonely)}
+    # Count: the latest of each (plan, kind) first, then the newest; running ones get no
+    # privilege here (a flood of "running" operations must not escape the cap).
+    gone = await store.trim_peer_ops("x", older_than=timedelta(days=90), max_ops=3, keep_min=4)
+    left = {r[0] for r in await store.ops_since("x", 0, 100)}
+    assert {g.op_id for g in gone} == {x.op_id for x in (fresh[2], old_done[0], old_running)}
+    assert left == {fresh[0].op_id, old_lonely.op_id, fresh[1].op_id}
+    # Another origin is not touched, nor our own history.
+    assert await store.count_ops("y") == len(everything)
+    with pytest.raises(StoreError, match="another instance"):
+        await store.trim_peer_ops("me", older_than=timedelta(days=1), max_ops=1)
+    assert await store.peer_origins() == ["x", "y"]
