@@ -642,9 +642,12 @@ class Engine:
                 continue
             result.removed.append(repo.id)
             result.disabled_plans += disabled
-        for rid in result.removed:
-            await self.secrets.delete_prefix(f"repo/{rid}/")
+        # Every secret of a repository of its, also one whose row never made it (a share
+        # that was being applied when the peer was removed): ``repo/NAME@ORIGIN/...``.
         suffix = received_repo_id("", origin)
+        rids = {n.split("/")[1] for n in await self.store.secret_names("repo/")}
+        for rid in sorted({*result.removed, *(r for r in rids if r.endswith(suffix))}):
+            await self.secrets.delete_prefix(f"repo/{rid}/")
         self.skipped_shares = {
             k: v for k, v in self.skipped_shares.items() if not k.endswith(suffix)
         }

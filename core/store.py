@@ -253,6 +253,12 @@ class Store:
             row = await s.get(Secret, name)
             return None if row is None else row.ciphertext
 
+    async def secret_names(self, prefix: str) -> list[str]:
+        """Names of the secrets under ``prefix`` (never their values)."""
+        async with self.session() as s:
+            q = select(Secret.name).where(Secret.name.startswith(prefix, autoescape=True))
+            return sorted((await s.scalars(q)).all())
+
     async def delete_secrets(self, prefix: str) -> None:
         async with self.session() as s, s.begin():
             await s.execute(delete(Secret).where(Secret.name.startswith(prefix, autoescape=True)))

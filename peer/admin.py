@@ -44,7 +44,7 @@ from peerstash.core.serialize import (
 from peerstash.core.store import NotFound, OpFilter, StoreError
 from peerstash.peer import fleet as fleet_view
 from peerstash.peer import remote_config
-from peerstash.peer.link import LinkStateChanged, PairingError, PeerManager
+from peerstash.peer.link import LinkStateChanged, PairingError, PeerManager, is_revoked
 from peerstash.peer.pairing import TokenError, create_token, token_to_dict
 from peerstash.peer.permissions import GrantError
 from peerstash.peer.remote import (
@@ -643,7 +643,12 @@ async def grant_peer_route(request: web.Request) -> web.Response:
 async def check_peer_route(request: web.Request) -> web.Response:
     manager = _peers(request)
     peer = await manager.store.get_peer(request.match_info["id"])
-    if peer.role == "known_host":
+    if is_revoked(peer):
+        said = (
+            f"{peer.id} removed this node, so it is not dialed again; pair again with a new "
+            "token from it, or remove it here"
+        )
+    elif peer.role == "known_host":
         manager.check_now(peer.id)
         said = "reconnecting now"
     else:

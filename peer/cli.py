@@ -1296,9 +1296,21 @@ def build_parser() -> argparse.ArgumentParser:
     sts = stsub.add_parser("set", help="change a setting (effective at the next start)")
     sts.add_argument(
         "key",
-        choices=["display_name", "listen", "discovery", "discovery_interfaces", "restic_path"],
+        choices=[
+            "display_name",
+            "listen",
+            "discovery",
+            "discovery_interfaces",
+            "restic_path",
+            "peer_history_days",
+            "peer_history_max_ops",
+        ],
     )
-    sts.add_argument("value", help="on/off for discovery; comma-separated list for interfaces")
+    sts.add_argument(
+        "value",
+        help="on/off for discovery; comma-separated list for interfaces; a whole number for "
+        "peer_history_days and peer_history_max_ops",
+    )
     json_flag(sts)
     json_flag(st)
 

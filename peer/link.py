@@ -167,6 +167,8 @@ class Link:
         self.started = time.monotonic()
         #: Set when the peer told us on this link that it removed us.
         self.revoked = False
+        #: Set once :meth:`run` has returned: no message of this link is handled any more.
+        self.ended = asyncio.Event()
 
     async def send(self, msg: proto.Message) -> None:
         await self.channel.send_msg(msg)
@@ -206,6 +208,7 @@ class Link:
             with contextlib.suppress(BaseException):
                 await hb
             await self._shutdown()
+            self.ended.set()
 
     def _end(self, reason: str) -> str:
         if not self.close_reason:
@@ -326,7 +329,7 @@ class PeerManager:
             if peer.role == "known_host":
                 if not is_revoked(peer):
                     self._start_dialer(peer.id)
-            elif peer.state != OFFLINE:
+            elif peer.state != OFFLINE and not is_revoked(peer):
                 await self._set_state(peer.id, OFFLINE, None)
 
     async def _retry_on_wake(self) -> None:
@@ -725,6 +728,10 @@ class PeerManager:
         link = self.links.pop(peer_id, None)
         if link is not None:
             await link.revoke(self.instance_id)
+            # A message it sent just before may still be in its handler (a batch being
+            # stored): let that finish, so the clean-up below is the last word.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(link.ended.wait(), self.timings.handshake_timeout)
         dialer = self._dialers.pop(peer_id, None)
         if dialer is not None:
             await dialer.stop()

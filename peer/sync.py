@@ -478,7 +478,11 @@ class SyncService(LinkService):
         if held <= most and not any((r[7] or "") < cutoff for r in rows):
             self._held[origin] = held
             return 0
-        gone = await self.store.trim_peer_ops(origin, older_than=timedelta(days=days), max_ops=most)
+        # Over the cap: down to 90% of it, so that a peer at its cap costs one trim per
+        # tenth of the cap, not one per operation it sends.
+        gone = await self.store.trim_peer_ops(
+            origin, older_than=timedelta(days=days), max_ops=most - most // 10
+        )
         self._held[origin] = await self.store.count_ops(origin)
         if gone:
             self._capped.add(origin)
