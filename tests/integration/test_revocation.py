@@ -20,8 +20,9 @@ import pytest
 from sqlalchemy import select
 
 from peerstash.core.engine import PasswordSpec
-from peerstash.core.models import Secret
-from peerstash.core.store import Store, StoreError, utcnow
+from peerstash.core.models import Plan, Secret
+from peerstash.core.sharing import gone_reason_prefix
+from peerstash.core.store import Store, StoreError, repo_record, utcnow
 from peerstash.peer import channel as ch
 from peerstash.peer import protocol as proto
 from peerstash.peer.identity import Identity
@@ -441,3 +442,42 @@ async def test_store_trims_a_peer_copy_by_age_and_count_on_both_backends(bare_st
     with pytest.raises(StoreError, match="another instance"):
         await store.trim_peer_ops("me", older_than=timedelta(days=1), max_ops=1)
     assert await store.peer_origins() == ["x", "y"]
+
+
+async def test_store_secret_names_and_reenable_plans_on_both_backends(bare_store: Store) -> None:
+    store = bare_store
+    for name in ("repo/a@x/password", "repo/a@x/env/K", "repo/b/password", "other/repo/c"):
+        await store.put_secret(name, b"sealed")
+    assert await store.secret_names("repo/") == [
+        "repo/a@x/env/K",
+        "repo/a@x/password",
+        "repo/b/password",
+    ]
+    assert await store.secret_names("repo/a@x/") == ["repo/a@x/env/K", "repo/a@x/password"]
+    now = utcnow()
+    received = repo_record("a@x", "/r", "secret")
+    received.origin = "x"
+    await store.add_repo(received)
+    for plan_id in ("gone", "person", "other"):
+        await store.add_plan(
+            Plan(
+                id=plan_id,
+                repo_id="a@x",
+                paths=["/"],
+                excludes=[],
+                retention={},
+                enabled=True,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    await store.update_plan("person", enabled=False, disabled_reason=None)
+    await store.update_plan("other", enabled=False, disabled_reason="repository b was unshared")
+    assert await store.remove_unshared_repo("a@x", "repository a@x was unshared by x") == ["gone"]
+    back = repo_record("a@x", "/r", "secret")
+    back.origin = "x"
+    await store.add_repo(back)
+    assert await store.reenable_plans("a@x", gone_reason_prefix("a@x")) == ["gone"]
+    plans = {p.id: p for p in await store.list_plans()}
+    assert (plans["gone"].enabled, plans["gone"].disabled_reason) == (True, None)
+    assert not plans["person"].enabled and not plans["other"].enabled
