@@ -187,7 +187,13 @@ async def test_removing_a_peer_removes_what_came_from_it_and_tells_it(
     shown = await o.engine.store.get_peer("r")
     assert (shown.state, shown.state_reason) == ("auth failed", "removed by r")
     if r_dials:
+        # O (which R dialed) keeps showing it, also after a restart.
         assert "r" not in o.peers.links
+        await o.stop()
+        o2 = await make_node("o", restic_path=restic_bin)
+        assert o2.engine
+        again = await o2.engine.store.get_peer("r")
+        assert (again.state, again.state_reason) == ("auth failed", "removed by r")
         return
     async with (
         aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(o.socket_path))) as s,
@@ -226,6 +232,15 @@ async def test_remove_with_keep_history_over_the_admin_api_keeps_only_the_histor
     await assert_gone_on(r, request_id, history_kept=True)
     assert await held(r, "o") == before
     await wait_state(o, "r", "auth failed")
+
+    # Paired again (a new token) and shared again: the plan the removal disabled runs again.
+    assert o.peers and r.peer_url and r.engine
+    got = next_shares(r, "o")
+    await o.peers.pair(await token_for(r, grants=["repos.receive"]), r.peer_url, O_GIVES_R)
+    back = await got
+    assert back.added == ["r1@o"] and back.enabled_plans == ["pr"]
+    plan = await r.engine.store.get_plan("pr")
+    assert (plan.enabled, plan.disabled_reason) == (True, None)
 
 
 async def test_a_peer_removed_while_offline_is_refused_on_its_next_dial(
