@@ -1128,6 +1128,21 @@ class Store:
         self._refuse_local(origin, "trimming synced operations")
         op = Operation
         cutoff = utcnow() - older_than
+        finished = op.status.not_in([OpStatus.PENDING, OpStatus.RUNNING])
+        # The ranking below sorts every operation of the origin (seconds at 200,000): first
+        # a cheap look whether either rule can remove anything at all.
+        held = await self.count_ops(origin)
+        if held <= max_ops:
+            if held <= keep_min:
+                return []
+            async with self.session() as s:
+                old = await s.scalar(
+                    select(op.pk)
+                    .where(op.origin == origin, op.created_at < cutoff, finished)
+                    .limit(1)
+                )
+            if old is None:
+                return []
         order = (op.created_at.desc(), op.op_id.desc())
         s1 = (
             select(

@@ -73,6 +73,9 @@ MAX_REPAIRS = 3
 ANNOUNCE_LIMIT = 32
 #: Outgoing jobs queued on one link before the peer is considered abusive.
 MAX_QUEUED_JOBS = 1000
+#: Seconds between age trims of one peer's copy as its operations arrive (the count cap is
+#: checked after every batch; the daily gc applies both rules anyway).
+AGE_CHECK_EVERY = 3600.0
 
 _STATUSES = frozenset(s.value for s in OpStatus)
 _KINDS = frozenset(k.value for k in OpKind)
@@ -267,6 +270,9 @@ class SyncService(LinkService):
         #: theirs, so a digest mismatch is expected and not repaired (a repair would only
         #: fetch again what the cap removes).
         self._capped: set[str] = set()
+        #: When each peer's copy was last trimmed for age on arrival (monotonic): old rows
+        #: arrive in every batch of a long history, and the age rule needs no more than this.
+        self._aged: dict[str, float] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -321,6 +327,7 @@ class SyncService(LinkService):
             await ls.stop()
         self._marks.pop(removed.peer_id, None)
         self._held.pop(removed.peer_id, None)
+        self._aged.pop(removed.peer_id, None)
         self._capped.discard(removed.peer_id)
         if removed.keep_history:
             return
@@ -468,16 +475,22 @@ class SyncService(LinkService):
         """Keep our copy of ``origin``'s history within this node's bounds after storing
         ``rows``; how many operations that removed.
 
-        Cheap on the common path: no query unless the estimated count passes the cap or a
-        row is older than the age limit (each row's creation time is plain text here).
+        Cheap on the common path: no query unless the estimated count passes the cap, or a
+        row is older than the age limit (each row's creation time is plain text here) and
+        the age rule was not applied to this peer within :data:`AGE_CHECK_EVERY`.
         """
         days, most = await self.store.peer_history_limits()
         held = self._held.get(origin)
         held = await self.store.count_ops(origin) if held is None else held + len(rows)
         cutoff = Store.sync_time(utcnow() - timedelta(days=days)) or ""
-        if held <= most and not any((r[7] or "") < cutoff for r in rows):
+        aged = self._aged.get(origin)
+        age_due = (aged is None or time.monotonic() - aged >= AGE_CHECK_EVERY) and any(
+            (r[7] or "") < cutoff for r in rows
+        )
+        if held <= most and not age_due:
             self._held[origin] = held
             return 0
+        self._aged[origin] = time.monotonic()
         # Over the cap: down to 90% of it, so that a peer at its cap costs one trim per
         # tenth of the cap, not one per operation it sends.
         gone = await self.store.trim_peer_ops(
