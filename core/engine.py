@@ -43,7 +43,13 @@ from peerstash.core.restic import (
 from peerstash.core.retention import RetentionPolicy
 from peerstash.core.runner import STOPPED_MESSAGE, OpContext, Outcome, Runner
 from peerstash.core.secrets import SecretStore
-from peerstash.core.sharing import SharedRepoSpec, ShareResult, received_repo_id
+from peerstash.core.sharing import (
+    SharedRepoSpec,
+    ShareResult,
+    gone_reason_prefix,
+    peer_removed_reason,
+    received_repo_id,
+)
 from peerstash.core.store import NotFound, OpFilter, Store, StoreError, repo_record, utcnow
 
 log = logging.getLogger(__name__)
@@ -594,6 +600,10 @@ class Engine:
             log.warning(
                 "%s%s", reason, f"; disabled plan(s) {', '.join(disabled)}" if disabled else ""
             )
+        for rid in result.added:
+            # Back after an unshare (or its owner's removal): the plans that its going away
+            # disabled run again; a plan disabled for any other reason stays disabled.
+            result.enabled_plans += await self.store.reenable_plans(rid, gone_reason_prefix(rid))
         if declined & names != declined:
             # What the owner no longer shares is no longer declined: a new share is a new offer.
             declined_all[origin] = sorted(declined & names)
@@ -601,11 +611,65 @@ class Engine:
         self._report_shares(result)
         for rid in (*result.added, *result.updated, *result.removed):
             self.bus.publish(ConfigChanged(what="repo", id=rid))
+        for plan_id in (*result.disabled_plans, *result.enabled_plans):
+            self.bus.publish(ConfigChanged(what="plan", id=plan_id))
+        if result.enabled_plans:
+            log.info(
+                "repositories shared again by %s: re-enabled plan(s) %s",
+                origin,
+                ", ".join(result.enabled_plans),
+            )
+        if result.disabled_plans or result.enabled_plans:
+            self.scheduler.reschedule()
+        self.bus.publish(SharesReceived(origin=origin, result=result))
+        return result
+
+    async def forget_peer(self, origin: str) -> ShareResult:
+        """``origin`` was unpaired: remove every repository it shared here, with its password
+        and environment in the secret store, and disable the plans on them with the reason.
+
+        What was remembered about its shares (declined names, skipped repositories) goes too.
+        If the peer is paired again and shares the same repositories, those plans come back.
+        """
+        result = ShareResult(origin=origin)
+        for repo in await self.store.list_repos():
+            if repo.origin != origin:
+                continue
+            try:
+                disabled = await self.store.remove_unshared_repo(
+                    repo.id, peer_removed_reason(repo.id, origin)
+                )
+            except NotFound:
+                continue
+            result.removed.append(repo.id)
+            result.disabled_plans += disabled
+        # Every secret of a repository of its, also one whose row never made it (a share
+        # that was being applied when the peer was removed): ``repo/NAME@ORIGIN/...``.
+        suffix = received_repo_id("", origin)
+        rids = {n.split("/")[1] for n in await self.store.secret_names("repo/")}
+        for rid in sorted({*result.removed, *(r for r in rids if r.endswith(suffix))}):
+            await self.secrets.delete_prefix(f"repo/{rid}/")
+        self.skipped_shares = {
+            k: v for k, v in self.skipped_shares.items() if not k.endswith(suffix)
+        }
+        declined = dict(await self.store.get_setting(DECLINED_SETTING, {}) or {})
+        if declined.pop(origin, None) is not None:
+            await self.store.set_setting(DECLINED_SETTING, declined)
+        if result.removed:
+            log.warning(
+                "peer %s was removed: removed its repositories %s%s",
+                origin,
+                ", ".join(result.removed),
+                f" and disabled plan(s) {', '.join(result.disabled_plans)}"
+                if result.disabled_plans
+                else "",
+            )
+        for rid in result.removed:
+            self.bus.publish(ConfigChanged(what="repo", id=rid))
         for plan_id in result.disabled_plans:
             self.bus.publish(ConfigChanged(what="plan", id=plan_id))
         if result.disabled_plans:
             self.scheduler.reschedule()
-        self.bus.publish(SharesReceived(origin=origin, result=result))
         return result
 
     def _report_shares(self, result: ShareResult) -> None:
@@ -711,6 +775,14 @@ class Engine:
         if unknown:
             raise EngineError(f"cannot change {', '.join(sorted(unknown))} of a plan")
         plan = await self.store.get_plan(plan_id)
+        if changes == {"enabled": False}:
+            # Switching a plan off needs no validation, and works even when its repository
+            # is gone (unshared, or its owner removed): a person's "keep it off" is recorded
+            # (no reason), so the repository's return does not switch it on again.
+            updated = await self.store.update_plan(plan_id, enabled=False, disabled_reason=None)
+            self.bus.publish(ConfigChanged(what="plan", id=plan_id))
+            self.scheduler.reschedule()
+            return updated
         cron, every = plan.schedule_cron, None
         if plan.schedule_interval:
             cron, every = None, f"{plan.schedule_interval}s"
@@ -729,8 +801,9 @@ class Engine:
             if not isinstance(changes["enabled"], bool):
                 raise EngineError("enabled is true or false")
             fields["enabled"] = changes["enabled"]
-            if changes["enabled"]:
-                fields["disabled_reason"] = None
+            # A person's choice either way: the reason a rule disabled it is gone, so a
+            # returning shared repository never re-enables a plan a person disabled.
+            fields["disabled_reason"] = None
         if fields["schedule_cron"] == plan.schedule_cron and (
             fields["schedule_interval"] == plan.schedule_interval
         ):
@@ -1066,7 +1139,22 @@ class Engine:
         await self.store.trim_requests(older_than=older_than)
         if gone:
             self.bus.publish(OperationsDeleted(origin=self.instance_id, ops=tuple(gone)))
-        return len(gone)
+        return len(gone) + await self.gc_peer_history()
+
+    async def gc_peer_history(self) -> int:
+        """Bound the copy of each peer's history held here (settings ``peer_history_days``
+        and ``peer_history_max_ops``, see :meth:`Store.trim_peer_ops`); how many went."""
+        days, most = await self.store.peer_history_limits()
+        total = 0
+        for origin in await self.store.peer_origins():
+            gone = await self.store.trim_peer_ops(
+                origin, older_than=timedelta(days=days), max_ops=most
+            )
+            if gone:
+                total += len(gone)
+                log.info("kept %d days / %d operations of %s's history", days, most, origin)
+                self.bus.publish(OperationsDeleted(origin=origin, ops=tuple(gone)))
+        return total
 
     # -- scheduler glue ----------------------------------------------------------------------
 

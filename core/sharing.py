@@ -21,6 +21,22 @@ def received_repo_id(name: str, origin: str) -> str:
     return f"{name}{ORIGIN_SEP}{origin}"
 
 
+def gone_reason_prefix(local_id: str) -> str:
+    """How the ``disabled_reason`` of every plan disabled because received repository
+    ``local_id`` went away begins (unshared, no longer allowed, or its owner removed here).
+
+    It is the marker that lets the repository's return re-enable exactly those plans: a plan
+    a person disabled has no reason (``Engine.update_plan`` clears it), and no other rule
+    writes one that starts like this.
+    """
+    return f"repository {local_id} "
+
+
+def peer_removed_reason(local_id: str, origin: str) -> str:
+    """Why a plan on ``local_id`` was disabled when its owner ``origin`` was removed here."""
+    return f"{gone_reason_prefix(local_id)}is gone: peer {origin} was removed"
+
+
 @dataclass(frozen=True)
 class SharedRepoSpec:
     """One shared repository with everything a receiver needs to open it.
@@ -51,6 +67,8 @@ class ShareResult:
     updated: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     disabled_plans: list[str] = field(default_factory=list)
+    #: Plans that a repository's return re-enabled (they were disabled when it went away).
+    enabled_plans: list[str] = field(default_factory=list)
     #: local id → why it was not taken (GUID already here, name unusable...).
     skipped: dict[str, str] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)
@@ -60,4 +78,11 @@ class ShareResult:
         return bool(self.added or self.updated or self.removed)
 
 
-__all__ = ["ORIGIN_SEP", "ShareResult", "SharedRepoSpec", "received_repo_id"]
+__all__ = [
+    "ORIGIN_SEP",
+    "ShareResult",
+    "SharedRepoSpec",
+    "gone_reason_prefix",
+    "peer_removed_reason",
+    "received_repo_id",
+]

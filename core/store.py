@@ -27,7 +27,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, and_, delete, event, func, select, update
+from sqlalchemy import Connection, and_, case, delete, event, func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -81,6 +81,16 @@ OP_FIELDS = frozenset(
     }
 )
 
+
+#: Settings bounding the copy of each peer's history kept here (see
+#: :meth:`Store.trim_peer_ops`): its age in days, and the most operations per peer.
+PEER_HISTORY_DAYS = "peer_history_days"
+PEER_HISTORY_MAX_OPS = "peer_history_max_ops"
+DEFAULT_PEER_HISTORY_DAYS = 90
+DEFAULT_PEER_HISTORY_MAX_OPS = 200_000
+#: A peer's newest operations kept whatever their age (as local gc keeps ours), so a copy
+#: holds what its owner holds and the digests of the two agree.
+PEER_HISTORY_KEEP_MIN = 1000
 
 _Named = TypeVar("_Named", Repo, Plan, Peer, RemoteRequest)
 
@@ -524,6 +534,12 @@ class Store:
             row = await s.get(Secret, name)
             return None if row is None else row.ciphertext
 
+    async def secret_names(self, prefix: str) -> list[str]:
+        """Names of the secrets under ``prefix`` (never their values)."""
+        async with self.session() as s:
+            q = select(Secret.name).where(Secret.name.startswith(prefix, autoescape=True))
+            return sorted((await s.scalars(q)).all())
+
     async def delete_secrets(self, prefix: str) -> None:
         async with self.session() as s, s.begin():
             await s.execute(delete(Secret).where(Secret.name.startswith(prefix, autoescape=True)))
@@ -565,7 +581,9 @@ class Store:
 
         One transaction: the plans that used it stay (disabled, with ``reason``, still naming
         the repository) so a person sees why they stopped, and nothing runs into a repository
-        we no longer have the password of. Returns the ids of the plans disabled.
+        we no longer have the password of. Returns the ids of the plans disabled. A plan that
+        was disabled already keeps its own reason (or none, when a person disabled it), so
+        the repository's return does not enable it (:meth:`reenable_plans`).
         """
         async with self.session() as s, s.begin():
             repo = await s.get(Repo, repo_id)
@@ -575,12 +593,34 @@ class Store:
                 raise StoreError(f"repository {repo_id!r} is our own; it cannot be unshared to us")
             plans = list((await s.scalars(select(Plan).where(Plan.repo_id == repo_id))).all())
             now = utcnow()
+            plans = [p for p in plans if p.enabled]
             for plan in plans:
                 plan.enabled = False
                 plan.disabled_reason = reason
                 plan.updated_at = now
             await s.delete(repo)
         return [p.id for p in plans]
+
+    async def reenable_plans(self, repo_id: str, reason_prefix: str) -> list[str]:
+        """Enable again the disabled plans on ``repo_id`` whose reason starts with
+        ``reason_prefix`` (those its going away disabled), in one transaction; their ids."""
+        async with self.session() as s, s.begin():
+            plans = list(
+                (
+                    await s.scalars(
+                        select(Plan).where(Plan.repo_id == repo_id, Plan.enabled.is_(False))
+                    )
+                ).all()
+            )
+            now = utcnow()
+            done = []
+            for plan in plans:
+                if (plan.disabled_reason or "").startswith(reason_prefix):
+                    plan.enabled = True
+                    plan.disabled_reason = None
+                    plan.updated_at = now
+                    done.append(plan.id)
+        return done
 
     # -- plans -------------------------------------------------------------------------------
 
@@ -1323,6 +1363,118 @@ class Store:
             await s.execute(delete(OperationLog).where(OperationLog.op_pk.in_(pks)))
             res = await s.execute(delete(Operation).where(Operation.origin == origin))
         return int(getattr(res, "rowcount", 0) or 0)
+
+    async def peer_history_limits(self) -> tuple[int, int]:
+        """``(days, max_ops)``: how much of each peer's history this node keeps (settings
+        ``peer_history_days`` and ``peer_history_max_ops``; a bad value means the default)."""
+        days = await self.get_setting(PEER_HISTORY_DAYS, None)
+        most = await self.get_setting(PEER_HISTORY_MAX_OPS, None)
+        if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+            days = DEFAULT_PEER_HISTORY_DAYS
+        if not isinstance(most, int) or isinstance(most, bool) or most < 1:
+            most = DEFAULT_PEER_HISTORY_MAX_OPS
+        return days, most
+
+    async def peer_origins(self) -> list[str]:
+        """Every other instance whose operations are held here."""
+        async with self.session() as s:
+            rows = await s.scalars(
+                select(Operation.origin).where(Operation.origin != self.local_origin).distinct()
+            )
+            return sorted(rows.all())
+
+    async def count_ops(self, origin: str) -> int:
+        async with self.session() as s:
+            n = await s.scalar(
+                select(func.count()).select_from(Operation).where(Operation.origin == origin)
+            )
+        return int(n or 0)
+
+    async def trim_peer_ops(
+        self,
+        origin: str,
+        *,
+        older_than: timedelta,
+        max_ops: int,
+        keep_min: int = PEER_HISTORY_KEEP_MIN,
+    ) -> list[DeletedOp]:
+        """Bound our copy of another instance's history; the operations deleted (with logs).
+
+        Two rules. **Count**: at most ``max_ops`` are kept, whatever the peer sends: first
+        the latest operation of each (plan, kind), then the newest by creation time (a peer
+        inventing a million plans still gets only ``max_ops``). **Age**: finished ones older
+        than ``older_than`` go, except the newest ``keep_min`` and the latest of each
+        (plan, kind), as local gc (:meth:`trim_operations`) does for our own history.
+        """
+        self._refuse_local(origin, "trimming synced operations")
+        op = Operation
+        cutoff = utcnow() - older_than
+        finished = op.status.not_in([OpStatus.PENDING, OpStatus.RUNNING])
+        # The ranking below sorts every operation of the origin (seconds at 200,000): first
+        # a cheap look whether either rule can remove anything at all.
+        held = await self.count_ops(origin)
+        if held <= max_ops:
+            if held <= keep_min:
+                return []
+            async with self.session() as s:
+                old = await s.scalar(
+                    select(op.pk)
+                    .where(op.origin == origin, op.created_at < cutoff, finished)
+                    .limit(1)
+                )
+            if old is None:
+                return []
+        order = (op.created_at.desc(), op.op_id.desc())
+        s1 = (
+            select(
+                op.pk,
+                op.op_id,
+                op.repo_id,
+                op.plan_id,
+                op.created_at,
+                op.status,
+                func.row_number()
+                .over(partition_by=(op.plan_id, op.kind), order_by=order)
+                .label("prank"),
+            )
+            .where(op.origin == origin)
+            .subquery()
+        )
+        latest = case((and_(s1.c.plan_id.is_not(None), s1.c.prank == 1), 1), else_=0)
+        s2 = select(
+            s1.c.pk,
+            s1.c.op_id,
+            s1.c.repo_id,
+            s1.c.plan_id,
+            s1.c.created_at,
+            s1.c.status,
+            latest.label("latest"),
+            func.row_number()
+            .over(order_by=(s1.c.created_at.desc(), s1.c.op_id.desc()))
+            .label("rall"),
+            func.row_number()
+            .over(order_by=(latest.desc(), s1.c.created_at.desc(), s1.c.op_id.desc()))
+            .label("rcap"),
+        ).subquery()
+        doomed = select(s2.c.pk, s2.c.op_id, s2.c.repo_id, s2.c.plan_id).where(
+            or_(
+                s2.c.rcap > max_ops,
+                and_(
+                    s2.c.created_at < cutoff,
+                    s2.c.status.not_in([OpStatus.PENDING, OpStatus.RUNNING]),
+                    s2.c.latest == 0,
+                    s2.c.rall > keep_min,
+                ),
+            )
+        )
+        async with self.session() as s, s.begin():
+            rows = (await s.execute(doomed)).all()
+            pks = [r[0] for r in rows]
+            for i in range(0, len(pks), self._ID_CHUNK):
+                chunk = pks[i : i + self._ID_CHUNK]
+                await s.execute(delete(OperationLog).where(OperationLog.op_pk.in_(chunk)))
+                await s.execute(delete(Operation).where(Operation.pk.in_(chunk)))
+        return [DeletedOp(op_id, repo_id, plan_id) for _, op_id, repo_id, plan_id in rows]
 
     # -- end of operation sync ----------------------------------------------------------------
 

@@ -425,8 +425,9 @@ class PeersPage(Page):
             self.question = confirm(
                 self,
                 "Remove peer",
-                f"Remove {name}? The link is closed and its key forgotten; pairing again needs "
-                "a new token.",
+                f"Remove {name}? It is told and its link closed; repositories it shared here "
+                "(with their passwords) and its history are removed, plans on them disabled. "
+                "Pairing again needs a new token.",
                 "Remove peer",
                 lambda: self.run(self._do_remove(str(name))),
             )

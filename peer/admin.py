@@ -44,7 +44,7 @@ from peerstash.core.serialize import (
 from peerstash.core.store import NotFound, OpFilter, StoreError
 from peerstash.peer import fleet as fleet_view
 from peerstash.peer import remote_config
-from peerstash.peer.link import LinkStateChanged, PairingError, PeerManager
+from peerstash.peer.link import LinkStateChanged, PairingError, PeerManager, is_revoked
 from peerstash.peer.pairing import TokenError, create_token, token_to_dict
 from peerstash.peer.permissions import GrantError
 from peerstash.peer.remote import (
@@ -660,8 +660,12 @@ async def add_peer_route(request: web.Request) -> web.Response:
 
 
 async def remove_peer_route(request: web.Request) -> web.Response:
-    await _peers(request).remove(request.match_info["id"])
-    return web.json_response({"removed": request.match_info["id"]})
+    """Unpair (revoke) a peer: it is told, and what came from it goes (``?keep_history=1``
+    keeps its operation history here)."""
+    keep = request.query.get("keep_history") == "1"
+    peer_id = request.match_info["id"]
+    await _peers(request).remove(peer_id, keep_history=keep)
+    return web.json_response({"removed": peer_id, "kept_history": keep})
 
 
 async def grant_peer_route(request: web.Request) -> web.Response:
@@ -676,7 +680,12 @@ async def grant_peer_route(request: web.Request) -> web.Response:
 async def check_peer_route(request: web.Request) -> web.Response:
     manager = _peers(request)
     peer = await manager.store.get_peer(request.match_info["id"])
-    if peer.role == "known_host":
+    if is_revoked(peer):
+        said = (
+            f"{peer.id} removed this node, so it is not dialed again; pair again with a new "
+            "token from it, or remove it here"
+        )
+    elif peer.role == "known_host":
         manager.check_now(peer.id)
         said = "reconnecting now"
     else:
@@ -1085,6 +1094,15 @@ SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "discovery_interfaces is a list of addresses or interface names",
     ),
     "restic_path": (lambda v: isinstance(v, str) and bool(v), "restic_path is a path"),
+    # How much of each peer's history this node keeps (core/store.py, Store.trim_peer_ops).
+    "peer_history_days": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 36500,
+        "peer_history_days is a number of days from 1 to 36500",
+    ),
+    "peer_history_max_ops": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 100_000_000,
+        "peer_history_max_ops is a number of operations from 1 to 100000000",
+    ),
 }
 
 

@@ -601,10 +601,18 @@ async def cmd_settings(c: AdminClient, a: argparse.Namespace) -> int:
             value = a.value == "on"
         elif a.key == "discovery_interfaces":
             value = [v for v in a.value.split(",") if v] or None
+        elif a.key in ("peer_history_days", "peer_history_max_ops"):
+            try:
+                value = int(a.value.replace("_", "")) if a.value else None
+            except ValueError:
+                raise CliError(f"{a.key} is a whole number, not {a.value!r}") from None
         else:
             value = a.value or None
         res = await c.call("POST", "/v1/settings", {"key": a.key, "value": value})
-        _emit(a, res, f"{a.key} set; it takes effect when the node next starts")
+        if a.key.startswith("peer_history_"):
+            _emit(a, res, f"{a.key} set; it applies as peers' operations arrive and at each gc")
+        else:
+            _emit(a, res, f"{a.key} set; it takes effect when the node next starts")
         return 0
     res = await c.call("GET", "/v1/settings")
     _emit(a, res, "\n".join(f"{k}: {v}" for k, v in res.items()))
@@ -901,8 +909,15 @@ async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
         _emit(a, res, f"{a.id} may now: {shown} (its link restarts to apply it)")
         return 0
     if a.peer_cmd == "remove":
-        res = await c.call("DELETE", f"/v1/peers/{a.id}")
-        _emit(a, res, f"peer {a.id} removed; its link is closed")
+        keep = "?keep_history=1" if a.keep_history else ""
+        res = await c.call("DELETE", f"/v1/peers/{a.id}{keep}")
+        _emit(
+            a,
+            res,
+            f"peer {a.id} removed and told so; its link is closed, its shared repositories "
+            "and their passwords are gone, plans on them disabled, requests to it ended"
+            + ("; its operation history is kept" if a.keep_history else ", its history deleted"),
+        )
         return 0
     if a.peer_cmd == "check":
         res = await c.call("POST", f"/v1/peers/{a.id}/check")
@@ -1266,8 +1281,15 @@ def build_parser() -> argparse.ArgumentParser:
     pec = pesub.add_parser("check", help="reconnect to a peer now")
     pec.add_argument("id")
     json_flag(pec)
-    per = pesub.add_parser("remove", help="unpair: forget the peer and close its link")
+    per = pesub.add_parser(
+        "remove", help="unpair: revoke the peer, close its link, forget what came from it"
+    )
     per.add_argument("id")
+    per.add_argument(
+        "--keep-history",
+        action="store_true",
+        help="keep the copy of its operation history here (deleted by default)",
+    )
     json_flag(per)
 
     rem = sub.add_parser(
@@ -1318,9 +1340,21 @@ def build_parser() -> argparse.ArgumentParser:
     sts = stsub.add_parser("set", help="change a setting (effective at the next start)")
     sts.add_argument(
         "key",
-        choices=["display_name", "listen", "discovery", "discovery_interfaces", "restic_path"],
+        choices=[
+            "display_name",
+            "listen",
+            "discovery",
+            "discovery_interfaces",
+            "restic_path",
+            "peer_history_days",
+            "peer_history_max_ops",
+        ],
     )
-    sts.add_argument("value", help="on/off for discovery; comma-separated list for interfaces")
+    sts.add_argument(
+        "value",
+        help="on/off for discovery; comma-separated list for interfaces; a whole number for "
+        "peer_history_days and peer_history_max_ops",
+    )
     json_flag(sts)
     json_flag(st)
 

@@ -9,6 +9,14 @@ frame. The dialer then reconnects with exponential backoff and jitter.
 States a person sees (persisted on the peer row and published as :class:`LinkStateChanged`):
 ``online``, ``connecting``, ``offline``, ``unreachable`` (many failures in a row) and
 ``auth failed`` (with the reason the other side gave).
+
+Removing a peer (:meth:`PeerManager.remove`) *revokes* it: the peer is told on its live link
+(an ``Error`` with code ``revoked``), and its key is remembered for :data:`REMOVED_MEMORY` so a
+later dial is refused with the same code rather than as a stranger. The side that is told
+shows ``auth failed`` with the reason ``removed by <who>`` (worded here from the authenticated
+link, never from the peer's text) and stops dialing until it is paired again or removed.
+What came from the removed peer (shared repositories, history, requests) is cleaned up by
+the services on the links, each from its :meth:`PeerManager.add_peer_removed` hook.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -45,6 +54,16 @@ CONNECTING = "connecting"
 OFFLINE = "offline"
 UNREACHABLE = "unreachable"
 AUTH_FAILED = "auth failed"
+#: Start of the ``state_reason`` of a peer that removed us (with ``auth failed``): its dialer
+#: stops and stays stopped, also across restarts, until the peer is paired again.
+REMOVED_BY = "removed by "
+
+#: Setting holding the key ids of peers removed here: ``{key_id: {"id": ..., "at": iso}}``.
+REMOVED_SETTING = "removed_peer_keys"
+#: How long a removed peer's key is remembered (its dials are refused as ``revoked``), and
+#: how many keys at most (the oldest are forgotten first; then it is refused as unknown).
+REMOVED_MEMORY = timedelta(days=90)
+REMOVED_MAX = 1000
 
 #: How long a closing WebSocket waits for the other side's close frame.
 CLOSE_TIMEOUT = 1.0
@@ -86,6 +105,28 @@ class PairingError(Exception):
     """Pairing failed; the message says why in words a person can act on."""
 
 
+class PeerRevoked(PairingError):
+    """The peer we dialed removed this node (it answered ``revoked``)."""
+
+
+def is_revoked(peer: Peer) -> bool:
+    """Whether ``peer`` told us it removed this node (so we do not dial it again)."""
+    return peer.state == AUTH_FAILED and (peer.state_reason or "").startswith(REMOVED_BY)
+
+
+@dataclass(frozen=True)
+class PeerRemoved:
+    """A peer was removed here; hooks clean up what came from it (see ``add_peer_removed``)."""
+
+    peer_id: str
+    #: Keep the copy of its operation history (``peer remove --keep-history``).
+    keep_history: bool = False
+
+    @property
+    def reason(self) -> str:
+        return f"peer {self.peer_id} was removed"
+
+
 class LinkClosed(Exception):
     pass
 
@@ -97,6 +138,7 @@ def describe_remote_error(err: proto.Error) -> str:
         proto.ErrorCode.RATE_LIMITED: "too many failed pairing attempts; try again later",
         proto.ErrorCode.FORBIDDEN: "the peer refused the request",
         proto.ErrorCode.VERSION: "the peer speaks another protocol version",
+        proto.ErrorCode.REVOKED: "the peer removed this instance",
     }
     base = reasons.get(err.code, f"the peer refused: {err.code}")  # type: ignore[call-overload]
     return f"{base}: {err.message}" if err.message and err.code not in reasons else base
@@ -123,6 +165,10 @@ class Link:
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.started = time.monotonic()
+        #: Set when the peer told us on this link that it removed us.
+        self.revoked = False
+        #: Set once :meth:`run` has returned: no message of this link is handled any more.
+        self.ended = asyncio.Event()
 
     async def send(self, msg: proto.Message) -> None:
         await self.channel.send_msg(msg)
@@ -152,6 +198,9 @@ class Link:
                 if isinstance(msg, proto.Close):
                     return self._end(f"closed by peer: {msg.reason}")
                 if isinstance(msg, proto.Error):
+                    if msg.code == proto.ErrorCode.REVOKED:
+                        self.revoked = True
+                        return self._end(REMOVED_BY + self.peer_id)
                     return self._end(f"peer reported an error: {msg.code}: {msg.message}")
                 await self.manager.dispatch(self, msg)
         finally:
@@ -159,6 +208,7 @@ class Link:
             with contextlib.suppress(BaseException):
                 await hb
             await self._shutdown()
+            self.ended.set()
 
     def _end(self, reason: str) -> str:
         if not self.close_reason:
@@ -179,6 +229,17 @@ class Link:
         if not self.channel.closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.send(proto.Close(reason=reason[:500])), timeout=2)
+        await self._shutdown()
+
+    async def revoke(self, by: str) -> None:
+        """Tell the peer it was removed (by ``by``, this instance), then tear down."""
+        self._end("this peer was removed")
+        if not self.channel.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    self.send(proto.Error(code=proto.ErrorCode.REVOKED, message=REMOVED_BY + by)),
+                    timeout=2,
+                )
         await self._shutdown()
 
     async def _shutdown(self) -> None:
@@ -218,6 +279,8 @@ class PeerManager:
         #: Called once a link is adopted, before its read loop starts, in the order added
         #: (operation sync sends its high-water marks from here).
         self._link_up_hooks: list[Callable[[Link], Awaitable[None]]] = []
+        #: Called after a peer was removed, in the order added (see :meth:`add_peer_removed`).
+        self._removed_hooks: list[Callable[[PeerRemoved], Awaitable[None]]] = []
         self._session: aiohttp.ClientSession | None = None
         self._handshakes = asyncio.Semaphore(64)
         self._closing = False
@@ -243,6 +306,11 @@ class PeerManager:
         """Call ``hook(link)`` whenever a link is adopted, before its read loop starts."""
         self._link_up_hooks.append(hook)
 
+    def add_peer_removed(self, hook: Callable[[PeerRemoved], Awaitable[None]]) -> None:
+        """Call ``hook(removed)`` once a peer was removed here and its link closed: each service
+        forgets what came from that peer (repositories, requests, history)."""
+        self._removed_hooks.append(hook)
+
     async def dispatch(self, link: Link, msg: proto.Message) -> None:
         handler = self._handlers.get(type(msg))
         if handler is None:
@@ -259,8 +327,9 @@ class PeerManager:
         )
         for peer in await self.store.list_peers():
             if peer.role == "known_host":
-                self._start_dialer(peer.id)
-            elif peer.state != OFFLINE:
+                if not is_revoked(peer):
+                    self._start_dialer(peer.id)
+            elif peer.state != OFFLINE and not is_revoked(peer):
                 await self._set_state(peer.id, OFFLINE, None)
 
     async def _retry_on_wake(self) -> None:
@@ -318,7 +387,10 @@ class PeerManager:
     async def _release(self, link: Link, reason: str) -> None:
         if self.links.get(link.peer_id) is link:
             del self.links[link.peer_id]
-            if not self._closing:
+            if link.revoked:
+                log.warning("peer %s removed this node; not connecting to it again", link.peer_id)
+                await self._set_state(link.peer_id, AUTH_FAILED, reason, seen=True)
+            elif not self._closing:
                 await self._set_state(link.peer_id, OFFLINE, reason, seen=True)
 
     # -- server side -------------------------------------------------------------------------
@@ -390,6 +462,15 @@ class PeerManager:
             if list(peer.their_grants) != list(hello.grants):
                 peer = await self.store.update_peer(peer.id, their_grants=list(hello.grants))
             return peer
+        if hello.pairing_secret is None and await self._was_removed(key_id(pub)):
+            log.warning(
+                "refused link from %s (%s): key %s was removed here",
+                remote,
+                hello.instance_id,
+                key_id(pub),
+            )
+            await _refuse(chan, proto.ErrorCode.REVOKED, REMOVED_BY + self.instance_id)
+            return None
         if hello.pairing_secret is None:
             log.warning(
                 "refused link from %s (%s): unknown key %s", remote, hello.instance_id, key_id(pub)
@@ -425,6 +506,7 @@ class PeerManager:
             await _refuse(chan, proto.ErrorCode.FORBIDDEN, str(exc))
             return None
         log.info("paired with %s (key %s) from %s", hello.instance_id, key_id(pub), remote)
+        await self.forget_removed(key_id(pub))
         return await self.store.get_peer(hello.instance_id)
 
     # -- dialing side ------------------------------------------------------------------------
@@ -461,6 +543,8 @@ class PeerManager:
             await chan.send_msg(hello)
             reply = await asyncio.wait_for(chan.recv_msg(), self.timings.handshake_timeout)
             if isinstance(reply, proto.Error):
+                if reply.code == proto.ErrorCode.REVOKED:
+                    raise PeerRevoked(describe_remote_error(reply))
                 raise PairingError(describe_remote_error(reply))
             if not isinstance(reply, proto.Welcome):
                 raise PairingError("the peer answered with an unexpected message")
@@ -533,6 +617,7 @@ class PeerManager:
                 state=CONNECTING,
             )
             await self.store.put_peer(peer)
+            await self.forget_removed(peer.key_id)
         finally:
             with contextlib.suppress(Exception):
                 await chan.send_msg(proto.Close(reason="pairing done; reconnecting"))
@@ -628,17 +713,71 @@ class PeerManager:
         for dialer in self._dialers.values():
             dialer.wake()
 
-    async def remove(self, peer_id: str) -> None:
-        """Forget a peer; its link (if any) closes at once."""
-        await self.store.get_peer(peer_id)
+    async def remove(self, peer_id: str, *, keep_history: bool = False) -> None:
+        """Forget a peer and revoke it: its link (if any) is told and closes at once.
+
+        Its key is remembered (:data:`REMOVED_SETTING`) before its row goes, so a dial in the
+        meantime is already refused as ``revoked``; then each service's hook forgets what came
+        from it (``keep_history`` keeps its operations here).
+        """
+        peer = await self.store.get_peer(peer_id)
+        await self._remember_removed(peer)
+        await self.store.delete_peer(peer_id)
+        # Told before our dialer stops: the dialer serves the link we dial, and stopping it
+        # first would cut the link without a word. Without its row, it does not dial again.
+        link = self.links.pop(peer_id, None)
+        if link is not None:
+            await link.revoke(self.instance_id)
+            # A message it sent just before may still be in its handler (a batch being
+            # stored): let that finish, so the clean-up below is the last word.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(link.ended.wait(), self.timings.handshake_timeout)
         dialer = self._dialers.pop(peer_id, None)
         if dialer is not None:
             await dialer.stop()
-        await self.store.delete_peer(peer_id)
-        link = self.links.pop(peer_id, None)
-        if link is not None:
-            await link.close("this peer was removed")
+        removed = PeerRemoved(peer_id=peer_id, keep_history=keep_history)
+        for hook in self._removed_hooks:
+            try:
+                await hook(removed)
+            except Exception:  # one service failing must not leave the others undone
+                log.exception("cleaning up after removing peer %s failed", peer_id)
+        log.info("removed peer %s (key %s)", peer_id, peer.key_id)
         self.bus.publish(LinkStateChanged(peer_id=peer_id, state="removed", reason=None))
+
+    async def _removed_keys(self) -> dict[str, Any]:
+        """The remembered keys of removed peers, without those past :data:`REMOVED_MEMORY`."""
+        raw = await self.store.get_setting(REMOVED_SETTING, {})
+        if not isinstance(raw, dict):
+            return {}
+        cutoff = utcnow() - REMOVED_MEMORY
+        out: dict[str, Any] = {}
+        for kid, entry in raw.items():
+            try:
+                at = datetime.fromisoformat(str(entry["at"]))
+            except (KeyError, TypeError, ValueError):
+                continue
+            if at > cutoff:
+                out[str(kid)] = entry
+        return out
+
+    async def _remember_removed(self, peer: Peer) -> None:
+        keys = await self._removed_keys()
+        keys[peer.key_id] = {"id": peer.id, "at": utcnow().isoformat()}
+        if len(keys) > REMOVED_MAX:
+            keep = sorted(keys, key=lambda k: str(keys[k]["at"]))[-REMOVED_MAX:]
+            keys = {k: keys[k] for k in keep}
+        await self.store.set_setting(REMOVED_SETTING, keys)
+
+    async def _was_removed(self, kid: str) -> bool:
+        return kid in await self._removed_keys()
+
+    async def forget_removed(self, kid: str) -> None:
+        """A removed peer was paired again: its key is welcome again."""
+        raw = await self.store.get_setting(REMOVED_SETTING, {})
+        if isinstance(raw, dict) and kid in raw:
+            await self.store.set_setting(
+                REMOVED_SETTING, {k: v for k, v in raw.items() if k != kid}
+            )
 
 
 async def _refuse(chan: ch.SecureChannel, code: str, message: str) -> None:
@@ -686,6 +825,8 @@ class _Dialer:
                 peer = await self.m.store.get_peer(self.peer_id)
             except NotFound:
                 return
+            if is_revoked(peer):
+                return  # it removed us: not again until paired again
             await self.m._set_state(self.peer_id, CONNECTING, None)
             state, reason = UNREACHABLE, ""
             try:
@@ -694,6 +835,10 @@ class _Dialer:
                     expected_public_key=peer.public_key,
                     hello=self.m._hello(list(peer.grants)),
                 )
+            except PeerRevoked:
+                await self.m._set_state(self.peer_id, AUTH_FAILED, REMOVED_BY + self.peer_id)
+                log.warning("peer %s removed this node; not connecting to it again", self.peer_id)
+                return
             except (PairingError, ch.AuthError) as exc:
                 state, reason = (
                     AUTH_FAILED,
@@ -720,6 +865,8 @@ class _Dialer:
                     await self.m._adopt(link)
                     reason = await link.run()
                     await self.m._release(link, reason)
+                    if link.revoked:
+                        return
                     up_for = time.monotonic() - link.started
                     if up_for >= t.backoff_reset_after:
                         delay = t.backoff_min

@@ -175,6 +175,7 @@ class ErrorCode(enum.StrEnum):
     BAD_TOKEN = "bad_token"  # pairing secret wrong, used up or expired
     RATE_LIMITED = "rate_limited"  # too many failed attempts from this address
     FORBIDDEN = "forbidden"  # a request outside the grants given
+    REVOKED = "revoked"  # the sender removed (unpaired) the receiver: do not come back
     INTERNAL = "internal"  # the sender failed; not the receiver's fault
     # Codes of a failed Reply (the link stays up):
     UNKNOWN_METHOD = "unknown_method"  # the answerer does not offer this request

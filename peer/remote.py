@@ -44,7 +44,7 @@ from peerstash.core.models import REQUEST_FINAL_STATES, Operation, OpKind, OpSta
 from peerstash.core.serialize import lsnode_to_dict, snapshot_to_dict
 from peerstash.core.store import NotFound, OpFilter, Store, utcnow
 from peerstash.peer import protocol as proto
-from peerstash.peer.link import Link, PeerManager
+from peerstash.peer.link import Link, PeerManager, PeerRemoved
 from peerstash.peer.permissions import GrantError, Grants
 from peerstash.peer.rpc import CallContext, CallError, CallTimeout, PeerUnavailable, RpcService, arg
 from peerstash.peer.sync import OpsSynced
@@ -223,6 +223,7 @@ class RemoteService:
         self.rpc.register("remote.snapshots", self._answer_snapshots, grant="run")
         self.rpc.register("remote.ls", self._answer_ls, grant="run")
         self.manager.add_link_up(self._on_link_up)
+        self.manager.add_peer_removed(self._on_peer_removed)
 
     async def start(self) -> None:
         """Follow synced operations, catch up with what is stored already, and start the TTL
@@ -517,6 +518,19 @@ class RemoteService:
         it: nothing is done, not even a query."""
         if self._queued.get(link.peer_id):
             self._spawn(self._deliver_queued(link.peer_id), f"remote:deliver:{link.peer_id}")
+
+    async def _on_peer_removed(self, removed: PeerRemoved) -> None:
+        """A peer was removed: every request to it that is still open ends, failed, with the
+        reason (nothing more can arrive from it)."""
+        for req in await self.store.list_requests(peer=removed.peer_id, states=OPEN_STATES):
+            await self._transition(
+                req.id,
+                FAILED,
+                error=f"{removed.reason}; the request ended"
+                + (f" (it was operation {req.remote_op_id} there)" if req.remote_op_id else ""),
+                note=None,
+            )
+        self._queued.pop(removed.peer_id, None)
 
     async def _deliver_queued(self, peer_id: str) -> None:
         for req in await self.store.list_requests(peer=peer_id, states=[QUEUED]):

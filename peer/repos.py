@@ -40,7 +40,7 @@ from peerstash.core.events import ConfigChanged, EventBus, Notice, SnapshotsChan
 from peerstash.core.sharing import SharedRepoSpec, received_repo_id
 from peerstash.core.store import NotFound
 from peerstash.peer import protocol as proto
-from peerstash.peer.link import Link, PeerManager
+from peerstash.peer.link import Link, PeerManager, PeerRemoved
 from peerstash.peer.outbox import LinkOutbox, LinkService
 from peerstash.peer.permissions import GrantError, Grants
 
@@ -84,6 +84,7 @@ class RepoShareService(LinkService):
     def attach(self) -> None:
         self.manager.add_handler(self.handle, proto.ReposShared, proto.RepoSnapshotsChanged)
         self.manager.add_link_up(self.on_link_up)
+        self.manager.add_peer_removed(self.on_peer_removed)
 
     async def start(self) -> None:
         """Follow repository changes (subscribed now, so none is missed)."""
@@ -101,6 +102,14 @@ class RepoShareService(LinkService):
         ls = _LinkShares(self, link)
         self._links[link.peer_id] = ls
         ls.request_push()
+
+    async def on_peer_removed(self, removed: PeerRemoved) -> None:
+        """A peer was removed: stop its queue (no set of its may land after this), then
+        remove what it shared here, passwords and all, and disable the plans on it."""
+        ls = self._links.pop(removed.peer_id, None)
+        if ls is not None:
+            await ls.stop()
+        await self.engine.forget_peer(removed.peer_id)
 
     async def _follow(self) -> None:
         sub = self._sub

@@ -42,16 +42,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Union
 
 import msgspec
 
 from peerstash.core.events import Event, EventBus, Notice, OperationChanged, OperationsDeleted
 from peerstash.core.models import Operation, OpKind, OpStatus
-from peerstash.core.store import DeletedOp, NotFound, Store
+from peerstash.core.store import DeletedOp, NotFound, Store, utcnow
 from peerstash.peer import protocol as proto
-from peerstash.peer.link import Link, PeerManager
+from peerstash.peer.link import Link, PeerManager, PeerRemoved
 from peerstash.peer.outbox import LinkOutbox, LinkService
 from peerstash.peer.permissions import GrantError, Grants
 
@@ -73,6 +73,9 @@ MAX_REPAIRS = 3
 ANNOUNCE_LIMIT = 32
 #: Outgoing jobs queued on one link before the peer is considered abusive.
 MAX_QUEUED_JOBS = 1000
+#: Seconds between age trims of one peer's copy as its operations arrive (the count cap is
+#: checked after every batch; the daily gc applies both rules anyway).
+AGE_CHECK_EVERY = 3600.0
 
 _STATUSES = frozenset(s.value for s in OpStatus)
 _KINDS = frozenset(k.value for k in OpKind)
@@ -260,6 +263,16 @@ class SyncService(LinkService):
         #: from the store at start, raised as batches are stored (a peer paired later starts
         #: at 0, which at worst resends what we hold; storing is idempotent).
         self._marks: dict[str, int] = {}
+        #: Operations held per peer origin, at most over-estimated (each stored row counts as
+        #: new): the history cap is only checked against the store when this passes it.
+        self._held: dict[str, int] = {}
+        #: Peers whose copy here was trimmed by the history cap or age: it can no longer equal
+        #: theirs, so a digest mismatch is expected and not repaired (a repair would only
+        #: fetch again what the cap removes).
+        self._capped: set[str] = set()
+        #: When each peer's copy was last trimmed for age on arrival (monotonic): old rows
+        #: arrive in every batch of a long history, and the age rule needs no more than this.
+        self._aged: dict[str, float] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -274,6 +287,7 @@ class SyncService(LinkService):
             proto.OpsDeleted,
         )
         self.manager.add_link_up(self.on_link_up)
+        self.manager.add_peer_removed(self.on_peer_removed)
 
     async def start(self) -> None:
         """Start following local operation changes (subscribed now, so none is missed), and
@@ -304,6 +318,23 @@ class SyncService(LinkService):
         self._links[link.peer_id] = ls
         since = proto.OpsSince(marks={link.peer_id: self._marks.get(link.peer_id, 0)})
         ls.enqueue(lambda: ls.send(since))
+
+    async def on_peer_removed(self, removed: PeerRemoved) -> None:
+        """A peer was removed: stop its sync, and delete our copy of its history (with the
+        logs) unless the person asked to keep it."""
+        ls = self._links.pop(removed.peer_id, None)
+        if ls is not None:
+            await ls.stop()
+        self._marks.pop(removed.peer_id, None)
+        self._held.pop(removed.peer_id, None)
+        self._aged.pop(removed.peer_id, None)
+        self._capped.discard(removed.peer_id)
+        if removed.keep_history:
+            return
+        n = await self.store.delete_origin(removed.peer_id)
+        if n:
+            log.info("deleted %d operations of removed peer %s", n, removed.peer_id)
+            self.bus.publish(OpsSynced(peer_id=removed.peer_id, deleted=n))
 
     async def regrant(self, peer_id: str) -> bool:
         """The grants we give ``peer_id`` changed: apply them to the live link now.
@@ -348,6 +379,10 @@ class SyncService(LinkService):
                 if event.origin == self.instance_id:
                     for ls in list(self._links.values()):
                         ls.forget(event.ops)
+                elif event.ops:
+                    # Our gc trimmed a peer's copy (peer_history_days / _max_ops).
+                    self._capped.add(event.origin)
+                    self._held.pop(event.origin, None)
                 continue
             op = getattr(event, "op", None)
             if not isinstance(event, OperationChanged) or op is None:
@@ -428,12 +463,50 @@ class SyncService(LinkService):
         top = max(row[1] for row in rows)
         if top > self._marks.get(msg.origin, 0):
             self._marks[msg.origin] = top
-        self.bus.publish(OpsSynced(peer_id=ls.peer_id, stored=len(rows)))
+        trimmed = await self._cap(msg.origin, rows)
+        self.bus.publish(OpsSynced(peer_id=ls.peer_id, stored=len(rows), deleted=trimmed))
         if len(rows) <= ANNOUNCE_LIMIT:
             for row in rows:
                 with contextlib.suppress(NotFound):
                     op = await self.store.find_operation(row[0], origin=msg.origin)
                     self.bus.publish(OperationChanged(op=op))
+
+    async def _cap(self, origin: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Keep our copy of ``origin``'s history within this node's bounds after storing
+        ``rows``; how many operations that removed.
+
+        Cheap on the common path: no query unless the estimated count passes the cap, or a
+        row is older than the age limit (each row's creation time is plain text here) and
+        the age rule was not applied to this peer within :data:`AGE_CHECK_EVERY`.
+        """
+        days, most = await self.store.peer_history_limits()
+        held = self._held.get(origin)
+        held = await self.store.count_ops(origin) if held is None else held + len(rows)
+        cutoff = Store.sync_time(utcnow() - timedelta(days=days)) or ""
+        aged = self._aged.get(origin)
+        age_due = (aged is None or time.monotonic() - aged >= AGE_CHECK_EVERY) and any(
+            (r[7] or "") < cutoff for r in rows
+        )
+        if held <= most and not age_due:
+            self._held[origin] = held
+            return 0
+        self._aged[origin] = time.monotonic()
+        # Over the cap: down to 90% of it, so that a peer at its cap costs one trim per
+        # tenth of the cap, not one per operation it sends.
+        gone = await self.store.trim_peer_ops(
+            origin, older_than=timedelta(days=days), max_ops=most - most // 10
+        )
+        self._held[origin] = await self.store.count_ops(origin)
+        if gone:
+            self._capped.add(origin)
+            log.info(
+                "history of %s over this node's bounds (%d days, %d operations): %d removed",
+                origin,
+                days,
+                most,
+                len(gone),
+            )
+        return len(gone)
 
     async def _on_digest(self, ls: _LinkSync, msg: proto.OpsDigest) -> None:
         if msg.origin != ls.peer_id:
@@ -443,6 +516,14 @@ class SyncService(LinkService):
         if ours == (msg.count, msg.hash):
             ls.mismatches = 0
             self.bus.publish(OpsSynced(peer_id=ls.peer_id, in_sync=True))
+            return
+        if ls.peer_id in self._capped:
+            log.debug(
+                "operations of %s differ (we hold %d of its %d): our copy is capped; not repaired",
+                ls.peer_id,
+                ours[0],
+                msg.count,
+            )
             return
         self.bus.publish(OpsSynced(peer_id=ls.peer_id, in_sync=False))
         if ls.mismatches >= MAX_REPAIRS:
