@@ -29,6 +29,7 @@ from peerstash.core.events import (
     Woke,
 )
 from peerstash.core.models import Operation, OpKind, OpStatus, Plan, Repo
+from peerstash.core.peer_rules import PeerRuleError, check_peer_repo
 from peerstash.core.restic import (
     ErrorKind,
     PasswordCommand,
@@ -121,6 +122,10 @@ class Engine:
         #: here, name unusable). Recomputed on each owner's push; shown by status and
         #: ``repo list``.
         self.skipped_shares: dict[str, str] = {}
+        #: Received repositories whose owner changed where they are or how they open, local
+        #: id → what changed and when (no secret): the last change of each, for status and
+        #: ``repo list`` (each change is also a Notice on the bus).
+        self.share_changes: dict[str, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -170,6 +175,21 @@ class Engine:
 
         ``prefix`` reads the secrets from another place (settings being tried out).
         """
+        if repo.origin is not None:
+            # A received repository opens only within the rules for what a peer may set, even
+            # if its row predates them or came here by another path: never a peer's program.
+            try:
+                check_peer_repo(
+                    uri=repo.uri,
+                    env=dict.fromkeys(repo.env_keys, ""),
+                    options=list(repo.options),
+                    password_source=repo.password_source,
+                    password_ref=repo.password_ref,
+                )
+            except PeerRuleError as exc:
+                raise EngineError(
+                    f"repository {repo.id!r} shared by {repo.origin} is not opened: {exc}"
+                ) from None
         base = prefix if prefix is not None else f"repo/{repo.id}/"
         password: PasswordValue | PasswordFile | PasswordCommand
         if repo.password_source == "secret":
@@ -402,6 +422,17 @@ class Engine:
             if client_uri and client_uri != client_uri.strip():
                 raise EngineError("the client URI has leading or trailing spaces")
             fields["client_uri"] = client_uri or None
+        sent_uri = (client_uri if client_uri is not None else repo.client_uri) or repo.uri
+        try:
+            # Receivers check every rule again; saying it here spares a share they refuse.
+            check_peer_repo(
+                uri=sent_uri, env=dict.fromkeys(repo.env_keys, ""), options=repo.options
+            )
+        except PeerRuleError as exc:
+            raise EngineError(
+                f"receivers would refuse repository {repo_id!r} as shared: {exc}"
+                + ("" if client_uri else "; give --client-uri with the address they use")
+            ) from None
         await self._password_value(repo)
         if not repo.guid:
             fields["guid"] = await self._learn_guid(repo)
@@ -562,6 +593,17 @@ class Engine:
                 )
                 continue
             old = held.get(local_id)
+            try:
+                check_peer_repo(uri=spec.uri, env=spec.env, options=spec.options)
+            except PeerRuleError as exc:
+                # Nothing of it is stored. A change to one taken before is refused whole: the
+                # version accepted then stays as it was (and opens only within the rules).
+                why = f"{origin} sent settings a peer may not set here: {exc}"
+                if old is not None:
+                    why += "; the change is refused and the version accepted before is kept"
+                    keep.add(local_id)
+                result.skipped[local_id] = why
+                continue
             if old is None:
                 twin = next((r for r in repos if r.guid == spec.guid), None)
                 if twin is not None:
@@ -573,8 +615,11 @@ class Engine:
                     continue
                 await self._put_received(local_id, origin, spec, None)
                 result.added.append(local_id)
-            elif await self._put_received(local_id, origin, spec, old):
-                result.updated.append(local_id)
+            else:
+                changes = await self._received_changes(local_id, old, spec)
+                if await self._put_received(local_id, origin, spec, old):
+                    result.updated.append(local_id)
+                    self._announce_share_changes(origin, local_id, changes)
             keep.add(local_id)
         refused = set(result.refused)
         for rid in sorted(set(held) - keep):
@@ -627,6 +672,36 @@ class Engine:
             )
             log.warning(message)
             self.bus.publish(Notice(level="warning", message=message))
+
+    async def _received_changes(self, local_id: str, old: Repo, spec: SharedRepoSpec) -> list[str]:
+        """What an owner changed in a repository taken before, in words without secrets:
+        where it is, which repository it is, how it is unlocked."""
+        base = f"repo/{local_id}/"
+        said: list[str] = []
+        if old.uri != spec.uri:
+            said.append(
+                f"the location of {local_id} from {uri_for_people(old.uri)} to "
+                f"{uri_for_people(spec.uri)}"
+            )
+        if old.guid != spec.guid:
+            said.append(f"{local_id} to another restic repository (id {spec.guid[:8]})")
+        if await self.secrets.get(base + "password") != spec.password:
+            said.append(f"the password of {local_id}")
+        old_env = {k: await self.secrets.get(f"{base}env/{k}") for k in old.env_keys}
+        names = sorted(k for k in set(old_env) | set(spec.env) if old_env.get(k) != spec.env.get(k))
+        if names:
+            said.append(f"the credentials of {local_id} ({', '.join(names)})")
+        return said
+
+    def _announce_share_changes(self, origin: str, local_id: str, changes: list[str]) -> None:
+        """Tell the person (Notice, log, status) that an owner moved or re-keyed a repository
+        this node uses: a peer redirecting our backups should never go unseen."""
+        if not changes:
+            return
+        message = f"peer {origin} changed " + "; ".join(changes)
+        log.warning(message)
+        self.share_changes[local_id] = f"{utcnow().isoformat(timespec='seconds')} {message}"
+        self.bus.publish(Notice(level="warning", message=message))
 
     async def _put_received(
         self, local_id: str, origin: str, spec: SharedRepoSpec, old: Repo | None

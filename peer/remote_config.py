@@ -14,16 +14,17 @@ touches, so ``config.write:plan:docs`` lets a peer change plan *docs* and nothin
   own words.
 * **A new plan must target a repository in scope** (and its own id must not be excluded), so a
   peer allowed to write plans on one repository cannot back up into another.
-* **Repositories are written within rules that keep programs out** (:mod:`peerstash.core.peer_rules`),
-  checked here because a repository's settings can run things on this machine: its password
+* **Repositories are written within rules that keep programs out**
+  (:mod:`peerstash.core.peer_rules`, the same rules as for shared repositories), checked here
+  because a repository's settings can run things on this machine: its password
   source can be a command, restic ``-o`` options can name one (``sftp.command``,
   ``rclone.program``), an ``rclone:`` URI runs rclone, and environment variables such as
   ``RESTIC_PASSWORD_COMMAND``, ``LD_PRELOAD`` or ``SSH_ASKPASS`` change what runs. So a peer
   gives the password only as a value (never a file, variable or command), no ``-o`` options at
-  all, environment names that look like plain variables and are not on the list of ones that
-  change what runs (see :mod:`peerstash.core.peer_rules`), and a URI of a backend that runs no program of
-  its choosing (an absolute local path, ``sftp:``, ``rest:``, ``s3:``, ``b2:``, ``azure:``,
-  ``gs:``, ``swift:``). A repository set up here with a password file, variable or command, or
+  all, environment names only from the allow-list of backend credentials, and a URI of a
+  backend that runs no program of its choosing, in the form restic documents for it (an
+  absolute local path, ``sftp:``, ``rest:``, ``s3:``, ``b2:``, ``azure:``, ``gs:``,
+  ``swift:``). A repository set up here with a password file, variable or command, or
   with options, keeps them: a peer may not replace them, only change what the rules allow.
   The password travels only inside the encrypted link, as an argument of the call; it is never
   logged, echoed in a refusal, or sent back (answers use :func:`repo_public_dict`).

@@ -48,7 +48,7 @@ def test_a_local_path_is_absolute_as_this_machine_reads_it() -> None:
         ("ftp:host/p", "may not use the ftp: backend"),
         ("sftp:-oProxyCommand=sh:/p", "would pass options to ssh"),
         ("sftp:-luser@host:/p", "would pass options to ssh"),
-        ("sftp://host -oX=y//p", "would pass options to ssh"),
+        ("sftp://host -oX=y//p", "holds spaces"),
         ("", "not a usable"),
         (" /srv/x", "not a usable"),
         ("/srv/x\n", "not a usable"),
