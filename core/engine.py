@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shlex
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -83,6 +84,36 @@ def _secret_name(repo_id: str, what: str) -> str:
     return f"repo/{repo_id}/{what}"
 
 
+#: Secret names (under ``repo/<id>/``) of the passwords taken out of a repository's URI and
+#: client URI: the repos table holds the URI with ``***`` in their place.
+URI_SECRET = "uri-password"
+CLIENT_URI_SECRET = "client-uri-password"
+#: What stands for a sealed URI password in a stored URI (and in every URI shown to people).
+URI_MASK = "***"
+# scheme://user:password@ (as restic.redact_uri finds it): the password runs to the last "@"
+# before a "/" or whitespace.
+_URI_PASSWORD_RE = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^/@\s:]*:(?P<secret>[^/\s]*)@")
+
+
+def split_uri_password(uri: str) -> tuple[str, str | None]:
+    """``uri`` with the password of its ``scheme://user:password@`` replaced by ``***``, and
+    that password: None when there is none, or when it is ``***`` already (a URI copied from a
+    listing: the password sealed before is meant, unchanged)."""
+    m = _URI_PASSWORD_RE.search(uri)
+    if m is None or not m["secret"]:
+        return uri, None
+    masked = uri[: m.start("secret")] + URI_MASK + uri[m.end("secret") :]
+    return masked, None if m["secret"] == URI_MASK else m["secret"]
+
+
+def join_uri_password(uri: str, secret: str | None) -> str:
+    """The URI restic gets: the sealed ``secret`` back in place of the ``***`` of ``uri``."""
+    m = _URI_PASSWORD_RE.search(uri)
+    if secret is None or m is None or m["secret"] != URI_MASK:
+        return uri
+    return uri[: m.start("secret")] + secret + uri[m.end("secret") :]
+
+
 class Engine:
     def __init__(
         self,
@@ -130,7 +161,9 @@ class Engine:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, *, schedule: bool = True) -> None:
-        """Recover from a previous crash, then start the scheduler."""
+        """Seal credentials left in URIs, recover from a previous crash, then start the
+        scheduler."""
+        await self.seal_uri_passwords()
         interrupted = await self.store.interrupt_unfinished(STOPPED_MESSAGE)
         for repo_id in sorted({op.repo_id for op in interrupted if op.repo_id}):
             try:
@@ -142,6 +175,30 @@ class Engine:
         if schedule:
             await self.scheduler.start()
             self._gc_task = asyncio.create_task(self._gc_daily(), name="operations-gc")
+
+    async def seal_uri_passwords(self) -> list[str]:
+        """Move passwords still written in repository URIs (rows from before they were sealed)
+        into the secret store, leaving ``***`` in the row; returns the repository ids.
+
+        At node start rather than in a migration: sealing needs the secret key, which only
+        the node has. Idempotent: a sealed URI holds ``***``, which is never taken again.
+        """
+        done: list[str] = []
+        for repo in await self.store.list_repos():
+            fields: dict[str, Any] = {}
+            for column, what in (("uri", URI_SECRET), ("client_uri", CLIENT_URI_SECRET)):
+                value = getattr(repo, column)
+                masked, secret = split_uri_password(value or "")
+                if secret is not None:
+                    await self.secrets.put(_secret_name(repo.id, what), secret)
+                    fields[column] = masked
+            if fields:
+                await self.store.update_repo(repo.id, **fields)
+                done.append(repo.id)
+                log.info("sealed the password written in the URI of repository %s", repo.id)
+        if done:
+            await self.store.forget_freed_bytes()
+        return done
 
     async def stop(self) -> None:
         if self._gc_task is not None:
@@ -191,6 +248,9 @@ class Engine:
                     f"repository {repo.id!r} shared by {repo.origin} is not opened: {exc}"
                 ) from None
         base = prefix if prefix is not None else f"repo/{repo.id}/"
+        # The URI's password is sealed apart (see split_uri_password) and goes back in only
+        # here: restic gets the URI in its environment (RESTIC_REPOSITORY), never argv.
+        uri = join_uri_password(repo.uri, await self.secrets.get(base + URI_SECRET))
         password: PasswordValue | PasswordFile | PasswordCommand
         if repo.password_source == "secret":
             value = await self.secrets.get(base + "password")
@@ -215,7 +275,7 @@ class Engine:
             if val is not None:
                 env[key] = val
         return RepoAccess(
-            uri=repo.uri,
+            uri=uri,
             password=password,
             env=env,
             options=tuple(repo.options),
@@ -255,6 +315,7 @@ class Engine:
         else:
             raise EngineError(f"a repository named {repo_id!r} already exists")
         env = dict(env or {})
+        uri, uri_secret = split_uri_password(uri)
         row = repo_record(
             repo_id,
             uri,
@@ -269,6 +330,8 @@ class Engine:
             await self.secrets.put(_secret_name(repo_id, "password"), password.value)
         for key, value in env.items():
             await self.secrets.put(_secret_name(repo_id, f"env/{key}"), value)
+        if uri_secret is not None:
+            await self.secrets.put(_secret_name(repo_id, URI_SECRET), uri_secret)
         try:
             access = await self.access(row)
             restic = self.restic()
@@ -328,6 +391,12 @@ class Engine:
         for opt in options or ():
             if "=" not in opt:
                 raise EngineError(f"option {opt!r} must look like KEY=VALUE")
+        uri_secret: str | None = None
+        if uri:
+            uri, uri_secret = split_uri_password(uri)
+        if uri_secret is None:  # no new password in the URI: the one sealed before, if any
+            uri_secret = await self.secrets.get(_secret_name(repo_id, URI_SECRET))
+        client_secret = await self.secrets.get(_secret_name(repo_id, CLIENT_URI_SECRET))
         trial = repo_record(
             repo.id,
             uri or repo.uri,
@@ -350,6 +419,8 @@ class Engine:
                 else await self.secrets.get(_secret_name(repo_id, f"env/{key}"))
             )
             await self.secrets.put(f"{staged}env/{key}", value or "")
+        if uri_secret is not None:
+            await self.secrets.put(staged + URI_SECRET, uri_secret)
         try:
             trial_access = await self.access(trial, prefix=staged)
             guid = await self.restic().guid(trial_access)
@@ -373,6 +444,10 @@ class Engine:
         for key in trial.env_keys:
             value = await self.secrets.get(f"{staged}env/{key}")
             await self.secrets.put(_secret_name(repo_id, f"env/{key}"), value or "")
+        if uri_secret is not None:
+            await self.secrets.put(_secret_name(repo_id, URI_SECRET), uri_secret)
+        if client_secret is not None:
+            await self.secrets.put(_secret_name(repo_id, CLIENT_URI_SECRET), client_secret)
         await self.secrets.delete_prefix(staged)
         updated = await self.store.update_repo(
             repo_id,
@@ -418,9 +493,11 @@ class Engine:
                 f"repository {repo_id!r} is shared by {repo.origin}; only its owner can share it"
             )
         fields: dict[str, Any] = {"shared": True}
+        client_secret: str | None = None
         if client_uri is not None:
             if client_uri and client_uri != client_uri.strip():
                 raise EngineError("the client URI has leading or trailing spaces")
+            client_uri, client_secret = split_uri_password(client_uri)
             fields["client_uri"] = client_uri or None
         sent_uri = (client_uri if client_uri is not None else repo.client_uri) or repo.uri
         try:
@@ -436,6 +513,10 @@ class Engine:
         await self._password_value(repo)
         if not repo.guid:
             fields["guid"] = await self._learn_guid(repo)
+        if client_secret is not None:
+            await self.secrets.put(_secret_name(repo_id, CLIENT_URI_SECRET), client_secret)
+        elif client_uri is not None and URI_MASK not in client_uri:
+            await self.secrets.delete_prefix(_secret_name(repo_id, CLIENT_URI_SECRET))
         updated = await self.store.update_repo(repo_id, **fields)
         self.bus.publish(ConfigChanged(what="repo", id=repo_id))
         return updated
@@ -541,7 +622,7 @@ class Engine:
             out.append(
                 SharedRepoSpec(
                     name=repo.id,
-                    uri=repo.client_uri or repo.uri,
+                    uri=await self._uri_to_share(repo),
                     guid=guid,
                     password=password,
                     env=env,
@@ -549,6 +630,16 @@ class Engine:
                 )
             )
         return out
+
+    async def _uri_to_share(self, repo: Repo) -> str:
+        """The URI receivers use, with its sealed password back in (it travels, like the
+        repository password, only to peers whose grant covers the repository)."""
+        if repo.client_uri:
+            secret = await self.secrets.get(_secret_name(repo.id, CLIENT_URI_SECRET))
+            return join_uri_password(repo.client_uri, secret)
+        return join_uri_password(
+            repo.uri, await self.secrets.get(_secret_name(repo.id, URI_SECRET))
+        )
 
     # -- sharing: the receiver's side --------------------------------------------------------
 
@@ -678,11 +769,14 @@ class Engine:
         where it is, which repository it is, how it is unlocked."""
         base = f"repo/{local_id}/"
         said: list[str] = []
-        if old.uri != spec.uri:
+        uri, uri_secret = split_uri_password(spec.uri)
+        if old.uri != uri:
             said.append(
                 f"the location of {local_id} from {uri_for_people(old.uri)} to "
-                f"{uri_for_people(spec.uri)}"
+                f"{uri_for_people(uri)}"
             )
+        elif await self.secrets.get(base + URI_SECRET) != uri_secret:
+            said.append(f"the password in the location of {local_id}")
         if old.guid != spec.guid:
             said.append(f"{local_id} to another restic repository (id {spec.guid[:8]})")
         if await self.secrets.get(base + "password") != spec.password:
@@ -709,9 +803,11 @@ class Engine:
         """Store (or bring up to date) one received repository; False when already equal."""
         base = f"repo/{local_id}/"
         env_keys = sorted(spec.env)
+        uri, uri_secret = split_uri_password(spec.uri)  # its password is sealed like the rest
         if old is not None:
             same_row = (
-                old.uri == spec.uri
+                old.uri == uri
+                and await self.secrets.get(base + URI_SECRET) == uri_secret
                 and old.guid == spec.guid
                 and list(old.options) == list(spec.options)
                 and list(old.env_keys) == env_keys
@@ -725,15 +821,17 @@ class Engine:
         await self.secrets.put(base + "password", spec.password)
         for key, value in spec.env.items():
             await self.secrets.put(f"{base}env/{key}", value)
+        if uri_secret is not None:
+            await self.secrets.put(base + URI_SECRET, uri_secret)
         if old is None:
-            row = repo_record(local_id, spec.uri, "secret", "", env_keys, spec.options)
+            row = repo_record(local_id, uri, "secret", "", env_keys, spec.options)
             row.guid = spec.guid
             row.origin = origin
             await self.store.add_repo(row)
         else:
             await self.store.update_repo(
                 local_id,
-                uri=spec.uri,
+                uri=uri,
                 guid=spec.guid,
                 options=list(spec.options),
                 env_keys=env_keys,

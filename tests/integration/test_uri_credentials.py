@@ -1,0 +1,158 @@
+"""Passwords written in repository URIs (``rest:http://user:pw@host/``) are sealed like every
+other secret: the repos table holds the URI with ``***``, the secret store the password, and
+restic gets the whole URI back only in its environment. Real nodes, a real REST server, real
+restic; the checks read the SQLite files' bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from peerstash.core.engine import PasswordSpec, join_uri_password, split_uri_password
+from peerstash.core.events import Notice
+from peerstash.core.models import OpStatus
+from peerstash.core.serialize import repo_to_dict
+from tests.fixtures.servers import RestServer
+from tests.integration.test_pairing import MakeNode, make_node
+from tests.integration.test_shared_repos import (
+    assert_no_secret_in_files,
+    link,
+    next_shares,
+    run_flow,
+)
+from tests.integration.test_sync import store_of
+
+__all__ = ["make_node"]  # the fixture, re-exported for pytest
+
+PW = "repo-pw-Hh31-never-in-clear"
+URI_PW = "uri-pw-Tt59-never-in-clear"
+URI_PW2 = "uri-pw2-Vb06-never-in-clear"
+
+
+def with_password(rest: RestServer, name: str, secret: str) -> str:
+    return f"rest:http://backup:{secret}@{rest.host}:{rest.port}/{name}"
+
+
+def masked(rest: RestServer, name: str) -> str:
+    return f"rest:http://backup:***@{rest.host}:{rest.port}/{name}"
+
+
+def test_split_and_join() -> None:
+    uri = "rest:https://user:p@ss:w/rd@host:8000/r"
+    shown, secret = split_uri_password("rest:https://user:p%40ss@host:8000/r")
+    assert (shown, secret) == ("rest:https://user:***@host:8000/r", "p%40ss")
+    assert join_uri_password(shown, secret) == "rest:https://user:p%40ss@host:8000/r"
+    assert split_uri_password("/srv/r") == ("/srv/r", None)
+    assert split_uri_password("rest:https://user@host/") == ("rest:https://user@host/", None)
+    assert split_uri_password("rest:https://u:***@host/") == ("rest:https://u:***@host/", None)
+    assert join_uri_password("/srv/r", "x") == "/srv/r"
+    assert split_uri_password(uri)[0].startswith("rest:https://user:***@")
+
+
+async def test_a_uri_password_is_sealed_and_backups_work(
+    make_node: MakeNode,
+    restic_bin: str,
+    rest_server: RestServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    a = await make_node("a", restic_path=restic_bin)
+    assert a.engine
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("data\n")
+    name = "sealed1"
+    row, _ = await a.engine.add_repo(
+        "r", with_password(rest_server, name, URI_PW), PasswordSpec("secret", value=PW), init=True
+    )
+    assert row.uri == masked(rest_server, name)
+    assert (rest_server.data_dir / name / "config").is_file()
+    await a.engine.add_plan("p", repo_id="r", paths=[str(src)])
+    flow = await run_flow(a, "p")
+    assert flow[0].status == OpStatus.SUCCESS, flow[0].error
+    assert len(await a.engine.snapshots("r")) == 1
+
+    stored = await a.engine.store.get_repo("r")
+    assert stored.uri == masked(rest_server, name)
+    listed = json.dumps([repo_to_dict(r) for r in await a.engine.list_repos()])
+    assert URI_PW not in listed and "backup:***@" in listed
+    logs = "\n".join(await a.engine.store.get_log(flow[0].pk))
+    assert URI_PW not in logs and URI_PW not in caplog.text
+    assert_no_secret_in_files(a, URI_PW, PW)
+
+    # A URI copied from the listing (with ***) keeps the sealed password.
+    await a.engine.update_repo("r", uri=masked(rest_server, name), env={})
+    assert len(await a.engine.snapshots("r")) == 1
+    assert await a.engine.secrets.get("repo/r/uri-password") == URI_PW
+
+
+async def test_passwords_left_in_uris_are_sealed_when_the_node_starts(
+    make_node: MakeNode, restic_bin: str, rest_server: RestServer, tmp_path: Path
+) -> None:
+    a = await make_node("a", restic_path=restic_bin)
+    assert a.engine
+    name = "legacy1"
+    await a.engine.add_repo(
+        "r", with_password(rest_server, name, URI_PW), PasswordSpec("secret", value=PW), init=True
+    )
+    # A row as an older version wrote it: the password in clear in the URI and client URI.
+    await store_of(a).update_repo(
+        "r",
+        uri=with_password(rest_server, name, URI_PW),
+        client_uri=with_password(rest_server, name, URI_PW2),
+    )
+    await a.engine.secrets.delete_prefix("repo/r/uri-password")
+    await a.stop()
+    a = await make_node("a", restic_path=restic_bin)
+    assert a.engine
+    row = await a.engine.store.get_repo("r")
+    assert (row.uri, row.client_uri) == (masked(rest_server, name), masked(rest_server, name))
+    assert await a.engine.secrets.get("repo/r/client-uri-password") == URI_PW2
+    assert await a.engine.snapshots("r") == []
+    assert_no_secret_in_files(a, URI_PW, URI_PW2)
+    assert await a.engine.seal_uri_passwords() == []  # done once
+
+
+async def test_a_shared_uri_password_reaches_the_receiver_sealed(
+    make_node: MakeNode,
+    restic_bin: str,
+    rest_server: RestServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    a = await make_node("a", restic_path=restic_bin)
+    b = await make_node("b", restic_path=restic_bin)
+    assert a.engine and b.engine
+    name = "shared1"
+    await a.engine.add_repo(
+        "r", with_password(rest_server, name, URI_PW), PasswordSpec("secret", value=PW), init=True
+    )
+    await a.engine.share_repo("r")
+    got = next_shares(b, "a")
+    await link(a, b, ["repos.receive"])
+    assert (await got).added == ["r@a"]
+    on_b = await b.engine.store.get_repo("r@a")
+    assert on_b.uri == masked(rest_server, name)
+    assert await b.engine.secrets.get("repo/r@a/uri-password") == URI_PW
+    assert await b.engine.snapshots("r@a") == []
+
+    # The owner changes the password in the URI: the receiver takes it and says so.
+    with b.bus.subscribe("notice") as notices:
+        got = next_shares(b, "a")
+        await a.engine.update_repo("r", uri=with_password(rest_server, name, URI_PW2))
+        assert (await got).updated == ["r@a"]
+        async with asyncio.timeout(5):
+            notice = await notices.get()
+    assert isinstance(notice, Notice)
+    assert notice.message == "peer a changed the password in the location of r@a"
+    assert await b.engine.secrets.get("repo/r@a/uri-password") == URI_PW2
+    assert await b.engine.snapshots("r@a") == []
+    for node in (a, b):
+        assert_no_secret_in_files(node, URI_PW, URI_PW2, PW)
+    assert URI_PW not in caplog.text and URI_PW2 not in caplog.text
