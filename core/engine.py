@@ -106,6 +106,12 @@ def split_uri_password(uri: str) -> tuple[str, str | None]:
     return masked, None if m["secret"] == URI_MASK else m["secret"]
 
 
+def has_sealed_password(uri: str) -> bool:
+    """Whether ``uri`` holds ``***`` where its password goes (one sealed apart)."""
+    m = _URI_PASSWORD_RE.search(uri)
+    return m is not None and m["secret"] == URI_MASK
+
+
 def join_uri_password(uri: str, secret: str | None) -> str:
     """The URI restic gets: the sealed ``secret`` back in place of the ``***`` of ``uri``."""
     m = _URI_PASSWORD_RE.search(uri)
@@ -394,7 +400,8 @@ class Engine:
         uri_secret: str | None = None
         if uri:
             uri, uri_secret = split_uri_password(uri)
-        if uri_secret is None:  # no new password in the URI: the one sealed before, if any
+        if uri_secret is None and has_sealed_password(uri or repo.uri):
+            # ``***`` in the URI: the password sealed before, unchanged
             uri_secret = await self.secrets.get(_secret_name(repo_id, URI_SECRET))
         client_secret = await self.secrets.get(_secret_name(repo_id, CLIENT_URI_SECRET))
         trial = repo_record(
@@ -515,7 +522,7 @@ class Engine:
             fields["guid"] = await self._learn_guid(repo)
         if client_secret is not None:
             await self.secrets.put(_secret_name(repo_id, CLIENT_URI_SECRET), client_secret)
-        elif client_uri is not None and URI_MASK not in client_uri:
+        elif client_uri is not None and not has_sealed_password(client_uri):
             await self.secrets.delete_prefix(_secret_name(repo_id, CLIENT_URI_SECRET))
         updated = await self.store.update_repo(repo_id, **fields)
         self.bus.publish(ConfigChanged(what="repo", id=repo_id))

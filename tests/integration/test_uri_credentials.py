@@ -89,6 +89,10 @@ async def test_a_uri_password_is_sealed_and_backups_work(
     await a.engine.update_repo("r", uri=masked(rest_server, name), env={})
     assert len(await a.engine.snapshots("r")) == 1
     assert await a.engine.secrets.get("repo/r/uri-password") == URI_PW
+    # Without a password in the new URI, none is kept.
+    await a.engine.update_repo("r", uri=f"rest:{rest_server.url}/{name}")
+    assert await a.engine.secrets.get("repo/r/uri-password") is None
+    assert len(await a.engine.snapshots("r")) == 1
 
 
 async def test_passwords_left_in_uris_are_sealed_when_the_node_starts(
