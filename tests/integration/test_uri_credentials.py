@@ -8,14 +8,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from peerstash.core.engine import PasswordSpec, join_uri_password, split_uri_password
-from peerstash.core.events import Notice
+from peerstash.core.engine import Engine, PasswordSpec, join_uri_password, split_uri_password
+from peerstash.core.events import EventBus, Notice
 from peerstash.core.models import OpStatus
+from peerstash.core.secrets import SecretStore, load_or_create_key
 from peerstash.core.serialize import repo_to_dict
+from peerstash.core.store import Store, repo_record
 from tests.fixtures.servers import RestServer
 from tests.integration.test_pairing import MakeNode, make_node
 from tests.integration.test_shared_repos import (
@@ -160,3 +163,37 @@ async def test_a_shared_uri_password_reaches_the_receiver_sealed(
     for node in (a, b):
         assert_no_secret_in_files(node, URI_PW, URI_PW2, PW)
     assert URI_PW not in caplog.text and URI_PW2 not in caplog.text
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        s = await Store.open(data_dir=tmp_path / "data")
+    else:
+        s = await Store.open(request.getfixturevalue("fresh_pg_url"))
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_sealing_old_rows_on_either_database(
+    any_store: Store, restic_bin: str, tmp_path: Path
+) -> None:
+    """The start-up sealing on SQLite and PostgreSQL alike (no restic run: rows only)."""
+    secrets = SecretStore(any_store, load_or_create_key(tmp_path / "secret.key"))
+    engine = Engine(
+        tmp_path, any_store, secrets, EventBus(), instance_id="a", restic_path=restic_bin
+    )
+    row = repo_record("r", "rest:https://u:" + URI_PW + "@host/r", "secret")
+    row.client_uri = "s3:https://key:" + URI_PW2 + "@minio.lan/bucket"
+    await any_store.add_repo(row)
+    await any_store.add_repo(repo_record("plain", "/srv/plain", "secret"))
+    assert await engine.seal_uri_passwords() == ["r"]
+    sealed = await any_store.get_repo("r")
+    assert sealed.uri == "rest:https://u:***@host/r"
+    assert sealed.client_uri == "s3:https://key:***@minio.lan/bucket"
+    assert await secrets.get("repo/r/uri-password") == URI_PW
+    assert await secrets.get("repo/r/client-uri-password") == URI_PW2
+    assert (await any_store.get_repo("plain")).uri == "/srv/plain"
+    assert await engine.seal_uri_passwords() == []
