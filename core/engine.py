@@ -30,7 +30,7 @@ from peerstash.core.events import (
     Woke,
 )
 from peerstash.core.models import Operation, OpKind, OpStatus, Plan, Repo
-from peerstash.core.peer_rules import PeerRuleError, check_peer_repo
+from peerstash.core.peer_rules import PeerRuleError, check_peer_repo, check_peer_uri
 from peerstash.core.restic import (
     ErrorKind,
     PasswordCommand,
@@ -513,9 +513,14 @@ class Engine:
                 uri=sent_uri, env=dict.fromkeys(repo.env_keys, ""), options=repo.options
             )
         except PeerRuleError as exc:
+            hint = ""
+            if not client_uri:
+                try:
+                    check_peer_uri(sent_uri)
+                except PeerRuleError:
+                    hint = "; give --client-uri with the address they use"
             raise EngineError(
-                f"receivers would refuse repository {repo_id!r} as shared: {exc}"
-                + ("" if client_uri else "; give --client-uri with the address they use")
+                f"receivers would refuse repository {repo_id!r} as shared: {exc}{hint}"
             ) from None
         await self._password_value(repo)
         if not repo.guid:

@@ -103,6 +103,9 @@ async def test_the_reported_attack_is_refused_and_runs_nothing(
     # `repo share photos --client-uri sftp:...`: an honest node already says receivers refuse.
     with pytest.raises(EngineError, match="receivers would refuse repository 'photos'"):
         await b.engine.share_repo("photos", client_uri=HOSTILE_URI)
+    with pytest.raises(EngineError, match="may not set restic -o options") as refused_here:
+        await b.engine.share_repo("photos")
+    assert "--client-uri" not in str(refused_here.value)  # the URI is not what is wrong
 
     # A hostile B shares it anyway.
     with a.bus.subscribe("notice") as notices:
