@@ -8,18 +8,34 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from peerstash.core.engine import Engine, PasswordSpec, join_uri_password, split_uri_password
+from peerstash.core.engine import (
+    Engine,
+    EngineError,
+    PasswordSpec,
+    join_uri_password,
+    split_uri_password,
+)
 from peerstash.core.events import EventBus, Notice
 from peerstash.core.models import OpStatus
 from peerstash.core.secrets import SecretStore, load_or_create_key
 from peerstash.core.serialize import repo_to_dict
 from peerstash.core.store import Store, repo_record
-from tests.fixtures.servers import RestServer
+from tests.fixtures.servers import (
+    LOCALHOST,
+    RestServer,
+    _find_pyrestserver,
+    _http_ready,
+    _launch,
+    _stop_process,
+    _unavailable,
+)
 from tests.integration.test_pairing import MakeNode, make_node
 from tests.integration.test_shared_repos import (
     assert_no_secret_in_files,
@@ -34,6 +50,35 @@ __all__ = ["make_node"]  # the fixture, re-exported for pytest
 PW = "repo-pw-Hh31-never-in-clear"
 URI_PW = "uri-pw-Tt59-never-in-clear"
 URI_PW2 = "uri-pw2-Vb06-never-in-clear"
+
+
+@pytest.fixture
+def rest_with_auth(tmp_path: Path) -> Iterator[RestServer]:
+    """A REST server that demands HTTP basic auth as ``backup`` with :data:`URI_PW` (its
+    ``.htpasswd`` holds the password in plain: pyrestserver compares it as it is)."""
+    script = _find_pyrestserver()
+    if script is None:
+        _unavailable("pyrestserver not installed (pip: the project's 'test' extra)")
+    data = tmp_path / "rest-auth"
+    data.mkdir()
+    (data / ".htpasswd").write_text(f"backup:{URI_PW}\n")
+    env = {**os.environ, "NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200"}
+
+    def argv(port: int) -> list[str]:
+        listen = f"{LOCALHOST}:{port}"
+        return [sys.executable, script, "serve", "--path", str(data), "--listen", listen]
+
+    proc, port = _launch("pyrestserver", argv, _http_ready, tmp_path / "rest-auth.log", env=env)
+    try:
+        yield RestServer(
+            host=LOCALHOST,
+            port=port,
+            url=f"http://{LOCALHOST}:{port}",
+            data_dir=data,
+            log_path=tmp_path / "rest-auth.log",
+        )
+    finally:
+        _stop_process(proc)
 
 
 def with_password(rest: RestServer, name: str, secret: str) -> str:
@@ -197,3 +242,35 @@ async def test_sealing_old_rows_on_either_database(
     assert await secrets.get("repo/r/client-uri-password") == URI_PW2
     assert (await any_store.get_repo("plain")).uri == "/srv/plain"
     assert await engine.seal_uri_passwords() == []
+
+
+async def test_a_server_that_demands_the_uri_password_gets_it(
+    make_node: MakeNode, restic_bin: str, rest_with_auth: RestServer, tmp_path: Path
+) -> None:
+    """The sealed password really reaches restic: the server refuses anything else."""
+    a = await make_node("a", restic_path=restic_bin)
+    assert a.engine
+    with pytest.raises(EngineError) as refused:  # the server checks: a wrong one is refused
+        await a.engine.add_repo(
+            "bad",
+            with_password(rest_with_auth, "auth1", "wrong-password"),
+            PasswordSpec("secret", value=PW),
+            init=True,
+        )
+    assert "wrong-password" not in str(refused.value)
+    assert await a.engine.list_repos() == []
+    row, _ = await a.engine.add_repo(
+        "r",
+        with_password(rest_with_auth, "auth1", URI_PW),
+        PasswordSpec("secret", value=PW),
+        init=True,
+    )
+    assert row.uri == masked(rest_with_auth, "auth1")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("data\n")
+    await a.engine.add_plan("p", repo_id="r", paths=[str(src)])
+    flow = await run_flow(a, "p")
+    assert flow[0].status == OpStatus.SUCCESS, flow[0].error
+    assert len(await a.engine.snapshots("r")) == 1
+    assert_no_secret_in_files(a, URI_PW, PW)
