@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shlex
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from peerstash.core.events import (
     Woke,
 )
 from peerstash.core.models import Operation, OpKind, OpStatus, Plan, Repo
+from peerstash.core.peer_rules import PeerRuleError, check_peer_repo, check_peer_uri
 from peerstash.core.restic import (
     ErrorKind,
     ForgetResult,
@@ -89,6 +91,42 @@ def _secret_name(repo_id: str, what: str) -> str:
     return f"repo/{repo_id}/{what}"
 
 
+#: Secret names (under ``repo/<id>/``) of the passwords taken out of a repository's URI and
+#: client URI: the repos table holds the URI with ``***`` in their place.
+URI_SECRET = "uri-password"
+CLIENT_URI_SECRET = "client-uri-password"
+#: What stands for a sealed URI password in a stored URI (and in every URI shown to people).
+URI_MASK = "***"
+# scheme://user:password@ (as restic.redact_uri finds it): the password runs to the last "@"
+# before a "/" or whitespace.
+_URI_PASSWORD_RE = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^/@\s:]*:(?P<secret>[^/\s]*)@")
+
+
+def split_uri_password(uri: str) -> tuple[str, str | None]:
+    """``uri`` with the password of its ``scheme://user:password@`` replaced by ``***``, and
+    that password: None when there is none, or when it is ``***`` already (a URI copied from a
+    listing: the password sealed before is meant, unchanged)."""
+    m = _URI_PASSWORD_RE.search(uri)
+    if m is None or not m["secret"]:
+        return uri, None
+    masked = uri[: m.start("secret")] + URI_MASK + uri[m.end("secret") :]
+    return masked, None if m["secret"] == URI_MASK else m["secret"]
+
+
+def has_sealed_password(uri: str) -> bool:
+    """Whether ``uri`` holds ``***`` where its password goes (one sealed apart)."""
+    m = _URI_PASSWORD_RE.search(uri)
+    return m is not None and m["secret"] == URI_MASK
+
+
+def join_uri_password(uri: str, secret: str | None) -> str:
+    """The URI restic gets: the sealed ``secret`` back in place of the ``***`` of ``uri``."""
+    m = _URI_PASSWORD_RE.search(uri)
+    if secret is None or m is None or m["secret"] != URI_MASK:
+        return uri
+    return uri[: m.start("secret")] + secret + uri[m.end("secret") :]
+
+
 class Engine:
     def __init__(
         self,
@@ -128,11 +166,17 @@ class Engine:
         #: here, name unusable). Recomputed on each owner's push; shown by status and
         #: ``repo list``.
         self.skipped_shares: dict[str, str] = {}
+        #: Received repositories whose owner changed where they are or how they open, local
+        #: id → what changed and when (no secret): the last change of each, for status and
+        #: ``repo list`` (each change is also a Notice on the bus).
+        self.share_changes: dict[str, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, *, schedule: bool = True) -> None:
-        """Recover from a previous crash, then start the scheduler."""
+        """Seal credentials left in URIs, recover from a previous crash, then start the
+        scheduler."""
+        await self.seal_uri_passwords()
         interrupted = await self.store.interrupt_unfinished(STOPPED_MESSAGE)
         for repo_id in sorted({op.repo_id for op in interrupted if op.repo_id}):
             try:
@@ -144,6 +188,30 @@ class Engine:
         if schedule:
             await self.scheduler.start()
             self._gc_task = asyncio.create_task(self._gc_daily(), name="operations-gc")
+
+    async def seal_uri_passwords(self) -> list[str]:
+        """Move passwords still written in repository URIs (rows from before they were sealed)
+        into the secret store, leaving ``***`` in the row; returns the repository ids.
+
+        At node start rather than in a migration: sealing needs the secret key, which only
+        the node has. Idempotent: a sealed URI holds ``***``, which is never taken again.
+        """
+        done: list[str] = []
+        for repo in await self.store.list_repos():
+            fields: dict[str, Any] = {}
+            for column, what in (("uri", URI_SECRET), ("client_uri", CLIENT_URI_SECRET)):
+                value = getattr(repo, column)
+                masked, secret = split_uri_password(value or "")
+                if secret is not None:
+                    await self.secrets.put(_secret_name(repo.id, what), secret)
+                    fields[column] = masked
+            if fields:
+                await self.store.update_repo(repo.id, **fields)
+                done.append(repo.id)
+                log.info("sealed the password written in the URI of repository %s", repo.id)
+        if done:
+            await self.store.forget_freed_bytes()
+        return done
 
     async def stop(self) -> None:
         if self._gc_task is not None:
@@ -177,7 +245,25 @@ class Engine:
 
         ``prefix`` reads the secrets from another place (settings being tried out).
         """
+        if repo.origin is not None:
+            # A received repository opens only within the rules for what a peer may set, even
+            # if its row predates them or came here by another path: never a peer's program.
+            try:
+                check_peer_repo(
+                    uri=repo.uri,
+                    env=dict.fromkeys(repo.env_keys, ""),
+                    options=list(repo.options),
+                    password_source=repo.password_source,
+                    password_ref=repo.password_ref,
+                )
+            except PeerRuleError as exc:
+                raise EngineError(
+                    f"repository {repo.id!r} shared by {repo.origin} is not opened: {exc}"
+                ) from None
         base = prefix if prefix is not None else f"repo/{repo.id}/"
+        # The URI's password is sealed apart (see split_uri_password) and goes back in only
+        # here: restic gets the URI in its environment (RESTIC_REPOSITORY), never argv.
+        uri = join_uri_password(repo.uri, await self.secrets.get(base + URI_SECRET))
         password: PasswordValue | PasswordFile | PasswordCommand
         if repo.password_source == "secret":
             value = await self.secrets.get(base + "password")
@@ -202,7 +288,7 @@ class Engine:
             if val is not None:
                 env[key] = val
         return RepoAccess(
-            uri=repo.uri,
+            uri=uri,
             password=password,
             env=env,
             options=tuple(repo.options),
@@ -242,6 +328,7 @@ class Engine:
         else:
             raise EngineError(f"a repository named {repo_id!r} already exists")
         env = dict(env or {})
+        uri, uri_secret = split_uri_password(uri)
         row = repo_record(
             repo_id,
             uri,
@@ -256,6 +343,8 @@ class Engine:
             await self.secrets.put(_secret_name(repo_id, "password"), password.value)
         for key, value in env.items():
             await self.secrets.put(_secret_name(repo_id, f"env/{key}"), value)
+        if uri_secret is not None:
+            await self.secrets.put(_secret_name(repo_id, URI_SECRET), uri_secret)
         try:
             access = await self.access(row)
             restic = self.restic()
@@ -315,6 +404,13 @@ class Engine:
         for opt in options or ():
             if "=" not in opt:
                 raise EngineError(f"option {opt!r} must look like KEY=VALUE")
+        uri_secret: str | None = None
+        if uri:
+            uri, uri_secret = split_uri_password(uri)
+        if uri_secret is None and has_sealed_password(uri or repo.uri):
+            # ``***`` in the URI: the password sealed before, unchanged
+            uri_secret = await self.secrets.get(_secret_name(repo_id, URI_SECRET))
+        client_secret = await self.secrets.get(_secret_name(repo_id, CLIENT_URI_SECRET))
         trial = repo_record(
             repo.id,
             uri or repo.uri,
@@ -337,6 +433,8 @@ class Engine:
                 else await self.secrets.get(_secret_name(repo_id, f"env/{key}"))
             )
             await self.secrets.put(f"{staged}env/{key}", value or "")
+        if uri_secret is not None:
+            await self.secrets.put(staged + URI_SECRET, uri_secret)
         try:
             trial_access = await self.access(trial, prefix=staged)
             guid = await self.restic().guid(trial_access)
@@ -360,6 +458,10 @@ class Engine:
         for key in trial.env_keys:
             value = await self.secrets.get(f"{staged}env/{key}")
             await self.secrets.put(_secret_name(repo_id, f"env/{key}"), value or "")
+        if uri_secret is not None:
+            await self.secrets.put(_secret_name(repo_id, URI_SECRET), uri_secret)
+        if client_secret is not None:
+            await self.secrets.put(_secret_name(repo_id, CLIENT_URI_SECRET), client_secret)
         await self.secrets.delete_prefix(staged)
         updated = await self.store.update_repo(
             repo_id,
@@ -405,13 +507,35 @@ class Engine:
                 f"repository {repo_id!r} is shared by {repo.origin}; only its owner can share it"
             )
         fields: dict[str, Any] = {"shared": True}
+        client_secret: str | None = None
         if client_uri is not None:
             if client_uri and client_uri != client_uri.strip():
                 raise EngineError("the client URI has leading or trailing spaces")
+            client_uri, client_secret = split_uri_password(client_uri)
             fields["client_uri"] = client_uri or None
+        sent_uri = (client_uri if client_uri is not None else repo.client_uri) or repo.uri
+        try:
+            # Receivers check every rule again; saying it here spares a share they refuse.
+            check_peer_repo(
+                uri=sent_uri, env=dict.fromkeys(repo.env_keys, ""), options=repo.options
+            )
+        except PeerRuleError as exc:
+            hint = ""
+            if not client_uri:
+                try:
+                    check_peer_uri(sent_uri)
+                except PeerRuleError:
+                    hint = "; give --client-uri with the address they use"
+            raise EngineError(
+                f"receivers would refuse repository {repo_id!r} as shared: {exc}{hint}"
+            ) from None
         await self._password_value(repo)
         if not repo.guid:
             fields["guid"] = await self._learn_guid(repo)
+        if client_secret is not None:
+            await self.secrets.put(_secret_name(repo_id, CLIENT_URI_SECRET), client_secret)
+        elif client_uri is not None and not has_sealed_password(client_uri):
+            await self.secrets.delete_prefix(_secret_name(repo_id, CLIENT_URI_SECRET))
         updated = await self.store.update_repo(repo_id, **fields)
         self.bus.publish(ConfigChanged(what="repo", id=repo_id))
         return updated
@@ -517,7 +641,7 @@ class Engine:
             out.append(
                 SharedRepoSpec(
                     name=repo.id,
-                    uri=repo.client_uri or repo.uri,
+                    uri=await self._uri_to_share(repo),
                     guid=guid,
                     password=password,
                     env=env,
@@ -525,6 +649,16 @@ class Engine:
                 )
             )
         return out
+
+    async def _uri_to_share(self, repo: Repo) -> str:
+        """The URI receivers use, with its sealed password back in (it travels, like the
+        repository password, only to peers whose grant covers the repository)."""
+        if repo.client_uri:
+            secret = await self.secrets.get(_secret_name(repo.id, CLIENT_URI_SECRET))
+            return join_uri_password(repo.client_uri, secret)
+        return join_uri_password(
+            repo.uri, await self.secrets.get(_secret_name(repo.id, URI_SECRET))
+        )
 
     # -- sharing: the receiver's side --------------------------------------------------------
 
@@ -569,6 +703,17 @@ class Engine:
                 )
                 continue
             old = held.get(local_id)
+            try:
+                check_peer_repo(uri=spec.uri, env=spec.env, options=spec.options)
+            except PeerRuleError as exc:
+                # Nothing of it is stored. A change to one taken before is refused whole: the
+                # version accepted then stays as it was (and opens only within the rules).
+                why = f"{origin} sent settings a peer may not set here: {exc}"
+                if old is not None:
+                    why += "; the change is refused and the version accepted before is kept"
+                    keep.add(local_id)
+                result.skipped[local_id] = why
+                continue
             if old is None:
                 twin = next((r for r in repos if r.guid == spec.guid), None)
                 if twin is not None:
@@ -580,8 +725,11 @@ class Engine:
                     continue
                 await self._put_received(local_id, origin, spec, None)
                 result.added.append(local_id)
-            elif await self._put_received(local_id, origin, spec, old):
-                result.updated.append(local_id)
+            else:
+                changes = await self._received_changes(local_id, old, spec)
+                if await self._put_received(local_id, origin, spec, old):
+                    result.updated.append(local_id)
+                    self._announce_share_changes(origin, local_id, changes)
             keep.add(local_id)
         refused = set(result.refused)
         for rid in sorted(set(held) - keep):
@@ -693,15 +841,50 @@ class Engine:
             log.warning(message)
             self.bus.publish(Notice(level="warning", message=message))
 
+    async def _received_changes(self, local_id: str, old: Repo, spec: SharedRepoSpec) -> list[str]:
+        """What an owner changed in a repository taken before, in words without secrets:
+        where it is, which repository it is, how it is unlocked."""
+        base = f"repo/{local_id}/"
+        said: list[str] = []
+        uri, uri_secret = split_uri_password(spec.uri)
+        if old.uri != uri:
+            said.append(
+                f"the location of {local_id} from {uri_for_people(old.uri)} to "
+                f"{uri_for_people(uri)}"
+            )
+        elif await self.secrets.get(base + URI_SECRET) != uri_secret:
+            said.append(f"the password in the location of {local_id}")
+        if old.guid != spec.guid:
+            said.append(f"{local_id} to another restic repository (id {spec.guid[:8]})")
+        if await self.secrets.get(base + "password") != spec.password:
+            said.append(f"the password of {local_id}")
+        old_env = {k: await self.secrets.get(f"{base}env/{k}") for k in old.env_keys}
+        names = sorted(k for k in set(old_env) | set(spec.env) if old_env.get(k) != spec.env.get(k))
+        if names:
+            said.append(f"the credentials of {local_id} ({', '.join(names)})")
+        return said
+
+    def _announce_share_changes(self, origin: str, local_id: str, changes: list[str]) -> None:
+        """Tell the person (Notice, log, status) that an owner moved or re-keyed a repository
+        this node uses: a peer redirecting our backups should never go unseen."""
+        if not changes:
+            return
+        message = f"peer {origin} changed " + "; ".join(changes)
+        log.warning(message)
+        self.share_changes[local_id] = f"{utcnow().isoformat(timespec='seconds')} {message}"
+        self.bus.publish(Notice(level="warning", message=message))
+
     async def _put_received(
         self, local_id: str, origin: str, spec: SharedRepoSpec, old: Repo | None
     ) -> bool:
         """Store (or bring up to date) one received repository; False when already equal."""
         base = f"repo/{local_id}/"
         env_keys = sorted(spec.env)
+        uri, uri_secret = split_uri_password(spec.uri)  # its password is sealed like the rest
         if old is not None:
             same_row = (
-                old.uri == spec.uri
+                old.uri == uri
+                and await self.secrets.get(base + URI_SECRET) == uri_secret
                 and old.guid == spec.guid
                 and list(old.options) == list(spec.options)
                 and list(old.env_keys) == env_keys
@@ -715,15 +898,17 @@ class Engine:
         await self.secrets.put(base + "password", spec.password)
         for key, value in spec.env.items():
             await self.secrets.put(f"{base}env/{key}", value)
+        if uri_secret is not None:
+            await self.secrets.put(base + URI_SECRET, uri_secret)
         if old is None:
-            row = repo_record(local_id, spec.uri, "secret", "", env_keys, spec.options)
+            row = repo_record(local_id, uri, "secret", "", env_keys, spec.options)
             row.guid = spec.guid
             row.origin = origin
             await self.store.add_repo(row)
         else:
             await self.store.update_repo(
                 local_id,
-                uri=spec.uri,
+                uri=uri,
                 guid=spec.guid,
                 options=list(spec.options),
                 env_keys=env_keys,

@@ -544,6 +544,18 @@ class Store:
         async with self.session() as s, s.begin():
             await s.execute(delete(Secret).where(Secret.name.startswith(prefix, autoescape=True)))
 
+    async def forget_freed_bytes(self) -> None:
+        """Rewrite an SQLite database so values just replaced (a password taken out of a URI)
+        no longer linger in its free pages or its write-ahead log. Best effort: a checkpoint
+        that a reader holds back leaves the log for the next one. PostgreSQL: nothing (its
+        old row versions go at its own VACUUM; its files are the server's)."""
+        if not self._sqlite:
+            return
+        auto = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        async with auto.connect() as conn:
+            await conn.exec_driver_sql("VACUUM")
+            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
     # -- repos -------------------------------------------------------------------------------
 
     async def add_repo(self, repo: Repo) -> Repo:

@@ -255,6 +255,8 @@ async def cmd_status(c: AdminClient, a: argparse.Namespace) -> int:
         lines += [f"  {line}" for line in fleet_lines(peer["plans"])]
     for local_id, why in sorted((st.get("shared_skipped") or {}).items()):
         lines.append(f"shared repository {local_id} not taken: {why}")
+    for local_id, what in sorted((st.get("shared_changes") or {}).items()):
+        lines.append(f"shared repository {local_id} changed: {what}")
     _emit(a, st, "\n".join(lines))
     return 0
 
@@ -366,9 +368,11 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
         for r in repos
     ]
     text = table(rows, ["ID", "URI", "PASSWORD", "GUID", "SHARING"]) if rows else "no repositories"
-    skipped = (await c.call("GET", "/v1/status")).get("shared_skipped") or {}
-    for local_id, why in sorted(skipped.items()):
+    st = await c.call("GET", "/v1/status")
+    for local_id, why in sorted((st.get("shared_skipped") or {}).items()):
         text += f"\nnot taken: {local_id}: {why}"
+    for local_id, what in sorted((st.get("shared_changes") or {}).items()):
+        text += f"\nchanged by its owner: {local_id}: {what}"
     _emit(a, repos, text)
     return 0
 

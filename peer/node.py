@@ -359,4 +359,7 @@ class Node:
             "discovery": self.discovery is not None,
             # Repositories peers shared that were not taken here, and why (e.g. same GUID).
             "shared_skipped": dict(self.engine.skipped_shares) if self.engine else {},
+            # The last change each owner made to where a received repository is or how it
+            # opens (no secret), since this node started.
+            "shared_changes": dict(self.engine.share_changes) if self.engine else {},
         }

@@ -14,16 +14,17 @@ touches, so ``config.write:plan:docs`` lets a peer change plan *docs* and nothin
   own words.
 * **A new plan must target a repository in scope** (and its own id must not be excluded), so a
   peer allowed to write plans on one repository cannot back up into another.
-* **Repositories are written within rules that keep programs out** (:func:`check_repo_fields`),
-  checked here because a repository's settings can run things on this machine: its password
+* **Repositories are written within rules that keep programs out**
+  (:mod:`peerstash.core.peer_rules`, the same rules as for shared repositories), checked here
+  because a repository's settings can run things on this machine: its password
   source can be a command, restic ``-o`` options can name one (``sftp.command``,
   ``rclone.program``), an ``rclone:`` URI runs rclone, and environment variables such as
   ``RESTIC_PASSWORD_COMMAND``, ``LD_PRELOAD`` or ``SSH_ASKPASS`` change what runs. So a peer
   gives the password only as a value (never a file, variable or command), no ``-o`` options at
-  all, environment names that look like plain variables and are not on the list of ones that
-  change what runs (:data:`PEER_ENV_REFUSED`), and a URI of a backend that runs no program of
-  its choosing (an absolute local path, ``sftp:``, ``rest:``, ``s3:``, ``b2:``, ``azure:``,
-  ``gs:``, ``swift:``). A repository set up here with a password file, variable or command, or
+  all, environment names only from the allow-list of backend credentials, and a URI of a
+  backend that runs no program of its choosing, in the form restic documents for it (an
+  absolute local path, ``sftp:``, ``rest:``, ``s3:``, ``b2:``, ``azure:``, ``gs:``,
+  ``swift:``). A repository set up here with a password file, variable or command, or
   with options, keeps them: a peer may not replace them, only change what the rules allow.
   The password travels only inside the encrypted link, as an argument of the call; it is never
   logged, echoed in a refusal, or sent back (answers use :func:`repo_public_dict`).
@@ -31,11 +32,10 @@ touches, so ``config.write:plan:docs`` lets a peer change plan *docs* and nothin
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
+from peerstash.core import peer_rules as rules
 from peerstash.core.engine import Engine, EngineError, PasswordSpec
 from peerstash.core.models import Plan, Repo
 from peerstash.core.restic import redact_uri
@@ -78,102 +78,35 @@ PLAN_CHANGES: dict[str, type | tuple[type, ...]] = {
 REPO_ADD_FIELDS = frozenset({"id", "uri", "password", "env", "options", "init"})
 REPO_CHANGES = frozenset({"uri", "password", "env", "options"})
 
-#: restic backends a peer may name: none of them runs a program the URI or a peer chooses
-#: (``sftp:`` runs ``ssh`` with fixed arguments; ``rclone:`` runs rclone and is refused).
-PEER_BACKENDS = ("local", "sftp", "rest", "s3", "b2", "azure", "gs", "swift")
-#: Environment names a peer may not set, by prefix, by suffix and whole: they set restic's
-#: password or repository (``RESTIC_*``), choose what programs run or load (the loader, PATH,
-#: ssh's askpass, the shell's startup files, rclone), or name a file or program to use.
-PEER_ENV_REFUSED_PREFIXES = ("RESTIC_", "RCLONE_", "LD_", "DYLD_", "SSH_", "GIT_", "PYTHON")
-PEER_ENV_REFUSED_SUFFIXES = ("_FILE", "_COMMAND", "_PROGRAM", "_EXECUTABLES", "_PATH")
-PEER_ENV_REFUSED = frozenset(
-    {"PATH", "HOME", "SHELL", "ENV", "BASH_ENV", "IFS", "TMPDIR", "GODEBUG", "XDG_CONFIG_HOME"}
-)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
-_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
-
 
 def _refuse(message: str) -> CallError:
     return CallError(proto.ErrorCode.FORBIDDEN, message)
 
 
 def check_peer_uri(uri: str) -> None:
-    """Refuse a repository URI a peer may not set (see :data:`PEER_BACKENDS`)."""
-    shown = redact_uri(uri)
-    if not uri or uri != uri.strip() or any(c in uri for c in "\0\r\n"):
-        raise _refuse(f"repository URI {shown!r} is not a usable restic repository")
-    scheme_match = None if _DRIVE.match(uri) else _SCHEME.match(uri)
-    scheme = scheme_match.group(1) if scheme_match else "local"
-    if scheme == "rclone":
-        raise _refuse(
-            "a peer may not add rclone: repositories: restic runs the rclone program for them; "
-            "add it on this machine itself"
-        )
-    if scheme not in PEER_BACKENDS:
-        raise _refuse(
-            f"a peer may not use the {scheme}: backend; it may give an absolute local path or "
-            "a URI starting with " + ", ".join(f"{b}:" for b in PEER_BACKENDS[1:])
-        )
-    rest = uri[len(scheme_match.group(0)) :] if scheme_match else uri
-    if scheme == "local" and not os.path.isabs(rest):  # as this machine reads its own paths
-        raise _refuse(f"a local repository path from a peer must be absolute, not {shown!r}")
-    if scheme == "sftp":
-        authority = rest[2:].split("/", 1)[0] if rest.startswith("//") else rest.split(":")[0]
-        parts = re.split(r"[@:]", authority)
-        if any(ch.isspace() for ch in uri) or any(p.startswith("-") for p in parts):
-            raise _refuse(
-                f"sftp URI {shown!r} would pass options to ssh (a host or user starting with "
-                "'-', or spaces); a peer may not set that"
-            )
+    """Refuse a repository URI a peer may not set (the rule is in core/peer_rules.py)."""
+    try:
+        rules.check_peer_uri(uri)
+    except rules.PeerRuleError as exc:
+        raise _refuse(exc.message) from None
 
 
 def check_peer_env(env: Mapping[str, str]) -> None:
     """Refuse environment variables a peer may not set (names only are ever said)."""
-    for key, value in env.items():
-        if not _ENV_NAME.match(key):
-            raise _refuse(
-                f"environment name {key[:100]!r} does not look like a variable name "
-                "(letters, digits and _, not starting with a digit)"
-            )
-        name = key.upper()
-        if name.startswith("RESTIC_"):
-            raise _refuse(
-                f"a peer may not set {key}: RESTIC_ variables choose restic's password "
-                "(RESTIC_PASSWORD_COMMAND runs a program) or repository"
-            )
-        if (
-            name in PEER_ENV_REFUSED
-            or name.startswith(PEER_ENV_REFUSED_PREFIXES)
-            or name.endswith(PEER_ENV_REFUSED_SUFFIXES)
-        ):
-            raise _refuse(
-                f"a peer may not set {key}: it can choose a program, library or file that "
-                "restic or ssh uses on this machine"
-            )
-        if "\0" in value:
-            raise _refuse(f"the value of {key} holds a NUL character")
-
-
-def _peer_may_set(key: str) -> bool:
     try:
-        check_peer_env({key: ""})
-    except CallError:
-        return False
-    return True
+        rules.check_peer_env(env)
+    except rules.PeerRuleError as exc:
+        raise _refuse(exc.message) from None
 
 
 def peer_password(value: Any) -> PasswordSpec:
     """The password a peer sends: only ever the value itself."""
     if not isinstance(value, dict):
         raise CallError(proto.ErrorCode.BAD_REQUEST, "argument 'password' has the wrong type")
-    source = value.get("source", "secret")
-    if source != "secret" or value.get("ref"):
-        raise _refuse(
-            "a peer may give a repository password only as a value (--password-stdin): a "
-            "password file, variable or command would make this machine read or run what a "
-            "peer named"
-        )
+    try:
+        rules.check_peer_password_source(value.get("source", "secret"), value.get("ref"))
+    except rules.PeerRuleError as exc:
+        raise _refuse(exc.message) from None
     secret = value.get("value")
     if not isinstance(secret, str) or not secret:
         raise CallError(proto.ErrorCode.BAD_REQUEST, "the password is missing or empty")
@@ -181,11 +114,10 @@ def peer_password(value: Any) -> PasswordSpec:
 
 
 def _no_options(args: Mapping[str, Any]) -> None:
-    if args.get("options"):
-        raise _refuse(
-            "a peer may not set restic -o options: some name a program to run "
-            "(sftp.command, rclone.program); set them on this machine itself"
-        )
+    try:
+        rules.check_no_options(args.get("options"))
+    except rules.PeerRuleError as exc:
+        raise _refuse(exc.message) from None
 
 
 def _env_arg(args: Mapping[str, Any]) -> dict[str, str]:
@@ -344,7 +276,7 @@ class RemoteConfig:
             check_peer_uri(uri)
         env = None
         if "env" in given:
-            kept = [k for k in repo.env_keys or [] if not _peer_may_set(k)]
+            kept = [k for k in repo.env_keys or [] if not rules.peer_may_set(k)]
             if kept:
                 raise _refuse(
                     f"repository {repo.id!r} has environment variables set on this machine that "
