@@ -859,7 +859,7 @@ async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
         body = {"token": a.token, "url": a.url, "grants": a.grant or [], "replace": a.replace}
         res = await c.call("POST", "/v1/peers", body)
         who = res["id"] if res.get("name") in (None, res["id"]) else f"{res['name']} ({res['id']})"
-        _emit(a, res, f"paired with {who} (key {res['key_id']}); connecting")
+        _emit(a, res, f"paired with {who}, key {res['key_id']}; connecting")
         return 0
     if a.peer_cmd == "grant":
         res = await c.call("PATCH", f"/v1/peers/{a.id}", {"grants": a.grant or []})
