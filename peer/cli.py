@@ -1295,7 +1295,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ren_what = ren.add_mutually_exclusive_group(required=True)
     ren_what.add_argument("name", nargs="?", help="the new name (1-63 printable characters)")
-    ren_what.add_argument("--reset", action="store_true", help="go by the host name again")
+    ren_what.add_argument(
+        "--reset",
+        action="store_true",
+        help="go by the default again (the instance id; the host name for a default id)",
+    )
     json_flag(ren)
 
     disc = sub.add_parser("discover", help="list Peerstash nodes visible on the LAN")

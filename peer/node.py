@@ -111,8 +111,9 @@ class Node:
         self.store: Store | None = None
         self.engine: Engine | None = None
         self.instance_id = ""
-        #: What people read for this node (the ``display_name`` setting, else the host name);
-        #: peers learn it over the link. The instance id never changes; this may.
+        #: What people read for this node: the ``display_name`` setting, else the instance id,
+        #: else (for an id made by default_instance_id) the host name. Peers learn it over the
+        #: link. The instance id never changes; this may.
         self.name = ""
         self._lock_file: IO[str] | None = None
         self._admin_runner: web.AppRunner | None = None
@@ -302,13 +303,17 @@ class Node:
                 return check_display_name(stored)
             except ValueError:
                 log.warning("the display_name setting is not usable; using the host name")
+        # An id someone chose is also the name they chose; an id made by default_instance_id
+        # (host name + start of our key id) shows as the bare host name, as it is now.
+        assert self.identity is not None
+        made = self.instance_id.endswith("-" + self.identity.key_id.replace("-", "")[:4])
         try:
-            return check_display_name(hostname())
+            return check_display_name(hostname() if made else self.instance_id)
         except ValueError:
             return self.instance_id[:MAX_DISPLAY_NAME]
 
     async def rename(self, name: str | None) -> str:
-        """Go by ``name`` (``None``: the host name again); peers learn it at once.
+        """Go by ``name`` (``None``: the default again); peers learn it at once.
 
         The instance id stays: it is the origin of this node's history everywhere.
         """
