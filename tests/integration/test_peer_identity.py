@@ -24,7 +24,12 @@ from peerstash.peer import protocol as proto
 from peerstash.peer.cli import COMMANDS, AdminClient, CliError, build_parser
 from peerstash.peer.fleet import labels
 from peerstash.peer.identity import Identity
-from peerstash.peer.link import PairingError, archive_origin, describe_remote_error
+from peerstash.peer.link import (
+    LinkStateChanged,
+    PairingError,
+    archive_origin,
+    describe_remote_error,
+)
 from peerstash.peer.node import Node, NodeOptions, default_instance_id
 from peerstash.peer.tokens import parse_token
 from tests.integration.test_pairing import FAST, token_for, wait_state
@@ -382,6 +387,42 @@ async def test_a_dialer_with_our_own_instance_id_is_refused_with_the_reason(
     assert "your instance id 'n' is also this node's id" in describe_remote_error(reply)
     assert await store_of(node).list_peers() == []
     assert [t.uses for t in await store_of(node).list_tokens()] == [0]
+
+
+async def test_a_peer_that_turns_hostile_with_its_name_is_refused_both_ways(
+    make: MakeNode,
+) -> None:
+    """A node whose own code sends a bad name (set behind check_display_name's back)."""
+    hub = await make("hub", instance_id="hub")
+    pi = await make("pi", instance_id="pi")
+    assert hub.peers and pi.peers and hub.peer_url
+    # As the answering side, in Welcome: pairing stops, nothing is pinned.
+    hub.peers.name = "hub\x1b[8m"
+    with pytest.raises(PairingError, match="gave an unusable name"):
+        await pi.peers.pair(await token_for(hub), hub.peer_url, [])
+    assert await store_of(pi).list_peers() == []
+    # Paired, then the answering side sends a bad name on a later Welcome: the link is refused.
+    hub.peers.name = "hub"
+    await pair(pi, hub)
+    hub.peers.name = "x" * 64
+    await hub.peers.links["pi"].close("test: reconnect")
+    await wait_state(pi, "hub", "auth failed")
+    peer = await store_of(pi).get_peer("hub")
+    assert peer.name == "hub" and peer.state_reason == "answered with an unusable name"
+    # The dialing side sends a bad name in Hello: refused with the reason, its stored name kept.
+    hub.peers.name = "hub"
+    pi.peers.name = "pi\u202e"
+    with pi.bus.subscribe("link") as sub:
+        pi.peers.check_now("hub")
+        async with asyncio.timeout(10):
+            while True:
+                ev = await sub.get()
+                if isinstance(ev, LinkStateChanged) and ev.state == "auth failed":
+                    if ev.reason != "answered with an unusable name":
+                        break
+    reason = (await store_of(pi).get_peer("hub")).state_reason or ""
+    assert "your name is refused: " in reason and "control or invisible" in reason
+    assert (await store_of(hub).get_peer("pi")).name == "pi"
 
 
 # -- small pieces ----------------------------------------------------------------------------
