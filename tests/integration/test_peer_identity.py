@@ -13,12 +13,15 @@ import logging
 import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from peerstash.core.models import PairingTokenRow, Peer
+from peerstash.core.store import KeyConflict, Store, utcnow
 from peerstash.peer import channel as ch
 from peerstash.peer import protocol as proto
 from peerstash.peer.cli import COMMANDS, AdminClient, CliError, build_parser
@@ -31,9 +34,20 @@ from peerstash.peer.link import (
     describe_remote_error,
 )
 from peerstash.peer.node import Node, NodeOptions, default_instance_id
-from peerstash.peer.tokens import parse_token
+from peerstash.peer.tokens import PairingToken, parse_token
 from tests.integration.test_pairing import FAST, token_for, wait_state
-from tests.integration.test_sync import change, converge, held, seed, store_of
+from tests.integration.test_sync import (
+    as_row,
+    bare_store,
+    change,
+    converge,
+    held,
+    record,
+    seed,
+    store_of,
+)
+
+__all__ = ["bare_store"]  # the fixture, re-exported for pytest
 
 HOST = "raspberrypi"
 
@@ -449,8 +463,6 @@ def test_check_display_name() -> None:
 
 
 def test_labels_tell_same_names_apart() -> None:
-    from peerstash.core.models import Peer
-
     def peer(ident: str, name: str | None) -> Peer:
         return Peer(id=ident, name=name)
 
@@ -469,3 +481,50 @@ def test_labels_tell_same_names_apart() -> None:
     # A peer named like us, or like another peer's id, is never mistaken for it.
     shown = labels([peer("b", "me"), peer("c", "b")], "me", "me")
     assert shown == {"b": "me (b)", "c": "b (c)", "me": "me (me)"}
+
+
+async def test_store_replace_peer_and_key_conflict_on_both_backends(bare_store: Store) -> None:
+    """The store's part, on SQLite and PostgreSQL: a name column, an atomic replace that keeps
+    the old history apart, and a token redeemed under a pinned id with another key refused."""
+    store = bare_store
+    old_key, new_key = Identity.generate(), Identity.generate()
+
+    def pinned(ident: Identity, name: str | None) -> Peer:
+        return Peer(
+            id="x",
+            public_key=ident.public_key,
+            key_id=ident.key_id,
+            role="known_host",
+            url="http://x:1",
+            grants=[],
+            their_grants=[],
+            state="offline",
+            name=name,
+        )
+
+    await store.put_peer(pinned(old_key, "Küche pi"))
+    await store.upsert_remote_ops("x", [as_row(record(modno=1)), as_row(record(modno=2))])
+    assert (await store.get_peer("x")).name == "Küche pi"
+    archive = archive_origin("x", old_key.key_id)
+    assert await store.replace_peer(pinned(new_key, None), archive) == 2
+    peer = await store.get_peer("x")
+    assert peer.key_id == new_key.key_id and peer.name is None
+    assert await store.ops_since("x", 0, 10) == []
+    assert len(await store.ops_since(archive, 0, 10)) == 2
+
+    token = PairingToken.generate(new_key.key_id, "me")
+    row = PairingTokenRow(
+        id=token.token_id,
+        secret_hash=token.secret_hash,
+        label="",
+        grants=[],
+        max_uses=1,
+        expires_at=utcnow() + timedelta(hours=1),
+    )
+    await store.add_token(row)
+    stranger = pinned(old_key, "old")
+    stranger.role = "authorized_client"
+    with pytest.raises(KeyConflict, match=f"already paired there with key {new_key.key_id}"):
+        await store.redeem_token(token.token_id, lambda h: h == token.secret_hash, stranger)
+    assert (await store.get_peer("x")).key_id == new_key.key_id
+    assert [t.uses for t in await store.list_tokens()] == [0]
