@@ -620,6 +620,18 @@ class Store:
         now = utcnow()
         async with self.session() as s, s.begin():
             old = await s.get(Peer, peer.id)
+            # An archive made by an earlier replace of the same key may hold copies of the same
+            # operations (the key came back and synced them again): the newer copies win.
+            moving = select(Operation.op_id).where(Operation.origin == peer.id)
+            stale = select(Operation.pk).where(
+                Operation.origin == archive_origin, Operation.op_id.in_(moving)
+            )
+            await s.execute(delete(OperationLog).where(OperationLog.op_pk.in_(stale)))
+            await s.execute(
+                delete(Operation).where(
+                    Operation.origin == archive_origin, Operation.op_id.in_(moving)
+                )
+            )
             res = await s.execute(
                 update(Operation).where(Operation.origin == peer.id).values(origin=archive_origin)
             )

@@ -511,6 +511,13 @@ async def test_store_replace_peer_and_key_conflict_on_both_backends(bare_store: 
     assert peer.key_id == new_key.key_id and peer.name is None
     assert await store.ops_since("x", 0, 10) == []
     assert len(await store.ops_since(archive, 0, 10)) == 2
+    # The old key comes back (replaced again), syncs the same operations, and is replaced
+    # once more: its archive holds each operation once, the newest copy.
+    first = await store.ops_since(archive, 0, 10)
+    await store.replace_peer(pinned(old_key, None), archive_origin("x", new_key.key_id))
+    await store.upsert_remote_ops("x", [(*r[:1], r[1] + 10, *r[2:]) for r in first])
+    assert await store.replace_peer(pinned(new_key, None), archive) == 2
+    assert sorted(r[1] for r in await store.ops_since(archive, 0, 10)) == [11, 12]
 
     token = PairingToken.generate(new_key.key_id, "me")
     row = PairingTokenRow(
