@@ -96,7 +96,8 @@ def default_instance_id(key_id: str | None = None) -> str:
     id is the origin of the node's history and the peer's key on every other node, so it must
     differ between machines. People see the display name (the host name) instead.
     """
-    clean = "".join(c if c.isalnum() or c in "-_" else "-" for c in hostname())
+    # ASCII only: an instance id is a restic --host and a snapshot tag (see check_name).
+    clean = "".join(c if (c.isascii() and c.isalnum()) or c in "-_" else "-" for c in hostname())
     base = clean.strip("-") or "peerstash"
     if not key_id:
         return base

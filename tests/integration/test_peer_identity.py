@@ -185,6 +185,22 @@ async def test_an_existing_data_dir_keeps_its_instance_id(make: MakeNode, tmp_pa
     assert default_instance_id() == HOST  # without a key: the host name alone
 
 
+def test_default_instance_id_is_a_valid_id_for_any_host_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from peerstash.core.engine import check_name
+
+    for host, want in (
+        ("Küche.fritz.box", "K-che-abcd"),
+        ("", "peerstash-abcd"),
+        ("-x-", "x-abcd"),
+    ):
+        monkeypatch.setattr(socket, "gethostname", lambda h=host: h)
+        made = default_instance_id("abcd-efgh-ijkl-mnop-qrst")
+        check_name("instance", made)
+        assert made == want
+
+
 # -- renaming --------------------------------------------------------------------------------
 
 
