@@ -198,7 +198,8 @@ class Peer(Base):
     ``role`` says who dials: a ``known_host`` is one we dial (we paired with its token), an
     ``authorized_client`` dials us (it used one of our tokens). ``grants`` are what *we* give
     *it*; ``their_grants`` what it told us it gives us (informational: each side enforces its
-    own).
+    own). ``id`` is the peer's instance id: the origin of its operations, fixed for good;
+    ``name`` is only what people read.
     """
 
     __tablename__ = "peers"
@@ -215,6 +216,9 @@ class Peer(Base):
     last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: The name the peer goes by (its Hello/Welcome ``name``; it can rename itself). ``None``
+    #: for a peer that never sent one (an older version): its ``id`` is shown instead.
+    name: Mapped[str | None] = mapped_column(String(100), nullable=True, default=None)
 
 
 #: States of a :class:`RemoteRequest` that never change again (``peer/remote.py`` has them all);

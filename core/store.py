@@ -943,6 +943,39 @@ class Store:
         async with self.session() as s, s.begin():
             await s.execute(delete(Peer).where(Peer.id == peer_id))
 
+    async def replace_peer(self, peer: Peer, archive_origin: str) -> int:
+        """Pin ``peer`` in place of the row with its id (another key), in one transaction.
+
+        The operations the old key's node sent us move to ``archive_origin`` (an origin no
+        instance can have): left under the id, the new node's first sync would find them
+        missing from its history and delete them. Returns how many were kept that way.
+        """
+        now = utcnow()
+        async with self.session() as s, s.begin():
+            old = await s.get(Peer, peer.id)
+            # An archive made by an earlier replace of the same key may hold copies of the same
+            # operations (the key came back and synced them again): the newer copies win.
+            moving = select(Operation.op_id).where(Operation.origin == peer.id)
+            stale = select(Operation.pk).where(
+                Operation.origin == archive_origin, Operation.op_id.in_(moving)
+            )
+            await s.execute(delete(OperationLog).where(OperationLog.op_pk.in_(stale)))
+            await s.execute(
+                delete(Operation).where(
+                    Operation.origin == archive_origin, Operation.op_id.in_(moving)
+                )
+            )
+            res = await s.execute(
+                update(Operation).where(Operation.origin == peer.id).values(origin=archive_origin)
+            )
+            if old is not None:
+                await s.delete(old)
+                await s.flush()
+            peer.created_at = now
+            peer.updated_at = now
+            s.add(peer)
+        return int(getattr(res, "rowcount", 0) or 0)
+
     # -- remote requests ---------------------------------------------------------------------
 
     async def add_request(self, req: RemoteRequest) -> RemoteRequest:
@@ -1040,9 +1073,10 @@ class Store:
             old = await s.get(Peer, peer.id)
             if old is not None:
                 if old.public_key != peer.public_key:
-                    raise StoreError(
-                        f"an instance named {peer.id!r} is already paired with a different key; "
-                        "remove it on this node first"
+                    raise KeyConflict(
+                        f"instance {peer.id!r} is already paired there with key {old.key_id}; "
+                        f"this node's key is {peer.key_id}; if {peer.id!r} was reinstalled, "
+                        f"remove it on that node first (`peerstash peer remove {peer.id}`)"
                     )
                 await s.delete(old)
                 await s.flush()
@@ -1494,6 +1528,10 @@ class Store:
 class TokenRefused(StoreError):
     """A pairing token that does not exist, has expired or is used up (one message for all,
     so a prober learns nothing about which)."""
+
+
+class KeyConflict(StoreError):
+    """A valid token was presented under an instance id already pinned to another key."""
 
 
 def repo_record(

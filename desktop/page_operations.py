@@ -190,7 +190,8 @@ class OperationsPage(Page):
         status = str(op.get("status"))
         what = f"{op.get('kind')} {op.get('plan') or op.get('repo') or ''}".strip()
         self.detail_title.setText(
-            f"{what} · {fmt.STATUS_WORDS.get(status, status)} · {op.get('origin')} · "
+            f"{what} · {fmt.STATUS_WORDS.get(status, status)} · "
+            f"{op.get('origin_label') or op.get('origin')} · "
             f"operation {op.get('id')}"
         )
         local = op.get("origin") == self.backend.instance_id

@@ -48,6 +48,7 @@ class OverviewPage(Page):
         cl.setContentsMargins(14, 10, 14, 10)
         text = QVBoxLayout()
         self.node_title = QLabel("…")
+        self.node_title.setTextFormat(Qt.TextFormat.PlainText)  # a name is never markup
         self.node_title.setStyleSheet("font-size:13pt;font-weight:600;")
         self.node_sub = QLabel("")
         self.node_sub.setStyleSheet("color:palette(placeholder-text);")
@@ -164,7 +165,7 @@ class OverviewPage(Page):
         t.setRowCount(len(rows))
         for r, (p, plan, op) in enumerate(rows):
             state = str(p.get("state") or "?")
-            t.setItem(r, 0, item(str(p.get("id") or "?")))
+            t.setItem(r, 0, item(str(p.get("label") or p.get("id") or "?")))
             link = item(state)
             link.setForeground(QColor(PEER_COLORS.get(state, "#858b94")))
             if p.get("state_reason"):
@@ -196,7 +197,9 @@ class OverviewPage(Page):
             else f"attached to the node running as process {st.get('pid')}"
         )
         paused = bool(st.get("paused"))
-        self.node_title.setText(f"This node: {st.get('instance_id', '?')}")
+        ident = str(st.get("instance_id", "?"))
+        name = str(st.get("name") or ident)
+        self.node_title.setText(f"This node: {name}" + ("" if name == ident else f" (id {ident})"))
         self.node_sub.setText(
             f"Peerstash {st.get('version', '?')} · {where} · "
             + ("scheduled backups are <b>paused</b>" if paused else "scheduled backups are on")

@@ -8,6 +8,7 @@ section.
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from PySide6.QtGui import QColor
@@ -224,7 +225,10 @@ class PeersPage(Page):
 
     def _show_me(self) -> None:
         st = self.backend.status
-        parts = [f"This machine: <b>{st.get('instance_id', '?')}</b>"]
+        ident = str(st.get("instance_id", "?"))
+        name = str(st.get("name") or ident)
+        shown = html.escape(name) + ("" if name == ident else f" (id {html.escape(ident)})")
+        parts = [f"This machine: <b>{shown}</b>"]
         if st.get("key_id"):
             parts.append(f"key <b>{st['key_id']}</b> (compare it on the other machine)")
         parts.append(f"peer address {st.get('peer_url') or 'not listening'}")
@@ -314,7 +318,8 @@ class PeersPage(Page):
             table.setRowCount(len(rows))
             for r, p in enumerate(rows):
                 name = str(p.get("id") or p.get("instance_id") or "?")
-                table.setItem(r, 0, item(name, name))
+                # The label tells same-named machines apart; the row's data stays the id.
+                table.setItem(r, 0, item(str(p.get("label") or name), name))
                 state = str(p.get("state") or "")
                 st = item(state)
                 st.setForeground(QColor(STATE_COLOR.get(state, "#444")))

@@ -2,7 +2,8 @@
 
 Node settings (the name shown to other machines, the peer port, LAN discovery and its
 interfaces, the restic binary) go through the admin API's ``/v1/settings`` and take effect when
-the node next restarts; the node checks each value and its refusal is shown under the field. An
+the node next restarts, except the name, which the node applies at once (its peers learn it
+over their links); the node checks each value and its refusal is shown under the field. An
 empty field puts the node's default back. A node without that endpoint shows them read-only.
 Start at login (an XDG autostart entry) and notifications belong to this desktop.
 """
@@ -71,6 +72,10 @@ class SettingsPage(Page):
         nform = QFormLayout()
         self.display_name = QLineEdit()
         self.display_name.setPlaceholderText("the instance name")
+        self.display_name.setToolTip(
+            "The name your other machines show for this one; they learn a new one at once. "
+            "The instance id, which keeps this machine's history apart, never changes."
+        )
         self.listen = QLineEdit()
         self.listen.setPlaceholderText(f"{DEFAULT_LISTEN} (HOST:PORT)")
         self.discovery = QCheckBox("Announce this machine and look for others on the local network")
@@ -226,6 +231,8 @@ class SettingsPage(Page):
                 + (f"; the other {saved} were saved." if saved else "; nothing was saved."),
                 "error",
             )
+        elif set(changed) == {"display_name"}:
+            self.banner.show_message("Saved. Your other machines show the new name now.", "ok")
         elif changed:
             self.banner.show_message(f"Saved. {RESTART_NOTE}", "ok")
         else:

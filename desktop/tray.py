@@ -222,7 +222,8 @@ class Tray(QObject):
             a.setEnabled(False)
         for p in peers:
             state = str(p.get("state") or "?")
-            a = self.peers_menu.addAction(f"{p.get('id', '?')}: {state}")
+            shown = str(p.get("label") or p.get("id", "?")).replace("&", "&&")  # no mnemonic
+            a = self.peers_menu.addAction(f"{shown}: {state}")
             a.setIcon(QIcon(dot_pixmap(PEER_STATE_COLORS.get(state, "#858b94"), 12)))
             a.triggered.connect(self.openPeersRequested)
         self.peers_menu.addSeparator()
@@ -238,7 +239,8 @@ class Tray(QObject):
             attention = attention or bad
             if bad and self._peer_states.get(pid) not in PEER_ATTENTION:
                 reason = p.get("state_reason") or "it has not answered for a while"
-                self.notify(f"{pid} is {state}", str(reason), key=f"peer:{pid}")
+                shown = str(p.get("label") or pid)
+                self.notify(f"{shown} is {state}", str(reason), key=f"peer:{pid}")
             self._peer_states[pid] = state
         self.peers_attention = attention
         self._fill_peers_menu()

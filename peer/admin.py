@@ -47,6 +47,7 @@ from peerstash.peer import remote_config
 from peerstash.peer.link import LinkStateChanged, PairingError, PeerManager, is_revoked
 from peerstash.peer.pairing import TokenError, create_token, token_to_dict
 from peerstash.peer.permissions import GrantError
+from peerstash.peer.protocol import check_display_name
 from peerstash.peer.remote import (
     RemoteError,
     RemoteRequestChanged,
@@ -187,8 +188,15 @@ async def status(request: web.Request) -> web.Response:
                 "last": op_to_dict(last) if last else None,
             }
         )
-    fleet = await fleet_view.fleet(engine.store, engine.instance_id)
+    fleet = await fleet_view.fleet(engine.store, engine.instance_id, node.name)
     return web.json_response({**node.status(), "plans": plans, "peers": fleet})
+
+
+async def _labels(request: web.Request) -> dict[str, str]:
+    """How each instance is shown (see :func:`peerstash.peer.fleet.labels`)."""
+    node = request.app[NODE_KEY]
+    peers = await _engine(request).store.list_peers()
+    return fleet_view.labels(peers, node.instance_id, node.name)
 
 
 async def list_repos(request: web.Request) -> web.Response:
@@ -376,7 +384,13 @@ async def list_ops(request: web.Request) -> web.Response:
     )
     limit = _int_param(request, "limit", 100, 100_000)
     ops = await _engine(request).list_operations(flt, limit)
-    return web.json_response([op_to_dict(op) for op in ops])
+    shown = await _labels(request)
+    return web.json_response(
+        [
+            {**(d := op_to_dict(op)), "origin_label": shown.get(d["origin"], d["origin"])}
+            for op in ops
+        ]
+    )
 
 
 async def get_op(request: web.Request) -> web.Response:
@@ -594,6 +608,7 @@ def _peers(request: web.Request) -> PeerManager:
 def peer_to_dict(peer: Peer) -> dict[str, Any]:
     return {
         "id": peer.id,
+        "name": peer.name or peer.id,
         "key_id": peer.key_id,
         "role": peer.role,
         "url": peer.url,
@@ -643,14 +658,20 @@ async def list_peers_route(request: web.Request) -> web.Response:
     engine = _engine(request)
     fleet = await fleet_view.plans_by_peer(engine.store, engine.instance_id)
     peers = await engine.store.list_peers()
-    return web.json_response([{**peer_to_dict(p), "plans": fleet.get(p.id, [])} for p in peers])
+    shown = fleet_view.labels(peers, engine.instance_id, request.app[NODE_KEY].name)
+    return web.json_response(
+        [{**peer_to_dict(p), "label": shown[p.id], "plans": fleet.get(p.id, [])} for p in peers]
+    )
 
 
 async def add_peer_route(request: web.Request) -> web.Response:
     data = await _body(request)
     try:
         peer = await _peers(request).pair(
-            _str(data, "token") or "", _str(data, "url", required=False), _str_list(data, "grants")
+            _str(data, "token") or "",
+            _str(data, "url", required=False),
+            _str_list(data, "grants"),
+            replace=data.get("replace") is True,
         )
     except GrantError as exc:
         raise BadRequest(str(exc)) from None
@@ -1070,6 +1091,32 @@ async def present(request: web.Request) -> web.Response:
     return web.json_response({"windows": count})
 
 
+def _usable_name(value: object) -> bool:
+    try:
+        check_display_name(value)
+    except ValueError:
+        return False
+    return True
+
+
+async def rename_route(request: web.Request) -> web.Response:
+    """``{"name": NEW}`` (``null``: the host name again): this node's display name, now.
+
+    Peers learn it at once (their links restart); the instance id, and so the origin of this
+    node's history everywhere, stays as it is.
+    """
+    data = await _body(request)
+    name = data.get("name")
+    if name is not None:
+        try:
+            check_display_name(name)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+    node = request.app[NODE_KEY]
+    shown = await node.rename(name)
+    return web.json_response({"instance_id": node.instance_id, "name": shown})
+
+
 def _check_listen(value: object) -> bool:
     if not isinstance(value, str):
         return False
@@ -1084,8 +1131,8 @@ def _check_listen(value: object) -> bool:
 #: effect when the node next starts; ``None`` puts the default back.
 SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "display_name": (
-        lambda v: isinstance(v, str) and 0 < len(v) <= 63,
-        "display_name is 1 to 63 characters",
+        lambda v: _usable_name(v),
+        "display_name is 1 to 63 printable characters, with no space at either end",
     ),
     "listen": (_check_listen, "listen is HOST:PORT, e.g. 0.0.0.0:9797"),
     "discovery": (lambda v: isinstance(v, bool), "discovery is on or off"),
@@ -1116,7 +1163,10 @@ async def settings_route(request: web.Request) -> web.Response:
         check, message = SETTINGS[key]
         if value is not None and not check(value):
             raise BadRequest(message)
-        await store.set_setting(key, value)
+        if key == "display_name":
+            await request.app[NODE_KEY].rename(value)  # stored, and live for peers now
+        else:
+            await store.set_setting(key, value)
     keys = ("instance_id", *SETTINGS)
     return web.json_response({k: await store.get_setting(k) for k in keys})
 
@@ -1154,6 +1204,7 @@ def make_admin_app(node: Node) -> web.Application:
     r.add_get("/v1/events", events)
     r.add_post("/v1/ui/present", present)
     r.add_get("/v1/discovered", discovered)
+    r.add_post("/v1/rename", rename_route)
     r.add_get("/v1/settings", settings_route)
     r.add_post("/v1/settings", settings_route)
     r.add_get("/v1/tokens", list_tokens_route)

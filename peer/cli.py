@@ -152,7 +152,7 @@ def op_line(op: dict[str, Any]) -> list[str]:
         detail = f"{100 * op['bytes_done'] / op['bytes_total']:.0f}% ETA {human_duration(op.get('eta_seconds'))}"
     return [
         op["id"],
-        op["origin"],
+        op.get("origin_label") or op["origin"],
         op["kind"],
         op["status"],
         op.get("plan") or "-",
@@ -236,8 +236,10 @@ def fleet_lines(plans: list[dict[str, Any]]) -> list[str]:
 
 async def cmd_status(c: AdminClient, a: argparse.Namespace) -> int:
     st = await c.call("GET", "/v1/status")
+    name = st.get("name") or st["instance_id"]
+    shown = name if name == st["instance_id"] else f"{name} (id {st['instance_id']})"
     lines = [
-        f"instance  {st['instance_id']}  (Peerstash {st['version']}, pid {st['pid']})",
+        f"instance  {shown}  (Peerstash {st['version']}, pid {st['pid']})",
         f"data dir  {st['data_dir']}",
         f"schedules {'paused' if st['paused'] else 'active'}",
     ]
@@ -251,7 +253,7 @@ async def cmd_status(c: AdminClient, a: argparse.Namespace) -> int:
         stale = "  STALE" if p["stale"] else ""
         lines.append(f"plan {p['id']}: last {res}; next {short_time(p['next_due_at'])}{stale}")
     for peer in st.get("peers") or []:
-        lines.append(f"peer {peer['id']}: {peer['state']}")
+        lines.append(f"peer {peer.get('label') or peer['id']}: {peer['state']}")
         lines += [f"  {line}" for line in fleet_lines(peer["plans"])]
     for local_id, why in sorted((st.get("shared_skipped") or {}).items()):
         lines.append(f"shared repository {local_id} not taken: {why}")
@@ -616,7 +618,8 @@ async def cmd_settings(c: AdminClient, a: argparse.Namespace) -> int:
         if a.key.startswith("peer_history_"):
             _emit(a, res, f"{a.key} set; it applies as peers' operations arrive and at each gc")
         else:
-            _emit(a, res, f"{a.key} set; it takes effect when the node next starts")
+            when = "now (peers too)" if a.key == "display_name" else "when the node next starts"
+            _emit(a, res, f"{a.key} set; it takes effect {when}")
         return 0
     res = await c.call("GET", "/v1/settings")
     _emit(a, res, "\n".join(f"{k}: {v}" for k, v in res.items()))
@@ -902,10 +905,10 @@ async def cmd_token(c: AdminClient, a: argparse.Namespace) -> int:
 
 async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
     if a.peer_cmd == "add":
-        res = await c.call(
-            "POST", "/v1/peers", {"token": a.token, "url": a.url, "grants": a.grant or []}
-        )
-        _emit(a, res, f"paired with {res['id']} (key {res['key_id']}); connecting")
+        body = {"token": a.token, "url": a.url, "grants": a.grant or [], "replace": a.replace}
+        res = await c.call("POST", "/v1/peers", body)
+        who = res["id"] if res.get("name") in (None, res["id"]) else f"{res['name']} ({res['id']})"
+        _emit(a, res, f"paired with {who}, key {res['key_id']}; connecting")
         return 0
     if a.peer_cmd == "grant":
         res = await c.call("PATCH", f"/v1/peers/{a.id}", {"grants": a.grant or []})
@@ -930,6 +933,7 @@ async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
     peers = await c.call("GET", "/v1/peers")
     rows = [
         [
+            p.get("name") or p["id"],
             p["id"],
             p["key_id"],
             "dials us" if p["role"] == "authorized_client" else "we dial",
@@ -940,10 +944,22 @@ async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
         ]
         for p in peers
     ]
-    text = table(rows, ["ID", "KEY ID", "ROLE", "STATE", "LAST SEEN", "WE GRANT"])
+    text = table(rows, ["NAME", "ID", "KEY ID", "ROLE", "STATE", "LAST SEEN", "WE GRANT"])
     for p in peers:
-        text += f"\n\n{p['id']}:\n" + "\n".join(f"  {ln}" for ln in fleet_lines(p["plans"]))
+        head = p.get("label") or p["id"]
+        text += f"\n\n{head}:\n" + "\n".join(f"  {ln}" for ln in fleet_lines(p["plans"]))
     _emit(a, peers, text if rows else "no peers")
+    return 0
+
+
+async def cmd_rename(c: AdminClient, a: argparse.Namespace) -> int:
+    res = await c.call("POST", "/v1/rename", {"name": None if a.reset else a.name})
+    _emit(
+        a,
+        res,
+        f"this node is now called {res['name']} (its id stays {res['instance_id']}); "
+        "its peers learn the new name now",
+    )
     return 0
 
 
@@ -1011,6 +1027,7 @@ COMMANDS = {
     "token": cmd_token,
     "peer": cmd_peer,
     "remote": cmd_remote,
+    "rename": cmd_rename,
     "service": cmd_service,
 }
 
@@ -1044,7 +1061,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"peerstash {__version__}")
     p.add_argument("--data-dir", help="the node's data directory (or $PEERSTASH_DATA_DIR)")
     p.add_argument("--no-gui", action="store_true", help="run the node headless in the foreground")
-    p.add_argument("--instance-id", help="this instance's name at first start (default: hostname)")
+    p.add_argument(
+        "--instance-id",
+        help="this instance's fixed id, at first start only (default: HOSTNAME-XXXX, with the "
+        "start of its key id); see `peerstash rename` for the name people see",
+    )
     p.add_argument(
         "--db-url",
         default=os.environ.get("PEERSTASH_DB_URL"),
@@ -1271,6 +1292,12 @@ def build_parser() -> argparse.ArgumentParser:
     pea.add_argument(
         "--grant", action="append", metavar="GRANT[:SCOPE]", help="what it may do here"
     )
+    pea.add_argument(
+        "--replace",
+        action="store_true",
+        help="the token's instance is paired here with another key (it was reinstalled): "
+        "pin the new key; the old key's history is kept",
+    )
     json_flag(pea)
     peg = pesub.add_parser("grant", help="replace what a peer may do here")
     peg.add_argument("id")
@@ -1332,6 +1359,18 @@ def build_parser() -> argparse.ArgumentParser:
     rmls = remsub.add_parser("list", help="the requests this node made, newest first")
     rmls.add_argument("--limit", type=int, default=50)
     json_flag(rmls)
+
+    ren = sub.add_parser(
+        "rename", help="change the name this node is shown under (here and on its peers)"
+    )
+    ren_what = ren.add_mutually_exclusive_group(required=True)
+    ren_what.add_argument("name", nargs="?", help="the new name (1-63 printable characters)")
+    ren_what.add_argument(
+        "--reset",
+        action="store_true",
+        help="go by the default again (the instance id; the host name for a default id)",
+    )
+    json_flag(ren)
 
     disc = sub.add_parser("discover", help="list Peerstash nodes visible on the LAN")
     disc.add_argument(

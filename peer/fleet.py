@@ -42,9 +42,32 @@ async def plans_by_peer(store: Store, local: str) -> dict[str, list[dict[str, An
     return out
 
 
-def peer_entry(peer: Peer, plans: list[dict[str, Any]]) -> dict[str, Any]:
+def labels(peers: list[Peer], self_id: str, self_name: str) -> dict[str, str]:
+    """What to show for each instance (the peers and this one), by instance id.
+
+    A peer shows its name (its id when it sent none). Names are chosen freely, so two can be
+    the same (three machines called ``raspberrypi``): then each of them shows ``name (id)``,
+    and the ids, which are unique, tell them apart. This node takes part, so a peer with our
+    name is never shown as if it were us.
+    """
+    names = {p.id: p.name or p.id for p in peers}
+    names[self_id] = self_name or self_id
+    counts: dict[str, int] = {}
+    for name in names.values():
+        counts[name.casefold()] = counts.get(name.casefold(), 0) + 1
+    ids = {i.casefold() for i in names}
+    out = {}
+    for ident, name in names.items():
+        clash = counts[name.casefold()] > 1 or (name != ident and name.casefold() in ids)
+        out[ident] = f"{name} ({ident})" if clash else name
+    return out
+
+
+def peer_entry(peer: Peer, plans: list[dict[str, Any]], label: str | None = None) -> dict[str, Any]:
     return {
         "id": peer.id,
+        "name": peer.name or peer.id,
+        "label": label or peer.name or peer.id,
         "state": peer.state,
         "state_reason": peer.state_reason,
         "last_seen": _ts(peer.last_seen),
@@ -52,11 +75,12 @@ def peer_entry(peer: Peer, plans: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def fleet(store: Store, local: str) -> list[dict[str, Any]]:
+async def fleet(store: Store, local: str, local_name: str = "") -> list[dict[str, Any]]:
     """Every paired peer with its state and last backup per plan, by peer id."""
     plans = await plans_by_peer(store, local)
     peers = sorted(await store.list_peers(), key=lambda p: p.id)
-    return [peer_entry(p, plans.get(p.id, [])) for p in peers]
+    shown = labels(peers, local, local_name)
+    return [peer_entry(p, plans.get(p.id, []), shown[p.id]) for p in peers]
 
 
-__all__ = ["fleet", "last_result", "plans_by_peer"]
+__all__ = ["fleet", "labels", "last_result", "plans_by_peer"]

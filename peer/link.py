@@ -37,7 +37,7 @@ from aiohttp import web
 from peerstash.core import __version__
 from peerstash.core.events import Event, EventBus, Notice
 from peerstash.core.models import Peer
-from peerstash.core.store import NotFound, Store, StoreError, TokenRefused, utcnow
+from peerstash.core.store import KeyConflict, NotFound, Store, StoreError, TokenRefused, utcnow
 from peerstash.peer import channel as ch
 from peerstash.peer import protocol as proto
 from peerstash.peer.identity import Identity, key_id
@@ -132,16 +132,23 @@ class LinkClosed(Exception):
 
 
 def describe_remote_error(err: proto.Error) -> str:
+    """A refusal as a person reads it: what the code means, and always the peer's own reason
+    when it gave one (cut to length, control characters neutralised: it is the peer's text)."""
     reasons = {
         proto.ErrorCode.BAD_TOKEN: "the pairing token was refused (wrong, expired or used up)",
         proto.ErrorCode.UNKNOWN_PEER: "the peer does not know this instance (was it removed there?)",
         proto.ErrorCode.RATE_LIMITED: "too many failed pairing attempts; try again later",
-        proto.ErrorCode.FORBIDDEN: "the peer refused the request",
         proto.ErrorCode.VERSION: "the peer speaks another protocol version",
         proto.ErrorCode.REVOKED: "the peer removed this instance",
     }
-    base = reasons.get(err.code, f"the peer refused: {err.code}")  # type: ignore[call-overload]
-    return f"{base}: {err.message}" if err.message and err.code not in reasons else base
+    said = proto.clean_message(err.message).strip()
+    code = proto.clean_message(err.code, 64)
+    base = reasons.get(err.code)  # type: ignore[call-overload]
+    if base is None:
+        return f"the peer refused: {said}" if said else f"the peer refused ({code})"
+    if not said or err.code == proto.ErrorCode.RATE_LIMITED:
+        return str(base)
+    return f"{base}: {said}"
 
 
 MessageHandler = Callable[["Link", proto.Message], Awaitable[None]]
@@ -263,11 +270,14 @@ class PeerManager:
         *,
         timings: Timings | None = None,
         protocol_version: int = proto.PROTOCOL_VERSION,
+        name: str | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
         self.identity = identity
         self.instance_id = instance_id
+        #: Our display name, sent in every Hello and Welcome (see :meth:`rename`).
+        self.name = name or instance_id
         self.timings = timings or Timings()
         self.protocol_version = protocol_version
         self.links: dict[str, Link] = {}
@@ -438,6 +448,7 @@ class PeerManager:
                     instance_id=self.instance_id,
                     grants=tuple(peer.grants),
                     software=f"peerstash {__version__}",
+                    name=self.name,
                 )
             )
         link = Link(self, peer.id, chan, ws.close)
@@ -449,6 +460,16 @@ class PeerManager:
         self, chan: ch.SecureChannel, hello: proto.Hello, remote: str
     ) -> Peer | None:
         pub = chan.peer_public_key
+        name = hello.name
+        if name is not None:
+            try:
+                proto.check_display_name(name)
+            except ValueError as exc:
+                log.warning(
+                    "refused link from %s (%s): unusable name: %s", remote, hello.instance_id, exc
+                )
+                await _refuse(chan, proto.ErrorCode.PROTOCOL, f"your name is refused: {exc}")
+                return None
         try:
             peer = await self.store.get_peer(hello.instance_id)
         except NotFound:
@@ -459,8 +480,13 @@ class PeerManager:
                     chan, proto.ErrorCode.UNKNOWN_PEER, "this node dials you, not the other way"
                 )
                 return None
+            changes: dict[str, Any] = {}
             if list(peer.their_grants) != list(hello.grants):
-                peer = await self.store.update_peer(peer.id, their_grants=list(hello.grants))
+                changes["their_grants"] = list(hello.grants)
+            if name is not None and name != peer.name:
+                changes["name"] = name  # it was renamed (or is newly telling us its name)
+            if changes:
+                peer = await self.store.update_peer(peer.id, **changes)
             return peer
         if hello.pairing_secret is None and await self._was_removed(key_id(pub)):
             log.warning(
@@ -480,6 +506,16 @@ class PeerManager:
         if not self.limiter.allowed(remote):
             await _refuse(chan, proto.ErrorCode.RATE_LIMITED, "too many failed attempts")
             return None
+        if hello.instance_id == self.instance_id:
+            log.warning("refused pairing from %s: it uses our own instance id", remote)
+            await _refuse(
+                chan,
+                proto.ErrorCode.FORBIDDEN,
+                f"your instance id {hello.instance_id!r} is also this node's id; two paired "
+                "nodes need different ids: give one of them another --instance-id when its "
+                "data directory is created",
+            )
+            return None
         secret = hello.pairing_secret
         candidate = Peer(
             id=hello.instance_id,
@@ -490,6 +526,7 @@ class PeerManager:
             grants=[],
             their_grants=list(hello.grants),
             state=CONNECTING,
+            name=name,
         )
         try:
             await self.store.redeem_token(
@@ -501,6 +538,11 @@ class PeerManager:
             self.limiter.record_failure(remote)
             log.warning("refused pairing from %s (%s): bad token", remote, hello.instance_id)
             await _refuse(chan, proto.ErrorCode.BAD_TOKEN, "")
+            return None
+        except KeyConflict as exc:
+            # Never replaced silently: whoever holds the old key may be the real one.
+            log.warning("refused pairing from %s: %s", remote, exc)
+            await _refuse(chan, proto.ErrorCode.FORBIDDEN, str(exc))
             return None
         except StoreError as exc:
             await _refuse(chan, proto.ErrorCode.FORBIDDEN, str(exc))
@@ -559,10 +601,19 @@ class PeerManager:
             grants=tuple(grants),
             pairing_secret=secret,
             software=f"peerstash {__version__}",
+            name=self.name,
         )
 
-    async def pair(self, token_text: str, url: str | None, grants: list[str]) -> Peer:
-        """Dial ``url`` with a token, pin the issuer, and keep a link to it from now on."""
+    async def pair(
+        self, token_text: str, url: str | None, grants: list[str], *, replace: bool = False
+    ) -> Peer:
+        """Dial ``url`` with a token, pin the issuer, and keep a link to it from now on.
+
+        A peer already paired under the token's instance id with another key is never replaced
+        silently: that is refused unless ``replace`` (the person says the machine was
+        reinstalled), and logged either way. On a replace the old key's history stays here,
+        under an archive origin (see :meth:`Store.replace_peer`).
+        """
         from peerstash.peer.tokens import TokenFormatError, parse_token
 
         try:
@@ -570,8 +621,33 @@ class PeerManager:
         except TokenFormatError as exc:
             raise PairingError(f"that is not a pairing token: {exc}") from None
         parsed_grants = Grants.parse(grants).to_strings()
-        if token.instance_id == self.instance_id:
+        if token.key_id == self.identity.key_id:
             raise PairingError("that token was made by this instance; use it on another one")
+        if token.instance_id == self.instance_id:
+            raise PairingError(
+                f"that token's instance id {token.instance_id!r} is also this instance's id "
+                f"(another machine, key {token.key_id}); two paired nodes need different ids: "
+                "give one of them another --instance-id when its data directory is created"
+            )
+        try:
+            existing: Peer | None = await self.store.get_peer(token.instance_id)
+        except NotFound:
+            existing = None
+        if existing is not None and existing.key_id != token.key_id:
+            msg = (
+                f"instance {token.instance_id!r} is already paired with key {existing.key_id}; "
+                f"this token is from key {token.key_id}; use `peer add --replace` if "
+                f"{token.instance_id} was reinstalled"
+            )
+            if not replace:
+                log.warning("refused to pair: %s", msg)
+                raise PairingError(msg)
+            log.warning(
+                "replacing peer %s: key %s gives way to key %s (peer add --replace)",
+                token.instance_id,
+                existing.key_id,
+                token.key_id,
+            )
         if not url:
             if self.discovery is None:
                 raise PairingError(
@@ -606,6 +682,13 @@ class PeerManager:
                     f"the token names {token.instance_id!r} but the node answered as "
                     f"{welcome.instance_id!r}; nothing was paired"
                 )
+            if welcome.name is not None:
+                try:
+                    proto.check_display_name(welcome.name)
+                except ValueError as exc:
+                    raise PairingError(
+                        f"the node at {url} gave an unusable name ({exc}); nothing was paired"
+                    ) from None
             peer = Peer(
                 id=welcome.instance_id,
                 public_key=chan.peer_public_key,
@@ -615,8 +698,12 @@ class PeerManager:
                 grants=parsed_grants,
                 their_grants=list(welcome.grants),
                 state=CONNECTING,
+                name=welcome.name,
             )
-            await self.store.put_peer(peer)
+            if existing is not None and existing.key_id != peer.key_id:
+                await self._replace(existing, peer)
+            else:
+                await self.store.put_peer(peer)
             await self.forget_removed(peer.key_id)
         finally:
             with contextlib.suppress(Exception):
@@ -624,6 +711,35 @@ class PeerManager:
             await ws.close()
         self._start_dialer(peer.id, immediately=True)
         return peer
+
+    async def _replace(self, old: Peer, peer: Peer) -> None:
+        """Pin ``peer`` in place of ``old`` (same id, another key); keep old's history."""
+        dialer = self._dialers.pop(old.id, None)
+        if dialer is not None:
+            await dialer.stop()
+        link = self.links.pop(old.id, None)
+        if link is not None:
+            await link.close("this peer was replaced by another key")
+        archive = archive_origin(old.id, old.key_id)
+        kept = await self.store.replace_peer(peer, archive)
+        msg = (
+            f"peer {old.id!r} is now key {peer.key_id} (was {old.key_id}); "
+            f"{kept} operations of the old key are kept under {archive!r}"
+        )
+        log.warning(msg)
+        self.bus.publish(Notice(level="warning", message=msg))
+
+    async def rename(self, name: str) -> None:
+        """Go by ``name`` from now on, and let every peer know at once.
+
+        Each link is restarted: the name travels in Hello and Welcome, so a fresh handshake is
+        how every peer (of any version) learns it. Links we dial come straight back; the
+        peers that dial us reconnect on their own schedule.
+        """
+        self.name = proto.check_display_name(name)
+        for peer_id, link in list(self.links.items()):
+            await link.close("renamed; reconnecting")
+            self.check_now(peer_id)
 
     # -- discovery ---------------------------------------------------------------------------
 
@@ -780,9 +896,23 @@ class PeerManager:
             )
 
 
+def archive_origin(origin: str, old_key_id: str) -> str:
+    """Where a replaced peer's history is kept: ``origin~key-XXXX``. ``~`` is not allowed in
+    an instance id, so no node can ever claim (or sync into) this origin."""
+    return f"{origin}~key-{old_key_id.replace('-', '')[:8]}"[:100]
+
+
 async def _refuse(chan: ch.SecureChannel, code: str, message: str) -> None:
+    """Tell the dialer why it is refused (its user sees these words), then it is closed."""
     with contextlib.suppress(Exception):
-        await chan.send_msg(proto.Error(code=code, message=message))
+        await chan.send_msg(proto.Error(code=code, message=proto.clean_message(message)))
+
+
+def _usable_name(name: str | None) -> bool:
+    try:
+        return name is None or bool(proto.check_display_name(name))
+    except ValueError:
+        return False
 
 
 class _Dialer:
@@ -856,11 +986,15 @@ class _Dialer:
                 if welcome.instance_id != self.peer_id:
                     await ws.close()
                     state, reason = AUTH_FAILED, f"answered as {welcome.instance_id!r}"
+                elif not _usable_name(welcome.name):
+                    await ws.close()
+                    state, reason = AUTH_FAILED, "answered with an unusable name"
                 else:
+                    changes: dict[str, Any] = {"their_grants": list(welcome.grants)}
+                    if welcome.name is not None:
+                        changes["name"] = welcome.name  # it may have been renamed
                     with contextlib.suppress(NotFound):
-                        await self.m.store.update_peer(
-                            self.peer_id, their_grants=list(welcome.grants)
-                        )
+                        await self.m.store.update_peer(self.peer_id, **changes)
                     link = Link(self.m, self.peer_id, chan, ws.close)
                     await self.m._adopt(link)
                     reason = await link.run()

@@ -25,6 +25,7 @@ from peerstash.core.store import Store, StoreError
 from peerstash.peer.identity import Identity
 from peerstash.peer.link import PeerManager, Timings
 from peerstash.peer.paths import admin_socket_path, ensure_private_dir
+from peerstash.peer.protocol import MAX_DISPLAY_NAME, check_display_name
 from peerstash.peer.remote import DEFAULT_TTL, RemoteService
 from peerstash.peer.remote_config import RemoteConfig
 from peerstash.peer.remote_logs import RemoteLogs
@@ -81,10 +82,26 @@ class NodeOptions:
 DEFAULT_LISTEN = "0.0.0.0:9797"
 
 
-def default_instance_id() -> str:
-    name = socket.gethostname().split(".")[0] or "peerstash"
-    clean = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
-    return clean.strip("-") or "peerstash"
+def hostname() -> str:
+    """This machine's short host name, as the default display name (``peerstash`` if none)."""
+    return socket.gethostname().split(".")[0] or "peerstash"
+
+
+def default_instance_id(key_id: str | None = None) -> str:
+    """The instance id of a new data directory: the host name, then the identity key's first
+    characters (``raspberrypi-k3xq``).
+
+    The key part is why two machines with the same host name (every Raspberry Pi is called
+    ``raspberrypi``), or two nodes on one machine, can pair without anyone choosing an id: the
+    id is the origin of the node's history and the peer's key on every other node, so it must
+    differ between machines. People see the display name (the host name) instead.
+    """
+    # ASCII only: an instance id is a restic --host and a snapshot tag (see check_name).
+    clean = "".join(c if (c.isascii() and c.isalnum()) or c in "-_" else "-" for c in hostname())
+    base = clean.strip("-") or "peerstash"
+    if not key_id:
+        return base
+    return f"{base[:90]}-{key_id.replace('-', '')[:4]}"
 
 
 class Node:
@@ -95,6 +112,10 @@ class Node:
         self.store: Store | None = None
         self.engine: Engine | None = None
         self.instance_id = ""
+        #: What people read for this node: the ``display_name`` setting, else the instance id,
+        #: else (for an id made by default_instance_id) the host name. Peers learn it over the
+        #: link. The instance id never changes; this may.
+        self.name = ""
         self._lock_file: IO[str] | None = None
         self._admin_runner: web.AppRunner | None = None
         self._peer_runner: web.AppRunner | None = None
@@ -156,9 +177,11 @@ class Node:
             # e.g. a failed upgrade: one worded line (what failed, where the copy is) for the
             # daemon and the tray; the traceback is in the log at debug level.
             raise NodeError(str(exc)) from None
+        # The identity first: a new data directory's default instance id includes its key id.
+        self.identity = Identity.load_or_create(self.data_dir / "identity.key")
         instance_id = await store.get_setting("instance_id")
         if instance_id is None:
-            instance_id = opts.instance_id or default_instance_id()
+            instance_id = opts.instance_id or default_instance_id(self.identity.key_id)
             check_name("instance", instance_id)
             await store.set_setting("instance_id", instance_id)
         elif opts.instance_id and opts.instance_id != instance_id:
@@ -183,12 +206,13 @@ class Node:
             cancel_grace=opts.cancel_grace,
         )
         await self.engine.start(schedule=opts.schedule)
-        self.identity = Identity.load_or_create(self.data_dir / "identity.key")
+        self.name = await self._display_name()
         self.peers = PeerManager(
             store,
             self.bus,
             self.identity,
             instance_id,
+            name=self.name,
             timings=opts.link_timings,
             **({"protocol_version": opts.protocol_version} if opts.protocol_version else {}),
         )
@@ -278,6 +302,37 @@ class Node:
             self.discovery = None
             self.peers.discovery = None
 
+    async def _display_name(self) -> str:
+        stored = await self._setting("display_name", None)
+        if isinstance(stored, str):
+            try:
+                return check_display_name(stored)
+            except ValueError:
+                log.warning("the display_name setting is not usable; using the host name")
+        # An id someone chose is also the name they chose; an id made by default_instance_id
+        # (host name + start of our key id) shows as the bare host name, as it is now.
+        assert self.identity is not None
+        made = self.instance_id.endswith("-" + self.identity.key_id.replace("-", "")[:4])
+        try:
+            return check_display_name(hostname() if made else self.instance_id)
+        except ValueError:
+            return self.instance_id[:MAX_DISPLAY_NAME]
+
+    async def rename(self, name: str | None) -> str:
+        """Go by ``name`` (``None``: the default again); peers learn it at once.
+
+        The instance id stays: it is the origin of this node's history everywhere.
+        """
+        if name is not None:
+            check_display_name(name)
+        assert self.store is not None
+        await self.store.set_setting("display_name", name)
+        self.name = await self._display_name()
+        if self.peers is not None:
+            await self.peers.rename(self.name)
+        log.info("this node is now called %r", self.name)
+        return self.name
+
     async def _setting(self, key: str, default: Any) -> Any:
         assert self.store is not None
         return await self.store.get_setting(key, default)
@@ -349,6 +404,7 @@ class Node:
     def status(self) -> dict[str, object]:
         return {
             "instance_id": self.instance_id,
+            "name": self.name,
             "version": __version__,
             "data_dir": str(self.data_dir),
             "pid": os.getpid(),

@@ -30,6 +30,8 @@ __all__ = [
     "KEM_CIPHERTEXT_BYTES",
     "KEM_ENCAPSULATION_KEY_BYTES",
     "MAX_CHUNK_ITEMS",
+    "MAX_DISPLAY_NAME",
+    "MAX_ERROR_MESSAGE",
     "MAX_FRAME_SIZE",
     "MAX_HANDSHAKE_FRAME_SIZE",
     "MAX_IDS_PER_FRAME",
@@ -64,6 +66,8 @@ __all__ = [
     "ReposShared",
     "SharedRepo",
     "Welcome",
+    "check_display_name",
+    "clean_message",
     "decode",
     "decode_handshake",
     "encode",
@@ -112,6 +116,43 @@ GrantEntry = Annotated[str, Meta(min_length=1, max_length=2000)]
 GrantList = Annotated[tuple[GrantEntry, ...], Meta(max_length=64)]
 Secret32 = Annotated[bytes, Meta(min_length=32, max_length=32)]
 Millis = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+#: A display name as it may travel; :func:`check_display_name` then applies the real rules
+#: (a bound here too, so an oversized one never gets decoded at all).
+WireName = Annotated[str, Meta(min_length=1, max_length=256)]
+
+#: Longest display name (one DNS label, which LAN discovery also announces it as).
+MAX_DISPLAY_NAME: Final = 63
+#: Longest refusal text a receiver shows of an :class:`Error` (senders cut theirs to it).
+MAX_ERROR_MESSAGE: Final = 500
+
+
+def check_display_name(name: object) -> str:
+    """Return ``name`` if it can be shown as a machine's name, else raise ``ValueError``.
+
+    A display name is what people read in every listing (``peer list``, ``status``, the tray),
+    and it comes from another machine: 1 to 63 characters, every one printable (no control,
+    format or bidi-override characters that could forge or hide what a terminal shows), and no
+    space at either end. Unicode letters are fine. The error text names no rejected value, so it
+    is safe to log and to send back.
+    """
+    if not isinstance(name, str):
+        raise ValueError("a name is text")
+    if not name:
+        raise ValueError("a name cannot be empty")
+    if len(name) > MAX_DISPLAY_NAME:
+        raise ValueError(f"a name is at most {MAX_DISPLAY_NAME} characters")
+    if not name.isprintable():
+        raise ValueError("a name cannot contain control or invisible formatting characters")
+    if name != name.strip():
+        raise ValueError("a name cannot start or end with a space")
+    return name
+
+
+def clean_message(text: str, limit: int = MAX_ERROR_MESSAGE) -> str:
+    """A peer's free text, safe to show on one line: unprintable characters become ``?``,
+    and it is cut to ``limit`` characters."""
+    cut = text[:limit]
+    return "".join(c if c.isprintable() else "?" for c in cut)
 
 
 class _Msg(msgspec.Struct, tag_field="t", frozen=True, omit_defaults=True):
@@ -197,13 +238,17 @@ class Hello(_Msg, tag="hello", frozen=True):
     grants: GrantList = ()
     pairing_secret: Secret32 | None = None  # the token's 32-byte secret, first contact only
     software: Text = ""  # e.g. "peerstash 0.1.0", for diagnostics only
+    #: The sender's display name (settable, may change; the instance id never does). Optional:
+    #: an older peer sends none, and its instance id is shown instead.
+    name: WireName | None = None
 
     def __repr__(self) -> str:
         # Never let the pairing secret reach a log line through repr().
         secret = "<redacted>" if self.pairing_secret is not None else "None"
         return (
             f"Hello(instance_id={self.instance_id!r}, version={self.version!r}, "
-            f"grants={self.grants!r}, pairing_secret={secret}, software={self.software!r})"
+            f"grants={self.grants!r}, pairing_secret={secret}, software={self.software!r}, "
+            f"name={self.name!r})"
         )
 
 
@@ -214,6 +259,7 @@ class Welcome(_Msg, tag="welcome", frozen=True):
     version: Version = PROTOCOL_VERSION
     grants: GrantList = ()
     software: Text = ""
+    name: WireName | None = None  # as in Hello
 
 
 class Heartbeat(_Msg, tag="hb", frozen=True):

@@ -202,6 +202,8 @@ def test_settings_save_round_trip_and_refusals(gui: GuiEnv, qloop: QLoop, qtbot:
         assert not any(e.text() for e in st.errors.values())
         stored = await b.call("GET", "/v1/settings")
         assert stored["display_name"] == "Guitest laptop"
+        # The name applies at once (peers learn it over their links), unlike the rest.
+        assert (await b.call("GET", "/v1/status"))["name"] == "Guitest laptop"
         assert stored["listen"] == "127.0.0.1:9797"
         assert stored["discovery"] is False
         assert stored["discovery_interfaces"] == ["127.0.0.1", "lo"]
