@@ -1048,6 +1048,14 @@ SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "discovery_interfaces is a list of addresses or interface names",
     ),
     "restic_path": (lambda v: isinstance(v, str) and bool(v), "restic_path is a path"),
+    "restic_retry_lock": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 3600,
+        "restic_retry_lock is seconds from 0 (off) to 3600",
+    ),
+    "restic_stall_seconds": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == 0 or 10 <= v <= 86400),
+        "restic_stall_seconds is 0 (off) or seconds from 10 to 86400",
+    ),
 }
 
 
