@@ -43,6 +43,7 @@ class TroubleProxy:
         self.upstream = upstream
         self.fail_data = False
         self.hold = False
+        self.hold_data = False  # only uploads of pack data hang: restic's status lines go on
         self.released = asyncio.Event()
         self.failed = 0
         self.held = 0
@@ -51,7 +52,8 @@ class TroubleProxy:
         self._client: aiohttp.ClientSession | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if self.hold:
+        uploading = request.method == "POST" and "/data/" in request.path
+        if self.hold or (self.hold_data and uploading):
             self.held += 1
             await self.released.wait()
         if self.fail_data and request.method == "POST" and "/data/" in request.path:
@@ -168,25 +170,36 @@ async def test_a_retrying_backup_says_why_while_it_runs_and_its_log_is_there(
     assert proxy.failed >= 1
 
 
+@pytest.mark.parametrize("where", ["open", "upload"])
 async def test_a_silent_restic_is_called_stalled_and_cancelling_it_leaves_no_lock(
-    make_node: MakeNode, restic_bin: str, proxy: TroubleProxy, tmp_path: Path
+    make_node: MakeNode, restic_bin: str, proxy: TroubleProxy, tmp_path: Path, where: str
 ) -> None:
+    """``open``: every request hangs, restic prints nothing. ``upload``: only the pack upload
+    hangs, and restic keeps printing the same status every second: repeated progress that does
+    not move is silence too."""
     node = await node_with_plan(make_node, restic_bin, proxy, tmp_path, "stall")
     assert node.engine
     node.engine.runner.stall_after = 2.0  # the setting restic_stall_seconds, shortened
     first = await node.engine.wait((await node.engine.backup("docs")).pk)
     assert first.status == OpStatus.SUCCESS, first.error
 
-    proxy.hold = True
+    if where == "open":
+        proxy.hold = True
+    else:
+        for i in range(3):
+            (tmp_path / "src" / f"new{i}.bin").write_bytes(bytes([50 + i]) * 400_000)
+        proxy.hold_data = True
     op = await node.engine.backup("docs")
     stalled = await op_until(node, op.pk, lambda o: detail(o).startswith("stalled: "))
     assert stalled.status == OpStatus.RUNNING and proxy.held >= 1
+    if where == "upload":  # restic was reporting progress, then only repeated it
+        assert stalled.bytes_total > 0 and stalled.bytes_done == stalled.bytes_total
     log = await node.engine.store.get_log(op.pk)
     assert any(line.startswith("warning: stalled: no output or progress") for line in log), log
 
     assert await node.engine.cancel(op.op_id)
+    proxy.hold = proxy.hold_data = False
     proxy.released.set()
-    proxy.hold = False
     done = await node.engine.wait(op.pk)
     assert done.status == OpStatus.CANCELLED
     assert "detail" not in (done.summary or {})
