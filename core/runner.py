@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,10 @@ LOG_FLUSH_INTERVAL = 1.0
 #: Default seconds without a word (a log line or progress) from a running job before its
 #: operation says it is stalled (the node's ``restic_stall_seconds`` setting).
 DEFAULT_STALL_AFTER = 120.0
+#: A "retrying: ..." detail is dropped when restic has not retried for this long.
+RETRY_DETAIL_TTL = 60.0
+RETRYING = "retrying:"
+_RETRY_SUCCEEDED_RE = re.compile(r"\boperation successful after \d+ retr")
 
 
 class OpContext:
@@ -67,6 +72,7 @@ class OpContext:
         self._stalled = False
         self.ticker: asyncio.Future[None] | None = None
         self._last_moved: dict[str, Any] = {}
+        self._last_retry = 0.0
 
     def progress(self, **fields: Any) -> None:
         """Record progress; written (and published) at most every ``progress_interval``."""
@@ -92,7 +98,10 @@ class OpContext:
         self._active()
         retry = parse_retry_line(line)
         if retry is not None:
-            self.set_detail(f"retrying: {retry[1]}")
+            self._last_retry = time.monotonic()
+            self.set_detail(f"{RETRYING} {retry[1]}")
+        elif _RETRY_SUCCEEDED_RE.search(line) and (self.detail or "").startswith(RETRYING):
+            self.set_detail(None)  # 0.17+: "Save(<data/...>) operation successful after 1 retries"
         if len(self._log) >= 200:
             self._runner._spawn(self.flush())
 
@@ -109,7 +118,10 @@ class OpContext:
             self.set_detail(None)
 
     def check_stall(self, now: float) -> None:
-        """Note once that the job has been silent for ``stall_after`` seconds."""
+        """Note once that the job has been silent for ``stall_after`` seconds; forget an old
+        retry (restic 0.14 never says that a retry worked)."""
+        if (self.detail or "").startswith(RETRYING) and now - self._last_retry > RETRY_DETAIL_TTL:
+            self.set_detail(None)
         stall_after = self._runner.stall_after
         if self._stalled or stall_after <= 0 or now - self.last_activity < stall_after:
             return
