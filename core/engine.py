@@ -64,7 +64,7 @@ GC_EVERY = 24 * 3600.0
 #: node's ``restic_retry_lock`` setting, 0 = fail at once as restic 0.14 does).
 DEFAULT_RETRY_LOCK = 60.0
 # Failures after which restic may have left its lock behind, or that a lock caused.
-_UNLOCK_AFTER = frozenset({ErrorKind.LOCKED, ErrorKind.BACKEND_UNREACHABLE, ErrorKind.INTERRUPTED})
+_UNLOCK_AFTER = frozenset({ErrorKind.LOCKED, ErrorKind.INTERRUPTED})
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -141,6 +141,9 @@ class Engine:
         self.skipped_shares: dict[str, str] = {}
         #: Repositories with a stale-lock removal queued after a failure (one at a time).
         self._unlock_queued: set[str] = set()
+        #: Repositories whose storage went away mid-run: restic's lock may still be there, and
+        #: is removed (stale locks only) before the next operation on them, once reachable.
+        self._unlock_owed: set[str] = set()
         self._unlock_tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -833,6 +836,9 @@ class Engine:
         plan_id: str | None = None,
         flow_id: str | None = None,
     ) -> Operation:
+        if repo.id in self._unlock_owed and kind is not OpKind.UNLOCK and repo.origin is None:
+            self._unlock_owed.discard(repo.id)
+            await self._enqueue_unlock(repo, stale_only=True)  # first in the repo's queue
         op = await self.store.create_operation(
             kind, plan_id=plan_id, repo_id=repo.id, flow_id=flow_id
         )
@@ -841,8 +847,9 @@ class Engine:
 
     def _unlocking_after_failure(self, repo: Repo, kind: OpKind, job: Any) -> Any:
         """``job``, queueing a stale-lock removal on ``repo`` when it fails in a way that can
-        leave restic's lock behind (a lost connection, an interruption, a kill) or that a
-        lock caused.
+        leave restic's lock behind (an interruption, a kill, a cancel) or that a lock caused.
+        When the storage could not be reached, the removal would fail the same way now: it
+        is queued ahead of the next operation on ``repo`` instead.
 
         Otherwise one dead run's lock blocks every later forget, prune and check until someone
         runs ``peerstash unlock``. Only *stale* locks go (restic removes a lock only when its
@@ -859,6 +866,13 @@ class Engine:
                 if exc.kind in _UNLOCK_AFTER:
                     ctx.log("restic may have left a stale lock behind; queueing `unlock`")
                     self._unlock_soon(repo)
+                elif exc.kind is ErrorKind.BACKEND_UNREACHABLE:
+                    # An unlock now would fail the same way: it goes first next time.
+                    ctx.log(
+                        "restic may have left its lock on the storage it lost; stale locks "
+                        "will be removed before the next operation on this repository"
+                    )
+                    self._unlock_owed.add(repo.id)
                 raise
             except asyncio.CancelledError:
                 self._unlock_soon(repo)
@@ -1015,7 +1029,12 @@ class Engine:
         async def job(ctx: OpContext) -> Outcome:
             self._unlock_queued.discard(repo.id)
             ctx.log("removing stale locks" if stale_only else "removing all locks")
-            await self.restic().unlock(await self.access(repo), remove_all=not stale_only)
+            try:
+                await self.restic().unlock(await self.access(repo), remove_all=not stale_only)
+            except ResticError as exc:
+                if exc.kind is ErrorKind.BACKEND_UNREACHABLE:
+                    self._unlock_owed.add(repo.id)  # try again before the next operation
+                raise
             return Outcome()
 
         return await self._submit(repo, OpKind.UNLOCK, job)
