@@ -43,7 +43,13 @@ from peerstash.core.restic import (
     find_restic,
 )
 from peerstash.core.retention import RetentionPolicy
-from peerstash.core.runner import STOPPED_MESSAGE, OpContext, Outcome, Runner
+from peerstash.core.runner import (
+    DEFAULT_STALL_AFTER,
+    STOPPED_MESSAGE,
+    OpContext,
+    Outcome,
+    Runner,
+)
 from peerstash.core.secrets import SecretStore
 from peerstash.core.sharing import (
     SharedRepoSpec,
@@ -63,6 +69,11 @@ PASSWORD_COMMAND_TIMEOUT = 30.0
 #: owner's next push does not bring them back; a fresh share after an unshare does).
 DECLINED_SETTING = "declined_shares"
 GC_EVERY = 24 * 3600.0
+#: Default seconds restic 0.16+ waits for a lock another process holds (``--retry-lock``; the
+#: node's ``restic_retry_lock`` setting, 0 = fail at once as restic 0.14 does).
+DEFAULT_RETRY_LOCK = 60.0
+# Failures after which restic may have left its lock behind, or that a lock caused.
+_UNLOCK_AFTER = frozenset({ErrorKind.LOCKED, ErrorKind.INTERRUPTED})
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -141,6 +152,8 @@ class Engine:
         progress_interval: float = 1.0,
         catch_up_grace: float = 60.0,
         cancel_grace: float = 10.0,
+        retry_lock: float | None = DEFAULT_RETRY_LOCK,
+        stall_after: float = DEFAULT_STALL_AFTER,
     ) -> None:
         self.data_dir = data_dir
         self.store = store
@@ -149,8 +162,13 @@ class Engine:
         self.instance_id = instance_id
         self.restic_path = restic_path
         self.cancel_grace = cancel_grace
+        self.retry_lock = retry_lock
         self.runner = Runner(
-            store, bus, max_parallel=max_parallel, progress_interval=progress_interval
+            store,
+            bus,
+            max_parallel=max_parallel,
+            progress_interval=progress_interval,
+            stall_after=stall_after,
         )
         self.scheduler = sched.Scheduler(
             _ScheduleAdapter(store),
@@ -170,6 +188,12 @@ class Engine:
         #: id → what changed and when (no secret): the last change of each, for status and
         #: ``repo list`` (each change is also a Notice on the bus).
         self.share_changes: dict[str, str] = {}
+        #: Repositories with a stale-lock removal queued after a failure (one at a time).
+        self._unlock_queued: set[str] = set()
+        #: Repositories whose storage went away mid-run: restic's lock may still be there, and
+        #: is removed (stale locks only) before the next operation on them, once reachable.
+        self._unlock_owed: set[str] = set()
+        self._unlock_tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -220,6 +244,8 @@ class Engine:
                 await self._gc_task
             self._gc_task = None
         await self.scheduler.stop()
+        for task in list(self._unlock_tasks):
+            task.cancel()
         await self.runner.close()
 
     async def _gc_daily(self) -> None:
@@ -235,7 +261,11 @@ class Engine:
 
     def restic(self) -> Restic:
         if self._restic is None:
-            self._restic = Restic(find_restic(self.restic_path), cancel_grace=self.cancel_grace)
+            self._restic = Restic(
+                find_restic(self.restic_path),
+                cancel_grace=self.cancel_grace,
+                retry_lock=self.retry_lock,
+            )
         return self._restic
 
     # -- repositories ------------------------------------------------------------------------
@@ -1065,11 +1095,66 @@ class Engine:
         plan_id: str | None = None,
         flow_id: str | None = None,
     ) -> Operation:
+        if repo.id in self._unlock_owed and kind is not OpKind.UNLOCK and repo.origin is None:
+            self._unlock_owed.discard(repo.id)
+            await self._enqueue_unlock(repo, stale_only=True)  # first in the repo's queue
         op = await self.store.create_operation(
             kind, plan_id=plan_id, repo_id=repo.id, flow_id=flow_id
         )
-        await self.runner.submit(repo.id, op, job)
+        await self.runner.submit(repo.id, op, self._unlocking_after_failure(repo, kind, job))
         return op
+
+    def _unlocking_after_failure(self, repo: Repo, kind: OpKind, job: Any) -> Any:
+        """``job``, queueing a stale-lock removal on ``repo`` when it fails in a way that can
+        leave restic's lock behind (an interruption, a kill, a cancel) or that a lock caused.
+        When the storage could not be reached, the removal would fail the same way now: it
+        is queued ahead of the next operation on ``repo`` instead.
+
+        Otherwise one dead run's lock blocks every later forget, prune and check until someone
+        runs ``peerstash unlock``. Only *stale* locks go (restic removes a lock only when its
+        process is gone or it is old), so a live run elsewhere keeps its lock.
+        """
+        if kind is OpKind.UNLOCK or repo.origin is not None:
+            return job  # a peer's repository: its owner does the maintenance
+
+        async def guarded(ctx: OpContext) -> Outcome:
+            try:
+                result: Outcome = await job(ctx)
+                return result
+            except ResticError as exc:
+                if exc.kind in _UNLOCK_AFTER:
+                    ctx.log("restic may have left a stale lock behind; queueing `unlock`")
+                    self._unlock_soon(repo)
+                elif exc.kind is ErrorKind.BACKEND_UNREACHABLE:
+                    # An unlock now would fail the same way: it goes first next time.
+                    ctx.log(
+                        "restic may have left its lock on the storage it lost; stale locks "
+                        "will be removed before the next operation on this repository"
+                    )
+                    self._unlock_owed.add(repo.id)
+                raise
+            except asyncio.CancelledError:
+                self._unlock_soon(repo)
+                raise
+
+        return guarded
+
+    def _unlock_soon(self, repo: Repo) -> None:
+        """Queue one stale-lock removal on ``repo`` (not another while one is waiting)."""
+        if repo.id in self._unlock_queued or self.runner.closing:
+            return  # when the node stops, ``start`` removes stale locks on the next run
+        self._unlock_queued.add(repo.id)
+
+        async def enqueue() -> None:
+            try:
+                await self._enqueue_unlock(repo, stale_only=True)
+            except Exception:
+                self._unlock_queued.discard(repo.id)
+                log.warning("could not queue unlock of %s after a failure", repo.id)
+
+        task = asyncio.get_running_loop().create_task(enqueue(), name=f"unlock:{repo.id}")
+        self._unlock_tasks.add(task)
+        task.add_done_callback(self._unlock_tasks.discard)
 
     async def wait(self, pk: int) -> Operation:
         """Wait for an operation to end (by its events, not by polling) and return it."""
@@ -1253,8 +1338,14 @@ class Engine:
 
     async def _enqueue_unlock(self, repo: Repo, *, stale_only: bool) -> Operation:
         async def job(ctx: OpContext) -> Outcome:
+            self._unlock_queued.discard(repo.id)
             ctx.log("removing stale locks" if stale_only else "removing all locks")
-            await self.restic().unlock(await self.access(repo), remove_all=not stale_only)
+            try:
+                await self.restic().unlock(await self.access(repo), remove_all=not stale_only)
+            except ResticError as exc:
+                if exc.kind is ErrorKind.BACKEND_UNREACHABLE:
+                    self._unlock_owed.add(repo.id)  # try again before the next operation
+                raise
             return Outcome()
 
         return await self._submit(repo, OpKind.UNLOCK, job)

@@ -96,6 +96,7 @@ __all__ = [
     "parse_forget",
     "parse_lock_info",
     "parse_ls_line",
+    "parse_retry_line",
     "parse_snapshots",
     "parse_version",
     "redact_uri",
@@ -119,6 +120,10 @@ MAX_WARNINGS = 1000
 MAX_SECONDS_REMAINING = 10 * 366 * 24 * 3600
 #: restic versions from which ``restore --json`` prints progress.
 RESTORE_JSON_SINCE = (0, 16, 0)
+#: restic versions that have the global ``--retry-lock`` flag.
+RETRY_LOCK_SINCE = (0, 16, 0)
+# Commands that take no repository lock: --retry-lock means nothing to them.
+_NO_LOCK_COMMANDS = frozenset({"init", "unlock", "version"})
 
 _READ_CHUNK = 256 * 1024
 # After restic exited, a pipe still open after this long is held by a grandchild (an ssh
@@ -155,6 +160,9 @@ class ErrorKind(enum.StrEnum):
     LOCKED = "locked"
     REPO_MISSING = "repo_missing"
     REPO_EXISTS = "repo_exists"
+    #: The storage refused who we are: a REST server's 401/403, an S3 signature mismatch or
+    #: unknown access key. restic calls these "no repository here"; they are not.
+    WRONG_CREDENTIALS = "wrong_credentials"
     BACKEND_UNREACHABLE = "backend_unreachable"
     SOURCE_MISSING = "source_missing"
     INTERRUPTED = "interrupted"
@@ -800,7 +808,13 @@ class RestoreProgress:
 
 @dataclass(frozen=True)
 class RestoreResult:
-    """The outcome of a restore. Counts are ``None`` when restic (before 0.16) did not say."""
+    """The outcome of a restore. Counts are ``None`` when restic (before 0.16) did not say.
+
+    restic counts as ``restic stats --mode restore-size`` does: ``files_restored`` and
+    ``files_total`` include the directories (and symlinks, devices...) below the snapshot's
+    paths, not regular files alone - restoring 8 files in 3 directories reports 11. Show them
+    as "entries", never compare them with a count of files.
+    """
 
     snapshot_id: str
     target: str
@@ -1143,6 +1157,43 @@ _PASSWORD_SOURCE_RE = re.compile(
     r"resolving password failed|reading password (?:file|from)|password file .*(?:not|no such)",
     re.IGNORECASE,
 )
+# The storage refused our credentials. REST: restic 0.14 and 0.18 print "unexpected HTTP
+# response (401): 401 Unauthorized" (open) or "server response unexpected: 401 Unauthorized"
+# (init); S3 (minio-go) prints the error's message, e.g. "The request signature we calculated
+# does not match the signature you provided", or its code.
+_CREDENTIALS_RE = re.compile(
+    r"unexpected HTTP response \(40[13]\)|server response unexpected: 40[13]\b|"
+    r"\b401 Unauthorized\b|\b403 Forbidden\b|"
+    r"SignatureDoesNotMatch|request signature we calculated does not match|"
+    r"InvalidAccessKeyId|access key id you provided does not exist|"
+    r"\bAccess Denied\b|AccessDenied\b|InvalidToken\b|ExpiredToken\b|"
+    r"Server failed to authenticate the request|AuthenticationFailed|"
+    r"bad_auth_token|unauthorized for|invalid_grant",
+    re.IGNORECASE,
+)
+# restic's backend retry notice (0.14 through 0.19), e.g.
+#   Save(<data/956b9ced99>) returned error, retrying after 357.131936ms: <reason>
+#   Stat(<config/>) returned error, retrying after 1.968056138s: Stat: <reason>
+_RETRY_RE = re.compile(
+    r"^(?P<what>\S.*?) returned error, retrying after (?P<after>[0-9][0-9a-zµ.]*): (?P<reason>.+)$"
+)
+#: Credential refusals seen in retry notices before a run is given up (restic 0.17+ retries
+#: even a signature mismatch for about 15 minutes, in silence but for these lines).
+CREDENTIAL_RETRIES_BEFORE_GIVING_UP = 2
+
+
+def parse_retry_line(line: str) -> tuple[str, str] | None:
+    """``(what, reason)`` from a backend retry notice, else ``None``.
+
+    ``what`` is the backend call (``Save(<data/956b9ced99>)``), ``reason`` restic's error text.
+    The line should already be redacted when the result is shown to anyone.
+    """
+    match = _RETRY_RE.match(line.strip())
+    if not match:
+        return None
+    return match["what"], match["reason"].strip()
+
+
 _UNREACHABLE_RE = re.compile(
     r"connection refused|dial tcp|ssh: connect to host|ssh: Could not resolve|"
     r"no route to host|network is unreachable|i/o timeout|connection timed out|"
@@ -1172,6 +1223,9 @@ _INVALID_ARGS_RE = re.compile(
     r"no matching ID found|invalid id|unknown counting mode|"
     r"--read-data-subset|invalid (?:duration|policy|snapshot)|no snapshot(?:s)? (?:found|matched)",
     re.IGNORECASE,
+)
+_NO_SUCH_SNAPSHOT_RE = re.compile(
+    r"no matching ID found|no snapshot found|snapshot not found", re.I
 )
 _INTERRUPT_CODES = frozenset({130, -int(signal.SIGINT), -int(signal.SIGTERM), -int(signal.SIGKILL)})
 
@@ -1286,6 +1340,15 @@ def classify_failure(
             f"`peerstash unlock {shown_name}`"
         )
         return error(ErrorKind.LOCKED, message, lock)
+    # Refused credentials before missing: restic follows a 401 from a REST server, or an S3
+    # signature mismatch, with "Is there a repository at the following location?".
+    if _CREDENTIALS_RE.search(stderr):
+        return error(
+            ErrorKind.WRONG_CREDENTIALS,
+            f"the storage of {shown_name} refused the credentials: check the user name and "
+            "password in the repository's URI (REST), or its access keys (S3 and other "
+            "services) in the repository's env" + detail(_CREDENTIALS_RE),
+        )
     # Unreachable before missing: restic 0.14 follows a refused connection to a REST server
     # with "Is there a repository at the following location?".
     if _UNREACHABLE_RE.search(stderr):
@@ -1444,15 +1507,39 @@ class _Session:
         self.repo_name = repo.display_name if repo is not None else "restic"
         self.on_log = on_log
         self.stderr = StderrCollector(self.redact)
+        #: Set when the run cannot succeed although restic keeps trying (it retries refused
+        #: credentials for ~15 minutes from 0.17 on): the wrapper stops it and reports why.
+        self.give_up = asyncio.Event()
+        self._credential_retries = 0
 
     async def log(self, line: str) -> None:
         """Log an already redacted line."""
         await _call(self.on_log, line)
 
     async def on_stderr(self, line: str) -> None:
+        retry = parse_retry_line(line)
+        if retry is not None and _CREDENTIALS_RE.search(retry[1]):
+            self._credential_retries += 1
+            if self._credential_retries >= CREDENTIAL_RETRIES_BEFORE_GIVING_UP:
+                self.give_up.set()
         shown = self.stderr.feed(line)
         if shown is not None:
             await self.log(shown)
+
+    def snapshot_missing(self, snapshot_id: str, exit_code: int) -> ResticError | None:
+        """The error for an unknown snapshot id, if that is what restic said.
+
+        0.14: ``Ignoring "deadbeef", no matching ID found`` (``ls`` then exits 0); 0.17+:
+        ``no matching ID found for prefix "deadbeef"``. One sentence for both.
+        """
+        if not _NO_SUCH_SNAPSHOT_RE.search(self.stderr.raw_text()):
+            return None
+        return ResticError(
+            ErrorKind.INVALID_ARGS,
+            f"snapshot {snapshot_id} was not found in {self.repo_name}",
+            exit_code=exit_code,
+            stderr_tail=tuple(self.stderr.tail),
+        )
 
     def error(self, exit_code: int | None) -> ResticError:
         if exit_code == 1 and self.stderr.exit_error_code not in (None, 1):
@@ -1483,6 +1570,24 @@ async def _wait_through_cancellation(awaitable: Awaitable[Any]) -> bool:
     if future.done() and not future.cancelled():
         future.exception()  # mark retrieved: the caller decides whether it matters
     return cancelled
+
+
+async def _finish_unless_given_up(child: _Child, session: _Session) -> bool:
+    """Wait for restic to end; False (restic still running) if the session gave up first."""
+    finish = asyncio.ensure_future(child.finish())
+    give_up = asyncio.ensure_future(session.give_up.wait())
+    try:
+        await asyncio.wait({finish, give_up}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        give_up.cancel()
+        if not finish.done():
+            finish.cancel()
+            if await _wait_through_cancellation(finish):
+                raise asyncio.CancelledError
+    if finish.cancelled():
+        return False
+    finish.result()  # a reader's error
+    return True
 
 
 _NOT_JSON = object()
@@ -1838,9 +1943,14 @@ class Restic:
     after stopping restic cleanly (SIGINT, then SIGKILL after ``cancel_grace`` seconds).
     """
 
-    def __init__(self, binary: str, *, cancel_grace: float = 10.0) -> None:
+    def __init__(
+        self, binary: str, *, cancel_grace: float = 10.0, retry_lock: float | None = None
+    ) -> None:
         self.binary = binary
         self.cancel_grace = cancel_grace
+        #: Seconds restic (0.16+) waits for a lock another process holds before it fails
+        #: (``--retry-lock``); ``None`` or 0: fail at once, as restic 0.14 always does.
+        self.retry_lock = retry_lock
         self._version: tuple[int, int, int] | None = None
         self._active: dict[int, tuple[str, ...]] = {}
         self._idle_waiters: list[asyncio.Future[None]] = []
@@ -1881,6 +1991,29 @@ class Restic:
         argv.extend(args)
         return argv
 
+    async def _with_retry_lock(self, repo: RepoAccess | None, args: Sequence[str]) -> list[str]:
+        """``args`` with ``--retry-lock`` in front where restic (0.16+) has it and it helps.
+
+        A brief lock by another process (a peer's ``check``, a scheduled ``forget``) is then
+        waited for instead of failing the run. Never for ``unlock``/``init``, which take no
+        lock, nor when the version cannot be read (restic will then say what is wrong).
+        """
+        if (
+            repo is None
+            or not self.retry_lock
+            or self.retry_lock <= 0
+            or not args
+            or args[0] in _NO_LOCK_COMMANDS
+        ):
+            return list(args)
+        try:
+            version = await self.version()
+        except ResticError:
+            return list(args)
+        if version < RETRY_LOCK_SINCE:
+            return list(args)
+        return ["--retry-lock", f"{max(1, round(self.retry_lock))}s", *args]
+
     async def _execute(
         self,
         repo: RepoAccess | None,
@@ -1889,7 +2022,7 @@ class Restic:
         on_stdout: Callable[[str], Awaitable[None]],
     ) -> int:
         """Run restic to completion and return its exit code (negative: killed by signal)."""
-        argv = self._argv(repo, args)
+        argv = self._argv(repo, await self._with_retry_lock(repo, args))
         env = build_env(repo) if repo is not None else _base_env()
         try:
             child = await _Child.spawn(argv, env, on_stdout, session.on_stderr)
@@ -1906,14 +2039,21 @@ class Restic:
             ) from None
         pid = child.proc.pid
         self._active[pid] = tuple(argv)
+        gave_up = False
         try:
             try:
-                await child.finish()
+                gave_up = not await _finish_unless_given_up(child, session)
             except BaseException:
                 await child.stop(self.cancel_grace)
                 raise
+            if gave_up:
+                await child.stop(self.cancel_grace)
         finally:
             self._forget_process(pid)
+        if gave_up:
+            # Classified from what restic said before we stopped it, not from its exit code
+            # (which only says that we interrupted it).
+            raise session.error(None)
         assert child.proc.returncode is not None
         return child.proc.returncode
 
@@ -2124,7 +2264,7 @@ class Restic:
 
         code = await self._execute(repo, args, session, handle)
         if code != 0:
-            raise session.error(code)
+            raise session.snapshot_missing(snapshot_id, code) or session.error(code)
         summary = parser.summary
         warnings = tuple(session.stderr.warnings)
         if summary is None:
@@ -2204,15 +2344,12 @@ class Restic:
                 yield queue.get_nowait()
             code = task.result()
             if code != 0:
-                raise session.error(code)
-            if not snapshot_seen and re.search(r"no matching ID", session.stderr.raw_text()):
+                raise session.snapshot_missing(snapshot_id, code) or session.error(code)
+            if not snapshot_seen:
                 # restic 0.14 prints "Ignoring ..." and exits 0 for an unknown snapshot.
-                raise ResticError(
-                    ErrorKind.INVALID_ARGS,
-                    f"snapshot {snapshot_id} was not found in {session.repo_name}",
-                    exit_code=code,
-                    stderr_tail=tuple(session.stderr.tail),
-                )
+                missing = session.snapshot_missing(snapshot_id, code)
+                if missing is not None:
+                    raise missing
         finally:
             if consumer is not None:
                 consumer.remove_done_callback(consumer_done)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 
 from peerstash.core.events import EventBus, OperationChanged
 from peerstash.core.models import Operation, OpStatus
-from peerstash.core.restic import ResticError
+from peerstash.core.restic import ResticError, parse_retry_line
 from peerstash.core.store import Store, utcnow
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,26 @@ class Outcome:
     error: str | None = None
 
 
+#: How often a running operation's pending log lines are written (and its silence checked):
+#: ``peerstash log`` shows what restic said within about this long.
+LOG_FLUSH_INTERVAL = 1.0
+#: Default seconds without a word (a log line or progress) from a running job before its
+#: operation says it is stalled (the node's ``restic_stall_seconds`` setting).
+DEFAULT_STALL_AFTER = 120.0
+#: A "retrying: ..." detail is dropped when restic has not retried for this long.
+RETRY_DETAIL_TTL = 60.0
+RETRYING = "retrying:"
+_RETRY_SUCCEEDED_RE = re.compile(r"\boperation successful after \d+ retr")
+
+
 class OpContext:
-    """Handed to a job: report progress and log lines without thinking about the store."""
+    """Handed to a job: report progress and log lines without thinking about the store.
+
+    While the job runs, the operation's ``summary`` carries ``{"detail": "..."}`` when there
+    is something a person should know that progress does not say: restic retrying a failing
+    backend ("retrying: <restic's reason>") or saying nothing for ``stall_after`` seconds. The
+    job's own summary replaces it when the job ends.
+    """
 
     def __init__(self, runner: Runner, op: Operation) -> None:
         self._runner = runner
@@ -47,23 +66,83 @@ class OpContext:
         self._last_flush = 0.0
         self._pending: dict[str, Any] = {}
         self._log: list[str] = []
+        self.last_activity = time.monotonic()
+        self.detail: str | None = None
+        self._detail_dirty = False
+        self._stalled = False
+        self.ticker: asyncio.Future[None] | None = None
+        self._last_moved: dict[str, Any] = {}
+        self._last_retry = 0.0
 
     def progress(self, **fields: Any) -> None:
         """Record progress; written (and published) at most every ``progress_interval``."""
         self._pending.update(fields)
+        # restic repeats its status line every second even while an upload hangs: only a
+        # change of what was done counts as a sign of life (the ETA alone moves anyway).
+        moved = {k: v for k, v in fields.items() if k != "eta_seconds"}
+        if moved != self._last_moved:
+            self._last_moved = moved
+            self._active()
         now = time.monotonic()
         if now - self._last_flush >= self._runner.progress_interval:
             self._last_flush = now
             self._runner._spawn(self.flush())
 
     def log(self, line: str) -> None:
+        """Keep a log line; written within ``LOG_FLUSH_INTERVAL`` (or at once after 200).
+
+        A backend retry notice from restic becomes the operation's detail, so a run that
+        restic keeps retrying in silence (for up to 15 minutes from 0.17 on) says why.
+        """
         self._log.append(line)
+        self._active()
+        retry = parse_retry_line(line)
+        if retry is not None:
+            self._last_retry = time.monotonic()
+            self.set_detail(f"{RETRYING} {retry[1]}")
+        elif _RETRY_SUCCEEDED_RE.search(line) and (self.detail or "").startswith(RETRYING):
+            self.set_detail(None)  # 0.17+: "Save(<data/...>) operation successful after 1 retries"
         if len(self._log) >= 200:
             self._runner._spawn(self.flush())
+
+    def set_detail(self, detail: str | None) -> None:
+        """Say (or stop saying) what the running operation is going through; sent on a tick."""
+        if detail != self.detail:
+            self.detail = detail
+            self._detail_dirty = True
+
+    def _active(self) -> None:
+        self.last_activity = time.monotonic()
+        if self._stalled:
+            self._stalled = False
+            self.set_detail(None)
+
+    def check_stall(self, now: float) -> None:
+        """Note once that the job has been silent for ``stall_after`` seconds; forget an old
+        retry (restic 0.14 never says that a retry worked)."""
+        if (self.detail or "").startswith(RETRYING) and now - self._last_retry > RETRY_DETAIL_TTL:
+            self.set_detail(None)
+        stall_after = self._runner.stall_after
+        if self._stalled or stall_after <= 0 or now - self.last_activity < stall_after:
+            return
+        self._stalled = True
+        silent = int(now - self.last_activity)
+        message = (
+            f"stalled: no output or progress from restic for {silent} s; it may be waiting for "
+            "the storage (it keeps retrying), or it may be stuck"
+        )
+        self._log.append(f"warning: {message}")
+        self.set_detail(message)
+
+    def pending(self) -> bool:
+        return bool(self._log or self._detail_dirty)
 
     async def flush(self) -> None:
         lines, self._log = self._log, []
         fields, self._pending = self._pending, {}
+        if self._detail_dirty:
+            self._detail_dirty = False
+            fields["summary"] = {"detail": self.detail} if self.detail else {}
         if lines:
             await self._runner.store.append_log(self.op.pk, lines)
         if fields and self._runner.is_running(self.op.pk):
@@ -83,11 +162,21 @@ class _Queued:
 
 class Runner:
     def __init__(
-        self, store: Store, bus: EventBus, *, max_parallel: int = 2, progress_interval: float = 1.0
+        self,
+        store: Store,
+        bus: EventBus,
+        *,
+        max_parallel: int = 2,
+        progress_interval: float = 1.0,
+        stall_after: float = DEFAULT_STALL_AFTER,
+        log_flush_interval: float = LOG_FLUSH_INTERVAL,
     ) -> None:
         self.store = store
         self.bus = bus
         self.progress_interval = progress_interval
+        #: Seconds of silence before a running operation says it is stalled (0: never).
+        self.stall_after = stall_after
+        self.log_flush_interval = log_flush_interval
         self._slots = asyncio.Semaphore(max_parallel)
         self._queues: dict[str, asyncio.Queue[_Queued]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -101,6 +190,11 @@ class Runner:
         task = asyncio.ensure_future(coro)
         self._helpers.add(task)
         task.add_done_callback(self._helpers.discard)
+
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`close` began: nothing new may be submitted."""
+        return self._closing
 
     def is_running(self, pk: int) -> bool:
         return pk in self._running
@@ -172,6 +266,7 @@ class Runner:
             task = asyncio.ensure_future(item.job(ctx))
             self._running[op.pk] = task
             self._queued.pop(op.pk, None)
+            ctx.ticker = asyncio.ensure_future(self._tick(ctx, task))
             final: dict[str, Any]
             try:
                 outcome = await asyncio.shield(task)
@@ -202,10 +297,29 @@ class Runner:
                 final = {"status": OpStatus.ERROR, "error": f"unexpected error: {exc}"}
             await self._finish(ctx, item, final)
 
+    async def _tick(self, ctx: OpContext, task: asyncio.Future[Outcome]) -> None:
+        """While ``task`` runs: write its log lines and detail every ``log_flush_interval``,
+        and notice when it has gone silent. One DB write per tick at most, none when idle."""
+        while not task.done():
+            await asyncio.wait({task}, timeout=self.log_flush_interval)
+            if task.done():
+                return
+            ctx.check_stall(time.monotonic())
+            if ctx.pending():
+                try:
+                    await ctx.flush()
+                except Exception:  # a failed write must not end the operation; retry next tick
+                    log.exception("writing the log of operation %s failed", ctx.op.op_id)
+
     async def _finish(self, ctx: OpContext, item: _Queued, final: dict[str, Any]) -> None:
         pk = ctx.op.pk
+        if ctx.detail is not None and "summary" not in final:
+            final = {**final, "summary": {}}  # "retrying: ..." was about the run, now over
         self._running.pop(pk, None)
         self._cancel_requested.discard(pk)
+        if ctx.ticker is not None:  # its last write first: log lines stay in order
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(ctx.ticker), 30)
         await ctx.flush()
         op = await self._set(ctx.op, ended_at=utcnow(), eta_seconds=None, **final)
         if not item.done.done():

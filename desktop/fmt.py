@@ -106,6 +106,9 @@ def op_detail(op: dict[str, Any]) -> str:
     """The last column of the operations list: progress, error, or what came out."""
     status = op.get("status")
     if status == "running":
+        detail = (op.get("summary") or {}).get("detail")
+        if detail:  # restic retrying a failing storage, or silent for a while
+            return str(detail).splitlines()[0]
         frac = op_progress(op)
         if frac is None:
             return "starting…" if not op.get("files_done") else f"{op['files_done']} files"

@@ -1150,6 +1150,14 @@ SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 100_000_000,
         "peer_history_max_ops is a number of operations from 1 to 100000000",
     ),
+    "restic_retry_lock": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 3600,
+        "restic_retry_lock is seconds from 0 (off) to 3600",
+    ),
+    "restic_stall_seconds": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == 0 or 10 <= v <= 86400),
+        "restic_stall_seconds is 0 (off) or seconds from 10 to 86400",
+    ),
 }
 
 

@@ -150,6 +150,9 @@ def op_line(op: dict[str, Any]) -> list[str]:
     detail = op.get("error") or (op.get("snapshot_id") or "")[:8]
     if op["status"] == "running" and op.get("bytes_total"):
         detail = f"{100 * op['bytes_done'] / op['bytes_total']:.0f}% ETA {human_duration(op.get('eta_seconds'))}"
+    running_detail = (op.get("summary") or {}).get("detail") if op["status"] == "running" else None
+    if running_detail:  # restic retrying, or silent: more telling than a percentage
+        detail = str(running_detail)
     return [
         op["id"],
         op.get("origin_label") or op["origin"],
@@ -189,8 +192,18 @@ async def wait_for(
     last_print = 0.0
     final: dict[str, dict[str, Any]] = {op["id"]: op}
     path = f"/v1/ops/{op['id']}/wait" + ("?flow=1" if flow else "")
+    said: dict[str, str] = {}
     async for update in client.stream(path):
         final[update["id"]] = update
+        detail = (
+            (update.get("summary") or {}).get("detail") if update["status"] == "running" else None
+        )
+        if detail and not quiet and said.get(update["id"]) != detail:
+            said[update["id"]] = str(detail)
+            print(
+                ("\n" if tty else "") + f"{update['kind']} {update['id']}: {detail}",
+                file=sys.stderr,
+            )
         if update["status"] == "running" and update.get("bytes_total"):
             if tty:
                 sys.stderr.write("\r" + progress_bar(update))
@@ -201,10 +214,21 @@ async def wait_for(
     if tty:
         sys.stderr.write("\n")
     code = 0
+    # A snapshot was saved: a retention (forget) failing after it must not read as "no backup".
+    saved = flow and any(
+        done["kind"] == "backup" and done["status"] in ("success", "warning")
+        for done in final.values()
+    )
     for done in final.values():
         status = done["status"]
         what = f"{done['kind']} {done['id']}"
-        if status == "success":
+        if saved and done["kind"] == "forget" and status not in ("success", "warning"):
+            print(
+                f"warning: the backup's snapshot was saved, but its retention ({what}) "
+                f"{status}: {done.get('error') or 'no details'}",
+                file=sys.stderr,
+            )
+        elif status == "success":
             snap = f", snapshot {done['snapshot_id'][:8]}" if done.get("snapshot_id") else ""
             print(f"{what}: success{snap}")
         elif status == "warning":
@@ -612,6 +636,11 @@ async def cmd_settings(c: AdminClient, a: argparse.Namespace) -> int:
                 value = int(a.value.replace("_", "")) if a.value else None
             except ValueError:
                 raise CliError(f"{a.key} is a whole number, not {a.value!r}") from None
+        elif a.key in ("restic_retry_lock", "restic_stall_seconds"):
+            try:
+                value = int(a.value) if a.value else None
+            except ValueError:
+                raise CliError(f"{a.key} is a whole number of seconds") from None
         else:
             value = a.value or None
         res = await c.call("POST", "/v1/settings", {"key": a.key, "value": value})
@@ -1391,12 +1420,14 @@ def build_parser() -> argparse.ArgumentParser:
             "restic_path",
             "peer_history_days",
             "peer_history_max_ops",
+            "restic_retry_lock",
+            "restic_stall_seconds",
         ],
     )
     sts.add_argument(
         "value",
         help="on/off for discovery; comma-separated list for interfaces; a whole number for "
-        "peer_history_days and peer_history_max_ops",
+        "peer_history_days, peer_history_max_ops, restic_retry_lock and restic_stall_seconds",
     )
     json_flag(sts)
     json_flag(st)

@@ -18,8 +18,9 @@ from typing import IO, TYPE_CHECKING, Any
 from aiohttp import web
 
 from peerstash.core import __version__
-from peerstash.core.engine import Engine, check_name
+from peerstash.core.engine import DEFAULT_RETRY_LOCK, Engine, check_name
 from peerstash.core.events import EventBus
+from peerstash.core.runner import DEFAULT_STALL_AFTER
 from peerstash.core.secrets import SecretStore, load_or_create_key
 from peerstash.core.store import Store, StoreError
 from peerstash.peer.identity import Identity
@@ -193,6 +194,8 @@ class Node:
         store.local_origin = instance_id
         key = load_or_create_key(self.data_dir / "secret.key")
         restic_path = opts.restic_path or await store.get_setting("restic_path")
+        retry_lock = await store.get_setting("restic_retry_lock")
+        stall_after = await store.get_setting("restic_stall_seconds")
         self.engine = Engine(
             self.data_dir,
             store,
@@ -204,6 +207,8 @@ class Node:
             progress_interval=opts.progress_interval,
             catch_up_grace=opts.catch_up_grace,
             cancel_grace=opts.cancel_grace,
+            retry_lock=DEFAULT_RETRY_LOCK if retry_lock is None else float(retry_lock),
+            stall_after=DEFAULT_STALL_AFTER if stall_after is None else float(stall_after),
         )
         await self.engine.start(schedule=opts.schedule)
         self.name = await self._display_name()

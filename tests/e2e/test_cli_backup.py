@@ -264,6 +264,47 @@ def test_locked_repository_names_the_holder(node: NodeProc, tmp_path: Path) -> N
     node.cli("forget", "main", "--wait")
 
 
+def test_backup_saved_but_retention_failed_exits_0_and_says_so(
+    node: NodeProc, tmp_path: Path
+) -> None:
+    """``backup --wait`` whose snapshot was saved but whose retention (forget) failed: exit 0,
+    the snapshot reported, and a warning line naming the retention failure."""
+    src = make_tree(tmp_path / "src", files=3)
+    repo = tmp_path / "repo"
+    add_repo(node, "main", str(repo))
+    node.cli("plan", "add", "p", "--repo", "main", "--path", str(src), "--keep-last", "1")
+    # Another restic's backup holds a shared lock: our backup (shared lock) runs, our forget
+    # (exclusive lock) is refused.
+    holder = subprocess.Popen(
+        ["restic", "-r", str(repo), "backup", "-v", "--stdin", "--stdin-filename", "x"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "RESTIC_PASSWORD": PASSWORD},
+    )
+    try:
+        assert holder.stdout is not None
+        for line in holder.stdout:
+            if "read data from stdin" in line:
+                break
+        res = node.cli("backup", "p", "--wait", check=False)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(60)
+    assert res.returncode == 0, res.stderr
+    assert "success, snapshot" in res.stdout
+    warning = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1, res.stderr
+    assert "snapshot was saved, but its retention (forget" in warning[0]
+    assert "locked" in warning[0]
+    ops = jcli(node, "ops")
+    assert [o["status"] for o in ops if o["kind"] == "backup"] == ["success"]
+    assert [o["status"] for o in ops if o["kind"] == "forget"] == ["error"]
+    assert len(jcli(node, "snapshots", "main")) == 1
+
+
 def test_forget_dry_run_lists_what_goes_and_changes_nothing(node: NodeProc, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", files=3)
     repo = tmp_path / "repo"

@@ -81,6 +81,10 @@ def test_op_detail_words() -> None:
     ok = {"status": "success", "snapshot_id": "abcdef0123456789", "summary": {"data_added": 2048}}
     assert fmt.op_detail(ok) == "snapshot abcdef01 · 2.0 KiB added"
     assert fmt.schedule_text({"schedule": None, "every_seconds": 3600}) == "every 1h00m"
+    retrying = {**running, "summary": {"detail": "retrying: unexpected HTTP response (500)"}}
+    assert fmt.op_detail(retrying) == "retrying: unexpected HTTP response (500)"
+    # The detail is about the run: once it ended, the outcome is what is shown.
+    assert fmt.op_detail({**retrying, "status": "error", "error": "gone"}) == "gone"
 
 
 # -- Qt parts ---------------------------------------------------------------------------------

@@ -94,3 +94,40 @@ async def test_client_leaving_a_stream_does_not_hold_up_shutdown(
         took = time.monotonic() - started
     assert took < 5, f"stopping took {took:.1f}s"
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_restic_settings_are_checked_and_reach_the_engine(tmp_path: Path) -> None:
+    """restic_retry_lock and restic_stall_seconds: whole seconds in range, else one sentence and
+    nothing stored; a stored value is what the engine uses from the next start."""
+    opts = NodeOptions(instance_id="adm", listen=None, discovery=False, schedule=False)
+    n = Node(tmp_path / "d", opts)
+    await n.start()
+    try:
+        async with session(n) as s:
+            for key, value, message in (
+                ("restic_stall_seconds", 5, "restic_stall_seconds is 0 (off) or seconds"),
+                ("restic_stall_seconds", "120", "restic_stall_seconds is 0 (off) or seconds"),
+                ("restic_retry_lock", -1, "restic_retry_lock is seconds from 0 (off) to 3600"),
+                ("restic_retry_lock", True, "restic_retry_lock is seconds from 0 (off) to 3600"),
+            ):
+                body = {"key": key, "value": value}
+                async with s.post("http://n/v1/settings", json=body) as r:
+                    assert r.status == 400
+                    assert (await r.json())["error"].startswith(message)
+            async with s.get("http://n/v1/settings") as r:
+                got = await r.json()
+                assert got["restic_stall_seconds"] is None and got["restic_retry_lock"] is None
+            assert n.engine is not None
+            assert n.engine.runner.stall_after == 120.0 and n.engine.retry_lock == 60.0
+            for key, value in (("restic_stall_seconds", 30), ("restic_retry_lock", 0)):
+                async with s.post("http://n/v1/settings", json={"key": key, "value": value}) as r:
+                    assert r.status == 200 and (await r.json())[key] == value
+    finally:
+        await n.stop()
+    again = Node(tmp_path / "d", opts)
+    await again.start()
+    try:
+        assert again.engine is not None
+        assert again.engine.runner.stall_after == 30.0 and again.engine.retry_lock == 0.0
+    finally:
+        await again.stop()

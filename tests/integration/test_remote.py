@@ -32,6 +32,7 @@ from peerstash.peer.remote import (
     request_to_dict,
 )
 from peerstash.peer.rpc import CallContext, CallError, RpcService
+from tests.fixtures.servers import RESTIC_BUILDS
 from tests.integration.test_pairing import MakeNode, make_node, wait_state
 from tests.integration.test_sync import link
 
@@ -330,6 +331,7 @@ async def test_a_request_not_delivered_in_time_times_out_and_never_runs(
 # -- browse and restore --------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("restic_bin", RESTIC_BUILDS, indirect=True)
 async def test_remote_snapshots_and_a_large_listing_stream_fully(
     make_node: MakeNode, restic_bin: str, tmp_path: Path
 ) -> None:

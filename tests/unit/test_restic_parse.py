@@ -47,6 +47,7 @@ from peerstash.core.restic import (
     parse_forget,
     parse_lock_info,
     parse_ls_line,
+    parse_retry_line,
     parse_snapshots,
     parse_version,
     redact_uri,
@@ -565,6 +566,79 @@ def test_classification_of_recorded_failures(version: str, name: str, kind: Erro
     assert err.kind is kind, (err.kind, err.message)
     assert err.message and err.stderr_tail
     assert "\x1b" not in err.message and all("\x1b" not in line for line in err.stderr_tail)
+
+
+@pytest.mark.parametrize("version", ["0.14", "0.18"])
+@pytest.mark.parametrize("name", ["rest_401", "rest_401_init", "s3_signature", "s3_signature_init"])
+def test_refused_credentials_are_not_a_missing_repository(version: str, name: str) -> None:
+    """restic says "Is there a repository at the following location?" after a 401 or an S3
+    signature mismatch; a person must read "wrong credentials", with no secret in it."""
+    recording = rec(version, name)
+    assert "Is there a repository" in recording.stderr or "failed" in recording.stderr
+    collector = StderrCollector(Redactor(["wrong-pass-99", "capture-secret-5678"]))
+    for line in recording.stderr_lines:
+        collector.feed(strip_ansi(line))
+    # A 0.18 run stopped by SIGINT (as the wrapper stops it) is classified from its words.
+    code = None if recording.rc == 124 else recording.rc
+    err = classify_failure(
+        code,
+        collector.raw_text(),
+        command="init" if name.endswith("_init") else "snapshots",
+        repo_name="home-nas",
+        redact=Redactor(["wrong-pass-99"]),
+        stderr_tail=tuple(collector.tail),
+    )
+    assert err.kind is ErrorKind.WRONG_CREDENTIALS, (err.kind, err.message)
+    assert err.message.startswith("the storage of home-nas refused the credentials")
+    shown = "\n".join([err.message, *err.stderr_tail])
+    assert "wrong-pass-99" not in shown and "capture-secret-5678" not in shown
+
+
+def test_retry_notices_of_both_versions_are_parsed() -> None:
+    lines = rec("0.18", "rest_500_retrying").stderr_lines
+    parsed = [parse_retry_line(line) for line in lines]
+    assert parsed[0] == (
+        "Stat(<config/>)",
+        "unexpected HTTP response (500): 500 Internal Server Error",
+    )
+    retries = [line for line in lines if "returned error, retrying after" in line]
+    assert len(retries) >= 3 and sum(p is not None for p in parsed) == len(retries)
+    assert parse_retry_line(rec("0.18", "s3_signature").stderr_lines[0]) == (
+        "Stat(<config/>)",
+        "Stat: The request signature we calculated does not match the signature you provided. "
+        "Check your key and signing method.",
+    )
+    # restic 0.14's wording (internal/backend/backend_retry.go through cmd/restic's Warnf).
+    assert parse_retry_line(
+        "Save(<data/956b9ced99>) returned error, retrying after 357.131936ms: "
+        "client.PutObject: connection reset by peer"
+    ) == ("Save(<data/956b9ced99>)", "client.PutObject: connection reset by peer")
+    assert parse_retry_line("Load(<lock/12ab>, 0, 0) returned error, retrying after 1m2.5s: x") == (
+        "Load(<lock/12ab>, 0, 0)",
+        "x",
+    )
+    for other in ("Stat(<config/>) failed: unexpected HTTP response (401)", "", "retrying"):
+        assert parse_retry_line(other) is None
+
+
+@pytest.mark.parametrize(
+    ("version", "name"),
+    [
+        ("0.14", "ls_unknown_snapshot"),
+        ("0.14", "restore_unknown_snapshot"),
+        ("0.18", "ls_unknown_snapshot"),
+        ("0.18", "restore_unknown_snapshot"),
+    ],
+)
+def test_unknown_snapshot_wordings_of_both_versions(version: str, name: str) -> None:
+    from peerstash.core.restic import _Session
+
+    session = _Session(None, "ls", None)
+    for line in rec(version, name).stderr_lines:
+        session.stderr.feed(line)
+    err = session.snapshot_missing("deadbeef", rec(version, name).rc)
+    assert err is not None and err.kind is ErrorKind.INVALID_ARGS
+    assert err.message == "snapshot deadbeef was not found in restic"
 
 
 def test_classification_by_exit_code_alone() -> None:

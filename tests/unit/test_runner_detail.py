@@ -1,0 +1,73 @@
+"""What a running operation says about itself (core/runner.py OpContext), one function at a
+time; the real thing, with a real node and restic, is tests/integration/test_restic_trouble.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peerstash.core.runner import RETRY_DETAIL_TTL, OpContext
+
+
+class _Runner:
+    """Only what OpContext reads from its runner."""
+
+    progress_interval = 3600.0  # never flush from progress() in these tests
+    stall_after = 120.0
+
+    def _spawn(self, coro: Any) -> None:
+        coro.close()
+
+
+def ctx() -> OpContext:
+    return OpContext(_Runner(), object())  # type: ignore[arg-type]
+
+
+def test_a_retry_notice_becomes_the_detail_and_a_success_line_clears_it() -> None:
+    c = ctx()
+    c.log(
+        "Save(<data/956b9ced99>) returned error, retrying after 720ms: "
+        "unexpected HTTP response (500): 500 Internal Server Error"
+    )
+    assert c.detail == "retrying: unexpected HTTP response (500): 500 Internal Server Error"
+    assert c.pending()
+    c.log("Save(<data/956b9ced99>) operation successful after 1 retries")
+    assert c.detail is None
+    c.log("some other line")
+    assert c.detail is None
+
+
+def test_an_old_retry_is_forgotten_restic_014_never_says_it_worked() -> None:
+    c = ctx()
+    c.log("Load(<lock/1a>, 0, 0) returned error, retrying after 1s: connection reset by peer")
+    assert c.detail and c.detail.startswith("retrying: ")
+    c.check_stall(c.last_activity + 1)
+    assert c.detail and c.detail.startswith("retrying: ")
+    c.last_activity -= RETRY_DETAIL_TTL + 1
+    c._last_retry -= RETRY_DETAIL_TTL + 1
+    c.check_stall(c.last_activity + RETRY_DETAIL_TTL + 1)
+    assert c.detail is None
+
+
+def test_silence_is_stalled_once_and_only_moving_progress_ends_it() -> None:
+    c = ctx()
+    c.progress(bytes_done=10, bytes_total=100, eta_seconds=50)
+    start = c.last_activity
+    c.check_stall(start + 119)
+    assert c.detail is None
+    c.check_stall(start + 121)
+    assert c.detail is not None and c.detail.startswith("stalled: no output or progress")
+    assert c._log == [f"warning: {c.detail}"]
+    c.check_stall(start + 500)  # said once, not every tick
+    assert len(c._log) == 1
+    c.progress(bytes_done=10, bytes_total=100, eta_seconds=40)  # the same, repeated: silence
+    assert c.detail is not None and c.detail.startswith("stalled: ")
+    c.progress(bytes_done=11, bytes_total=100, eta_seconds=40)
+    assert c.detail is None
+
+
+def test_stall_warning_off_when_the_setting_is_zero() -> None:
+    c = ctx()
+    c._runner.stall_after = 0  # type: ignore[attr-defined]
+    c.check_stall(c.last_activity + 10**6)
+    assert c.detail is None and c._log == []
