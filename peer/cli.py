@@ -21,6 +21,7 @@ from urllib.parse import quote
 import aiohttp
 
 from peerstash.core import __version__
+from peerstash.core.text import printable, printable_lines
 from peerstash.peer.paths import admin_socket_path, resolve_data_dir
 
 #: Exit codes: 0 ok, 1 failed, 2 usage, 3 finished with a warning (like restic's partial backup).
@@ -130,6 +131,9 @@ def short_time(iso: str | None) -> str:
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:
+    """Aligned columns; each cell is made :func:`printable` (peer text cannot steer the
+    terminal or break the layout with a newline)."""
+    rows = [[printable(c) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
@@ -208,10 +212,14 @@ async def wait_for(
             snap = f", snapshot {done['snapshot_id'][:8]}" if done.get("snapshot_id") else ""
             print(f"{what}: success{snap}")
         elif status == "warning":
-            print(f"{what}: finished with a warning: {done.get('error')}", file=sys.stderr)
+            print(
+                printable(f"{what}: finished with a warning: {done.get('error')}"), file=sys.stderr
+            )
             code = max(code, EXIT_WARNING) if code != EXIT_FAILED else code
         else:
-            print(f"{what}: {status}: {done.get('error') or 'no details'}", file=sys.stderr)
+            print(
+                printable(f"{what}: {status}: {done.get('error') or 'no details'}"), file=sys.stderr
+            )
             code = EXIT_FAILED
     return code
 
@@ -220,7 +228,9 @@ async def wait_for(
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)
+    """``--json``: the data as JSON (its escaping keeps peer text inert); else ``text``, line
+    by line made :func:`printable`."""
+    print(json.dumps(data, indent=2) if getattr(args, "json", False) else printable_lines(text))
 
 
 def fleet_lines(plans: list[dict[str, Any]]) -> list[str]:
@@ -522,7 +532,7 @@ async def cmd_ops(c: AdminClient, a: argparse.Namespace) -> int:
             if a.json:
                 print(json.dumps(op), flush=True)
             else:
-                print("  ".join(op_line(op)), flush=True)
+                print(printable("  ".join(op_line(op))), flush=True)
         return 0
     q = f"?limit={a.limit}"
     for key in ("origin", "plan", "repo", "status"):
@@ -564,9 +574,9 @@ async def cmd_events(c: AdminClient, a: argparse.Namespace) -> int:
             print(json.dumps(ev), flush=True)
         elif ev["type"] == "link":
             why = f" ({ev['reason']})" if ev.get("reason") else ""
-            print(f"peer {ev['peer']}: {ev['state']}{why}", flush=True)
+            print(printable(f"peer {ev['peer']}: {ev['state']}{why}"), flush=True)
         elif ev["type"] == "operation":
-            print("op  " + "  ".join(op_line(ev["op"])), flush=True)
+            print(printable("op  " + "  ".join(op_line(ev["op"]))), flush=True)
         else:
             print(json.dumps(ev), flush=True)
     return 0
@@ -645,7 +655,9 @@ async def cmd_ls(c: AdminClient, a: argparse.Namespace) -> int:
     q = f"?path={a.path}" if a.path else ""
     async for node in c.stream(f"/v1/repos/{a.repo}/snapshots/{a.snapshot}/ls{q}"):
         print(
-            json.dumps(node) if a.json else f"{node.get('type', '?')[0]} {node.get('path')}",
+            json.dumps(node)
+            if a.json
+            else printable(f"{node.get('type', '?')[0]} {node.get('path')}"),
             flush=True,
         )
     return 0
@@ -726,7 +738,7 @@ async def wait_remote(client: AdminClient, req: dict[str, Any], *, as_json: bool
     said = req["state"]
     drew = False
     if not as_json:
-        print(f"{req['state']}: {req['message']}", file=sys.stderr, flush=True)
+        print(printable(f"{req['state']}: {req['message']}"), file=sys.stderr, flush=True)
     async for update in client.stream(f"/v1/remote/requests/{_q(req['id'])}/wait"):
         last = update
         if as_json:
@@ -742,14 +754,14 @@ async def wait_remote(client: AdminClient, req: dict[str, Any], *, as_json: bool
             if drew:
                 sys.stderr.write("\n")
                 drew = False
-            print(f"{update['state']}: {update['message']}", file=sys.stderr, flush=True)
+            print(printable(f"{update['state']}: {update['message']}"), file=sys.stderr, flush=True)
     if drew:
         sys.stderr.write("\n")
     if not as_json:
         if last["state"] in ("failed", "timed out"):
-            print(f"{last['state']}: {last['message']}", file=sys.stderr)
+            print(printable(f"{last['state']}: {last['message']}"), file=sys.stderr)
         else:
-            print(last["message"])
+            print(printable(last["message"]))
     return _remote_exit(last)
 
 
@@ -759,9 +771,9 @@ async def _remote_started(c: AdminClient, a: argparse.Namespace, req: dict[str, 
     if a.json:
         print(json.dumps(req, indent=2))
     elif req["state"] in ("failed", "timed out"):
-        print(f"peerstash: {req['message']}", file=sys.stderr)
+        print(printable(f"peerstash: {req['message']}"), file=sys.stderr)
     else:
-        print(f"request {req['id']} ({req['kind']} on {req['peer']}): {req['message']}")
+        print(printable(f"request {req['id']} ({req['kind']} on {req['peer']}): {req['message']}"))
     return _remote_exit(req)
 
 
@@ -792,7 +804,9 @@ async def cmd_remote(c: AdminClient, a: argparse.Namespace) -> int:
             if "error" in node:
                 raise CliError(f"the listing stopped: {node['error']}")
             print(
-                json.dumps(node) if a.json else f"{node.get('type', '?')[0]} {node.get('path')}",
+                json.dumps(node)
+                if a.json
+                else printable(f"{node.get('type', '?')[0]} {node.get('path')}"),
                 flush=True,
             )
         return 0
@@ -1329,7 +1343,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(go())
     except CliError as exc:
-        print(f"peerstash: {exc}", file=sys.stderr)
+        print(printable(f"peerstash: {exc}"), file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("peerstash: interrupted (the operation goes on in the node)", file=sys.stderr)

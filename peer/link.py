@@ -33,7 +33,14 @@ from peerstash.peer import channel as ch
 from peerstash.peer import protocol as proto
 from peerstash.peer.identity import Identity, key_id
 from peerstash.peer.permissions import Grants
-from peerstash.peer.tokens import RateLimiter, hash_secret, token_id, verify_secret
+from peerstash.peer.tokens import (
+    RateLimiter,
+    TokenFormatError,
+    hash_secret,
+    token_id,
+    validate_instance_id,
+    verify_secret,
+)
 
 if TYPE_CHECKING:
     from peerstash.peer.discovery import DiscoveredPeer, Discovery
@@ -377,6 +384,19 @@ class PeerManager:
         self, chan: ch.SecureChannel, hello: proto.Hello, remote: str
     ) -> Peer | None:
         pub = chan.peer_public_key
+        # The instance id becomes a key in our store and a name on screens and in logs: the
+        # same rule as in tokens and discovery (no control, format or space characters), and
+        # never our own (a peer claiming to be us would mix its rows with ours).
+        try:
+            validate_instance_id(hello.instance_id)
+        except TokenFormatError as exc:
+            log.warning("refused link from %s: unusable instance id (%s)", remote, exc)
+            await _refuse(chan, proto.ErrorCode.PROTOCOL, f"unusable instance id: {exc}")
+            return None
+        if hello.instance_id == self.instance_id:
+            log.warning("refused link from %s: it claims this node's own instance id", remote)
+            await _refuse(chan, proto.ErrorCode.FORBIDDEN, "that is this node's instance id")
+            return None
         try:
             peer = await self.store.get_peer(hello.instance_id)
         except NotFound:
