@@ -835,8 +835,9 @@ async def cmd_token(c: AdminClient, a: argparse.Namespace) -> int:
         }
         res = await c.call("POST", "/v1/tokens", body)
         text = (
-            f"{res['token']}\n\nGive this token to the other machine (shown once), e.g.\n"
-            f"  peerstash peer add '{res['token']}' --url http://THIS-HOST:PORT\n"
+            f"{res['token']}\n\nGive this token to the other machine (shown once) and run there\n"
+            f"  peerstash peer add --url http://THIS-HOST:PORT\n"
+            f"which asks for it (or pipe it in: peerstash peer add - --url ...).\n"
             f"It expires {short_time(res['expires_at'])} and works {res['max_uses']} time(s); "
             f"grants: {', '.join(res['grants']) or 'none'}"
         )
@@ -865,10 +866,38 @@ async def cmd_token(c: AdminClient, a: argparse.Namespace) -> int:
     return 0
 
 
+TOKEN_ON_COMMAND_LINE = (
+    "peerstash: warning: a token on the command line is visible to other users of this machine "
+    "(ps, /proc) until it is used; give it as `peerstash peer add -` (stdin) or leave it out "
+    "to be asked for it"
+)
+
+
+def _read_token(a: argparse.Namespace) -> str:
+    """The pairing token: from stdin (``-``), asked for on a terminal (no argument), or, with
+    a warning, from the command line (where other local users can read it)."""
+    if a.token == "-":
+        token = sys.stdin.readline().strip()
+    elif a.token is None:
+        if not sys.stdin.isatty():
+            raise CliError(
+                "give the pairing token on stdin with `peerstash peer add -`, or run this on a "
+                "terminal to be asked for it"
+            )
+        token = getpass.getpass("Pairing token: ").strip()
+    else:
+        print(TOKEN_ON_COMMAND_LINE, file=sys.stderr)
+        token = a.token.strip()
+    if not token:
+        raise CliError("no pairing token was given")
+    return token
+
+
 async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
     if a.peer_cmd == "add":
+        token = _read_token(a)
         res = await c.call(
-            "POST", "/v1/peers", {"token": a.token, "url": a.url, "grants": a.grant or []}
+            "POST", "/v1/peers", {"token": token, "url": a.url, "grants": a.grant or []}
         )
         _emit(a, res, f"paired with {res['id']} (key {res['key_id']}); connecting")
         return 0
@@ -1215,7 +1244,12 @@ def build_parser() -> argparse.ArgumentParser:
     peer = sub.add_parser("peer", help="paired instances")
     pesub = peer.add_subparsers(dest="peer_cmd", required=True, parser_class=_Parser)
     pea = pesub.add_parser("add", help="pair with the instance that made TOKEN")
-    pea.add_argument("token")
+    pea.add_argument(
+        "token",
+        nargs="?",
+        help="'-' reads it from stdin; left out, it is asked for (on the command line, other "
+        "local users can see it)",
+    )
     pea.add_argument(
         "--url", help="its peer address, e.g. http://host:9797 (default: find it on the LAN)"
     )
