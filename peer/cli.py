@@ -22,7 +22,7 @@ import aiohttp
 
 from peerstash.core import __version__
 from peerstash.core.text import printable, printable_lines
-from peerstash.peer.paths import admin_socket_path, resolve_data_dir
+from peerstash.peer.paths import admin_socket_path, resolve_data_dir, socket_trouble
 
 #: Exit codes: 0 ok, 1 failed, 2 usage, 3 finished with a warning (like restic's partial backup).
 EXIT_FAILED = 1
@@ -58,6 +58,13 @@ class AdminClient:
             f"`peerstash --no-gui{self._dd_flag()}` (or the tray app)"
         )
 
+    def check_socket(self) -> None:
+        """Refuse, before a byte is sent, a socket or directory that is not ours alone: in a
+        shared runtime directory it could be another user's listener (see ``peer/paths.py``)."""
+        trouble = socket_trouble(self.socket)
+        if trouble is not None:
+            raise CliError(trouble)
+
     def _dd_flag(self) -> str:
         return "" if self.data_dir == resolve_data_dir(None) else f" --data-dir {self.data_dir}"
 
@@ -65,6 +72,7 @@ class AdminClient:
         assert self._session is not None
         if not self.socket.exists():
             raise self._not_running()
+        self.check_socket()
         try:
             async with self._session.request(method, f"http://node{path}", json=body) as resp:
                 data = await resp.json(content_type=None)
@@ -82,6 +90,7 @@ class AdminClient:
         assert self._session is not None
         if not self.socket.exists():
             raise self._not_running()
+        self.check_socket()
         try:
             async with self._session.get(f"http://node{path}") as resp:
                 if resp.status >= 400:

@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -263,7 +263,7 @@ class RpcService:
         method: str,
         args: Mapping[str, Any] | None,
         silence: float,
-    ) -> AsyncIterator[tuple[tuple[Any, ...] | None, Any]]:
+    ) -> AsyncGenerator[tuple[tuple[Any, ...] | None, Any], None]:
         """Yields ``(items, None)`` per chunk, then ``(None, result)`` once at the end."""
         link = self._link(peer_id)
         call_id = new_ulid()
