@@ -308,13 +308,36 @@ def _repo_patch(a: argparse.Namespace, hint: str) -> dict[str, Any]:
         patch["uri"] = a.uri
     if a.password_stdin or a.password_file or a.password_env or a.password_command:
         patch["password"] = _read_password(a)
-    if a.env is not None:
-        patch["env"] = _env_pairs(a.env)
+    if a.env is not None or a.env_file:
+        patch["env"] = _env_of(a)
     if a.option is not None:
         patch["options"] = [o for o in a.option if o]
     if not patch:
         raise CliError(f"nothing to change: {hint}")
     return patch
+
+
+ENV_ON_COMMAND_LINE = (
+    "peerstash: warning: --env values on the command line are visible to other users of this "
+    "machine (ps, /proc); put KEY=VALUE lines in a private file and give --env-file FILE"
+)
+
+
+def _env_of(a: argparse.Namespace) -> dict[str, str]:
+    """``--env-file`` lines, then ``--env`` pairs (which win); values given as arguments are
+    visible to other local users, so they earn a warning."""
+    env: dict[str, str] = {}
+    if a.env_file:
+        try:
+            text = Path(a.env_file).read_text()
+        except OSError as exc:
+            raise CliError(f"--env-file {a.env_file}: {exc.strerror or exc}") from None
+        lines = [ln.strip() for ln in text.splitlines()]
+        env.update(_env_pairs([ln for ln in lines if ln and not ln.startswith("#")]))
+    if any(item.partition("=")[2] for item in a.env or []):
+        print(ENV_ON_COMMAND_LINE, file=sys.stderr)
+    env.update(_env_pairs(a.env or []))
+    return env
 
 
 def _env_pairs(items: list[str]) -> dict[str, str]:
@@ -335,7 +358,7 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
     if getattr(a, "on", None):
         return await _repo_on(c, a, a.on)
     if a.repo_cmd == "add":
-        env = _env_pairs(a.env or [])
+        env = _env_of(a)
         body = {
             "id": a.name,
             "uri": a.uri,
@@ -402,7 +425,7 @@ async def _repo_on(c: AdminClient, a: argparse.Namespace, peer: str) -> int:
             "id": a.name,
             "uri": a.uri,
             "password": _read_password(a),
-            "env": _env_pairs(a.env or []),
+            "env": _env_of(a),
             "options": a.option or [],
             "init": a.init,
         }
@@ -1085,6 +1108,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--env", action="append", metavar="K=V", help="extra environment for restic (kept secret)"
     )
     ra.add_argument(
+        "--env-file", metavar="FILE", help="KEY=VALUE lines (not on the command line, unlike --env)"
+    )
+    ra.add_argument(
         "--option", action="append", metavar="K=V", help="restic -o option, e.g. sftp.command=..."
     )
     ra.add_argument(
@@ -1097,6 +1123,7 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--uri")
     password_options(re_)
     re_.add_argument("--env", action="append", metavar="K=V", help="replaces the extra environment")
+    re_.add_argument("--env-file", metavar="FILE", help="KEY=VALUE lines, with --env replace it")
     re_.add_argument("--option", action="append", metavar="K=V", help="replaces the -o options")
     re_.set_defaults(init=False)
     on_flag(re_, "it must grant config.write for the repository")

@@ -164,3 +164,27 @@ def test_a_token_on_the_command_line_still_works_with_a_warning(node_factory: An
     assert res.returncode == 1
     assert "peerstash peer add -" in res.stderr
     assert paired(c) == {}
+
+
+def test_secret_environment_values_come_from_a_file_not_the_command_line(
+    node_factory: Any, tmp_path: Path
+) -> None:
+    """``--env K=V`` (S3 keys...) would sit on the command line too: ``--env-file`` does not."""
+    a = node_factory("alpha").start()
+    env_file = tmp_path / "nas.env"
+    env_file.write_text("# S3 credentials\nAWS_SECRET_ACCESS_KEY=s3cr3t-value\n\nFOO=bar\n")
+    env_file.chmod(0o600)
+    repo = tmp_path / "repo"
+    res = a.cli(
+        "repo", "add", "nas", "--uri", str(repo), "--init", "--password-stdin",
+        "--env-file", str(env_file), input="repo-password\n",
+    )  # fmt: skip
+    assert "warning" not in res.stderr
+    (listed,) = json.loads(a.cli("repo", "list", "--json").stdout)
+    assert sorted(listed["env_keys"]) == ["AWS_SECRET_ACCESS_KEY", "FOO"]
+    assert "s3cr3t-value" not in json.dumps(listed)
+    res = a.cli("repo", "edit", "nas", "--env-file", str(env_file), "--env", "FOO=baz")
+    assert "--env values on the command line are visible to other users" in res.stderr
+    assert "--env-file FILE" in res.stderr
+    res = a.cli("repo", "edit", "nas", "--env-file", str(tmp_path / "missing.env"), check=False)
+    assert res.returncode == 1 and "--env-file" in res.stderr and len(res.stderr.splitlines()) == 1
