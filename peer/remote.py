@@ -46,7 +46,15 @@ from peerstash.core.store import NotFound, OpFilter, Store, utcnow
 from peerstash.peer import protocol as proto
 from peerstash.peer.link import Link, PeerManager
 from peerstash.peer.permissions import GrantError, Grants
-from peerstash.peer.rpc import CallContext, CallError, CallTimeout, PeerUnavailable, RpcService, arg
+from peerstash.peer.rpc import (
+    CallContext,
+    CallError,
+    CallTimeout,
+    PeerUnavailable,
+    ReplyTooLarge,
+    RpcService,
+    arg,
+)
 from peerstash.peer.sync import OpsSynced
 
 log = logging.getLogger(__name__)
@@ -438,6 +446,8 @@ class RemoteService:
             return f"{peer_id} refused: {exc.message}"
         if exc.code == proto.ErrorCode.BUSY:
             return f"{peer_id} is busy: {exc.message}"
+        if isinstance(exc, ReplyTooLarge):
+            return exc.message  # "peer X sent a reply larger than ..."
         return f"{peer_id} could not do it: {exc.message}"
 
     # -- asking: state -------------------------------------------------------------------------

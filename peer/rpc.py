@@ -287,6 +287,11 @@ class RpcService:
                 return
         finally:
             self._waiting.pop(call_id, None)
+            # A read loop waiting for room in this queue (see _route) must not wait for a
+            # consumer that left: what is queued is dropped, and so is what still comes.
+            waiting.failed = waiting.failed or PeerUnavailable("the call ended")
+            while not waiting.frames.empty():
+                waiting.frames.get_nowait()
             if not finished and not link.closed.is_set():
                 with contextlib.suppress(Exception):
                     await link.send(proto.CallCancel(id=call_id))
@@ -425,17 +430,17 @@ class RpcService:
         async for item in items:
             batch.append(item)
             if len(batch) >= CHUNK_ITEMS:
-                await link.send(proto.ReplyChunk(id=call_id, items=tuple(batch)))
+                await _send_whole(link, proto.ReplyChunk(id=call_id, items=tuple(batch)))
                 batch = []
         if batch:
-            await link.send(proto.ReplyChunk(id=call_id, items=tuple(batch)))
+            await _send_whole(link, proto.ReplyChunk(id=call_id, items=tuple(batch)))
         await self._reply(link, call_id)
 
     async def _reply(self, link: Link, call_id: str, **fields: Any) -> None:
         if "error" in fields and fields["error"] is not None:
             fields["error"] = str(fields["error"])[:2000]
         with contextlib.suppress(ch.ChannelError, ConnectionError, RuntimeError):
-            await link.send(proto.Reply(id=call_id, **fields))
+            await _send_whole(link, proto.Reply(id=call_id, **fields))
 
     async def _grants_of(self, peer_id: str) -> Grants:
         try:
@@ -446,3 +451,13 @@ class RpcService:
 
 def _size(n: int) -> str:
     return f"{n / (1024 * 1024):g} MiB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
+async def _send_whole(link: Link, msg: proto.Message) -> None:
+    """Send ``msg`` even if the handler is cancelled meanwhile (the caller's CallCancel).
+
+    A send cancelled halfway kills the channel (the frame may be half-written), so one call's
+    cancel would drop the whole link; shielded, the frame goes out whole (when the socket has
+    room) and the handler stops right after.
+    """
+    await asyncio.shield(link.send(msg))

@@ -10,6 +10,7 @@ bounded amount, and the rest of the answer arrives once it reads again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tracemalloc
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -125,3 +126,30 @@ async def test_a_stream_to_a_consumer_that_stops_reading_holds_a_bounded_amount(
     finally:
         tracemalloc.stop()
     assert got == total == produced
+
+
+async def test_a_consumer_that_leaves_a_full_stream_does_not_stall_the_link(
+    make_node: MakeNode,
+) -> None:
+    a = await make_node("alpha")
+    b = await make_node("bravo")
+    await link(a, b, ["ops"])
+
+    async def listing(ctx: CallContext, args: Mapping[str, Any]) -> AsyncIterator[str]:
+        for _ in range(60 * 1024):
+            yield ITEM
+
+    async def ping(ctx: CallContext, args: Mapping[str, Any]) -> str:
+        return "pong"
+
+    rpc(a).register("test.ls", listing, grant=None)
+    rpc(a).register("test.ping", ping, grant=None)
+    async with contextlib.aclosing(rpc(b).stream("alpha", "test.ls", silence=60)) as items:
+        async for _ in items:
+            # Stop reading until the queue is full and the link waits for room (the state
+            # under test; nothing signals it), then leave.
+            await asyncio.sleep(1.0)
+            break
+    # The link's reader was waiting for this consumer; it is released at once, not after
+    # the stream's 60 s of silence.
+    assert await rpc(b).call("alpha", "test.ping", silence=10) == "pong"
