@@ -55,7 +55,7 @@ from peerstash.peer.rpc import (
     RpcService,
     arg,
 )
-from peerstash.peer.sync import OpsSynced
+from peerstash.peer.sync import OpsSynced, is_plain_id
 
 log = logging.getLogger(__name__)
 
@@ -631,7 +631,8 @@ class RemoteService:
 
     def _request_id(self, args: Mapping[str, Any]) -> str:
         rid = arg(args, "request_id")
-        if not 0 < len(rid) <= 40:
+        # It becomes the flow id of our operation, which syncs to our peers: a plain id only.
+        if not 0 < len(rid) <= 40 or not is_plain_id(rid):
             raise CallError(proto.ErrorCode.BAD_REQUEST, "argument 'request_id' is malformed")
         return str(rid)
 

@@ -86,6 +86,12 @@ _TRUNCATED_SUMMARY = '{"truncated": true}'
 #: listings and used as filters.
 _ID_OK = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*").fullmatch
 
+
+def is_plain_id(text: str) -> bool:
+    """True when ``text`` may be an id that came from a peer (see ``_ID_OK``)."""
+    return _ID_OK(text) is not None
+
+
 # A summary must be a JSON object of bounded depth: deeper nesting could exhaust the JSON
 # reader's recursion when the operation is read back later. Six levels fit every summary the
 # engine writes (forget: summary → groups → group → paths → path).
@@ -193,8 +199,9 @@ def _accept(ops: Sequence[proto.OpRecord]) -> tuple[list[tuple[Any, ...]], int]:
     were skipped.
 
     The decoder already checked types and lengths; this checks meaning: a status and kind we
-    know (views switch on them), ids that are plain names (see ``_ID_OK``), real calendar timestamps in the store's layout (its reader
-    would fail on 30 February later, for every listing), and a summary that is a JSON object
+    know (views switch on them), ids that are plain names (:func:`is_plain_id`), real calendar
+    timestamps in the store's layout (its reader would fail on 30 February later, for every
+    listing), and a summary that is a JSON object
     of bounded depth (else it is stored as ``{}``). One loop, no call per field: a full sync
     runs this 100,000 times.
     """

@@ -22,6 +22,7 @@ from peerstash.core.text import PrintableFormatter, printable, use_printable_log
 from peerstash.peer import protocol as proto
 from peerstash.peer.link import LinkStateChanged, PairingError
 from peerstash.peer.node import Node
+from peerstash.peer.rpc import CallError
 from peerstash.peer.sync import OpsSynced
 from peerstash.peer.tokens import parse_token
 from tests.e2e.conftest import PEERSTASH
@@ -217,3 +218,16 @@ def test_log_lines_with_peer_text_stay_one_visible_line() -> None:
         "WARNING peerstash.peer.link: refused link from 10.0.0.9: "
         "evil\\u000aINFO forged line\\u001b[2J\\u202e"
     )
+
+
+async def test_a_remote_request_id_that_is_not_a_plain_id_is_refused(make_node: MakeNode) -> None:
+    """The id becomes the flow id of the answering node's operation, which syncs onwards."""
+    a = await make_node("alpha")
+    b = await make_node("bravo")
+    await link(a, b, ["run"])
+    assert b.rpc is not None
+    with pytest.raises(CallError) as err:
+        await b.rpc.call("alpha", "remote.run", {"request_id": f"r{ESC}[2J", "plan": "p1"})
+    assert err.value.code == proto.ErrorCode.BAD_REQUEST
+    assert "request_id" in err.value.message
+    assert await store_of(a).list_operations(OpFilter(origin="alpha")) == []
