@@ -31,7 +31,7 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QColor, QPainter, QPalette
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
-from peerstash.core.text import printable
+from peerstash.core.text import printable, printable_lines
 from peerstash.desktop import fmt
 from peerstash.desktop.api import ApiError, query
 from peerstash.desktop.backend import Backend
@@ -128,7 +128,7 @@ class OpsModel(QAbstractTableModel):
         if role == ProgressRole:
             return fmt.op_progress(op)
         if role == Qt.ItemDataRole.ToolTipRole and col == COL_DETAIL:
-            return printable(op["error"]) if op.get("error") else None
+            return printable_lines(str(op["error"])) if op.get("error") else None
         if role == Qt.ItemDataRole.ForegroundRole and col == COL_DETAIL and op.get("error"):
             return QColor(STATUS_COLORS.get(str(op.get("status")), "#d64541"))
         return None
