@@ -18,7 +18,7 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 
-from peerstash.peer.cli import AdminClient
+from peerstash.peer.cli import AdminClient, CliError
 
 
 class ApiError(Exception):
@@ -62,6 +62,10 @@ class DesktopClient(AdminClient):
         if not self.socket.exists():
             raise ApiError(str(self._not_running()))
         try:
+            self.check_socket()
+        except CliError as exc:
+            raise ApiError(str(exc)) from None
+        try:
             async with self._session.request(method, f"http://node{path}", json=body) as resp:
                 raw = await resp.read()
                 try:
@@ -100,6 +104,10 @@ class DesktopClient(AdminClient):
             raise ApiError("not connected to the node")
         if not self.socket.exists():
             raise ApiError(str(self._not_running()))
+        try:
+            self.check_socket()
+        except CliError as exc:
+            raise ApiError(str(exc)) from None
         try:
             async with self._session.get(f"http://node{path}") as resp:
                 if resp.status >= 400:

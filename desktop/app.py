@@ -26,6 +26,7 @@ from pathlib import Path
 import shiboken6
 from PySide6.QtWidgets import QApplication
 
+from peerstash.core.text import use_printable_log_lines
 from peerstash.desktop import autostart, prefs, qtfix
 from peerstash.desktop.api import ApiError, DesktopClient, node_answers
 from peerstash.desktop.backend import Backend
@@ -207,6 +208,7 @@ def run_gui(args: argparse.Namespace) -> int:
     )
     if not getattr(args, "verbose", False):  # as the daemon: no migration chatter on start
         logging.getLogger("alembic").setLevel(logging.WARNING)
+    use_printable_log_lines()
     data_dir = resolve_data_dir(args.data_dir)
     qapp = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "peerstash"])
     assert isinstance(qapp, QApplication)

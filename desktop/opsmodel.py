@@ -31,6 +31,7 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QColor, QPainter, QPalette
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
+from peerstash.core.text import printable, printable_lines
 from peerstash.desktop import fmt
 from peerstash.desktop.api import ApiError, query
 from peerstash.desktop.backend import Backend
@@ -118,7 +119,8 @@ class OpsModel(QAbstractTableModel):
         op = self._rows[index.row()]
         col = index.column()
         if role == Qt.ItemDataRole.DisplayRole:
-            return self._text(op, col)
+            # Plan, repository, node and error texts may come from a peer: shown inert.
+            return printable(self._text(op, col))
         if role == Qt.ItemDataRole.DecorationRole and col == COL_STATUS:
             return status_icon(str(op.get("status")))
         if role == OpRole:
@@ -126,7 +128,7 @@ class OpsModel(QAbstractTableModel):
         if role == ProgressRole:
             return fmt.op_progress(op)
         if role == Qt.ItemDataRole.ToolTipRole and col == COL_DETAIL:
-            return op.get("error") or None
+            return printable_lines(str(op["error"])) if op.get("error") else None
         if role == Qt.ItemDataRole.ForegroundRole and col == COL_DETAIL and op.get("error"):
             return QColor(STATUS_COLORS.get(str(op.get("status")), "#d64541"))
         return None

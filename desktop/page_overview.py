@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from peerstash.core.text import printable, printable_lines
 from peerstash.desktop import fmt
 from peerstash.desktop.api import query
 from peerstash.desktop.backend import Backend
@@ -165,13 +166,14 @@ class OverviewPage(Page):
         t.setRowCount(len(rows))
         for r, (p, plan, op) in enumerate(rows):
             state = str(p.get("state") or "?")
-            t.setItem(r, 0, item(str(p.get("label") or p.get("id") or "?")))
+            # Peer ids, plan names, reasons and errors come from peers: shown inert.
+            t.setItem(r, 0, item(printable(str(p.get("label") or p.get("id") or "?"))))
             link = item(state)
             link.setForeground(QColor(PEER_COLORS.get(state, "#858b94")))
             if p.get("state_reason"):
-                link.setToolTip(str(p["state_reason"]))
+                link.setToolTip(printable(p["state_reason"]))
             t.setItem(r, 1, link)
-            t.setItem(r, 2, item(plan or "—"))
+            t.setItem(r, 2, item(printable(plan or "—")))
             if op is None:
                 t.setItem(r, 3, item("—"))
                 t.setItem(r, 4, item("no operations shared" if not plan else ""))
@@ -182,7 +184,7 @@ class OverviewPage(Page):
             res = item(fmt.STATUS_WORDS.get(status, status))
             res.setIcon(status_icon(status))
             if op.get("error"):
-                res.setToolTip(str(op["error"]))
+                res.setToolTip(printable_lines(str(op["error"])))
             t.setItem(r, 4, res)
         rows_h = sum(t.rowHeight(r) for r in range(min(len(rows), 8)))
         t.setFixedHeight(t.horizontalHeader().height() + rows_h + 4)

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from peerstash.core.text import printable
 from peerstash.desktop import fmt
 from peerstash.desktop.api import ApiError, PeersApi, Unavailable
 from peerstash.desktop.backend import Backend
@@ -319,16 +320,16 @@ class PeersPage(Page):
             for r, p in enumerate(rows):
                 name = str(p.get("id") or p.get("instance_id") or "?")
                 # The label tells same-named machines apart; the row's data stays the id.
-                table.setItem(r, 0, item(str(p.get("label") or name), name))
+                table.setItem(r, 0, item(printable(str(p.get("label") or name)), name))
                 state = str(p.get("state") or "")
                 st = item(state)
                 st.setForeground(QColor(STATE_COLOR.get(state, "#444")))
                 if p.get("state_reason"):
-                    st.setToolTip(str(p["state_reason"]))
+                    st.setToolTip(printable(p["state_reason"]))
                 table.setItem(r, 1, st)
                 table.setItem(r, 2, item(str(p.get("key_id") or "")))
                 table.setItem(r, 3, item(grants_text(p.get("grants"))))
-                table.setItem(r, 4, item(grants_text(p.get("their_grants"))))
+                table.setItem(r, 4, item(printable(grants_text(p.get("their_grants")))))
                 table.setItem(r, 5, item(fmt.ago(p.get("last_seen"))))
                 if name == keep:
                     table.selectRow(r)

@@ -16,6 +16,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QIcon
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
+from peerstash.core.text import printable, printable_lines
 from peerstash.desktop import fmt
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.icons import dot_pixmap, state_icon
@@ -326,6 +327,8 @@ class Tray(QObject):
     ) -> bool:
         if not self.notifications_enabled or not self.limiter.allow(key):
             return False
+        # Peer ids, plan names and error texts may come from a peer: shown inert.
+        title, message = printable(title), printable_lines(message)
         log.info("notification: %s: %s", title, message)
         if self.icon is not None and QSystemTrayIcon.supportsMessages():
             self.icon.showMessage(title, message, icon, 10_000)

@@ -21,7 +21,8 @@ from urllib.parse import quote
 import aiohttp
 
 from peerstash.core import __version__
-from peerstash.peer.paths import admin_socket_path, resolve_data_dir
+from peerstash.core.text import printable, printable_lines
+from peerstash.peer.paths import admin_socket_path, resolve_data_dir, socket_trouble
 
 #: Exit codes: 0 ok, 1 failed, 2 usage, 3 finished with a warning (like restic's partial backup).
 EXIT_FAILED = 1
@@ -57,6 +58,13 @@ class AdminClient:
             f"`peerstash --no-gui{self._dd_flag()}` (or the tray app)"
         )
 
+    def check_socket(self) -> None:
+        """Refuse, before a byte is sent, a socket or directory that is not ours alone: in a
+        shared runtime directory it could be another user's listener (see ``peer/paths.py``)."""
+        trouble = socket_trouble(self.socket)
+        if trouble is not None:
+            raise CliError(trouble)
+
     def _dd_flag(self) -> str:
         return "" if self.data_dir == resolve_data_dir(None) else f" --data-dir {self.data_dir}"
 
@@ -64,6 +72,7 @@ class AdminClient:
         assert self._session is not None
         if not self.socket.exists():
             raise self._not_running()
+        self.check_socket()
         try:
             async with self._session.request(method, f"http://node{path}", json=body) as resp:
                 data = await resp.json(content_type=None)
@@ -81,6 +90,7 @@ class AdminClient:
         assert self._session is not None
         if not self.socket.exists():
             raise self._not_running()
+        self.check_socket()
         try:
             async with self._session.get(f"http://node{path}") as resp:
                 if resp.status >= 400:
@@ -130,6 +140,9 @@ def short_time(iso: str | None) -> str:
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:
+    """Aligned columns; each cell is made :func:`printable` (peer text cannot steer the
+    terminal or break the layout with a newline)."""
+    rows = [[printable(c) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
@@ -232,10 +245,14 @@ async def wait_for(
             snap = f", snapshot {done['snapshot_id'][:8]}" if done.get("snapshot_id") else ""
             print(f"{what}: success{snap}")
         elif status == "warning":
-            print(f"{what}: finished with a warning: {done.get('error')}", file=sys.stderr)
+            print(
+                printable(f"{what}: finished with a warning: {done.get('error')}"), file=sys.stderr
+            )
             code = max(code, EXIT_WARNING) if code != EXIT_FAILED else code
         else:
-            print(f"{what}: {status}: {done.get('error') or 'no details'}", file=sys.stderr)
+            print(
+                printable(f"{what}: {status}: {done.get('error') or 'no details'}"), file=sys.stderr
+            )
             code = EXIT_FAILED
     return code
 
@@ -244,7 +261,9 @@ async def wait_for(
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)
+    """``--json``: the data as JSON (its escaping keeps peer text inert); else ``text``, line
+    by line made :func:`printable`."""
+    print(json.dumps(data, indent=2) if getattr(args, "json", False) else printable_lines(text))
 
 
 def fleet_lines(plans: list[dict[str, Any]]) -> list[str]:
@@ -317,13 +336,36 @@ def _repo_patch(a: argparse.Namespace, hint: str) -> dict[str, Any]:
         patch["uri"] = a.uri
     if a.password_stdin or a.password_file or a.password_env or a.password_command:
         patch["password"] = _read_password(a)
-    if a.env is not None:
-        patch["env"] = _env_pairs(a.env)
+    if a.env is not None or a.env_file:
+        patch["env"] = _env_of(a)
     if a.option is not None:
         patch["options"] = [o for o in a.option if o]
     if not patch:
         raise CliError(f"nothing to change: {hint}")
     return patch
+
+
+ENV_ON_COMMAND_LINE = (
+    "peerstash: warning: --env values on the command line are visible to other users of this "
+    "machine (ps, /proc); put KEY=VALUE lines in a private file and give --env-file FILE"
+)
+
+
+def _env_of(a: argparse.Namespace) -> dict[str, str]:
+    """``--env-file`` lines, then ``--env`` pairs (which win); values given as arguments are
+    visible to other local users, so they earn a warning."""
+    env: dict[str, str] = {}
+    if a.env_file:
+        try:
+            text = Path(a.env_file).read_text()
+        except OSError as exc:
+            raise CliError(f"--env-file {a.env_file}: {exc.strerror or exc}") from None
+        lines = [ln.strip() for ln in text.splitlines()]
+        env.update(_env_pairs([ln for ln in lines if ln and not ln.startswith("#")]))
+    if any(item.partition("=")[2] for item in a.env or []):
+        print(ENV_ON_COMMAND_LINE, file=sys.stderr)
+    env.update(_env_pairs(a.env or []))
+    return env
 
 
 def _env_pairs(items: list[str]) -> dict[str, str]:
@@ -344,7 +386,7 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
     if getattr(a, "on", None):
         return await _repo_on(c, a, a.on)
     if a.repo_cmd == "add":
-        env = _env_pairs(a.env or [])
+        env = _env_of(a)
         body = {
             "id": a.name,
             "uri": a.uri,
@@ -413,7 +455,7 @@ async def _repo_on(c: AdminClient, a: argparse.Namespace, peer: str) -> int:
             "id": a.name,
             "uri": a.uri,
             "password": _read_password(a),
-            "env": _env_pairs(a.env or []),
+            "env": _env_of(a),
             "options": a.option or [],
             "init": a.init,
         }
@@ -552,7 +594,7 @@ async def cmd_ops(c: AdminClient, a: argparse.Namespace) -> int:
             if a.json:
                 print(json.dumps(op), flush=True)
             else:
-                print("  ".join(op_line(op)), flush=True)
+                print(printable("  ".join(op_line(op))), flush=True)
         return 0
     q = f"?limit={a.limit}"
     for key in ("origin", "plan", "repo", "status"):
@@ -594,9 +636,9 @@ async def cmd_events(c: AdminClient, a: argparse.Namespace) -> int:
             print(json.dumps(ev), flush=True)
         elif ev["type"] == "link":
             why = f" ({ev['reason']})" if ev.get("reason") else ""
-            print(f"peer {ev['peer']}: {ev['state']}{why}", flush=True)
+            print(printable(f"peer {ev['peer']}: {ev['state']}{why}"), flush=True)
         elif ev["type"] == "operation":
-            print("op  " + "  ".join(op_line(ev["op"])), flush=True)
+            print(printable("op  " + "  ".join(op_line(ev["op"]))), flush=True)
         else:
             print(json.dumps(ev), flush=True)
     return 0
@@ -689,7 +731,9 @@ async def cmd_ls(c: AdminClient, a: argparse.Namespace) -> int:
     q = f"?path={a.path}" if a.path else ""
     async for node in c.stream(f"/v1/repos/{a.repo}/snapshots/{a.snapshot}/ls{q}"):
         print(
-            json.dumps(node) if a.json else f"{node.get('type', '?')[0]} {node.get('path')}",
+            json.dumps(node)
+            if a.json
+            else printable(f"{node.get('type', '?')[0]} {node.get('path')}"),
             flush=True,
         )
     return 0
@@ -807,7 +851,7 @@ async def wait_remote(client: AdminClient, req: dict[str, Any], *, as_json: bool
     said = req["state"]
     drew = False
     if not as_json:
-        print(f"{req['state']}: {req['message']}", file=sys.stderr, flush=True)
+        print(printable(f"{req['state']}: {req['message']}"), file=sys.stderr, flush=True)
     async for update in client.stream(f"/v1/remote/requests/{_q(req['id'])}/wait"):
         last = update
         if as_json:
@@ -823,14 +867,14 @@ async def wait_remote(client: AdminClient, req: dict[str, Any], *, as_json: bool
             if drew:
                 sys.stderr.write("\n")
                 drew = False
-            print(f"{update['state']}: {update['message']}", file=sys.stderr, flush=True)
+            print(printable(f"{update['state']}: {update['message']}"), file=sys.stderr, flush=True)
     if drew:
         sys.stderr.write("\n")
     if not as_json:
         if last["state"] in ("failed", "timed out"):
-            print(f"{last['state']}: {last['message']}", file=sys.stderr)
+            print(printable(f"{last['state']}: {last['message']}"), file=sys.stderr)
         else:
-            print(last["message"])
+            print(printable(last["message"]))
     return _remote_exit(last)
 
 
@@ -840,9 +884,9 @@ async def _remote_started(c: AdminClient, a: argparse.Namespace, req: dict[str, 
     if a.json:
         print(json.dumps(req, indent=2))
     elif req["state"] in ("failed", "timed out"):
-        print(f"peerstash: {req['message']}", file=sys.stderr)
+        print(printable(f"peerstash: {req['message']}"), file=sys.stderr)
     else:
-        print(f"request {req['id']} ({req['kind']} on {req['peer']}): {req['message']}")
+        print(printable(f"request {req['id']} ({req['kind']} on {req['peer']}): {req['message']}"))
     return _remote_exit(req)
 
 
@@ -873,7 +917,9 @@ async def cmd_remote(c: AdminClient, a: argparse.Namespace) -> int:
             if "error" in node:
                 raise CliError(f"the listing stopped: {node['error']}")
             print(
-                json.dumps(node) if a.json else f"{node.get('type', '?')[0]} {node.get('path')}",
+                json.dumps(node)
+                if a.json
+                else printable(f"{node.get('type', '?')[0]} {node.get('path')}"),
                 flush=True,
             )
         return 0
@@ -902,8 +948,9 @@ async def cmd_token(c: AdminClient, a: argparse.Namespace) -> int:
         }
         res = await c.call("POST", "/v1/tokens", body)
         text = (
-            f"{res['token']}\n\nGive this token to the other machine (shown once), e.g.\n"
-            f"  peerstash peer add '{res['token']}' --url http://THIS-HOST:PORT\n"
+            f"{res['token']}\n\nGive this token to the other machine (shown once) and run there\n"
+            f"  peerstash peer add --url http://THIS-HOST:PORT\n"
+            f"which asks for it (or pipe it in: peerstash peer add - --url ...).\n"
             f"It expires {short_time(res['expires_at'])} and works {res['max_uses']} time(s); "
             f"grants: {', '.join(res['grants']) or 'none'}"
         )
@@ -932,12 +979,40 @@ async def cmd_token(c: AdminClient, a: argparse.Namespace) -> int:
     return 0
 
 
+TOKEN_ON_COMMAND_LINE = (
+    "peerstash: warning: a token on the command line is visible to other users of this machine "
+    "(ps, /proc) until it is used; give it as `peerstash peer add -` (stdin) or leave it out "
+    "to be asked for it"
+)
+
+
+def _read_token(a: argparse.Namespace) -> str:
+    """The pairing token: from stdin (``-``), asked for on a terminal (no argument), or, with
+    a warning, from the command line (where other local users can read it)."""
+    if a.token == "-":
+        token = sys.stdin.readline().strip()
+    elif a.token is None:
+        if not sys.stdin.isatty():
+            raise CliError(
+                "give the pairing token on stdin with `peerstash peer add -`, or run this on a "
+                "terminal to be asked for it"
+            )
+        token = getpass.getpass("Pairing token: ").strip()
+    else:
+        print(TOKEN_ON_COMMAND_LINE, file=sys.stderr)
+        token = a.token.strip()
+    if not token:
+        raise CliError("no pairing token was given")
+    return token
+
+
 async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
     if a.peer_cmd == "add":
-        body = {"token": a.token, "url": a.url, "grants": a.grant or [], "replace": a.replace}
+        token = _read_token(a)
+        body = {"token": token, "url": a.url, "grants": a.grant or [], "replace": a.replace}
         res = await c.call("POST", "/v1/peers", body)
         who = res["id"] if res.get("name") in (None, res["id"]) else f"{res['name']} ({res['id']})"
-        _emit(a, res, f"paired with {who}, key {res['key_id']}; connecting")
+        _emit(a, res, f"paired with {printable(who)}, key {res['key_id']}; connecting")
         return 0
     if a.peer_cmd == "grant":
         res = await c.call("PATCH", f"/v1/peers/{a.id}", {"grants": a.grant or []})
@@ -1139,6 +1214,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--env", action="append", metavar="K=V", help="extra environment for restic (kept secret)"
     )
     ra.add_argument(
+        "--env-file", metavar="FILE", help="KEY=VALUE lines (not on the command line, unlike --env)"
+    )
+    ra.add_argument(
         "--option", action="append", metavar="K=V", help="restic -o option, e.g. sftp.command=..."
     )
     ra.add_argument(
@@ -1151,6 +1229,7 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--uri")
     password_options(re_)
     re_.add_argument("--env", action="append", metavar="K=V", help="replaces the extra environment")
+    re_.add_argument("--env-file", metavar="FILE", help="KEY=VALUE lines, with --env replace it")
     re_.add_argument("--option", action="append", metavar="K=V", help="replaces the -o options")
     re_.set_defaults(init=False)
     on_flag(re_, "it must grant config.write for the repository")
@@ -1314,7 +1393,12 @@ def build_parser() -> argparse.ArgumentParser:
     peer = sub.add_parser("peer", help="paired instances")
     pesub = peer.add_subparsers(dest="peer_cmd", required=True, parser_class=_Parser)
     pea = pesub.add_parser("add", help="pair with the instance that made TOKEN")
-    pea.add_argument("token")
+    pea.add_argument(
+        "token",
+        nargs="?",
+        help="'-' reads it from stdin; left out, it is asked for (on the command line, other "
+        "local users can see it)",
+    )
     pea.add_argument(
         "--url", help="its peer address, e.g. http://host:9797 (default: find it on the LAN)"
     )
@@ -1481,7 +1565,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(go())
     except CliError as exc:
-        print(f"peerstash: {exc}", file=sys.stderr)
+        print(printable(f"peerstash: {exc}"), file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("peerstash: interrupted (the operation goes on in the node)", file=sys.stderr)

@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from peerstash.core.text import use_printable_log_lines
 from peerstash.peer.link import Timings
 from peerstash.peer.node import Node, NodeError, NodeOptions
 from peerstash.peer.paths import resolve_data_dir
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    use_printable_log_lines()
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     data_dir = resolve_data_dir(args.data_dir)

@@ -42,7 +42,14 @@ from peerstash.peer import channel as ch
 from peerstash.peer import protocol as proto
 from peerstash.peer.identity import Identity, key_id
 from peerstash.peer.permissions import Grants
-from peerstash.peer.tokens import RateLimiter, hash_secret, token_id, verify_secret
+from peerstash.peer.tokens import (
+    RateLimiter,
+    TokenFormatError,
+    hash_secret,
+    token_id,
+    validate_instance_id,
+    verify_secret,
+)
 
 if TYPE_CHECKING:
     from peerstash.peer.discovery import DiscoveredPeer, Discovery
@@ -460,6 +467,25 @@ class PeerManager:
         self, chan: ch.SecureChannel, hello: proto.Hello, remote: str
     ) -> Peer | None:
         pub = chan.peer_public_key
+        # The instance id becomes a key in our store and a name on screens and in logs: the
+        # same rule as in tokens and discovery (no control, format or space characters), and
+        # never our own (a peer claiming to be us would mix its rows with ours).
+        try:
+            validate_instance_id(hello.instance_id)
+        except TokenFormatError as exc:
+            log.warning("refused link from %s: unusable instance id (%s)", remote, exc)
+            await _refuse(chan, proto.ErrorCode.PROTOCOL, f"unusable instance id: {exc}")
+            return None
+        if hello.instance_id == self.instance_id:
+            log.warning("refused link from %s: it claims this node's own instance id", remote)
+            await _refuse(
+                chan,
+                proto.ErrorCode.FORBIDDEN,
+                f"your instance id {hello.instance_id!r} is also this node's id; two paired "
+                "nodes need different ids: give one of them another --instance-id when its "
+                "data directory is created",
+            )
+            return None
         name = hello.name
         if name is not None:
             try:
@@ -505,16 +531,6 @@ class PeerManager:
             return None
         if not self.limiter.allowed(remote):
             await _refuse(chan, proto.ErrorCode.RATE_LIMITED, "too many failed attempts")
-            return None
-        if hello.instance_id == self.instance_id:
-            log.warning("refused pairing from %s: it uses our own instance id", remote)
-            await _refuse(
-                chan,
-                proto.ErrorCode.FORBIDDEN,
-                f"your instance id {hello.instance_id!r} is also this node's id; two paired "
-                "nodes need different ids: give one of them another --instance-id when its "
-                "data directory is created",
-            )
             return None
         secret = hello.pairing_secret
         candidate = Peer(

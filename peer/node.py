@@ -25,7 +25,7 @@ from peerstash.core.secrets import SecretStore, load_or_create_key
 from peerstash.core.store import Store, StoreError
 from peerstash.peer.identity import Identity
 from peerstash.peer.link import PeerManager, Timings
-from peerstash.peer.paths import admin_socket_path, ensure_private_dir
+from peerstash.peer.paths import admin_socket_path, ensure_own_private_dir, ensure_private_dir
 from peerstash.peer.protocol import MAX_DISPLAY_NAME, check_display_name
 from peerstash.peer.remote import DEFAULT_TTL, RemoteService
 from peerstash.peer.remote_config import RemoteConfig
@@ -347,10 +347,11 @@ class Node:
 
         sock = self.socket_path
         if sock.parent != self.data_dir:
-            ensure_private_dir(sock.parent)
-            st = sock.parent.stat()
-            if st.st_uid != os.getuid() or st.st_mode & 0o077:
-                raise NodeError(f"{sock.parent} is not a private directory of this user")
+            # A shared place such as /tmp: never adopt (or chmod) a directory someone else made.
+            try:
+                ensure_own_private_dir(sock.parent)
+            except PermissionError as exc:
+                raise NodeError(f"cannot put the admin socket in {sock.parent}: {exc}") from None
         # We hold the data dir lock, so a socket file left here is from a dead node.
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()

@@ -46,8 +46,16 @@ from peerstash.core.store import NotFound, OpFilter, Store, utcnow
 from peerstash.peer import protocol as proto
 from peerstash.peer.link import Link, PeerManager, PeerRemoved
 from peerstash.peer.permissions import GrantError, Grants
-from peerstash.peer.rpc import CallContext, CallError, CallTimeout, PeerUnavailable, RpcService, arg
-from peerstash.peer.sync import OpsSynced
+from peerstash.peer.rpc import (
+    CallContext,
+    CallError,
+    CallTimeout,
+    PeerUnavailable,
+    ReplyTooLarge,
+    RpcService,
+    arg,
+)
+from peerstash.peer.sync import OpsSynced, is_plain_id
 
 log = logging.getLogger(__name__)
 
@@ -439,6 +447,8 @@ class RemoteService:
             return f"{peer_id} refused: {exc.message}"
         if exc.code == proto.ErrorCode.BUSY:
             return f"{peer_id} is busy: {exc.message}"
+        if isinstance(exc, ReplyTooLarge):
+            return exc.message  # "peer X sent a reply larger than ..."
         return f"{peer_id} could not do it: {exc.message}"
 
     # -- asking: state -------------------------------------------------------------------------
@@ -635,7 +645,8 @@ class RemoteService:
 
     def _request_id(self, args: Mapping[str, Any]) -> str:
         rid = arg(args, "request_id")
-        if not 0 < len(rid) <= 40:
+        # It becomes the flow id of our operation, which syncs to our peers: a plain id only.
+        if not 0 < len(rid) <= 40 or not is_plain_id(rid):
             raise CallError(proto.ErrorCode.BAD_REQUEST, "argument 'request_id' is malformed")
         return str(rid)
 

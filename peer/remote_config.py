@@ -47,6 +47,7 @@ from peerstash.peer.rpc import (
     CallError,
     CallTimeout,
     PeerUnavailable,
+    ReplyTooLarge,
     RpcService,
     arg,
 )
@@ -315,7 +316,7 @@ async def _call(rpc: RpcService, peer_id: str, method: str, args: Mapping[str, A
     (the message says "here" meaning the peer, and the person reading it is elsewhere)."""
     try:
         return await rpc.call(peer_id, method, args)
-    except (PeerUnavailable, CallTimeout):
+    except (PeerUnavailable, CallTimeout, ReplyTooLarge):
         raise  # these already name the peer and say what happened to the link
     except CallError as exc:
         raise CallError(exc.code, f"{peer_id}: {exc.message}") from None

@@ -11,6 +11,13 @@ answer"; this module is that one mechanism, so each feature only registers its m
 * **Streams never time out while data flows.** A caller's wait is bounded by *silence*, not
   by total time: every chunk restarts the clock. Sending is paced by the link itself (a send
   waits for the socket), so a slow caller slows the answerer instead of filling memory.
+* **An answer cannot fill our memory.** :meth:`RpcService.call` gathers at most
+  ``MAX_REPLY_BYTES`` (counted as msgpack), ``MAX_REPLY_CHUNKS`` chunks and ``MAX_REPLY_ITEMS``
+  items; a peer that sends more fails the call with a clear error, and the call is cancelled
+  on the peer (what it still sends is dropped as it arrives). :meth:`RpcService.stream` hands
+  items on as they come, and at most ``QUEUED_FRAMES`` frames wait for a slow consumer: then
+  the link's read loop waits too (the peer's sends wait on the socket), for at most the call's
+  silence, after which the call fails rather than the queue growing.
 * **A dropped link fails every call on it at once** with :class:`PeerUnavailable`, and the
   answerer cancels the handlers of calls it can no longer answer.
 * **Errors are words, not tracebacks.** A handler raises :class:`CallError` (or a core
@@ -25,9 +32,11 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from peerstash.core.engine import EngineError
 from peerstash.core.ids import new_ulid
@@ -38,6 +47,7 @@ from peerstash.peer.link import Link, PeerManager
 from peerstash.peer.permissions import GrantError, Grants
 
 log = logging.getLogger(__name__)
+_encoder = msgspec.msgpack.Encoder()
 
 #: Calls one peer may have running here at once.
 MAX_IN_FLIGHT = 16
@@ -45,6 +55,17 @@ MAX_IN_FLIGHT = 16
 CHUNK_ITEMS = 500
 #: How long a caller waits for the first or next frame of an answer by default.
 DEFAULT_SILENCE = 30.0
+#: Most bytes (as msgpack on the wire) of the chunks one :meth:`RpcService.call` gathers. A
+#: single ``Reply`` is already bounded by the frame limit.
+MAX_REPLY_BYTES = 8 * 1024 * 1024
+#: Most chunks, and most items in all, one :meth:`RpcService.call` gathers (many tiny items
+#: cost far more memory here than bytes on the wire).
+MAX_REPLY_CHUNKS = 4096
+MAX_REPLY_ITEMS = 200_000
+#: Frames of one answer that may wait for its consumer before the link's read loop waits.
+QUEUED_FRAMES = 8
+#: The code of a call that failed because the answer was over the limits (a local code).
+TOO_LARGE = "too_large"
 
 Result = Any
 Handler = Callable[["CallContext", Mapping[str, Any]], Awaitable[Result] | AsyncIterator[Any]]
@@ -64,6 +85,13 @@ class PeerUnavailable(CallError):
 
     def __init__(self, message: str) -> None:
         super().__init__("unavailable", message)
+
+
+class ReplyTooLarge(CallError):
+    """The peer's answer was over what a non-streamed call gathers; the call was cancelled."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(TOO_LARGE, message)
 
 
 class CallTimeout(CallError):
@@ -103,7 +131,12 @@ class _Waiting:
     """A call we made, waiting for its answer."""
 
     link: Link
-    frames: asyncio.Queue[proto.Reply | proto.ReplyChunk] = field(default_factory=asyncio.Queue)
+    silence: float = DEFAULT_SILENCE
+    frames: asyncio.Queue[proto.Reply | proto.ReplyChunk] = field(
+        default_factory=lambda: asyncio.Queue(QUEUED_FRAMES)
+    )
+    #: Set when the call failed while its frames were being routed (a consumer too slow).
+    failed: CallError | None = None
 
 
 def arg(args: Mapping[str, Any], name: str, kind: type | tuple[type, ...] = str, **opt: Any) -> Any:
@@ -176,15 +209,35 @@ class RpcService:
         args: Mapping[str, Any] | None = None,
         *,
         silence: float = DEFAULT_SILENCE,
+        max_bytes: int = MAX_REPLY_BYTES,
     ) -> Any:
-        """Ask ``peer_id`` and return its answer (a streamed answer is returned as a list)."""
+        """Ask ``peer_id`` and return its answer (a streamed answer is returned as a list).
+
+        An answer over ``max_bytes`` (or :data:`MAX_REPLY_CHUNKS` chunks, or
+        :data:`MAX_REPLY_ITEMS` items) raises :class:`ReplyTooLarge` and cancels the call;
+        use :meth:`stream` for answers that may be long.
+        """
         items: list[Any] = []
         result: Any = None
-        async for chunk, final in self._exchange(peer_id, method, args, silence):
-            if chunk is not None:
+        size = chunks = 0
+        async with contextlib.aclosing(self._exchange(peer_id, method, args, silence)) as frames:
+            async for chunk, final in frames:
+                if chunk is None:
+                    result = final
+                    continue
+                chunks += 1
+                size += len(_encoder.encode(chunk))
+                if (
+                    size > max_bytes
+                    or chunks > MAX_REPLY_CHUNKS
+                    or len(items) + len(chunk) > MAX_REPLY_ITEMS
+                ):
+                    raise ReplyTooLarge(
+                        f"peer {peer_id} sent a reply larger than {_size(max_bytes)} "
+                        f"(or over {MAX_REPLY_CHUNKS} chunks or {MAX_REPLY_ITEMS} items) to "
+                        f"{method}; the call was cancelled"
+                    )
                 items.extend(chunk)
-            else:
-                result = final
         return items if items else result
 
     async def stream(
@@ -195,10 +248,14 @@ class RpcService:
         *,
         silence: float = DEFAULT_SILENCE,
     ) -> AsyncIterator[Any]:
-        """Ask ``peer_id`` and yield the items of its streamed answer as they arrive."""
-        async for chunk, _ in self._exchange(peer_id, method, args, silence):
-            for item in chunk or ():
-                yield item
+        """Ask ``peer_id`` and yield the items of its streamed answer as they arrive.
+
+        Nothing is gathered here: the consumer's pace is the peer's (see the module notes).
+        """
+        async with contextlib.aclosing(self._exchange(peer_id, method, args, silence)) as frames:
+            async for chunk, _ in frames:
+                for item in chunk or ():
+                    yield item
 
     async def _exchange(
         self,
@@ -206,11 +263,11 @@ class RpcService:
         method: str,
         args: Mapping[str, Any] | None,
         silence: float,
-    ) -> AsyncIterator[tuple[tuple[Any, ...] | None, Any]]:
+    ) -> AsyncGenerator[tuple[tuple[Any, ...] | None, Any], None]:
         """Yields ``(items, None)`` per chunk, then ``(None, result)`` once at the end."""
         link = self._link(peer_id)
         call_id = new_ulid()
-        waiting = _Waiting(link)
+        waiting = _Waiting(link, silence)
         self._waiting[call_id] = waiting
         finished = False
         try:
@@ -230,6 +287,11 @@ class RpcService:
                 return
         finally:
             self._waiting.pop(call_id, None)
+            # A read loop waiting for room in this queue (see _route) must not wait for a
+            # consumer that left: what is queued is dropped, and so is what still comes.
+            waiting.failed = waiting.failed or PeerUnavailable("the call ended")
+            while not waiting.frames.empty():
+                waiting.frames.get_nowait()
             if not finished and not link.closed.is_set():
                 with contextlib.suppress(Exception):
                     await link.send(proto.CallCancel(id=call_id))
@@ -237,6 +299,8 @@ class RpcService:
     async def _next(
         self, waiting: _Waiting, peer_id: str, method: str, silence: float
     ) -> proto.Reply | proto.ReplyChunk:
+        if waiting.failed is not None:
+            raise waiting.failed
         get = asyncio.ensure_future(waiting.frames.get())
         closed = asyncio.ensure_future(waiting.link.closed.wait())
         try:
@@ -259,8 +323,8 @@ class RpcService:
     async def _on_message(self, link: Link, msg: proto.Message) -> None:
         if isinstance(msg, proto.Reply | proto.ReplyChunk):
             waiting = self._waiting.get(msg.id)
-            if waiting is not None and waiting.link is link:
-                waiting.frames.put_nowait(msg)
+            if waiting is not None and waiting.link is link and waiting.failed is None:
+                await self._route(waiting, msg)
             return
         if isinstance(msg, proto.CallCancel):
             task = self._serving.get(link, {}).get(msg.id)
@@ -292,6 +356,21 @@ class RpcService:
                 calls.pop(call_id, None)
 
             task.add_done_callback(done)
+
+    async def _route(self, waiting: _Waiting, msg: proto.Reply | proto.ReplyChunk) -> None:
+        """Hand a frame to its caller; a full queue pauses the link (bounded by silence)."""
+        try:
+            waiting.frames.put_nowait(msg)
+            return
+        except asyncio.QueueFull:
+            pass
+        try:
+            await asyncio.wait_for(waiting.frames.put(msg), waiting.silence)
+        except TimeoutError:
+            waiting.failed = CallTimeout(
+                f"the answer from {waiting.link.peer_id} was not read for {waiting.silence:g}s; "
+                "the call was cancelled"
+            )
 
     async def _forget_link(self, link: Link) -> None:
         """When a link ends, its calls can no longer be answered: stop them."""
@@ -351,20 +430,34 @@ class RpcService:
         async for item in items:
             batch.append(item)
             if len(batch) >= CHUNK_ITEMS:
-                await link.send(proto.ReplyChunk(id=call_id, items=tuple(batch)))
+                await _send_whole(link, proto.ReplyChunk(id=call_id, items=tuple(batch)))
                 batch = []
         if batch:
-            await link.send(proto.ReplyChunk(id=call_id, items=tuple(batch)))
+            await _send_whole(link, proto.ReplyChunk(id=call_id, items=tuple(batch)))
         await self._reply(link, call_id)
 
     async def _reply(self, link: Link, call_id: str, **fields: Any) -> None:
         if "error" in fields and fields["error"] is not None:
             fields["error"] = str(fields["error"])[:2000]
         with contextlib.suppress(ch.ChannelError, ConnectionError, RuntimeError):
-            await link.send(proto.Reply(id=call_id, **fields))
+            await _send_whole(link, proto.Reply(id=call_id, **fields))
 
     async def _grants_of(self, peer_id: str) -> Grants:
         try:
             return Grants.parse((await self.manager.store.get_peer(peer_id)).grants)
         except (NotFound, GrantError):
             return Grants.none()
+
+
+def _size(n: int) -> str:
+    return f"{n / (1024 * 1024):g} MiB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
+async def _send_whole(link: Link, msg: proto.Message) -> None:
+    """Send ``msg`` even if the handler is cancelled meanwhile (the caller's CallCancel).
+
+    A send cancelled halfway kills the channel (the frame may be half-written), so one call's
+    cancel would drop the whole link; shielded, the frame goes out whole (when the socket has
+    room) and the handler stops right after.
+    """
+    await asyncio.shield(link.send(msg))

@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -81,6 +82,18 @@ _STATUSES = frozenset(s.value for s in OpStatus)
 _KINDS = frozenset(k.value for k in OpKind)
 _RUNNING = OpStatus.RUNNING.value
 _TRUNCATED_SUMMARY = '{"truncated": true}'
+#: What an id from a peer may look like: the characters ``check_name`` allows for plan and
+#: repository names (letters, digits, ``-_.``, not starting with ``-`` or ``.``). Operation,
+#: flow and snapshot ids minted by Peerstash and restic all fit; anything else (a control
+#: character, a bidi override, a space) is refused row by row, since these ids are shown in
+#: listings and used as filters.
+_ID_OK = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*").fullmatch
+
+
+def is_plain_id(text: str) -> bool:
+    """True when ``text`` may be an id that came from a peer (see ``_ID_OK``)."""
+    return _ID_OK(text) is not None
+
 
 # A summary must be a JSON object of bounded depth: deeper nesting could exhaust the JSON
 # reader's recursion when the operation is read back later. Six levels fit every summary the
@@ -189,12 +202,13 @@ def _accept(ops: Sequence[proto.OpRecord]) -> tuple[list[tuple[Any, ...]], int]:
     were skipped.
 
     The decoder already checked types and lengths; this checks meaning: a status and kind we
-    know (views switch on them), real calendar timestamps in the store's layout (its reader
-    would fail on 30 February later, for every listing), and a summary that is a JSON object
+    know (views switch on them), ids that are plain names (:func:`is_plain_id`), real calendar
+    timestamps in the store's layout (its reader would fail on 30 February later, for every
+    listing), and a summary that is a JSON object
     of bounded depth (else it is stored as ``{}``). One loop, no call per field: a full sync
     runs this 100,000 times.
     """
-    statuses, kinds = _STATUSES, _KINDS
+    statuses, kinds, id_ok = _STATUSES, _KINDS, _ID_OK
     parse = datetime.fromisoformat
     astuple = msgspec.structs.astuple
     check_summary = _summary_decoder.decode
@@ -202,6 +216,15 @@ def _accept(ops: Sequence[proto.OpRecord]) -> tuple[list[tuple[Any, ...]], int]:
     skipped = 0
     for rec in ops:
         if rec.status not in statuses or rec.kind not in kinds:
+            skipped += 1
+            continue
+        if not (
+            id_ok(rec.op_id)
+            and (rec.plan_id is None or id_ok(rec.plan_id))
+            and (rec.repo_id is None or id_ok(rec.repo_id))
+            and (not rec.flow_id or id_ok(rec.flow_id))
+            and (rec.snapshot_id is None or id_ok(rec.snapshot_id))
+        ):
             skipped += 1
             continue
         try:
@@ -453,7 +476,8 @@ class SyncService(LinkService):
         rows, skipped = _accept(msg.ops)
         if skipped:
             log.warning(
-                "skipped %d operation(s) from %s: unknown kind or status, or an impossible time",
+                "skipped %d operation(s) from %s: unknown kind or status, an id that is not "
+                "a plain name, or an impossible time",
                 skipped,
                 ls.peer_id,
             )

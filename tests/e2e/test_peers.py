@@ -124,7 +124,7 @@ def test_three_nodes_and_rejections(node_factory: Any) -> None:
     url = status(hub)["peer_url"]
     d.cli("peer", "add", tok, "--url", url)
     e = node_factory("e").start()
-    res = e.cli("peer", "add", tok, "--url", url, check=False)
+    res = e.cli("peer", "add", "-", "--url", url, input=tok + "\n", check=False)
     assert res.returncode == 1
     assert res.stderr.strip() == (
         "peerstash: the pairing token was refused (wrong, expired or used up)"

@@ -385,3 +385,38 @@ def test_trimmed_operations_reload_the_lists(qapp: Any) -> None:
     assert resets == []
     backend._on_event({"type": "ops_deleted", "origin": "bravo", "count": 4})
     assert resets == [True]
+
+
+@needs_qt
+def test_peer_text_is_shown_inert_in_the_operations_view(qapp: Any) -> None:
+    """A peer's plan name, origin and error reach the view with controls written as \\uXXXX."""
+    import asyncio
+
+    from PySide6.QtCore import Qt
+
+    from peerstash.desktop.opsmodel import OpsModel
+
+    hostile = {
+        **_op(1, "error", plan="p\x1b[31m"),
+        "origin": "evil\u202eexe",
+        "error": "boom\x1b[2J\rok\u2066",
+    }
+    model = OpsModel()
+    model.backend = _FakeBackend([hostile], True)  # type: ignore[assignment]
+
+    async def go() -> None:
+        await model.load()
+
+    asyncio.run(go())
+    shown = [
+        str(model.data(model.index(0, col), Qt.ItemDataRole.DisplayRole) or "")
+        for col in range(model.columnCount())
+    ]
+    tips = [
+        str(model.data(model.index(0, col), Qt.ItemDataRole.ToolTipRole) or "")
+        for col in range(model.columnCount())
+    ]
+    text = "|".join(shown + tips)
+    assert not any(c in text for c in "\x1b\r\u202e\u2066")
+    assert "p\\u001b[31m" in text and "evil\\u202eexe" in text and "boom\\u001b[2J" in text
+    assert model.op_at(0)["error"] == hostile["error"]  # the data itself is untouched

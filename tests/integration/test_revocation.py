@@ -122,7 +122,7 @@ async def share_and_use(o: Node, r: Node, tmp_path: Path) -> str:
         "r1",
         str(tmp_path / "repo1"),
         PasswordSpec("secret", value=PW1),
-        env={"SOME_TOKEN": ENV_SECRET},
+        env={"AWS_SESSION_TOKEN": ENV_SECRET},
         init=True,
     )
     await o.engine.add_plan("po", repo_id="r1", paths=[str(src)])
@@ -136,7 +136,7 @@ async def share_and_use(o: Node, r: Node, tmp_path: Path) -> str:
     accepted = await until(r, req.id, ACCEPTED, FAILED)
     assert accepted.state == ACCEPTED and (accepted.note or "").startswith(NOT_VISIBLE)
     names = await secret_names(r)
-    assert {"repo/r1@o/password", "repo/r1@o/env/SOME_TOKEN"} <= set(names)
+    assert {"repo/r1@o/password", "repo/r1@o/env/AWS_SESSION_TOKEN"} <= set(names)
     return req.id
 
 

@@ -23,7 +23,9 @@ async def serve(data_dir: Path, handler: web.RequestHandler) -> web.AppRunner:  
     await runner.setup()
     sock = admin_socket_path(data_dir)
     sock.parent.mkdir(parents=True, exist_ok=True)
+    sock.parent.chmod(0o700)
     await web.UnixSite(runner, str(sock)).start()
+    sock.chmod(0o600)  # as the node makes it: clients refuse a socket others can open
     return runner
 
 
