@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import resource
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from peerstash.core.engine import Engine, check_name
 from peerstash.core.events import EventBus
 from peerstash.core.secrets import SecretStore, load_or_create_key
 from peerstash.core.store import Store
+from peerstash.peer import logflood
+from peerstash.peer.guard import GuardedTCPSite, PeerPortGuard
 from peerstash.peer.identity import Identity
 from peerstash.peer.link import PeerManager, Timings
 from peerstash.peer.paths import admin_socket_path, ensure_private_dir
@@ -80,6 +83,30 @@ class NodeOptions:
 
 DEFAULT_LISTEN = "0.0.0.0:9797"
 
+#: Seconds an idle keep-alive connection on the peer port stays open (aiohttp's default: an hour).
+PEER_KEEPALIVE = 5.0
+
+#: The open-file limit asked for when the hard limit is unlimited.
+WANTED_NOFILE = 65536
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise the soft open-file limit to the hard one; return the ``(soft, hard)`` in force.
+
+    Distributions start services with a soft limit of 1,024 descriptors, which a few hundred
+    peer connections and a running backup can exhaust; the hard limit (the shipped units set
+    ``LimitNOFILE=65536``) is what this process may have, so it takes it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = WANTED_NOFILE if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, want, exc)
+    return soft, hard
+
 
 def default_instance_id() -> str:
     name = socket.gethostname().split(".")[0] or "peerstash"
@@ -110,6 +137,8 @@ class Node:
         self.peer_url: str | None = None
         self._peer_port: int | None = None
         self.discovery: Discovery | None = None
+        #: Limits what unauthenticated clients hold on the peer port (see ``guard.py``).
+        self.peer_guard: PeerPortGuard | None = None
 
     # -- single instance ---------------------------------------------------------------------
 
@@ -142,6 +171,10 @@ class Node:
     async def start(self) -> None:
         ensure_private_dir(self.data_dir)
         self._acquire_lock()
+        # A flood of connections must cost counted log lines, not gigabytes of them.
+        logflood.install()
+        soft, hard = raise_open_file_limit()
+        log.debug("open-file limit: %s (hard %s)", soft, hard)
         try:
             await self._start()
         except BaseException:
@@ -220,11 +253,17 @@ class Node:
         # A short shutdown timeout: by the time the runner stops, PeerManager.stop has ended
         # every link, and aiohttp would otherwise wait its full 60 s for a connection a peer
         # opened in that very moment (it ignores the request once shutting down).
+        # keepalive_timeout: an idle keep-alive connection costs a descriptor; 5 s, not an hour.
         runner = web.AppRunner(
-            make_peer_app(self.peers), access_log=None, handle_signals=False, shutdown_timeout=2.0
+            make_peer_app(self.peers),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=2.0,
+            keepalive_timeout=PEER_KEEPALIVE,
         )
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        self.peer_guard = PeerPortGuard()
+        site = GuardedTCPSite(runner, host, port, self.peer_guard)
         try:
             await site.start()
         except OSError as exc:
