@@ -781,6 +781,24 @@ class _Dialer:
         if not self.task.cancelled():
             self.task.exception()  # mark it retrieved; stopping is all that was asked
 
+    async def _still_ours(self) -> Peer | None:
+        """The peer, if we still dial it; else this dialer leaves the manager's table.
+
+        Pairing again the other way round (we redeemed the peer's token after it redeemed
+        ours) turns a known host into an authorized client: it dials us now, and a dialer
+        left running would show it ``offline``/``unreachable`` next to its live link.
+        """
+        try:
+            peer = await self.m.store.get_peer(self.peer_id)
+        except NotFound:
+            return None
+        if peer.role == "known_host":
+            return peer
+        if self.m._dialers.get(self.peer_id) is self:
+            del self.m._dialers[self.peer_id]
+        log.info("%s dials us now; this side stops dialling it", self.peer_id)
+        return None
+
     def _recently_seen(self, peer: Peer) -> bool:
         if peer.last_seen is None:
             return False
@@ -825,9 +843,8 @@ class _Dialer:
         delay = t.backoff_min
         failures = 0
         while True:
-            try:
-                peer = await self.m.store.get_peer(self.peer_id)
-            except NotFound:
+            peer = await self._still_ours()
+            if peer is None:
                 return
             await self.m._set_state(self.peer_id, CONNECTING, None)
             state, reason = UNREACHABLE, ""
@@ -866,6 +883,8 @@ class _Dialer:
                     await self._pause(delay * random.uniform(0.5, 1.0))
                     delay = min(recent_cap, delay * 2)
                     continue
+            if await self._still_ours() is None:
+                return
             failures += 1
             shown = (
                 state

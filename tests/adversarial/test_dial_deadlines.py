@@ -115,3 +115,35 @@ async def _hold_for(until: float) -> None:
     rest = until - time.monotonic()
     if rest > 0:
         await asyncio.sleep(rest)
+
+
+async def test_pairing_again_the_other_way_leaves_no_stale_dialer(tmp_path: Path) -> None:
+    a = Node(tmp_path / "a-data", "alpha", timings=TIMINGS)
+    b = Node(tmp_path / "b-data", "beta", timings=TIMINGS)
+    await a.start()
+    await b.start()
+    try:
+        async with LinkWatch(a) as wa, LinkWatch(b) as wb:
+            await pair(b, a)  # beta dials alpha
+            await wb.wait("alpha", "online", 30)
+            paired_at = time.monotonic()
+            await pair(a, b)  # now alpha redeems beta's token: alpha dials beta from here on
+            await wa.wait("beta", "online", 30, after=paired_at)
+            await wb.wait("alpha", "online", 30, after=paired_at)
+            settled = time.monotonic()
+            # A dialer left running on beta would dial alpha (which has no URL there now) and
+            # show it connecting/offline/unreachable within a few seconds of backoff.
+            await _hold_for(settled + 8)
+            after = [
+                (st, why) for when, who, st, why in wb.history if who == "alpha" and when > settled
+            ]
+        assert after == [], after
+        on_b = {p["id"]: p for p in await b.cli_json("peer", "list")}["alpha"]
+        on_a = {p["id"]: p for p in await a.cli_json("peer", "list")}["beta"]
+        assert (on_b["role"], on_b["state"]) == ("authorized_client", "online")
+        assert (on_a["role"], on_a["state"]) == ("known_host", "online")
+        res = await b.cli("peer", "check", "alpha", "--json")
+        assert "dials us" in json.loads(res.stdout)["message"]
+    finally:
+        await b.stop()
+        await a.stop()
