@@ -139,6 +139,7 @@ class Node:
         self.discovery: Discovery | None = None
         #: Limits what unauthenticated clients hold on the peer port (see ``guard.py``).
         self.peer_guard: PeerPortGuard | None = None
+        self._open_file_limit = 1024
 
     # -- single instance ---------------------------------------------------------------------
 
@@ -174,6 +175,7 @@ class Node:
         # A flood of connections must cost counted log lines, not gigabytes of them.
         logflood.install()
         soft, hard = raise_open_file_limit()
+        self._open_file_limit = WANTED_NOFILE if soft == resource.RLIM_INFINITY else soft
         log.debug("open-file limit: %s (hard %s)", soft, hard)
         try:
             await self._start()
@@ -262,7 +264,10 @@ class Node:
             keepalive_timeout=PEER_KEEPALIVE,
         )
         await runner.setup()
-        self.peer_guard = PeerPortGuard()
+        # Strangers get at most a quarter of our descriptors: the admin socket, the store and
+        # restic must find one free even when the cap is full.
+        cap = min(256, max(8, self._open_file_limit // 4))
+        self.peer_guard = PeerPortGuard(max_unauthenticated=cap, reserve=min(64, cap // 4))
         site = GuardedTCPSite(runner, host, port, self.peer_guard)
         try:
             await site.start()

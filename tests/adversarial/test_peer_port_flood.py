@@ -77,17 +77,22 @@ async def snapshot_count(node: Node) -> int:
     return len(await node.cli_json("snapshots", "r"))
 
 
-async def test_flood_of_half_sent_requests_leaves_the_node_working(tmp_path: Path) -> None:
-    # Soft and hard limit 1,024: the node raises its soft limit to the hard one at start.
+@pytest.mark.parametrize("limit", [1024, 256])
+async def test_flood_of_half_sent_requests_leaves_the_node_working(
+    tmp_path: Path, limit: int
+) -> None:
+    # Soft and hard limit the same: the node raises its soft limit to the hard one at start.
+    # 1,024 is the common default; at 256 the flood's 1,100 connections could not all be
+    # accepted even without caps, and the node's share for strangers shrinks with its limit.
     a = Node(
-        tmp_path / "a-data", "alpha", timings="heartbeat=1,offline_after=4", nofile=(1024, 1024)
+        tmp_path / "a-data", "alpha", timings="heartbeat=1,offline_after=4", nofile=(limit, limit)
     )
     b = Node(tmp_path / "b-data", "beta", timings="heartbeat=1,offline_after=4")
     await a.start()
     await b.start()
     try:
         assert a.proc is not None
-        assert open_file_limit(a.proc.pid) == ("1024", "1024")
+        assert open_file_limit(a.proc.pid) == (str(limit), str(limit))
         socket_path = (await a.cli_json("status"))["admin_socket"]
         await add_backup_plan(a, tmp_path)
         async with Forwarder(a.port) as fwd, LinkWatch(a) as wa, LinkWatch(b) as wb:
@@ -100,7 +105,7 @@ async def test_flood_of_half_sent_requests_leaves_the_node_working(tmp_path: Pat
             sampler = asyncio.create_task(sample_fds(a.proc.pid, fd_counts))
             async with FloodProcess(a.port, HOSTILE, 1100, "half-request") as flood:
                 # The flood is on: the node holds what its caps allow and closes the rest.
-                await flood.wait_held(200, 30)
+                await flood.wait_held(min(256, limit // 4) * 3 // 4, 30)
                 latencies = [await admin_status_seconds(a, socket_path) for _ in range(10)]
                 cli = await a.cli("status", "--json", within=30)
                 assert json.loads(cli.stdout)["instance_id"] == "alpha"
@@ -131,16 +136,26 @@ async def test_flood_of_half_sent_requests_leaves_the_node_working(tmp_path: Pat
             back = await wb.wait("alpha", "online", 10, after=cut_at + 0.001)
             reconnect_after = back - cut_at
         assert max(latencies) < 2.0
-        # The caps hold: 256 unauthenticated connections in all (plus the 64 reserved for
-        # addresses peers come from), far below the 1,100 the attacker tried to hold.
-        assert max_held <= 256 + 64, max_held
-        # ... and so do the node's descriptors, far below its limit of 1,024.
-        assert max(fd_counts) < 600, max(fd_counts)
+        # The caps hold: a quarter of the descriptors (at most 256) for unauthenticated
+        # connections, plus a quarter of that reserved for addresses peers come from, far
+        # below the 1,100 the attacker tried to hold ...
         assert attempts > 1100  # the flooder really reopened what the node closed
         assert log_growth < 1_000_000, log_growth
-        assert "Too many open files" not in a.log_text()
-        FIGURES.update(
-            flood_connections=1100,
+        emfile = a.log_text().count("Too many open files")
+        if limit == 1024:
+            cap = min(256, limit // 4)
+            assert max_held <= cap + cap // 4, max_held
+            # ... and the node's descriptors stay clear of its limit.
+            assert max(fd_counts) < limit * 0.6, max(fd_counts)
+            assert emfile == 0
+        else:
+            # At 256 descriptors accept() does hit the limit now and then (a burst of accepts
+            # holds descriptors until the loop closes them), and connections wait in the
+            # kernel's backlog, so the client cannot count what the node holds. What counts:
+            # the admin socket answered (above), and the error is written a few times, with a
+            # count, not once per failed accept.
+            assert emfile <= 10, emfile
+        FIGURES[f"flood_{limit}"] = dict(
             flood_seconds=round(flood_seconds, 1),
             flood_attempts=attempts,
             flood_max_held=max_held,
@@ -151,6 +166,7 @@ async def test_flood_of_half_sent_requests_leaves_the_node_working(tmp_path: Pat
             reconnect_in_flood_s=round(reconnect_in_flood, 2),
             reconnect_after_s=round(reconnect_after, 2),
             log_growth_bytes=log_growth,
+            emfile_log_lines=emfile,
         )
         print("flood figures:", FIGURES)
     finally:
