@@ -99,6 +99,7 @@ async def test_flood_of_half_sent_requests_leaves_the_node_working(
             await pair(b, a, fwd.url)
             await wb.wait("alpha", "online", 30)
             baseline = await admin_status_seconds(a, socket_path)
+            cli_baseline = (await a.cli("status", "--json", within=30)).seconds
             log_before = a.log_size()
             started = time.monotonic()
             fd_counts: list[int] = []
@@ -162,6 +163,7 @@ async def test_flood_of_half_sent_requests_leaves_the_node_working(
             node_max_fds=max(fd_counts),
             status_baseline_s=round(baseline, 3),
             status_max_s=round(max(latencies), 3),
+            status_cli_baseline_s=round(cli_baseline, 2),
             status_cli_s=round(cli.seconds, 2),
             reconnect_in_flood_s=round(reconnect_in_flood, 2),
             reconnect_after_s=round(reconnect_after, 2),
