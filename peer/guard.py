@@ -235,8 +235,18 @@ async def server_header(_request: web.Request, response: web.StreamResponse) -> 
 class GuardedTCPSite(web.TCPSite):
     """A TCP site whose connections go through a :class:`PeerPortGuard`."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: PeerPortGuard) -> None:
-        super().__init__(runner, host, port)
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        guard: PeerPortGuard,
+        *,
+        backlog: int = 128,
+    ) -> None:
+        # asyncio accepts up to ``backlog`` connections in one go, each holding a descriptor
+        # until the guard's close runs: a node with few descriptors wants a small batch.
+        super().__init__(runner, host, port, backlog=backlog)
         self.guard = guard
 
     async def start(self) -> None:

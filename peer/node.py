@@ -268,7 +268,9 @@ class Node:
         # restic must find one free even when the cap is full.
         cap = min(256, max(8, self._open_file_limit // 4))
         self.peer_guard = PeerPortGuard(max_unauthenticated=cap, reserve=min(64, cap // 4))
-        site = GuardedTCPSite(runner, host, port, self.peer_guard)
+        site = GuardedTCPSite(
+            runner, host, port, self.peer_guard, backlog=min(128, max(16, cap // 2))
+        )
         try:
             await site.start()
         except OSError as exc:
