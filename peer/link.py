@@ -6,6 +6,21 @@ Hello/Welcome are done, a :class:`Link` runs the same loop: a heartbeat every
 ``heartbeat`` seconds, and the link is declared dead after ``offline_after`` seconds without any
 frame. The dialer then reconnects with exponential backoff and jitter.
 
+Every step of a dial has a deadline: the TCP connect, TLS and HTTP upgrade together
+(``dial_timeout``), the handshake (``handshake_timeout``) and Hello/Welcome (the same again), so
+a listener that accepts and then says nothing (a frozen process behind a port forwarder) costs a
+failed attempt, never a dial that hangs for ever. ``peer check`` restarts a dial in progress.
+The backoff starts over whenever a handshake completes, and while the peer was reachable within
+the last ``recent_for`` seconds it grows to ``backoff_max_recent`` at most, so a flaky hour does
+not hold a healed path down for minutes.
+
+The answering side bounds what a client that has not authenticated can hold: its first
+handshake frame must come within ``first_frame_timeout``, waiting for one of the 64 handshake
+slots (the handshake's CPU work is bounded by them) is limited to ``handshake_queue_wait``, and
+a source that failed too often (bad tokens, unknown keys without a token) is refused before the
+handshake's work unless it presents a known peer's key. Connection counts and the header
+deadline live in :mod:`peerstash.peer.guard`.
+
 States a person sees (persisted on the peer row and published as :class:`LinkStateChanged`):
 ``online``, ``connecting``, ``offline``, ``unreachable`` (many failures in a row) and
 ``auth failed`` (with the reason the other side gave).
@@ -28,7 +43,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -40,6 +55,7 @@ from peerstash.core.models import Peer
 from peerstash.core.store import KeyConflict, NotFound, Store, StoreError, TokenRefused, utcnow
 from peerstash.peer import channel as ch
 from peerstash.peer import protocol as proto
+from peerstash.peer.guard import mark_authenticated
 from peerstash.peer.identity import Identity, key_id
 from peerstash.peer.permissions import Grants
 from peerstash.peer.tokens import (
@@ -92,9 +108,19 @@ class Timings:
     offline_after: float = 45.0
     backoff_min: float = 1.0
     backoff_max: float = 300.0
+    #: No longer used (the backoff starts over at every completed handshake); still parsed.
     backoff_reset_after: float = 60.0
     unreachable_after: int = 5
     handshake_timeout: float = 10.0
+    #: TCP connect + TLS + HTTP upgrade of one dial.
+    dial_timeout: float = 10.0
+    #: The answering side waits this long for a client's first handshake frame.
+    first_frame_timeout: float = 5.0
+    #: ... and this long for a free handshake slot before it hangs up.
+    handshake_queue_wait: float = 5.0
+    #: The backoff's ceiling while the peer was reachable within ``recent_for`` seconds.
+    backoff_max_recent: float = 15.0
+    recent_for: float = 3600.0
 
     @classmethod
     def parse(cls, text: str) -> Timings:
@@ -422,26 +448,53 @@ class PeerManager:
         if task is not None:
             self._server_tasks.add(task)
         try:
-            await self._serve(ws, request.remote or "?")
+            await self._serve(ws, request.remote or "?", lambda: mark_authenticated(request))
         finally:
             if task is not None:
                 self._server_tasks.discard(task)
             await ws.close()
         return ws
 
-    async def _serve(self, ws: web.WebSocketResponse, remote: str) -> None:
+    async def _serve(
+        self,
+        ws: web.WebSocketResponse,
+        remote: str,
+        on_authenticated: Callable[[], None] | None = None,
+    ) -> None:
         send, recv = ch.websocket_transport(ws)
-        async with self._handshakes:
+        # An upgraded WebSocket that never speaks must not hold a handshake slot: the first
+        # frame is awaited before one is taken, with a deadline of its own.
+        try:
+            first = await asyncio.wait_for(recv(), self.timings.first_frame_timeout)
+        except (ch.ChannelError, TimeoutError) as exc:
+            log.info(
+                "peer link from %s sent no handshake within %gs: %s",
+                remote,
+                self.timings.first_frame_timeout,
+                str(exc) or type(exc).__name__,
+            )
+            return
+        if not self.limiter.allowed(remote) and not await self._claims_known_key(first):
+            log.warning("refused a handshake from %s: too many failed attempts", remote)
+            await self._reject_handshake(send, "too many failed attempts; try again later")
+            return
+        if not await _acquire(self._handshakes, self.timings.handshake_queue_wait):
+            log.warning("refused a handshake from %s: every handshake slot is busy", remote)
+            await self._reject_handshake(send, "too many handshakes at once; try again later")
+            return
+        try:
             try:
                 chan = await ch.respond(
                     self.identity,
                     send,
-                    recv,
+                    _replaying(first, recv),
                     handshake_timeout=self.timings.handshake_timeout,
                     protocol_version=self.protocol_version,
                 )
                 hello = await asyncio.wait_for(chan.recv_msg(), self.timings.handshake_timeout)
             except (ch.ChannelError, proto.ProtocolError, TimeoutError) as exc:
+                if isinstance(exc, ch.AuthError):
+                    self.limiter.record_failure(remote)
                 log.info("peer link from %s failed during handshake: %s", remote, exc)
                 return
             if not isinstance(hello, proto.Hello):
@@ -458,6 +511,10 @@ class PeerManager:
                     name=self.name,
                 )
             )
+        finally:
+            self._handshakes.release()
+        if on_authenticated is not None:
+            on_authenticated()
         link = Link(self, peer.id, chan, ws.close)
         await self._adopt(link)
         reason = await link.run()
@@ -524,6 +581,8 @@ class PeerManager:
             await _refuse(chan, proto.ErrorCode.REVOKED, REMOVED_BY + self.instance_id)
             return None
         if hello.pairing_secret is None:
+            # A full hybrid handshake for nothing: it counts like a bad token.
+            self.limiter.record_failure(remote)
             log.warning(
                 "refused link from %s (%s): unknown key %s", remote, hello.instance_id, key_id(pub)
             )
@@ -567,6 +626,28 @@ class PeerManager:
         await self.forget_removed(key_id(pub))
         return await self.store.get_peer(hello.instance_id)
 
+    async def _reject_handshake(self, send: ch.SendFn, message: str) -> None:
+        """Say why, in a cleartext reject, before the handshake's work is done."""
+        frame = proto.encode(
+            proto.HandshakeReject(
+                v=self.protocol_version, code=proto.ErrorCode.RATE_LIMITED, message=message
+            ),
+            max_size=proto.MAX_HANDSHAKE_FRAME_SIZE,
+        )
+        with contextlib.suppress(Exception):
+            await send(frame)
+
+    async def _claims_known_key(self, frame: bytes) -> bool:
+        """Whether a first handshake frame names the key of a peer we know (unverified yet)."""
+        try:
+            init = proto.decode_handshake(frame)
+        except proto.ProtocolError:
+            return False
+        identity = getattr(init, "identity", None)
+        if not isinstance(init, proto.HandshakeInit) or identity is None:
+            return False
+        return any(p.public_key == identity for p in await self.store.list_peers())
+
     # -- dialing side ------------------------------------------------------------------------
 
     async def _dial(
@@ -579,10 +660,16 @@ class PeerManager:
     ) -> tuple[ch.SecureChannel, proto.Welcome, aiohttp.ClientWebSocketResponse]:
         assert self._session is not None
         ws_url = url.rstrip("/") + "/v1/sync"
+        limit = self.timings.dial_timeout
         try:
-            ws = await self._session.ws_connect(
-                ws_url, max_msg_size=ch.WS_MAX_MSG_SIZE, autoping=True, heartbeat=None
-            )
+            # Connect, TLS and the upgrade under one deadline: a listener that accepts and
+            # then stays silent fails the attempt instead of holding it for ever.
+            async with asyncio.timeout(limit):
+                ws = await self._session.ws_connect(
+                    ws_url, max_msg_size=ch.WS_MAX_MSG_SIZE, autoping=True, heartbeat=None
+                )
+        except TimeoutError:
+            raise ConnectionError(f"cannot reach {url}: no answer within {limit:g} s") from None
         except aiohttp.WSServerHandshakeError as exc:
             raise PairingError(f"{url} is not a Peerstash peer port (HTTP {exc.status})") from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -931,6 +1018,27 @@ def _usable_name(name: str | None) -> bool:
         return False
 
 
+async def _acquire(sem: asyncio.Semaphore, within: float) -> bool:
+    """Take a slot of ``sem`` if one frees up within ``within`` seconds."""
+    try:
+        await asyncio.wait_for(sem.acquire(), within)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _replaying(first: bytes, recv: Callable[[], Awaitable[bytes]]) -> ch.RecvFn:
+    """``recv`` that hands out ``first`` (already read) before reading on."""
+    pending = [first]
+
+    async def replay() -> bytes:
+        if pending:
+            return pending.pop()
+        return await recv()
+
+    return replay
+
+
 class _Dialer:
     """Keeps one known host connected: dial, serve the link, back off, repeat."""
 
@@ -957,6 +1065,58 @@ class _Dialer:
         if not self.task.cancelled():
             self.task.exception()  # mark it retrieved; stopping is all that was asked
 
+    async def _still_ours(self) -> Peer | None:
+        """The peer, if we still dial it; else this dialer leaves the manager's table.
+
+        Pairing again the other way round (we redeemed the peer's token after it redeemed
+        ours) turns a known host into an authorized client: it dials us now, and a dialer
+        left running would show it ``offline``/``unreachable`` next to its live link.
+        """
+        try:
+            peer = await self.m.store.get_peer(self.peer_id)
+        except NotFound:
+            return None
+        if peer.role == "known_host":
+            return peer
+        if self.m._dialers.get(self.peer_id) is self:
+            del self.m._dialers[self.peer_id]
+        log.info("%s dials us now; this side stops dialling it", self.peer_id)
+        return None
+
+    def _recently_seen(self, peer: Peer) -> bool:
+        if peer.last_seen is None:
+            return False
+        seen = peer.last_seen
+        if seen.tzinfo is None:
+            seen = seen.replace(tzinfo=UTC)
+        return (utcnow() - seen).total_seconds() < self.m.timings.recent_for
+
+    async def _dial(
+        self, peer: Peer
+    ) -> tuple[ch.SecureChannel, proto.Welcome, aiohttp.ClientWebSocketResponse]:
+        """One dial; ``peer check`` (a wake) during it abandons it and dials again at once."""
+        while True:
+            self._wake.clear()
+            dial = asyncio.ensure_future(
+                self.m._dial(
+                    peer.url or "",
+                    expected_public_key=peer.public_key,
+                    hello=self.m._hello(list(peer.grants)),
+                )
+            )
+            woken = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({dial, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woken.cancel()
+                if not dial.done():
+                    dial.cancel()
+                    with contextlib.suppress(BaseException):
+                        await dial
+            if not dial.cancelled():
+                return dial.result()
+            log.info("dial to %s restarted on request", self.peer_id)
+
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
@@ -967,20 +1127,17 @@ class _Dialer:
         delay = t.backoff_min
         failures = 0
         while True:
-            try:
-                peer = await self.m.store.get_peer(self.peer_id)
-            except NotFound:
+            peer = await self._still_ours()
+            if peer is None:
                 return
             if is_revoked(peer):
                 return  # it removed us: not again until paired again
             await self.m._set_state(self.peer_id, CONNECTING, None)
             state, reason = UNREACHABLE, ""
+            recent_cap = min(t.backoff_max, t.backoff_max_recent)
+            cap = recent_cap if self._recently_seen(peer) else t.backoff_max
             try:
-                chan, welcome, ws = await self.m._dial(
-                    peer.url or "",
-                    expected_public_key=peer.public_key,
-                    hello=self.m._hello(list(peer.grants)),
-                )
+                chan, welcome, ws = await self._dial(peer)
             except PeerRevoked:
                 await self.m._set_state(self.peer_id, AUTH_FAILED, REMOVED_BY + self.peer_id)
                 log.warning("peer %s removed this node; not connecting to it again", self.peer_id)
@@ -998,7 +1155,9 @@ class _Dialer:
             except (ConnectionError, ch.ChannelError, proto.ProtocolError, TimeoutError) as exc:
                 reason = str(exc) or type(exc).__name__
             else:
+                # The path works: a flaky past must not hold the next reconnect back.
                 failures = 0
+                delay = t.backoff_min
                 if welcome.instance_id != self.peer_id:
                     await ws.close()
                     state, reason = AUTH_FAILED, f"answered as {welcome.instance_id!r}"
@@ -1017,12 +1176,11 @@ class _Dialer:
                     await self.m._release(link, reason)
                     if link.revoked:
                         return
-                    up_for = time.monotonic() - link.started
-                    if up_for >= t.backoff_reset_after:
-                        delay = t.backoff_min
                     await self._pause(delay * random.uniform(0.5, 1.0))
-                    delay = min(t.backoff_max, delay * 2)
+                    delay = min(recent_cap, delay * 2)
                     continue
+            if await self._still_ours() is None:
+                return
             failures += 1
             shown = (
                 state
@@ -1030,5 +1188,5 @@ class _Dialer:
                 else (UNREACHABLE if failures >= t.unreachable_after else OFFLINE)
             )
             await self.m._set_state(self.peer_id, shown, reason)
-            await self._pause(delay * random.uniform(0.5, 1.0))
-            delay = min(t.backoff_max, delay * 2)
+            await self._pause(min(delay, cap) * random.uniform(0.5, 1.0))
+            delay = min(cap, delay * 2)

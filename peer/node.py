@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import resource
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from peerstash.core.events import EventBus
 from peerstash.core.runner import DEFAULT_STALL_AFTER
 from peerstash.core.secrets import SecretStore, load_or_create_key
 from peerstash.core.store import Store, StoreError
+from peerstash.peer import logflood
+from peerstash.peer.guard import GuardedTCPSite, PeerPortGuard
 from peerstash.peer.identity import Identity
 from peerstash.peer.link import PeerManager, Timings
 from peerstash.peer.paths import admin_socket_path, ensure_own_private_dir, ensure_private_dir
@@ -82,6 +85,30 @@ class NodeOptions:
 
 DEFAULT_LISTEN = "0.0.0.0:9797"
 
+#: Seconds an idle keep-alive connection on the peer port stays open (aiohttp's default: an hour).
+PEER_KEEPALIVE = 5.0
+
+#: The open-file limit asked for when the hard limit is unlimited.
+WANTED_NOFILE = 65536
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise the soft open-file limit to the hard one; return the ``(soft, hard)`` in force.
+
+    Distributions start services with a soft limit of 1,024 descriptors, which a few hundred
+    peer connections and a running backup can exhaust; the hard limit (the shipped units set
+    ``LimitNOFILE=65536``) is what this process may have, so it takes it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = WANTED_NOFILE if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, want, exc)
+    return soft, hard
+
 
 def hostname() -> str:
     """This machine's short host name, as the default display name (``peerstash`` if none)."""
@@ -132,6 +159,9 @@ class Node:
         self.peer_url: str | None = None
         self._peer_port: int | None = None
         self.discovery: Discovery | None = None
+        #: Limits what unauthenticated clients hold on the peer port (see ``guard.py``).
+        self.peer_guard: PeerPortGuard | None = None
+        self._open_file_limit = 1024
 
     # -- single instance ---------------------------------------------------------------------
 
@@ -164,6 +194,11 @@ class Node:
     async def start(self) -> None:
         ensure_private_dir(self.data_dir)
         self._acquire_lock()
+        # A flood of connections must cost counted log lines, not gigabytes of them.
+        logflood.install()
+        soft, hard = raise_open_file_limit()
+        self._open_file_limit = WANTED_NOFILE if soft == resource.RLIM_INFINITY else soft
+        log.debug("open-file limit: %s (hard %s)", soft, hard)
         try:
             await self._start()
         except BaseException:
@@ -254,11 +289,22 @@ class Node:
         # A short shutdown timeout: by the time the runner stops, PeerManager.stop has ended
         # every link, and aiohttp would otherwise wait its full 60 s for a connection a peer
         # opened in that very moment (it ignores the request once shutting down).
+        # keepalive_timeout: an idle keep-alive connection costs a descriptor; 5 s, not an hour.
         runner = web.AppRunner(
-            make_peer_app(self.peers), access_log=None, handle_signals=False, shutdown_timeout=2.0
+            make_peer_app(self.peers),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=2.0,
+            keepalive_timeout=PEER_KEEPALIVE,
         )
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        # Strangers get at most a quarter of our descriptors: the admin socket, the store and
+        # restic must find one free even when the cap is full.
+        cap = min(256, max(8, self._open_file_limit // 4))
+        self.peer_guard = PeerPortGuard(max_unauthenticated=cap, reserve=min(64, cap // 4))
+        site = GuardedTCPSite(
+            runner, host, port, self.peer_guard, backlog=min(128, max(16, cap // 2))
+        )
         try:
             await site.start()
         except OSError as exc:

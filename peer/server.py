@@ -1,13 +1,15 @@
 """The peer port: ``/v1/sync`` (the link WebSocket) and a bare health check, nothing else.
 
 A reverse proxy in front of a server node needs to pass only ``/v1/sync``. Admin functions are
-never served here; they live on the Unix socket (``admin.py``).
+never served here; they live on the Unix socket (``admin.py``). What an unauthenticated client
+may hold here, and for how long, is bounded by :mod:`peerstash.peer.guard`.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from peerstash.peer.guard import request_started_middleware, server_header
 from peerstash.peer.link import PeerManager
 
 
@@ -16,7 +18,8 @@ async def _health(_request: web.Request) -> web.Response:
 
 
 def make_peer_app(manager: PeerManager) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(client_max_size=64 * 1024, middlewares=[request_started_middleware])
+    app.on_response_prepare.append(server_header)
     app.router.add_get("/v1/sync", manager.handle_ws)
     app.router.add_get("/healthz", _health)
     return app

@@ -137,6 +137,9 @@ def render_unit(
         "RestartSec=10",
         "UMask=0077",
         "NoNewPrivileges=yes",
+        # Peer connections and restic's files need descriptors; the node raises its soft
+        # limit to this hard one at start.
+        "LimitNOFILE=65536",
     ]
     if not user:
         # No $HOME in a system service: give restic a cache directory of its own.

@@ -90,6 +90,7 @@ def test_system_unit_runs_headless_node_for_data_dir() -> None:
     assert "After=network-online.target" in text
     # restic gets SIGINT from the node, never systemd's SIGTERM (stale locks on 0.14).
     assert "KillMode=mixed" in text
+    assert "LimitNOFILE=65536" in text.splitlines()  # a flood of connections must not starve it
     assert "CacheDirectory=peerstash" in text
     assert "Environment=XDG_CACHE_HOME=%C/peerstash" in text
     assert "password" not in text.lower().replace("--password-env", "").replace(
@@ -141,6 +142,7 @@ def test_packaged_template_unit() -> None:
         "EnvironmentFile=-/etc/peerstash/%i.env",
         "StateDirectory=peerstash/%i",
         "KillMode=mixed",
+        "LimitNOFILE=65536",
         "WantedBy=multi-user.target",
     ):
         assert line in text.splitlines()
