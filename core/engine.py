@@ -62,6 +62,19 @@ class EngineError(Exception):
     """A request refused or failed, worded for the person who made it."""
 
 
+class BackupRunning(EngineError):
+    """A backup of this plan is already queued or running: ``op`` is that one.
+
+    Raised instead of queueing a second one, so "Back up now" pressed twice (or a schedule
+    firing during a long run) does not stack backups that would only repeat each other.
+    """
+
+    def __init__(self, plan_id: str, op: Operation) -> None:
+        word = "queued" if op.status == OpStatus.PENDING else "running"
+        super().__init__(f"plan {plan_id} is already {word} (operation {op.op_id})")
+        self.op = op
+
+
 def check_name(kind: str, name: str) -> None:
     if not name or len(name) > 100 or not set(name) <= _NAME_OK or name[0] in "-.":
         raise EngineError(
@@ -122,6 +135,8 @@ class Engine:
         #: here, name unusable). Recomputed on each owner's push; shown by status and
         #: ``repo list``.
         self.skipped_shares: dict[str, str] = {}
+        #: Makes "is a backup of this plan unfinished?" and queueing one a single step.
+        self._submit_lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -807,11 +822,29 @@ class Engine:
         plan_id: str | None = None,
         flow_id: str | None = None,
     ) -> Operation:
-        op = await self.store.create_operation(
-            kind, plan_id=plan_id, repo_id=repo.id, flow_id=flow_id
-        )
-        await self.runner.submit(repo.id, op, job)
+        async with self._submit_lock:
+            if kind == OpKind.BACKUP and plan_id is not None:
+                unfinished = await self.unfinished_backup(plan_id)
+                if unfinished is not None:
+                    raise BackupRunning(plan_id, unfinished)
+            op = await self.store.create_operation(
+                kind, plan_id=plan_id, repo_id=repo.id, flow_id=flow_id
+            )
+            await self.runner.submit(repo.id, op, job)
         return op
+
+    async def unfinished_backup(self, plan_id: str) -> Operation | None:
+        """This node's queued or running backup of ``plan_id``, if there is one."""
+        for status in (OpStatus.RUNNING, OpStatus.PENDING):
+            ops = await self.store.list_operations(
+                OpFilter(
+                    origin=self.instance_id, plan_id=plan_id, kind=OpKind.BACKUP, status=status
+                ),
+                limit=1,
+            )
+            if ops:
+                return ops[0]
+        return None
 
     async def wait(self, pk: int) -> Operation:
         """Wait for an operation to end (by its events, not by polling) and return it."""
@@ -828,6 +861,8 @@ class Engine:
         self, plan_id: str, *, reason: str = "manual", flow_id: str | None = None
     ) -> Operation:
         """Queue a backup of ``plan_id`` (and its retention afterwards). Returns the pending op.
+
+        Raises :class:`BackupRunning` (with that op) when one is already queued or running.
 
         ``flow_id`` names the flow from outside (a peer's request id), so the request can be
         recognised later: on a repeated delivery here, and in the synced operation there.
