@@ -138,8 +138,20 @@ def _ago(now: datetime, then: datetime) -> str:
     return f"{secs} second{'' if secs == 1 else 's'}"
 
 
+#: How much of an error a reason quotes (the full text is in the operation's log).
+MAX_ERROR = 200
+
+
 def _why(error: str | None) -> str:
-    return f": {error}" if error else ""
+    """``": <error>"`` on one line, printable and bounded: a peer's error text is not ours
+    to trust, and ``status --check`` promises a monitoring system exactly one line."""
+    return f": {_clean(error)}" if error else ""
+
+
+def _clean(text: str, limit: int = MAX_ERROR) -> str:
+    """Printable, whitespace collapsed, at most ``limit`` characters (then "…")."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return f"{flat[:limit]}…" if len(flat) > limit else flat
 
 
 def _plan_reasons(p: PlanFacts) -> list[Reason]:
@@ -219,7 +231,7 @@ def _peer_reasons(
             )
         )
     for pp in peer.plans:
-        where = f"machine {peer.label}, plan {pp.plan}"
+        where = f"machine {peer.label}, plan {_clean(pp.plan, 100)}"
         if pp.last_status == "error":
             out.append(
                 Reason(

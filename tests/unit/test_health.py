@@ -206,3 +206,14 @@ def test_worst_wins_and_failing_reasons_come_first() -> None:
     assert h.level == FAILING
     assert [r.kind for r in h.reasons] == ["backup_failed", "never_succeeded", "share_skipped"]
     assert h.summary() == "failing — 3 things need a look"
+
+
+def test_error_text_is_one_printable_bounded_line() -> None:
+    hostile = "line one\nline two\r\x1b[31mred\x00" + "x" * 10_000
+    pp = PeerPlanFacts("home", "error", hostile, None)
+    msg = compute(plans=[], peers=[peer(plans=(pp,))], now=NOW).reasons[0].message
+    assert "\n" not in msg and "\r" not in msg and "\x1b" not in msg and "\x00" not in msg
+    assert msg.startswith(
+        "machine laptop, plan home: last backup failed: line one line two [31mred"
+    )
+    assert len(msg) < 300 and msg.endswith("…")
