@@ -26,7 +26,15 @@ def test_pages_show_the_real_node(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None
 
     async def body() -> None:
         b = gui.backend
-        await b.add_plan({"id": "docs", "repo": "main", "paths": [str(gui.src)], "every": "6h"})
+        await b.add_plan(
+            {
+                "backup_now": False,
+                "id": "docs",
+                "repo": "main",
+                "paths": [str(gui.src)],
+                "every": "6h",
+            }
+        )
         # Overview: this node and its plan, with a next run.
         w.show_page(w.overview)
         ov = w.overview
@@ -96,12 +104,35 @@ def test_add_plan_through_dialog_then_back_up_now(gui: GuiEnv, qloop: QLoop, qtb
         dlg.schedule_kind.setCurrentIndex(dlg.schedule_kind.findData("every"))
         qtbot.keyClicks(dlg.schedule, "12h")
         qtbot.keyClicks(dlg.keep["last"], "3")
+        # "Back up now" is offered, checked; unchecked here so the plan waits for the button.
+        assert dlg.backup_now.isChecked() and dlg.backup_now.text() == "Back up now"
+        dlg.backup_now.click()
+        assert not dlg.backup_now.isChecked()
         qtbot.mouseClick(dlg.save_button, Qt.MouseButton.LeftButton)
         await wait_for(
             lambda: not dlg.isVisible(), b.configChanged, dlg.finished, what="dialog closed"
         )
         assert dlg.field_errors() == {}
         assert [p["id"] for p in b.plans] == ["laptop-docs"]
+        # Not protected yet: the tray and the overview say so, in the node's words.
+        await wait_for(
+            lambda: "plan laptop-docs has never succeeded" in tray.tooltip,
+            tray.stateChanged,
+            b.statusChanged,
+            what="tray shows the plan never succeeded",
+        )
+        assert tray.state == "warning"
+        assert tray.tooltip.splitlines()[:3] == [
+            "Peerstash — something needs a look",
+            "Health: attention — 1 thing needs a look",
+            "• plan laptop-docs has never succeeded",
+        ]
+        assert tray.status_action.text() == "Peerstash: something needs a look"
+        assert w.overview.health.text().splitlines() == [
+            "Health: attention — 1 thing needs a look",
+            "• plan laptop-docs has never succeeded",
+        ]
+        assert await b.call("GET", "/v1/ops") == []  # nothing started behind our back
         assert b.plans[0]["retention"] == {"keep_last": 3}
         assert b.plans[0]["every_seconds"] == 12 * 3600
 
@@ -180,11 +211,14 @@ def test_add_plan_through_dialog_then_back_up_now(gui: GuiEnv, qloop: QLoop, qtb
             what="tray ok after running",
         )
         assert states.index("running") < len(states) - 1 and states[-1] == "ok"
+        assert "warning" in states[: states.index("running")]
         assert "laptop-docs: success" in tray.tooltip
+        assert tray.tooltip.splitlines()[:2] == ["Peerstash — all backups are fine", "Health: ok"]
         # Overview shows the result.
         w.show_page(w.overview)
         await w.overview.tasks.idle()
         assert w.overview.plans.item(0, 3).text() == "success"
+        assert w.overview.health.text() == "Health: ok"
 
         # Quit: the window goes at once, the in-process node stops cleanly (no operation left
         # running, the admin socket removed, the data dir lock released).
@@ -295,8 +329,12 @@ def test_tray_menu_actions(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
 
     async def body() -> None:
         b = gui.backend
-        await b.add_plan({"id": "alpha", "repo": "main", "paths": [str(gui.src / "docs")]})
-        await b.add_plan({"id": "beta", "repo": "main", "paths": [str(gui.src / "docs")]})
+        await b.add_plan(
+            {"backup_now": False, "id": "alpha", "repo": "main", "paths": [str(gui.src / "docs")]}
+        )
+        await b.add_plan(
+            {"backup_now": False, "id": "beta", "repo": "main", "paths": [str(gui.src / "docs")]}
+        )
         assert set(tray.backup_actions) == {"alpha", "beta"}
         texts = [a.text() for a in tray.menu.actions()]
         assert "Back up beta now" in texts and "Open Peerstash" in texts and "Quit" in texts
@@ -344,7 +382,9 @@ def test_browse_snapshot_and_restore_a_file(gui: GuiEnv, qloop: QLoop, qtbot: An
 
     async def body() -> None:
         b = gui.backend
-        await b.add_plan({"id": "docs", "repo": "main", "paths": [str(gui.src / "docs")]})
+        await b.add_plan(
+            {"backup_now": False, "id": "docs", "repo": "main", "paths": [str(gui.src / "docs")]}
+        )
         op = await b.backup("docs")
         await wait_for(
             lambda: b.active.get((op["origin"], op["id"])) is None,
@@ -465,7 +505,9 @@ def test_pair_and_make_tokens_on_the_peers_page(gui: GuiEnv, qloop: QLoop, qtbot
                     },
                 )
                 await client.call(
-                    "POST", "/v1/plans", {"id": "home", "repo": "local", "paths": [str(src)]}
+                    "POST",
+                    "/v1/plans",
+                    {"id": "home", "repo": "local", "paths": [str(src)], "backup_now": False},
                 )
                 await client.call("POST", "/v1/plans/home/backup")
             b = gui.backend
@@ -544,8 +586,10 @@ def test_failures_notify_once_and_cancel_and_remove(gui: GuiEnv, qloop: QLoop, q
         gone = gui.tmp / "gone"
         gone.mkdir()
         (gone / "f").write_text("x")
-        await b.add_plan({"id": "flaky", "repo": "main", "paths": [str(gone)]})
-        await b.add_plan({"id": "docs", "repo": "main", "paths": [str(gui.src)]})
+        await b.add_plan({"backup_now": False, "id": "flaky", "repo": "main", "paths": [str(gone)]})
+        await b.add_plan(
+            {"backup_now": False, "id": "docs", "repo": "main", "paths": [str(gui.src)]}
+        )
         shutil.rmtree(gone)
 
         failed: list[dict[str, Any]] = []
@@ -636,7 +680,9 @@ def test_window_follows_the_node_going_away_and_coming_back(
         await wait_for(lambda: b.connected, b.connectionChanged, timeout=60, what="reconnect")
         await wait_for(lambda: resets, b.opsReset, what="lists reloaded")
         assert "guitest" in w.connection.text()
-        await b.add_plan({"id": "after", "repo": "main", "paths": [str(gui.src / "docs")]})
+        await b.add_plan(
+            {"backup_now": False, "id": "after", "repo": "main", "paths": [str(gui.src / "docs")]}
+        )
         op = await b.backup("after")
         await wait_for(lambda: (op["origin"], op["id"]) not in b.active, b.opChanged, timeout=60)
 
