@@ -267,6 +267,9 @@ class OverviewPage(Page):
 
     async def _backup(self, plan_id: str) -> None:
         op = await self.backend.backup(plan_id)
+        if op.get("already"):  # the node queued nothing: one is on its way already
+            self.banner.show_message(str(op["already"]), "info")
+            return
         self.banner.show_message(f"Backup of {plan_id} queued (operation {op['id'][-8:]}).", "ok")
 
     # -- running operations --------------------------------------------------------------------

@@ -299,6 +299,41 @@ def test_invalid_forms_show_inline_errors_and_create_nothing(
     qloop.run(body())
 
 
+def test_new_plan_backs_up_at_once_unless_unchecked(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
+    """The add-plan dialog's "Back up now" (checked) makes the node start the first backup."""
+    w = gui.window
+    qtbot.addWidget(w)
+
+    async def body() -> None:
+        b = gui.backend
+        page = w.plans
+        w.show_page(page)
+        dlg = page.open_add_plan()
+        assert dlg.backup_now.isChecked()
+        dlg.name.setText("docs")
+        dlg.paths.setPlainText(str(gui.src))
+        qtbot.mouseClick(dlg.save_button, Qt.MouseButton.LeftButton)
+        await wait_for(lambda: not dlg.isVisible(), b.configChanged, dlg.finished, what="saved")
+        ops = await b.call("GET", "/v1/ops?plan=docs")
+        assert [(o["kind"], o["plan"]) for o in ops] == [("backup", "docs")]
+        await wait_for(
+            lambda: (b.status.get("health") or {}).get("level") == "ok",
+            b.statusChanged,
+            timeout=120,
+            what="health ok after the first backup",
+        )
+        assert [o["status"] for o in await b.call("GET", "/v1/ops?plan=docs")] == ["success"]
+        # The edit dialog does not offer it: the plan exists ("Back up now" is a button there).
+        page.select_plan("docs")
+        edit = page.open_edit_plan()
+        assert edit is not None
+        assert not edit.backup_now.isVisibleTo(edit)
+        assert "backup_now" not in edit.validate()[1]
+        edit.reject()
+
+    qloop.run(body())
+
+
 def test_server_refusal_is_shown_under_the_field(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
     """What only the node knows (here: a wrong password for an existing repo) comes back inline."""
     w = gui.window
@@ -360,7 +395,15 @@ def test_tray_menu_actions(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
         await wait_for(lambda: b.paused, b.statusChanged, what="paused")
         assert (await b.call("GET", "/v1/status"))["paused"] is True
         assert tray.pause_action.text() == "Resume scheduled backups"
-        await wait_for(lambda: tray.state == "paused", tray.stateChanged, b.statusChanged)
+        # alpha never succeeded, so the node's health (attention) outranks "paused" in the
+        # icon; the tooltip says both.
+        await wait_for(
+            lambda: "Scheduled backups are paused." in tray.tooltip,
+            tray.stateChanged,
+            b.statusChanged,
+        )
+        assert tray.state == "warning"
+        assert "• plan alpha has never succeeded" in tray.tooltip.splitlines()
         tray.pause_action.trigger()
         await wait_for(lambda: not b.paused, b.statusChanged, what="resumed")
         assert (await b.call("GET", "/v1/status"))["paused"] is False
@@ -608,7 +651,10 @@ def test_failures_notify_once_and_cancel_and_remove(gui: GuiEnv, qloop: QLoop, q
         w.show_page(ops)
         await ops.model.tasks.idle()
         first = await b.backup("docs")
-        second = await b.backup("docs")
+        # "Back up now" again on the same plan queues nothing: the node answers with that one.
+        again = await b.backup("docs")
+        assert again["id"] == first["id"] and again["already"].startswith("plan docs is already")
+        second = await b.backup("flaky")
         await wait_for(lambda: ops.model.row_of(second["id"]) is not None, ops.model.rowsInserted)
         assert ops.select_op(second["id"])
         assert ops.cancel_button.isEnabled()
