@@ -11,10 +11,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from peerstash.core.engine import BackupRunning, PasswordSpec
 from peerstash.core.models import OpStatus
 from peerstash.core.store import OpFilter, utcnow
 from peerstash.peer.node import Node
+from peerstash.peer.rpc import CallError
 from tests.integration.test_fleet import admin
 from tests.integration.test_pairing import MakeNode, make_node
 from tests.integration.test_shared_repos import link as link_b_gives_a
@@ -229,3 +232,45 @@ async def test_backup_now_twice_queues_one_and_plan_add_backs_up_first(
         a, "POST", "/v1/plans", {"id": "x", "repo": "r1", "paths": ["/x"], "backup_now": "yes"}
     )
     assert status == 400 and err["error"] == "field 'backup_now' must be true or false"
+
+
+async def test_a_peer_asking_for_a_backup_already_running_is_told_so(
+    make_node: MakeNode, restic_bin: str, tmp_path: Path
+) -> None:
+    """Across the link too: a peer's ``remote run`` during a backup of that plan starts nothing."""
+    a = await make_node("alpha", restic_path=restic_bin)
+    b = await make_node("bravo", restic_path=restic_bin)
+    await link(a, b, ["run"])
+    assert a.engine and b.rpc
+    gate = tmp_path / "gate"
+    script = tmp_path / "password.sh"
+    script.write_text(
+        f"#!/bin/sh\nwhile [ ! -e '{gate}' ]; do sleep 0.05; done\necho '{PASSWORD}'\n"
+    )
+    script.chmod(0o700)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("held\n")
+    gate.touch()
+    await a.engine.add_repo(
+        "r1", str(tmp_path / "repo"), PasswordSpec("command", ref=str(script)), init=True
+    )
+    gate.unlink()  # from here restic waits for the gate: the backup stays running
+    await a.engine.add_plan("docs", repo_id="r1", paths=[str(src)])
+    held = await a.engine.backup("docs")
+
+    with pytest.raises(CallError) as err:
+        await b.rpc.call("alpha", "remote.run", {"request_id": "busy-1", "plan": "docs"})
+    assert err.value.message in (
+        f"plan docs is already running (operation {held.op_id})",
+        f"plan docs is already queued (operation {held.op_id})",
+    )
+    ops = await a.engine.store.list_operations(OpFilter(plan_id="docs", kind="backup"))
+    assert [o.op_id for o in ops] == [held.op_id]
+
+    gate.touch()
+    assert (await a.engine.wait(held.pk)).status == "success"
+    res = await b.rpc.call("alpha", "remote.run", {"request_id": "busy-2", "plan": "docs"})
+    assert res["again"] is False and res["op_id"] != held.op_id
+    ops = await a.engine.store.list_operations(OpFilter(plan_id="docs", kind="backup"))
+    assert len(ops) == 2
