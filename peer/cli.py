@@ -256,9 +256,12 @@ def health_lines(health: dict[str, Any]) -> list[str]:
 async def _status_check(c: AdminClient) -> int:
     """One line and the Nagios exit code; a node that does not answer is UNKNOWN (3)."""
     try:
-        health = (await c.call("GET", "/v1/status"))["health"]
+        health = (await c.call("GET", "/v1/status")).get("health")
     except CliError as exc:
         print(f"PEERSTASH UNKNOWN - {exc}")
+        return CHECK_UNKNOWN
+    if not isinstance(health, dict):
+        print("PEERSTASH UNKNOWN - this node does not report health (an older version?)")
         return CHECK_UNKNOWN
     word, code = CHECK_CODES.get(health["level"], ("UNKNOWN", CHECK_UNKNOWN))
     detail = "; ".join(r["message"] for r in health["reasons"])

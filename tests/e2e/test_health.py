@@ -160,6 +160,23 @@ def test_plan_add_backs_up_now_and_backup_now_does_not_queue_twice(
     assert check(node) == (0, "PEERSTASH OK - ok")
 
 
+def test_health_settings_from_the_cli(node: NodeProc) -> None:
+    res = node.cli("settings", "set", "peer_offline_after", "36h")
+    assert res.stdout.strip() == "peer_offline_after set; it takes effect now"
+    node.cli("settings", "set", "peer_stale_after", "604800")
+    got = jcli(node, "settings")
+    assert (got["peer_offline_after"], got["peer_stale_after"]) == (36 * 3600, 604800)
+    res = node.cli("settings", "set", "peer_offline_after", "soon", check=False)
+    assert res.returncode == 1
+    assert res.stderr.strip() == (
+        "peerstash: peer_offline_after: give seconds or a duration such as 2d, 36h or 90m, "
+        "not 'soon'"
+    )
+    assert jcli(node, "settings")["peer_offline_after"] == 36 * 3600
+    node.cli("settings", "set", "peer_offline_after", "")  # back to the default
+    assert jcli(node, "settings")["peer_offline_after"] is None
+
+
 def test_plan_add_no_backup_now_starts_nothing(node: NodeProc, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", files=3)
     add_repo(node, "main", str(tmp_path / "repo"))
