@@ -135,6 +135,9 @@ class Engine:
         #: here, name unusable). Recomputed on each owner's push; shown by status and
         #: ``repo list``.
         self.skipped_shares: dict[str, str] = {}
+        #: Per owner, the repositories it sent that our grant does not let it send (its last
+        #: push). Shown by health: the owner and we disagree about what is shared.
+        self.refused_shares: dict[str, list[str]] = {}
         #: Makes "is a backup of this plan unfinished?" and queueing one a single step.
         self._submit_lock = asyncio.Lock()
 
@@ -636,6 +639,10 @@ class Engine:
             message = f"shared repository {local_id} not taken: {why}"
             log.warning(message)
             self.bus.publish(Notice(level="warning", message=message))
+        if result.refused:
+            self.refused_shares[result.origin] = list(result.refused)
+        else:
+            self.refused_shares.pop(result.origin, None)
         if result.refused:
             message = (
                 f"refused repositories {', '.join(result.refused)} from {result.origin}: "

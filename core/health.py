@@ -15,7 +15,7 @@ Levels, worst wins:
   backup that finished with warnings (some files unread), a run cancelled or interrupted, a plan
   the system disabled (its shared repository was unshared), a peer not heard from for longer
   than ``peer_offline_after``, a peer's plan that has not succeeded for ``peer_stale_after``, a
-  shared repository we did not take.
+  shared repository we did not take (skipped, or refused: not in our ``repos.receive`` grant).
 * ``failing``: a backup failed, here or on a peer machine whose history we receive.
 
 Plans the user disabled are left out on purpose: the user said not to run them, and ``plan
@@ -283,6 +283,7 @@ def compute(
     plans: Iterable[PlanFacts],
     peers: Iterable[PeerFacts] = (),
     skipped_shares: Mapping[str, str] | None = None,
+    refused_shares: Mapping[str, Iterable[str]] | None = None,
     now: datetime,
     peer_offline_after: timedelta = PEER_OFFLINE_AFTER,
     peer_stale_after: timedelta = PEER_STALE_AFTER,
@@ -300,6 +301,19 @@ def compute(
                 "share_skipped",
                 f"shared repository {local_id} was not taken: {why}",
                 repo=local_id,
+            )
+        )
+    for origin, given in sorted((refused_shares or {}).items()):
+        names = sorted(given)
+        listed = ", ".join(_clean(n, 100) for n in names[:10])
+        more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+        reasons.append(
+            Reason(
+                ATTENTION,
+                "share_refused",
+                f"machine {origin} shares repositories {listed}{more} with this node, which "
+                "does not grant it repos.receive for them: refused",
+                peer=origin,
             )
         )
     reasons.sort(key=lambda r: -LEVELS.index(r.level))  # stable: keeps the order within a level

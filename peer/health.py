@@ -89,6 +89,7 @@ async def node_health(engine: Engine) -> h.Health:
         plans=plans,
         peers=peers,
         skipped_shares=engine.skipped_shares,
+        refused_shares=engine.refused_shares,
         now=utcnow(),
         peer_offline_after=await _seconds(engine, OFFLINE_SETTING, h.PEER_OFFLINE_AFTER),
         peer_stale_after=await _seconds(engine, STALE_SETTING, h.PEER_STALE_AFTER),

@@ -274,3 +274,35 @@ async def test_a_peer_asking_for_a_backup_already_running_is_told_so(
     assert res["again"] is False and res["op_id"] != held.op_id
     ops = await a.engine.store.list_operations(OpFilter(plan_id="docs", kind="backup"))
     assert len(ops) == 2
+
+
+async def test_refused_share_needs_attention(
+    make_node: MakeNode, restic_bin: str, tmp_path: Path
+) -> None:
+    """A hostile (or confused) owner sends a repository our grant does not cover: B refuses it,
+    stores nothing, and its health says so until the owner stops."""
+    a = await make_node("a", restic_path=restic_bin)
+    b = await make_node("b", restic_path=restic_bin)
+    assert a.engine and b.engine
+    await a.engine.add_repo(
+        "r1", str(tmp_path / "repo1"), PasswordSpec("secret", value=PASSWORD), init=True
+    )
+    got = next_shares(b, "a")
+    await link_b_gives_a(a, b, ["repos.receive:repo:other"])
+    assert (await got).offered == 0
+    assert (await health(b))["level"] == "ok"
+    await a.engine.store.update_peer("b", their_grants=["repos.receive:*"])  # A's wrong belief
+    got = next_shares(b, "a")
+    await a.engine.share_repo("r1")
+    assert (await got).refused == ["r1"]
+    assert await b.engine.list_repos() == []
+    h = await health(b)
+    assert [(r["level"], r["kind"], r.get("peer")) for r in h["reasons"]] == [
+        ("attention", "share_refused", "a")
+    ]
+    assert PASSWORD not in str(h)
+    # The owner stops sharing it: the next push holds nothing refused, and B is ok again.
+    got = next_shares(b, "a")
+    await a.engine.unshare_repo("r1")
+    assert (await got).refused == []
+    assert (await health(b))["level"] == "ok"

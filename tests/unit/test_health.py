@@ -217,3 +217,15 @@ def test_error_text_is_one_printable_bounded_line() -> None:
         "machine laptop, plan home: last backup failed: line one line two [31mred"
     )
     assert len(msg) < 300 and msg.endswith("…")
+
+
+def test_refused_share_needs_attention_naming_the_machine() -> None:
+    h = compute(plans=[], refused_shares={"nas": ["r1", "r2\nx"]}, now=NOW)
+    assert kinds(h) == [(ATTENTION, "share_refused")]
+    assert h.reasons[0].peer == "nas"
+    assert h.reasons[0].message == (
+        "machine nas shares repositories r1, r2 x with this node, which does not grant it "
+        "repos.receive for them: refused"
+    )
+    many = compute(plans=[], refused_shares={"nas": [f"r{i:02}" for i in range(13)]}, now=NOW)
+    assert "r09 and 3 more with this node" in many.reasons[0].message
