@@ -81,6 +81,19 @@ class EngineError(Exception):
     """A request refused or failed, worded for the person who made it."""
 
 
+class BackupRunning(EngineError):
+    """A backup of this plan is already queued or running: ``op`` is that one.
+
+    Raised instead of queueing a second one, so "Back up now" pressed twice (or a schedule
+    firing during a long run) does not stack backups that would only repeat each other.
+    """
+
+    def __init__(self, plan_id: str, op: Operation) -> None:
+        word = "queued" if op.status == OpStatus.PENDING else "running"
+        super().__init__(f"plan {plan_id} is already {word} (operation {op.op_id})")
+        self.op = op
+
+
 def check_name(kind: str, name: str) -> None:
     if not name or len(name) > 100 or not set(name) <= _NAME_OK or name[0] in "-.":
         raise EngineError(
@@ -194,6 +207,11 @@ class Engine:
         #: is removed (stale locks only) before the next operation on them, once reachable.
         self._unlock_owed: set[str] = set()
         self._unlock_tasks: set[asyncio.Task[None]] = set()
+        #: Per owner, the repositories it sent that our grant does not let it send (its last
+        #: push). Shown by health: the owner and we disagree about what is shared.
+        self.refused_shares: dict[str, list[str]] = {}
+        #: Makes "is a backup of this plan unfinished?" and queueing one a single step.
+        self._submit_lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -864,6 +882,10 @@ class Engine:
             log.warning(message)
             self.bus.publish(Notice(level="warning", message=message))
         if result.refused:
+            self.refused_shares[result.origin] = list(result.refused)
+        else:
+            self.refused_shares.pop(result.origin, None)
+        if result.refused:
             message = (
                 f"refused repositories {', '.join(result.refused)} from {result.origin}: "
                 "this node does not grant it repos.receive for them"
@@ -1096,13 +1118,32 @@ class Engine:
         flow_id: str | None = None,
     ) -> Operation:
         if repo.id in self._unlock_owed and kind is not OpKind.UNLOCK and repo.origin is None:
+            # Before taking the lock: the unlock is submitted through here too.
             self._unlock_owed.discard(repo.id)
             await self._enqueue_unlock(repo, stale_only=True)  # first in the repo's queue
-        op = await self.store.create_operation(
-            kind, plan_id=plan_id, repo_id=repo.id, flow_id=flow_id
-        )
-        await self.runner.submit(repo.id, op, self._unlocking_after_failure(repo, kind, job))
+        async with self._submit_lock:
+            if kind == OpKind.BACKUP and plan_id is not None:
+                unfinished = await self.unfinished_backup(plan_id)
+                if unfinished is not None:
+                    raise BackupRunning(plan_id, unfinished)
+            op = await self.store.create_operation(
+                kind, plan_id=plan_id, repo_id=repo.id, flow_id=flow_id
+            )
+            await self.runner.submit(repo.id, op, self._unlocking_after_failure(repo, kind, job))
         return op
+
+    async def unfinished_backup(self, plan_id: str) -> Operation | None:
+        """This node's queued or running backup of ``plan_id``, if there is one."""
+        for status in (OpStatus.RUNNING, OpStatus.PENDING):
+            ops = await self.store.list_operations(
+                OpFilter(
+                    origin=self.instance_id, plan_id=plan_id, kind=OpKind.BACKUP, status=status
+                ),
+                limit=1,
+            )
+            if ops:
+                return ops[0]
+        return None
 
     def _unlocking_after_failure(self, repo: Repo, kind: OpKind, job: Any) -> Any:
         """``job``, queueing a stale-lock removal on ``repo`` when it fails in a way that can
@@ -1171,6 +1212,8 @@ class Engine:
         self, plan_id: str, *, reason: str = "manual", flow_id: str | None = None
     ) -> Operation:
         """Queue a backup of ``plan_id`` (and its retention afterwards). Returns the pending op.
+
+        Raises :class:`BackupRunning` (with that op) when one is already queued or running.
 
         ``flow_id`` names the flow from outside (a peer's request id), so the request can be
         recognised later: on a repeated delivery here, and in the synced operation there.

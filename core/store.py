@@ -785,11 +785,20 @@ class Store:
         async with self.session() as s:
             return list((await s.scalars(q)).all())
 
-    async def latest_per_plan(self, kind: str = OpKind.BACKUP) -> dict[tuple[str, str], Operation]:
-        """The newest operation of ``kind`` for each (origin, plan)."""
+    async def latest_per_plan(
+        self, kind: str = OpKind.BACKUP, *, statuses: Sequence[str] | None = None
+    ) -> dict[tuple[str, str], Operation]:
+        """The newest operation of ``kind`` for each (origin, plan), among ``statuses`` if given.
+
+        Health asks for the newest finished one (a run in progress must not hide the failure
+        before it) and the newest successful one.
+        """
+        where = [Operation.kind == kind, Operation.plan_id.is_not(None)]
+        if statuses is not None:
+            where.append(Operation.status.in_(list(statuses)))
         newest = (
             select(func.max(Operation.pk).label("pk"))
-            .where(Operation.kind == kind, Operation.plan_id.is_not(None))
+            .where(*where)
             .group_by(Operation.origin, Operation.plan_id)
             .subquery()
         )

@@ -235,13 +235,17 @@ class Backend(QObject):
             self._on_op(event["op"])
         elif kind == "link":
             self._on_link(str(event.get("peer") or ""), event)
+            self.refresh_status_soon()  # the node's health counts peers heard from
         elif kind == "config":
             self._config_soon()
             self.refresh_status_soon()
         elif kind == "stale":
             self.refresh_status_soon()
         elif kind == "notice":
-            self.notice.emit(str(event.get("level") or "info"), str(event.get("message") or ""))
+            level = str(event.get("level") or "info")
+            self.notice.emit(level, str(event.get("message") or ""))
+            if level in ("warning", "error"):
+                self.refresh_status_soon()  # e.g. a shared repository not taken: health changed
         elif kind == "present":
             self.presentRequested.emit()
         elif kind == "snapshots" and event.get("repo"):

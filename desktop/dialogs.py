@@ -158,6 +158,8 @@ class AddPlanDialog(FormDialog):
     editing: str | None = None
     #: Paths the plan already has: not required to exist now (a disk may be unplugged).
     known_paths: frozenset[str] = frozenset()
+    #: A new plan may start its first backup at once (the node does it, ``backup_now``).
+    offers_backup_now = True
 
     def __init__(self, backend: Backend, parent: QWidget | None = None) -> None:
         super().__init__(backend, "Add a backup plan", parent)
@@ -221,6 +223,15 @@ class AddPlanDialog(FormDialog):
             grid,
             "How many to keep of each kind; leave empty to keep everything.",
         )
+        self.backup_now = QCheckBox("Back up now")
+        self.backup_now.setChecked(True)
+        if self.offers_backup_now:
+            self.add_field(
+                "backup_now",
+                "",
+                self.backup_now,
+                "Start the first backup as soon as the plan is saved: it is not protected before.",
+            )
         self._folder_dialog: QFileDialog | None = None
 
     def _schedule_kind_changed(self) -> None:
@@ -273,6 +284,8 @@ class AddPlanDialog(FormDialog):
             "excludes": _lines(self.excludes),
             "retention": {},
         }
+        if self.offers_backup_now:
+            body["backup_now"] = self.backup_now.isChecked()
         kind = self.schedule_kind.currentData()
         text = self.schedule.text().strip()
         if kind != "manual":
@@ -487,6 +500,8 @@ def every_text(seconds: int) -> str:
 
 class EditPlanDialog(AddPlanDialog):
     """The add-plan form, filled from ``plan`` (as ``GET /v1/plans`` lists it); name fixed."""
+
+    offers_backup_now = False
 
     def __init__(
         self, backend: Backend, plan: dict[str, Any], parent: QWidget | None = None

@@ -27,7 +27,8 @@ from peerstash.desktop import fmt
 from peerstash.desktop.api import query
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.icons import STATUS_COLORS, status_icon
-from peerstash.desktop.widgets import Page, item, make_table
+from peerstash.desktop.tray import HEALTH_STATES, health_words
+from peerstash.desktop.widgets import LEVEL_STYLES, Page, item, make_table
 
 PLAN_HEADERS = ("Plan", "Repository", "Last backup", "Result", "Next run", "")
 FLEET_HEADERS = ("Machine", "Link", "Plan", "Last backup", "Result")
@@ -60,6 +61,14 @@ class OverviewPage(Page):
         self.pause_button.clicked.connect(self._toggle_pause)
         cl.addWidget(self.pause_button, 0, Qt.AlignmentFlag.AlignVCenter)
         self.outer.addWidget(card)
+        # The node's verdict on the whole fleet (status "health"), shown as the node words it.
+        self.health = QLabel("")
+        self.health.setObjectName("overviewHealth")
+        self.health.setWordWrap(True)
+        self.health.setTextFormat(Qt.TextFormat.PlainText)
+        self.health.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.health.hide()
+        self.outer.addWidget(self.health)
 
         plans_label = QLabel("Backup plans")
         plans_label.setStyleSheet("font-weight:600;")
@@ -207,6 +216,7 @@ class OverviewPage(Page):
             + ("scheduled backups are <b>paused</b>" if paused else "scheduled backups are on")
         )
         self.pause_button.setText("Resume schedules" if paused else "Pause schedules")
+        self._show_health(st)
         plans = list(st.get("plans") or [])
         self.plans.setRowCount(len(plans))
         for r, p in enumerate(plans):
@@ -248,11 +258,23 @@ class OverviewPage(Page):
         rows_h = sum(self.plans.rowHeight(r) for r in range(min(len(plans), 10)))
         self.plans.setFixedHeight(self.plans.horizontalHeader().height() + rows_h + 4)
 
+    def _show_health(self, st: dict[str, Any]) -> None:
+        """The node's health and its reasons, one line each (plain text: a peer's words)."""
+        summary, reasons = health_words(st)
+        level = str((st.get("health") or {}).get("level") or "")
+        self.health.setText("\n".join([f"Health: {summary}", *(f"• {r}" for r in reasons)]))
+        style = LEVEL_STYLES.get(HEALTH_STATES.get(level, "warning"), "")
+        self.health.setStyleSheet(f"QLabel{{{style}border-radius:4px;padding:6px 8px;}}")
+        self.health.show()
+
     def _toggle_pause(self) -> None:
         self.run(self.backend.set_paused(not self.backend.paused))
 
     async def _backup(self, plan_id: str) -> None:
         op = await self.backend.backup(plan_id)
+        if op.get("already"):  # the node queued nothing: one is on its way already
+            self.banner.show_message(str(op["already"]), "info")
+            return
         self.banner.show_message(f"Backup of {plan_id} queued (operation {op['id'][-8:]}).", "ok")
 
     # -- running operations --------------------------------------------------------------------

@@ -215,6 +215,9 @@ class PlansPage(Page):
 
     async def _do_backup(self, plan_id: str) -> None:
         op = await self.backend.backup(plan_id)
+        if op.get("already"):  # the node queued nothing: one is on its way already
+            self.banner.show_message(f"{op['already']}; follow it on the Operations page.", "info")
+            return
         self.banner.show_message(
             f"Backup of {plan_id} queued as operation {op['id'][-8:]}; follow it on the "
             "Operations page.",

@@ -27,11 +27,15 @@ log = logging.getLogger(__name__)
 STATE_WORDS = {
     "ok": "all backups are fine",
     "running": "a backup is running",
-    "warning": "a backup needs attention",
+    "warning": "something needs a look",
     "error": "a backup failed",
     "paused": "scheduled backups are paused",
     "attention": "a peer needs attention",
 }
+#: The node's health level (``status["health"]``, core/health.py) → the tray icon state.
+HEALTH_STATES = {"ok": "ok", "attention": "warning", "failing": "error"}
+#: How many of the node's reasons the tooltip lists (the overview lists them all).
+TOOLTIP_REASONS = 5
 
 FAILED = frozenset({"error", "interrupted"})
 PEER_STATE_COLORS = {
@@ -50,27 +54,40 @@ def compute_state(
 ) -> str:
     """The tray state: what a person most needs to know, in this order.
 
-    Running work is shown first (it is what is happening now and ends by itself), then a
-    failure, then peers needing attention, then a warning (partial backup or stale plan), then
-    paused schedules; otherwise ok.
+    Running work is shown first (it is what is happening now and ends by itself); then the
+    node's own verdict on the fleet (``health``: failing → error, attention → warning), which
+    the tray displays and never second-guesses; then a peer link in trouble, then paused
+    schedules; otherwise ok. Until the node has answered, the state is unknown: "warning",
+    never a green it cannot vouch for.
     """
     if any(op.get("status") == "running" for op in active.values()):
         return "running"
-    plans = list(status.get("plans") or [])
-    lasts = [str((p.get("last") or {}).get("status") or "") for p in plans]
-    if any(s in FAILED for s in lasts):
-        return "error"
+    health = status.get("health") or {}
+    state = HEALTH_STATES.get(str(health.get("level")), "warning")
+    if state != "ok":
+        return state
     if peers_attention:
         return "attention"
-    if any(s == "warning" for s in lasts) or any(p.get("stale") for p in plans):
-        return "warning"
     if status.get("paused"):
         return "paused"
     return "ok"
 
 
+def health_words(status: dict[str, Any]) -> tuple[str, list[str]]:
+    """The node's health summary ("attention — 2 things need a look") and its reasons."""
+    health = status.get("health")
+    if not isinstance(health, dict):
+        return "not known yet (no answer from the node)", []
+    reasons = [str(r.get("message") or "") for r in health.get("reasons") or []]
+    return str(health.get("summary") or health.get("level") or "?"), reasons
+
+
 def tooltip_text(status: dict[str, Any], state: str) -> str:
-    lines = [f"Peerstash — {STATE_WORDS.get(state, state)}"]
+    summary, reasons = health_words(status)
+    lines = [f"Peerstash — {STATE_WORDS.get(state, state)}", f"Health: {summary}"]
+    lines += [f"• {r}" for r in reasons[:TOOLTIP_REASONS]]
+    if len(reasons) > TOOLTIP_REASONS:
+        lines.append(f"• … and {len(reasons) - TOOLTIP_REASONS} more (see the overview)")
     for p in status.get("plans") or []:
         last = p.get("last") or {}
         if last:

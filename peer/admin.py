@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from peerstash.core.engine import Engine, EngineError, PasswordSpec
+from peerstash.core.engine import BackupRunning, Engine, EngineError, PasswordSpec
 from peerstash.core.events import (
     ConfigChanged,
     Event,
@@ -44,6 +44,7 @@ from peerstash.core.serialize import (
 from peerstash.core.store import NotFound, OpFilter, StoreError
 from peerstash.peer import fleet as fleet_view
 from peerstash.peer import remote_config
+from peerstash.peer.health import OFFLINE_SETTING, STALE_SETTING, node_health
 from peerstash.peer.link import LinkStateChanged, PairingError, PeerManager, is_revoked
 from peerstash.peer.pairing import TokenError, create_token, token_to_dict
 from peerstash.peer.permissions import GrantError
@@ -189,7 +190,8 @@ async def status(request: web.Request) -> web.Response:
             }
         )
     fleet = await fleet_view.fleet(engine.store, engine.instance_id, node.name)
-    return web.json_response({**node.status(), "plans": plans, "peers": fleet})
+    health = (await node_health(engine)).to_dict()
+    return web.json_response({**node.status(), "health": health, "plans": plans, "peers": fleet})
 
 
 async def _labels(request: web.Request) -> dict[str, str]:
@@ -272,7 +274,15 @@ def _new_plan(data: dict[str, Any]) -> dict[str, Any]:
         "schedule": _str(data, "schedule", required=False),
         "every": _str(data, "every", required=False),
         "retention": retention,
+        "backup_now": _flag(data, "backup_now", default=True),
     }
+
+
+def _flag(data: dict[str, Any], key: str, *, default: bool) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"field {key!r} must be true or false")
+    return value
 
 
 async def add_plan(request: web.Request) -> web.Response:
@@ -286,7 +296,23 @@ async def add_plan(request: web.Request) -> web.Response:
         every=f["every"],
         retention=f["retention"],
     )
-    return web.json_response(plan_to_dict(plan), status=201)
+    out = plan_to_dict(plan)
+    if f["backup_now"]:
+        out["first_backup"] = await first_backup(_engine(request), plan.id)
+    return web.json_response(out, status=201)
+
+
+async def first_backup(engine: Engine, plan_id: str, *, who: str = "") -> dict[str, Any]:
+    """Queue a new plan's first backup, so it is protected now rather than at its first slot.
+
+    The plan is already added when this runs: a failure to queue is reported in the answer
+    (``error``), not as a failed add.
+    """
+    try:
+        op = await engine.backup(plan_id, reason=f"first backup{who}")
+    except EngineError as exc:
+        return {"error": str(exc)}
+    return op_to_dict(op)
 
 
 def _plan_changes(data: dict[str, Any]) -> dict[str, Any]:
@@ -352,7 +378,11 @@ async def delete_plan(request: web.Request) -> web.Response:
 
 
 async def backup(request: web.Request) -> web.Response:
-    op = await _engine(request).backup(request.match_info["id"])
+    """Queue a backup; one already queued or running is answered (200, ``already``) instead."""
+    try:
+        op = await _engine(request).backup(request.match_info["id"])
+    except BackupRunning as exc:
+        return web.json_response({**op_to_dict(exc.op), "already": str(exc)})
     return web.json_response(op_to_dict(op), status=202)
 
 
@@ -1127,6 +1157,10 @@ def _check_listen(value: object) -> bool:
     return True
 
 
+def _positive_seconds(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 #: Settings a person may change, with a check and the sentence shown when it fails. Each takes
 #: effect when the node next starts; ``None`` puts the default back.
 SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -1158,6 +1192,9 @@ SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == 0 or 10 <= v <= 86400),
         "restic_stall_seconds is 0 (off) or seconds from 10 to 86400",
     ),
+    # Health (peer/health.py): read on each status, so these take effect at once.
+    OFFLINE_SETTING: (_positive_seconds, f"{OFFLINE_SETTING} is a number of seconds above 0"),
+    STALE_SETTING: (_positive_seconds, f"{STALE_SETTING} is a number of seconds above 0"),
 }
 
 

@@ -170,13 +170,18 @@ def op_line(op: dict[str, Any]) -> list[str]:
         op["id"],
         op.get("origin_label") or op["origin"],
         op["kind"],
-        op["status"],
+        status_word(op["status"]),
         op.get("plan") or "-",
         op.get("repo") or "-",
         short_time(op.get("started_at") or op.get("created_at")),
         duration,
         detail,
     ]
+
+
+def status_word(status: str) -> str:
+    """An operation's status as people read it: ``pending`` is shown as ``queued``."""
+    return "queued" if status == "pending" else status
 
 
 OP_HEADERS = ["ID", "ORIGIN", "KIND", "STATUS", "PLAN", "REPO", "STARTED", "TOOK", "DETAIL"]
@@ -273,15 +278,48 @@ def fleet_lines(plans: list[dict[str, Any]]) -> list[str]:
         when = short_time(p.get("ended_at") or p.get("started_at") or p.get("created_at"))
         snap = f", snapshot {p['snapshot_id'][:8]}" if p.get("snapshot_id") else ""
         why = f": {p['error']}" if p.get("error") else ""
-        out.append(f"plan {p['plan']}: last backup {p['status']} {when}{snap}{why}")
+        out.append(f"plan {p['plan']}: last backup {status_word(p['status'])} {when}{snap}{why}")
     return out or ["no backups shared with this node"]
 
 
+#: ``status --check``: Nagios plugin words and exit codes by health level.
+CHECK_CODES: dict[str, tuple[str, int]] = {
+    "ok": ("OK", 0),
+    "attention": ("WARNING", 1),
+    "failing": ("CRITICAL", 2),
+}
+CHECK_UNKNOWN = 3
+
+
+def health_lines(health: dict[str, Any]) -> list[str]:
+    """``health: attention — 2 things need a look`` and one line per reason."""
+    return [f"health: {health['summary']}"] + [f"  - {r['message']}" for r in health["reasons"]]
+
+
+async def _status_check(c: AdminClient) -> int:
+    """One line and the Nagios exit code; a node that does not answer is UNKNOWN (3)."""
+    try:
+        health = (await c.call("GET", "/v1/status")).get("health")
+    except CliError as exc:
+        print(f"PEERSTASH UNKNOWN - {exc}")
+        return CHECK_UNKNOWN
+    if not isinstance(health, dict):
+        print("PEERSTASH UNKNOWN - this node does not report health (an older version?)")
+        return CHECK_UNKNOWN
+    word, code = CHECK_CODES.get(health["level"], ("UNKNOWN", CHECK_UNKNOWN))
+    detail = "; ".join(r["message"] for r in health["reasons"])
+    print(f"PEERSTASH {word} - {health['summary']}" + (f": {detail}" if detail else ""))
+    return code
+
+
 async def cmd_status(c: AdminClient, a: argparse.Namespace) -> int:
+    if a.check:
+        return await _status_check(c)
     st = await c.call("GET", "/v1/status")
     name = st.get("name") or st["instance_id"]
     shown = name if name == st["instance_id"] else f"{name} (id {st['instance_id']})"
     lines = [
+        *health_lines(st["health"]),
         f"instance  {shown}  (Peerstash {st['version']}, pid {st['pid']})",
         f"data dir  {st['data_dir']}",
         f"schedules {'paused' if st['paused'] else 'active'}",
@@ -289,7 +327,7 @@ async def cmd_status(c: AdminClient, a: argparse.Namespace) -> int:
     for p in st["plans"]:
         last = p["last"]
         res = (
-            f"{last['status']} {short_time(last['ended_at'] or last['created_at'])}"
+            f"{status_word(last['status'])} {short_time(last['ended_at'] or last['created_at'])}"
             if last
             else "never run"
         )
@@ -515,9 +553,21 @@ async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
             "schedule": a.schedule,
             "every": a.every,
             "retention": _retention(a),
+            "backup_now": not a.no_backup_now,
         }
         res = await c.call("POST", base, body)
-        _emit(a, res, f"plan {a.name} added{suffix} (next run {short_time(res['next_due_at'])})")
+        first = res.get("first_backup")
+        if first is None:
+            now = ""
+        elif first.get("error"):
+            now = f"; first backup not started: {first['error']}"
+        else:
+            now = f"; first backup queued as operation {first['id']}"
+        _emit(
+            a,
+            res,
+            f"plan {a.name} added{suffix} (next run {short_time(res['next_due_at'])}){now}",
+        )
         return 0
     if a.plan_cmd == "edit":
         changes: dict[str, Any] = {}
@@ -582,6 +632,13 @@ async def _started(c: AdminClient, a: argparse.Namespace, op: dict[str, Any]) ->
 
 async def cmd_backup(c: AdminClient, a: argparse.Namespace) -> int:
     op = await c.call("POST", f"/v1/plans/{a.plan}/backup")
+    if op.get("already"):
+        # Not an error: the backup asked for is on its way. With --wait, follow that one.
+        print(op["already"], file=sys.stderr if a.wait or a.json else sys.stdout)
+        if not a.wait:
+            if a.json:
+                print(json.dumps(op, indent=2))
+            return 0
     if a.wait:
         # The whole run: the backup and the retention that follows it.
         return await wait_for(c, op, quiet=a.json, flow=True)
@@ -664,6 +721,31 @@ async def cmd_discover(c: AdminClient, a: argparse.Namespace) -> int:
     return 0
 
 
+#: Settings read by health on each status (seconds; ``""`` puts the default back).
+HEALTH_SETTINGS = ("peer_offline_after", "peer_stale_after")
+
+
+def _seconds_value(key: str, text: str) -> int | None:
+    """Seconds from ``"172800"`` or ``"2d"``/``"36h"``; empty for the default."""
+    if not text:
+        return None
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    total, number = 0, ""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    for ch in text.strip().lower():
+        if ch.isdigit():
+            number += ch
+        elif ch in units and number:
+            total, number = total + int(number) * units[ch], ""
+        else:
+            number = "x"
+            break
+    if number or total <= 0:
+        raise CliError(f"{key}: give seconds or a duration such as 2d, 36h or 90m, not {text!r}")
+    return total
+
+
 async def cmd_settings(c: AdminClient, a: argparse.Namespace) -> int:
     if a.settings_cmd == "set":
         value: Any
@@ -683,13 +765,17 @@ async def cmd_settings(c: AdminClient, a: argparse.Namespace) -> int:
                 value = int(a.value) if a.value else None
             except ValueError:
                 raise CliError(f"{a.key} is a whole number of seconds") from None
+        elif a.key in HEALTH_SETTINGS:
+            value = _seconds_value(a.key, a.value)
         else:
             value = a.value or None
         res = await c.call("POST", "/v1/settings", {"key": a.key, "value": value})
         if a.key.startswith("peer_history_"):
             _emit(a, res, f"{a.key} set; it applies as peers' operations arrive and at each gc")
         else:
-            when = "now (peers too)" if a.key == "display_name" else "when the node next starts"
+            when = {"display_name": "now (peers too)"}.get(
+                a.key, "now" if a.key in HEALTH_SETTINGS else "when the node next starts"
+            )
             _emit(a, res, f"{a.key} set; it takes effect {when}")
         return 0
     res = await c.call("GET", "/v1/settings")
@@ -1200,7 +1286,13 @@ def build_parser() -> argparse.ArgumentParser:
     def on_flag(sp: argparse.ArgumentParser, what: str) -> None:
         sp.add_argument("--on", metavar="PEER", help=f"on a paired peer instead: {what}")
 
-    json_flag(sub.add_parser("status", help="what this node is and how its plans are doing"))
+    stp = sub.add_parser("status", help="what this node is and how its plans are doing")
+    stp.add_argument(
+        "--check",
+        action="store_true",
+        help="one line and exit 0/1/2/3 for ok/attention/failing/no node (a Nagios plugin)",
+    )
+    json_flag(stp)
 
     repo = sub.add_parser("repo", help="manage repositories")
     rsub = repo.add_subparsers(dest="repo_cmd", required=True, parser_class=_Parser)
@@ -1266,6 +1358,11 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--schedule", metavar="CRON", help='cron expression, e.g. "0 3 * * *"')
     when.add_argument("--every", metavar="INTERVAL", help="interval, e.g. 6h, 30m, 1d")
     retention_options(pa)
+    pa.add_argument(
+        "--no-backup-now",
+        action="store_true",
+        help="do not start the first backup now (it runs at the first scheduled time)",
+    )
     on_flag(pa, "it must grant config.write; paths are the peer's, give them absolute")
     json_flag(pa)
     pe = psub.add_parser("edit", help="change a plan (only the options given)")
@@ -1506,12 +1603,15 @@ def build_parser() -> argparse.ArgumentParser:
             "peer_history_max_ops",
             "restic_retry_lock",
             "restic_stall_seconds",
+            "peer_offline_after",
+            "peer_stale_after",
         ],
     )
     sts.add_argument(
         "value",
         help="on/off for discovery; comma-separated list for interfaces; a whole number for "
-        "peer_history_days, peer_history_max_ops, restic_retry_lock and restic_stall_seconds",
+        "peer_history_days, peer_history_max_ops, restic_retry_lock and restic_stall_seconds; "
+        "a duration (2d, 36h, seconds) for peer_offline_after and peer_stale_after",
     )
     json_flag(sts)
     json_flag(st)

@@ -204,6 +204,7 @@ class RemoteConfig:
         plan_id = arg(args, "id")
         repo_id = arg(args, "repo")
         _target_repo(ctx, repo_id, plan_id)
+        backup_now = arg(args, "backup_now", bool, default=True)
         plan = await self.engine.add_plan(
             plan_id,
             repo_id=repo_id,
@@ -213,7 +214,19 @@ class RemoteConfig:
             every=arg(args, "every", default=None),
             retention=arg(args, "retention", dict, default={}),
         )
-        return plan_to_dict(plan)
+        out = plan_to_dict(plan)
+        if backup_now:
+            # The peer's user asked for a plan here: like a plan added locally, it is backed up
+            # now rather than at its first slot. config.write already lets them choose a
+            # schedule (say every few minutes), so this grants nothing more than that.
+            try:
+                op = await self.engine.backup(
+                    plan.id, reason=f"first backup, asked by {ctx.peer_id}"
+                )
+                out["first_backup"] = {"id": op.op_id, "status": op.status}
+            except EngineError as exc:
+                out["first_backup"] = {"error": str(exc)}
+        return out
 
     async def _plan_edit(self, ctx: CallContext, args: Mapping[str, Any]) -> dict[str, Any]:
         plan = await self._plan(ctx, arg(args, "id"))

@@ -72,7 +72,17 @@ def test_backup_list_forget_restore_roundtrip(
     assert repos[0]["guid"] and len(repos[0]["guid"]) == 64
 
     plan = jcli(
-        node, "plan", "add", "docs", "--repo", "main", "--path", str(src), "--keep-last", "2"
+        node,
+        "plan",
+        "add",
+        "--no-backup-now",
+        "docs",
+        "--repo",
+        "main",
+        "--path",
+        str(src),
+        "--keep-last",
+        "2",
     )
     assert plan["retention"] == {"keep_last": 2}
     for i in range(3):
@@ -165,7 +175,7 @@ def test_password_sources_resolved_by_node(node_factory: Any, tmp_path: Path) ->
         "--init",
     )
     for name, pw in (("f", "file-password"), ("e", "env-password"), ("c", "cmd-password")):
-        node.cli("plan", "add", f"p{name}", "--repo", name, "--path", str(src))
+        node.cli("plan", "add", "--no-backup-now", f"p{name}", "--repo", name, "--path", str(src))
         node.cli("backup", f"p{name}", "--wait")
         # The repository really uses that password: bare restic opens it with it.
         out = subprocess.run(
@@ -183,7 +193,7 @@ def test_password_sources_resolved_by_node(node_factory: Any, tmp_path: Path) ->
 def test_secret_never_in_outputs_or_database(node: NodeProc, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", files=3)
     add_repo(node, "main", str(tmp_path / "repo"), "--env", "EXTRA_TOKEN=tok-123456789")
-    node.cli("plan", "add", "p", "--repo", "main", "--path", str(src))
+    node.cli("plan", "add", "--no-backup-now", "p", "--repo", "main", "--path", str(src))
     node.cli("backup", "p", "--wait")
     outputs = [
         node.cli("repo", "list", "--json").stdout,
@@ -203,7 +213,7 @@ def test_failures_are_clear(node: NodeProc, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", files=3)
     repo = tmp_path / "repo"
     add_repo(node, "main", str(repo))
-    node.cli("plan", "add", "p", "--repo", "main", "--path", str(src))
+    node.cli("plan", "add", "--no-backup-now", "p", "--repo", "main", "--path", str(src))
 
     res = node.cli("backup", "nope", check=False)
     assert res.returncode == 1 and res.stderr.strip() == "peerstash: no plan named 'nope'"
@@ -235,7 +245,18 @@ def test_locked_repository_names_the_holder(node: NodeProc, tmp_path: Path) -> N
     src = make_tree(tmp_path / "src", files=3)
     repo = tmp_path / "repo"
     add_repo(node, "main", str(repo))
-    node.cli("plan", "add", "p", "--repo", "main", "--path", str(src), "--keep-last", "1")
+    node.cli(
+        "plan",
+        "add",
+        "--no-backup-now",
+        "p",
+        "--repo",
+        "main",
+        "--path",
+        str(src),
+        "--keep-last",
+        "1",
+    )
     node.cli("backup", "p", "--wait")
     # A bare restic backup reading stdin holds a lock until we close its input; its -v output
     # says when the lock is taken.
@@ -309,7 +330,7 @@ def test_forget_dry_run_lists_what_goes_and_changes_nothing(node: NodeProc, tmp_
     src = make_tree(tmp_path / "src", files=3)
     repo = tmp_path / "repo"
     add_repo(node, "main", str(repo))
-    node.cli("plan", "add", "p", "--repo", "main", "--path", str(src))
+    node.cli("plan", "add", "--no-backup-now", "p", "--repo", "main", "--path", str(src))
     for i in range(3):
         (src / "notes.txt").write_text(f"version {i}\n")
         node.cli("backup", "p", "--wait")
@@ -379,7 +400,7 @@ def test_unreadable_file_gives_warning_with_snapshot(node: NodeProc, tmp_path: P
     bad = unreadable_path(tmp_path)
     add_repo(node, "main", str(tmp_path / "repo"))
     paths = ["--path", str(src)] + (["--path", bad] if not bad.startswith(str(src)) else [])
-    node.cli("plan", "add", "p", "--repo", "main", *paths)
+    node.cli("plan", "add", "--no-backup-now", "p", "--repo", "main", *paths)
     res = node.cli("backup", "p", "--wait", check=False)
     assert res.returncode == 3, res.stderr
     assert "could not be read" in res.stderr
@@ -417,7 +438,7 @@ def test_status_json_contract(node: NodeProc) -> None:
 def test_ctrl_c_leaves_no_running_operation(node: NodeProc, tmp_path: Path) -> None:
     src = big_tree(tmp_path / "big")
     add_repo(node, "main", str(tmp_path / "repo"))
-    node.cli("plan", "add", "p", "--repo", "main", "--path", str(src))
+    node.cli("plan", "add", "--no-backup-now", "p", "--repo", "main", "--path", str(src))
     # Stop the node while restic is really running.
     for update in start_and_follow(node, "p"):
         if update["status"] == "running":
@@ -474,7 +495,7 @@ def test_sigkill_mid_backup_recovers(node: NodeProc, tmp_path: Path) -> None:
     src = big_tree(tmp_path / "big")
     repo = tmp_path / "repo"
     add_repo(node, "main", str(repo))
-    node.cli("plan", "add", "p", "--repo", "main", "--path", str(src))
+    node.cli("plan", "add", "--no-backup-now", "p", "--repo", "main", "--path", str(src))
     for update in start_and_follow(node, "p"):
         if update["status"] == "running" and update["bytes_done"] > 0:
             op_id = update["id"]
@@ -504,7 +525,7 @@ def test_sigkill_mid_backup_recovers(node: NodeProc, tmp_path: Path) -> None:
 def test_gc_keeps_recent_history(node: NodeProc, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", files=2)
     add_repo(node, "main", str(tmp_path / "repo"))
-    node.cli("plan", "add", "p", "--repo", "main", "--path", str(src))
+    node.cli("plan", "add", "--no-backup-now", "p", "--repo", "main", "--path", str(src))
     node.cli("backup", "p", "--wait")
     assert jcli(node, "gc", "--older-than-days", "1") == {"removed": 0}
     assert [o["kind"] for o in jcli(node, "ops")] == ["backup"]
@@ -515,7 +536,18 @@ def test_gc_keeps_recent_history(node: NodeProc, tmp_path: Path) -> None:
 def test_edit_plan_and_repo_validated_and_nothing_lost(node: NodeProc, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", files=3)
     add_repo(node, "main", str(tmp_path / "repo"))
-    node.cli("plan", "add", "p", "--repo", "main", "--path", str(src), "--schedule", "0 3 * * *")
+    node.cli(
+        "plan",
+        "add",
+        "--no-backup-now",
+        "p",
+        "--repo",
+        "main",
+        "--path",
+        str(src),
+        "--schedule",
+        "0 3 * * *",
+    )
     plan = jcli(node, "plan", "edit", "p", "--every", "2h", "--keep-last", "1")
     assert plan["schedule"] is None and plan["every_seconds"] == 7200
     assert plan["retention"] == {"keep_last": 1} and plan["next_due_at"]

@@ -191,7 +191,7 @@ def test_fleet_history_reaches_a_granted_peer(node_factory: Any, tmp_path: Any) 
         "--init",
         input="pw-for-fleet-test\n",
     )
-    hub.cli("plan", "add", "docs", "--repo", "r", "--path", str(src))
+    hub.cli("plan", "add", "--no-backup-now", "docs", "--repo", "r", "--path", str(src))
     events = Events(a)
     try:
         assert next(events.lines()) == {"type": "ready"}

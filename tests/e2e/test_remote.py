@@ -30,8 +30,8 @@ def test_remote_run_wait_and_remote_snapshots_through_the_cli(
         "--init",
         input="pw-for-remote-test\n",
     )
-    hub.cli("plan", "add", "docs", "--repo", "r", "--path", str(src))
-    hub.cli("plan", "add", "other", "--repo", "r", "--path", str(src))
+    hub.cli("plan", "add", "--no-backup-now", "docs", "--repo", "r", "--path", str(src))
+    hub.cli("plan", "add", "--no-backup-now", "other", "--repo", "r", "--path", str(src))
 
     res = laptop.cli("remote", "run", "alpha", "docs", "--wait")
     mine = json.loads(hub.cli("ops", "--json").stdout)

@@ -26,7 +26,15 @@ def test_pages_show_the_real_node(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None
 
     async def body() -> None:
         b = gui.backend
-        await b.add_plan({"id": "docs", "repo": "main", "paths": [str(gui.src)], "every": "6h"})
+        await b.add_plan(
+            {
+                "backup_now": False,
+                "id": "docs",
+                "repo": "main",
+                "paths": [str(gui.src)],
+                "every": "6h",
+            }
+        )
         # Overview: this node and its plan, with a next run.
         w.show_page(w.overview)
         ov = w.overview
@@ -96,12 +104,35 @@ def test_add_plan_through_dialog_then_back_up_now(gui: GuiEnv, qloop: QLoop, qtb
         dlg.schedule_kind.setCurrentIndex(dlg.schedule_kind.findData("every"))
         qtbot.keyClicks(dlg.schedule, "12h")
         qtbot.keyClicks(dlg.keep["last"], "3")
+        # "Back up now" is offered, checked; unchecked here so the plan waits for the button.
+        assert dlg.backup_now.isChecked() and dlg.backup_now.text() == "Back up now"
+        dlg.backup_now.click()
+        assert not dlg.backup_now.isChecked()
         qtbot.mouseClick(dlg.save_button, Qt.MouseButton.LeftButton)
         await wait_for(
             lambda: not dlg.isVisible(), b.configChanged, dlg.finished, what="dialog closed"
         )
         assert dlg.field_errors() == {}
         assert [p["id"] for p in b.plans] == ["laptop-docs"]
+        # Not protected yet: the tray and the overview say so, in the node's words.
+        await wait_for(
+            lambda: "plan laptop-docs has never succeeded" in tray.tooltip,
+            tray.stateChanged,
+            b.statusChanged,
+            what="tray shows the plan never succeeded",
+        )
+        assert tray.state == "warning"
+        assert tray.tooltip.splitlines()[:3] == [
+            "Peerstash — something needs a look",
+            "Health: attention — 1 thing needs a look",
+            "• plan laptop-docs has never succeeded",
+        ]
+        assert tray.status_action.text() == "Peerstash: something needs a look"
+        assert w.overview.health.text().splitlines() == [
+            "Health: attention — 1 thing needs a look",
+            "• plan laptop-docs has never succeeded",
+        ]
+        assert await b.call("GET", "/v1/ops") == []  # nothing started behind our back
         assert b.plans[0]["retention"] == {"keep_last": 3}
         assert b.plans[0]["every_seconds"] == 12 * 3600
 
@@ -180,11 +211,14 @@ def test_add_plan_through_dialog_then_back_up_now(gui: GuiEnv, qloop: QLoop, qtb
             what="tray ok after running",
         )
         assert states.index("running") < len(states) - 1 and states[-1] == "ok"
+        assert "warning" in states[: states.index("running")]
         assert "laptop-docs: success" in tray.tooltip
+        assert tray.tooltip.splitlines()[:2] == ["Peerstash — all backups are fine", "Health: ok"]
         # Overview shows the result.
         w.show_page(w.overview)
         await w.overview.tasks.idle()
         assert w.overview.plans.item(0, 3).text() == "success"
+        assert w.overview.health.text() == "Health: ok"
 
         # Quit: the window goes at once, the in-process node stops cleanly (no operation left
         # running, the admin socket removed, the data dir lock released).
@@ -265,6 +299,41 @@ def test_invalid_forms_show_inline_errors_and_create_nothing(
     qloop.run(body())
 
 
+def test_new_plan_backs_up_at_once_unless_unchecked(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
+    """The add-plan dialog's "Back up now" (checked) makes the node start the first backup."""
+    w = gui.window
+    qtbot.addWidget(w)
+
+    async def body() -> None:
+        b = gui.backend
+        page = w.plans
+        w.show_page(page)
+        dlg = page.open_add_plan()
+        assert dlg.backup_now.isChecked()
+        dlg.name.setText("docs")
+        dlg.paths.setPlainText(str(gui.src))
+        qtbot.mouseClick(dlg.save_button, Qt.MouseButton.LeftButton)
+        await wait_for(lambda: not dlg.isVisible(), b.configChanged, dlg.finished, what="saved")
+        ops = await b.call("GET", "/v1/ops?plan=docs")
+        assert [(o["kind"], o["plan"]) for o in ops] == [("backup", "docs")]
+        await wait_for(
+            lambda: (b.status.get("health") or {}).get("level") == "ok",
+            b.statusChanged,
+            timeout=120,
+            what="health ok after the first backup",
+        )
+        assert [o["status"] for o in await b.call("GET", "/v1/ops?plan=docs")] == ["success"]
+        # The edit dialog does not offer it: the plan exists ("Back up now" is a button there).
+        page.select_plan("docs")
+        edit = page.open_edit_plan()
+        assert edit is not None
+        assert not edit.backup_now.isVisibleTo(edit)
+        assert "backup_now" not in edit.validate()[1]
+        edit.reject()
+
+    qloop.run(body())
+
+
 def test_server_refusal_is_shown_under_the_field(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
     """What only the node knows (here: a wrong password for an existing repo) comes back inline."""
     w = gui.window
@@ -295,8 +364,12 @@ def test_tray_menu_actions(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
 
     async def body() -> None:
         b = gui.backend
-        await b.add_plan({"id": "alpha", "repo": "main", "paths": [str(gui.src / "docs")]})
-        await b.add_plan({"id": "beta", "repo": "main", "paths": [str(gui.src / "docs")]})
+        await b.add_plan(
+            {"backup_now": False, "id": "alpha", "repo": "main", "paths": [str(gui.src / "docs")]}
+        )
+        await b.add_plan(
+            {"backup_now": False, "id": "beta", "repo": "main", "paths": [str(gui.src / "docs")]}
+        )
         assert set(tray.backup_actions) == {"alpha", "beta"}
         texts = [a.text() for a in tray.menu.actions()]
         assert "Back up beta now" in texts and "Open Peerstash" in texts and "Quit" in texts
@@ -322,7 +395,15 @@ def test_tray_menu_actions(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
         await wait_for(lambda: b.paused, b.statusChanged, what="paused")
         assert (await b.call("GET", "/v1/status"))["paused"] is True
         assert tray.pause_action.text() == "Resume scheduled backups"
-        await wait_for(lambda: tray.state == "paused", tray.stateChanged, b.statusChanged)
+        # alpha never succeeded, so the node's health (attention) outranks "paused" in the
+        # icon; the tooltip says both.
+        await wait_for(
+            lambda: "Scheduled backups are paused." in tray.tooltip,
+            tray.stateChanged,
+            b.statusChanged,
+        )
+        assert tray.state == "warning"
+        assert "• plan alpha has never succeeded" in tray.tooltip.splitlines()
         tray.pause_action.trigger()
         await wait_for(lambda: not b.paused, b.statusChanged, what="resumed")
         assert (await b.call("GET", "/v1/status"))["paused"] is False
@@ -344,7 +425,9 @@ def test_browse_snapshot_and_restore_a_file(gui: GuiEnv, qloop: QLoop, qtbot: An
 
     async def body() -> None:
         b = gui.backend
-        await b.add_plan({"id": "docs", "repo": "main", "paths": [str(gui.src / "docs")]})
+        await b.add_plan(
+            {"backup_now": False, "id": "docs", "repo": "main", "paths": [str(gui.src / "docs")]}
+        )
         op = await b.backup("docs")
         await wait_for(
             lambda: b.active.get((op["origin"], op["id"])) is None,
@@ -465,7 +548,9 @@ def test_pair_and_make_tokens_on_the_peers_page(gui: GuiEnv, qloop: QLoop, qtbot
                     },
                 )
                 await client.call(
-                    "POST", "/v1/plans", {"id": "home", "repo": "local", "paths": [str(src)]}
+                    "POST",
+                    "/v1/plans",
+                    {"id": "home", "repo": "local", "paths": [str(src)], "backup_now": False},
                 )
                 await client.call("POST", "/v1/plans/home/backup")
             b = gui.backend
@@ -544,8 +629,10 @@ def test_failures_notify_once_and_cancel_and_remove(gui: GuiEnv, qloop: QLoop, q
         gone = gui.tmp / "gone"
         gone.mkdir()
         (gone / "f").write_text("x")
-        await b.add_plan({"id": "flaky", "repo": "main", "paths": [str(gone)]})
-        await b.add_plan({"id": "docs", "repo": "main", "paths": [str(gui.src)]})
+        await b.add_plan({"backup_now": False, "id": "flaky", "repo": "main", "paths": [str(gone)]})
+        await b.add_plan(
+            {"backup_now": False, "id": "docs", "repo": "main", "paths": [str(gui.src)]}
+        )
         shutil.rmtree(gone)
 
         failed: list[dict[str, Any]] = []
@@ -564,7 +651,10 @@ def test_failures_notify_once_and_cancel_and_remove(gui: GuiEnv, qloop: QLoop, q
         w.show_page(ops)
         await ops.model.tasks.idle()
         first = await b.backup("docs")
-        second = await b.backup("docs")
+        # "Back up now" again on the same plan queues nothing: the node answers with that one.
+        again = await b.backup("docs")
+        assert again["id"] == first["id"] and again["already"].startswith("plan docs is already")
+        second = await b.backup("flaky")
         await wait_for(lambda: ops.model.row_of(second["id"]) is not None, ops.model.rowsInserted)
         assert ops.select_op(second["id"])
         assert ops.cancel_button.isEnabled()
@@ -636,7 +726,9 @@ def test_window_follows_the_node_going_away_and_coming_back(
         await wait_for(lambda: b.connected, b.connectionChanged, timeout=60, what="reconnect")
         await wait_for(lambda: resets, b.opsReset, what="lists reloaded")
         assert "guitest" in w.connection.text()
-        await b.add_plan({"id": "after", "repo": "main", "paths": [str(gui.src / "docs")]})
+        await b.add_plan(
+            {"backup_now": False, "id": "after", "repo": "main", "paths": [str(gui.src / "docs")]}
+        )
         op = await b.backup("after")
         await wait_for(lambda: (op["origin"], op["id"]) not in b.active, b.opChanged, timeout=60)
 

@@ -37,6 +37,7 @@ def test_edit_a_plan_through_the_dialog(gui: GuiEnv, qloop: QLoop, qtbot: Any) -
                 "paths": [str(gui.src / "docs")],
                 "every": "6h",
                 "retention": {"keep_last": 3},
+                "backup_now": False,
             }
         )
         page = w.plans
@@ -99,7 +100,9 @@ def test_node_refusal_in_the_edit_plan_dialog_changes_nothing(
 
     async def body() -> None:
         b = gui.backend
-        await b.add_plan({"id": "docs", "repo": "main", "paths": [str(gui.src / "docs")]})
+        await b.add_plan(
+            {"backup_now": False, "id": "docs", "repo": "main", "paths": [str(gui.src / "docs")]}
+        )
         page = w.plans
         w.show_page(page)
         page.select_plan("docs")
@@ -154,7 +157,9 @@ def test_edit_a_repository_wrong_password_keeps_the_old_one(
         dlg.reject()
 
         # The old settings still work: a backup succeeds.
-        await b.add_plan({"id": "docs", "repo": "main", "paths": [str(gui.src / "docs")]})
+        await b.add_plan(
+            {"backup_now": False, "id": "docs", "repo": "main", "paths": [str(gui.src / "docs")]}
+        )
         op = await b.backup("docs")
         await wait_for(
             lambda: (op["origin"], op["id"]) not in b.active,

@@ -100,19 +100,45 @@ def test_tray_state_priorities() -> None:
     from peerstash.desktop.tray import RateLimiter, compute_state, tooltip_text
 
     ok_plan = {"id": "a", "last": {"status": "success", "ended_at": "2026-01-01T00:00:00+00:00"}}
-    assert compute_state({"plans": [ok_plan]}, {}) == "ok"
-    assert compute_state({"plans": [ok_plan], "paused": True}, {}) == "paused"
-    assert compute_state({"plans": [{**ok_plan, "stale": True}]}, {}) == "warning"
-    assert compute_state({"plans": [{"id": "b", "last": {"status": "error"}}]}, {}) == "error"
-    assert compute_state({"plans": [ok_plan]}, {}, peers_attention=True) == "attention"
-    running = {("x", "1"): {"status": "running"}}
+    ok = {"level": "ok", "summary": "ok", "reasons": []}
+    reason = {
+        "level": "attention",
+        "kind": "never_succeeded",
+        "message": "plan b has never succeeded",
+    }
+    attention = {
+        "level": "attention",
+        "summary": "attention — 1 thing needs a look",
+        "reasons": [reason],
+    }
+    failing = {"level": "failing", "summary": "failing — 1 thing needs a look", "reasons": []}
+    # The tray shows the node's verdict; it does not judge the plans itself.
+    assert compute_state({"plans": [ok_plan], "health": ok}, {}) == "ok"
+    assert compute_state({"plans": [ok_plan], "health": attention}, {}) == "warning"
+    assert compute_state({"plans": [ok_plan], "health": failing}, {}) == "error"
+    assert compute_state({"plans": [], "health": ok, "paused": True}, {}) == "paused"
+    assert compute_state({"plans": [], "health": failing, "paused": True}, {}) == "error"
     assert (
-        compute_state({"plans": [{"id": "b", "last": {"status": "error"}}]}, running) == "running"
+        compute_state({"plans": [ok_plan], "health": ok}, {}, peers_attention=True) == "attention"
     )
-    assert compute_state({"plans": [ok_plan]}, {("x", "1"): {"status": "pending"}}) == "ok"
-    tip = tooltip_text({"plans": [{**ok_plan, "next_due_at": None}]}, "ok")
-    assert tip.splitlines()[0] == "Peerstash — all backups are fine"
-    assert tip.splitlines()[1].startswith("a: success ")
+    # Until the node answered: not green.
+    assert compute_state({}, {}) == "warning"
+    running = {("x", "1"): {"status": "running"}}
+    assert compute_state({"health": failing}, running) == "running"
+    assert compute_state({"health": ok}, {("x", "1"): {"status": "pending"}}) == "ok"
+    tip = tooltip_text({"plans": [{**ok_plan, "next_due_at": None}], "health": ok}, "ok")
+    assert tip.splitlines()[:3][0] == "Peerstash — all backups are fine"
+    assert tip.splitlines()[1] == "Health: ok"
+    assert tip.splitlines()[2].startswith("a: success ")
+    tip = tooltip_text({"plans": [], "health": attention}, "warning")
+    assert tip.splitlines() == [
+        "Peerstash — something needs a look",
+        "Health: attention — 1 thing needs a look",
+        "• plan b has never succeeded",
+    ]
+    many = {**attention, "reasons": [reason] * 7}
+    tip = tooltip_text({"health": many}, "warning")
+    assert tip.splitlines()[-1] == "• … and 2 more (see the overview)"
 
     now = [0.0]
     lim = RateLimiter(per_key=100, spacing=5, clock=lambda: now[0])
@@ -285,7 +311,10 @@ def test_views_when_the_node_has_no_pairing_api(qapp: Any) -> None:
     assert backend.peers_available is False
     assert [a.text() for a in tray.peers_menu.actions()] == ["Not available in this version"]
     assert "not available in this version" in overview.fleet.text()
-    assert tray.state == "ok" and not tray.peers_attention
+    # No peers API is no reason for attention; the state is not green either, because this
+    # node never answered /v1/status (so it gave no health to show).
+    assert tray.state == "warning" and not tray.peers_attention
+    assert "Health: not known yet" in tray.tooltip
 
 
 @needs_qt

@@ -22,7 +22,7 @@ from sqlalchemy import update
 from peerstash.core.engine import PasswordSpec
 from peerstash.core.events import ConfigChanged
 from peerstash.core.models import Operation, OpStatus
-from peerstash.core.store import NotFound, utcnow
+from peerstash.core.store import NotFound, OpFilter, utcnow
 from peerstash.peer import remote_config
 from peerstash.peer.node import Node
 from peerstash.peer.remote_logs import LogUnavailable
@@ -237,7 +237,11 @@ async def test_config_write_adds_edits_and_removes_repos_in_scope_within_the_rul
         b, "POST", "/v1/peers/a/plans", {"id": "docs", "repo": "r1", "paths": [str(src)]}
     )
     assert status == 201, plan
-    op = await a.engine.wait((await a.engine.backup("docs")).pk)
+    # The peer's user asked for the plan: A starts its first backup right away.
+    assert plan["first_backup"]["status"] == "pending"
+    (first,) = await a.engine.store.list_operations(OpFilter(plan_id="docs", kind="backup"))
+    assert first.op_id == plan["first_backup"]["id"]
+    op = await a.engine.wait(first.pk)
     assert op.status == "success", op.error
     assert len(await a.engine.snapshots("r1")) == 1
 

@@ -229,7 +229,18 @@ def test_deb_installs_and_works_in_fresh_bookworm(deb: Path, tree: Tree) -> None
             "--password-stdin",
             input=PASSWORD + "\n",
         )
-        tree.peerstash("plan", "add", "home", "--repo", "local", "--path", SRC, "--every", "1d")
+        tree.peerstash(
+            "plan",
+            "add",
+            "home",
+            "--no-backup-now",
+            "--repo",
+            "local",
+            "--path",
+            SRC,
+            "--every",
+            "1d",
+        )
         tree.peerstash("backup", "home", "--wait", timeout=300)
         snaps = json.loads(tree.peerstash("snapshots", "local", "--json").stdout)
         assert len(snaps) == 1

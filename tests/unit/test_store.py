@@ -307,3 +307,19 @@ async def test_gc_removes_old_ended_requests_and_keeps_open_ones(store: Store) -
     # Open requests stay however old (a laptop away for months still gets its request, or
     # times it out); recently ended ones stay to be looked at.
     assert left == {"old-queued", "old-running", "new-done"}
+
+
+async def test_latest_per_plan_among_statuses(store: Store) -> None:
+    """Health asks for the newest finished and the newest successful backup per plan: a run in
+    progress must not hide the failure before it, nor a failure the success before it."""
+    ok = await store.create_operation(OpKind.BACKUP, plan_id="p", status=OpStatus.SUCCESS)
+    bad = await store.create_operation(OpKind.BACKUP, plan_id="p", status=OpStatus.ERROR)
+    running = await store.create_operation(OpKind.BACKUP, plan_id="p", status=OpStatus.RUNNING)
+    await store.create_operation(OpKind.FORGET, plan_id="p", status=OpStatus.SUCCESS)
+    key = ("laptop", "p")
+    assert (await store.latest_per_plan())[key].pk == running.pk
+    finished = [s.value for s in OpStatus if s.finished]
+    assert (await store.latest_per_plan(statuses=finished))[key].pk == bad.pk
+    good = await store.latest_per_plan(statuses=[OpStatus.SUCCESS, OpStatus.WARNING])
+    assert good[key].pk == ok.pk
+    assert await store.latest_per_plan(statuses=[OpStatus.CANCELLED]) == {}
