@@ -47,7 +47,7 @@ SYSTEM_HARDENING = (
     "NoNewPrivileges=yes",
     # Read anything; on restore, write anywhere allowed below and set owners, modes, xattrs.
     "CapabilityBoundingSet=CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE CAP_CHOWN CAP_FOWNER "
-    "CAP_FSETID CAP_SETFCAP CAP_MKNOD",
+    "CAP_FSETID CAP_SETFCAP",
     # The whole file system is read-only but for StateDirectory, CacheDirectory and
     # ReadWritePaths: restoring elsewhere needs a drop-in (docs/install.md).
     "ProtectSystem=strict",
@@ -62,7 +62,6 @@ SYSTEM_HARDENING = (
     "ProtectClock=yes",
     "ProtectHostname=yes",
     "ProtectProc=invisible",
-    "ProcSubset=pid",
     "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
     "RestrictNamespaces=yes",
     "RestrictRealtime=yes",
