@@ -18,6 +18,8 @@ from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import platformdirs
+
 from peerstash.core import scheduler as sched
 from peerstash.core.events import (
     ConfigChanged,
@@ -109,6 +111,47 @@ class PasswordSpec:
     source: str
     ref: str = ""
     value: str | None = field(default=None, repr=False)
+
+
+def restic_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where restic keeps its cache: never in the data dir (it is big, disposable, and a
+    backup of the data dir should not carry it).
+
+    Under systemd, the unit's ``CacheDirectory=`` (``$CACHE_DIRECTORY``, the first of a
+    colon-separated list: /var/cache/peerstash/<instance>, the one place a hardened unit may
+    write besides its state); else the user's cache, e.g. ~/.cache/peerstash/restic. restic
+    keeps one folder per repository ID there, so nodes sharing it do not collide.
+    """
+    env = os.environ if environ is None else environ
+    systemd = env.get("CACHE_DIRECTORY", "").split(":", 1)[0].strip()
+    if systemd and os.path.isabs(systemd):
+        return Path(systemd)
+    return Path(platformdirs.user_cache_dir("peerstash", appauthor=False)) / "restic"
+
+
+def read_only_target(target: str) -> str | None:
+    """Why a restore into ``target`` cannot write there, or None: its nearest existing
+    ancestor is on a read-only mount. Blocking (stat calls): run it in a thread.
+
+    Under a hardened systemd unit (ProtectSystem=strict, ProtectHome=read-only) most of the
+    file system is read-only for the node although root could write there; restic would fail
+    file by file with EROFS, so say it once, before the operation, with the way out.
+    """
+    path = Path(target)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return None  # restic reports what is wrong with it
+    if not read_only:
+        return None
+    if os.environ.get("INVOCATION_ID"):  # set by systemd for every unit it starts
+        return (
+            f"the service is not allowed to write to {target} (read-only for it); see "
+            "docs/install.md#restore-under-systemd"
+        )
+    return f"cannot restore to {target}: {path} is on a read-only file system"
 
 
 def _secret_name(repo_id: str, what: str) -> str:
@@ -340,7 +383,7 @@ class Engine:
             password=password,
             env=env,
             options=tuple(repo.options),
-            cache_dir=str(self.data_dir / "cache"),
+            cache_dir=str(restic_cache_dir()),
             name=repo.id,
         )
 
@@ -1407,6 +1450,9 @@ class Engine:
         if not PurePosixPath(target).is_absolute():
             raise EngineError(f"restore target {target!r} must be an absolute path")
         repo = await self.store.get_repo(repo_id)
+        problem = await asyncio.to_thread(read_only_target, target)
+        if problem:
+            raise EngineError(problem)
 
         async def job(ctx: OpContext) -> Outcome:
             ctx.log(f"restore {snapshot_id} to {target}")

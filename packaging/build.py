@@ -10,12 +10,16 @@ Run through ``packaging/build`` (Debian's /usr/bin/python3, standard library onl
 5. ``briefcase create/build/package linux system`` there, with our template and our wheel
    given as ``-C`` overrides, and the extra files of briefcase.toml copied into the package
    between create and build;
-6. the .deb lands in packaging/out/.
+6. Briefcase's .deb is finished (``finish_deb``): Version gets the Debian revision, our
+   maintainer scripts (packaging/debian/) and an md5sums file go into DEBIAN/, and it is
+   built again with ``dpkg-deb --root-owner-group``;
+7. the .deb lands in packaging/out/.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -153,6 +157,54 @@ def check_shared_objects(bundle: Path) -> None:
     log("ldd: every bundled shared object finds the libraries we ship")
 
 
+#: Maintainer scripts copied into DEBIAN/ (Briefcase writes only DEBIAN/control).
+MAINTAINER_SCRIPTS = ("postinst", "prerm", "postrm")
+
+
+def md5sums(root: Path) -> str:
+    """DEBIAN/md5sums: one ``md5  path`` line per regular file (dpkg --verify reads it)."""
+    lines = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if rel.parts[0] == "DEBIAN" or path.is_symlink() or not path.is_file():
+            continue
+        digest = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+        lines.append(f"{digest}  {rel.as_posix()}\n")
+    return "".join(lines)
+
+
+def finish_deb(deb: Path, revision: int) -> None:
+    """What Briefcase 0.4.7 leaves out of the .deb, put in: rebuild ``deb`` in place with
+
+    - ``Version: X.Y.Z-REVISION`` (Briefcase writes the bare upstream version, so a
+      packaging-only rebuild with a bumped revision would not count as an upgrade);
+    - the maintainer scripts of packaging/debian/ (systemd reload/restart on upgrade, stop
+      and disable on remove, /etc/peerstash gone on purge);
+    - DEBIAN/md5sums.
+    """
+    root = OUT / "deb-root"
+    if root.exists():
+        shutil.rmtree(root)
+    run(["dpkg-deb", "--raw-extract", deb, root])
+    control = root / "DEBIAN" / "control"
+    fields = control.read_text(encoding="utf-8").splitlines()
+    (version,) = [line.split(":", 1)[1].strip() for line in fields if line.startswith("Version:")]
+    upstream = version.split("-", 1)[0]
+    fields = [f"Version: {upstream}-{revision}" if f.startswith("Version:") else f for f in fields]
+    control.write_text("\n".join(fields) + "\n", encoding="utf-8")
+    for name in MAINTAINER_SCRIPTS:
+        dest = root / "DEBIAN" / name
+        shutil.copyfile(PACKAGING / "debian" / name, dest)
+        dest.chmod(0o755)
+    sums = root / "DEBIAN" / "md5sums"
+    sums.write_text(md5sums(root), encoding="utf-8")
+    sums.chmod(0o644)
+    deb.unlink()
+    run(["dpkg-deb", "--build", "--root-owner-group", root, deb], stdout=subprocess.DEVNULL)
+    shutil.rmtree(root)
+    log(f"{deb.name}: Version {upstream}-{revision}, maintainer scripts and md5sums added")
+
+
 def toml_value(value: object) -> str:
     # JSON strings, numbers, booleans and lists of them are valid TOML values.
     return json.dumps(value)
@@ -222,6 +274,7 @@ def main() -> int:
         old.unlink()
     deb = OUT / debs[0].name
     shutil.copy2(debs[0], deb)
+    finish_deb(deb, int(target.get("overrides", {}).get("revision", 1)))
     log(f"{deb} ({deb.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - started:.0f} s")
     return 0
 

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -22,7 +22,7 @@ import aiohttp
 
 from peerstash.core import __version__
 from peerstash.core.text import printable, printable_lines
-from peerstash.peer.paths import admin_socket_path, resolve_data_dir, socket_trouble
+from peerstash.peer.paths import SOCKET_NAME, admin_socket_path, resolve_data_dir, socket_trouble
 
 #: Exit codes: 0 ok, 1 failed, 2 usage, 3 finished with a warning (like restic's partial backup).
 EXIT_FAILED = 1
@@ -53,9 +53,19 @@ class AdminClient:
             await self._session.close()
 
     def _not_running(self) -> CliError:
+        from peerstash.peer.service import SYSTEM_DATA_DIR
+
+        # A system service's node lives elsewhere: name it rather than send people to start
+        # a second node (only root can see those sockets).
+        system = sorted(
+            s.parent.name
+            for s in SYSTEM_DATA_DIR.glob(f"*/{SOCKET_NAME}")
+            if s.parent != self.data_dir and s.is_socket()
+        )
+        also = f"; a system node runs: peerstash --system {system[0]} ..." if system else ""
         return CliError(
             f"no Peerstash node is running for {self.data_dir}; start one with "
-            f"`peerstash --no-gui{self._dd_flag()}` (or the tray app)"
+            f"`peerstash --no-gui{self._dd_flag()}` (or the tray app){also}"
         )
 
     def check_socket(self) -> None:
@@ -324,6 +334,12 @@ async def cmd_status(c: AdminClient, a: argparse.Namespace) -> int:
         f"data dir  {st['data_dir']}",
         f"schedules {'paused' if st['paused'] else 'active'}",
     ]
+    if st["version"] != __version__:
+        # The package was upgraded under a running node: it keeps the old code until restarted.
+        lines.append(
+            f"restart due: the node runs Peerstash {st['version']}, {__version__} is installed "
+            "(systemctl restart the unit, or Quit the tray app and start it again)"
+        )
     for p in st["plans"]:
         last = p["last"]
         res = (
@@ -1167,7 +1183,7 @@ async def cmd_service(c: AdminClient, a: argparse.Namespace) -> int:
             if a.data_dir:
                 data_dir = resolve_data_dir(a.data_dir)
             else:
-                data_dir = service.default_data_dir(user)
+                data_dir = service.default_data_dir(user, a.name)
             rep = await asyncio.to_thread(
                 service.install,
                 user,
@@ -1227,6 +1243,24 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         self.exit(2, f"peerstash: {message}\n")
 
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        ns, rest = super().parse_known_args(args, namespace)
+        system = getattr(ns, "system_node", None)
+        if system is not None:
+            # --system NAME: the system service's layout (peerstash@NAME, `service install
+            # --system --name NAME`), i.e. --data-dir /var/lib/peerstash/NAME.
+            from peerstash.peer import service
+
+            if getattr(ns, "data_dir", None):
+                self.error("--system NAME and --data-dir name two nodes: give one of them")
+            try:
+                ns.data_dir = str(service.system_data_dir(system))
+            except service.ServiceError as exc:
+                self.error(f"--system: {exc}")
+        return ns, rest
+
 
 def password_options(sp: argparse.ArgumentParser) -> None:
     """The four ways to give a repository password (repo add, repo edit)."""
@@ -1250,6 +1284,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="peerstash", description="Backups for every machine you own.")
     p.add_argument("--version", action="version", version=f"peerstash {__version__}")
     p.add_argument("--data-dir", help="the node's data directory (or $PEERSTASH_DATA_DIR)")
+    p.add_argument(
+        "--system",
+        dest="system_node",
+        metavar="NAME",
+        help="the system service's node NAME (peerstash@NAME; default instance: main): "
+        "short for --data-dir /var/lib/peerstash/NAME",
+    )
     p.add_argument("--no-gui", action="store_true", help="run the node headless in the foreground")
     p.add_argument(
         "--instance-id",

@@ -23,9 +23,52 @@ from pathlib import Path
 
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 SYSTEM_ENV_DIR = Path("/etc/peerstash")
-#: Where a system service keeps its node when no ``--data-dir`` is given.
+#: Parent of every system node's data directory: ``/var/lib/peerstash/<instance>``, the
+#: ``StateDirectory=peerstash/<instance>`` of both the packaged ``peerstash@.service`` and the
+#: unit ``install`` writes, so ``sudo peerstash --system NAME status`` finds either.
 SYSTEM_DATA_DIR = Path("/var/lib/peerstash")
+#: The instance of a system service installed without ``--name`` (``peerstash@main``'s too).
+DEFAULT_INSTANCE = "main"
 SYSTEMCTL_TIMEOUT = 60.0
+
+#: Start-rate limit of a system unit (``[Unit]``): a node that crashes on start stops being
+#: restarted after 5 tries in 10 minutes instead of looping forever.
+SYSTEM_START_LIMIT = ("StartLimitIntervalSec=600", "StartLimitBurst=5")
+
+#: The sandbox of a system node, shared verbatim with resources/peerstash@.service (a test
+#: checks both carry it). The node runs as root because it must read every file it backs up
+#: and restore owners and modes; everything else is taken away:
+#: ``systemd-analyze security`` rates it below 4.0 (docs/install.md, "Hardening"). Left out on
+#: purpose: ``RestrictSUIDSGID`` (a restore must bring setuid files back),
+#: ``MemoryDenyWriteExecute`` (untested with cffi/ctypes callbacks), ``PrivateNetwork``/
+#: ``IPAddressDeny`` (it talks to peers and repositories), ``PrivateUsers`` (needs real root).
+SYSTEM_HARDENING = (
+    # Read anything; on restore, write anywhere allowed below and set owners, modes, xattrs.
+    "CapabilityBoundingSet=CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE CAP_CHOWN CAP_FOWNER "
+    "CAP_FSETID CAP_SETFCAP",
+    # The whole file system is read-only but for StateDirectory, CacheDirectory and
+    # ReadWritePaths: restoring elsewhere needs a drop-in (docs/install.md).
+    "ProtectSystem=strict",
+    "ProtectHome=read-only",
+    "PrivateTmp=yes",
+    "PrivateDevices=yes",
+    "PrivateMounts=yes",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "ProtectProc=invisible",
+    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+    "RestrictNamespaces=yes",
+    "RestrictRealtime=yes",
+    "LockPersonality=yes",
+    "SystemCallArchitectures=native",
+    "SystemCallFilter=@system-service",
+    "SystemCallErrorNumber=EPERM",
+    "KeyringMode=private",
+)
 
 ENV_FILE_TEMPLATE = """\
 # Environment for {unit} (read by systemd through EnvironmentFile=; keep this file 0600).
@@ -65,12 +108,31 @@ def env_dir(user: bool) -> Path:
     return _config_home() / "peerstash" if user else SYSTEM_ENV_DIR
 
 
-def default_data_dir(user: bool) -> Path:
+def instance_name(name: str | None = None) -> str:
+    """A system node's instance: ``--name``, else ``main`` (validated like a unit name)."""
+    unit_name(name)
+    return name or DEFAULT_INSTANCE
+
+
+def system_data_dir(name: str | None = None) -> Path:
+    """``/var/lib/peerstash/<instance>``: where a system node lives (packaged unit or not)."""
+    return SYSTEM_DATA_DIR / instance_name(name)
+
+
+def env_file_name(user: bool, name: str | None = None) -> str:
+    """``<instance>.env`` for a system unit (as ``peerstash@<instance>`` reads), else
+    ``peerstash[-NAME].env``."""
+    if user:
+        return f"{unit_name(name).removesuffix('.service')}.env"
+    return f"{instance_name(name)}.env"
+
+
+def default_data_dir(user: bool, name: str | None = None) -> Path:
     if user:
         from peerstash.peer.paths import resolve_data_dir
 
         return resolve_data_dir(None)
-    return SYSTEM_DATA_DIR
+    return system_data_dir(name)
 
 
 def default_command() -> list[str]:
@@ -117,6 +179,8 @@ def render_unit(
     ]
     if not user:
         lines += ["Wants=network-online.target", "After=network-online.target"]
+    if not user:
+        lines += list(SYSTEM_START_LIMIT)
     lines += [
         "",
         "[Service]",
@@ -142,13 +206,19 @@ def render_unit(
         "LimitNOFILE=65536",
     ]
     if not user:
-        # No $HOME in a system service: give restic a cache directory of its own.
-        cache = unit_name(name).removesuffix(".service")
+        # The packaged peerstash@.service's layout: systemd creates /var/lib/peerstash/<inst>
+        # and /var/cache/peerstash/<inst> (0700); the node passes $CACHE_DIRECTORY to restic.
+        instance = instance_name(name)
         lines += [
-            "PrivateTmp=yes",
-            f"CacheDirectory={cache}",
-            f"Environment=XDG_CACHE_HOME=%C/{cache}",
+            f"StateDirectory=peerstash/{instance}",
+            "StateDirectoryMode=0700",
+            f"CacheDirectory=peerstash/{instance}",
+            "CacheDirectoryMode=0700",
         ]
+        if data_dir != system_data_dir(name):
+            # Anywhere else is read-only under ProtectSystem=strict; install creates it.
+            lines.append(f"ReadWritePaths={_specifier_safe(data_dir)}")
+        lines += list(SYSTEM_HARDENING)
     lines += [
         "",
         "[Install]",
@@ -256,8 +326,11 @@ def install(
     """Write the unit (0644) and its env file (0600, once), then enable and start it."""
     unit = unit_name(name)
     path = (units or unit_dir(user)) / unit
-    env_file = (envs or env_dir(user)) / f"{unit.removesuffix('.service')}.env"
+    env_file = (envs or env_dir(user)) / env_file_name(user, name)
     report = Report(unit=unit, unit_path=path, user=user)
+    if not user and data_dir != system_data_dir(name):
+        # ReadWritePaths= needs it to exist; systemd creates only the StateDirectory.
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     existed = path.exists()
     _write_atomic(
         path,
@@ -298,7 +371,7 @@ def uninstall(
     """Stop and disable the unit, remove its file; the env file (your secrets) stays."""
     unit = unit_name(name)
     path = (units or unit_dir(user)) / unit
-    env_file = (envs or env_dir(user)) / f"{unit.removesuffix('.service')}.env"
+    env_file = (envs or env_dir(user)) / env_file_name(user, name)
     report = Report(unit=unit, unit_path=path, user=user)
     if not path.exists():
         raise ServiceError(f"{path} does not exist: nothing to uninstall")

@@ -313,3 +313,55 @@ def test_deb_installs_and_works_in_fresh_bookworm(deb: Path, tree: Tree) -> None
         f"{int(du.stdout.split()[0]) / 1024:.0f} MiB; timings {timings}",
         flush=True,
     )
+
+
+def test_deb_upgrade_remove_purge(deb: Path, tree: Tree, tmp_path: Path) -> None:
+    """The maintainer scripts in the tree: an upgrade to a bumped Debian revision, remove,
+    purge. No systemd runs in a chroot, so restarts are not observable here; what is: every
+    script exits 0, remove disables peerstash@ instances, purge removes /etc/peerstash and
+    keeps /var/lib/peerstash (the nodes' data)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("peerstash_build", ROOT / "packaging/build.py")
+    assert spec and spec.loader
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    version = subprocess.run(
+        ["dpkg-deb", "--field", str(deb), "Version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    upstream, revision = version.rsplit("-", 1)
+    bumped = tmp_path / f"peerstash_{upstream}-{int(revision) + 1}_bumped.deb"
+    shutil.copy2(deb, bumped)
+    build.finish_deb(bumped, int(revision) + 1)
+    shutil.copy2(bumped, tree.path / "tmp" / bumped.name)
+    if not (tree.path / "usr/bin/peerstash").exists():  # alone: install the package first
+        shutil.copy2(deb, tree.path / "tmp" / deb.name)
+        tree.run("apt-get", "update")
+        tree.run("apt-get", "install", "-y", "--no-install-recommends", f"/tmp/{deb.name}")
+
+    # An instance enabled and configured, with data, as a person would have it.
+    wants = tree.path / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / "peerstash@main.service"
+    link.unlink(missing_ok=True)
+    link.symlink_to("/usr/lib/systemd/system/peerstash@.service")
+    (tree.path / "etc/peerstash").mkdir(exist_ok=True)
+    (tree.path / "etc/peerstash/main.env").write_text("RESTIC_PASSWORD_NAS=x\n")
+    data = tree.path / "var/lib/peerstash/main"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "keep-me").write_text("node data\n")
+
+    upgraded = tree.run("dpkg", "-i", f"/tmp/{bumped.name}")
+    assert "Preparing to unpack" in upgraded.stdout, upgraded.stdout
+    status = tree.run("dpkg-query", "-W", "-f=${Version} ${Status}", "peerstash").stdout
+    assert status == f"{upstream}-{int(revision) + 1} install ok installed"
+    assert tree.run("dpkg", "--verify", "peerstash").stdout == ""  # md5sums match
+
+    tree.run("dpkg", "--remove", "peerstash")
+    assert not link.is_symlink(), "prerm remove left peerstash@main enabled"
+    assert (tree.path / "etc/peerstash/main.env").exists()  # remove keeps configuration
+    assert not (tree.path / "usr/bin/peerstash").exists()
+
+    tree.run("dpkg", "--purge", "peerstash")
+    assert not (tree.path / "etc/peerstash").exists()
+    assert (data / "keep-me").read_text() == "node data\n"

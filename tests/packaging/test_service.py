@@ -78,21 +78,22 @@ def exec_start(unit_text: str) -> str:
 def test_system_unit_runs_headless_node_for_data_dir() -> None:
     text = service.render_unit(
         user=False,
-        data_dir=Path("/var/lib/peerstash"),
+        data_dir=Path("/var/lib/peerstash/main"),
         exe=["/usr/bin/peerstash"],
-        env_file=Path("/etc/peerstash/peerstash.env"),
+        env_file=Path("/etc/peerstash/main.env"),
     )
     assert exec_start(text) == (
-        "ExecStart=/usr/bin/peerstash --no-gui --data-dir /var/lib/peerstash"
+        "ExecStart=/usr/bin/peerstash --no-gui --data-dir /var/lib/peerstash/main"
     )
-    assert "EnvironmentFile=-/etc/peerstash/peerstash.env" in text
+    assert "EnvironmentFile=-/etc/peerstash/main.env" in text
     assert "WantedBy=multi-user.target" in text
     assert "After=network-online.target" in text
     # restic gets SIGINT from the node, never systemd's SIGTERM (stale locks on 0.14).
     assert "KillMode=mixed" in text
     assert "LimitNOFILE=65536" in text.splitlines()  # a flood of connections must not starve it
-    assert "CacheDirectory=peerstash" in text
-    assert "Environment=XDG_CACHE_HOME=%C/peerstash" in text
+    assert "CacheDirectory=peerstash/main" in text.splitlines()
+    assert "StateDirectory=peerstash/main" in text.splitlines()
+    assert "ReadWritePaths" not in text  # the StateDirectory is the data dir
     assert "password" not in text.lower().replace("--password-env", "").replace(
         "repository passwords", ""
     )
@@ -154,10 +155,10 @@ def test_packaged_template_unit() -> None:
 def test_install_system_writes_unit_and_enables(fake_systemctl: Path, tmp_path: Path) -> None:
     units, envs = tmp_path / "units", tmp_path / "etc-peerstash"
     rep = service.install(
-        False, Path("/var/lib/peerstash"), ["/usr/bin/peerstash"], units=units, envs=envs
+        False, Path("/var/lib/peerstash/main"), ["/usr/bin/peerstash"], units=units, envs=envs
     )
     unit = units / "peerstash.service"
-    env = envs / "peerstash.env"
+    env = envs / "main.env"
     assert rep.systemd and rep.installed and rep.unit_path == unit
     assert mode(unit) == 0o644
     assert mode(env) == 0o600
@@ -188,9 +189,9 @@ def test_install_user_uses_user_manager_and_xdg_dirs(fake_systemctl: Path, tmp_p
 def test_install_keeps_an_existing_env_file(fake_systemctl: Path, tmp_path: Path) -> None:
     envs = tmp_path / "envs"
     envs.mkdir()
-    (envs / "peerstash.env").write_text("RESTIC_PASSWORD_NAS=hunter2\n")
-    service.install(False, Path("/d"), ["p"], units=tmp_path / "u", envs=envs)
-    assert (envs / "peerstash.env").read_text() == "RESTIC_PASSWORD_NAS=hunter2\n"
+    (envs / "main.env").write_text("RESTIC_PASSWORD_NAS=hunter2\n")
+    service.install(False, tmp_path / "d", ["p"], units=tmp_path / "u", envs=envs)
+    assert (envs / "main.env").read_text() == "RESTIC_PASSWORD_NAS=hunter2\n"
     assert "hunter2" not in (tmp_path / "u" / "peerstash.service").read_text()
 
 
@@ -198,7 +199,7 @@ def test_install_without_systemd_still_writes_unit(
     fake_systemctl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAKE_SYSTEMCTL_MODE", "offline")
-    rep = service.install(False, Path("/d"), ["p"], units=tmp_path / "u", envs=tmp_path / "e")
+    rep = service.install(False, tmp_path / "d", ["p"], units=tmp_path / "u", envs=tmp_path / "e")
     assert not rep.systemd
     assert (tmp_path / "u" / "peerstash.service").is_file()
     assert rep.todo == ["systemctl daemon-reload", "systemctl enable --now peerstash.service"]
@@ -210,7 +211,7 @@ def test_install_without_systemctl_at_all(tmp_path: Path, monkeypatch: pytest.Mo
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
-    rep = service.install(False, Path("/d"), ["p"], units=tmp_path / "u", envs=tmp_path / "e")
+    rep = service.install(False, tmp_path / "d", ["p"], units=tmp_path / "u", envs=tmp_path / "e")
     assert not rep.systemd and rep.installed
     assert any("systemctl: not found" in m for m in rep.messages)
     assert "systemctl enable --now peerstash.service" in rep.todo
@@ -221,18 +222,18 @@ def test_install_reports_a_failing_enable(
 ) -> None:
     monkeypatch.setenv("FAKE_SYSTEMCTL_MODE", "fail-enable")
     with pytest.raises(service.ServiceError, match="Access denied"):
-        service.install(False, Path("/d"), ["p"], units=tmp_path / "u", envs=tmp_path / "e")
+        service.install(False, tmp_path / "d", ["p"], units=tmp_path / "u", envs=tmp_path / "e")
 
 
 def test_uninstall_disables_and_removes_but_keeps_secrets(
     fake_systemctl: Path, tmp_path: Path
 ) -> None:
     units, envs = tmp_path / "u", tmp_path / "e"
-    service.install(False, Path("/d"), ["p"], units=units, envs=envs)
+    service.install(False, tmp_path / "d", ["p"], units=units, envs=envs)
     fake_systemctl.write_text("")
     rep = service.uninstall(False, units=units, envs=envs)
     assert not (units / "peerstash.service").exists()
-    assert (envs / "peerstash.env").exists()
+    assert (envs / "main.env").exists()
     assert calls(fake_systemctl) == [
         ["daemon-reload"],
         ["disable", "--now", "peerstash.service"],
@@ -247,7 +248,7 @@ def test_status(fake_systemctl: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     units = tmp_path / "u"
     rep = service.status(False, units=units)
     assert not rep.installed and rep.systemd
-    service.install(False, Path("/d"), ["p"], units=units, envs=tmp_path / "e")
+    service.install(False, tmp_path / "d", ["p"], units=units, envs=tmp_path / "e")
     rep = service.status(False, units=units)
     assert rep.installed and (rep.enabled, rep.active) == ("enabled", "active")
     monkeypatch.setenv("FAKE_SYSTEMCTL_MODE", "offline")

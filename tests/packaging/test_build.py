@@ -1,0 +1,103 @@
+"""packaging/build.py's finishing step on a small real .deb (dpkg-deb, no Briefcase).
+
+``finish_deb`` is what makes Briefcase's package one a Debian maintainer would accept: the
+Debian revision in Version, our maintainer scripts, DEBIAN/md5sums. The full package build
+and install run in test_deb.py (slow); this checks the step itself in a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import shutil
+import subprocess
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
+
+
+def load_build() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("peerstash_build", ROOT / "packaging/build.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def small_deb(tmp_path: Path) -> Path:
+    """A package shaped like Briefcase's: a binary, a symlink, DEBIAN/control only."""
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN").chmod(0o755)
+    (root / "DEBIAN" / "control").write_text(
+        "Package: peerstash\nVersion: 0.1.0\nArchitecture: all\n"
+        "Maintainer: T <t@example.invalid>\nDescription: test\n a test package\n"
+    )
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/peerstash").write_text("#!/bin/sh\n")
+    (root / "usr/bin/peerstash").chmod(0o755)
+    (root / "usr/share/doc/peerstash").mkdir(parents=True)
+    (root / "usr/share/doc/peerstash/install.md").write_text("# install\n")
+    (root / "usr/bin/ps-link").symlink_to("peerstash")
+    deb = tmp_path / "peerstash_0.1.0-1~debian-bookworm_all.deb"
+    subprocess.run(
+        ["dpkg-deb", "--build", "--root-owner-group", str(root), str(deb)],
+        check=True,
+        capture_output=True,
+    )
+    return deb
+
+
+def test_finish_deb_adds_revision_scripts_and_md5sums(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build = load_build()
+    monkeypatch.setattr(build, "OUT", tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    deb = small_deb(tmp_path)
+
+    build.finish_deb(deb, 3)
+
+    field = subprocess.run(
+        ["dpkg-deb", "--field", str(deb), "Version"], capture_output=True, text=True, check=True
+    )
+    assert field.stdout.strip() == "0.1.0-3"
+    # An upgrade for dpkg: 0.1.0-3 > 0.1.0-1 (a packaging-only rebuild).
+    assert (
+        subprocess.run(["dpkg", "--compare-versions", "0.1.0-3", "gt", "0.1.0-1"]).returncode == 0
+    )
+
+    out = tmp_path / "x"
+    subprocess.run(["dpkg-deb", "--raw-extract", str(deb), str(out)], check=True)
+    for name in ("postinst", "prerm", "postrm"):
+        script = out / "DEBIAN" / name
+        assert script.read_bytes() == (ROOT / "packaging/debian" / name).read_bytes()
+        assert script.stat().st_mode & 0o777 == 0o755
+        assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
+    sums = (out / "DEBIAN/md5sums").read_text().splitlines()
+    assert sorted(sums) == sorted(
+        f"{hashlib.md5((out / rel).read_bytes()).hexdigest()}  {rel}"
+        for rel in ("usr/bin/peerstash", "usr/share/doc/peerstash/install.md")
+    )
+    contents = subprocess.run(
+        ["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True
+    ).stdout
+    assert all(" root/root " in line for line in contents.splitlines()), contents
+    assert not (tmp_path / "out" / "deb-root").exists()
+
+
+def test_maintainer_scripts_keep_data_and_only_purge_config() -> None:
+    """What the scripts remove, read from their text: /etc/peerstash and the cache, never
+    /var/lib/peerstash (the nodes' data)."""
+    postrm = (ROOT / "packaging/debian/postrm").read_text()
+    removes = [line for line in postrm.splitlines() if line.strip().startswith("rm ")]
+    assert removes == ["    rm -rf /etc/peerstash /var/cache/peerstash"]
+    for name in ("postinst", "prerm", "postrm"):
+        text = (ROOT / "packaging/debian" / name).read_text()
+        code = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+        assert not any("/var/lib/peerstash" in ln for ln in code), name
