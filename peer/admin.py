@@ -45,7 +45,13 @@ from peerstash.core.store import NotFound, OpFilter, StoreError
 from peerstash.peer import fleet as fleet_view
 from peerstash.peer import remote_config
 from peerstash.peer.health import OFFLINE_SETTING, STALE_SETTING, node_health
-from peerstash.peer.link import LinkStateChanged, PairingError, PeerManager, is_revoked
+from peerstash.peer.link import (
+    ARCHIVE_MARK,
+    LinkStateChanged,
+    PairingError,
+    PeerManager,
+    is_revoked,
+)
 from peerstash.peer.pairing import TokenError, create_token, token_to_dict
 from peerstash.peer.permissions import GrantError
 from peerstash.peer.protocol import check_display_name
@@ -715,6 +721,12 @@ async def remove_peer_route(request: web.Request) -> web.Response:
     keeps its operation history here)."""
     keep = request.query.get("keep_history") == "1"
     peer_id = request.match_info["id"]
+    if ARCHIVE_MARK in peer_id:
+        # The history a replaced peer left (``peer add --replace``): no peer row, only ops.
+        deleted = await _engine(request).store.delete_origin(peer_id)
+        if not deleted:
+            raise NotFound(f"no history kept under {peer_id!r} (see `peerstash ops --json`)")
+        return web.json_response({"removed": peer_id, "history_only": True, "operations": deleted})
     await _peers(request).remove(peer_id, keep_history=keep)
     return web.json_response({"removed": peer_id, "kept_history": keep})
 

@@ -1124,6 +1124,9 @@ async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
     if a.peer_cmd == "remove":
         keep = "?keep_history=1" if a.keep_history else ""
         res = await c.call("DELETE", f"/v1/peers/{a.id}{keep}")
+        if res.get("history_only"):
+            _emit(a, res, f"history kept under {a.id} deleted ({res['operations']} operations)")
+            return 0
         _emit(
             a,
             res,

@@ -999,10 +999,15 @@ class PeerManager:
             )
 
 
+#: What marks the origin under which a replaced peer's history is kept (:func:`archive_origin`).
+ARCHIVE_MARK = "~key-"
+
+
 def archive_origin(origin: str, old_key_id: str) -> str:
     """Where a replaced peer's history is kept: ``origin~key-XXXX``. ``~`` is not allowed in
-    an instance id, so no node can ever claim (or sync into) this origin."""
-    return f"{origin}~key-{old_key_id.replace('-', '')[:8]}"[:100]
+    an instance id, so no node can ever claim (or sync into) this origin; ``peer remove`` on
+    that name deletes the history."""
+    return f"{origin}{ARCHIVE_MARK}{old_key_id.replace('-', '')[:8]}"[:100]
 
 
 async def _refuse(chan: ch.SecureChannel, code: str, message: str) -> None:

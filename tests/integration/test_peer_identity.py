@@ -319,6 +319,17 @@ async def test_a_second_key_under_a_paired_id_is_refused_unless_replace(
     # And the old key no longer gets in under that id.
     assert (await store_of(hub).get_peer("x")).public_key != x1.identity.public_key
 
+    # The kept history stays until the person removes it, by the name it is kept under;
+    # X2's own history and pairing are untouched.
+    out = await cli(hub, capsys, "peer", "remove", archive)
+    assert f"history kept under {archive} deleted ({len(old_history)} operations)" in out
+    assert not await held(hub, archive)
+    assert set(await held(hub, "x")) == set(new_history)
+    assert (await store_of(hub).get_peer("x")).key_id == k2
+    with pytest.raises(CliError) as gone:
+        await cli(hub, capsys, "peer", "remove", archive)
+    assert str(gone.value) == f"no history kept under {archive!r} (see `peerstash ops --json`)"
+
 
 async def test_the_answering_side_refuses_another_key_under_a_paired_id_with_the_reason(
     make: MakeNode, caplog: pytest.LogCaptureFixture
