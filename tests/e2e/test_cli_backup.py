@@ -293,7 +293,18 @@ def test_backup_saved_but_retention_failed_exits_0_and_says_so(
     src = make_tree(tmp_path / "src", files=3)
     repo = tmp_path / "repo"
     add_repo(node, "main", str(repo))
-    node.cli("plan", "add", "p", "--repo", "main", "--path", str(src), "--keep-last", "1")
+    node.cli(
+        "plan",
+        "add",
+        "p",
+        "--repo",
+        "main",
+        "--path",
+        str(src),
+        "--keep-last",
+        "1",
+        "--no-backup-now",
+    )
     # Another restic's backup holds a shared lock: our backup (shared lock) runs, our forget
     # (exclusive lock) is refused.
     holder = subprocess.Popen(

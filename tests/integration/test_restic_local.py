@@ -172,7 +172,11 @@ async def test_init_guid_backup_snapshots_ls_restore(
         on_progress=progress.append,
         on_log=logs.append,
     )
-    assert progress, "no progress callback was seen"
+    # restic 0.14 prints a status line as it starts; 0.16 and later print them on a timer, so a
+    # backup of eight small files can end before the first one (progress on those versions
+    # is proven by test_cancel_backup_sends_sigint_and_leaves_no_lock's large file).
+    if await restic.version() < (0, 16, 0):
+        assert progress, "no progress callback was seen"
     assert all(0.0 <= p.percent <= 100.0 for p in progress)
     assert result.snapshot_id and not result.partial and result.warnings == ()
     assert result.files_new == 8  # 5 + notes + empty + non-ASCII; the .log is excluded
