@@ -57,6 +57,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import random
 import secrets
 import time
 from collections import OrderedDict
@@ -67,13 +68,15 @@ from typing import Literal
 import ifaddr
 from zeroconf import (
     BadTypeInNameException,
+    DNSOutgoing,
+    DNSQuestion,
     InterfaceChoice,
     IPVersion,
-    NonUniqueNameException,
     ServiceStateChange,
     Zeroconf,
 )
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+from zeroconf.const import _CLASS_IN, _FLAGS_AA, _FLAGS_QR_QUERY, _TYPE_PTR
 
 from peerstash.peer.identity import normalize_key_id
 from peerstash.peer.protocol import PROTOCOL_VERSION
@@ -126,6 +129,11 @@ _RESOLVE_TIMEOUT_MS = 3000
 _MAX_LABEL_BYTES = 63
 #: How many "name (n)" variants we try before giving up on a unique instance name.
 _MAX_NAME_ATTEMPTS = 20
+#: Name probing (RFC 6762 section 8.1): wait a random 150-250 ms, then send 3 probes 250 ms
+#: apart, and claim the name if nobody answered 250 ms after the last one.
+_PROBE_DELAY_MS = (150, 250)
+_PROBE_COUNT = 3
+_PROBE_INTERVAL_MS = 250
 
 _TXT_ID = b"id"
 _TXT_VERSION = b"v"
@@ -588,19 +596,21 @@ class Discovery:
         """Probe ``name``, ``name (2)``, ... and register the first one nobody answers for.
 
         We do our own renaming instead of zeroconf's ``allow_name_change`` because its
-        ``name-2`` style is not what people expect to read (DNS-SD convention is ``name (2)``).
-        ``self._info`` is set as soon as the record is in zeroconf's registry, before the
-        announcement task is awaited, so a cancellation there still leaves withdraw() able to
-        send the goodbyes.
+        ``name-2`` style is not what people expect to read (DNS-SD convention is ``name (2)``),
+        and our own probing (:meth:`_name_taken`) because zeroconf's misses a holder on the
+        same host. The name is registered with ``cooperating_responders=True`` so zeroconf
+        does not probe a second time. ``self._info`` is set as soon as the record is in
+        zeroconf's registry, before the announcement task is awaited, so a cancellation there
+        still leaves withdraw() able to send the goodbyes.
         """
         for number in range(1, _MAX_NAME_ATTEMPTS + 1):
             name = f"{instance_label(announcement.display_name, number)}.{SERVICE_TYPE}"
             info = self._service_info(name, announcement, props)
-            try:
-                task = await aiozc.async_register_service(info)
-            except NonUniqueNameException:
+            if await _name_taken(aiozc.zeroconf, info):
                 log.debug("service name %r is taken on the LAN, trying the next", name)
                 continue
+            try:
+                task = await aiozc.async_register_service(info, cooperating_responders=True)
             except BadTypeInNameException as exc:  # pragma: no cover - label is sanitised
                 raise ValueError(f"unusable display name {announcement.display_name!r}") from exc
             self._info = info
@@ -799,6 +809,53 @@ class Discovery:
 def _essence(peer: DiscoveredPeer) -> tuple[object, ...]:
     """Everything about a peer except ``last_seen``: a change here is worth an "updated"."""
     return (peer.version, peer.addresses, peer.port, peer.service_name)
+
+
+async def _name_taken(zc: Zeroconf, info: AsyncServiceInfo) -> bool:
+    """Probe the LAN for ``info.name``; ``True`` if another responder holds it.
+
+    Why not zeroconf's own probe (``async_register_service`` without
+    ``cooperating_responders``): it asks with the "QU" bit, and a responder that multicast its
+    records recently (any node that announced in the last ~19 minutes) then answers a probe
+    *only by unicast* to our address and port 5353. Every mDNS stack on a host shares port
+    5353 with SO_REUSEPORT, and Linux hands a unicast datagram to exactly one socket of that
+    group, picked by a hash of the addresses and ports: when two nodes (or a node and any
+    other zeroconf user) run on one host, the answer usually lands in somebody else's socket
+    and the name is silently taken twice. RFC 6762 section 15.1 says a querier that cannot be
+    sure to receive unicast replies must not set the QU bit. So our probes ask "QM": the
+    holder answers a probe by multicast at once, every socket in the group receives it, and
+    the answer lands in this instance's cache, where zeroconf's own check looks too.
+
+    Timing follows RFC 6762 section 8.1 (see :data:`_PROBE_COUNT`); the whole probe takes
+    about a second, like zeroconf's. Every wait is bounded: the function returns after at
+    most ``max(_PROBE_DELAY_MS) + _PROBE_COUNT * _PROBE_INTERVAL_MS`` milliseconds.
+    """
+    loop = asyncio.get_running_loop()
+
+    def taken() -> bool:
+        return zc.cache.current_entry_with_name_and_alias(info.type, info.name) is not None
+
+    async def wait_ms(ms: float) -> bool:
+        """Wait ``ms`` (waking early on cache updates); ``True`` as soon as the name is taken."""
+        deadline = loop.time() + ms / 1000
+        while (remaining := deadline - loop.time()) > 0:
+            if taken():
+                return True
+            await zc.async_wait(remaining * 1000)
+        return taken()
+
+    # Spread simultaneous starts apart (RFC 6762 section 8.1); not a secret, just jitter.
+    if await wait_ms(random.randint(*_PROBE_DELAY_MS)):
+        return True
+    probe = DNSOutgoing(_FLAGS_QR_QUERY | _FLAGS_AA)
+    probe.add_question(DNSQuestion(info.type, _TYPE_PTR, _CLASS_IN))  # QM: no unicast bit
+    # The authority section makes it a probe: responders answer it immediately.
+    probe.add_authorative_answer(info.dns_pointer())
+    for _ in range(_PROBE_COUNT):
+        zc.async_send(probe)
+        if await wait_ms(_PROBE_INTERVAL_MS):
+            return True
+    return False
 
 
 def _resolve_interfaces(interfaces: list[str] | None) -> list[str]:

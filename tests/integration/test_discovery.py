@@ -334,7 +334,7 @@ async def test_node_in_another_process(make_node: NodeFactory) -> None:
         return dict(json.loads(line))
 
     try:
-        assert (await event())["event"] == "announced"
+        assert await event() == {"event": "announced", "name": f"child process.{SERVICE_TYPE}"}
         child = await parent.discovery.wait_for(by_id("child", child_key), STEP)
         assert child.port == 44002 and child.addresses == ("127.0.0.1",)
         found = await event()
@@ -346,6 +346,10 @@ async def test_node_in_another_process(make_node: NodeFactory) -> None:
             "addresses": ["127.0.0.1"],
             "self_listed": False,
         }
+        # Two nodes on one host, two processes sharing port 5353: a node taking the child's
+        # display name still hears the child defend it while probing, and is renamed.
+        late = await make_node("late", display_name="child process", port=44003)
+        assert late.discovery.service_name == f"child process (2).{SERVICE_TYPE}"
 
         proc.stdin.write(b"quit\n")
         await proc.stdin.drain()
