@@ -1169,8 +1169,18 @@ def _check_listen(value: object) -> bool:
     return True
 
 
-def _positive_seconds(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def _whole(low: int, high: int, *, or_zero: bool = False) -> Callable[[Any], bool]:
+    """A check for a whole-number setting from ``low`` to ``high`` (and 0 for "off")."""
+
+    def check(value: object) -> bool:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return False
+        return (or_zero and value == 0) or low <= value <= high
+
+    return check
+
+
+_positive_seconds = _whole(1, 2**53)
 
 
 #: Settings a person may change, with a check and the sentence shown when it fails. Each takes
@@ -1189,19 +1199,19 @@ SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "restic_path": (lambda v: isinstance(v, str) and bool(v), "restic_path is a path"),
     # How much of each peer's history this node keeps (core/store.py, Store.trim_peer_ops).
     "peer_history_days": (
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 36500,
+        _whole(1, 36500),
         "peer_history_days is a number of days from 1 to 36500",
     ),
     "peer_history_max_ops": (
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 100_000_000,
+        _whole(1, 100_000_000),
         "peer_history_max_ops is a number of operations from 1 to 100000000",
     ),
     "restic_retry_lock": (
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 3600,
+        _whole(0, 3600),
         "restic_retry_lock is seconds from 0 (off) to 3600",
     ),
     "restic_stall_seconds": (
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == 0 or 10 <= v <= 86400),
+        _whole(10, 86400, or_zero=True),
         "restic_stall_seconds is 0 (off) or seconds from 10 to 86400",
     ),
     # Health (peer/health.py): read on each status, so these take effect at once.

@@ -739,6 +739,13 @@ async def cmd_discover(c: AdminClient, a: argparse.Namespace) -> int:
 
 #: Settings read by health on each status (seconds; ``""`` puts the default back).
 HEALTH_SETTINGS = ("peer_offline_after", "peer_stale_after")
+#: Settings given as a whole number (``150_000`` reads as 150000); the node checks the range.
+WHOLE_NUMBER_SETTINGS = (
+    "peer_history_days",
+    "peer_history_max_ops",
+    "restic_retry_lock",
+    "restic_stall_seconds",
+)
 
 
 def _seconds_value(key: str, text: str) -> int | None:
@@ -771,16 +778,11 @@ async def cmd_settings(c: AdminClient, a: argparse.Namespace) -> int:
             value = a.value == "on"
         elif a.key == "discovery_interfaces":
             value = [v for v in a.value.split(",") if v] or None
-        elif a.key in ("peer_history_days", "peer_history_max_ops"):
+        elif a.key in WHOLE_NUMBER_SETTINGS:
             try:
                 value = int(a.value.replace("_", "")) if a.value else None
             except ValueError:
                 raise CliError(f"{a.key} is a whole number, not {a.value!r}") from None
-        elif a.key in ("restic_retry_lock", "restic_stall_seconds"):
-            try:
-                value = int(a.value) if a.value else None
-            except ValueError:
-                raise CliError(f"{a.key} is a whole number of seconds") from None
         elif a.key in HEALTH_SETTINGS:
             value = _seconds_value(a.key, a.value)
         else:
