@@ -158,6 +158,8 @@ class _Queued:
     op: Operation
     job: Job
     done: asyncio.Future[Operation]
+    #: Set by :meth:`Runner.cancel` while it waits in the queue.
+    cancelled: bool = False
 
 
 class Runner:
@@ -233,9 +235,14 @@ class Runner:
             self._cancel_requested.add(pk)
             self._running[pk].cancel()
             return True
-        item = self._queued.get(pk)
+        item = self._queued.pop(pk, None)
         if item is not None:
-            self._cancel_requested.add(pk)
+            # Cancelled now, not when its turn comes: a queued backup behind a long one would
+            # otherwise show "pending" for as long as that one runs. The worker skips it.
+            item.cancelled = True
+            op = await self._set(item.op, status=OpStatus.CANCELLED, ended_at=utcnow())
+            if not item.done.done():
+                item.done.set_result(op)
             return True
         return False
 
@@ -253,12 +260,8 @@ class Runner:
 
     async def _run_one(self, item: _Queued) -> None:
         op = item.op
-        if op.pk in self._cancel_requested:
-            self._cancel_requested.discard(op.pk)
-            self._queued.pop(op.pk, None)
-            op = await self._set(op, status=OpStatus.CANCELLED, ended_at=utcnow())
-            item.done.set_result(op)
-            return
+        if item.cancelled:
+            return  # cancel() already marked it and answered its waiters
         async with self._slots:
             ctx = OpContext(self, op)
             op = await self._set(op, status=OpStatus.RUNNING, started_at=utcnow())

@@ -13,7 +13,7 @@ from typing import Any
 from PySide6.QtCore import Qt
 
 from peerstash.desktop.opsmodel import ProgressRole
-from tests.gui.conftest import GuiEnv, QLoop, wait_for
+from tests.gui.conftest import PASSWORD, GuiEnv, QLoop, wait_for
 
 
 def _plan_rows(table: Any) -> list[str]:
@@ -626,12 +626,32 @@ def test_failures_notify_once_and_cancel_and_remove(gui: GuiEnv, qloop: QLoop, q
 
     async def body() -> None:
         b = gui.backend
+        # A repository whose password command waits for a gate file: while the gate is shut,
+        # a backup into it stays running, so what is queued behind it does not race it.
+        gate = gui.tmp / "gate"
+        script = gui.tmp / "password.sh"
+        script.write_text(
+            f"#!/bin/sh\nwhile [ ! -e '{gate}' ]; do sleep 0.05; done\necho '{PASSWORD}'\n"
+        )
+        script.chmod(0o700)
+        gate.touch()
+        await b.call(
+            "POST",
+            "/v1/repos",
+            {
+                "id": "held",
+                "uri": str(gui.tmp / "held-repo"),
+                "password": {"source": "command", "ref": str(script)},
+                "init": True,
+            },
+        )
+        await b.refresh_config()
         gone = gui.tmp / "gone"
         gone.mkdir()
         (gone / "f").write_text("x")
-        await b.add_plan({"backup_now": False, "id": "flaky", "repo": "main", "paths": [str(gone)]})
+        await b.add_plan({"backup_now": False, "id": "flaky", "repo": "held", "paths": [str(gone)]})
         await b.add_plan(
-            {"backup_now": False, "id": "docs", "repo": "main", "paths": [str(gui.src)]}
+            {"backup_now": False, "id": "docs", "repo": "held", "paths": [str(gui.src)]}
         )
         shutil.rmtree(gone)
 
@@ -650,19 +670,23 @@ def test_failures_notify_once_and_cancel_and_remove(gui: GuiEnv, qloop: QLoop, q
         ops = w.operations
         w.show_page(ops)
         await ops.model.tasks.idle()
+        gate.unlink()
         first = await b.backup("docs")
         # "Back up now" again on the same plan queues nothing: the node answers with that one.
         again = await b.backup("docs")
         assert again["id"] == first["id"] and again["already"].startswith("plan docs is already")
+
+        def status_of(op_id: str) -> str:
+            row = ops.model.row_of(op_id)
+            return "" if row is None else str(ops.model.op_at(row)["status"])
+
         second = await b.backup("flaky")
         await wait_for(lambda: ops.model.row_of(second["id"]) is not None, ops.model.rowsInserted)
         assert ops.select_op(second["id"])
         assert ops.cancel_button.isEnabled()
         qtbot.mouseClick(ops.cancel_button, Qt.MouseButton.LeftButton)
-
-        def status_of(op_id: str) -> str:
-            row = ops.model.row_of(op_id)
-            return "" if row is None else str(ops.model.op_at(row)["status"])
+        await wait_for(lambda: status_of(second["id"]) == "cancelled", ops.model.dataChanged)
+        gate.touch()  # the running backup gets its password and finishes
 
         await wait_for(
             lambda: (
