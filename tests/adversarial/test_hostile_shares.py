@@ -25,30 +25,12 @@ from peerstash.core.restic import PasswordValue, RepoAccess, Restic, ResticError
 from peerstash.core.serialize import repo_to_dict
 from peerstash.core.store import NotFound, StoreError, repo_record
 from peerstash.peer.node import Node
-from tests.integration.test_pairing import MakeNode, make_node, token_for, wait_state
-from tests.integration.test_shared_repos import assert_no_secret_in_files, next_shares, run_flow
-from tests.integration.test_sync import store_of
-
-__all__ = ["make_node"]  # the fixture, re-exported for pytest
+from tests.fixtures.nodes import MakeNode, store_of, token_for, wait_state
+from tests.fixtures.sharing import REFUSED_ENV, assert_no_secret_in_files, next_shares, run_flow
 
 PW = "pw-photos-Kx81-never-in-clear"
 ENV_SECRET = "env-value-Qq72-never-in-clear"
 HOSTILE_URI = "sftp:backup@host:/srv/photos"
-
-#: Environment names a peer must never set here, each for its own reason.
-REFUSED_ENV = (
-    "GOOGLE_APPLICATION_CREDENTIALS",  # names a file on this machine
-    "HTTPS_PROXY",  # sends every request (and credential) through the peer's proxy
-    "SSL_CERT_DIR",  # trusts the peer's certificates
-    "OPENSSL_CONF",  # loads an engine (a library) named in a file
-    "GLIBC_TUNABLES",  # loader tunables (CVE-2023-4911)
-    "LOCPATH",  # locale files from a path
-    "HOSTALIASES",  # renames hosts
-    "KRB5_CONFIG",  # Kerberos configuration file (ssh with GSSAPI)
-    "LD_PRELOAD",  # loads a library into restic and ssh
-    "RESTIC_PASSWORD_COMMAND",  # runs a program
-    "PATH",  # chooses which ssh runs
-)
 
 
 def hostile_option(marker: Path) -> str:

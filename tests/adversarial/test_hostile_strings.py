@@ -26,10 +26,7 @@ from peerstash.peer.rpc import CallError
 from peerstash.peer.sync import OpsSynced
 from peerstash.peer.tokens import parse_token
 from tests.e2e.conftest import PEERSTASH
-from tests.integration.test_pairing import MakeNode, make_node, token_for
-from tests.integration.test_sync import link
-
-__all__ = ["make_node"]
+from tests.fixtures.nodes import MakeNode, link, token_for
 
 ESC, CR, RLO, BEL, NEL, LRI, DEL = "\x1b", "\r", "\u202e", "\x07", "\x85", "\u2066", "\x7f"
 HOSTILE = f"boom{ESC}[2J{ESC}]52;c;cGF3bmVk{BEL}{CR}all good {RLO}exe.txt{LRI}{NEL}{DEL}"

@@ -14,7 +14,7 @@ from peerstash.core.peer_rules import (
     check_peer_uri,
     peer_may_set,
 )
-from tests.adversarial.test_hostile_shares import REFUSED_ENV
+from tests.fixtures.sharing import REFUSED_ENV
 
 
 @pytest.mark.parametrize(

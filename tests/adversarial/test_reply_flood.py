@@ -21,10 +21,7 @@ from peerstash.peer import protocol as proto
 from peerstash.peer.link import Link
 from peerstash.peer.node import Node
 from peerstash.peer.rpc import MAX_REPLY_BYTES, CallContext, ReplyTooLarge, RpcService
-from tests.integration.test_pairing import MakeNode, make_node
-from tests.integration.test_sync import link
-
-__all__ = ["make_node"]
+from tests.fixtures.nodes import MakeNode, link
 
 ITEM = "x" * 1024  # 1 KiB per item: 500 items (one chunk) make a 0.5 MB frame
 FLOOD_ITEMS = 150 * 1024  # 150 MiB in all

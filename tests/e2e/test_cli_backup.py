@@ -14,18 +14,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import PEERSTASH, NodeProc
-
-PASSWORD = "s3cret-Pa55word-for-tests"
-
-
-def make_tree(root: Path, files: int = 40, seed: int = 1) -> Path:
-    rng = random.Random(seed)
-    for i in range(files):
-        sub = root / f"dir{i % 5}"
-        sub.mkdir(parents=True, exist_ok=True)
-        (sub / f"file{i}.bin").write_bytes(rng.randbytes(rng.randint(0, 64 * 1024)))
-    (root / "notes.txt").write_text("hello from peerstash\n")
-    return root
+from tests.fixtures.cli import PASSWORD, add_repo, jcli, make_tree
 
 
 def same_tree(a: Path, b: Path) -> bool:
@@ -36,17 +25,6 @@ def same_tree(a: Path, b: Path) -> bool:
     if mismatch or errors:
         return False
     return all(same_tree(a / d, b / d) for d in cmp.common_dirs)
-
-
-def jcli(node: NodeProc, *args: str, **kw: Any) -> Any:
-    return json.loads(node.cli(*args, "--json", **kw).stdout)
-
-
-def add_repo(node: NodeProc, name: str, uri: str, *extra: str, init: bool = True) -> None:
-    args = ["repo", "add", name, "--uri", uri, "--password-stdin", *extra]
-    if init:
-        args.append("--init")
-    node.cli(*args, input=PASSWORD + "\n")
 
 
 @pytest.fixture(params=["local", "sftp", "rest"])

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from tests.e2e.conftest import PEERSTASH, NodeProc
-from tests.e2e.test_cli_backup import PASSWORD, add_repo, jcli, make_tree
+from tests.fixtures.cli import PASSWORD, add_repo, jcli, make_tree
 
 
 def check(node: NodeProc) -> tuple[int, str]:

@@ -4,72 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import threading
-from collections.abc import Iterator
 from typing import Any
 
-from tests.e2e.conftest import PEERSTASH, NodeProc
-
-# Fast link timings so going offline and coming back take about a second, not minutes.
-FAST = "heartbeat=0.2,offline_after=1.5,backoff_min=0.1,backoff_max=0.5"
-
-
-class Events:
-    """The node's live event stream (`peerstash events --json`), read line by line."""
-
-    def __init__(self, node: NodeProc) -> None:
-        self.proc = subprocess.Popen(
-            [*PEERSTASH, "--data-dir", str(node.data_dir), "events", "--json"],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=node.env(),
-        )
-
-    def lines(self) -> Iterator[dict[str, Any]]:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            yield json.loads(line)
-
-    def wait_link(self, peer: str, state: str | tuple[str, ...]) -> None:
-        states = (state,) if isinstance(state, str) else state
-        for ev in self.lines():
-            if ev.get("type") == "link" and ev["peer"] == peer and ev["state"] in states:
-                return
-        raise AssertionError(f"event stream ended before {peer} was {state}")
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-
-def wait_link(node: NodeProc, peer: str, state: str | tuple[str, ...], timeout: float = 30) -> None:
-    ev = Events(node)
-    timer = threading.Timer(timeout, ev.close)  # bounds the wait: the stream ends, and we fail
-    timer.start()
-    try:
-        ev.wait_link(peer, state)
-    finally:
-        timer.cancel()
-        ev.close()
-
-
-def status(node: NodeProc) -> dict[str, Any]:
-    return json.loads(node.cli("status", "--json").stdout)
-
-
-def peers(node: NodeProc) -> dict[str, dict[str, Any]]:
-    return {p["id"]: p for p in json.loads(node.cli("peer", "list", "--json").stdout)}
-
-
-def pair(client: NodeProc, server: NodeProc, *grants: str) -> dict[str, Any]:
-    args = [a for g in grants for a in ("--grant", g)]
-    tok = json.loads(
-        server.cli("token", "create", "--label", client.instance_id, *args, "--json").stdout
-    )
-    assert tok["token"].endswith("#" + server.instance_id)
-    url = status(server)["peer_url"]
-    return json.loads(client.cli("peer", "add", tok["token"], "--url", url, "--json").stdout)
+from tests.e2e.conftest import NodeProc
+from tests.fixtures.cli import FAST, Events, pair, peers, status, wait_link
 
 
 def test_two_nodes_pair_drop_and_heal(node_factory: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.e2e.test_peers import FAST, pair, wait_link
+from tests.fixtures.cli import FAST, pair, wait_link
 
 
 def test_remote_run_wait_and_remote_snapshots_through_the_cli(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.e2e.test_peers import FAST, pair, peers, wait_link
+from tests.fixtures.cli import FAST, pair, peers, wait_link
 
 
 def test_peer_remove_keep_history_and_history_settings(node_factory: Any) -> None:

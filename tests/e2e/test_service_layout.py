@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from peerstash.core.engine import restic_cache_dir
-from tests.e2e.test_cli_backup import add_repo, jcli, make_tree
+from tests.fixtures.cli import add_repo, jcli, make_tree
 
 
 def repo_caches(cache: Path) -> list[Path]:

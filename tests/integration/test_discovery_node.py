@@ -12,7 +12,7 @@ import pytest
 from peerstash.core.events import Notice
 from peerstash.peer.link import PairingError
 from peerstash.peer.node import Node, NodeOptions
-from tests.integration.test_pairing import FAST, MakeNode, token_for, wait_state
+from tests.fixtures.nodes import FAST, MakeNode, token_for, wait_state
 
 
 @pytest.fixture

@@ -27,10 +27,7 @@ from peerstash.peer import remote_config
 from peerstash.peer.node import Node
 from peerstash.peer.remote_logs import LogUnavailable
 from peerstash.peer.rpc import CallError, RpcService
-from tests.integration.test_pairing import MakeNode, make_node, wait_state
-from tests.integration.test_sync import change, converge, link, store_of
-
-__all__ = ["make_node"]
+from tests.fixtures.nodes import MakeNode, admin, change, converge, link, store_of, wait_state
 
 PASSWORD = "correct-horse-battery-staple-1234"
 ENV_SECRET = "aws-secret-value-9876"
@@ -39,16 +36,6 @@ ENV_SECRET = "aws-secret-value-9876"
 def rpc(node: Node) -> RpcService:
     assert node.rpc is not None
     return node.rpc
-
-
-async def admin(node: Node, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    """One admin API request, as the CLI makes it: (HTTP status, decoded JSON)."""
-    conn = aiohttp.UnixConnector(path=str(node.socket_path))
-    async with (
-        aiohttp.ClientSession(connector=conn) as s,
-        s.request(method, f"http://node{path}", json=body) as r,
-    ):
-        return r.status, await r.json()
 
 
 async def add_repo(node: Node, repo_id: str, where: Path, **kw: Any) -> None:

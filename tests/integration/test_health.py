@@ -18,13 +18,8 @@ from peerstash.core.models import OpStatus
 from peerstash.core.store import OpFilter, utcnow
 from peerstash.peer.node import Node
 from peerstash.peer.rpc import CallError
-from tests.integration.test_fleet import admin
-from tests.integration.test_pairing import MakeNode, make_node
-from tests.integration.test_shared_repos import link as link_b_gives_a
-from tests.integration.test_shared_repos import next_shares
-from tests.integration.test_sync import change, converge, link
-
-__all__ = ["make_node"]
+from tests.fixtures.nodes import MakeNode, admin, change, converge, link
+from tests.fixtures.sharing import link_b_gives_a, next_shares
 
 PASSWORD = "health-test-password-5678"
 

@@ -5,7 +5,6 @@ real stores, real handshakes. Rejections must leave nothing registered on the ac
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,58 +19,10 @@ from peerstash.peer import channel as ch
 from peerstash.peer import protocol as proto
 from peerstash.peer.identity import Identity
 from peerstash.peer.link import LinkStateChanged, PairingError, Timings
-from peerstash.peer.node import Node, NodeOptions
-from peerstash.peer.pairing import create_token
+from peerstash.peer.node import Node
 from peerstash.peer.permissions import GrantError
 from peerstash.peer.tokens import parse_token
-
-FAST = Timings(
-    heartbeat=0.2, offline_after=1.0, backoff_min=0.05, backoff_max=0.5, handshake_timeout=5
-)
-
-MakeNode = Callable[..., Awaitable[Node]]
-
-
-@pytest.fixture
-async def make_node(tmp_path: Path) -> AsyncIterator[MakeNode]:
-    nodes: list[Node] = []
-
-    async def make(name: str, **opts: object) -> Node:
-        settings: dict[str, object] = {
-            "instance_id": name,
-            "listen": "127.0.0.1:0",
-            "link_timings": FAST,
-            "schedule": False,
-            "discovery": False,
-            **opts,
-        }
-        node = Node(tmp_path / name, NodeOptions(**settings))  # type: ignore[arg-type]
-        await node.start()
-        nodes.append(node)
-        return node
-
-    yield make
-    for node in reversed(nodes):
-        await node.stop()
-
-
-async def token_for(node: Node, **kw: object) -> str:
-    assert node.engine and node.identity
-    text, _ = await create_token(node.engine.store, node.identity, node.instance_id, **kw)  # type: ignore[arg-type]
-    return text
-
-
-async def wait_state(node: Node, peer_id: str, state: str, within: float = 10) -> None:
-    """Await the link event that puts ``peer_id`` in ``state`` (or find it there already)."""
-    assert node.engine
-    with node.bus.subscribe("link") as sub:
-        if (await node.engine.store.get_peer(peer_id)).state == state:
-            return
-        async with asyncio.timeout(within):
-            while True:
-                ev = await sub.get()
-                if isinstance(ev, LinkStateChanged) and ev.peer_id == peer_id and ev.state == state:
-                    return
+from tests.fixtures.nodes import FAST, MakeNode, token_for, wait_state
 
 
 async def peer_ids(node: Node) -> list[str]:

@@ -35,19 +35,18 @@ from peerstash.peer.link import (
 )
 from peerstash.peer.node import Node, NodeOptions, default_instance_id
 from peerstash.peer.tokens import PairingToken, parse_token
-from tests.integration.test_pairing import FAST, token_for, wait_state
-from tests.integration.test_sync import (
+from tests.fixtures.nodes import (
+    FAST,
     as_row,
-    bare_store,
     change,
     converge,
     held,
     record,
     seed,
     store_of,
+    token_for,
+    wait_state,
 )
-
-__all__ = ["bare_store"]  # the fixture, re-exported for pytest
 
 HOST = "raspberrypi"
 

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from peerstash.core.engine import PasswordSpec
-from peerstash.core.models import OpKind, OpStatus, RemoteRequest
+from peerstash.core.models import OpKind, OpStatus
 from peerstash.core.store import OpFilter, Store
 from peerstash.peer import protocol as proto
 from peerstash.peer.node import Node
@@ -27,21 +27,12 @@ from peerstash.peer.remote import (
     NOT_VISIBLE,
     RemoteError,
     RemoteRequestChanged,
-    RemoteService,
     offline_note,
     request_to_dict,
 )
 from peerstash.peer.rpc import CallContext, CallError, RpcService
+from tests.fixtures.nodes import MakeNode, link, remote, until, wait_state
 from tests.fixtures.servers import RESTIC_BUILDS
-from tests.integration.test_pairing import MakeNode, make_node, wait_state
-from tests.integration.test_sync import link
-
-__all__ = ["make_node"]
-
-
-def remote(node: Node) -> RemoteService:
-    assert node.remote is not None
-    return node.remote
 
 
 def rpc(node: Node) -> RpcService:
@@ -57,17 +48,6 @@ def store(node: Node) -> Store:
 def port_of(node: Node) -> int:
     assert node.peer_url
     return int(node.peer_url.rsplit(":", 1)[1])
-
-
-async def until(node: Node, request_id: str, *states: str, within: float = 60) -> RemoteRequest:
-    """The request once it is in one of ``states`` (re-read on each of its change events)."""
-    with node.bus.subscribe("remote") as sub:
-        async with asyncio.timeout(within):
-            while True:
-                req = await remote(node).get_request(request_id)
-                if req.state in states:
-                    return req
-                await sub.get()
 
 
 async def with_plan(a: Node, tmp_path: Path, *, files: int = 3, plan: str = "docs") -> Path:

@@ -23,10 +23,8 @@ from peerstash.core.engine import PasswordSpec
 from peerstash.core.models import Operation, OpKind, OpStatus
 from peerstash.core.store import OpFilter
 from peerstash.peer.node import Node
+from tests.fixtures.nodes import MakeNode
 from tests.fixtures.servers import RESTIC_BUILDS, RestServer, resolve_restic
-from tests.integration.test_pairing import MakeNode, make_node
-
-__all__ = ["make_node"]
 
 pytestmark = pytest.mark.slow
 

@@ -20,10 +20,8 @@ from peerstash.core.engine import EngineError, PasswordSpec
 from peerstash.core.models import OpStatus
 from peerstash.core.store import OpFilter
 from peerstash.peer.node import Node
-from tests.integration.test_pairing import MakeNode, make_node
-from tests.integration.test_shared_repos import link, next_shares, run_flow
-
-__all__ = ["make_node"]  # the fixture, re-exported for pytest
+from tests.fixtures.nodes import MakeNode
+from tests.fixtures.sharing import link_b_gives_a, next_shares, run_flow
 
 pytestmark = pytest.mark.slow
 
@@ -223,7 +221,7 @@ async def test_shared_repository_each_side_trims_its_own(
     a = await make_node("a", restic_path=restic_bin)
     b = await make_node("b", restic_path=restic_bin)
     assert a.engine and b.engine
-    await link(a, b, ["repos.receive"])
+    await link_b_gives_a(a, b, ["repos.receive"])
     repo, src = tmp_path / "repo", tmp_path / "src"
     src.mkdir()
     (src / "file.txt").write_text("data\n")

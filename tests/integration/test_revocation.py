@@ -30,21 +30,20 @@ from peerstash.peer.link import LinkStateChanged
 from peerstash.peer.node import Node
 from peerstash.peer.remote import ACCEPTED, FAILED, NOT_VISIBLE
 from peerstash.peer.sync import OpsSynced
-from tests.integration.test_pairing import MakeNode, make_node, token_for, wait_state
-from tests.integration.test_remote import until
-from tests.integration.test_shared_repos import PW1, assert_no_secret_in_files, next_shares
-from tests.integration.test_sync import (
+from tests.fixtures.nodes import (
+    MakeNode,
     as_row,
-    bare_store,
     change,
     converge,
     fake_peer,
     held,
     record,
     store_of,
+    token_for,
+    until,
+    wait_state,
 )
-
-__all__ = ["bare_store", "make_node"]  # the fixtures, re-exported for pytest
+from tests.fixtures.sharing import PW1, assert_no_secret_in_files, next_shares
 
 ENV_SECRET = "env-Kx93-never-in-clear"
 #: What O grants R: its history of plan p1 only (so the backup R asks for stays "accepted",

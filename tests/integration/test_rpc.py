@@ -17,10 +17,7 @@ from peerstash.core.engine import EngineError
 from peerstash.peer import protocol as proto
 from peerstash.peer.node import Node
 from peerstash.peer.rpc import CallContext, CallError, PeerUnavailable, RpcService, arg
-from tests.integration.test_pairing import MakeNode, make_node
-from tests.integration.test_sync import link
-
-__all__ = ["make_node"]
+from tests.fixtures.nodes import MakeNode, link
 
 
 def rpc(node: Node) -> RpcService:

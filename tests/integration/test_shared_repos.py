@@ -10,83 +10,35 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
 
 from peerstash.core.engine import EngineError, PasswordSpec
-from peerstash.core.events import Notice, SharesReceived, SnapshotsChanged
-from peerstash.core.models import Operation, OpStatus
+from peerstash.core.events import Notice, SnapshotsChanged
+from peerstash.core.models import OpStatus
 from peerstash.core.serialize import repo_to_dict
-from peerstash.core.sharing import ShareResult
-from peerstash.core.store import OpFilter
 from peerstash.peer import protocol as proto
 from peerstash.peer.node import Node
-from tests.integration.test_pairing import MakeNode, make_node, token_for, wait_state
-from tests.integration.test_sync import store_of
+from tests.fixtures.nodes import MakeNode, store_of
+from tests.fixtures.sharing import (
+    PW1,
+    assert_no_secret_in_files,
+    link_b_gives_a,
+    next_shares,
+    run_flow,
+)
 
-__all__ = ["make_node"]  # the fixture, re-exported for pytest
-
-#: Distinctive passwords, so a leak anywhere (logs, files, JSON) is found by a plain search.
-PW1 = "pw1-Zq8vXk2-never-in-clear"
 PW2 = "pw2-Lm4rTy9-never-in-clear"
 
 
 # -- helpers -------------------------------------------------------------------------------
 
 
-async def link(a: Node, b: Node, b_gives_a: list[str]) -> None:
-    """B pairs with A (B dials); B grants A ``b_gives_a``. Waits until both are online."""
-    assert b.peers and a.peer_url
-    await b.peers.pair(await token_for(a, grants=["ops"]), a.peer_url, b_gives_a)
-    await wait_state(a, b.instance_id, "online")
-    await wait_state(b, a.instance_id, "online")
-
-
-def next_shares(node: Node, origin: str, within: float = 15) -> Awaitable[ShareResult]:
-    """The next full set from ``origin`` applied on ``node``, from this call on."""
-    sub = node.bus.subscribe("shares")
-
-    async def wait() -> ShareResult:
-        with sub:
-            async with asyncio.timeout(within):
-                while True:
-                    ev = await sub.get()
-                    if isinstance(ev, SharesReceived) and ev.origin == origin:
-                        return ev.result  # type: ignore[no-any-return]
-
-    return wait()
-
-
-async def run_flow(node: Node, plan: str) -> list[Operation]:
-    """Back ``plan`` up and wait for the whole flow (the backup and its retention)."""
-    assert node.engine
-    op = await node.engine.backup(plan)
-    done: dict[int, Operation] = {}
-    while True:
-        ops = await node.engine.list_operations(
-            OpFilter(origin=node.instance_id, flow_id=op.flow_id)
-        )
-        todo = [o for o in ops if o.pk not in done]
-        if not todo:
-            return sorted(done.values(), key=lambda o: o.pk)
-        for o in todo:
-            done[o.pk] = await node.engine.wait(o.pk)
-
-
 async def snapshot_ids(node: Node, repo: str) -> set[str]:
     """Short ids (restic 0.14 reports a backup's snapshot by its short id)."""
     assert node.engine
     return {s.id[:8] for s in await node.engine.snapshots(repo)}
-
-
-def assert_no_secret_in_files(node: Node, *secrets: str) -> None:
-    """The node's database files hold no password in clear (they are sealed with secret.key)."""
-    for path in node.data_dir.glob("peerstash.db*"):
-        data = path.read_bytes()
-        for secret in secrets:
-            assert secret.encode() not in data, f"{secret} in clear in {path.name}"
 
 
 # -- the whole life of a shared repository -------------------------------------------------
@@ -100,7 +52,7 @@ async def test_share_use_forget_delete_unshare(
     b = await make_node("b", restic_path=restic_bin)
     assert a.engine and b.engine
     got = next_shares(b, "a")
-    await link(a, b, ["repos.receive"])
+    await link_b_gives_a(a, b, ["repos.receive"])
     assert (await got).offered == 0  # the link-up set: nothing shared yet
     src = tmp_path / "src"
     src.mkdir()
@@ -233,7 +185,7 @@ async def test_guid_conflict_skips_one_repo_and_repush_changes_nothing(
 
     with b.bus.subscribe("notice") as notices:
         got = next_shares(b, "a")
-        await link(a, b, ["repos.receive"])  # the set goes out when the link comes up
+        await link_b_gives_a(a, b, ["repos.receive"])  # the set goes out when the link comes up
         first = await got
         assert first.added == ["r2@a"]
         assert list(first.skipped) == ["r1@a"]
@@ -283,13 +235,13 @@ async def test_without_the_grant_nothing_arrives(
 
     # B grants A nothing about repositories: A sends an empty set, B stores nothing.
     got = next_shares(b, "a")
-    await link(a, b, ["ops"])
+    await link_b_gives_a(a, b, ["ops"])
     none = await got
     assert none.offered == 0 and not none.changed
     assert await b.engine.list_repos() == []
     # C grants A only r2: r1 (and its password) never leaves A for C.
     got = next_shares(c, "a")
-    await link(a, c, ["repos.receive:repo:r2"])
+    await link_b_gives_a(a, c, ["repos.receive:repo:r2"])
     scoped = await got
     assert scoped.offered == 1 and scoped.added == ["r2@a"] and scoped.refused == []
     assert await snapshot_ids(c, "r2@a") == set()  # the command's output opens it
@@ -309,7 +261,7 @@ async def test_receiver_refuses_what_its_grant_does_not_allow(
         "r1", str(tmp_path / "repo1"), PasswordSpec("secret", value=PW1), init=True
     )
     got = next_shares(b, "a")
-    await link(a, b, ["repos.receive:repo:other"])
+    await link_b_gives_a(a, b, ["repos.receive:repo:other"])
     assert (await got).offered == 0  # the link-up set: nothing shared yet
     # A's record of what B grants it is wrong (a buggy or hostile owner): it sends r1.
     await store_of(a).update_peer("b", their_grants=["repos.receive:*"])
@@ -363,10 +315,10 @@ async def test_same_repository_from_two_owners_is_taken_once(
         for name in names:
             await owner.engine.share_repo(name)  # type: ignore[union-attr]
     got = next_shares(b, "a")
-    await link(a, b, ["repos.receive"])
+    await link_b_gives_a(a, b, ["repos.receive"])
     assert (await got).added == ["r@a"]
     got = next_shares(b, "c")
-    await link(c, b, ["repos.receive"])
+    await link_b_gives_a(c, b, ["repos.receive"])
     from_c = await got
     assert from_c.added == ["other@c"]
     assert "repository r@a (shared by a) is the same restic repository" in from_c.skipped["same@c"]

@@ -11,128 +11,41 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, update
 
 from peerstash.core.engine import PasswordSpec
 from peerstash.core.events import OperationChanged
 from peerstash.core.ids import new_ulid
-from peerstash.core.models import Operation, OpKind, OpStatus
+from peerstash.core.models import Operation, OpStatus
 from peerstash.core.store import OpFilter, Store, StoreError, utcnow
 from peerstash.peer import channel as ch
 from peerstash.peer import protocol as proto
 from peerstash.peer.identity import Identity
 from peerstash.peer.node import Node
-from peerstash.peer.permissions import Grants
 from peerstash.peer.sync import OpsSynced
-from peerstash.peer.tokens import parse_token
-from tests.integration.test_pairing import MakeNode, make_node, token_for, wait_state
-
-__all__ = ["make_node"]  # the fixture, re-exported for pytest
+from tests.fixtures.nodes import (
+    MakeNode,
+    as_row,
+    change,
+    converge,
+    fake_peer,
+    held,
+    link,
+    norm_row,
+    owned,
+    record,
+    seed,
+    store_of,
+    token_for,
+)
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def store_of(node: Node) -> Store:
-    assert node.engine is not None
-    return node.engine.store
-
-
-async def link(a: Node, b: Node, a_gives_b: list[str], b_gives_a: list[str] | None = None) -> None:
-    """Pair B to A (B dials) and wait until both sides are online."""
-    assert b.peers and a.peer_url
-    await b.peers.pair(await token_for(a, grants=a_gives_b), a.peer_url, b_gives_a or [])
-    await wait_state(a, b.instance_id, "online")
-    await wait_state(b, a.instance_id, "online")
-
-
-async def change(
-    node: Node, pk: int | None = None, *, repo: str = "r1", plan: str | None = "p1", **fields: Any
-) -> Operation:
-    """Create (no ``pk``) or update a local operation and publish it, as the runner does."""
-    store = store_of(node)
-    if pk is None:
-        op = await store.create_operation(OpKind.BACKUP, repo_id=repo, plan_id=plan, **fields)
-    else:
-        op = await store.update_operation(pk, **fields)
-    node.bus.publish(OperationChanged(op=op))
-    return op
-
-
-async def seed(node: Node, n: int, repos: tuple[str, ...] = ("r1",)) -> None:
-    """Insert ``n`` finished local operations in one statement (test data, not a code path).
-
-    Creating them one by one through the store would take a transaction each.
-    """
-    store = store_of(node)
-    origin = node.instance_id
-    start = await store.max_modno(origin)
-    now = utcnow()
-    rows = [
-        {
-            "op_id": new_ulid(),
-            "origin": origin,
-            "modno": start + i + 1,
-            "flow_id": f"flow{i}",
-            "kind": "backup",
-            "status": "success",
-            "plan_id": f"p{i % 4}",
-            "repo_id": repos[i % len(repos)],
-            "created_at": now,
-            "started_at": now,
-            "ended_at": now,
-            "bytes_done": i,
-            "bytes_total": i,
-            "files_done": 1,
-            "files_total": 1,
-            "eta_seconds": None,
-            "summary": {"files_new": i, "data_added": 1000 + i},
-            "snapshot_id": f"{i:064x}",
-            "error": None,
-        }
-        for i in range(n)
-    ]
-    async with store.session() as s, s.begin():
-        await s.execute(insert(Operation), rows)
-    store._modno.pop(origin, None)  # the store re-reads its modno from the table
-
-
-def _norm(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    # The summary travels as JSON text; compare its meaning, not its spacing.
-    return (*row[:15], json.loads(row[15]), *row[16:])
-
-
-async def owned(node: Node, grants: list[str] | None = None) -> dict[str, tuple[Any, ...]]:
-    """The node's own operations (those ``grants`` let a peer see, when given)."""
-    rows = await store_of(node).ops_since(node.instance_id, 0, 10**9)
-    g = Grants.parse(grants) if grants is not None else None
-    return {r[0]: _norm(r) for r in rows if g is None or g.allows("ops", repo=r[6], plan=r[5])}
-
-
-async def held(node: Node, origin: str) -> dict[str, tuple[Any, ...]]:
-    """What ``node`` holds of ``origin``'s operations."""
-    rows = await store_of(node).ops_since(origin, 0, 10**9)
-    return {r[0]: _norm(r) for r in rows}
-
-
-async def converge(
-    a: Node, b: Node, grants: list[str] | None = None, within: float = 15
-) -> dict[str, tuple[Any, ...]]:
-    """Wait until B holds exactly what A lets it see (re-checked on every sync event on B)."""
-    with b.bus.subscribe("sync", "operation") as sub:
-        async with asyncio.timeout(within):
-            while True:
-                want, have = await owned(a, grants), await held(b, a.instance_id)
-                if want == have:
-                    return have
-                await sub.get()
 
 
 def in_sync(node: Node, peer_id: str, within: float = 15) -> Awaitable[None]:
@@ -385,51 +298,6 @@ async def test_sync_runs_both_ways_each_with_its_own_grant(make_node: MakeNode) 
 # -- a malicious peer ----------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def fake_peer(
-    node: Node, identity: Identity, name: str, token: str | None = None
-) -> AsyncIterator[ch.SecureChannel]:
-    """A hand-driven peer: handshake, Hello, then whatever the test sends."""
-    assert node.peer_url and node.identity
-    secret = parse_token(token).secret if token else None
-    async with (
-        aiohttp.ClientSession() as s,
-        s.ws_connect(node.peer_url + "/v1/sync", max_msg_size=ch.WS_MAX_MSG_SIZE) as ws,
-    ):
-        send, recv = ch.websocket_transport(ws)
-        chan = await ch.initiate(identity, send, recv, expected_public_key=node.identity.public_key)
-        await chan.send_msg(proto.Hello(instance_id=name, pairing_secret=secret))
-        assert isinstance(await chan.recv_msg(), proto.Welcome)
-        since = await chan.recv_msg()  # the node asks what it holds of ours at once
-        assert isinstance(since, proto.OpsSince) and set(since.marks) == {name}
-        yield chan
-
-
-def record(op_id: str | None = None, modno: int = 1, **kw: Any) -> proto.OpRecord:
-    fields: dict[str, Any] = {
-        "op_id": op_id or new_ulid(),
-        "modno": modno,
-        "flow_id": "f",
-        "kind": "backup",
-        "status": "success",
-        "plan_id": "p1",
-        "repo_id": "r1",
-        "created_at": Store.sync_time(utcnow()),
-        "started_at": None,
-        "ended_at": None,
-        "bytes_done": 0,
-        "bytes_total": 0,
-        "files_done": 0,
-        "files_total": 0,
-        "eta_seconds": None,
-        "summary": "{}",
-        "snapshot_id": None,
-        "error": None,
-    }
-    fields.update(kw)
-    return proto.OpRecord(**fields)
-
-
 async def refused(chan: ch.SecureChannel, msg: proto.Message) -> None:
     """Send ``msg`` and expect a FORBIDDEN error, then the end of the link."""
     await chan.send_msg(msg)
@@ -565,23 +433,6 @@ async def test_randomized_convergence_with_dropped_links(
 # -- store level ---------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def bare_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        store = await Store.open(data_dir=tmp_path / "data")
-    else:
-        store = await Store.open(request.getfixturevalue("fresh_pg_url"))
-    store.local_origin = "me"
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-def as_row(rec: proto.OpRecord) -> tuple[Any, ...]:
-    return tuple(getattr(rec, f) for f in proto.OpRecord.__struct_fields__)
-
-
 async def test_store_sync_methods_on_both_backends(bare_store: Store) -> None:
     store = bare_store
     rec = record(
@@ -595,7 +446,7 @@ async def test_store_sync_methods_on_both_backends(bare_store: Store) -> None:
     await store.upsert_remote_ops("x", [row])
     # Read back in exactly the wire form, whatever the backend.
     [back] = await store.ops_since("x", 0, 10)
-    assert _norm(back) == _norm(row)
+    assert norm_row(back) == norm_row(row)
     older = (*row[:1], 4, *row[2:4], "success", *row[5:])
     await store.upsert_remote_ops("x", [older])
     assert (await store.find_operation(rec.op_id, "x")).status == "running"

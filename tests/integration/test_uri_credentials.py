@@ -27,6 +27,7 @@ from peerstash.core.models import OpStatus
 from peerstash.core.secrets import SecretStore, load_or_create_key
 from peerstash.core.serialize import repo_to_dict
 from peerstash.core.store import Store, repo_record
+from tests.fixtures.nodes import MakeNode, store_of
 from tests.fixtures.servers import (
     LOCALHOST,
     RestServer,
@@ -36,16 +37,7 @@ from tests.fixtures.servers import (
     _stop_process,
     _unavailable,
 )
-from tests.integration.test_pairing import MakeNode, make_node
-from tests.integration.test_shared_repos import (
-    assert_no_secret_in_files,
-    link,
-    next_shares,
-    run_flow,
-)
-from tests.integration.test_sync import store_of
-
-__all__ = ["make_node"]  # the fixture, re-exported for pytest
+from tests.fixtures.sharing import assert_no_secret_in_files, link_b_gives_a, next_shares, run_flow
 
 PW = "repo-pw-Hh31-never-in-clear"
 URI_PW = "uri-pw-Tt59-never-in-clear"
@@ -187,7 +179,7 @@ async def test_a_shared_uri_password_reaches_the_receiver_sealed(
     )
     await a.engine.share_repo("r")
     got = next_shares(b, "a")
-    await link(a, b, ["repos.receive"])
+    await link_b_gives_a(a, b, ["repos.receive"])
     assert (await got).added == ["r@a"]
     on_b = await b.engine.store.get_repo("r@a")
     assert on_b.uri == masked(rest_server, name)
