@@ -80,7 +80,32 @@ _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_
 
 
 class EngineError(Exception):
-    """A request refused or failed, worded for the person who made it."""
+    """A request refused or failed, worded for the person who made it.
+
+    ``field`` names the request field the refusal is about (the admin API's field names:
+    ``id``, ``uri``, ``password``, ``env``, ``options``, ``paths``, ``schedule``, ``target``...),
+    so a form can mark that field without reading the sentence.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+#: Which repository field a restic failure while opening a repository is about.
+_RESTIC_FIELDS = {
+    ErrorKind.WRONG_PASSWORD: "password",
+    ErrorKind.REPO_MISSING: "uri",
+    ErrorKind.REPO_EXISTS: "uri",
+    ErrorKind.BACKEND_UNREACHABLE: "uri",
+    ErrorKind.WRONG_CREDENTIALS: "env",
+}
+
+
+def _opening_failed(exc: ResticError) -> EngineError:
+    """restic could not open (or create) a repository with these settings: the sentence, and
+    the field a person should look at."""
+    return EngineError(exc.message, field=_RESTIC_FIELDS.get(exc.kind))
 
 
 class BackupRunning(EngineError):
@@ -100,7 +125,8 @@ def check_name(kind: str, name: str) -> None:
     if not name or len(name) > 100 or not set(name) <= _NAME_OK or name[0] in "-.":
         raise EngineError(
             f"{kind} name {name!r} is not allowed: use letters, digits, '-', '_' and '.', "
-            "not starting with '-' or '.'"
+            "not starting with '-' or '.'",
+            field="id",
         )
 
 
@@ -404,20 +430,20 @@ class Engine:
         """
         check_name("repository", repo_id)
         if password.source not in PASSWORD_SOURCES:
-            raise EngineError(f"unknown password source {password.source!r}")
+            raise EngineError(f"unknown password source {password.source!r}", field="password")
         if password.source == "secret" and not password.value:
-            raise EngineError("an empty password is not allowed")
+            raise EngineError("an empty password is not allowed", field="password")
         if password.source != "secret" and not password.ref:
-            raise EngineError(f"--password-{password.source} needs a value")
+            raise EngineError(f"--password-{password.source} needs a value", field="password")
         for opt in options:
             if "=" not in opt:
-                raise EngineError(f"option {opt!r} must look like KEY=VALUE")
+                raise EngineError(f"option {opt!r} must look like KEY=VALUE", field="options")
         try:
             await self.store.get_repo(repo_id)
         except NotFound:
             pass
         else:
-            raise EngineError(f"a repository named {repo_id!r} already exists")
+            raise EngineError(f"a repository named {repo_id!r} already exists", field="id")
         env = dict(env or {})
         uri, uri_secret = split_uri_password(uri)
         row = repo_record(
@@ -454,14 +480,15 @@ class Engine:
                 if exc.kind == ErrorKind.REPO_MISSING and not init:
                     raise EngineError(
                         f"there is no restic repository at {uri_for_people(uri)}; "
-                        "add --init to create one"
+                        "add --init to create one",
+                        field="uri",
                     ) from None
                 raise
             await self.store.add_repo(row)
         except (ResticError, EngineError, StoreError) as exc:
             await self.secrets.delete_prefix(f"repo/{repo_id}/")
             if isinstance(exc, ResticError):
-                raise EngineError(exc.message) from None
+                raise _opening_failed(exc) from None
             raise
         self.bus.publish(ConfigChanged(what="repo", id=repo_id))
         return row, said
@@ -487,14 +514,14 @@ class Engine:
             )
         if password is not None:
             if password.source not in PASSWORD_SOURCES:
-                raise EngineError(f"unknown password source {password.source!r}")
+                raise EngineError(f"unknown password source {password.source!r}", field="password")
             if password.source == "secret" and not password.value:
-                raise EngineError("an empty password is not allowed")
+                raise EngineError("an empty password is not allowed", field="password")
             if password.source != "secret" and not password.ref:
-                raise EngineError(f"--password-{password.source} needs a value")
+                raise EngineError(f"--password-{password.source} needs a value", field="password")
         for opt in options or ():
             if "=" not in opt:
-                raise EngineError(f"option {opt!r} must look like KEY=VALUE")
+                raise EngineError(f"option {opt!r} must look like KEY=VALUE", field="options")
         uri_secret: str | None = None
         if uri:
             uri, uri_secret = split_uri_password(uri)
@@ -531,7 +558,7 @@ class Engine:
             guid = await self.restic().guid(trial_access)
         except ResticError as exc:
             await self.secrets.delete_prefix(staged)
-            raise EngineError(exc.message) from None
+            raise _opening_failed(exc) from None
         except EngineError:
             await self.secrets.delete_prefix(staged)
             raise
@@ -539,7 +566,8 @@ class Engine:
             await self.secrets.delete_prefix(staged)
             raise EngineError(
                 f"that is another repository (id {guid[:8]}, not {repo.guid[:8]}); add it as a "
-                "new repository instead"
+                "new repository instead",
+                field="uri",
             )
         # Commit: move the staged secrets into place, then the row.
         await self.secrets.delete_prefix(f"repo/{repo_id}/")
@@ -601,7 +629,9 @@ class Engine:
         client_secret: str | None = None
         if client_uri is not None:
             if client_uri and client_uri != client_uri.strip():
-                raise EngineError("the client URI has leading or trailing spaces")
+                raise EngineError(
+                    "the client URI has leading or trailing spaces", field="client_uri"
+                )
             client_uri, client_secret = split_uri_password(client_uri)
             fields["client_uri"] = client_uri or None
         sent_uri = (client_uri if client_uri is not None else repo.client_uri) or repo.uri
@@ -1079,7 +1109,7 @@ class Engine:
         )
         if "enabled" in changes:
             if not isinstance(changes["enabled"], bool):
-                raise EngineError("enabled is true or false")
+                raise EngineError("enabled is true or false", field="enabled")
             fields["enabled"] = changes["enabled"]
             # A person's choice either way: the reason a rule disabled it is gone, so a
             # returning shared repository never re-enables a plan a person disabled.
@@ -1105,22 +1135,28 @@ class Engine:
     ) -> dict[str, Any]:
         """Validate a plan's settings; the row fields they make, or EngineError."""
         if not paths:
-            raise EngineError("a plan needs at least one --path")
+            raise EngineError("a plan needs at least one --path", field="paths")
         for p in paths:
             if not PurePosixPath(p).is_absolute():
-                raise EngineError(f"path {p!r} must be absolute")
+                raise EngineError(f"path {p!r} must be absolute", field="paths")
         if cron and every:
-            raise EngineError("give either --schedule or --every, not both")
+            raise EngineError("give either --schedule or --every, not both", field="schedule")
         interval = None
         try:
             if cron:
                 sched.validate_cron(cron)
             if every:
                 interval = sched.parse_every(every)
+        except (TypeError, ValueError) as exc:
+            raise EngineError(str(exc), field="schedule") from None
+        try:
             policy = RetentionPolicy.from_dict(dict(retention or {}))
         except (TypeError, ValueError) as exc:
-            raise EngineError(str(exc)) from None
-        repo = await self.store.get_repo(repo_id)
+            raise EngineError(str(exc), field="retention") from None
+        try:
+            repo = await self.store.get_repo(repo_id)
+        except NotFound as exc:  # the plan's settings name it: a refusal of that field
+            raise EngineError(str(exc), field="repo") from None
         schedule = sched.PlanSchedule(
             plan_id=plan_id,
             cron=cron or None,
@@ -1448,11 +1484,11 @@ class Engine:
         """Queue a restore of ``snapshot_id`` into the absolute path ``target`` (``flow_id``
         as for :meth:`backup`)."""
         if not PurePosixPath(target).is_absolute():
-            raise EngineError(f"restore target {target!r} must be an absolute path")
+            raise EngineError(f"restore target {target!r} must be an absolute path", field="target")
         repo = await self.store.get_repo(repo_id)
         problem = await asyncio.to_thread(read_only_target, target)
         if problem:
-            raise EngineError(problem)
+            raise EngineError(problem, field="target")
 
         async def job(ctx: OpContext) -> Outcome:
             ctx.log(f"restore {snapshot_id} to {target}")

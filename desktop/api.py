@@ -24,9 +24,11 @@ from peerstash.peer.cli import AdminClient, CliError
 class ApiError(Exception):
     """A call the node refused or could not answer, worded for a person (``str(exc)``)."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, field: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        #: The request field the node said the refusal is about (its ``"field"``), if any.
+        self.field = field
 
 
 class Unavailable(ApiError):
@@ -35,6 +37,24 @@ class Unavailable(ApiError):
 
 #: The error text aiohttp gives for a route that does not exist (through the node's middleware).
 _NO_ROUTE = {"Not Found", "Method Not Allowed"}
+
+
+def refusal(status: int, raw: bytes) -> ApiError:
+    """The error for an HTTP error answer: the node's sentence and field, or
+    :class:`Unavailable` when the route itself does not exist (an older node)."""
+    try:
+        data = json.loads(raw) if raw else None
+    except ValueError:
+        data = None
+    msg = data.get("error") if isinstance(data, dict) else None
+    if status in (404, 405) and (msg is None or msg in _NO_ROUTE):
+        return Unavailable("not available in this version of the node", status)
+    field = data.get("field") if isinstance(data, dict) else None
+    return ApiError(
+        str(msg) if msg else f"the node answered HTTP {status}",
+        status,
+        field if isinstance(field, str) else None,
+    )
 
 
 def q(value: str) -> str:
@@ -68,18 +88,12 @@ class DesktopClient(AdminClient):
         try:
             async with self._session.request(method, f"http://node{path}", json=body) as resp:
                 raw = await resp.read()
-                try:
-                    data = json.loads(raw) if raw else None
-                except ValueError:
-                    data = None
                 if resp.status >= 400:
-                    msg = data.get("error") if isinstance(data, dict) else None
-                    if resp.status in (404, 405) and (msg is None or msg in _NO_ROUTE):
-                        raise Unavailable(
-                            "not available in this version of the node", status=resp.status
-                        )
-                    raise ApiError(msg or f"the node answered HTTP {resp.status}", resp.status)
-                return data
+                    raise refusal(resp.status, raw)
+                try:
+                    return json.loads(raw) if raw else None
+                except ValueError:
+                    return None
         except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError):
             raise ApiError(str(self._not_running())) from None
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
@@ -111,15 +125,7 @@ class DesktopClient(AdminClient):
         try:
             async with self._session.get(f"http://node{path}") as resp:
                 if resp.status >= 400:
-                    raw = await resp.read()
-                    try:
-                        data = json.loads(raw)
-                    except ValueError:
-                        data = None
-                    msg = data.get("error") if isinstance(data, dict) else None
-                    if resp.status in (404, 405) and (msg is None or msg in _NO_ROUTE):
-                        raise Unavailable("not available in this version of the node", resp.status)
-                    raise ApiError(msg or f"the node answered HTTP {resp.status}", resp.status)
+                    raise refusal(resp.status, await resp.read())
                 if on_open is not None:
                     on_open()
                 while True:

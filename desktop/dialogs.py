@@ -139,13 +139,18 @@ class FormDialog(QDialog):
     async def send(self, body: dict[str, Any]) -> Any:
         raise NotImplementedError
 
-    def server_field(self, message: str) -> str | None:
-        """Which field a refusal from the node is about, if we can tell."""
-        return None
+    #: This form's field for each request field the node may name in a refusal, where the two
+    #: names differ (the rest are the same: ``paths``, ``uri``, ``options``...).
+    api_fields: dict[str, str] = {}
+
+    def server_field(self, api_field: str) -> str | None:
+        """This form's field for the request field a refusal is about (the node's ``"field"``)."""
+        return self.api_fields.get(api_field, api_field)
 
     def _failed(self, exc: BaseException) -> None:
         msg = str(exc) if isinstance(exc, ApiError) else f"unexpected error: {exc}"
-        key = self.server_field(msg)
+        api_field = exc.field if isinstance(exc, ApiError) else None
+        key = self.server_field(api_field) if api_field else None
         if key is not None and key in self.errors:
             self.errors[key].set_error(msg)
             self.banner.show_message("The node refused this; see the field marked in red.", "error")
@@ -334,19 +339,7 @@ class AddPlanDialog(FormDialog):
     async def send(self, body: dict[str, Any]) -> Any:
         return await self.backend.add_plan(body)
 
-    def server_field(self, message: str) -> str | None:
-        m = message.lower()
-        if "plan name" in m or "plan named" in m:
-            return "name"
-        if "path" in m:
-            return "paths"
-        if "schedule" in m or "interval" in m or "cron" in m or "--every" in m:
-            return "schedule"
-        if "retention" in m or "keep" in m:
-            return "retention"
-        if "repositor" in m:
-            return "repo"
-        return None
+    api_fields = {"id": "name", "every": "schedule"}
 
 
 PASSWORD_SOURCES = (
@@ -474,17 +467,12 @@ class AddRepoDialog(FormDialog):
     async def send(self, body: dict[str, Any]) -> Any:
         return await self.backend.add_repo(body)
 
-    def server_field(self, message: str) -> str | None:
-        m = message.lower()
-        if "repository name" in m or "already exists" in m:
-            return "name"
-        if "password" in m:
+    api_fields = {"id": "name"}
+
+    def server_field(self, api_field: str) -> str | None:
+        if api_field == "password":  # the typed password, or where it comes from
             return "password" if self.source.currentData() == "secret" else "ref"
-        if "option" in m:
-            return "options"
-        if "no restic repository" in m or "does not exist" in m or "uri" in m:
-            return "uri"
-        return None
+        return super().server_field(api_field)
 
 
 def every_text(seconds: int) -> str:
@@ -623,14 +611,6 @@ class EditRepoDialog(AddRepoDialog):
         repo = await self.backend.edit_repo(self.editing or "", body)
         return {"repo": repo, "message": "changed; it opens with the new settings"}
 
-    def server_field(self, message: str) -> str | None:
-        m = message.lower()
-        if "another repository" in m:
-            return "uri"
-        if "shared by" in m:
-            return None
-        return super().server_field(message)
-
 
 #: What each grant lets the peer do here (DESIGN.md, "Permissions").
 GRANT_WORDS = {
@@ -713,6 +693,3 @@ class EditGrantsDialog(FormDialog):
         peer = await self.backend.peers.set_grants(self.peer_id, body["grants"])
         await self.backend.refresh_peers()
         return peer
-
-    def server_field(self, message: str) -> str | None:
-        return "grants"

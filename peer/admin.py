@@ -90,7 +90,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class BadRequest(Exception):
-    pass
+    """A malformed request; ``field`` names the request field it is about, when one is."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 #: HTTP status for each reason a peer gave for not answering a request (peer/rpc.py codes).
@@ -106,8 +110,11 @@ CALL_STATUS = {
 }
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _error(status: int, message: str, field: str | None = None) -> web.Response:
+    """``{"error": sentence}``, plus ``"field"`` (a request field's name) when the refusal is
+    about one field, so a form marks that field instead of parsing the sentence."""
+    body = {"error": message} if field is None else {"error": message, "field": field}
+    return web.json_response(body, status=status)
 
 
 @web.middleware
@@ -123,7 +130,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         # quitting): nothing to answer, nothing to log.
         raise asyncio.CancelledError from None
     except BadRequest as exc:
-        return _error(400, str(exc))
+        return _error(400, str(exc), exc.field)
     except LogUnavailable as exc:
         return _error(503, str(exc))
     except CallError as exc:
@@ -131,7 +138,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error(CALL_STATUS.get(exc.code, 502), exc.message)
     except NotFound as exc:
         return _error(404, str(exc))
-    except (EngineError, StoreError, SecretError, RemoteError) as exc:
+    except EngineError as exc:
+        return _error(409, str(exc), exc.field)
+    except (StoreError, SecretError, RemoteError) as exc:
         return _error(409, str(exc))
     except Exception:
         log.exception("admin API: unexpected error in %s %s", request.method, request.path)
@@ -157,17 +166,17 @@ def _str(data: dict[str, Any], key: str, *, required: bool = True) -> str | None
     value = data.get(key)
     if value is None:
         if required:
-            raise BadRequest(f"missing field {key!r}")
+            raise BadRequest(f"missing field {key!r}", field=key)
         return None
     if not isinstance(value, str):
-        raise BadRequest(f"field {key!r} must be a string")
+        raise BadRequest(f"field {key!r} must be a string", field=key)
     return value
 
 
 def _str_list(data: dict[str, Any], key: str) -> list[str]:
     value = data.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise BadRequest(f"field {key!r} must be a list of strings")
+        raise BadRequest(f"field {key!r} must be a list of strings", field=key)
     return value
 
 
@@ -215,7 +224,7 @@ async def add_repo(request: web.Request) -> web.Response:
     data = await _body(request)
     pw = data.get("password")
     if not isinstance(pw, dict):
-        raise BadRequest("missing field 'password' (an object with 'source')")
+        raise BadRequest("missing field 'password' (an object with 'source')", field="password")
     spec = PasswordSpec(
         source=_str(pw, "source") or "",
         ref=_str(pw, "ref", required=False) or "",
@@ -225,7 +234,7 @@ async def add_repo(request: web.Request) -> web.Response:
     if not isinstance(env, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
-        raise BadRequest("field 'env' must map names to strings")
+        raise BadRequest("field 'env' must map names to strings", field="env")
     repo, said = await _engine(request).add_repo(
         _str(data, "id") or "",
         _str(data, "uri") or "",
@@ -267,11 +276,11 @@ def _new_plan(data: dict[str, Any]) -> dict[str, Any]:
     """A new plan's fields from a request body, checked for shape (the engine checks meaning)."""
     retention = data.get("retention", {})
     if not isinstance(retention, dict):
-        raise BadRequest("field 'retention' must be an object")
+        raise BadRequest("field 'retention' must be an object", field="retention")
     try:
         RetentionPolicy.from_dict(retention)
     except (TypeError, ValueError) as exc:
-        raise BadRequest(f"bad retention policy: {exc}") from None
+        raise BadRequest(f"bad retention policy: {exc}", field="retention") from None
     return {
         "id": _str(data, "id") or "",
         "repo": _str(data, "repo") or "",
@@ -287,7 +296,7 @@ def _new_plan(data: dict[str, Any]) -> dict[str, Any]:
 def _flag(data: dict[str, Any], key: str, *, default: bool) -> bool:
     value = data.get(key, default)
     if not isinstance(value, bool):
-        raise BadRequest(f"field {key!r} must be true or false")
+        raise BadRequest(f"field {key!r} must be true or false", field=key)
     return value
 
 
@@ -335,11 +344,11 @@ def _plan_changes(data: dict[str, Any]) -> dict[str, Any]:
             changes[key] = _str_list(data, key)
     if "retention" in data:
         if not isinstance(data["retention"], dict):
-            raise BadRequest("field 'retention' must be an object")
+            raise BadRequest("field 'retention' must be an object", field="retention")
         changes["retention"] = data["retention"]
     if "enabled" in data:
         if not isinstance(data["enabled"], bool):
-            raise BadRequest("field 'enabled' must be true or false")
+            raise BadRequest("field 'enabled' must be true or false", field="enabled")
         changes["enabled"] = data["enabled"]
     return changes
 
@@ -356,7 +365,7 @@ async def edit_repo(request: web.Request) -> web.Response:
     if "password" in data:
         pw = data["password"]
         if not isinstance(pw, dict):
-            raise BadRequest("field 'password' must be an object with 'source'")
+            raise BadRequest("field 'password' must be an object with 'source'", field="password")
         spec = PasswordSpec(
             source=_str(pw, "source") or "",
             ref=_str(pw, "ref", required=False) or "",
@@ -367,7 +376,7 @@ async def edit_repo(request: web.Request) -> web.Response:
         isinstance(env, dict)
         and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
     ):
-        raise BadRequest("field 'env' must map names to strings")
+        raise BadRequest("field 'env' must map names to strings", field="env")
     repo = await _engine(request).update_repo(
         request.match_info["id"],
         uri=_str(data, "uri", required=False),
@@ -710,7 +719,7 @@ async def add_peer_route(request: web.Request) -> web.Response:
             replace=data.get("replace") is True,
         )
     except GrantError as exc:
-        raise BadRequest(str(exc)) from None
+        raise BadRequest(str(exc), field="grants") from None
     except PairingError as exc:
         raise EngineError(str(exc)) from None
     return web.json_response(peer_to_dict(peer), status=201)
@@ -806,7 +815,7 @@ def _peer_password(data: dict[str, Any], *, required: bool) -> dict[str, Any] | 
     if pw is None and not required:
         return None
     if not isinstance(pw, dict):
-        raise BadRequest("field 'password' must be an object with 'source'")
+        raise BadRequest("field 'password' must be an object with 'source'", field="password")
     out = {"source": _str(pw, "source") or ""}
     for key in ("ref", "value"):
         value = _str(pw, key, required=False)
@@ -820,7 +829,7 @@ def _peer_env(data: dict[str, Any]) -> dict[str, str]:
     if not isinstance(env, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
-        raise BadRequest("field 'env' must map names to strings")
+        raise BadRequest("field 'env' must map names to strings", field="env")
     return env
 
 

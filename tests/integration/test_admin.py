@@ -37,26 +37,35 @@ async def test_socket_is_private(node: Node) -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "message"),
+    ("body", "message", "field"),
     [
-        (b"{not json", "request body is not valid JSON"),
-        (b"[1, 2]", "request body must be a JSON object"),
+        (b"{not json", "request body is not valid JSON", None),
+        (b"[1, 2]", "request body must be a JSON object", None),
         (
             b'{"id": 5, "uri": "/x", "password": {"source": "secret", "value": "p"}}',
             "field 'id' must be a string",
+            "id",
         ),
-        (b'{"id": "r", "uri": "/x"}', "missing field 'password' (an object with 'source')"),
+        (
+            b'{"id": "r", "uri": "/x"}',
+            "missing field 'password' (an object with 'source')",
+            "password",
+        ),
         (
             b'{"id": "r", "uri": "/x", "password": {"source": "secret", "value": "p"}, "env": [1]}',
             "field 'env' must map names to strings",
+            "env",
         ),
-        (b"\xff\xfe\x00garbage", "request body is not valid JSON"),
+        (b"\xff\xfe\x00garbage", "request body is not valid JSON", None),
     ],
 )
-async def test_garbage_bodies_get_one_clear_sentence(node: Node, body: bytes, message: str) -> None:
+async def test_garbage_bodies_get_one_clear_sentence(
+    node: Node, body: bytes, message: str, field: str | None
+) -> None:
+    """One sentence, and the request field it is about when there is one (a form marks it)."""
     async with session(node) as s, s.post("http://n/v1/repos", data=body) as r:
         assert r.status == 400
-        assert await r.json() == {"error": message}
+        assert await r.json() == ({"error": message} | ({"field": field} if field else {}))
     assert node.engine and await node.engine.list_repos() == []
 
 
@@ -131,3 +140,47 @@ async def test_restic_settings_are_checked_and_reach_the_engine(tmp_path: Path) 
         assert again.engine.runner.stall_after == 30.0 and again.engine.retry_lock == 0.0
     finally:
         await again.stop()
+
+
+async def test_a_refusal_names_the_field_it_is_about(
+    node: Node, restic_bin: str, tmp_path: Path
+) -> None:
+    """What the engine refuses (restic could not open it, a relative path, a bad schedule, a
+    repository that is gone) names the request field, so the tray marks that field."""
+    assert node.engine
+    node.engine.restic_path = restic_bin
+    repo = tmp_path / "repo"
+    good = {"source": "secret", "value": "right-password"}
+    async with session(node) as s:
+
+        async def refused(path: str, body: dict[str, object]) -> tuple[str, str | None]:
+            async with s.post(f"http://n{path}", json=body) as r:
+                assert r.status == 409, await r.text()
+                answer = await r.json()
+                return answer["error"], answer.get("field")
+
+        # restic finds no repository there (no init): the location is wrong.
+        msg, field = await refused("/v1/repos", {"id": "r", "uri": str(repo), "password": good})
+        assert field == "uri" and "there is no restic repository at" in msg
+        async with s.post(
+            "http://n/v1/repos", json={"id": "r", "uri": str(repo), "password": good, "init": True}
+        ) as r:
+            assert r.status == 201
+        wrong = {"source": "secret", "value": "wrong-password"}
+        msg, field = await refused("/v1/repos", {"id": "r2", "uri": str(repo), "password": wrong})
+        assert field == "password", msg
+        msg, field = await refused("/v1/repos", {"id": "r", "uri": str(repo), "password": good})
+        assert field == "id" and msg == "a repository named 'r' already exists"
+
+        plan = {"id": "p", "repo": "r", "paths": ["/abs"], "backup_now": False}
+        for change, expected in (
+            ({"paths": ["relative/dir"]}, "paths"),
+            ({"every": "soon"}, "schedule"),
+            ({"schedule": "61 * * * *"}, "schedule"),
+            ({"repo": "gone"}, "repo"),
+            ({"id": "-p"}, "id"),
+        ):
+            msg, field = await refused("/v1/plans", plan | change)
+            assert field == expected, (change, msg)
+    assert [p.id for p in await node.engine.list_plans()] == []
+    assert [r.id for r in await node.engine.list_repos()] == ["r"]
