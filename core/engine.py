@@ -1617,8 +1617,4 @@ def uri_for_people(uri: str) -> str:
     return redact_uri(uri)
 
 
-def as_utc(dt: datetime | None) -> str | None:
-    return None if dt is None else dt.isoformat()
-
-
 __all__ = ["Engine", "EngineError", "PasswordSpec", "check_name", "utcnow"]

@@ -58,8 +58,6 @@ class OpKind(enum.StrEnum):
     PRUNE = "prune"
     CHECK = "check"
     RESTORE = "restore"
-    STATS = "stats"
-    INDEX_SNAPSHOTS = "index_snapshots"
     UNLOCK = "unlock"
 
 

@@ -832,11 +832,6 @@ class Store:
             )
         return done
 
-    async def gc_operations(self, *, older_than: timedelta, keep_min: int = 1000) -> int:
-        """Delete finished operations older than ``older_than``, returning how many
-        (see :meth:`trim_operations`)."""
-        return len(await self.trim_operations(older_than=older_than, keep_min=keep_min))
-
     async def trim_operations(
         self, *, older_than: timedelta, keep_min: int = 1000
     ) -> list[DeletedOp]:

@@ -1,4 +1,4 @@
-"""The Peerstash node: admin API, CLI, and (later) identity, pairing and sync with peers.
+"""The Peerstash node: admin API, CLI, identity, pairing, links and the services on them.
 
 Knows nothing of Qt; builds on ``peerstash.core``.
 """

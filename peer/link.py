@@ -160,10 +160,6 @@ class PeerRemoved:
         return f"peer {self.peer_id} was removed"
 
 
-class LinkClosed(Exception):
-    pass
-
-
 def describe_remote_error(err: proto.Error) -> str:
     """A refusal as a person reads it: what the code means, and always the peer's own reason
     when it gave one (cut to length, control characters neutralised: it is the peer's text)."""
@@ -412,10 +408,6 @@ class PeerManager:
         except NotFound:
             return
         self.bus.publish(LinkStateChanged(peer_id=peer_id, state=state, reason=reason))
-
-    async def touch(self, peer_id: str) -> None:
-        with contextlib.suppress(NotFound):
-            await self.store.update_peer(peer_id, last_seen=utcnow())
 
     async def _adopt(self, link: Link) -> None:
         """Make ``link`` the peer's link; a previous one is closed (newest wins)."""
