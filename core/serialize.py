@@ -13,7 +13,8 @@ from peerstash.core.models import Operation, Plan, Repo
 from peerstash.core.restic import LsNode, Snapshot, redact_uri
 
 
-def _ts(dt: datetime | None) -> str | None:
+def iso_time(dt: datetime | None) -> str | None:
+    """A timestamp as the API and the CLI's JSON give it (ISO 8601 with its offset)."""
     return None if dt is None else dt.isoformat()
 
 
@@ -28,9 +29,9 @@ def op_to_dict(op: Operation) -> dict[str, Any]:
         "status": op.status,
         "plan": op.plan_id,
         "repo": op.repo_id,
-        "created_at": _ts(op.created_at),
-        "started_at": _ts(op.started_at),
-        "ended_at": _ts(op.ended_at),
+        "created_at": iso_time(op.created_at),
+        "started_at": iso_time(op.started_at),
+        "ended_at": iso_time(op.ended_at),
         "bytes_done": op.bytes_done,
         "bytes_total": op.bytes_total,
         "files_done": op.files_done,
@@ -57,7 +58,7 @@ def repo_to_dict(repo: Repo) -> dict[str, Any]:
         "read_only": repo.origin is not None,
         "shared": bool(repo.shared),
         "client_uri": redact_uri(repo.client_uri) if repo.client_uri else None,
-        "created_at": _ts(repo.created_at),
+        "created_at": iso_time(repo.created_at),
     }
 
 
@@ -72,7 +73,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "retention": dict(plan.retention or {}),
         "enabled": plan.enabled,
         "disabled_reason": plan.disabled_reason,
-        "next_due_at": _ts(plan.next_due_at),
+        "next_due_at": iso_time(plan.next_due_at),
     }
 
 
@@ -80,7 +81,7 @@ def snapshot_to_dict(snap: Snapshot) -> dict[str, Any]:
     return {
         "id": snap.id,
         "short_id": snap.short_id,
-        "time": _ts(snap.time),
+        "time": iso_time(snap.time),
         "hostname": snap.hostname,
         "username": snap.username,
         "paths": list(snap.paths),
@@ -97,6 +98,6 @@ def lsnode_to_dict(node: LsNode) -> dict[str, Any]:
         "path": node.path,
         "size": node.size,
         "permissions": node.permissions,
-        "mtime": _ts(node.mtime),
+        "mtime": iso_time(node.mtime),
         "link_target": node.link_target,
     }

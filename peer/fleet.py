@@ -11,11 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from peerstash.core.models import Operation, Peer
+from peerstash.core.serialize import iso_time
 from peerstash.core.store import Store
-
-
-def _ts(value: Any) -> str | None:
-    return None if value is None else value.isoformat()
 
 
 def last_result(plan_id: str, op: Operation) -> dict[str, Any]:
@@ -25,9 +22,9 @@ def last_result(plan_id: str, op: Operation) -> dict[str, Any]:
         "repo": op.repo_id,
         "op": op.op_id,
         "status": op.status,
-        "created_at": _ts(op.created_at),
-        "started_at": _ts(op.started_at),
-        "ended_at": _ts(op.ended_at),
+        "created_at": iso_time(op.created_at),
+        "started_at": iso_time(op.started_at),
+        "ended_at": iso_time(op.ended_at),
         "snapshot_id": op.snapshot_id,
         "error": op.error,
     }
@@ -70,7 +67,7 @@ def peer_entry(peer: Peer, plans: list[dict[str, Any]], label: str | None = None
         "label": label or peer.name or peer.id,
         "state": peer.state,
         "state_reason": peer.state_reason,
-        "last_seen": _ts(peer.last_seen),
+        "last_seen": iso_time(peer.last_seen),
         "plans": plans,
     }
 
