@@ -443,9 +443,11 @@ async def test_a_remote_operation_log_is_fetched_from_its_owner_and_status_shows
     assert str(exc.value).startswith("the log of this operation is on a, which is offline now")
     status, err = await admin(b, "GET", f"/v1/ops/{op.op_id}/log?origin=a")
     assert status == 503 and err["error"] == str(exc.value)
-    # The fleet view still shows what B last heard, with the link state.
+    # The fleet view still shows what B last heard, with the link state (B keeps redialling
+    # A, so the state moves between offline and connecting; never online).
     status, st = await admin(b, "GET", "/v1/status")
-    assert st["peers"][0]["state"] == "offline" and st["peers"][0]["plans"] == [docs]
+    assert st["peers"][0]["state"] in ("offline", "connecting")
+    assert st["peers"][0]["plans"] == [docs]
 
 
 async def test_a_log_outside_the_ops_scope_is_refused_by_its_owner(make_node: MakeNode) -> None:
