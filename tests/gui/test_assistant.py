@@ -341,5 +341,8 @@ def test_repository_editor_shows_copies_and_exports_the_password(
         assert dlg.revealed.text() == ""
         assert str(pwfile) in dlg.errors["recovery"].text()
         dlg.reject()
+        # The node (a separate process here) never printed the password it handed over.
+        assert gui.proc is not None
+        assert all(PASSWORD not in line for line in gui.proc.output)
 
     qloop.run(body(), timeout=180)
