@@ -130,9 +130,8 @@ class DesktopApp:
         self.tray.setupRequested.connect(self.open_assistant)
         if self.show_window or self.tray.icon is None:
             self.window.bring_up()
-        if self.first_run_assistant and not backend.repos and not backend.plans:
-            log.info("no repository and no plan yet: opening the first-run assistant")
-            self.open_assistant()
+        if self.first_run_assistant:
+            self.open_assistant_if_new()
         self.started.set()
 
     async def _present_other_window(self) -> bool:
@@ -151,6 +150,15 @@ class DesktopApp:
     def _set_notifications(self, on: bool) -> None:
         if self.tray is not None:
             self.tray.notifications_enabled = on
+
+    def open_assistant_if_new(self) -> bool:
+        """Open "Set up a backup" when the node has no repository and no plan (a first start)."""
+        backend = self.backend
+        if backend is None or backend.repos or backend.plans:
+            return False
+        log.info("no repository and no plan yet: opening the first-run assistant")
+        self.open_assistant()
+        return True
 
     def open_assistant(self) -> None:
         if self.window is not None:
