@@ -597,6 +597,38 @@ class Engine:
     async def list_repos(self) -> list[Repo]:
         return await self.store.list_repos()
 
+    async def repo_password(self, repo_id: str) -> dict[str, str | None]:
+        """How to get repository ``repo_id``'s password back, for its owner's recovery sheet.
+
+        For a password Peerstash stores (``secret``) this is the password itself; for the other
+        sources only where it comes from (the file, variable or command is never read or run
+        here: the owner has it there already). A repository shared with us by a peer is its
+        owner's to give, not ours. The caller must never log the answer.
+        """
+        repo = await self.store.get_repo(repo_id)
+        if repo.origin is not None:
+            raise EngineError(
+                f"repository {repo_id!r} is shared by {repo.origin}; its password is its "
+                "owner's to give (ask on that machine)"
+            )
+        source, ref = repo.password_source, repo.password_ref or ""
+        if source == "secret":
+            value = await self.secrets.get(_secret_name(repo_id, "password"))
+            if value is None:
+                raise EngineError(f"the password of repository {repo_id!r} is missing")
+            return {
+                "source": source,
+                "password": value,
+                "ref": None,
+                "where": "stored by Peerstash",
+            }
+        where = {
+            "file": f"it is read from the file {ref}",
+            "env": f"it is read from the environment variable {ref} of the node",
+            "command": f"it is printed by the command: {ref}",
+        }.get(source, f"it comes from {source} {ref}")
+        return {"source": source, "password": None, "ref": ref, "where": where}
+
     async def delete_repo(self, repo_id: str) -> None:
         """Forget a repository (its data stays). A received one may be deleted too: it is
         remembered as declined, so its owner's next push does not bring it back."""

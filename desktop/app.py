@@ -65,12 +65,15 @@ class DesktopApp:
         show_window: bool = True,
         show_tray: bool | None = None,
         autostart_command: list[str] | None = None,
+        first_run_assistant: bool = True,
     ) -> None:
         self.data_dir = data_dir
         self.options = options or NodeOptions()
         self.show_window = show_window
         self.show_tray = show_tray
         self.autostart_command = autostart_command
+        #: Open "Set up a backup" by itself when the node has no repository and no plan.
+        self.first_run_assistant = first_run_assistant
         self.node: Node | None = None
         self.client: DesktopClient | None = None
         self.backend: Backend | None = None
@@ -124,8 +127,11 @@ class DesktopApp:
         self.tray.quitRequested.connect(self.quit)
         self.window.closedWithoutTray.connect(self.quit)
         self.tray.openPeersRequested.connect(self.show_peers)
+        self.tray.setupRequested.connect(self.open_assistant)
         if self.show_window or self.tray.icon is None:
             self.window.bring_up()
+        if self.first_run_assistant:
+            self.open_assistant_if_new()
         self.started.set()
 
     async def _present_other_window(self) -> bool:
@@ -144,6 +150,20 @@ class DesktopApp:
     def _set_notifications(self, on: bool) -> None:
         if self.tray is not None:
             self.tray.notifications_enabled = on
+
+    def open_assistant_if_new(self) -> bool:
+        """Open "Set up a backup" when the node has no repository and no plan (a first start)."""
+        backend = self.backend
+        if backend is None or backend.repos or backend.plans:
+            return False
+        log.info("no repository and no plan yet: opening the first-run assistant")
+        self.open_assistant()
+        return True
+
+    def open_assistant(self) -> None:
+        if self.window is not None:
+            self.window.bring_up()
+            self.window.open_assistant()
 
     def show_peers(self) -> None:
         if self.window is not None:

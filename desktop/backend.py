@@ -353,6 +353,13 @@ class Backend(QObject):
         await self.refresh_config()
         return dict(repo)
 
+    async def reveal_password(self, repo_id: str) -> dict[str, Any]:
+        """The repository's password (or where it comes from), on the person's explicit click.
+
+        Never kept here: the caller shows it, copies it or writes the recovery sheet.
+        """
+        return dict(await self.call("POST", f"/v1/repos/{q(repo_id)}/reveal-password"))
+
     async def delete_plan(self, plan_id: str) -> None:
         await self.call("DELETE", f"/v1/plans/{q(plan_id)}")
         await asyncio.gather(self.refresh_config(), self.refresh_status())

@@ -12,11 +12,14 @@ they send only what changed (``PATCH``), so a field left alone keeps its value o
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import QDir, Signal
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -35,6 +38,7 @@ from PySide6.QtWidgets import (
 )
 
 from peerstash.core.engine import EngineError, check_name
+from peerstash.core.recovery import recovery_sheet, write_private
 from peerstash.core.retention import RetentionPolicy
 from peerstash.core.scheduler import parse_every, validate_cron
 from peerstash.desktop.api import ApiError, PeersApi
@@ -576,6 +580,29 @@ class EditRepoDialog(AddRepoDialog):
         self.init.setChecked(False)
         self.init.hide()
         self.form.setRowVisible(self.form.rowCount() - 1, False)
+        # Password recovery: the stored password shown, copied or written to a recovery
+        # sheet, each only on a click (the node hands it over on that request only).
+        recovery = QHBoxLayout()
+        self.revealed = QLineEdit()
+        self.revealed.setReadOnly(True)
+        self.revealed.setPlaceholderText("not shown")
+        self.reveal_button = QPushButton("Show")
+        self.reveal_button.clicked.connect(lambda: self._recovery("show"))
+        self.copy_button = QPushButton("Copy")
+        self.copy_button.clicked.connect(lambda: self._recovery("copy"))
+        self.sheet_button = QPushButton("Save recovery sheet…")
+        self.sheet_button.clicked.connect(self._choose_sheet)
+        for w in (self.revealed, self.reveal_button, self.copy_button, self.sheet_button):
+            recovery.addWidget(w, 1 if w is self.revealed else 0)
+        self.add_field(
+            "recovery",
+            "Current password",
+            recovery,
+            "Keep it away from this computer: without it the backups cannot be read. The "
+            "recovery sheet holds the location, the password and the restic command to open it.",
+        )
+        self.sheet_path: Path | None = None
+        self._sheet_dialog: QFileDialog | None = None
 
     def validate(self) -> tuple[dict[str, str], dict[str, Any]]:
         errors, full = super().validate()
@@ -601,6 +628,55 @@ class EditRepoDialog(AddRepoDialog):
         if full["options"] != list(repo.get("options") or []):
             body["options"] = full["options"]
         return errors, body
+
+    def _recovery(self, what: str) -> None:
+        self.tasks.spawn(self.recover(what), name="dialog:recovery")
+
+    async def recover(self, what: str, path: Path | None = None) -> None:
+        """Show or copy the stored password, or write the recovery sheet to ``path``."""
+        said = await self.backend.reveal_password(self.editing or "")
+        password = said.get("password")
+        if password is None:
+            self.errors["recovery"].set_error(
+                f"Peerstash does not store this password: {said.get('where')}."
+            )
+            return
+        self.errors["recovery"].set_error("")
+        if what == "show":
+            self.revealed.setText(str(password))
+        elif what == "copy":
+            QGuiApplication.clipboard().setText(str(password))
+            self.banner.show_message("The password is on the clipboard.", "ok")
+        elif path is not None:
+            repo = said.get("repo") or self.repo_row
+            text = recovery_sheet(
+                name=str(repo["id"]),
+                uri=str(repo.get("uri") or ""),
+                password=str(password),
+                env_keys=list(repo.get("env_keys") or []),
+                options=list(repo.get("options") or []),
+                machine=str(self.backend.status.get("name") or self.backend.instance_id),
+            )
+            try:
+                await asyncio.to_thread(write_private, path, text)
+            except OSError as exc:
+                self.errors["recovery"].set_error(f"Could not write {path}: {exc.strerror or exc}")
+                return
+            self.sheet_path = path
+            self.banner.show_message(
+                f"Recovery sheet saved to {path} (mode 0600: only you can read it). Print it "
+                "or move it off this computer.",
+                "ok",
+            )
+
+    def _choose_sheet(self) -> None:
+        start = str(Path(QDir.homePath()) / f"peerstash-recovery-{self.editing}.txt")
+        dlg = QFileDialog(self, "Save the recovery sheet", start)
+        dlg.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dlg.setDefaultSuffix("txt")
+        dlg.fileSelected.connect(lambda p: self.tasks.spawn(self.recover("sheet", Path(p))))
+        self._sheet_dialog = dlg
+        dlg.open()
 
     def working_text(self) -> str:
         return "Opening the repository with the new settings…"

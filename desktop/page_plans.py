@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QGroupBox, QMessageBox, QPushButton, QVBoxLayout, QWidget
 
 from peerstash.desktop import fmt
@@ -29,6 +30,8 @@ def retention_text(ret: dict[str, Any]) -> str:
 
 class PlansPage(Page):
     title = "Plans & repositories"
+    #: "Set up a backup…": the window opens the first-run assistant.
+    setupRequested = Signal()
 
     def __init__(self, backend: Backend, parent: QWidget | None = None) -> None:
         super().__init__(backend, parent)
@@ -38,6 +41,9 @@ class PlansPage(Page):
         self.plans.itemSelectionChanged.connect(self._update_buttons)
         pl.addWidget(self.plans)
         self.add_plan_button = QPushButton("Add plan…")
+        self.setup_button = QPushButton("Set up a backup…")
+        self.setup_button.setToolTip("A repository, its password kept safe, a plan: step by step")
+        self.setup_button.clicked.connect(self.setupRequested)
         self.edit_plan_button = QPushButton("Edit…")
         self.edit_plan_button.clicked.connect(self.open_edit_plan)
         self.backup_button = QPushButton("Back up now")
@@ -47,6 +53,7 @@ class PlansPage(Page):
         self.remove_plan_button.clicked.connect(self._remove_plan)
         pl.addLayout(
             button_row(
+                self.setup_button,
                 self.add_plan_button,
                 self.edit_plan_button,
                 self.backup_button,

@@ -141,6 +141,8 @@ class Tray(QObject):
     stateChanged = Signal(str)
     openRequested = Signal()
     openPeersRequested = Signal()
+    #: "Set up a backup…": open the first-run assistant.
+    setupRequested = Signal()
     quitRequested = Signal()
     #: (title, message) of every notification that was let through the rate limit.
     notified = Signal(str, str)
@@ -176,6 +178,8 @@ class Tray(QObject):
         self.pause_action = self.menu.addAction("Pause scheduled backups")
         self.pause_action.triggered.connect(self._toggle_pause)
         self.peers_menu = self.menu.addMenu("Peers")
+        self.setup_action = self.menu.addAction("Set up a backup…")
+        self.setup_action.triggered.connect(self.setupRequested)
         self.menu.addSeparator()
         self.open_action = self.menu.addAction("Open Peerstash")
         self.open_action.triggered.connect(self.openRequested)

@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from peerstash.desktop.assistant import SetupAssistant
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.icons import app_icon
 from peerstash.desktop.page_operations import OperationsPage
@@ -49,6 +50,9 @@ class MainWindow(QMainWindow):
         self.snapshots = SnapshotsPage(backend)
         self.peers = PeersPage(backend)
         self.settings = SettingsPage(backend, autostart_command=autostart_command)
+        #: The first-run assistant while it is open (one at a time).
+        self.assistant: SetupAssistant | None = None
+        self.plans.setupRequested.connect(self.open_assistant)
         self.pages: list[Page] = [
             self.overview,
             self.operations,
@@ -102,6 +106,17 @@ class MainWindow(QMainWindow):
             self.connection.setText(f"● node not reachable: {why}" if why else "● connecting…")
             self.connection.setStyleSheet("color:#d64541;padding-right:8px;")
 
+    def open_assistant(self) -> SetupAssistant:
+        """Open "Set up a backup" (or bring up the one already open)."""
+        if self.assistant is not None and self.assistant.isVisible():
+            self.assistant.raise_()
+            self.assistant.activateWindow()
+            return self.assistant
+        self.assistant = SetupAssistant(self.backend, self)
+        self.assistant.setupDone.connect(lambda _plan: self.show_page(self.operations))
+        self.assistant.open()
+        return self.assistant
+
     def bring_up(self) -> None:
         self.show()
         self.setWindowState(self.windowState() & ~Qt.WindowState.WindowMinimized)
@@ -116,5 +131,7 @@ class MainWindow(QMainWindow):
             self.closedWithoutTray.emit()
 
     async def close_pages(self) -> None:
+        if self.assistant is not None:
+            await self.assistant.close_assistant()
         for page in self.pages:
             await page.close_page()

@@ -246,6 +246,20 @@ async def add_repo(request: web.Request) -> web.Response:
     return web.json_response({"repo": repo_to_dict(repo), "message": said}, status=201)
 
 
+async def reveal_repo_password(request: web.Request) -> web.Response:
+    """The repository's password, for its owner's eyes (recovery sheet, ``repo show``).
+
+    Only on this explicit request (a POST: nothing fetches it by accident), only over the
+    owner-only admin socket, never to a peer, and never logged. For a password Peerstash does
+    not store (file, variable, command) the answer says where it comes from instead.
+    """
+    engine = _engine(request)
+    repo_id = request.match_info["id"]
+    said = await engine.repo_password(repo_id)
+    repo = repo_to_dict(await engine.store.get_repo(repo_id))
+    return web.json_response({"repo": repo, **said})
+
+
 async def delete_repo(request: web.Request) -> web.Response:
     await _engine(request).delete_repo(request.match_info["id"])
     return web.json_response({"deleted": request.match_info["id"]})
@@ -1257,6 +1271,7 @@ def make_admin_app(node: Node) -> web.Application:
     r.add_post("/v1/repos", add_repo)
     r.add_delete("/v1/repos/{id}", delete_repo)
     r.add_patch("/v1/repos/{id}", edit_repo)
+    r.add_post("/v1/repos/{id}/reveal-password", reveal_repo_password)
     r.add_post("/v1/repos/{id}/share", share_repo)
     r.add_post("/v1/repos/{id}/unshare", unshare_repo)
     r.add_get("/v1/repos/{id}/snapshots", snapshots)

@@ -471,6 +471,8 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
             f"repository {a.name} is shared{via} with peers that grant this node repos.receive",
         )
         return 0
+    if a.repo_cmd == "show":
+        return await _repo_show(c, a)
     if a.repo_cmd == "unshare":
         res = await c.call("POST", f"/v1/repos/{a.name}/unshare")
         _emit(a, res, f"repository {a.name} is no longer shared; peers remove it")
@@ -496,6 +498,87 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
     for local_id, what in sorted((st.get("shared_changes") or {}).items()):
         text += f"\nchanged by its owner: {local_id}: {what}"
     _emit(a, repos, text)
+    return 0
+
+
+def _confirm_reveal(a: argparse.Namespace) -> None:
+    """Reveal a password only when asked twice: ``--yes``, or the name typed on a terminal.
+
+    Without a terminal (a script, a pipe) nothing can be typed, so ``--yes`` is required: a
+    password never lands in a log file because a command was pasted into a cron job.
+    """
+    if a.yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError(
+            "refusing to print a password without a terminal to confirm on; add --yes if you "
+            "mean it (the password is written to stdout)"
+        )
+    # The question on stderr: stdout may be a file the password goes to.
+    print(f"Type the repository name ({a.name}) to show its password: ", end="", file=sys.stderr)
+    sys.stderr.flush()
+    typed = sys.stdin.readline().strip()
+    if typed != a.name:
+        raise CliError("not confirmed; the password is not shown")
+
+
+async def _repo_show(c: AdminClient, a: argparse.Namespace) -> int:
+    """One repository's settings (credentials masked); its password only on explicit request."""
+    from peerstash.core.recovery import recovery_sheet, restic_command, write_private
+
+    repos = await c.call("GET", "/v1/repos")
+    repo = next((r for r in repos if r["id"] == a.name), None)
+    if repo is None:
+        raise CliError(f"no repository named {a.name!r} (see `peerstash repo list`)")
+    source = repo["password_source"]
+    ref = f" ({repo['password_ref']})" if repo.get("password_ref") else ""
+    lines = [
+        f"repository {repo['id']}",
+        f"  location:  {repo['uri']}",
+        f"  password:  {source}{ref}",
+        f"  restic id: {repo.get('guid') or '-'}",
+    ]
+    if repo.get("env_keys"):
+        lines.append(f"  env:       {', '.join(repo['env_keys'])} (values kept secret)")
+    if repo.get("options"):
+        lines.append(f"  options:   {', '.join(repo['options'])}")
+    if repo.get("origin"):
+        lines.append(f"  shared by: {repo['origin']} (read-only here)")
+    lines.append(f"  open with: {restic_command(repo['uri'], repo.get('options') or [])}")
+    if not (a.reveal_password or a.recovery_sheet):
+        _emit(a, repo, "\n".join(lines))
+        return 0
+    _confirm_reveal(a)
+    res = await c.call("POST", f"/v1/repos/{quote(a.name, safe='')}/reveal-password")
+    password = res.get("password")
+    if password is None:
+        raise CliError(
+            f"Peerstash does not store the password of {a.name}: {res.get('where')}; "
+            "keep that safe instead"
+        )
+    if a.recovery_sheet:
+        path = Path(a.recovery_sheet)
+        st = await c.call("GET", "/v1/status")
+        text = recovery_sheet(
+            name=repo["id"],
+            uri=repo["uri"],
+            password=password,
+            env_keys=repo.get("env_keys") or [],
+            options=repo.get("options") or [],
+            machine=str(st.get("name") or st.get("instance_id") or ""),
+        )
+        try:
+            await asyncio.to_thread(write_private, path, text)
+        except OSError as exc:
+            raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+        print(f"recovery sheet written to {path} (mode 0600: only you can read it)")
+        if not a.reveal_password:
+            return 0
+    if a.json:
+        _emit(a, {**repo, "password": password}, "")
+    else:
+        print("\n".join(lines))
+        print(f"  password value: {password}")
     return 0
 
 
@@ -1379,6 +1462,24 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("name")
     on_flag(rr, "it must grant config.write for the repository")
     json_flag(rr)
+    rsh = rsub.add_parser(
+        "show", help="one repository's settings; --reveal-password prints its password"
+    )
+    rsh.add_argument("name")
+    rsh.add_argument(
+        "--reveal-password",
+        action="store_true",
+        help="also print the password (asks to type the name on a terminal; else needs --yes)",
+    )
+    rsh.add_argument(
+        "--recovery-sheet",
+        metavar="FILE",
+        help="write a recovery sheet (location, password, restic command) to FILE, mode 0600",
+    )
+    rsh.add_argument(
+        "--yes", action="store_true", help="reveal without asking (for scripts; no terminal)"
+    )
+    json_flag(rsh)
     rs = rsub.add_parser(
         "share", help="share a repository with peers that grant this node repos.receive"
     )

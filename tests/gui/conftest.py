@@ -185,6 +185,18 @@ def node_mode() -> str:
     return "attached"
 
 
+@pytest.fixture
+def first_run() -> bool:
+    """Whether the app opens the first-run assistant by itself (only its own tests want it)."""
+    return False
+
+
+@pytest.fixture
+def with_repo() -> bool:
+    """Whether ``gui`` adds the repository ``main`` (the first-run tests start with none)."""
+    return True
+
+
 if HAVE_QT:
 
     @pytest.fixture
@@ -194,6 +206,8 @@ if HAVE_QT:
         monkeypatch: pytest.MonkeyPatch,
         node_mode: str,
         src_megabytes: int,
+        first_run: bool,
+        with_repo: bool,
     ) -> Iterator[GuiEnv]:
         from peerstash.desktop.app import DesktopApp
         from peerstash.peer.cli import AdminClient
@@ -212,6 +226,7 @@ if HAVE_QT:
             node_options(instance_id="guitest", progress_interval=0.05, catch_up_grace=3600),
             show_tray=False,
             autostart_command=["peerstash", "--data-dir", str(data_dir)],
+            first_run_assistant=first_run,
         )
 
         async def add_repo() -> None:
@@ -231,7 +246,8 @@ if HAVE_QT:
         try:
             qloop.run(app.start())
             assert app.in_process == (node_mode == "in_process")
-            qloop.run(add_repo())
+            if with_repo:
+                qloop.run(add_repo())
             yield GuiEnv(app, data_dir, src, tmp_path, proc)
         finally:
             qloop.run(app.stop())
