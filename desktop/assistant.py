@@ -717,7 +717,7 @@ class SetupAssistant(QDialog):
                     res = await self.backend.add_repo(self.repo_body())
                 except ApiError as exc:
                     self.progress.setText("")
-                    self._repo_refused(str(exc))
+                    self._repo_refused(exc)
                     return
                 self.repo_created = str(res["repo"]["id"])
                 self._lock_repo_pages()
@@ -751,12 +751,13 @@ class SetupAssistant(QDialog):
             self.back_button.setEnabled(self.plan is None)
             self._update_next()
 
-    def _repo_refused(self, message: str) -> None:
-        m = message.lower()
-        key = "password" if "password" in m and "uri" not in m else "repo"
+    def _repo_refused(self, exc: ApiError) -> None:
+        # The node names the field its refusal is about: a wrong password goes back to the
+        # password page, everything else (location, credentials, name) to the repository page.
+        key = "password" if exc.field == "password" else "repo"
         self.go_to(key)
         self.banners[key].show_message(
-            f"The node could not create the repository: {message}. Nothing was kept; correct "
+            f"The node could not create the repository: {exc}. Nothing was kept; correct "
             "it and try again.",
             "error",
         )

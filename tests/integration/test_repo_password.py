@@ -17,20 +17,17 @@ from peerstash.core.engine import Engine, EngineError, PasswordSpec
 from peerstash.core.events import EventBus
 from peerstash.core.secrets import SecretStore, load_or_create_key
 from peerstash.core.store import NotFound, Store, repo_record
-from tests.integration.test_uri_credentials import any_store
-
-__all__ = ["any_store"]
 
 PW = "reveal-pw-Qq82-only-on-request"
 
 
 async def test_repo_password_for_each_kind_of_repository(
-    any_store: Store, restic_bin: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    bare_store: Store, restic_bin: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    secrets = SecretStore(any_store, load_or_create_key(tmp_path / "secret.key"))
+    secrets = SecretStore(bare_store, load_or_create_key(tmp_path / "secret.key"))
     engine = Engine(
-        tmp_path, any_store, secrets, EventBus(), instance_id="a", restic_path=restic_bin
+        tmp_path, bare_store, secrets, EventBus(), instance_id="a", restic_path=restic_bin
     )
     await engine.add_repo("own", str(tmp_path / "own"), PasswordSpec("secret", value=PW), init=True)
     said = await engine.repo_password("own")
@@ -39,20 +36,20 @@ async def test_repo_password_for_each_kind_of_repository(
     # A password command: said, never run (it would leave a marker file).
     marker = tmp_path / "ran"
     row = repo_record("bycmd", str(tmp_path / "x"), "command", f"touch {marker}; echo from-command")
-    await any_store.add_repo(row)
+    await bare_store.add_repo(row)
     said = await engine.repo_password("bycmd")
     assert said["password"] is None and said["source"] == "command"
     assert f"touch {marker}" in str(said["where"])
     assert not marker.exists()
     row = repo_record("byenv", str(tmp_path / "y"), "env", "SOME_VAR")
-    await any_store.add_repo(row)
+    await bare_store.add_repo(row)
     said = await engine.repo_password("byenv")
     assert said["password"] is None and "SOME_VAR" in str(said["where"])
 
     # A repository shared with us by peer b: its owner's to give.
     received = repo_record("photos@b", str(tmp_path / "p"), "secret")
     received.origin = "b"
-    await any_store.add_repo(received)
+    await bare_store.add_repo(received)
     await secrets.put("repo/photos@b/password", PW)
     with pytest.raises(EngineError, match="shared by b; its password is its owner's"):
         await engine.repo_password("photos@b")

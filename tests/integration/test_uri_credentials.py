@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -202,37 +202,25 @@ async def test_a_shared_uri_password_reaches_the_receiver_sealed(
     assert URI_PW not in caplog.text and URI_PW2 not in caplog.text
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        s = await Store.open(data_dir=tmp_path / "data")
-    else:
-        s = await Store.open(request.getfixturevalue("fresh_pg_url"))
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
 async def test_sealing_old_rows_on_either_database(
-    any_store: Store, restic_bin: str, tmp_path: Path
+    bare_store: Store, restic_bin: str, tmp_path: Path
 ) -> None:
     """The start-up sealing on SQLite and PostgreSQL alike (no restic run: rows only)."""
-    secrets = SecretStore(any_store, load_or_create_key(tmp_path / "secret.key"))
+    secrets = SecretStore(bare_store, load_or_create_key(tmp_path / "secret.key"))
     engine = Engine(
-        tmp_path, any_store, secrets, EventBus(), instance_id="a", restic_path=restic_bin
+        tmp_path, bare_store, secrets, EventBus(), instance_id="a", restic_path=restic_bin
     )
     row = repo_record("r", "rest:https://u:" + URI_PW + "@host/r", "secret")
     row.client_uri = "s3:https://key:" + URI_PW2 + "@minio.lan/bucket"
-    await any_store.add_repo(row)
-    await any_store.add_repo(repo_record("plain", "/srv/plain", "secret"))
+    await bare_store.add_repo(row)
+    await bare_store.add_repo(repo_record("plain", "/srv/plain", "secret"))
     assert await engine.seal_uri_passwords() == ["r"]
-    sealed = await any_store.get_repo("r")
+    sealed = await bare_store.get_repo("r")
     assert sealed.uri == "rest:https://u:***@host/r"
     assert sealed.client_uri == "s3:https://key:***@minio.lan/bucket"
     assert await secrets.get("repo/r/uri-password") == URI_PW
     assert await secrets.get("repo/r/client-uri-password") == URI_PW2
-    assert (await any_store.get_repo("plain")).uri == "/srv/plain"
+    assert (await bare_store.get_repo("plain")).uri == "/srv/plain"
     assert await engine.seal_uri_passwords() == []
 
 
