@@ -44,6 +44,15 @@ from peerstash.core.restic import (
     ResticError,
     find_restic,
 )
+from peerstash.core.restore_target import (
+    PREVIEW_LIMIT,
+    RestorePreview,
+    SelectionError,
+    check_selection,
+    existing_at_target,
+    in_selection,
+    target_state,
+)
 from peerstash.core.retention import RetentionPolicy
 from peerstash.core.runner import (
     DEFAULT_STALL_AFTER,
@@ -61,6 +70,7 @@ from peerstash.core.sharing import (
     received_repo_id,
 )
 from peerstash.core.store import NotFound, OpFilter, Store, StoreError, repo_record, utcnow
+from peerstash.core.wording import backup_summary_line
 
 log = logging.getLogger(__name__)
 
@@ -1282,6 +1292,18 @@ class Engine:
                 on_log=ctx.log,
             )
             summary = result.summary_dict()
+            if result.total_files_processed or result.total_bytes_processed:
+                # restic's own totals are the truth at the end (the last progress line may have
+                # been throttled away or sent before the scan finished).
+                ctx.progress(
+                    bytes_done=result.total_bytes_processed,
+                    bytes_total=result.total_bytes_processed,
+                    files_done=result.total_files_processed,
+                    files_total=result.total_files_processed,
+                )
+            said = backup_summary_line(summary)
+            if said:  # the same words as `backup --wait` and the operations page
+                ctx.log(f"snapshot {(result.snapshot_id or '?')[:8]} saved: {said}")
             if not RetentionPolicy.from_dict(plan.retention).is_empty():
                 # Retention follows a backup that made a snapshot, in the same flow; the repo's
                 # queue runs it right after this job. It touches only this instance's snapshots
@@ -1467,6 +1489,80 @@ class Engine:
             return Outcome(snapshot_id=snapshot_id, summary=res.summary_dict())
 
         return await self._submit(repo, OpKind.RESTORE, job, flow_id=flow_id)
+
+    async def restore_preview(
+        self,
+        repo_id: str,
+        snapshot_id: str,
+        target: str,
+        *,
+        include: Sequence[str] = (),
+        limit: int = PREVIEW_LIMIT,
+    ) -> RestorePreview:
+        """What :meth:`restore` with the same arguments would overwrite; changes nothing.
+
+        The selection must be absolute paths of the snapshot (no ``..``, nothing outside what
+        it backed up): anything else is refused before a file is looked at. The snapshot is
+        listed once (``ls``, streamed) and each file's place below ``target`` is checked on the
+        file system, off the event loop.
+        """
+        if not PurePosixPath(target).is_absolute() or "\0" in target:
+            raise EngineError(f"restore target {target!r} must be an absolute path")
+        target = str(PurePosixPath(target))  # no trailing slash, no doubled ones
+        repo = await self.store.get_repo(repo_id)
+        access = await self.access(repo)
+        try:
+            snaps = await self.restic().snapshots(access)
+        except ResticError as exc:
+            raise EngineError(exc.message) from None
+        snap = next(
+            (s for s in snaps if snapshot_id and (s.id.startswith(snapshot_id))),
+            None,
+        )
+        if snap is None:
+            raise EngineError(f"no snapshot {snapshot_id!r} in repository {repo_id!r}")
+        try:
+            selection = check_selection(list(include), snap.paths)
+        except SelectionError as exc:
+            raise EngineError(str(exc)) from None
+        files = 0
+        count = 0
+        named: list[str] = []
+        batch: list[str] = []
+
+        async def check(paths: list[str]) -> None:
+            nonlocal count
+            found, which = await asyncio.to_thread(
+                existing_at_target, target, paths, limit - len(named)
+            )
+            count += found
+            named.extend(which)
+
+        try:
+            async with contextlib.aclosing(self.restic().ls(access, snap.id)) as nodes:
+                async for node in nodes:
+                    if node.type == "dir" or not in_selection(node.path, selection):
+                        continue  # a folder that exists is merged into, not overwritten
+                    files += 1
+                    batch.append(node.path)
+                    if len(batch) >= 500:
+                        await check(batch)
+                        batch = []
+        except ResticError as exc:
+            raise EngineError(exc.message) from None
+        if batch:
+            await check(batch)
+        exists, empty = await asyncio.to_thread(target_state, target)
+        return RestorePreview(
+            snapshot_id=snap.id,
+            target=target,
+            selection=tuple(selection),
+            files=files,
+            overwrite_count=count,
+            overwrite=tuple(named),
+            target_exists=exists,
+            target_empty=empty,
+        )
 
     async def snapshots(self, repo_id: str) -> list[Any]:
         repo = await self.store.get_repo(repo_id)
