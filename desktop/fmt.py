@@ -10,6 +10,7 @@ from peerstash.core.wording import backup_summary_line, human_bytes, human_durat
 __all__ = [
     "STATUS_WORDS",
     "ago",
+    "date_time",
     "human_bytes",
     "human_duration",
     "local_time",
@@ -52,6 +53,12 @@ def local_time(iso: str | None, *, seconds: bool = False) -> str:
     if local.date() != datetime.now().astimezone().date():
         fmt = "%Y-%m-%d " + fmt
     return local.strftime(fmt)
+
+
+def date_time(iso: str | None) -> str:
+    """Date and time in the person's zone, always both (a snapshot list spans days)."""
+    dt = parse_time(iso)
+    return "—" if dt is None else dt.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _span(seconds: float) -> str:
