@@ -43,6 +43,7 @@ from peerstash.core.restic import (
     Restic,
     ResticError,
     find_restic,
+    same_snapshot_id,
 )
 from peerstash.core.restore_target import (
     PREVIEW_LIMIT,
@@ -1354,13 +1355,23 @@ class Engine:
         return with_policy
 
     async def forget(
-        self, repo_id: str, *, plan_id: str | None = None, flow_id: str | None = None
+        self,
+        repo_id: str,
+        *,
+        plan_id: str | None = None,
+        flow_id: str | None = None,
+        expect: Sequence[str] | None = None,
     ) -> Operation:
         """Apply retention: one plan's policy, or each plan's policy on this repository.
 
         Only snapshots this instance made for the plan are candidates (:meth:`own_snapshots`),
         so this is allowed on a repository shared to us too: there we trim our own backups and
         leave ``prune`` (which needs the whole repository) to the owner. Forget never prunes.
+
+        ``expect``: the snapshot ids a person was shown (by :meth:`forget_preview`) and agreed
+        to remove. The job first runs the dry run again, in the repository's queue (no backup
+        of ours runs meanwhile), and removes nothing when the policy would now remove a
+        snapshot that is not among them: what is removed is never more than what was shown.
         """
         repo = await self.store.get_repo(repo_id)
         with_policy = await self._retention_plans(repo, plan_id)
@@ -1369,6 +1380,32 @@ class Engine:
             access = await self.access(repo)
             removed: list[str] = []
             kept: list[str] = []
+            if expect is not None:
+                unseen: list[str] = []
+                for plan in with_policy:
+                    host, tags = self.own_snapshots(plan.id)
+                    dry = await self.restic().forget(
+                        access,
+                        RetentionPolicy.from_dict(plan.retention),
+                        tags=tags,
+                        host=host,
+                        dry_run=True,
+                    )
+                    unseen += [
+                        sid
+                        for sid in dry.removed
+                        if not any(same_snapshot_id(sid, e) for e in expect)
+                    ]
+                if unseen:
+                    ctx.log(f"retention would now also remove {', '.join(unseen)}")
+                    return Outcome(
+                        status=OpStatus.ERROR,
+                        error=(
+                            f"nothing was removed: retention would now also remove "
+                            f"{len(unseen)} snapshot(s) that were not in the list confirmed "
+                            f"({', '.join(u[:8] for u in unseen)}); look at the list again"
+                        ),
+                    )
             for plan in with_policy:
                 policy = RetentionPolicy.from_dict(plan.retention)
                 host, tags = self.own_snapshots(plan.id)

@@ -279,14 +279,18 @@ class PlansPage(Page):
             ("Date", "ID", "Plan", "Host", "Folders"),
             rows,
             f"Remove {n} snapshot{'s' if n != 1 else ''}",
-            lambda: self.run(self._do_maintenance(repo_id, "forget")),
+            lambda: self.run(
+                self._do_maintenance(repo_id, "forget", {"expect": [str(s["id"]) for s in remove]})
+            ),
             footer="A removed snapshot cannot be brought back. Its data stays in the "
             "repository until the next prune.",
         )
         self.confirm_dialog.open()
 
-    async def _do_maintenance(self, repo_id: str, what: str) -> None:
-        op = await self.backend.maintenance(repo_id, what)
+    async def _do_maintenance(
+        self, repo_id: str, what: str, body: dict[str, Any] | None = None
+    ) -> None:
+        op = await self.backend.maintenance(repo_id, what, body)
         self.banner.show_message(f"{what} of {repo_id} queued as operation {op['id'][-8:]}.", "ok")
 
     def _remove_plan(self) -> None:

@@ -577,20 +577,23 @@ async def restore_preview(request: web.Request) -> web.Response:
 
 
 async def _forget(request: web.Request) -> web.Response:
-    """``{"plan": ID, "dry_run": true}``, both optional. A dry run answers at once with what
-    would go and what stays (200, no operation); otherwise the forget is queued (202)."""
+    """``{"plan": ID, "dry_run": true, "expect": [IDS]}``, all optional. A dry run answers at
+    once with what would go and what stays (200, no operation); otherwise the forget is queued
+    (202), and with ``expect`` it removes nothing if it would remove more than those."""
     engine = _engine(request)
     repo_id = request.match_info["id"]
     data = await _body(request)
-    extra = set(data) - {"plan", "dry_run"}
+    extra = set(data) - {"plan", "dry_run", "expect"}
     if extra:
         raise BadRequest(f"unknown field(s) for forget: {', '.join(sorted(extra))}")
     plan_id = _str(data, "plan", required=False)
     dry_run = data.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise BadRequest("dry_run is true or false")
+    # The snapshot ids a person confirmed from the dry run: nothing beyond them is removed.
+    expect = _str_list(data, "expect") if "expect" in data else None
     if not dry_run:
-        op = await engine.forget(repo_id, plan_id=plan_id or None)
+        op = await engine.forget(repo_id, plan_id=plan_id or None, expect=expect)
         return web.json_response(op_to_dict(op), status=202)
     previews = await engine.forget_preview(repo_id, plan_id=plan_id or None)
     plans: list[dict[str, Any]] = []
