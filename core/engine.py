@@ -43,6 +43,16 @@ from peerstash.core.restic import (
     Restic,
     ResticError,
     find_restic,
+    same_snapshot_id,
+)
+from peerstash.core.restore_target import (
+    PREVIEW_LIMIT,
+    RestorePreview,
+    SelectionError,
+    check_selection,
+    existing_at_target,
+    in_selection,
+    target_state,
 )
 from peerstash.core.retention import RetentionPolicy
 from peerstash.core.runner import (
@@ -61,6 +71,7 @@ from peerstash.core.sharing import (
     received_repo_id,
 )
 from peerstash.core.store import NotFound, OpFilter, Store, StoreError, repo_record, utcnow
+from peerstash.core.wording import backup_summary_line
 
 log = logging.getLogger(__name__)
 
@@ -1350,6 +1361,18 @@ class Engine:
                 on_log=ctx.log,
             )
             summary = result.summary_dict()
+            if result.total_files_processed or result.total_bytes_processed:
+                # restic's own totals are the truth at the end (the last progress line may have
+                # been throttled away or sent before the scan finished).
+                ctx.progress(
+                    bytes_done=result.total_bytes_processed,
+                    bytes_total=result.total_bytes_processed,
+                    files_done=result.total_files_processed,
+                    files_total=result.total_files_processed,
+                )
+            said = backup_summary_line(summary)
+            if said:  # the same words as `backup --wait` and the operations page
+                ctx.log(f"snapshot {(result.snapshot_id or '?')[:8]} saved: {said}")
             if not RetentionPolicy.from_dict(plan.retention).is_empty():
                 # Retention follows a backup that made a snapshot, in the same flow; the repo's
                 # queue runs it right after this job. It touches only this instance's snapshots
@@ -1400,13 +1423,23 @@ class Engine:
         return with_policy
 
     async def forget(
-        self, repo_id: str, *, plan_id: str | None = None, flow_id: str | None = None
+        self,
+        repo_id: str,
+        *,
+        plan_id: str | None = None,
+        flow_id: str | None = None,
+        expect: Sequence[str] | None = None,
     ) -> Operation:
         """Apply retention: one plan's policy, or each plan's policy on this repository.
 
         Only snapshots this instance made for the plan are candidates (:meth:`own_snapshots`),
         so this is allowed on a repository shared to us too: there we trim our own backups and
         leave ``prune`` (which needs the whole repository) to the owner. Forget never prunes.
+
+        ``expect``: the snapshot ids a person was shown (by :meth:`forget_preview`) and agreed
+        to remove. The job first runs the dry run again, in the repository's queue (no backup
+        of ours runs meanwhile), and removes nothing when the policy would now remove a
+        snapshot that is not among them: what is removed is never more than what was shown.
         """
         repo = await self.store.get_repo(repo_id)
         with_policy = await self._retention_plans(repo, plan_id)
@@ -1415,6 +1448,32 @@ class Engine:
             access = await self.access(repo)
             removed: list[str] = []
             kept: list[str] = []
+            if expect is not None:
+                unseen: list[str] = []
+                for plan in with_policy:
+                    host, tags = self.own_snapshots(plan.id)
+                    dry = await self.restic().forget(
+                        access,
+                        RetentionPolicy.from_dict(plan.retention),
+                        tags=tags,
+                        host=host,
+                        dry_run=True,
+                    )
+                    unseen += [
+                        sid
+                        for sid in dry.removed
+                        if not any(same_snapshot_id(sid, e) for e in expect)
+                    ]
+                if unseen:
+                    ctx.log(f"retention would now also remove {', '.join(unseen)}")
+                    return Outcome(
+                        status=OpStatus.ERROR,
+                        error=(
+                            f"nothing was removed: retention would now also remove "
+                            f"{len(unseen)} snapshot(s) that were not in the list confirmed "
+                            f"({', '.join(u[:8] for u in unseen)}); look at the list again"
+                        ),
+                    )
             for plan in with_policy:
                 policy = RetentionPolicy.from_dict(plan.retention)
                 host, tags = self.own_snapshots(plan.id)
@@ -1535,6 +1594,80 @@ class Engine:
             return Outcome(snapshot_id=snapshot_id, summary=res.summary_dict())
 
         return await self._submit(repo, OpKind.RESTORE, job, flow_id=flow_id)
+
+    async def restore_preview(
+        self,
+        repo_id: str,
+        snapshot_id: str,
+        target: str,
+        *,
+        include: Sequence[str] = (),
+        limit: int = PREVIEW_LIMIT,
+    ) -> RestorePreview:
+        """What :meth:`restore` with the same arguments would overwrite; changes nothing.
+
+        The selection must be absolute paths of the snapshot (no ``..``, nothing outside what
+        it backed up): anything else is refused before a file is looked at. The snapshot is
+        listed once (``ls``, streamed) and each file's place below ``target`` is checked on the
+        file system, off the event loop.
+        """
+        if not PurePosixPath(target).is_absolute() or "\0" in target:
+            raise EngineError(f"restore target {target!r} must be an absolute path")
+        target = str(PurePosixPath(target))  # no trailing slash, no doubled ones
+        repo = await self.store.get_repo(repo_id)
+        access = await self.access(repo)
+        try:
+            snaps = await self.restic().snapshots(access)
+        except ResticError as exc:
+            raise EngineError(exc.message) from None
+        snap = next(
+            (s for s in snaps if snapshot_id and (s.id.startswith(snapshot_id))),
+            None,
+        )
+        if snap is None:
+            raise EngineError(f"no snapshot {snapshot_id!r} in repository {repo_id!r}")
+        try:
+            selection = check_selection(list(include), snap.paths)
+        except SelectionError as exc:
+            raise EngineError(str(exc)) from None
+        files = 0
+        count = 0
+        named: list[str] = []
+        batch: list[str] = []
+
+        async def check(paths: list[str]) -> None:
+            nonlocal count
+            found, which = await asyncio.to_thread(
+                existing_at_target, target, paths, limit - len(named)
+            )
+            count += found
+            named.extend(which)
+
+        try:
+            async with contextlib.aclosing(self.restic().ls(access, snap.id)) as nodes:
+                async for node in nodes:
+                    if node.type == "dir" or not in_selection(node.path, selection):
+                        continue  # a folder that exists is merged into, not overwritten
+                    files += 1
+                    batch.append(node.path)
+                    if len(batch) >= 500:
+                        await check(batch)
+                        batch = []
+        except ResticError as exc:
+            raise EngineError(exc.message) from None
+        if batch:
+            await check(batch)
+        exists, empty = await asyncio.to_thread(target_state, target)
+        return RestorePreview(
+            snapshot_id=snap.id,
+            target=target,
+            selection=tuple(selection),
+            files=files,
+            overwrite_count=count,
+            overwrite=tuple(named),
+            target_exists=exists,
+            target_empty=empty,
+        )
 
     async def snapshots(self, repo_id: str) -> list[Any]:
         repo = await self.store.get_repo(repo_id)

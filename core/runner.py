@@ -137,6 +137,19 @@ class OpContext:
     def pending(self) -> bool:
         return bool(self._log or self._detail_dirty)
 
+    def final_progress(self, success: bool) -> dict[str, Any]:
+        """The progress fields an ending operation keeps: the last ones reported (which
+        :meth:`flush` no longer writes once the job is over) and, on success, done = total,
+        so a bar drawn from them ends at 100 % rather than at the last throttled update."""
+        fields = {k: v for k, v in self._pending.items() if k != "eta_seconds"}
+        self._pending = {}
+        if success:
+            for done, total in (("bytes_done", "bytes_total"), ("files_done", "files_total")):
+                whole = fields.get(total, getattr(self.op, total, None))
+                if isinstance(whole, int) and whole > 0:
+                    fields[done] = whole
+        return fields
+
     async def flush(self) -> None:
         lines, self._log = self._log, []
         fields, self._pending = self._pending, {}
@@ -323,7 +336,9 @@ class Runner:
         if ctx.ticker is not None:  # its last write first: log lines stay in order
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(ctx.ticker), 30)
+        progress = ctx.final_progress(final.get("status") == OpStatus.SUCCESS)
         await ctx.flush()
+        final = {**progress, **final}
         op = await self._set(ctx.op, ended_at=utcnow(), eta_seconds=None, **final)
         if not item.done.done():
             item.done.set_result(op)

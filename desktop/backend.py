@@ -311,8 +311,10 @@ class Backend(QObject):
         self._on_op(op)
         return dict(op)
 
-    async def maintenance(self, repo_id: str, what: str) -> dict[str, Any]:
-        op = await self.call("POST", f"/v1/repos/{q(repo_id)}/{what}", {})
+    async def maintenance(
+        self, repo_id: str, what: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        op = await self.call("POST", f"/v1/repos/{q(repo_id)}/{what}", body or {})
         self._on_op(op)
         return dict(op)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from peerstash.peer.cli import human_bytes, human_duration
+from peerstash.core.wording import backup_summary_line, human_bytes, human_duration
 
 __all__ = [
     "STATUS_WORDS",
     "ago",
+    "date_time",
     "human_bytes",
     "human_duration",
     "local_time",
@@ -52,6 +53,12 @@ def local_time(iso: str | None, *, seconds: bool = False) -> str:
     if local.date() != datetime.now().astimezone().date():
         fmt = "%Y-%m-%d " + fmt
     return local.strftime(fmt)
+
+
+def date_time(iso: str | None) -> str:
+    """Date and time in the person's zone, always both (a snapshot list spans days)."""
+    dt = parse_time(iso)
+    return "—" if dt is None else dt.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _span(seconds: float) -> str:
@@ -120,10 +127,9 @@ def op_detail(op: dict[str, Any]) -> str:
     if op.get("error"):
         return str(op["error"]).splitlines()[0]
     if op.get("snapshot_id"):
-        summary = op.get("summary") or {}
-        added = summary.get("data_added")
-        extra = f" · {human_bytes(added)} added" if isinstance(added, int | float) else ""
-        return f"snapshot {op['snapshot_id'][:8]}{extra}"
+        # What restic reported, in the words the CLI's `backup --wait` uses too.
+        said = backup_summary_line(op.get("summary"))
+        return f"snapshot {op['snapshot_id'][:8]}" + (f" · {said}" if said else "")
     return ""
 
 

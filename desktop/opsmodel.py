@@ -128,7 +128,9 @@ class OpsModel(QAbstractTableModel):
         if role == ProgressRole:
             return fmt.op_progress(op)
         if role == Qt.ItemDataRole.ToolTipRole and col == COL_DETAIL:
-            return printable_lines(str(op["error"])) if op.get("error") else None
+            if op.get("error"):
+                return printable_lines(str(op["error"]))
+            return printable(fmt.op_detail(op)) or None  # the whole line, if the column is narrow
         if role == Qt.ItemDataRole.ForegroundRole and col == COL_DETAIL and op.get("error"):
             return QColor(STATUS_COLORS.get(str(op.get("status")), "#d64541"))
         return None

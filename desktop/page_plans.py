@@ -8,7 +8,9 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QGroupBox, QMessageBox, QPushButton, QVBoxLayout, QWidget
 
 from peerstash.desktop import fmt
+from peerstash.desktop.api import q
 from peerstash.desktop.backend import Backend
+from peerstash.desktop.confirm_list import ListConfirmDialog
 from peerstash.desktop.dialogs import AddPlanDialog, AddRepoDialog, EditPlanDialog, EditRepoDialog
 from peerstash.desktop.widgets import (
     Page,
@@ -95,6 +97,7 @@ class PlansPage(Page):
 
         self.dialog: AddPlanDialog | AddRepoDialog | None = None
         self.question: QMessageBox | None = None
+        self.confirm_dialog: ListConfirmDialog | None = None
         backend.configChanged.connect(self._show)
         self._show()
 
@@ -233,11 +236,68 @@ class PlansPage(Page):
 
     def _maintenance(self, what: str) -> None:
         repo_id = selected_data(self.repos)
-        if repo_id:
+        if not repo_id:
+            return
+        if what == "forget":
+            # Show what would go first (the node's dry run), and ask.
+            self.run(self._preview_forget(str(repo_id)), name="plans:forget-preview")
+        elif what == "prune":
+            self.question = confirm(
+                self,
+                "Prune repository",
+                f"Prune {repo_id} now? It deletes the data that no snapshot uses any more, so "
+                "the space is freed. It can take a long time (backups to this repository wait "
+                "until it ends) and it cannot be undone.",
+                "Prune now",
+                lambda: self.run(self._do_maintenance(str(repo_id), "prune")),
+            )
+        else:
             self.run(self._do_maintenance(str(repo_id), what), name=f"plans:{what}")
 
-    async def _do_maintenance(self, repo_id: str, what: str) -> None:
-        op = await self.backend.maintenance(repo_id, what)
+    async def _preview_forget(self, repo_id: str) -> None:
+        self.banner.show_message(f"Working out what retention would remove from {repo_id}…")
+        res = await self.backend.call("POST", f"/v1/repos/{q(repo_id)}/forget", {"dry_run": True})
+        remove, keep = list(res.get("remove") or []), list(res.get("keep") or [])
+        if not remove:
+            self.banner.show_message(
+                f"Retention would remove nothing from {repo_id} now "
+                f"({len(keep)} snapshot{'s' if len(keep) != 1 else ''} kept).",
+                "ok",
+            )
+            return
+        self.banner.clear_message()
+        rows = [
+            [
+                fmt.date_time(s.get("time")),
+                str(s.get("short_id") or str(s.get("id"))[:8]),
+                str(s.get("plan") or ""),
+                str(s.get("hostname") or ""),
+                ", ".join(s.get("paths") or []),
+            ]
+            for s in sorted(remove, key=lambda s: str(s.get("time") or ""))
+        ]
+        n = len(remove)
+        self.confirm_dialog = ListConfirmDialog(
+            self,
+            "Apply retention now",
+            f"Applying the retention policies of the plans on {repo_id} removes "
+            f"{n} snapshot{'s' if n != 1 else ''} and keeps {len(keep)}. Only this machine's "
+            "snapshots of each plan are considered.",
+            ("Date", "ID", "Plan", "Host", "Folders"),
+            rows,
+            f"Remove {n} snapshot{'s' if n != 1 else ''}",
+            lambda: self.run(
+                self._do_maintenance(repo_id, "forget", {"expect": [str(s["id"]) for s in remove]})
+            ),
+            footer="A removed snapshot cannot be brought back. Its data stays in the "
+            "repository until the next prune.",
+        )
+        self.confirm_dialog.open()
+
+    async def _do_maintenance(
+        self, repo_id: str, what: str, body: dict[str, Any] | None = None
+    ) -> None:
+        op = await self.backend.maintenance(repo_id, what, body)
         self.banner.show_message(f"{what} of {repo_id} queued as operation {op['id'][-8:]}.", "ok")
 
     def _remove_plan(self) -> None:

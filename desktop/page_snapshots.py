@@ -7,12 +7,14 @@ one, and rows are added in batches while they arrive.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QModelIndex, Qt
-from PySide6.QtGui import QStandardItem, QStandardItemModel
+from PySide6.QtCore import QModelIndex, Qt, QUrl
+from PySide6.QtGui import QDesktopServices, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -23,21 +25,33 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QRadioButton,
     QSplitter,
     QTreeView,
     QVBoxLayout,
     QWidget,
 )
 
+from peerstash.core.restore_target import default_restore_folder, restored_path
+from peerstash.core.wording import human_bytes, snapshot_size, split_tags
 from peerstash.desktop import fmt
 from peerstash.desktop.api import q, query
 from peerstash.desktop.backend import FINISHED, Backend
+from peerstash.desktop.confirm_list import ListConfirmDialog
 from peerstash.desktop.widgets import Page, item, make_table, selected_data
 
 PathRole = Qt.ItemDataRole.UserRole + 1
 LoadedRole = Qt.ItemDataRole.UserRole + 2
 TypeRole = Qt.ItemDataRole.UserRole + 3
 BATCH = 200
+SNAPSHOT_HEADERS = ("Date", "ID", "Plan", "Host", "Size", "Files", "Folders", "Other tags")
+#: How many would-be-overwritten files the restore question lists (the count is complete).
+SHOWN_OVERWRITES = 200
+
+
+def restored_folder() -> Path:
+    """Where restores go by default: a folder of their own in the home folder."""
+    return Path.home() / "Restored"
 
 
 def is_child(path: str, parent: str) -> bool:
@@ -64,7 +78,7 @@ class SnapshotsPage(Page):
         top.addStretch(1)
         self.outer.addLayout(top)
 
-        self.snapshots = make_table(("Time", "ID", "Host", "Tags", "Folders"), stretch=4)
+        self.snapshots = make_table(SNAPSHOT_HEADERS, stretch=6)
         self.snapshots.itemSelectionChanged.connect(self._snapshot_changed)
         self.tree_model = QStandardItemModel(0, 3, self)
         self.tree_model.setHorizontalHeaderLabels(["Name", "Size", "Modified"])
@@ -86,14 +100,24 @@ class SnapshotsPage(Page):
 
         rl = QHBoxLayout()
         rl.addWidget(QLabel("Restore into"))
+        self.to_new = QRadioButton("a new folder")
+        self.to_new.setChecked(True)
+        rl.addWidget(self.to_new)
         self.target = QLineEdit()
         self.target.setPlaceholderText(
             "a folder; the snapshot's full paths are recreated inside it"
         )
+        self.target.textEdited.connect(self._target_edited)
         rl.addWidget(self.target, 1)
         choose = QPushButton("Choose…")
         choose.clicked.connect(self._choose_target)
         rl.addWidget(choose)
+        self.to_original = QRadioButton("where it came from")
+        self.to_original.setToolTip(
+            "Puts the files back at their original place, replacing what is there now "
+            "(you are shown what would be overwritten first)."
+        )
+        rl.addWidget(self.to_original)
         self.restore_button = QPushButton("Restore selected")
         self.restore_button.clicked.connect(self.restore_selected)
         rl.addWidget(self.restore_button)
@@ -102,11 +126,24 @@ class SnapshotsPage(Page):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.progress.hide()
+        sl = QHBoxLayout()
         self.restore_status = QLabel("")
         self.restore_status.setWordWrap(True)
+        self.restore_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        sl.addWidget(self.restore_status, 1)
+        self.open_button = QPushButton("Open folder")
+        self.open_button.clicked.connect(self.open_restored)
+        self.open_button.hide()
+        sl.addWidget(self.open_button)
         pl.addWidget(self.progress)
-        pl.addWidget(self.restore_status)
+        pl.addLayout(sl)
         self.outer.addLayout(pl)
+        #: Where the last finished restore put the files (the "Open folder" button opens it).
+        self.restored_to: str | None = None
+        #: The restore waiting for the person's answer (what would be overwritten).
+        self.confirm_dialog: ListConfirmDialog | None = None
+        self._target_is_default = True
+        self._restore_what: tuple[str, list[str]] = ("/", [])
 
         self.restore_op: dict[str, Any] | None = None
         self._loading: set[str] = set()
@@ -169,12 +206,25 @@ class SnapshotsPage(Page):
         self.banner.clear_message()
         snaps = sorted(snaps, key=lambda s: s.get("time") or "", reverse=True)
         self.snapshots.setRowCount(len(snaps))
+        right = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
         for r, s in enumerate(snaps):
-            self.snapshots.setItem(r, 0, item(fmt.local_time(s.get("time"), seconds=True), s))
+            tags = split_tags(s.get("tags"))
+            size, files = snapshot_size(s.get("summary"))
+            self.snapshots.setItem(r, 0, item(fmt.date_time(s.get("time")), s))
             self.snapshots.setItem(r, 1, item(str(s.get("short_id") or s["id"][:8])))
-            self.snapshots.setItem(r, 2, item(str(s.get("hostname") or "")))
-            self.snapshots.setItem(r, 3, item(", ".join(s.get("tags") or [])))
-            self.snapshots.setItem(r, 4, item(", ".join(s.get("paths") or [])))
+            self.snapshots.setItem(r, 2, item(tags.plan))
+            self.snapshots.setItem(r, 3, item(tags.host or str(s.get("hostname") or "")))
+            # restic 0.17+ stores these in the snapshot; older versions do not: left blank.
+            size_item = item("" if size is None else human_bytes(size))
+            size_item.setTextAlignment(right)
+            self.snapshots.setItem(r, 4, size_item)
+            files_item = item("" if files is None else f"{files:,}")
+            files_item.setTextAlignment(right)
+            self.snapshots.setItem(r, 5, files_item)
+            folders = item(", ".join(s.get("paths") or []))
+            folders.setToolTip("\n".join(s.get("paths") or []))
+            self.snapshots.setItem(r, 6, folders)
+            self.snapshots.setItem(r, 7, item(", ".join(tags.others)))
         if not snaps:
             self.banner.show_message(f"{repo} has no snapshots yet.", "info")
 
@@ -186,9 +236,28 @@ class SnapshotsPage(Page):
         snap = self.snapshot()
         if snap is None:
             return
-        root = self._dir_item("/", "/")
-        self.tree_model.appendRow([root, QStandardItem(""), QStandardItem("")])
-        self.tree.expand(root.index())
+        # Open at the folders the snapshot backed up, not at "/" (a click per parent saved).
+        for path in list(snap.get("paths") or []) or ["/"]:
+            root = self._dir_item(path, path)
+            self.tree_model.appendRow([root, QStandardItem(""), QStandardItem("")])
+            self.tree.expand(root.index())
+        self.run(self._suggest_target(snap), name="snapshots:target")
+
+    async def _suggest_target(self, snap: dict[str, Any]) -> None:
+        """A fresh folder named after the plan and the snapshot's date (never one that holds
+        something already), unless the person typed a folder of their own."""
+        if not self._target_is_default:
+            return
+        plan = split_tags(snap.get("tags")).plan or str(snap.get("short_id") or "snapshot")
+        folder = await asyncio.to_thread(
+            default_restore_folder, restored_folder(), plan, fmt.parse_time(snap.get("time"))
+        )
+        if self._target_is_default and (self.snapshot() or {}).get("id") == snap.get("id"):
+            self.target.setText(str(folder))
+
+    def _target_edited(self, _text: str) -> None:
+        self._target_is_default = False
+        self.to_new.setChecked(True)
 
     # -- the tree ------------------------------------------------------------------------------
 
@@ -294,13 +363,19 @@ class SnapshotsPage(Page):
         dlg = QFileDialog(self, "Restore into which folder?")
         dlg.setFileMode(QFileDialog.FileMode.Directory)
         dlg.setOption(QFileDialog.Option.ShowDirsOnly, True)
-        dlg.fileSelected.connect(self.target.setText)
+        dlg.fileSelected.connect(self._target_chosen)
         self._folder_dialog = dlg
         dlg.open()
 
+    def _target_chosen(self, path: str) -> None:
+        self.target.setText(path)
+        self._target_is_default = False
+        self.to_new.setChecked(True)
+
     def restore_selected(self) -> None:
         path, snap, repo = self.selected_path(), self.snapshot(), self.repo.currentData()
-        target = self.target.text().strip()
+        original = self.to_original.isChecked()
+        target = "/" if original else self.target.text().strip()
         if not (path and snap and repo):
             self.restore_status.setText("Select a file or folder of a snapshot first.")
             return
@@ -309,7 +384,62 @@ class SnapshotsPage(Page):
             return
         include = [] if path == "/" else [path]
         self.restore_button.setEnabled(False)
-        self.run(self._do_restore(str(repo), str(snap["id"]), target, include), name="restore")
+        self.open_button.hide()
+        self._restore_what = (path, include)
+        self.run(
+            self._check_and_restore(str(repo), str(snap["id"]), target, include, original),
+            name="restore:preview",
+        )
+
+    async def _check_and_restore(
+        self, repo: str, snap: str, target: str, include: list[str], original: bool
+    ) -> None:
+        """Ask the node what the restore would overwrite; ask the person when it would
+        overwrite anything, and always before putting files back where they came from."""
+        try:
+            preview = await self.backend.call(
+                "POST",
+                f"/v1/repos/{q(repo)}/restore/preview",
+                {"snapshot": snap, "target": target, "include": include},
+            )
+        finally:
+            self._update_restore()
+        count, files = int(preview.get("overwrite_count") or 0), int(preview.get("files") or 0)
+        if not original and count == 0:
+            await self._do_restore(repo, snap, target, include)
+            return
+        what = include[0] if include else "the whole snapshot"
+        where = "to where it came from" if original else f"into {target}"
+        if count:
+            text = (
+                f"Restoring {what} {where} overwrites {count} of its {files} file"
+                f"{'s' if files != 1 else ''} with the snapshot's version:"
+            )
+            yes = f"Overwrite {count} file{'s' if count != 1 else ''}"
+        else:
+            text = (
+                f"Restoring {what} {where} writes {files} file{'s' if files != 1 else ''}; "
+                "none of them exists there now, so nothing is overwritten."
+            )
+            yes = "Restore"
+        shown = [[p] for p in list(preview.get("overwrite") or [])[:SHOWN_OVERWRITES]]
+        footer = (
+            f"… and {count - len(shown)} more." if count > len(shown) else ""
+        ) or "Files that are there and not in the snapshot are left alone."
+        self.confirm_dialog = ListConfirmDialog(
+            self,
+            "Restore over existing files" if count else "Restore",
+            text,
+            ("Would be overwritten",),
+            shown,
+            yes,
+            lambda: self.run(self._do_restore(repo, snap, target, include), name="restore"),
+            footer=footer,
+        )
+        self.confirm_dialog.rejected.connect(
+            lambda: self.restore_status.setText("Restore cancelled: nothing was changed.")
+        )
+        self.confirm_dialog.open()
 
     async def _do_restore(self, repo: str, snap: str, target: str, include: list[str]) -> None:
         try:
@@ -344,14 +474,34 @@ class SnapshotsPage(Page):
             self.progress.setRange(0, 1000)
             self.progress.setValue(1000 if status == "success" else self.progress.value())
             self.progress.setFormat("done" if status == "success" else status)
-            msg = (
-                "Restore finished."
-                if status == "success"
-                else f"Restore {fmt.STATUS_WORDS.get(status, status)}: {op.get('error') or ''}"
-            )
+            if status == "success":
+                where = self._restored_folder(op)
+                self.restored_to = where
+                self.open_button.setVisible(bool(where))
+                msg = f"Restore finished: the files are in {where}."
+            else:
+                msg = f"Restore {fmt.STATUS_WORDS.get(status, status)}: {op.get('error') or ''}"
             self.restore_status.setText(msg)
             self.restore_status.setStyleSheet(
                 "color:#1e6b3c;" if status == "success" else "color:#8c2320;"
             )
             self.banner.show_message(msg, "ok" if status == "success" else "error")
         self._update_restore()
+
+    def _restored_folder(self, op: dict[str, Any]) -> str:
+        """The folder holding what was restored: the selected folder at its new place (or the
+        folder of the selected file), which is what "Open folder" shows."""
+        target = str((op.get("summary") or {}).get("target") or self.target.text() or "/")
+        path, include = self._restore_what
+        if not include:
+            return target
+        node = self.find_item(path)
+        where = restored_path(target, path)
+        if node is not None and node.data(TypeRole) != "dir":
+            where = os.path.dirname(where)
+        return where
+
+    def open_restored(self) -> None:
+        """Show the restored files in the file manager."""
+        if self.restored_to:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(self.restored_to))

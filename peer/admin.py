@@ -583,21 +583,40 @@ async def restore(request: web.Request) -> web.Response:
     return web.json_response(op_to_dict(op), status=202)
 
 
+async def restore_preview(request: web.Request) -> web.Response:
+    """``{"snapshot", "target", "include"}`` as for a restore: which files it would overwrite
+    (200, nothing changed). A selection that is not the snapshot's is refused (409)."""
+    data = await _body(request)
+    extra = set(data) - {"snapshot", "target", "include"}
+    if extra:
+        raise BadRequest(f"unknown field(s) for a restore preview: {', '.join(sorted(extra))}")
+    preview = await _engine(request).restore_preview(
+        request.match_info["id"],
+        _str(data, "snapshot") or "",
+        _str(data, "target") or "",
+        include=_str_list(data, "include"),
+    )
+    return web.json_response(preview.to_dict())
+
+
 async def _forget(request: web.Request) -> web.Response:
-    """``{"plan": ID, "dry_run": true}``, both optional. A dry run answers at once with what
-    would go and what stays (200, no operation); otherwise the forget is queued (202)."""
+    """``{"plan": ID, "dry_run": true, "expect": [IDS]}``, all optional. A dry run answers at
+    once with what would go and what stays (200, no operation); otherwise the forget is queued
+    (202), and with ``expect`` it removes nothing if it would remove more than those."""
     engine = _engine(request)
     repo_id = request.match_info["id"]
     data = await _body(request)
-    extra = set(data) - {"plan", "dry_run"}
+    extra = set(data) - {"plan", "dry_run", "expect"}
     if extra:
         raise BadRequest(f"unknown field(s) for forget: {', '.join(sorted(extra))}")
     plan_id = _str(data, "plan", required=False)
     dry_run = data.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise BadRequest("dry_run is true or false")
+    # The snapshot ids a person confirmed from the dry run: nothing beyond them is removed.
+    expect = _str_list(data, "expect") if "expect" in data else None
     if not dry_run:
-        op = await engine.forget(repo_id, plan_id=plan_id or None)
+        op = await engine.forget(repo_id, plan_id=plan_id or None, expect=expect)
         return web.json_response(op_to_dict(op), status=202)
     previews = await engine.forget_preview(repo_id, plan_id=plan_id or None)
     plans: list[dict[str, Any]] = []
@@ -1277,6 +1296,7 @@ def make_admin_app(node: Node) -> web.Application:
     r.add_get("/v1/repos/{id}/snapshots", snapshots)
     r.add_get("/v1/repos/{id}/snapshots/{snap}/ls", ls)
     r.add_post("/v1/repos/{id}/restore", restore)
+    r.add_post("/v1/repos/{id}/restore/preview", restore_preview)
     for name in ("forget", "prune", "check", "unlock"):
         r.add_post(f"/v1/repos/{{id}}/{name}", _maintenance(name))
     r.add_get("/v1/plans", list_plans)

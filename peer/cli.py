@@ -22,6 +22,7 @@ import aiohttp
 
 from peerstash.core import __version__
 from peerstash.core.text import printable, printable_lines
+from peerstash.core.wording import backup_summary_line, human_bytes, human_duration
 from peerstash.peer.paths import SOCKET_NAME, admin_socket_path, resolve_data_dir, socket_trouble
 
 #: Exit codes: 0 ok, 1 failed, 2 usage, 3 finished with a warning (like restic's partial backup).
@@ -122,25 +123,6 @@ class AdminClient:
 # -- formatting -----------------------------------------------------------------------------
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
-
-
-def human_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-
-
 def short_time(iso: str | None) -> str:
     if not iso:
         return "-"
@@ -209,14 +191,33 @@ def progress_bar(op: dict[str, Any], width: int = 30) -> str:
     )
 
 
+def finished_line(op: dict[str, Any]) -> str:
+    """How a finished operation reads: its result and, for a backup, what restic reported
+    (the wording of :func:`peerstash.core.wording.backup_summary_line`, as the tray shows it)."""
+    what = f"{op['kind']} {op['id']}: {status_word(op['status'])}"
+    if op.get("snapshot_id"):
+        what += f", snapshot {op['snapshot_id'][:8]}"
+    said = backup_summary_line(op.get("summary"))
+    return f"{what}: {said}" if said else what
+
+
 async def wait_for(
-    client: AdminClient, op: dict[str, Any], *, quiet: bool = False, flow: bool = False
+    client: AdminClient,
+    op: dict[str, Any],
+    *,
+    quiet: bool = False,
+    flow: bool = False,
+    as_json: bool = False,
 ) -> int:
     """Follow an operation (and with ``flow`` its follow-ups) to the end; return the exit code.
 
     Progress is drawn on a terminal; the exit code is the worst result among the operations.
+    With ``as_json`` stdout gets only the finished operation as one JSON object (with the
+    operations of its flow that followed it under ``followed_by``); problems still go to stderr.
     """
+    quiet = quiet or as_json
     tty = sys.stderr.isatty() and not quiet
+    drew_bar = False
     last_print = 0.0
     final: dict[str, dict[str, Any]] = {op["id"]: op}
     path = f"/v1/ops/{op['id']}/wait" + ("?flow=1" if flow else "")
@@ -234,11 +235,17 @@ async def wait_for(
             )
         if update["status"] == "running" and update.get("bytes_total"):
             if tty:
+                drew_bar = True
                 sys.stderr.write("\r" + progress_bar(update))
                 sys.stderr.flush()
             elif not quiet and time.monotonic() - last_print > 10:
                 last_print = time.monotonic()
                 print(progress_bar(update), file=sys.stderr)
+        elif tty and drew_bar and update["status"] == "success" and update.get("bytes_total"):
+            # The node sets done = total on success: the bar ends at 100 %, not where the
+            # last throttled update left it.
+            sys.stderr.write("\r" + progress_bar(update))
+            drew_bar = False
     if tty:
         sys.stderr.write("\n")
     code = 0
@@ -257,18 +264,24 @@ async def wait_for(
                 file=sys.stderr,
             )
         elif status == "success":
-            snap = f", snapshot {done['snapshot_id'][:8]}" if done.get("snapshot_id") else ""
-            print(f"{what}: success{snap}")
+            if not as_json:
+                print(printable(finished_line(done)))
         elif status == "warning":
             print(
                 printable(f"{what}: finished with a warning: {done.get('error')}"), file=sys.stderr
             )
             code = max(code, EXIT_WARNING) if code != EXIT_FAILED else code
+            if backup_summary_line(done.get("summary")) and not as_json:
+                print(printable(finished_line(done)))
         else:
             print(
                 printable(f"{what}: {status}: {done.get('error') or 'no details'}"), file=sys.stderr
             )
             code = EXIT_FAILED
+    if as_json:
+        first = final[op["id"]]
+        rest = [o for key, o in final.items() if key != op["id"]]
+        print(json.dumps({**first, "followed_by": rest}, indent=2))
     return code
 
 
@@ -740,7 +753,7 @@ async def cmd_backup(c: AdminClient, a: argparse.Namespace) -> int:
             return 0
     if a.wait:
         # The whole run: the backup and the retention that follows it.
-        return await wait_for(c, op, quiet=a.json, flow=True)
+        return await wait_for(c, op, flow=True, as_json=a.json)
     return await _started(c, a, op)
 
 

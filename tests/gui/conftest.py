@@ -197,6 +197,14 @@ def with_repo() -> bool:
     return True
 
 
+@pytest.fixture
+def node_restic() -> str | None:
+    """The restic the ``gui`` node runs (None: restic from PATH). A module overrides this,
+    e.g. parametrized with ``tests.fixtures.servers.resolve_restic``, where the view shows
+    what a restic version reports."""
+    return None
+
+
 if HAVE_QT:
 
     @pytest.fixture
@@ -208,6 +216,7 @@ if HAVE_QT:
         src_megabytes: int,
         first_run: bool,
         with_repo: bool,
+        node_restic: str | None,
     ) -> Iterator[GuiEnv]:
         from peerstash.desktop.app import DesktopApp
         from peerstash.peer.cli import AdminClient
@@ -220,10 +229,17 @@ if HAVE_QT:
         proc: NodeProc | None = None
         if node_mode == "attached":
             # Peer port on loopback, port 0 (nodes of versions with a peer port read this).
-            proc = NodeProc(data_dir, "guitest", extra_env={"PEERSTASH_LISTEN": LOOPBACK}).start()
+            proc = NodeProc(data_dir, "guitest", extra_env={"PEERSTASH_LISTEN": LOOPBACK}).start(
+                *(("--restic", node_restic) if node_restic else ())
+            )
         app = DesktopApp(
             data_dir,
-            node_options(instance_id="guitest", progress_interval=0.05, catch_up_grace=3600),
+            node_options(
+                instance_id="guitest",
+                progress_interval=0.05,
+                catch_up_grace=3600,
+                restic_path=node_restic,
+            ),
             show_tray=False,
             autostart_command=["peerstash", "--data-dir", str(data_dir)],
             first_run_assistant=first_run,

@@ -78,8 +78,19 @@ def test_op_detail_words() -> None:
     assert fmt.op_detail(running) == "25% of 200 B · ETA 1m30s"
     assert fmt.op_progress({**running, "status": "success"}) is None
     assert fmt.op_detail({"status": "error", "error": "wrong password\nmore"}) == "wrong password"
-    ok = {"status": "success", "snapshot_id": "abcdef0123456789", "summary": {"data_added": 2048}}
-    assert fmt.op_detail(ok) == "snapshot abcdef01 · 2.0 KiB added"
+    summary = {
+        "files_new": 3,
+        "files_changed": 1,
+        "files_unmodified": 120,
+        "data_added": 2048,
+        "total_duration": 65.2,
+    }
+    ok = {"status": "success", "snapshot_id": "abcdef0123456789", "summary": summary}
+    assert fmt.op_detail(ok) == (
+        "snapshot abcdef01 · 3 new, 1 changed, 120 unmodified files · 2.0 KiB added · took 1m05s"
+    )
+    # A summary that is not a backup's (a forget's ids, an older node's partial one): the id.
+    assert fmt.op_detail({**ok, "summary": {"data_added": 2048}}) == "snapshot abcdef01"
     assert fmt.schedule_text({"schedule": None, "every_seconds": 3600}) == "every 1h00m"
     retrying = {**running, "summary": {"detail": "retrying: unexpected HTTP response (500)"}}
     assert fmt.op_detail(retrying) == "retrying: unexpected HTTP response (500)"
