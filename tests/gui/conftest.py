@@ -16,6 +16,9 @@ os.environ["QT_QPA_PLATFORM"] = "offscreen"
 os.environ.setdefault("QT_API", "pyside6")
 os.environ.pop("DISPLAY", None)
 os.environ.pop("WAYLAND_DISPLAY", None)
+# Never the developer's own session bus: a test's notifications go to a bus the test starts
+# (tests/gui/dbus_helpers.py), or nowhere.
+os.environ["DBUS_SESSION_BUS_ADDRESS"] = "unix:path=/nonexistent/peerstash-tests-no-bus"
 
 import asyncio
 import importlib.util
