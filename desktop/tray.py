@@ -21,6 +21,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QIcon
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
+from peerstash.core.restic import ErrorKind
 from peerstash.core.text import printable, printable_lines
 from peerstash.desktop import fmt
 from peerstash.desktop.backend import Backend
@@ -44,6 +45,8 @@ HEALTH_STATES = {"ok": "ok", "attention": "warning", "failing": "error"}
 TOOLTIP_REASONS = 5
 
 FAILED = frozenset({"error", "interrupted"})
+#: The error classes a failed operation records (``summary["error_kind"]``, core/runner.py).
+ERROR_CLASSES = frozenset({*(k.value for k in ErrorKind), "unexpected"})
 PEER_STATE_COLORS = {
     "online": "#2e9d58",
     "connecting": "#2f7ed8",
@@ -119,7 +122,9 @@ class RateLimiter:
     the first one says it, the operations page has the rest. A failure's key is its kind
     (machine, plan, error class): ``allow(key, new_kind=True)`` lets a kind not seen within
     ``per_key`` through even inside the overall spacing, so a second, different failure is
-    never hidden behind the first; the same failure repeating stays quiet.
+    never hidden behind the first; the same failure repeating stays quiet. At most ``burst``
+    new kinds pass within one ``spacing``: a peer inventing plan names or error classes
+    cannot turn that into a flood (the rest wait their turn like any message).
     """
 
     def __init__(
@@ -127,10 +132,13 @@ class RateLimiter:
         per_key: float = 900.0,
         spacing: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        burst: int = 4,
     ) -> None:
         self.per_key = per_key
         self.spacing = spacing
+        self.burst = burst
         self.clock = clock
+        self._bursts: list[float] = []
         self._last_key: dict[str, float] = {}
         self._last_any: float | None = None
 
@@ -139,8 +147,14 @@ class RateLimiter:
         last = self._last_key.get(key)
         if last is not None and now - last < self.per_key:
             return False
-        if not new_kind and self._last_any is not None and now - self._last_any < self.spacing:
-            return False
+        spaced = self._last_any is None or now - self._last_any >= self.spacing
+        if not spaced:
+            self._bursts = [t for t in self._bursts if now - t < self.spacing]
+            if not new_kind or len(self._bursts) >= self.burst:
+                return False
+            self._bursts.append(now)
+        if len(self._last_key) > 1000:  # keys from peers: keep the table bounded
+            self._last_key = {k: t for k, t in self._last_key.items() if now - t < self.per_key}
         self._last_key[key] = now
         self._last_any = now
         return True
@@ -317,7 +331,7 @@ class Tray(QObject):
                 last = p.get("last") or {}
                 when = fmt.ago(last.get("ended_at")) if last.get("ended_at") else "never"
                 self.notify(
-                    f"Backups of {pid} are stale",
+                    f"{self.machine_name(None)}: backups of {pid} are stale",
                     f"The last successful backup was {when}.",
                     key=f"stale:{pid}",
                 )
@@ -339,8 +353,11 @@ class Tray(QObject):
             machine = self.machine_name(op.get("origin"))
             summary = op.get("summary") if isinstance(op.get("summary"), dict) else {}
             # The error class the node recorded (core/runner.py), else the status: a new
-            # class on the same plan is a new kind of failure, worth saying at once.
+            # class on the same plan is a new kind of failure, worth saying at once. Only the
+            # classes restic failures have (a peer sends what it likes).
             error_class = str((summary or {}).get("error_kind") or status)
+            if error_class not in ERROR_CLASSES:
+                error_class = str(status)
             self.notify(
                 f"{machine}: the {op.get('kind')} of {target} {word}",
                 str(op.get("error") or "See the Operations page for its log."),

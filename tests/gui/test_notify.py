@@ -80,6 +80,11 @@ def test_rate_limit_lets_a_new_kind_through() -> None:
     assert lim.allow("failed:me:photos:source_missing", new_kind=True)
     assert lim.allow("failed:laptop:docs:source_missing", new_kind=True)
     assert lim.allow("failed:me:docs:wrong_password", new_kind=True)
+    # The burst allowance (4 within the spacing) is a ceiling, then kinds wait their turn.
+    assert lim.allow("failed:me:music:locked", new_kind=True)
+    assert not lim.allow("failed:me:films:locked", new_kind=True)
+    now[0] = 12
+    assert lim.allow("failed:me:films:locked", new_kind=True)
     now[0] = 950
     assert lim.allow("failed:me:docs:source_missing", new_kind=True)  # the window is over
 
@@ -245,3 +250,48 @@ def test_closing_without_a_tray_asks_and_keeps_backing_up(
     assert box is not None
     box.findChild(QPushButton, "quit").click()
     assert app.quit_requested.is_set()
+
+
+def test_a_hostile_peer_cannot_flood_or_forge_notifications(gui: GuiEnv, qtbot: Any) -> None:
+    """A peer's synced operations choose their plan names, error classes and error texts. Forty
+    failures with invented plans and classes in one burst give at most the first plus the
+    burst allowance; escape sequences, bidi overrides and newlines arrive inert; an invented
+    error class counts as a plain error, not as a kind of its own."""
+    from peerstash.desktop.tray import RateLimiter
+
+    tray = gui.app.tray
+    b = gui.backend
+    now = [1000.0]
+    tray.limiter = RateLimiter(clock=lambda: now[0])
+    notes: list[tuple[str, str]] = []
+    tray.notified.connect(lambda title, msg: notes.append((title, msg)))
+    b.peer_list = [{"id": "evil", "label": "evil\x1b[2J\u202eexe.txt"}]
+
+    def fail(op_id: str, plan: str, error_kind: str) -> None:
+        tray._op_changed(
+            {
+                "id": op_id,
+                "origin": "evil",
+                "kind": "backup",
+                "status": "error",
+                "plan": plan,
+                "summary": {"error_kind": error_kind},
+                "error": "line one\nFAKE: all backups are fine\x1b]0;title\x07",
+            }
+        )
+
+    for i in range(40):
+        fail(f"op{i}", f"plan{i}", f"class{i}")
+    assert len(notes) == 1 + tray.limiter.burst, notes
+    title, body = notes[0]
+    assert title == "evil\\u001b[2J\\u202eexe.txt: the backup of plan0 failed"
+    assert "\x1b" not in body and "\x07" not in body and "\\u001b" in body
+
+    # Past the spacing, within plan0's window: an invented class is no new kind (quiet), a
+    # real one is.
+    now[0] += 11
+    fail("op-made-up", "plan0", "another-made-up")
+    assert len(notes) == 1 + tray.limiter.burst
+    fail("op-real", "plan0", "wrong_password")
+    assert len(notes) == 2 + tray.limiter.burst
+    assert notes[-1][0].endswith(": the backup of plan0 failed")
