@@ -220,9 +220,15 @@ class DesktopApp:
         return self.window if self.window is not None and self.window.isVisible() else None
 
     def _ask(self, box: QMessageBox) -> None:
-        if self.question is not None and shiboken6.isValid(self.question):
-            self.question.close()
+        self._drop_question()
         self.question = box
+
+    def _drop_question(self) -> None:
+        """Take an open question away without answering it (Quit or a new question)."""
+        if self.question is not None and shiboken6.isValid(self.question):
+            self.question.hide()
+            self.question.deleteLater()
+        self.question = None
 
     def quit(self) -> None:
         self.quit_requested.set()
@@ -233,9 +239,7 @@ class DesktopApp:
         The window and the tray icon go away first: stopping an in-process node can take a
         few seconds (restic is asked to stop and remove its lock), and Quit must feel instant.
         """
-        if self.question is not None and shiboken6.isValid(self.question):
-            self.question.close()
-        self.question = None
+        self._drop_question()
         if self.window is not None and shiboken6.isValid(self.window):
             self.window.has_tray = True  # hiding now must not emit "quit" again
             self.window.hide()

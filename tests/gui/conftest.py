@@ -198,12 +198,20 @@ if HAVE_QT:
         node_mode: str,
         src_megabytes: int,
     ) -> Iterator[GuiEnv]:
+        from PySide6.QtWidgets import QApplication
+
         from peerstash.desktop.app import DesktopApp
         from peerstash.peer.cli import AdminClient
         from tests.e2e.conftest import NodeProc
 
         # Settings > Start at login writes here, never into the real ~/.config.
         monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+        # As the app sets it (run_gui): a window closing or hiding never quits the
+        # application (that would stop the test's loop in the middle of the app's cleanup).
+        qapp = QApplication.instance()
+        assert isinstance(qapp, QApplication)
+        quit_on_last = qapp.quitOnLastWindowClosed()
+        qapp.setQuitOnLastWindowClosed(False)
         data_dir = tmp_path / "data"
         src = make_tree(tmp_path / "src", src_megabytes)
         proc: NodeProc | None = None
@@ -238,6 +246,7 @@ if HAVE_QT:
             yield GuiEnv(app, data_dir, src, tmp_path, proc)
         finally:
             qloop.run(app.stop())
+            qapp.setQuitOnLastWindowClosed(quit_on_last)
             if proc is not None and proc.proc is not None:
                 proc.proc.kill()
                 proc.proc.wait(30)
