@@ -230,6 +230,7 @@ def test_a_failed_backup_notifies_through_dunst_on_an_x_desktop(tmp_path: Path) 
         shown = [n["summary"]["data"] for n in history["data"][0]]
         assert summary in shown, shown
         app_log = (tmp_path / "app.log").read_text()
+        assert "node xvfb ready" in app_log, app_log[-3000:]  # the node ran inside the app
         assert "no system tray available" not in app_log, app_log[-3000:]
         assert "desktop notification service not used" not in app_log, app_log[-3000:]
         assert app.poll() is None, app_log[-3000:]
