@@ -307,10 +307,20 @@ class Runner:
                     await self._finish(ctx, item, final)
                     raise
             except ResticError as exc:
-                final = {"status": OpStatus.ERROR, "error": exc.message}
+                # The class of the failure goes with it (the tray tells a new kind of failure
+                # from the same one repeating without reading the English message).
+                final = {
+                    "status": OpStatus.ERROR,
+                    "error": exc.message,
+                    "summary": {"error_kind": exc.kind.value},
+                }
             except Exception as exc:
                 log.exception("operation %s failed", op.op_id)
-                final = {"status": OpStatus.ERROR, "error": f"unexpected error: {exc}"}
+                final = {
+                    "status": OpStatus.ERROR,
+                    "error": f"unexpected error: {exc}",
+                    "summary": {"error_kind": "unexpected"},
+                }
             await self._finish(ctx, item, final)
 
     async def _tick(self, ctx: OpContext, task: asyncio.Future[Outcome]) -> None:

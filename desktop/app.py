@@ -24,10 +24,10 @@ import sys
 from pathlib import Path
 
 import shiboken6
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QMessageBox
 
 from peerstash.core.text import use_printable_log_lines
-from peerstash.desktop import autostart, prefs, qtfix
+from peerstash.desktop import autostart, closing, prefs, qtfix
 from peerstash.desktop.api import ApiError, DesktopClient, node_answers
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.icons import app_icon
@@ -83,6 +83,8 @@ class DesktopApp:
         self.started = asyncio.Event()
         #: Set when an open window of another process was brought up instead of starting.
         self.handed_over = False
+        #: The open "Quit?" / "keep running?" question, if any (desktop/closing.py).
+        self.question: QMessageBox | None = None
 
     @property
     def in_process(self) -> bool:
@@ -124,7 +126,8 @@ class DesktopApp:
         self.window.has_tray = self.tray.icon is not None
         self.tray.openRequested.connect(self.window.bring_up)
         backend.presentRequested.connect(self.window.bring_up)
-        self.tray.quitRequested.connect(self.quit)
+        self.tray.quitRequested.connect(self.request_quit)
+        self.window.close_without_tray = self._close_without_tray
         self.window.closedWithoutTray.connect(self.quit)
         self.tray.openPeersRequested.connect(self.show_peers)
         self.tray.setupRequested.connect(self.open_assistant)
@@ -170,6 +173,83 @@ class DesktopApp:
             self.window.bring_up()
             self.window.show_page(self.window.peers)
 
+    def request_quit(self) -> None:
+        """Quit as a person asks for it: say first that scheduled backups stop, if they do.
+
+        They stop only when the node runs in this process; a node of its own (``--no-gui``, a
+        service) keeps running and nothing is asked. "Don't ask again" is remembered.
+        """
+        if not self.in_process or not prefs.load()["ask_before_quit"]:
+            self.quit()
+            return
+        self._ask(closing.ask_quit(self._question_parent(), self._quit_confirmed))
+
+    def _quit_confirmed(self, dont_ask_again: bool) -> None:
+        if dont_ask_again:
+            prefs.save({"ask_before_quit": False})
+        self.quit()
+
+    def _close_without_tray(self) -> str:
+        """The window was closed and no tray can bring it back: "quit", "hide" or "keep".
+
+        With the node in another process the backups do not depend on us: the window quits.
+        Otherwise the remembered answer applies, or the question is asked (desktop/closing.py).
+        """
+        if not self.in_process:
+            return "quit"
+        choice = prefs.load()["close_without_tray"]
+        if choice == closing.CLOSE_QUIT:
+            return "quit"
+        if choice == closing.CLOSE_BACKGROUND:
+            self._running_in_background()
+            return "hide"
+        if self.question is None or not self.question.isVisible():
+            self._ask(
+                closing.ask_close_without_tray(
+                    self.window,
+                    self._close_chosen,
+                    offer_autostart=not autostart.is_enabled(),
+                )
+            )
+        return "keep"
+
+    def _close_chosen(self, choice: str, remember: bool, start_at_login: bool) -> None:
+        if remember:
+            prefs.save({"close_without_tray": choice})
+        if start_at_login and self.window is not None:
+            try:  # the command the Settings page writes too (this data directory, hidden)
+                autostart.enable(self.window.settings.autostart_command)
+            except OSError as exc:
+                log.warning("could not turn on start at login: %s", exc)
+        if choice == closing.CLOSE_QUIT:
+            self.quit()  # the question already said that scheduled backups stop
+        elif self.window is not None:
+            self.window.hide()
+            self._running_in_background()
+
+    def _running_in_background(self) -> None:
+        log.info("window closed without a tray: Peerstash keeps running in the background")
+        if self.tray is not None:
+            self.tray.notify(
+                "Peerstash keeps running in the background",
+                "Scheduled backups go on. Start Peerstash again to open its window.",
+                key="background",
+            )
+
+    def _question_parent(self) -> MainWindow | None:
+        return self.window if self.window is not None and self.window.isVisible() else None
+
+    def _ask(self, box: QMessageBox) -> None:
+        self._drop_question()
+        self.question = box
+
+    def _drop_question(self) -> None:
+        """Take an open question away without answering it (Quit or a new question)."""
+        if self.question is not None and shiboken6.isValid(self.question):
+            self.question.hide()
+            self.question.deleteLater()
+        self.question = None
+
     def quit(self) -> None:
         self.quit_requested.set()
 
@@ -179,6 +259,7 @@ class DesktopApp:
         The window and the tray icon go away first: stopping an in-process node can take a
         few seconds (restic is asked to stop and remove its lock), and Quit must feel instant.
         """
+        self._drop_question()
         if self.window is not None and shiboken6.isValid(self.window):
             self.window.has_tray = True  # hiding now must not emit "quit" again
             self.window.hide()

@@ -1,8 +1,10 @@
 """Preferences of the desktop app itself (not of the node): a small JSON file.
 
 Kept apart from the node's settings because they belong to this person's desktop session, not
-to the node (which may be shared by a headless service and several windows): today only whether
-to show desktop notifications. ``$XDG_CONFIG_HOME/peerstash/desktop.json``, read and written
+to the node (which may be shared by a headless service and several windows): whether to show
+desktop notifications, whether Quit warns that scheduled backups stop (``ask_before_quit``) and
+what closing the window means on a desktop without a tray (``close_without_tray``: ``ask``,
+``background`` or ``quit``; see desktop/closing.py). ``$XDG_CONFIG_HOME/peerstash/desktop.json``, read and written
 at call time so the location follows the environment (tests point it at a temporary folder).
 """
 
@@ -15,7 +17,11 @@ from typing import Any
 
 from peerstash.desktop.autostart import autostart_dir
 
-DEFAULTS: dict[str, Any] = {"notifications": True}
+DEFAULTS: dict[str, Any] = {
+    "notifications": True,
+    "ask_before_quit": True,
+    "close_without_tray": "ask",
+}
 
 
 def prefs_path(config_home: Path | None = None) -> Path:

@@ -3,6 +3,11 @@
 The menu and the state are built whether or not a system tray exists (offscreen, or a desktop
 without a tray host): the icon is simply not shown then, and the window stays the way in. That
 also makes every menu action testable by triggering its ``QAction``.
+
+Notifications say which machine they are about ("laptop: the backup of docs failed"), go
+through the desktop's notification service (desktop/notify.py; it works without a tray) with
+the tray balloon as the fallback, and are rate-limited so a failure repeating every few minutes
+is said once, while a new kind of failure (another plan, machine or error class) is always said.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QIcon
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
+from peerstash.core.restic import ErrorKind
 from peerstash.core.text import printable, printable_lines
 from peerstash.desktop import fmt
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.icons import dot_pixmap, state_icon
+from peerstash.desktop.notify import Notifier
 from peerstash.desktop.tasks import Tasks
 
 log = logging.getLogger(__name__)
@@ -38,6 +45,8 @@ HEALTH_STATES = {"ok": "ok", "attention": "warning", "failing": "error"}
 TOOLTIP_REASONS = 5
 
 FAILED = frozenset({"error", "interrupted"})
+#: The error classes a failed operation records (``summary["error_kind"]``, core/runner.py).
+ERROR_CLASSES = frozenset({*(k.value for k in ErrorKind), "unexpected"})
 PEER_STATE_COLORS = {
     "online": "#2e9d58",
     "connecting": "#2f7ed8",
@@ -110,7 +119,12 @@ class RateLimiter:
     """At most one message per key per ``per_key`` seconds, and one per ``spacing`` overall.
 
     A repository that fails every five minutes must not bury the desktop in notifications:
-    the first one says it, the operations page has the rest.
+    the first one says it, the operations page has the rest. A failure's key is its kind
+    (machine, plan, error class): ``allow(key, new_kind=True)`` lets a kind not seen within
+    ``per_key`` through even inside the overall spacing, so a second, different failure is
+    never hidden behind the first; the same failure repeating stays quiet. At most ``burst``
+    new kinds pass within one ``spacing``: a peer inventing plan names or error classes
+    cannot turn that into a flood (the rest wait their turn like any message).
     """
 
     def __init__(
@@ -118,20 +132,29 @@ class RateLimiter:
         per_key: float = 900.0,
         spacing: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        burst: int = 4,
     ) -> None:
         self.per_key = per_key
         self.spacing = spacing
+        self.burst = burst
         self.clock = clock
+        self._bursts: list[float] = []
         self._last_key: dict[str, float] = {}
         self._last_any: float | None = None
 
-    def allow(self, key: str) -> bool:
+    def allow(self, key: str, *, new_kind: bool = False) -> bool:
         now = self.clock()
         last = self._last_key.get(key)
         if last is not None and now - last < self.per_key:
             return False
-        if self._last_any is not None and now - self._last_any < self.spacing:
-            return False
+        spaced = self._last_any is None or now - self._last_any >= self.spacing
+        if not spaced:
+            self._bursts = [t for t in self._bursts if now - t < self.spacing]
+            if not new_kind or len(self._bursts) >= self.burst:
+                return False
+            self._bursts.append(now)
+        if len(self._last_key) > 1000:  # keys from peers: keep the table bounded
+            self._last_key = {k: t for k, t in self._last_key.items() if now - t < self.per_key}
         self._last_key[key] = now
         self._last_any = now
         return True
@@ -167,6 +190,7 @@ class Tray(QObject):
         self._stale_seen: set[str] = set()
         self._peer_states: dict[str, str] = {}
         self._failed_seen: set[str] = set()
+        self.notifier = Notifier(self._balloon, self)
 
         self.menu = QMenu()
         self.menu.setObjectName("trayMenu")
@@ -281,6 +305,19 @@ class Tray(QObject):
         ):
             self.openRequested.emit()
 
+    def machine_name(self, origin: object) -> str:
+        """How the machine of an operation is called: our name for ours, the peer's label.
+
+        Ids and names may come from a peer: the caller shows them through ``printable``.
+        """
+        own = self.backend.instance_id
+        if not origin or origin == own:
+            return str(self.backend.status.get("name") or own or "this machine")
+        for p in self.backend.peer_list:
+            if p.get("id") == origin:
+                return str(p.get("label") or p.get("name") or origin)
+        return str(origin)
+
     def _failed(self, exc: BaseException) -> None:
         self.notify("Peerstash", str(exc), key=f"failed-request:{exc}")
 
@@ -298,7 +335,7 @@ class Tray(QObject):
                 last = p.get("last") or {}
                 when = fmt.ago(last.get("ended_at")) if last.get("ended_at") else "never"
                 self.notify(
-                    f"Backups of {pid} are stale",
+                    f"{self.machine_name(None)}: backups of {pid} are stale",
                     f"The last successful backup was {when}.",
                     key=f"stale:{pid}",
                 )
@@ -315,13 +352,22 @@ class Tray(QObject):
         key = f"{op.get('origin')}/{op.get('id')}"
         if status in FAILED and key not in self._failed_seen:
             self._failed_seen.add(key)
-            what = f"{op.get('kind')} of {op.get('plan') or op.get('repo') or '?'}"
+            target = op.get("plan") or op.get("repo") or "?"
             word = "failed" if status == "error" else "was interrupted"
+            machine = self.machine_name(op.get("origin"))
+            summary = op.get("summary") if isinstance(op.get("summary"), dict) else {}
+            # The error class the node recorded (core/runner.py), else the status: a new
+            # class on the same plan is a new kind of failure, worth saying at once. Only the
+            # classes restic failures have (a peer sends what it likes).
+            error_class = str((summary or {}).get("error_kind") or status)
+            if error_class not in ERROR_CLASSES:
+                error_class = str(status)
             self.notify(
-                f"The {what} {word}",
+                f"{machine}: the {op.get('kind')} of {target} {word}",
                 str(op.get("error") or "See the Operations page for its log."),
-                key=f"failed:{op.get('plan') or op.get('repo')}",
+                key=f"failed:{op.get('origin')}:{target}:{error_class}",
                 icon=QSystemTrayIcon.MessageIcon.Critical,
+                new_kind=True,
             )
         self.update_state()
 
@@ -345,18 +391,32 @@ class Tray(QObject):
         *,
         key: str,
         icon: QSystemTrayIcon.MessageIcon = QSystemTrayIcon.MessageIcon.Warning,
+        new_kind: bool = False,
     ) -> bool:
-        if not self.notifications_enabled or not self.limiter.allow(key):
+        """Say something to the person, if the rate limit lets it through (see RateLimiter)."""
+        if not self.notifications_enabled or not self.limiter.allow(key, new_kind=new_kind):
             return False
         # Peer ids, plan names and error texts may come from a peer: shown inert.
         title, message = printable(title), printable_lines(message)
         log.info("notification: %s: %s", title, message)
-        if self.icon is not None and QSystemTrayIcon.supportsMessages():
-            self.icon.showMessage(title, message, icon, 10_000)
+        self.notifier.send(title, message, critical=icon == QSystemTrayIcon.MessageIcon.Critical)
         self.notified.emit(title, message)
+        return True
+
+    def _balloon(self, title: str, message: str, critical: bool) -> bool:
+        """The fallback without a notification service: Qt's balloon at the tray icon."""
+        if self.icon is None or not QSystemTrayIcon.supportsMessages():
+            return False
+        icon = (
+            QSystemTrayIcon.MessageIcon.Critical
+            if critical
+            else QSystemTrayIcon.MessageIcon.Warning
+        )
+        self.icon.showMessage(title, message, icon, 10_000)
         return True
 
     async def close(self) -> None:
         if self.icon is not None:
             self.icon.hide()
         await self.tasks.close()
+        await self.notifier.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
@@ -43,6 +45,10 @@ class MainWindow(QMainWindow):
         self.setWindowIcon(app_icon())
         self.resize(1040, 680)
         self.has_tray = False
+        #: Without a tray, what a close means (DesktopApp decides, it may ask first): "quit"
+        #: (the window closes, :attr:`closedWithoutTray` fires), "hide" (it closes, the app
+        #: runs on) or "keep" (the window stays while a question is open).
+        self.close_without_tray: Callable[[], str] | None = None
 
         self.overview = OverviewPage(backend)
         self.operations = OperationsPage(backend)
@@ -125,9 +131,16 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:
         # With a tray the window only hides (the app lives on in the tray); without one,
-        # closing the window is the way to quit.
+        # the app decides (desktop/closing.py): quit, keep running hidden, or ask first.
+        if self.has_tray:
+            event.accept()
+            return
+        what = self.close_without_tray() if self.close_without_tray is not None else "quit"
+        if what == "keep":
+            event.ignore()
+            return
         event.accept()
-        if not self.has_tray:
+        if what == "quit":
             self.closedWithoutTray.emit()
 
     async def close_pages(self) -> None:

@@ -16,6 +16,9 @@ os.environ["QT_QPA_PLATFORM"] = "offscreen"
 os.environ.setdefault("QT_API", "pyside6")
 os.environ.pop("DISPLAY", None)
 os.environ.pop("WAYLAND_DISPLAY", None)
+# Never the developer's own session bus: a test's notifications go to a bus the test starts
+# (tests/gui/dbus_helpers.py), or nowhere.
+os.environ["DBUS_SESSION_BUS_ADDRESS"] = "unix:path=/nonexistent/peerstash-tests-no-bus"
 
 import asyncio
 import importlib.util
@@ -218,12 +221,20 @@ if HAVE_QT:
         with_repo: bool,
         node_restic: str | None,
     ) -> Iterator[GuiEnv]:
+        from PySide6.QtWidgets import QApplication
+
         from peerstash.desktop.app import DesktopApp
         from peerstash.peer.cli import AdminClient
         from tests.e2e.conftest import NodeProc
 
         # Settings > Start at login writes here, never into the real ~/.config.
         monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+        # As the app sets it (run_gui): a window closing or hiding never quits the
+        # application (that would stop the test's loop in the middle of the app's cleanup).
+        qapp = QApplication.instance()
+        assert isinstance(qapp, QApplication)
+        quit_on_last = qapp.quitOnLastWindowClosed()
+        qapp.setQuitOnLastWindowClosed(False)
         data_dir = tmp_path / "data"
         src = make_tree(tmp_path / "src", src_megabytes)
         proc: NodeProc | None = None
@@ -267,6 +278,7 @@ if HAVE_QT:
             yield GuiEnv(app, data_dir, src, tmp_path, proc)
         finally:
             qloop.run(app.stop())
+            qapp.setQuitOnLastWindowClosed(quit_on_last)
             if proc is not None and proc.proc is not None:
                 proc.proc.kill()
                 proc.proc.wait(30)

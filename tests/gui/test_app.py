@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QPushButton
 
 from peerstash.desktop.opsmodel import ProgressRole
 from tests.gui.conftest import PASSWORD, GuiEnv, QLoop, wait_for
@@ -224,6 +225,10 @@ def test_add_plan_through_dialog_then_back_up_now(gui: GuiEnv, qloop: QLoop, qtb
         # running, the admin socket removed, the data dir lock released).
         socket_path = gui.app.node.socket_path
         tray.quit_action.trigger()
+        # The node runs in this app: Quit says first that scheduled backups stop.
+        assert not gui.app.quit_requested.is_set()
+        assert gui.app.question is not None and gui.app.question.isVisible()
+        gui.app.question.findChild(QPushButton, "quit").click()
         assert gui.app.quit_requested.is_set()
         await gui.app.stop()
         assert not w.isVisible()
@@ -659,7 +664,8 @@ def test_failures_notify_once_and_cancel_and_remove(gui: GuiEnv, qloop: QLoop, q
         await wait_for(lambda: tray.state == "error", tray.stateChanged, b.statusChanged)
         failure_notes = [n for n in notes if "failed" in n[0]]
         assert len(failure_notes) == 1, notes  # the second failure is within the rate limit
-        assert failure_notes[0][0] == "The backup of flaky failed"
+        me = b.status.get("name") or b.instance_id
+        assert failure_notes[0][0] == f"{me}: the backup of flaky failed"
         assert failure_notes[0][1]  # restic's reason, in words
 
         # Two backups on one repository: the second waits its turn; cancel it from the list.
