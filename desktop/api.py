@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -105,7 +105,7 @@ class DesktopClient(AdminClient):
         on_open: Callable[[], None] | None = None,
         *,
         idle_timeout: float | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Yield the objects of an NDJSON stream (keep-alive ``{}`` lines skipped).
 
         ``on_open`` runs once the node has answered, before the first object: a view that must

@@ -164,12 +164,14 @@ class PlansPage(Page):
 
     def select_plan(self, plan_id: str) -> None:
         for r in range(self.plans.rowCount()):
-            if self.plans.item(r, 0).text() == plan_id:
+            item = self.plans.item(r, 0)
+            if item is not None and item.text() == plan_id:
                 self.plans.selectRow(r)
 
     def select_repo(self, repo_id: str) -> None:
         for r in range(self.repos.rowCount()):
-            if self.repos.item(r, 0).text() == repo_id:
+            item = self.repos.item(r, 0)
+            if item is not None and item.text() == repo_id:
                 self.repos.selectRow(r)
 
     def open_add_plan(self) -> AddPlanDialog:

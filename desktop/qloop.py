@@ -21,7 +21,7 @@ from typing import Any
 import qasync
 
 
-class QEventLoop(qasync.QEventLoop):  # type: ignore[misc]
+class QEventLoop(qasync.QEventLoop):
     def run_forever(self) -> Any:
         try:
             return super().run_forever()

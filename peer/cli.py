@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Self
 from urllib.parse import quote
 
 import aiohttp
@@ -42,7 +42,7 @@ class AdminClient:
         self.socket = admin_socket_path(data_dir)
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> AdminClient:
+    async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=str(self.socket)),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
