@@ -1,0 +1,212 @@
+"""``peerstash --version`` and ``peerstash status`` import only what they use.
+
+Their speed is their imports (aiohttp alone takes several times as long as starting Python), so
+this asserts on the modules loaded, in a fresh interpreter, rather than on a timing that a busy
+machine would make flaky. The figures are in docs/benchmarks.md ("CLI start-up").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+#: Never for these two commands: the HTTP stack, the event loop, the store, the GUI, the crypto,
+#: the node's own modules, and what only other commands need.
+HEAVY = (
+    "aiohttp",
+    "asyncio",
+    "ssl",
+    "sqlalchemy",
+    "alembic",
+    "PySide6",
+    "qasync",
+    "nacl",
+    "msgspec",
+    "zeroconf",
+    "importlib.metadata",
+    "peerstash.peer.node",
+    "peerstash.peer.admin",
+    "peerstash.core.store",
+    "peerstash.core.engine",
+    "peerstash.desktop.app",
+)
+
+#: Runs the entry point as the console script does, then reports the exit code, the output and
+#: every module loaded.
+PROBE = """
+import contextlib, io, json, sys
+from peerstash.desktop.__main__ import main
+out = io.StringIO()
+err = io.StringIO()
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+        code = main(sys.argv[1:])
+    except SystemExit as exc:
+        code = exc.code
+print(json.dumps({"code": code, "out": out.getvalue(), "err": err.getvalue(),
+                  "modules": sorted(sys.modules)}))
+"""
+
+
+def probe(*argv: str) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PEERSTASH_")}
+    res = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(res.stdout)
+    return result
+
+
+def heavy_in(modules: list[str]) -> list[str]:
+    return [m for m in modules if m in HEAVY or m.split(".", 1)[0] in HEAVY]
+
+
+def test_version_imports_nothing_heavy() -> None:
+    from peerstash.core import __version__
+
+    got = probe("--version")
+    assert got["code"] == 0 and got["out"] == f"peerstash {__version__}\n"
+    assert heavy_in(got["modules"]) == []
+    assert "peerstash.peer.cli" not in got["modules"]
+
+
+STATUS = {
+    "instance_id": "probe-1",
+    "name": "probe-1",
+    "version": "0.0.1",
+    "pid": 4242,
+    "data_dir": "/srv/probe",
+    "paused": False,
+    "health": {"level": "ok", "summary": "ok", "reasons": []},
+    "plans": [],
+    "peers": [],
+}
+
+
+@pytest.fixture
+def admin_socket(tmp_path: Path) -> Iterator[Path]:
+    """A real aiohttp server on a private Unix socket answering ``GET /v1/status`` (in chunks,
+    as a streamed answer comes) and 404 elsewhere, standing in for the node's admin API."""
+    import asyncio
+
+    from aiohttp import web
+
+    data_dir = tmp_path / "node"
+    data_dir.mkdir(mode=0o700)
+    sock = data_dir / "admin.sock"
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop = asyncio.Event()
+
+    async def status(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_type = "application/json"
+        await resp.prepare(request)
+        body = json.dumps(STATUS).encode()
+        for i in range(0, len(body), 50):
+            await resp.write(body[i : i + 50])
+        await resp.write_eof()
+        return resp
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_get("/v1/status", status)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.UnixSite(runner, str(sock)).start()
+        os.chmod(sock, 0o600)
+        ready.set()
+        await stop.wait()
+        await runner.cleanup()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    try:
+        yield data_dir
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        loop.close()
+
+
+def test_status_imports_nothing_heavy(admin_socket: Path) -> None:
+    got = probe("--data-dir", str(admin_socket), "status")
+    assert got["code"] == 0, got["err"]
+    assert got["out"].splitlines()[:4] == [
+        "health: ok",
+        "instance  probe-1  (Peerstash 0.0.1, pid 4242)",
+        "data dir  /srv/probe",
+        "schedules active",
+    ]
+    assert heavy_in(got["modules"]) == []
+    # Only the status parser was built: no command module of another family was imported.
+    assert "peerstash.peer.service" not in got["modules"]
+
+
+def test_status_json_and_check_stay_quick(admin_socket: Path) -> None:
+    got = probe("--data-dir", str(admin_socket), "status", "--json")
+    assert got["code"] == 0 and json.loads(got["out"]) == STATUS
+    assert heavy_in(got["modules"]) == []
+    got = probe("--data-dir", str(admin_socket), "status", "--check")
+    assert (got["code"], got["out"]) == (0, "PEERSTASH OK - ok\n")
+
+
+def test_status_without_a_node_says_so_quickly(tmp_path: Path) -> None:
+    got = probe("--data-dir", str(tmp_path / "none"), "status")
+    assert got["code"] == 1 and got["out"] == ""
+    assert "no Peerstash node is running" in got["err"]
+    assert heavy_in(got["modules"]) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status"],
+        ["--data-dir", "status", "status", "--json"],
+        ["plan", "delete", "p"],
+        ["repo", "add", "r", "--uri", "/srv/r", "--password-stdin", "--init"],
+        ["backup", "p", "--wait"],
+        ["prune", "r"],
+    ],
+)
+def test_parsing_with_one_parser_built_is_parsing_with_all(argv: list[str]) -> None:
+    from peerstash.peer import cli
+
+    assert cli.parse_args(argv) == cli.build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["bogus"], ["status", "--bogus"], ["repo"]])
+def test_usage_and_errors_read_as_with_every_parser_built(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from peerstash.peer import cli
+
+    with pytest.raises(SystemExit) as full:
+        cli.build_parser().parse_args(argv)
+    expected = capsys.readouterr()
+    with pytest.raises(SystemExit) as quick:
+        cli.parse_args(argv)
+    assert quick.value.code == full.value.code
+    assert capsys.readouterr() == expected
+
+
+def test_a_parser_left_out_is_never_used() -> None:
+    """Had ``status`` been left out, parsing it builds everything rather than misparse."""
+    from peerstash.peer import cli
+
+    with pytest.raises(cli._NotBuilt):
+        cli.build_parser(frozenset()).parse_args(["status"])
