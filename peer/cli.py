@@ -1774,9 +1774,9 @@ def build_parser(build: frozenset[str] | None = None) -> argparse.ArgumentParser
     return p
 
 
-#: Commands of one plain request and answer: they run on the quick client (no aiohttp, no
-#: asyncio, see ``peer/quickclient.py``), so they answer in a fraction of the time.
-QUICK_COMMANDS = frozenset({"status"})
+#: Commands of one request (and one stream to follow): they run on the quick client (no
+#: aiohttp, no asyncio, see ``peer/quickclient.py``), so they start in a fraction of the time.
+QUICK_COMMANDS = frozenset({"status", "backup", "wait"})
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -96,10 +96,22 @@ STATUS = {
 }
 
 
+def op(status: str) -> dict[str, Any]:
+    return {
+        "id": "01OPQUICK",
+        "kind": "backup",
+        "status": status,
+        "snapshot_id": "abcdef0123456789" if status == "success" else None,
+        "error": None,
+    }
+
+
 @pytest.fixture
 def admin_socket(tmp_path: Path) -> Iterator[Path]:
-    """A real aiohttp server on a private Unix socket answering ``GET /v1/status`` (in chunks,
-    as a streamed answer comes) and 404 elsewhere, standing in for the node's admin API."""
+    """A real aiohttp server on a private Unix socket standing in for the node's admin API:
+    ``GET /v1/status`` (written in small chunks), a backup of plan ``p`` whose progress is
+    streamed with a keep-alive line in between, plan ``cut`` whose stream ends mid-line (the
+    node stopping), and 404 elsewhere."""
     import asyncio
 
     from aiohttp import web
@@ -121,9 +133,31 @@ def admin_socket(tmp_path: Path) -> Iterator[Path]:
         await resp.write_eof()
         return resp
 
+    async def backup(request: web.Request) -> web.Response:
+        if request.match_info["plan"] not in ("p", "cut"):
+            return web.json_response({"error": "no plan named 'x'"}, status=404)
+        if request.match_info["plan"] == "cut":
+            return web.json_response({**op("pending"), "id": "cut"})
+        return web.json_response(op("pending"))
+
+    async def wait(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        if request.match_info["id"] == "cut":
+            await resp.write(b'{"id": "cut", "kind": "backup", "sta')
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        for line in (op("running"), {}, op("success")):
+            await resp.write(json.dumps(line).encode() + b"\n")
+        await resp.write_eof()
+        return resp
+
     async def serve() -> None:
         app = web.Application()
         app.router.add_get("/v1/status", status)
+        app.router.add_post("/v1/plans/{plan}/backup", backup)
+        app.router.add_get("/v1/ops/{id}/wait", wait)
         runner = web.AppRunner(app)
         await runner.setup()
         await web.UnixSite(runner, str(sock)).start()
@@ -163,6 +197,24 @@ def test_status_json_and_check_stay_quick(admin_socket: Path) -> None:
     assert heavy_in(got["modules"]) == []
     got = probe("--data-dir", str(admin_socket), "status", "--check")
     assert (got["code"], got["out"]) == (0, "PEERSTASH OK - ok\n")
+
+
+def test_backup_wait_follows_the_stream_without_aiohttp(admin_socket: Path) -> None:
+    got = probe("--data-dir", str(admin_socket), "backup", "p", "--wait")
+    assert got["code"] == 0, got["err"]
+    assert got["out"] == "backup 01OPQUICK: success, snapshot abcdef01\n"
+    assert heavy_in(got["modules"]) == []
+
+
+def test_a_stream_cut_short_is_one_clear_line(admin_socket: Path) -> None:
+    got = probe("--data-dir", str(admin_socket), "backup", "cut", "--wait")
+    assert got["code"] == 1 and got["out"] == ""
+    assert got["err"] == "peerstash: the node closed the connection (did it stop?)\n"
+
+
+def test_a_refusal_is_the_nodes_own_words(admin_socket: Path) -> None:
+    got = probe("--data-dir", str(admin_socket), "backup", "nope", "--wait")
+    assert (got["code"], got["err"]) == (1, "peerstash: no plan named 'x'\n")
 
 
 def test_status_without_a_node_says_so_quickly(tmp_path: Path) -> None:
