@@ -262,3 +262,62 @@ def test_a_parser_left_out_is_never_used() -> None:
 
     with pytest.raises(cli._NotBuilt):
         cli.build_parser(frozenset()).parse_args(["status"])
+
+
+@pytest.fixture
+def raw_listener(tmp_path: Path) -> Iterator[tuple[Path, list[bytes]]]:
+    """Something else listening on the admin socket (private, so the socket checks pass):
+    it sends whatever bytes the test puts in the list, then closes."""
+    import socket
+
+    data_dir = tmp_path / "node"
+    data_dir.mkdir(mode=0o700)
+    path = data_dir / "admin.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    os.chmod(path, 0o600)
+    server.listen(1)
+    server.settimeout(30)
+    answer: list[bytes] = []
+
+    def serve() -> None:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(30)
+            conn.recv(65536)
+            conn.sendall(b"".join(answer))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield data_dir, answer
+    finally:
+        server.close()
+        thread.join(30)
+
+
+@pytest.mark.parametrize(
+    ("sent", "error"),
+    [
+        (b"\x1b[2J garbage\r\n\r\n", "the node's answer is not HTTP"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{}", "the node closed the connection"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nnot json!", "with something not JSON"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 200 + b"\r\n", "the node's answer is not HTTP"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "not HTTP"),
+        (b"", "the node closed the connection"),
+    ],
+)
+def test_a_listener_that_is_not_the_node_gets_one_line(
+    raw_listener: tuple[Path, list[bytes]], sent: bytes, error: str
+) -> None:
+    """Whatever answers on the socket, ``status`` says one line and exits 1: no traceback, no
+    terminal escape from the answer."""
+    data_dir, answer = raw_listener
+    answer.append(sent)
+    got = probe("--data-dir", str(data_dir), "status")
+    assert got["code"] == 1 and got["out"] == ""
+    assert got["err"].startswith("peerstash: ") and error in got["err"]
+    assert got["err"].count("\n") == 1 and "\x1b" not in got["err"]
