@@ -6,6 +6,11 @@ the node next restarts, except the name, which the node applies at once (its pee
 over their links); the node checks each value and its refusal is shown under the field. An
 empty field puts the node's default back. A node without that endpoint shows them read-only.
 Start at login (an XDG autostart entry) and notifications belong to this desktop.
+
+"This node" shows what the running node really uses, from its status (the peer port it is
+bound to, whether discovery runs), which may differ from the settings until it restarts or when
+it was started with ``--listen`` or ``--no-discovery``; start at login starts it with those
+same options (:func:`peerstash.desktop.autostart.node_args`).
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ class SettingsPage(Page):
             ("admin_socket", "Admin socket"),
             ("key_id", "Key id"),
             ("peer_url", "Peer address"),
+            ("listen", "Peer port in use"),
+            ("discovery", "LAN discovery now"),
             ("mode", "Node"),
         ):
             value = QLabel("…")
@@ -137,6 +144,16 @@ class SettingsPage(Page):
                     if self.backend.in_process
                     else f"attached to the node of process {st.get('pid', '?')} "
                     "(it keeps running when you quit)"
+                )
+            elif key == "listen":
+                # What the running node is bound to (its status), not the settings file: a
+                # --listen option or a change that waits for a restart make them differ.
+                text = str(st.get("listen") or "off: this node has no peer port")
+            elif key == "discovery":
+                text = (
+                    "on: announcing this machine on the local network"
+                    if st.get("discovery")
+                    else "off"
                 )
             else:
                 value = st.get(key)

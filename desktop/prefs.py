@@ -1,8 +1,8 @@
 """Preferences of the desktop app itself (not of the node): a small JSON file.
 
 Kept apart from the node's settings because they belong to this person's desktop session, not
-to the node (which may be shared by a headless service and several windows): today only whether
-to show desktop notifications. ``$XDG_CONFIG_HOME/peerstash/desktop.json``, read and written
+to the node (which may be shared by a headless service and several windows): whether to show
+desktop notifications, and the main window's size, place and last page. ``$XDG_CONFIG_HOME/peerstash/desktop.json``, read and written
 at call time so the location follows the environment (tests point it at a temporary folder).
 """
 
@@ -15,7 +15,14 @@ from typing import Any
 
 from peerstash.desktop.autostart import autostart_dir
 
-DEFAULTS: dict[str, Any] = {"notifications": True}
+DEFAULTS: dict[str, Any] = {
+    "notifications": True,
+    #: The window's normal geometry ``[x, y, width, height]`` (None: a first start).
+    "window": None,
+    "maximized": False,
+    #: The title of the page shown last.
+    "page": None,
+}
 
 
 def prefs_path(config_home: Path | None = None) -> Path:
