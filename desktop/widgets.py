@@ -59,7 +59,9 @@ def _css(c: QColor) -> str:
 
 
 def _palette(widget: QWidget | None = None) -> QPalette:
-    return widget.palette() if widget is not None else QApplication.palette()
+    """The theme's palette for ``widget``: the application's (a widget's own palette is
+    already coloured by its style sheet, so mixing from it would feed back into itself)."""
+    return QApplication.palette(widget) if widget is not None else QApplication.palette()
 
 
 def state_color(state: str, widget: QWidget | None = None) -> str:

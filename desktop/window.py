@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import QRect, QSize, Qt, Signal
+from PySide6.QtCore import QEvent, QRect, QSize, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QFrame,
@@ -198,6 +198,7 @@ class MainWindow(QMainWindow):
         self.pages[row].activate()
 
     def _connection_changed(self, ok: bool, why: str) -> None:
+        self._connection_why = why
         if ok:
             where = "in this app" if self.backend.in_process else "attached"
             self.connection.setText(f"● node {self.backend.instance_id} ({where})")
@@ -206,6 +207,24 @@ class MainWindow(QMainWindow):
             self.connection.setText(f"● node not reachable: {why}" if why else "● connecting…")
             self.connection.setStyleSheet(f"color:{state_color('error', self)};padding-right:8px;")
         self.connection.setToolTip(self.connection.text())
+
+    def event(self, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.ApplicationPaletteChange:
+            # The theme changed while running (light ↔ dark). Style sheets resolve palette(...)
+            # and our mixed colours when they are set, so set them again from the new palette.
+            self._restyle()
+        return super().event(event)
+
+    def _restyle(self) -> None:
+        for widget in [self, *self.findChildren(QWidget)]:
+            sheet = widget.styleSheet()
+            if sheet:
+                widget.setStyleSheet("")
+                widget.setStyleSheet(sheet)
+        for page in self.pages:
+            if page.banner.level:
+                page.banner.show_message(page.banner.text(), page.banner.level)
+        self._connection_changed(self.backend.connected, self._connection_why)
 
     def remember(self) -> None:
         """Save size, place and page (best effort: an unwritable config loses only this)."""

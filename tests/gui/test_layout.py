@@ -12,17 +12,22 @@ import pytest
 pytest.importorskip("pytestqt")
 pytest.importorskip("qasync")
 
+import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPoint, QRect, Qt
+from PySide6.QtGui import QColor, QPalette
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QWidget
 
+from peerstash.desktop import autostart, prefs
+from peerstash.desktop.widgets import Banner
 from tests.gui.conftest import GuiEnv, QLoop, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -276,3 +281,251 @@ def test_enter_on_a_peer_opens_its_details(gui: GuiEnv, qloop: QLoop, qtbot: Any
             await other.stop()
 
     qloop.run(body(), timeout=120)
+
+
+def _luminance(c: QColor) -> float:
+    def chan(v: int) -> float:
+        x = v / 255
+        return x / 12.92 if x <= 0.03928 else ((x + 0.055) / 1.055) ** 2.4
+
+    return 0.2126 * chan(c.red()) + 0.7152 * chan(c.green()) + 0.0722 * chan(c.blue())
+
+
+def _contrast(a: QColor, b: QColor) -> float:
+    la, lb = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def _dark_palette() -> QPalette:
+    pal = QPalette()
+    for role, color in (
+        (QPalette.ColorRole.Window, "#232629"),
+        (QPalette.ColorRole.WindowText, "#eff0f1"),
+        (QPalette.ColorRole.Base, "#1b1e20"),
+        (QPalette.ColorRole.AlternateBase, "#2a2e32"),
+        (QPalette.ColorRole.Text, "#eff0f1"),
+        (QPalette.ColorRole.Button, "#31363b"),
+        (QPalette.ColorRole.ButtonText, "#eff0f1"),
+        (QPalette.ColorRole.Highlight, "#3daee9"),
+        (QPalette.ColorRole.HighlightedText, "#fcfcfc"),
+        (QPalette.ColorRole.PlaceholderText, "#a0a4a8"),
+    ):
+        pal.setColor(role, QColor(color))
+    return pal
+
+
+HEX_COLOUR = re.compile(r"#[0-9a-fA-F]{3,8}\b|\b(white|black)\b")
+
+
+def test_errors_banners_and_colours(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
+    """Long errors are shown whole; banners float, clear themselves; dark themes stay dark."""
+    w = gui.window
+    qtbot.addWidget(w)
+    w.show()
+    app = QApplication.instance()
+    assert isinstance(app, QApplication)
+
+    async def body() -> None:
+        page = w.plans
+        w.show_page(page)
+        await wait_for(lambda: page.repos.rowCount() == 1, gui.backend.configChanged)
+
+        # A refusal by the node about a long location: the whole sentence under the field.
+        dlg = page.open_add_repo()
+        long_dir = "/".join(["", "media", "somebody", *(f"backup-disk-{i}" for i in range(12))])
+        dlg.name.setText("far")
+        dlg.uri.setText(long_dir)
+        dlg.password.setText("pw")
+        dlg.password2.setText("pw")
+        dlg.init.setChecked(False)  # open only: the node says there is no repository there
+        dlg.submit()
+        await dlg.tasks.idle()
+        err = dlg.errors["uri"]
+        assert err.isVisibleTo(dlg), (dlg.field_errors(), dlg.banner.text())
+        assert long_dir in err.text()
+        await wait_for(lambda: dlg.form_scroll.verticalScrollBar().maximum() == 0, what="grown")
+        for label in (err, dlg.banner):
+            if not label.isVisibleTo(dlg):
+                continue
+            # Every line of the text has room: wrapped to the width it got, not cut.
+            assert label.height() >= label.heightForWidth(label.width()), label.text()
+            assert label.sizeHint().height() <= label.height() or label.width() >= min(
+                label.sizeHint().width(), dlg.width()
+            )
+            box = QRect(label.mapTo(dlg, QPoint(0, 0)), label.size())
+            assert dlg.rect().contains(box), (box, dlg.rect())
+        assert dlg.width() <= dlg.screen().availableGeometry().width()
+        assert [r["id"] for r in gui.backend.repos] == ["main"]  # nothing was added
+        dlg.reject()
+
+        # A page's banner floats: showing and clearing it moves nothing on the page.
+        before = {id(c): c.geometry() for c in page.findChildren(QWidget) if c.isVisible()}
+        page.banner.TIMEOUTS = {k: 300 for k in Banner.TIMEOUTS}
+        page.banner.show_message("A message long enough to wrap. " * 12, "error")
+        assert page.banner.isVisible()
+        assert page.banner.height() >= page.banner.heightForWidth(page.banner.width())
+        assert page.banner.geometry().top() > page.heading.geometry().bottom()
+        moved = [
+            c.objectName() or type(c).__name__
+            for c in page.findChildren(QWidget)
+            if id(c) in before and c.geometry() != before[id(c)]
+        ]
+        assert moved == [], moved
+        await wait_for(lambda: not page.banner.isVisible(), page.banner.timer.timeout)
+        assert page.banner.text() == "" and page.banner.level == ""
+        # The next button pressed clears it too.
+        page.banner.TIMEOUTS = dict(Banner.TIMEOUTS)
+        page.banner.show_message("Saved.", "ok")
+        qtbot.mouseClick(page.add_plan_button, Qt.MouseButton.LeftButton)
+        assert not page.banner.isVisible()
+        assert page.dialog is not None
+        page.dialog.reject()
+
+        # A dark theme: no light colour written into any style sheet, and messages render
+        # dark with readable text.
+        old = app.palette()
+        app.setPalette(_dark_palette())
+        try:
+            # The change reaches the widgets through posted events: let the loop run them.
+            dark = QColor("#232629")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while w.palette().color(QPalette.ColorRole.Window) != dark:
+                assert loop.time() < deadline, "the window never took the dark palette"
+                await asyncio.sleep(0)
+            for level in ("info", "ok", "warning", "error"):
+                page.banner.show_message(f"A {level} message", level)
+                image = page.banner.grab().toImage()
+                bg = image.pixelColor(image.width() // 2, 3)
+                assert _luminance(bg) < 0.2, (level, bg.name())
+                fg = QColor(page.banner.palette().color(QPalette.ColorRole.WindowText))
+                sheet = page.banner.styleSheet()
+                m = re.search(r"[^-]color:rgb\((\d+),(\d+),(\d+)\)", sheet)
+                assert m, sheet
+                fg = QColor(int(m[1]), int(m[2]), int(m[3]))
+                assert _contrast(fg, bg) >= 4.5, (level, fg.name(), bg.name())
+            w.settings.errors["listen"].set_error("bad")
+            for widget in [w, *w.findChildren(QWidget)]:
+                assert not HEX_COLOUR.search(widget.styleSheet()), (widget, widget.styleSheet())
+            # What the window shows is dark (its pages, the sidebar, the status line).
+            shot = w.grab().toImage()
+            light = sum(
+                _luminance(shot.pixelColor(x, y)) > 0.6
+                for x in range(0, shot.width(), 16)
+                for y in range(0, shot.height(), 16)
+            )
+            total = len(range(0, shot.width(), 16)) * len(range(0, shot.height(), 16))
+            assert light < total * 0.05, (light, total)
+        finally:
+            app.setPalette(old)
+
+    qloop.run(body(), timeout=120)
+
+
+def test_settings_show_what_the_node_runs_with(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
+    """The peer port and discovery of the running node, from its status, not its settings."""
+    w = gui.window
+    qtbot.addWidget(w)
+    st = w.settings
+
+    async def body() -> None:
+        b = gui.backend
+        status = await b.call("GET", "/v1/status")
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", str(status["listen"])), status["listen"]
+        port = int(str(status["listen"]).rsplit(":", 1)[1])
+        assert port > 0 and str(status["peer_url"]).endswith(f":{port}")
+        # The settings say something else (for the next start); the page shows what runs.
+        await b.call("POST", "/v1/settings", {"key": "listen", "value": "127.0.0.1:9797"})
+        await b.call("POST", "/v1/settings", {"key": "discovery", "value": True})
+        w.show_page(st)
+        await st.tasks.idle()
+        await b.refresh_status()
+        assert st.fields["listen"].text() == f"127.0.0.1:{port}"
+        assert st.fields["discovery"].text() == "off"  # started with --no-discovery
+        assert st.listen.text() == "127.0.0.1:9797"  # the setting, for the next start
+
+    qloop.run(body())
+
+
+def test_window_remembers_size_place_and_page(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
+    from peerstash.desktop.window import MainWindow
+
+    w = gui.window
+    qtbot.addWidget(w)
+    w.show()
+    area = w.available()
+    w.setGeometry(area.left() + 40, area.top() + 30, 700, 500)
+    w.show_page(w.peers)
+    w.close()  # closing remembers
+    saved = prefs.load()
+    assert saved["page"] == "Peers"
+    assert saved["window"][2:] == [700, 500]
+
+    again = MainWindow(gui.backend, autostart_command=["peerstash"])
+    qtbot.addWidget(again)
+    again.restore_state(prefs.load())
+    again.show()
+    assert again.current_page is again.peers
+    assert (again.width(), again.height()) == (700, 500)
+    assert (again.x(), again.y()) == (area.left() + 40, area.top() + 30)
+
+    # A remembered place off the (now smaller) screen is pulled back onto it.
+    prefs.save({"window": [area.right() + 500, area.bottom() + 500, 5000, 4000], "page": "?"})
+    third = MainWindow(gui.backend, autostart_command=["peerstash"])
+    qtbot.addWidget(third)
+    third.restore_state(prefs.load())
+    third.show()
+    assert area.contains(third.geometry()), (third.geometry(), area)
+    assert third.current_page is third.overview
+    # A broken file is no start-up failure: defaults.
+    prefs.prefs_path().write_text("{not json")
+    assert prefs.load()["window"] is None
+
+
+def test_autostart_keeps_the_node_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start at login starts the same node: data dir, --listen, --no-discovery... kept."""
+    import shlex
+
+    from peerstash.peer.cli import build_parser
+    from peerstash.peer.paths import resolve_data_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PEERSTASH_LISTEN", raising=False)
+    monkeypatch.setenv("PEERSTASH_DB_URL", "postgresql://backup:s3cret@db/peerstash")
+    argv = [
+        "--data-dir",
+        "rel/data",
+        "--listen",
+        "127.0.0.1:9911",
+        "--no-discovery",
+        "--discovery-interface",
+        "eth0",
+        "--discovery-interface",
+        "10.0.0.2",
+        "--restic",
+        "./bin/restic",
+    ]
+    args = build_parser().parse_args(argv)
+    data_dir = resolve_data_dir(args.data_dir)
+    cmd = autostart.default_command(data_dir, tmp_path / "default", autostart.node_args(args))
+    entry = autostart.desktop_entry(cmd)
+    exec_line = next(ln for ln in entry.splitlines() if ln.startswith("Exec="))
+    # The password of the store URL never reaches the entry (nor a command line).
+    assert "s3cret" not in entry
+    words = shlex.split(exec_line.removeprefix("Exec="))
+    assert words[:2] == ["env", "PEERSTASH_START_HIDDEN=1"]
+    monkeypatch.delenv("PEERSTASH_DB_URL")
+    again = build_parser().parse_args(words[3:] if words[2].endswith("peerstash") else words[5:])
+    assert again.data_dir == str(tmp_path / "rel" / "data")
+    assert again.listen == "127.0.0.1:9911"
+    assert again.no_discovery is True
+    assert again.discovery_interface == ["eth0", "10.0.0.2"]
+    assert again.restic == str(tmp_path / "bin" / "restic")
+    assert again.db_url is None
+    # Started with the defaults, it stays a bare command (plus the data dir when not default).
+    plain = build_parser().parse_args([])
+    assert autostart.node_args(plain) == []
+    # A store URL without a password is kept.
+    monkeypatch.setenv("PEERSTASH_DB_URL", "postgresql:///peerstash")
+    kept = autostart.node_args(build_parser().parse_args([]))
+    assert kept == ["--db-url", "postgresql:///peerstash"]
