@@ -29,6 +29,7 @@ from peerstash.desktop.opsmodel import (
     COL_KIND,
     COL_NODE,
     COL_REPO,
+    COL_STARTED,
     COL_STATUS,
     COL_TOOK,
     OpFilter,
@@ -42,7 +43,7 @@ COLUMN_WIDTHS = (100, 70, 100, 100, 90, 125, 55)
 #: The progress/result column keeps at least this much: it is what the page is about. When
 #: the window is narrower, these columns are hidden (in this order) to make room.
 MIN_DETAIL = 220
-HIDE_FIRST = (COL_NODE, COL_REPO, COL_TOOK, COL_KIND)
+HIDE_FIRST = (COL_NODE, COL_REPO, COL_TOOK, COL_KIND, COL_STARTED)
 STATUSES = ("pending", "running", "success", "warning", "error", "cancelled", "interrupted")
 LOG_REFRESH = 1.0
 
@@ -108,6 +109,8 @@ class OperationsPage(Page):
         head = QHBoxLayout()
         self.detail_title = QLabel("Select an operation to see its log.")
         self.detail_title.setStyleSheet("font-weight:600;")
+        # Wrapped: unwrapped, its long line would make the page wider than a small screen.
+        self.detail_title.setWordWrap(True)
         head.addWidget(self.detail_title, 1)
         self.cancel_button = QPushButton("Cancel operation")
         self.cancel_button.setEnabled(False)
@@ -163,7 +166,8 @@ class OperationsPage(Page):
     def _combo(self, any_text: str) -> QComboBox:
         c = QComboBox()
         c.addItem(any_text, "")
-        c.setMinimumContentsLength(10)
+        c.setMinimumContentsLength(6)
+        c.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         c.currentIndexChanged.connect(self._filters_changed)
         return c
 

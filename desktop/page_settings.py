@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
 from peerstash.desktop import autostart, prefs
 from peerstash.desktop.api import ApiError, Unavailable
 from peerstash.desktop.backend import Backend
-from peerstash.desktop.widgets import FieldError, Page, button_row
+from peerstash.desktop.widgets import FieldError, Page, WrappingLabel, button_row
 
 #: The peer port's address when the setting is unset (peer/node.py DEFAULT_LISTEN).
 DEFAULT_LISTEN = "0.0.0.0:9797"
@@ -56,7 +56,7 @@ class SettingsPage(Page):
 
         about = QGroupBox("This node")
         form = QFormLayout(about)
-        self.fields: dict[str, QLabel] = {}
+        self.fields: dict[str, WrappingLabel] = {}
         for key, label in (
             ("instance_id", "Instance"),
             ("version", "Peerstash version"),
@@ -68,7 +68,8 @@ class SettingsPage(Page):
             ("discovery", "LAN discovery now"),
             ("mode", "Node"),
         ):
-            value = QLabel("…")
+            # Long paths wrap instead of widening the page past a small screen.
+            value = WrappingLabel("…")
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             self.fields[key] = value
             form.addRow(label, value)
@@ -85,7 +86,7 @@ class SettingsPage(Page):
         )
         self.listen = QLineEdit()
         self.listen.setPlaceholderText(f"{DEFAULT_LISTEN} (HOST:PORT)")
-        self.discovery = QCheckBox("Announce this machine and look for others on the local network")
+        self.discovery = QCheckBox("Find and announce machines on the LAN")
         self.interfaces = QLineEdit()
         self.interfaces.setPlaceholderText("all interfaces (or e.g. 192.168.1.20, eth0)")
         self.restic_path = QLineEdit()
@@ -112,6 +113,7 @@ class SettingsPage(Page):
         self.save_button.clicked.connect(self._save_node_settings)
         self.node_note = QLabel(RESTART_NOTE + " Leave a field empty for the default.")
         self.node_note.setStyleSheet("color:palette(placeholder-text);")
+        self.node_note.setWordWrap(True)
         nl.addLayout(button_row(self.save_button))
         nl.addWidget(self.node_note)
         self.outer.addWidget(node)
@@ -122,10 +124,10 @@ class SettingsPage(Page):
         self.start_at_login = QCheckBox("Start Peerstash when I log in (in the tray)")
         self.start_at_login.setChecked(autostart.is_enabled())
         self.start_at_login.toggled.connect(self._toggle_autostart)
-        self.notifications = QCheckBox("Show desktop notifications for failed and stale backups")
+        self.notifications = QCheckBox("Notify me of failed and stale backups")
         self.notifications.setChecked(bool(prefs.load()["notifications"]))
         self.notifications.toggled.connect(self._toggle_notifications)
-        self.autostart_note = QLabel("")
+        self.autostart_note = WrappingLabel("")
         self.autostart_note.setStyleSheet("color:palette(placeholder-text);")
         dl.addWidget(self.start_at_login)
         dl.addWidget(self.autostart_note)

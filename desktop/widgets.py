@@ -113,6 +113,21 @@ def breakable(text: str) -> str:
     return _LONG_WORD.sub(lambda m: re.sub(r"([/,=&:_-])", "\\1\u200b", m.group(0)), text)
 
 
+class WrappingLabel(QLabel):
+    """A label that wraps, long paths included (:func:`breakable`); ``text()`` is as given."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWordWrap(True)
+        self.setText(text)
+
+    def setText(self, text: str) -> None:
+        super().setText(breakable(text))
+
+    def text(self) -> str:
+        return super().text().replace("\u200b", "")
+
+
 class Banner(QLabel):
     """A message inside a page or dialog (never a modal box): errors in words, results, hints.
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import QEvent, QRect, QSize, Qt, Signal
-from PySide6.QtGui import QCloseEvent, QGuiApplication, QKeySequence, QShortcut
+from PySide6.QtGui import QCloseEvent, QGuiApplication, QKeySequence, QResizeEvent, QShortcut
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -90,9 +90,14 @@ class MainWindow(QMainWindow):
             scroll.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # not a stop for Tab
             self.stack.addWidget(scroll)
         # As wide as the longest page name needs (not a fixed 200 px: fonts and scales vary).
-        self.sidebar.setFixedWidth(
-            max(self.sidebar.sizeHintForColumn(0), 100) + 2 * self.sidebar.frameWidth() + 48
+        self._sidebar_width = (
+            # the items' own padding is in their size hint; 6 px of margin on either side
+            max(self.sidebar.sizeHintForColumn(0), 100) + 2 * self.sidebar.frameWidth() + 14
         )
+        self._item_height = self.sidebar.sizeHintForRow(0)
+        self.sidebar.setFixedWidth(self._sidebar_width)
+        self.sidebar.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.sidebar.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.sidebar.currentRowChanged.connect(self._page_changed)
         self.shortcuts: list[QShortcut] = []
         for i in range(len(self.pages)):
@@ -207,6 +212,19 @@ class MainWindow(QMainWindow):
             self.connection.setText(f"● node not reachable: {why}" if why else "● connecting…")
             self.connection.setStyleSheet(f"color:{state_color('error', self)};padding-right:8px;")
         self.connection.setToolTip(self.connection.text())
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        # A narrow window (a small screen at 200 %) gives the page the room: the sidebar
+        # takes at most a quarter of the width, its longest names shortened with "…".
+        width = min(self._sidebar_width, max(110, self.width() // 4))
+        if width != self.sidebar.width():
+            self.sidebar.setFixedWidth(width)
+            # Items as wide as the sidebar, so a long name is elided, not scrolled.
+            inner = width - 2 * self.sidebar.frameWidth() - 12
+            for row in range(self.sidebar.count()):
+                it = self.sidebar.item(row)
+                it.setSizeHint(QSize(inner, self._item_height))
+        super().resizeEvent(event)
 
     def event(self, event: QEvent) -> bool:
         if event.type() == QEvent.Type.ApplicationPaletteChange:

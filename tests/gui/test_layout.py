@@ -448,8 +448,7 @@ def test_settings_show_what_the_node_runs_with(gui: GuiEnv, qloop: QLoop, qtbot:
 
 
 def test_window_remembers_size_place_and_page(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
-    from peerstash.desktop.window import MainWindow
-
+    """Closing saves size, place and page; the next start (restore_state) brings them back."""
     w = gui.window
     qtbot.addWidget(w)
     w.show()
@@ -459,24 +458,24 @@ def test_window_remembers_size_place_and_page(gui: GuiEnv, qloop: QLoop, qtbot: 
     w.close()  # closing remembers
     saved = prefs.load()
     assert saved["page"] == "Peers"
-    assert saved["window"][2:] == [700, 500]
+    assert saved["window"] == [area.left() + 40, area.top() + 30, 700, 500]
+    assert saved["notifications"] is True  # the other preferences are kept
 
-    again = MainWindow(gui.backend, autostart_command=["peerstash"])
-    qtbot.addWidget(again)
-    again.restore_state(prefs.load())
-    again.show()
-    assert again.current_page is again.peers
-    assert (again.width(), again.height()) == (700, 500)
-    assert (again.x(), again.y()) == (area.left() + 40, area.top() + 30)
+    # Elsewhere, then a start with what was saved (DesktopApp.start does this).
+    w.setGeometry(area.left(), area.top(), 600, 420)
+    w.show_page(w.overview)
+    w.restore_state(prefs.load())
+    w.show()
+    assert w.current_page is w.peers
+    assert (w.width(), w.height()) == (700, 500)
+    assert (w.x(), w.y()) == (area.left() + 40, area.top() + 30)
 
     # A remembered place off the (now smaller) screen is pulled back onto it.
     prefs.save({"window": [area.right() + 500, area.bottom() + 500, 5000, 4000], "page": "?"})
-    third = MainWindow(gui.backend, autostart_command=["peerstash"])
-    qtbot.addWidget(third)
-    third.restore_state(prefs.load())
-    third.show()
-    assert area.contains(third.geometry()), (third.geometry(), area)
-    assert third.current_page is third.overview
+    w.show_page(w.overview)
+    w.restore_state(prefs.load())
+    assert area.contains(w.geometry()), (w.geometry(), area)
+    assert w.current_page is w.overview  # an unknown page name: the one shown stays
     # A broken file is no start-up failure: defaults.
     prefs.prefs_path().write_text("{not json")
     assert prefs.load()["window"] is None
