@@ -128,6 +128,7 @@ class SettingsPage(Page):
         self.notifications.setChecked(bool(prefs.load()["notifications"]))
         self.notifications.toggled.connect(self._toggle_notifications)
         self.autostart_note = WrappingLabel("")
+        self.autostart_note.hide()  # until there is something to say
         self.autostart_note.setStyleSheet("color:palette(placeholder-text);")
         dl.addWidget(self.start_at_login)
         dl.addWidget(self.autostart_note)
@@ -261,10 +262,13 @@ class SettingsPage(Page):
         try:
             if on:
                 path = autostart.enable(self.autostart_command)
-                self.autostart_note.setText(f"Wrote {path}.")
+                self.autostart_note.setText(
+                    f"Wrote {path}: it starts {' '.join(self.autostart_command)}"
+                )
             else:
                 autostart.disable()
                 self.autostart_note.setText("Removed the autostart entry.")
+            self.autostart_note.show()
         except OSError as exc:
             self.banner.show_message(f"Could not change the autostart entry: {exc}", "error")
 

@@ -131,7 +131,10 @@ def main() -> int:
         env.pop("WAYLAND_DISPLAY", None)
         env.pop("QT_QPA_PLATFORM", None)
         for _ in range(100):
-            if subprocess.run(["xdpyinfo", "-display", display], capture_output=True).returncode == 0:
+            if (
+                subprocess.run(["xdpyinfo", "-display", display], capture_output=True).returncode
+                == 0
+            ):
                 break
             time.sleep(0.05)
         if shutil.which("xsetroot"):
@@ -139,7 +142,15 @@ def main() -> int:
         if shutil.which("openbox"):
             procs.append(subprocess.Popen(["openbox"], env=env))
             time.sleep(0.5)
-        cmd = [sys.executable, __file__, "--child", "--out", str(args.out), "--scale", str(args.scale)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--out",
+            str(args.out),
+            "--scale",
+            str(args.scale),
+        ]
         if args.save_readme:
             cmd.append("--save-readme")
         return subprocess.run(cmd, env=env, timeout=600).returncode
