@@ -227,6 +227,8 @@ class Page(QWidget):
 
     def showEvent(self, event: Any) -> None:
         super().showEvent(event)
+        if self.banner.isVisibleTo(self):  # shown while the page was hidden: place it now
+            self.place_banner()
         # The next button pressed is the next action: the last message has had its say.
         for button in self.findChildren(QAbstractButton):
             if id(button) not in self._watched:
@@ -234,7 +236,11 @@ class Page(QWidget):
                 button.installEventFilter(self)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if event.type() == QEvent.Type.MouseButtonPress and self.banner.isVisible():
+        if (
+            event.type() == QEvent.Type.MouseButtonPress
+            and isinstance(watched, QAbstractButton)
+            and self.banner.isVisible()
+        ):
             self.banner.clear_message()
         return False
 

@@ -266,6 +266,13 @@ def test_enter_on_a_peer_opens_its_details(gui: GuiEnv, qloop: QLoop, qtbot: Any
             await gui.backend.peers.pair(made["token"], str(other.peer_url), ["ops"])
             await gui.backend.refresh_peers()
             await wait_for(lambda: page.hosts.rowCount() == 1, what="peer row")
+            # Settled before going on: a link still opening while both sides stop is what
+            # this test is not about.
+            await wait_for(
+                lambda: page.hosts.item(0, 1).text() == "online",
+                gui.backend.peersChanged,
+                what="bravo online",
+            )
             page.tabs.setCurrentIndex(0)
             page.hosts.setFocus()
             page.hosts.selectRow(0)
@@ -277,6 +284,7 @@ def test_enter_on_a_peer_opens_its_details(gui: GuiEnv, qloop: QLoop, qtbot: Any
             first = await _first_focus(dlg)
             assert first is next(iter(dlg.boxes.values()))
             dlg.reject()
+            await gui.backend.peers.remove("bravo")
         finally:
             await other.stop()
 
