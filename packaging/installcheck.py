@@ -64,6 +64,7 @@ class Tree:
 
     def mount(self) -> None:
         shutil.copy2("/etc/resolv.conf", self.path / "etc" / "resolv.conf")
+        self.trust_host_cas()
         for what, args in (("proc", ["-t", "proc", "proc"]), ("dev", ["--bind", "/dev"])):
             target = self.path / what
             target.mkdir(exist_ok=True)
@@ -73,6 +74,27 @@ class Tree:
         if pts.is_dir():
             subprocess.run(["mount", "--bind", "/dev/pts", str(pts)], check=True)
             self.mounts.append(pts)
+
+    def trust_host_cas(self) -> None:
+        """This machine's own CA certificates (``/usr/local/share/ca-certificates``) and
+        ``/etc/pip.conf`` into the tree: behind a TLS-inspecting proxy, pip in the tree must trust
+        what the host trusts. The tree's ca-certificates picks them up when it is installed (or
+        at once, if it is already there). Nothing to do on an ordinary network."""
+        local = Path("/usr/local/share/ca-certificates")
+        certs = sorted(local.glob("*.crt")) if local.is_dir() else []
+        if certs:
+            dest = self.path / local.relative_to("/")
+            dest.mkdir(parents=True, exist_ok=True)
+            for cert in certs:
+                shutil.copy2(cert, dest / cert.name)
+            if (self.path / "usr/sbin/update-ca-certificates").exists():
+                subprocess.run(
+                    ["chroot", str(self.path), "update-ca-certificates"],
+                    capture_output=True,
+                    check=False,
+                )
+        if Path("/etc/pip.conf").is_file():
+            shutil.copy2("/etc/pip.conf", self.path / "etc" / "pip.conf")
 
     def unmount(self) -> None:
         for target in reversed(self.mounts):
@@ -332,6 +354,7 @@ def bumped_revision(deb: Path, workdir: Path) -> Path:
     assert spec and spec.loader
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
+    build.OUT.mkdir(parents=True, exist_ok=True)  # finish_deb unpacks into OUT/deb-root
     version = subprocess.run(
         ["dpkg-deb", "--field", str(deb), "Version"], capture_output=True, text=True, check=True
     ).stdout.strip()
