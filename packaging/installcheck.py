@@ -375,7 +375,14 @@ def upgrade_remove_purge(tree: Tree, newer: Path) -> dict[str, float]:
         ["dpkg-deb", "--field", str(newer), "Version"], capture_output=True, text=True, check=True
     ).stdout.strip()
     populated = (tree.path / NODE.lstrip("/")).is_dir()
-    before = snapshot_ids(tree) if populated else []
+    before: list[str] = []
+    if populated:  # what the older package's node shows, to compare after the upgrade
+        node = start_node(tree, "node-before-upgrade.log", timings, "node start before upgrade")
+        try:
+            before = snapshot_ids(tree)
+            assert before, "the data dir to upgrade has no snapshot"
+        finally:
+            stop_node(node, tree, "node-before-upgrade.log")
 
     # A system instance enabled and configured, with data, as an admin would have it.
     wants = tree.path / "etc/systemd/system/multi-user.target.wants"
