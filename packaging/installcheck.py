@@ -254,11 +254,14 @@ def install_and_check(
             "--password-stdin",
             input=PASSWORD + "\n",
         )
+        # An older Peerstash (say, the package an upgrade starts from) has no --no-backup-now:
+        # its `plan add` backs up at once, and that one backup is awaited instead.
+        backs_up_at_once = "--no-backup-now" not in tree.peerstash("plan", "add", "--help").stdout
         tree.peerstash(
             "plan",
             "add",
             "home",
-            "--no-backup-now",
+            *([] if backs_up_at_once else ["--no-backup-now"]),
             "--repo",
             "local",
             "--path",
@@ -266,7 +269,10 @@ def install_and_check(
             "--every",
             "1d",
         )
-        tree.peerstash("backup", "home", "--wait", timeout=300)
+        if backs_up_at_once:
+            wait_for(lambda: len(snapshot_ids(tree)) == 1, 300, "the plan's first backup")
+        else:
+            tree.peerstash("backup", "home", "--wait", timeout=300)
         snaps = snapshot_ids(tree)
         assert len(snaps) == 1, snaps
         tree.peerstash(
@@ -354,14 +360,18 @@ def bumped_revision(deb: Path, workdir: Path) -> Path:
     assert spec and spec.loader
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
-    build.OUT.mkdir(parents=True, exist_ok=True)  # finish_deb unpacks into OUT/deb-root
+    # finish_deb unpacks into OUT/deb-root: a directory of this package's own, so that runs
+    # for several releases at once do not share it (and the checkout stays clean).
+    build.OUT = workdir / f"{deb.stem}.bump"
+    build.OUT.mkdir(parents=True, exist_ok=True)
     version = subprocess.run(
         ["dpkg-deb", "--field", str(deb), "Version"], capture_output=True, text=True, check=True
     ).stdout.strip()
     upstream, revision = version.rsplit("-", 1)
-    bumped = workdir / f"peerstash_{upstream}-{int(revision) + 1}_bumped.deb"
+    bumped = workdir / f"{deb.stem}.bumped-{upstream}-{int(revision) + 1}.deb"
     shutil.copy2(deb, bumped)
     build.finish_deb(bumped, int(revision) + 1)
+    shutil.rmtree(build.OUT, ignore_errors=True)
     return bumped
 
 
