@@ -34,7 +34,18 @@ def test_restic_cache_goes_where_the_environment_says(
     node = node_factory("alpha", **env).start()
     src = make_tree(tmp_path / "src", files=5)
     add_repo(node, "main", str(tmp_path / "repo"))
-    node.cli("plan", "add", "docs", "--repo", "main", "--path", str(src), "--every", "1d")
+    node.cli(
+        "plan",
+        "add",
+        "docs",
+        "--no-backup-now",
+        "--repo",
+        "main",
+        "--path",
+        str(src),
+        "--every",
+        "1d",
+    )
     assert "success, snapshot" in node.cli("backup", "docs", "--wait").stdout
     assert len(jcli(node, "snapshots", "main")) == 1
 
@@ -129,7 +140,18 @@ def test_restore_into_read_only_place_is_one_clear_line(
     node = node_factory("alpha", **env).start()
     src = make_tree(tmp_path / "src", files=3)
     add_repo(node, "main", str(tmp_path / "repo"))
-    node.cli("plan", "add", "docs", "--repo", "main", "--path", str(src), "--every", "1d")
+    node.cli(
+        "plan",
+        "add",
+        "docs",
+        "--no-backup-now",
+        "--repo",
+        "main",
+        "--path",
+        str(src),
+        "--every",
+        "1d",
+    )
     node.cli("backup", "docs", "--wait")
     (snap,) = jcli(node, "snapshots", "main")
     ops_before = len(jcli(node, "ops"))
