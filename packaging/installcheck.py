@@ -254,14 +254,14 @@ def install_and_check(
             "--password-stdin",
             input=PASSWORD + "\n",
         )
-        # An older Peerstash (say, the package an upgrade starts from) has no --no-backup-now:
-        # its `plan add` backs up at once, and that one backup is awaited instead.
-        backs_up_at_once = "--no-backup-now" not in tree.peerstash("plan", "add", "--help").stdout
+        # An older Peerstash (say, the package an upgrade starts from) has no --no-backup-now
+        # (its `plan add` does not back up at once).
+        older = "--no-backup-now" not in tree.peerstash("plan", "add", "--help").stdout
         tree.peerstash(
             "plan",
             "add",
             "home",
-            *([] if backs_up_at_once else ["--no-backup-now"]),
+            *([] if older else ["--no-backup-now"]),
             "--repo",
             "local",
             "--path",
@@ -269,10 +269,7 @@ def install_and_check(
             "--every",
             "1d",
         )
-        if backs_up_at_once:
-            wait_for(lambda: len(snapshot_ids(tree)) == 1, 300, "the plan's first backup")
-        else:
-            tree.peerstash("backup", "home", "--wait", timeout=300)
+        tree.peerstash("backup", "home", "--wait", timeout=300)
         snaps = snapshot_ids(tree)
         assert len(snaps) == 1, snaps
         tree.peerstash(
