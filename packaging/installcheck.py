@@ -359,8 +359,9 @@ def bumped_revision(deb: Path, workdir: Path) -> Path:
     spec.loader.exec_module(build)
     # finish_deb unpacks into OUT/deb-root: a directory of this package's own, so that runs
     # for several releases at once do not share it (and the checkout stays clean).
-    build.OUT = workdir / f"{deb.stem}.bump"
-    build.OUT.mkdir(parents=True, exist_ok=True)
+    out = workdir / f"{deb.stem}.bump"
+    out.mkdir(parents=True, exist_ok=True)
+    build.__dict__["OUT"] = out
     version = subprocess.run(
         ["dpkg-deb", "--field", str(deb), "Version"], capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -368,7 +369,7 @@ def bumped_revision(deb: Path, workdir: Path) -> Path:
     bumped = workdir / f"{deb.stem}.bumped-{upstream}-{int(revision) + 1}.deb"
     shutil.copy2(deb, bumped)
     build.finish_deb(bumped, int(revision) + 1)
-    shutil.rmtree(build.OUT, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
     return bumped
 
 
