@@ -211,6 +211,8 @@ class Backend(QObject):
                         async for event in self.client.lines(
                             "/v1/events?ui=1", on_open=on_open, idle_timeout=EVENTS_SILENCE
                         ):
+                            if self._closed:
+                                return
                             self._on_event(event)
                     except Unavailable:
                         self.events_available = False
