@@ -203,10 +203,12 @@ def finish_deb(deb: Path, revision: int) -> None:
         dest = root / "DEBIAN" / name
         shutil.copyfile(PACKAGING / "debian" / name, dest)
         dest.chmod(0o755)
+    # Before add_debian_files: Installed-Size counts the tree as it ships.
+    strip_shared_objects(root)
+    remove_empty_dirs(root)
     codename = re.search(r"~[a-z]+-([a-z0-9]+)_[^_]+\.deb$", deb.name)
     fields = add_debian_files(root, fields, codename.group(1) if codename else "unstable", epoch)
     control.write_text("\n".join(fields) + "\n", encoding="utf-8")
-    strip_shared_objects(root)
     sums = root / "DEBIAN" / "md5sums"
     sums.write_text(md5sums(root), encoding="utf-8")
     normalize_tree(root, epoch)
@@ -250,7 +252,7 @@ def lock_path() -> Path:
 def write_lock(python: Path, wheel: Path) -> Path:
     """Resolve pyproject's requirements (our wheel's dependencies included) with pip and write
     every distribution pip would install as ``name==version --hash=sha256:...``."""
-    reqs = [r for r in app_requires(wheel)]
+    reqs = app_requires(wheel)
     report = OUT / "lock-report.json"
     run(
         [
@@ -379,7 +381,7 @@ def debian_changelog(package: str, version: str, distribution: str, epoch: int) 
     Debian changelog: one entry per release, the newest carrying the full package version."""
     text = (PACKAGING / "CHANGELOG.md").read_text(encoding="utf-8")
     maintainer = "Peerstash developers <maintainers@peerstash.invalid>"
-    entries = []
+    entries: list[str] = []
     for block in re.split(r"^## ", text, flags=re.M)[1:]:
         head, _, body = block.partition("\n")
         m = re.match(r"(\S+)\s*(?:\((.*)\))?", head.strip())
@@ -603,20 +605,23 @@ def add_debian_files(root: Path, fields: list[str], distribution: str, epoch: in
     return fields
 
 
+def remove_empty_dirs(root: Path) -> None:
+    """Empty directories under /usr/lib go: what cleanup_paths left of a folder of stubs."""
+    for path in sorted((root / "usr" / "lib").rglob("*"), reverse=True):
+        if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+            path.rmdir()
+
+
 def normalize_tree(root: Path, epoch: int) -> None:
     """Fixed mtimes (SOURCE_DATE_EPOCH) and modes on everything, so neither a checkout's mtimes
     nor the build machine's umask reach the package: directories 0755; 0755 for files that
     were executable and are programs (an ELF executable, not a shared library, or a script
     with ``#!``), 0644 for the rest (wheels mark libraries and plain modules executable).
-    Empty directories under /usr/lib go (what cleanup left of a folder of stubs)."""
+    """
     for path in sorted(root.rglob("*"), reverse=True):
         if path.is_symlink():
             pass
         elif path.is_dir():
-            rel = path.relative_to(root).as_posix()
-            if rel.startswith("usr/lib/") and not any(path.iterdir()):
-                path.rmdir()
-                continue
             path.chmod(0o755)
         else:
             program = False

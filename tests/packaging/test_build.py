@@ -147,6 +147,7 @@ def test_finish_deb_debian_files_and_fixed_bytes(
     control = (out / "DEBIAN/control").read_text()
     size = int(control.split("Installed-Size: ", 1)[1].split("\n", 1)[0])
     assert 1 <= size < 100, control
+    assert size == build.installed_size(out)  # the tree as shipped (DEBIAN/ not counted)
     assert "Recommends: libwayland-client0, libwayland-cursor0, libwayland-egl1\n" in control
     assert "\nDescription: test\n" in control
     assert all(len(line) <= 80 for line in control.splitlines())

@@ -385,7 +385,7 @@ def deb_member(deb: Path, rel: str) -> bytes:
     ).stdout
 
 
-def test_deb_trimmed_with_man_page_and_metadata(deb: Path) -> None:
+def test_deb_trimmed_with_man_page_and_metadata(deb: Path, tmp_path: Path) -> None:
     """Installed-Size is declared and under the ceiling; Qt's tools and unused bindings are
     gone; peerstash(1) documents every subcommand of the CLI's parser; the Debian changelog,
     DEP-5 copyright and AppStream metainfo are in."""
@@ -402,6 +402,15 @@ def test_deb_trimmed_with_man_page_and_metadata(deb: Path) -> None:
     ).stdout
     size = int(field.split("Installed-Size:", 1)[1].split()[0])
     assert size <= MAX_INSTALLED_KIB, field
+    # The field is the unpacked tree (dpkg-gencontrol's count: files rounded up to 1 KiB,
+    # directories and symlinks 1 KiB each), not the tree before a later step changed it.
+    unpacked = tmp_path / "unpacked"
+    subprocess.run(["dpkg-deb", "--extract", str(deb), str(unpacked)], check=True)
+    counted = sum(
+        1 if p.is_dir() or p.is_symlink() else (p.stat().st_size + 1023) // 1024
+        for p in unpacked.rglob("*")
+    )
+    assert size == counted, (size, counted)
     assert "libwayland-client0" in field, field
     listing = subprocess.run(
         ["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True
