@@ -334,16 +334,17 @@ def strip_shared_objects(root: Path) -> None:
 
 
 def scrub_install_records(bundle: Path) -> None:
-    """pip writes the build machine's path of our wheel into direct_url.json: it goes, and so
-    does its line in RECORD (nothing reads either at run time)."""
+    """pip writes the build machine's path of our wheel into direct_url.json, and RECORD lines
+    for console scripts it put outside app_packages (``../../bin/alembic``, not shipped, whose
+    hash covers a shebang with the build venv's path): both go (nothing reads them at run
+    time)."""
     for direct in sorted(bundle.rglob("*.dist-info/direct_url.json")):
         direct.unlink()
-        record = direct.parent / "RECORD"
-        if record.exists():
-            lines = record.read_text(encoding="utf-8").splitlines(keepends=True)
-            record.write_text(
-                "".join(ln for ln in lines if "/direct_url.json," not in ln), encoding="utf-8"
-            )
+    for record in sorted(bundle.rglob("*.dist-info/RECORD")):
+        lines = record.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [ln for ln in lines if "/direct_url.json," not in ln and not ln.startswith("../")]
+        if kept != lines:
+            record.write_text("".join(kept), encoding="utf-8")
     leaks = [
         str(p.relative_to(bundle))
         for p in bundle.rglob("*.dist-info/*")
@@ -632,6 +633,7 @@ def normalize_tree(root: Path, epoch: int) -> None:
                 program = head[:2] == b"#!" or (head == b"\x7fELF" and not shared)
             path.chmod(0o755 if program else 0o644)
         os.utime(path, (epoch, epoch), follow_symlinks=False)
+    root.chmod(0o755)
     os.utime(root, (epoch, epoch))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -127,8 +128,12 @@ def test_finish_deb_debian_files_and_fixed_bytes(
     build.finish_deb(deb, 2)
     second = tmp_path / "two"
     second.mkdir()
-    again = small_deb(second)
-    build.finish_deb(again, 2)
+    old_umask = os.umask(0o002)  # another machine's umask must not reach the package
+    try:
+        again = small_deb(second)
+        build.finish_deb(again, 2)
+    finally:
+        os.umask(old_umask)
     assert deb.read_bytes() == again.read_bytes()
 
     out = tmp_path / "x"
