@@ -19,6 +19,7 @@ Run through ``packaging/build`` (Debian's /usr/bin/python3, standard library onl
 from __future__ import annotations
 
 import argparse
+import calendar
 import email
 import gzip
 import hashlib
@@ -396,11 +397,18 @@ def debian_changelog(package: str, version: str, distribution: str, epoch: int) 
                 items[-1] += " " + line.strip()
         stamp = epoch
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", when):
-            stamp = int(time.mktime(time.strptime(when + " 12", "%Y-%m-%d %H"))) - time.timezone
+            stamp = calendar.timegm(time.strptime(when + " 12", "%Y-%m-%d %H"))  # noon UTC
         full = version if not entries else f"{upstream}-1"
         lines = [f"{package} ({full}) {distribution}; urgency={CHANGELOG_URGENCY}", ""]
         for item in items:
-            lines += textwrap.wrap(item, width=78, initial_indent="  * ", subsequent_indent="    ")
+            lines += textwrap.wrap(
+                item,
+                width=78,
+                initial_indent="  * ",
+                subsequent_indent="    ",
+                break_long_words=False,
+                break_on_hyphens=False,  # never split --no-gui
+            )
         date = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(stamp))
         lines += ["", f" -- {maintainer}  {date}", ""]
         entries.append("\n".join(lines))
@@ -542,7 +550,14 @@ def wrap_description(fields: list[str]) -> list[str]:
         for n, para in enumerate(paragraphs):
             if n:
                 out.append(" .")
-            out += textwrap.wrap(para, width=79, initial_indent=" ", subsequent_indent=" ")
+            out += textwrap.wrap(
+                para,
+                width=79,
+                initial_indent=" ",
+                subsequent_indent=" ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
     return out
 
 
