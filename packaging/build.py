@@ -448,7 +448,7 @@ def dep5_license(meta: email.message.Message) -> str:
     expr = meta.get("License-Expression") or ""
     if not expr:
         short = (meta.get("License") or "").strip()
-        if short and "\n" not in short and len(short) < 40:
+        if short and "\n" not in short and len(short) < 80:  # a name, not a licence's text
             expr = short
     if not expr:
         classifiers = [c for c in meta.get_all("Classifier") or [] if c.startswith("License ::")]
