@@ -182,3 +182,34 @@ def test_debian_changelog_from_release_notes() -> None:
         text.splitlines()
     )
     assert all(len(line) <= 80 for line in text.splitlines() if line.startswith("  "))
+
+
+def test_the_lock_holds_every_requirement_of_the_package() -> None:
+    """A dependency added to pyproject without ``packaging/build --lock`` would stop the
+    package build (pip --require-hashes refuses it): caught here in a second, not by the
+    build half an hour into CI."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    wanted = [
+        *project["project"]["dependencies"],
+        *project["project"]["optional-dependencies"]["gui"],
+        *(
+            r
+            for r in project["tool"]["briefcase"]["app"]["peerstash"]["requires"]
+            if not r.startswith(".")
+        ),
+    ]
+
+    def name(req: str) -> str:
+        return re.split(r"[\[<>=!~ ;]", req, maxsplit=1)[0].lower().replace("_", "-")
+
+    build = load_build()
+    locked = {
+        name(line)
+        for line in build.lock_path().read_text().splitlines()
+        if line and not line.startswith((" ", "#"))
+    }
+    missing = sorted({name(r) for r in wanted} - locked)
+    assert not missing, f"not in {build.lock_path().name}: {missing} (run packaging/build --lock)"
