@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QAbstractButton,
     QAbstractItemView,
     QApplication,
+    QFileDialog,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -323,3 +324,17 @@ def button_row(*buttons: QPushButton, stretch_first: bool = False) -> QHBoxLayou
     if not stretch_first:
         row.addStretch(1)
     return row
+
+
+def choose_folder(
+    parent: QWidget, title: str, on_chosen: Callable[[str], object], start: str = ""
+) -> QFileDialog:
+    """Open a folder chooser and return it. Not modal (the event loop, and so the node, keep
+    running); the caller keeps the returned dialog so it is not collected (and a test can
+    answer it)."""
+    dlg = QFileDialog(parent, title, start)
+    dlg.setFileMode(QFileDialog.FileMode.Directory)
+    dlg.setOption(QFileDialog.Option.ShowDirsOnly, True)
+    dlg.fileSelected.connect(on_chosen)
+    dlg.open()
+    return dlg

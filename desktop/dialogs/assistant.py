@@ -53,7 +53,7 @@ from peerstash.core.scheduler import validate_cron
 from peerstash.desktop.api import ApiError
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.tasks import Tasks
-from peerstash.desktop.widgets import Banner, FieldError
+from peerstash.desktop.widgets import Banner, FieldError, choose_folder
 
 #: Kept after each backup (older snapshots of the plan are forgotten): said on the page.
 DEFAULT_RETENTION = {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12}
@@ -475,20 +475,14 @@ class SetupAssistant(QDialog):
         self.uri_preview.setText("" if errors else f"restic location: {shown}")
 
     def _browse_repo(self) -> None:
-        dlg = QFileDialog(self, "Choose the folder for the backups", QDir.homePath())
-        dlg.setFileMode(QFileDialog.FileMode.Directory)
-        dlg.setOption(QFileDialog.Option.ShowDirsOnly, True)
-        dlg.fileSelected.connect(self.fields["path"].setText)
-        self._dialog = dlg
-        dlg.open()
+        self._dialog = choose_folder(
+            self, "Choose the folder for the backups", self.fields["path"].setText, QDir.homePath()
+        )
 
     def _browse_folder(self) -> None:
-        dlg = QFileDialog(self, "Choose a folder to back up", QDir.homePath())
-        dlg.setFileMode(QFileDialog.FileMode.Directory)
-        dlg.setOption(QFileDialog.Option.ShowDirsOnly, True)
-        dlg.fileSelected.connect(self.add_folder)
-        self._dialog = dlg
-        dlg.open()
+        self._dialog = choose_folder(
+            self, "Choose a folder to back up", self.add_folder, QDir.homePath()
+        )
 
     def add_folder(self, path: str) -> None:
         if path and path not in self.folder_list():

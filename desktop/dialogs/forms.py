@@ -51,7 +51,7 @@ from peerstash.core.scheduler import parse_every, validate_cron
 from peerstash.desktop.api import ApiError, PeersApi
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.tasks import Tasks
-from peerstash.desktop.widgets import Banner, FieldError
+from peerstash.desktop.widgets import Banner, FieldError, choose_folder
 from peerstash.peer.permissions import GrantError, Grants
 
 KEEP_FIELDS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
@@ -351,12 +351,7 @@ class AddPlanDialog(FormDialog):
         )
 
     def _choose_folder(self) -> None:
-        dlg = QFileDialog(self, "Choose a folder to back up")
-        dlg.setFileMode(QFileDialog.FileMode.Directory)
-        dlg.setOption(QFileDialog.Option.ShowDirsOnly, True)
-        dlg.fileSelected.connect(self._folder_chosen)
-        self._folder_dialog = dlg
-        dlg.open()
+        self._folder_dialog = choose_folder(self, "Choose a folder to back up", self._folder_chosen)
 
     def _folder_chosen(self, path: str) -> None:
         current = _lines(self.paths)

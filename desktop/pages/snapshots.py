@@ -39,7 +39,14 @@ from peerstash.desktop import fmt
 from peerstash.desktop.api import q, query
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.dialogs.confirm_list import ListConfirmDialog
-from peerstash.desktop.widgets import Page, item, make_table, selected_data, state_color
+from peerstash.desktop.widgets import (
+    Page,
+    choose_folder,
+    item,
+    make_table,
+    selected_data,
+    state_color,
+)
 
 PathRole = Qt.ItemDataRole.UserRole + 1
 LoadedRole = Qt.ItemDataRole.UserRole + 2
@@ -374,12 +381,7 @@ class SnapshotsPage(Page):
         self.restore_button.setEnabled(self.selected_path() is not None and not busy)
 
     def _choose_target(self) -> None:
-        dlg = QFileDialog(self, "Restore into which folder?")
-        dlg.setFileMode(QFileDialog.FileMode.Directory)
-        dlg.setOption(QFileDialog.Option.ShowDirsOnly, True)
-        dlg.fileSelected.connect(self._target_chosen)
-        self._folder_dialog = dlg
-        dlg.open()
+        self._folder_dialog = choose_folder(self, "Restore into which folder?", self._target_chosen)
 
     def _target_chosen(self, path: str) -> None:
         self.target.setText(path)
