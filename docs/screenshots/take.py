@@ -166,8 +166,9 @@ def child(out: Path) -> int:
         a.next()
         assert a.page == "keep", a.page
         a.adjustSize()
-        await asyncio.sleep(0.5)
-        a.grab().save(str(out / "assistant.png"))
+        await asyncio.sleep(0.8)
+        frame = a.frameGeometry()  # with its title bar (openbox)
+        qapp.primaryScreen().grabWindow(0).copy(frame).save(str(out / "assistant.png"))
         a.reject()
         async with AdminClient(tmp / "data") as c:
             for name in ("nas", "usb-disk"):
