@@ -21,9 +21,16 @@ def has_display() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv) == ["--version"]:
+        # The one call that needs no parser at all; answered before the CLI is even imported
+        # (the same line argparse's version action prints).
+        from peerstash.core import __version__
+
+        print(f"peerstash {__version__}")
+        return 0
     from peerstash.peer import cli
 
-    args = cli.build_parser().parse_args(argv)
+    args = cli.parse_args(argv)
     if args.command:
         return cli.run_command(args)
     # The node (SQLAlchemy, Alembic, restic wrapper) is imported only when one is started, so

@@ -131,6 +131,7 @@ class DesktopApp:
         self.window.closedWithoutTray.connect(self.quit)
         self.tray.openPeersRequested.connect(self.show_peers)
         self.tray.setupRequested.connect(self.open_assistant)
+        self.window.restore_state(prefs.load())
         if self.show_window or self.tray.icon is None:
             self.window.bring_up()
         if self.first_run_assistant:
@@ -261,6 +262,7 @@ class DesktopApp:
         """
         self._drop_question()
         if self.window is not None and shiboken6.isValid(self.window):
+            self.window.remember()
             self.window.has_tray = True  # hiding now must not emit "quit" again
             self.window.hide()
         if self.tray is not None:
@@ -323,7 +325,9 @@ def run_gui(args: argparse.Namespace) -> int:
         data_dir,
         node_options(args),
         show_window=os.environ.get(START_HIDDEN_ENV) != "1",
-        autostart_command=autostart.default_command(data_dir, default_data_dir()),
+        autostart_command=autostart.default_command(
+            data_dir, default_data_dir(), autostart.node_args(args)
+        ),
     )
 
     async def main() -> None:

@@ -1,17 +1,21 @@
 """Start at login: the XDG autostart entry (``~/.config/autostart/peerstash.desktop``).
 
 Kept free of Qt so it can be tested and used anywhere: the Settings page only calls these three
-functions. The entry points at the same ``peerstash`` the person is running now (and the same
-data directory when it is not the default one), so logging in brings back exactly this node.
+functions. The entry points at the same ``peerstash`` the person is running now, with the same
+data directory (when it is not the default one) and the same node options (``--listen``,
+``--no-discovery``, ``--restic``...: :func:`node_args`), so logging in brings back exactly this
+node, not a differently configured one.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ENTRY_NAME = "peerstash.desktop"
 
@@ -29,19 +33,58 @@ def autostart_path(config_home: Path | None = None) -> Path:
     return autostart_dir(config_home) / ENTRY_NAME
 
 
+def _has_password(url: str) -> bool:
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:  # not parseable: treat it as secret
+        return True
+
+
+def node_args(args: argparse.Namespace) -> list[str]:
+    """The node options of a ``peerstash`` command line, to start the same node again.
+
+    From the parsed arguments (so ``PEERSTASH_LISTEN`` and ``PEERSTASH_DB_URL``, which the
+    parser reads as defaults, are kept too, spelled as options). The data directory is passed
+    apart (:func:`default_command`), already made absolute. A store URL that carries a password
+    is left out: a command line is readable by every user of the machine (``ps``), and so is
+    the autostart file; such a node gets its URL from ``PEERSTASH_DB_URL`` in the session.
+    """
+    out: list[str] = []
+    if getattr(args, "listen", None):
+        out += ["--listen", str(args.listen)]
+    if getattr(args, "no_discovery", False):
+        out.append("--no-discovery")
+    for iface in getattr(args, "discovery_interface", None) or []:
+        out += ["--discovery-interface", str(iface)]
+    restic = getattr(args, "restic", None)
+    if restic:
+        # Relative to where it was started; the session starts elsewhere.
+        out += ["--restic", os.path.abspath(restic) if os.sep in restic else str(restic)]
+    db_url = getattr(args, "db_url", None)
+    if db_url and not _has_password(str(db_url)):
+        out += ["--db-url", str(db_url)]
+    if getattr(args, "verbose", False):
+        out.append("--verbose")
+    return out
+
+
 def default_command(
-    data_dir: Path | None = None, default_data_dir: Path | None = None
+    data_dir: Path | None = None,
+    default_data_dir: Path | None = None,
+    options: Sequence[str] = (),
 ) -> list[str]:
     """The command line that starts this Peerstash again: the installed script if there is one.
 
     It starts in the tray without opening the window (``PEERSTASH_START_HIDDEN=1``): a window
-    popping up at every login is noise.
+    popping up at every login is noise. ``options`` are the node options it was started with
+    (:func:`node_args`).
     """
     script = shutil.which("peerstash")
     cmd = ["env", "PEERSTASH_START_HIDDEN=1"]
     cmd += [script] if script else [sys.executable, "-m", "peerstash.desktop"]
     if data_dir is not None and data_dir != default_data_dir:
-        cmd += ["--data-dir", str(data_dir)]
+        cmd += ["--data-dir", str(data_dir.absolute())]
+    cmd += list(options)
     return cmd
 
 

@@ -6,6 +6,10 @@ retention), so the form and the node agree by construction; what only the node c
 name already taken, a wrong password) comes back from the admin API and is shown under the
 field it is about. Dialogs are opened with ``open()``, never ``exec()``: no nested event loop.
 
+Keyboard and size: a dialog opens with the focus on its first field, Tab leaves the multi-line
+fields (it moves on instead of typing a tab), and an error is never cut: labels wrap, and the
+dialog grows to show them (up to the screen's height; beyond that the form scrolls).
+
 The edit dialogs are the add dialogs prefilled from what the node lists, with the name fixed;
 they send only what changed (``PATCH``), so a field left alone keeps its value on the node.
 """
@@ -18,8 +22,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QDir, Signal
-from PySide6.QtGui import QGuiApplication
+from PySide6.QtCore import QDir, Qt, QTimer, Signal
+from PySide6.QtGui import QGuiApplication, QShowEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -30,9 +34,12 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QHBoxLayout,
     QLabel,
+    QLayout,
     QLineEdit,
     QPlainTextEdit,
     QPushButton,
+    QScrollArea,
+    QTextEdit,
     QVBoxLayout,
     QWidget,
 )
@@ -49,6 +56,20 @@ from peerstash.peer.permissions import GrantError, Grants
 
 KEEP_FIELDS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _widgets_of(thing: QWidget | QLayout | None) -> list[QWidget]:
+    """The widgets of a field (a widget, or a layout of them), in layout order."""
+    if thing is None:
+        return []
+    if isinstance(thing, QWidget):
+        return [thing, *_widgets_of(thing.layout())]
+    out: list[QWidget] = []
+    for i in range(thing.count()):
+        it = thing.itemAt(i)
+        if it is not None:
+            out += _widgets_of(it.widget()) + _widgets_of(it.layout())
+    return out
 
 
 def _lines(edit: QPlainTextEdit) -> list[str]:
@@ -68,6 +89,8 @@ class FormDialog(QDialog):
         self.setMinimumWidth(520)
         self.tasks = Tasks(on_error=self._failed)
         self.errors: dict[str, FieldError] = {}
+        #: The input widgets in the order of the form (the first enabled one gets the focus).
+        self.inputs: list[QWidget] = []
         self.form = QFormLayout()
         self.form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
         self.banner = Banner()
@@ -77,11 +100,85 @@ class FormDialog(QDialog):
         self.save_button = self.buttons.button(QDialogButtonBox.StandardButton.Save)
         self.buttons.accepted.connect(self.submit)
         self.buttons.rejected.connect(self.reject)
-        layout = QVBoxLayout(self)
-        layout.addLayout(self.form)
+        # The form scrolls when the screen is too low for it (a laptop at 200 %); the banner
+        # and the buttons stay in view under it.
+        self.form_body = body = QWidget()
+        body.setLayout(self.form)
+        self.form_scroll = QScrollArea()
+        self.form_scroll.setWidget(body)
+        self.form_scroll.setWidgetResizable(True)
+        self.form_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.form_scroll.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # not a stop for Tab
+        self.form_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.main_layout = layout = QVBoxLayout(self)
+        layout.addWidget(self.form_scroll, 1)
         layout.addWidget(self.banner)
         layout.addWidget(self.buttons)
         self.submitting = False
+        self._shown_once = False
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        for edit in self.findChildren(QPlainTextEdit) + self.findChildren(QTextEdit):
+            edit.setTabChangesFocus(True)
+        if not self._shown_once:
+            self._shown_once = True
+            self.fit()
+            first = self.first_field()
+            if first is not None:
+                first.setFocus(Qt.FocusReason.TabFocusReason)
+
+    def first_field(self) -> QWidget | None:
+        """The first field that takes input now (an edit dialog's fixed name is skipped)."""
+        for w in self.inputs:
+            if w.isEnabled() and w.isVisibleTo(self) and w.focusPolicy() & Qt.FocusPolicy.TabFocus:
+                return w
+        return None
+
+    def fit(self) -> None:
+        """As tall as the form, the banner and every shown error need, within the screen."""
+        body = self.form_body
+        body.adjustSize()
+        layout = self.main_layout
+        layout.activate()
+        m = layout.contentsMargins()
+        inner = self.width() - m.left() - m.right()
+        need_form = body.heightForWidth(inner) if body.hasHeightForWidth() else -1
+        if need_form < 0:
+            need_form = body.sizeHint().height()
+        banner = (
+            self.banner.heightForWidth(inner) + layout.spacing()
+            if self.banner.isVisibleTo(self)
+            else 0
+        )
+        need = (
+            m.top()
+            + m.bottom()
+            + need_form
+            + banner
+            + layout.spacing()
+            + self.buttons.sizeHint().height()
+            + 2 * self.form_scroll.frameWidth()
+        )
+        screen = self.screen()
+        limit = screen.availableGeometry().height() - 40 if screen is not None else need
+        self.form_scroll.setMinimumHeight(min(need_form, max(80, limit // 3)))
+        height = min(need, limit)
+        if height > self.height() or not self.isVisible():
+            self.resize(self.width(), max(height, self.minimumSizeHint().height()))
+        if self.isVisible():
+            QTimer.singleShot(0, self._grow_by_scroll)
+
+    def _grow_by_scroll(self) -> None:
+        """What the estimate missed: grow by what the form would scroll, screen permitting."""
+        missing = self.form_scroll.verticalScrollBar().maximum()
+        screen = self.screen()
+        if missing <= 0 or screen is None:
+            return
+        limit = screen.availableGeometry().height() - 40
+        height = min(self.height() + missing, limit)
+        if height > self.height():
+            self.resize(self.width(), height)
 
     def add_field(self, key: str, label: str, widget: QWidget | Any, hint: str = "") -> None:
         box = QWidget()
@@ -89,6 +186,7 @@ class FormDialog(QDialog):
         v.setContentsMargins(0, 0, 0, 0)
         v.setSpacing(2)
         v.addWidget(widget) if isinstance(widget, QWidget) else v.addLayout(widget)
+        self.inputs += _widgets_of(widget)
         if hint:
             h = QLabel(hint)
             h.setWordWrap(True)
@@ -110,6 +208,7 @@ class FormDialog(QDialog):
             self.banner.show_message("Please correct the fields marked in red.", "error")
         else:
             self.banner.clear_message()
+        self.fit()
 
     def validate(self) -> tuple[dict[str, str], dict[str, Any]]:
         """Return (errors by field, request body)."""
@@ -160,6 +259,7 @@ class FormDialog(QDialog):
             self.banner.show_message("The node refused this; see the field marked in red.", "error")
         else:
             self.banner.show_message(msg, "error")
+        self.fit()
 
 
 class AddPlanDialog(FormDialog):

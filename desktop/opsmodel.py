@@ -282,9 +282,7 @@ class ProgressDelegate(QStyledItemDelegate):
     cost of a few primitives per visible running row.
     """
 
-    TRACK = QColor("#e3e8ef")
     FILL = QColor(STATUS_COLORS["running"])
-    TEXT = QColor("#1f2a37")
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: Index) -> None:
         frac = index.data(ProgressRole)
@@ -298,7 +296,15 @@ class ProgressDelegate(QStyledItemDelegate):
         painter.save()
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         painter.setPen(Qt.PenStyle.NoPen)
-        painter.setBrush(self.TRACK)
+        # The empty part and the text come from the palette (a dark theme stays dark).
+        base = option.palette.color(QPalette.ColorRole.Base)
+        ink = option.palette.color(QPalette.ColorRole.Text)
+        track = QColor(
+            round(base.red() * 0.85 + ink.red() * 0.15),
+            round(base.green() * 0.85 + ink.green() * 0.15),
+            round(base.blue() * 0.85 + ink.blue() * 0.15),
+        )
+        painter.setBrush(track)
         painter.drawRoundedRect(rect, 4, 4)
         filled = QRect(rect)
         filled.setWidth(max(0, int(rect.width() * float(frac))))
@@ -307,7 +313,7 @@ class ProgressDelegate(QStyledItemDelegate):
             painter.drawRoundedRect(filled, 4, 4)
         text = str(index.data(Qt.ItemDataRole.DisplayRole) or "")
         align = Qt.AlignmentFlag.AlignCenter
-        painter.setPen(self.TEXT)
+        painter.setPen(ink)
         painter.drawText(rect, align, text)
         if filled.width() > 0:
             painter.setClipRect(filled)

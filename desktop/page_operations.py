@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from PySide6.QtCore import QItemSelection, Qt
+from PySide6.QtCore import QEvent, QItemSelection, QObject, Qt
 from PySide6.QtGui import QFont, QFontDatabase
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -26,13 +26,24 @@ from peerstash.desktop.api import ApiError, q
 from peerstash.desktop.backend import FINISHED, Backend
 from peerstash.desktop.opsmodel import (
     COL_DETAIL,
+    COL_KIND,
+    COL_NODE,
+    COL_REPO,
+    COL_STARTED,
     COL_STATUS,
+    COL_TOOK,
     OpFilter,
     OpsModel,
     ProgressDelegate,
 )
 from peerstash.desktop.widgets import Page
 
+#: Starting widths of the columns before the progress/result column, which takes the rest.
+COLUMN_WIDTHS = (100, 70, 100, 100, 90, 125, 55)
+#: The progress/result column keeps at least this much: it is what the page is about. When
+#: the window is narrower, these columns are hidden (in this order) to make room.
+MIN_DETAIL = 220
+HIDE_FIRST = (COL_NODE, COL_REPO, COL_TOOK, COL_KIND, COL_STARTED)
 STATUSES = ("pending", "running", "success", "warning", "error", "cancelled", "interrupted")
 LOG_REFRESH = 1.0
 
@@ -52,13 +63,16 @@ class OperationsPage(Page):
         for s in STATUSES:
             self.status_filter.addItem(fmt.STATUS_WORDS[s], s)
         self.origin_filter = self._combo("Any node")
+        # No labels beside them: "Any plan" says what each is, and the bar stays narrow enough
+        # for a small screen at 200 %.
         for label, combo in (
             ("Plan", self.plan_filter),
             ("Repository", self.repo_filter),
             ("Status", self.status_filter),
             ("Node", self.origin_filter),
         ):
-            bar.addWidget(QLabel(label))
+            combo.setToolTip(f"Show only the operations of this {label.lower()}")
+            combo.setAccessibleName(f"{label} filter")
             bar.addWidget(combo)
         bar.addStretch(1)
         self.outer.addLayout(bar)
@@ -82,9 +96,12 @@ class OperationsPage(Page):
         hh.setHighlightSections(False)
         hh.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         hh.setStretchLastSection(True)
-        for col, width in enumerate((110, 80, 110, 110, 100, 140, 70)):
+        for col, width in enumerate(COLUMN_WIDTHS):
             hh.resizeSection(col, width)
+        self.view.viewport().installEventFilter(self)
         self.view.selectionModel().selectionChanged.connect(self._selection_changed)
+        # Enter (or a double click) on an operation goes to its log.
+        self.view.activated.connect(lambda _i: self.open_log())
 
         details = QWidget()
         dl = QVBoxLayout(details)
@@ -92,6 +109,8 @@ class OperationsPage(Page):
         head = QHBoxLayout()
         self.detail_title = QLabel("Select an operation to see its log.")
         self.detail_title.setStyleSheet("font-weight:600;")
+        # Wrapped: unwrapped, its long line would make the page wider than a small screen.
+        self.detail_title.setWordWrap(True)
         head.addWidget(self.detail_title, 1)
         self.cancel_button = QPushButton("Cancel operation")
         self.cancel_button.setEnabled(False)
@@ -100,6 +119,7 @@ class OperationsPage(Page):
         dl.addLayout(head)
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
+        self.log.setTabChangesFocus(True)
         self.log.setMaximumBlockCount(5000)
         self.log.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
         mono = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
@@ -126,10 +146,28 @@ class OperationsPage(Page):
         backend.peersChanged.connect(self._fill_filters)
         self._fill_filters()
 
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.view.viewport() and event.type() == QEvent.Type.Resize:
+            self.fit_columns()
+        return super().eventFilter(watched, event)
+
+    def fit_columns(self) -> None:
+        """Keep the progress/result column at least MIN_DETAIL wide, hiding minor columns."""
+        hh = self.view.horizontalHeader()
+        avail = self.view.viewport().width()
+        for col in HIDE_FIRST:
+            hh.setSectionHidden(col, False)
+        for col in HIDE_FIRST:
+            used = sum(hh.sectionSize(c) for c in range(COL_DETAIL) if not hh.isSectionHidden(c))
+            if avail - used >= MIN_DETAIL:
+                break
+            hh.setSectionHidden(col, True)
+
     def _combo(self, any_text: str) -> QComboBox:
         c = QComboBox()
         c.addItem(any_text, "")
-        c.setMinimumContentsLength(10)
+        c.setMinimumContentsLength(6)
+        c.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         c.currentIndexChanged.connect(self._filters_changed)
         return c
 
@@ -234,6 +272,14 @@ class OperationsPage(Page):
         finished = op.get("status") in FINISHED
         due = time.monotonic() - self._log_loaded_at >= LOG_REFRESH
         self._show_selected(reload_log=finished or due)
+
+    def open_log(self) -> None:
+        """The selected operation's log, with the keyboard focus (to scroll and copy it)."""
+        if self.selected is None:
+            return
+        if self._log_for != str(self.selected.get("id")):
+            self._show_selected(reload_log=True)
+        self.log.setFocus(Qt.FocusReason.OtherFocusReason)
 
     def _cancel(self) -> None:
         op = self.selected

@@ -54,6 +54,7 @@ class OverviewPage(Page):
         self.node_title.setStyleSheet("font-size:13pt;font-weight:600;")
         self.node_sub = QLabel("")
         self.node_sub.setStyleSheet("color:palette(placeholder-text);")
+        self.node_sub.setWordWrap(True)  # one long line would widen the page past the screen
         text.addWidget(self.node_title)
         text.addWidget(self.node_sub)
         cl.addLayout(text, 1)

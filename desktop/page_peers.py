@@ -131,6 +131,8 @@ class PeersPage(Page):
         hosts = QGroupBox("Machines this one connects to")
         hl = QVBoxLayout(hosts)
         self.hosts = make_table(PEER_HEADERS, stretch=3)
+        # Enter (or a double click) on a machine opens what it may do here.
+        self.hosts.activated.connect(lambda _i: self.open_edit_grants(self.hosts))
         hl.addWidget(self.hosts)
         self.check_button = QPushButton("Reconnect now")
         self.check_button.clicked.connect(self._check)
@@ -146,6 +148,7 @@ class PeersPage(Page):
         clients = QGroupBox("Machines allowed to connect here")
         kl = QVBoxLayout(clients)
         self.clients = make_table(PEER_HEADERS, stretch=3)
+        self.clients.activated.connect(lambda _i: self.open_edit_grants(self.clients))
         kl.addWidget(self.clients)
         self.client_grants_button = QPushButton("Edit grants…")
         self.client_grants_button.clicked.connect(lambda: self.open_edit_grants(self.clients))
@@ -323,7 +326,9 @@ class PeersPage(Page):
                 table.setItem(r, 0, item(printable(str(p.get("label") or name)), name))
                 state = str(p.get("state") or "")
                 st = item(state)
-                st.setForeground(QColor(STATE_COLOR.get(state, "#444")))
+                st.setForeground(
+                    QColor(STATE_COLOR[state]) if state in STATE_COLOR else table.palette().text()
+                )
                 if p.get("state_reason"):
                     st.setToolTip(printable(p["state_reason"]))
                 table.setItem(r, 1, st)

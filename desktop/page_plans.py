@@ -41,6 +41,8 @@ class PlansPage(Page):
         pl = QVBoxLayout(plans_box)
         self.plans = make_table(PLAN_HEADERS, stretch=3)
         self.plans.itemSelectionChanged.connect(self._update_buttons)
+        # Enter (or a double click) on a plan opens it in the editor.
+        self.plans.activated.connect(lambda _i: self.open_edit_plan())
         pl.addWidget(self.plans)
         self.add_plan_button = QPushButton("Add plan…")
         self.setup_button = QPushButton("Set up a backup…")
@@ -68,6 +70,7 @@ class PlansPage(Page):
         rl = QVBoxLayout(repos_box)
         self.repos = make_table(REPO_HEADERS, stretch=1)
         self.repos.itemSelectionChanged.connect(self._update_buttons)
+        self.repos.activated.connect(lambda _i: self._open_repo())
         rl.addWidget(self.repos)
         self.add_repo_button = QPushButton("Add repository…")
         self.add_repo_button.clicked.connect(self.open_add_repo)
@@ -85,14 +88,11 @@ class PlansPage(Page):
             self.maint_buttons[what] = b
         self.remove_repo_button = QPushButton("Remove")
         self.remove_repo_button.clicked.connect(self._remove_repo)
+        # Two rows: seven buttons in one would make the page wider than a small screen.
         rl.addLayout(
-            button_row(
-                self.add_repo_button,
-                self.edit_repo_button,
-                *self.maint_buttons.values(),
-                self.remove_repo_button,
-            )
+            button_row(self.add_repo_button, self.edit_repo_button, self.remove_repo_button)
         )
+        rl.addLayout(button_row(*self.maint_buttons.values()))
         self.outer.addWidget(repos_box, 1)
 
         self.dialog: AddPlanDialog | AddRepoDialog | None = None
@@ -138,6 +138,10 @@ class PlansPage(Page):
             if repo["id"] == keep_repo:
                 self.repos.selectRow(r)
         self._update_buttons()
+
+    def _open_repo(self) -> None:
+        if self.edit_repo_button.isEnabled():  # a shared repository cannot be edited here
+            self.open_edit_repo()
 
     def _update_buttons(self) -> None:
         plan = selected_data(self.plans) is not None

@@ -6,6 +6,11 @@ the node next restarts, except the name, which the node applies at once (its pee
 over their links); the node checks each value and its refusal is shown under the field. An
 empty field puts the node's default back. A node without that endpoint shows them read-only.
 Start at login (an XDG autostart entry) and notifications belong to this desktop.
+
+"This node" shows what the running node really uses, from its status (the peer port it is
+bound to, whether discovery runs), which may differ from the settings until it restarts or when
+it was started with ``--listen`` or ``--no-discovery``; start at login starts it with those
+same options (:func:`peerstash.desktop.autostart.node_args`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from PySide6.QtWidgets import (
 from peerstash.desktop import autostart, prefs
 from peerstash.desktop.api import ApiError, Unavailable
 from peerstash.desktop.backend import Backend
-from peerstash.desktop.widgets import FieldError, Page, button_row
+from peerstash.desktop.widgets import FieldError, Page, WrappingLabel, button_row
 
 #: The peer port's address when the setting is unset (peer/node.py DEFAULT_LISTEN).
 DEFAULT_LISTEN = "0.0.0.0:9797"
@@ -51,7 +56,7 @@ class SettingsPage(Page):
 
         about = QGroupBox("This node")
         form = QFormLayout(about)
-        self.fields: dict[str, QLabel] = {}
+        self.fields: dict[str, WrappingLabel] = {}
         for key, label in (
             ("instance_id", "Instance"),
             ("version", "Peerstash version"),
@@ -59,9 +64,12 @@ class SettingsPage(Page):
             ("admin_socket", "Admin socket"),
             ("key_id", "Key id"),
             ("peer_url", "Peer address"),
+            ("listen", "Peer port in use"),
+            ("discovery", "LAN discovery now"),
             ("mode", "Node"),
         ):
-            value = QLabel("…")
+            # Long paths wrap instead of widening the page past a small screen.
+            value = WrappingLabel("…")
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             self.fields[key] = value
             form.addRow(label, value)
@@ -78,7 +86,7 @@ class SettingsPage(Page):
         )
         self.listen = QLineEdit()
         self.listen.setPlaceholderText(f"{DEFAULT_LISTEN} (HOST:PORT)")
-        self.discovery = QCheckBox("Announce this machine and look for others on the local network")
+        self.discovery = QCheckBox("Find and announce machines on the LAN")
         self.interfaces = QLineEdit()
         self.interfaces.setPlaceholderText("all interfaces (or e.g. 192.168.1.20, eth0)")
         self.restic_path = QLineEdit()
@@ -105,6 +113,7 @@ class SettingsPage(Page):
         self.save_button.clicked.connect(self._save_node_settings)
         self.node_note = QLabel(RESTART_NOTE + " Leave a field empty for the default.")
         self.node_note.setStyleSheet("color:palette(placeholder-text);")
+        self.node_note.setWordWrap(True)
         nl.addLayout(button_row(self.save_button))
         nl.addWidget(self.node_note)
         self.outer.addWidget(node)
@@ -115,10 +124,11 @@ class SettingsPage(Page):
         self.start_at_login = QCheckBox("Start Peerstash when I log in (in the tray)")
         self.start_at_login.setChecked(autostart.is_enabled())
         self.start_at_login.toggled.connect(self._toggle_autostart)
-        self.notifications = QCheckBox("Show desktop notifications for failed and stale backups")
+        self.notifications = QCheckBox("Notify me of failed and stale backups")
         self.notifications.setChecked(bool(prefs.load()["notifications"]))
         self.notifications.toggled.connect(self._toggle_notifications)
-        self.autostart_note = QLabel("")
+        self.autostart_note = WrappingLabel("")
+        self.autostart_note.hide()  # until there is something to say
         self.autostart_note.setStyleSheet("color:palette(placeholder-text);")
         dl.addWidget(self.start_at_login)
         dl.addWidget(self.autostart_note)
@@ -137,6 +147,16 @@ class SettingsPage(Page):
                     if self.backend.in_process
                     else f"attached to the node of process {st.get('pid', '?')} "
                     "(it keeps running when you quit)"
+                )
+            elif key == "listen":
+                # What the running node is bound to (its status), not the settings file: a
+                # --listen option or a change that waits for a restart make them differ.
+                text = str(st.get("listen") or "off: this node has no peer port")
+            elif key == "discovery":
+                text = (
+                    "on: announcing this machine on the local network"
+                    if st.get("discovery")
+                    else "off"
                 )
             else:
                 value = st.get(key)
@@ -242,10 +262,13 @@ class SettingsPage(Page):
         try:
             if on:
                 path = autostart.enable(self.autostart_command)
-                self.autostart_note.setText(f"Wrote {path}.")
+                self.autostart_note.setText(
+                    f"Wrote {path}: it starts {' '.join(self.autostart_command)}"
+                )
             else:
                 autostart.disable()
                 self.autostart_note.setText("Removed the autostart entry.")
+            self.autostart_note.show()
         except OSError as exc:
             self.banner.show_message(f"Could not change the autostart entry: {exc}", "error")
 

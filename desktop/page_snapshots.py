@@ -39,7 +39,7 @@ from peerstash.desktop import fmt
 from peerstash.desktop.api import q, query
 from peerstash.desktop.backend import FINISHED, Backend
 from peerstash.desktop.confirm_list import ListConfirmDialog
-from peerstash.desktop.widgets import Page, item, make_table, selected_data
+from peerstash.desktop.widgets import Page, item, make_table, selected_data, state_color
 
 PathRole = Qt.ItemDataRole.UserRole + 1
 LoadedRole = Qt.ItemDataRole.UserRole + 2
@@ -81,6 +81,8 @@ class SnapshotsPage(Page):
 
         self.snapshots = make_table(SNAPSHOT_HEADERS, stretch=6)
         self.snapshots.itemSelectionChanged.connect(self._snapshot_changed)
+        # Enter (or a double click) on a snapshot goes into its files.
+        self.snapshots.activated.connect(lambda _i: self.open_browser())
         self.tree_model = QStandardItemModel(0, 3, self)
         self.tree_model.setHorizontalHeaderLabels(["Name", "Size", "Modified"])
         self.tree = QTreeView()
@@ -259,6 +261,17 @@ class SnapshotsPage(Page):
     def _target_edited(self, _text: str) -> None:
         self._target_is_default = False
         self.to_new.setChecked(True)
+
+    def open_browser(self) -> None:
+        """Move into the selected snapshot's files: the tree gets the focus, its top selected."""
+        if self.snapshot() is None:
+            return
+        if self.tree_model.rowCount() == 0:
+            self._snapshot_changed()
+        top = self.tree_model.index(0, 0)
+        if top.isValid():
+            self.tree.setCurrentIndex(top)
+        self.tree.setFocus(Qt.FocusReason.OtherFocusReason)
 
     # -- the tree ------------------------------------------------------------------------------
 
@@ -492,7 +505,7 @@ class SnapshotsPage(Page):
                 msg = f"Restore {fmt.STATUS_WORDS.get(status, status)}: {op.get('error') or ''}"
             self.restore_status.setText(msg)
             self.restore_status.setStyleSheet(
-                "color:#1e6b3c;" if status == "success" else "color:#8c2320;"
+                f"color:{state_color('ok' if status == 'success' else 'error', self)};"
             )
             self.banner.show_message(msg, "ok" if status == "success" else "error")
         self._update_restore()

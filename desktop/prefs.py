@@ -2,9 +2,10 @@
 
 Kept apart from the node's settings because they belong to this person's desktop session, not
 to the node (which may be shared by a headless service and several windows): whether to show
-desktop notifications, whether Quit warns that scheduled backups stop (``ask_before_quit``) and
+desktop notifications, whether Quit warns that scheduled backups stop (``ask_before_quit``),
 what closing the window means on a desktop without a tray (``close_without_tray``: ``ask``,
-``background`` or ``quit``; see desktop/closing.py). ``$XDG_CONFIG_HOME/peerstash/desktop.json``, read and written
+``background`` or ``quit``; see desktop/closing.py), and the main window's size, place and last
+page. ``$XDG_CONFIG_HOME/peerstash/desktop.json``, read and written
 at call time so the location follows the environment (tests point it at a temporary folder).
 """
 
@@ -21,6 +22,11 @@ DEFAULTS: dict[str, Any] = {
     "notifications": True,
     "ask_before_quit": True,
     "close_without_tray": "ask",
+    #: The window's normal geometry ``[x, y, width, height]`` (None: a first start).
+    "window": None,
+    "maximized": False,
+    #: The title of the page shown last.
+    "page": None,
 }
 
 

@@ -2,7 +2,9 @@
 
 Run through ``packaging/build`` (Debian's /usr/bin/python3, standard library only). Steps:
 
-1. apt-get install the build machine's packages listed in briefcase.toml (if missing);
+1. apt-get install what the build machine lacks: the build packages of briefcase.toml, and the
+   app's ``system_requires`` and ``system_runtime_requires`` from pyproject.toml (restic, the
+   libraries Qt loads), which Briefcase insists on finding installed before it builds;
 2. a venv at packaging/.build-venv with the pinned Briefcase from PyPI;
 3. our wheel, built from a copy of the checkout (the working tree stays clean);
 4. a staging project in packaging/out/stage: pyproject.toml as it is, plus the files Briefcase
@@ -70,6 +72,15 @@ def apt_install(packages: list[str]) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     run([*sudo(), "apt-get", "update"], env=env)
     run([*sudo(), "apt-get", "install", "-y", "--no-install-recommends", *missing], env=env)
+
+
+def briefcase_system_packages() -> list[str]:
+    """The Debian packages Briefcase checks for (``dpkg -s``) before ``create``/``build``: the
+    app's ``system_requires`` and ``system_runtime_requires`` (pyproject.toml)."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        app = tomllib.load(f)["tool"]["briefcase"]["app"]["peerstash"]
+    debian = app.get("linux", {}).get("system", {}).get("debian", {})
+    return [*debian.get("system_requires", []), *debian.get("system_runtime_requires", [])]
 
 
 def build_venv(requirement: str) -> Path:
@@ -225,7 +236,7 @@ def main() -> int:
         return 2
 
     if not args.no_apt:
-        apt_install(target["build_requires"])
+        apt_install(list(dict.fromkeys([*target["build_requires"], *briefcase_system_packages()])))
     python = build_venv(conf["briefcase"]["requirement"])
     wheel = build_wheel(python)
     stage_project()

@@ -7,23 +7,26 @@ returned, so scripts and the docs agree. Errors are one line on stderr and a non
 from __future__ import annotations
 
 import argparse
-import asyncio
-import getpass
 import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Self
-from urllib.parse import quote
-
-import aiohttp
+from typing import TYPE_CHECKING, Any, NoReturn, Self
 
 from peerstash.core import __version__
 from peerstash.core.text import printable, printable_lines
 from peerstash.core.wording import backup_summary_line, human_bytes, human_duration
 from peerstash.peer.paths import SOCKET_NAME, admin_socket_path, resolve_data_dir, socket_trouble
+
+if TYPE_CHECKING:
+    import aiohttp
+
+# Every `peerstash` call imports this module, so it imports only what every command needs:
+# aiohttp, asyncio, getpass and urllib are imported where they are used (`status` and
+# `--version` need none of them; see docs/benchmarks.md, "CLI start-up", and
+# tests/unit/test_cli_imports.py).
 
 #: Exit codes: 0 ok, 1 failed, 2 usage, 3 finished with a warning (like restic's partial backup).
 EXIT_FAILED = 1
@@ -43,6 +46,8 @@ class AdminClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
+        import aiohttp
+
         self._session = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=str(self.socket)),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
@@ -80,6 +85,8 @@ class AdminClient:
         return "" if self.data_dir == resolve_data_dir(None) else f" --data-dir {self.data_dir}"
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        import aiohttp
+
         assert self._session is not None
         if not self.socket.exists():
             raise self._not_running()
@@ -98,6 +105,8 @@ class AdminClient:
 
     async def stream(self, path: str) -> AsyncIterator[dict[str, Any]]:
         """Yield NDJSON objects from a streaming endpoint (keep-alive blanks skipped)."""
+        import aiohttp
+
         assert self._session is not None
         if not self.socket.exists():
             raise self._not_running()
@@ -383,6 +392,8 @@ def _read_password(a: argparse.Namespace) -> dict[str, Any]:
     if a.password_stdin:
         value = sys.stdin.readline().rstrip("\r\n")
     elif sys.stdin.isatty():
+        import getpass
+
         value = getpass.getpass("Repository password: ")
         if a.init and getpass.getpass("Repeat the password: ") != value:
             raise CliError("the passwords did not match")
@@ -446,7 +457,7 @@ def _env_pairs(items: list[str]) -> dict[str, str]:
 
 
 def _peer_path(peer: str) -> str:
-    return f"/v1/peers/{quote(peer, safe='')}"
+    return f"/v1/peers/{_q(peer)}"
 
 
 async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
@@ -562,7 +573,7 @@ async def _repo_show(c: AdminClient, a: argparse.Namespace) -> int:
         _emit(a, repo, "\n".join(lines))
         return 0
     _confirm_reveal(a)
-    res = await c.call("POST", f"/v1/repos/{quote(a.name, safe='')}/reveal-password")
+    res = await c.call("POST", f"/v1/repos/{_q(a.name)}/reveal-password")
     password = res.get("password")
     if password is None:
         raise CliError(
@@ -580,6 +591,8 @@ async def _repo_show(c: AdminClient, a: argparse.Namespace) -> int:
             options=repo.get("options") or [],
             machine=str(st.get("name") or st.get("instance_id") or ""),
         )
+        import asyncio
+
         try:
             await asyncio.to_thread(write_private, path, text)
         except OSError as exc:
@@ -615,11 +628,11 @@ async def _repo_on(c: AdminClient, a: argparse.Namespace, peer: str) -> int:
         return 0
     if a.repo_cmd == "edit":
         patch = _repo_patch(a, "give --uri, --password-stdin or --env")
-        res = await c.call("PATCH", f"{base}/{quote(a.name, safe='')}", patch)
+        res = await c.call("PATCH", f"{base}/{_q(a.name)}", patch)
         _emit(a, res, f"repository {a.name} on {peer} changed; it opens with the new settings")
         return 0
     if a.repo_cmd == "remove":
-        res = await c.call("DELETE", f"{base}/{quote(a.name, safe='')}")
+        res = await c.call("DELETE", f"{base}/{_q(a.name)}")
         _emit(a, res, f"repository {a.name} removed from {peer} (its data is untouched)")
         return 0
     repos = (await c.call("GET", _peer_path(peer) + "/config"))["repos"]
@@ -775,7 +788,7 @@ async def cmd_ops(c: AdminClient, a: argparse.Namespace) -> int:
 
 
 async def cmd_log(c: AdminClient, a: argparse.Namespace) -> int:
-    q = f"?origin={quote(a.origin, safe='')}" if a.origin else ""
+    q = f"?origin={_q(a.origin)}" if a.origin else ""
     res = await c.call("GET", f"/v1/ops/{a.op}/log{q}")
     _emit(a, res, "\n".join(res["lines"]))
     return 0
@@ -1197,6 +1210,8 @@ def _read_token(a: argparse.Namespace) -> str:
                 "give the pairing token on stdin with `peerstash peer add -`, or run this on a "
                 "terminal to be asked for it"
             )
+        import getpass
+
         token = getpass.getpass("Pairing token: ").strip()
     else:
         print(TOKEN_ON_COMMAND_LINE, file=sys.stderr)
@@ -1272,6 +1287,8 @@ async def cmd_rename(c: AdminClient, a: argparse.Namespace) -> int:
 
 async def cmd_service(c: AdminClient, a: argparse.Namespace) -> int:
     """Needs no running node: ``c`` is never called (run_command connects on the first call)."""
+    import asyncio
+
     from peerstash.peer import service
 
     user = a.scope != "system" if a.scope else os.geteuid() != 0
@@ -1381,7 +1398,67 @@ def retention_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--keep-within", metavar="DURATION", help="e.g. 30d")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _NotBuilt(Exception):
+    """A subcommand parser left out by :func:`build_parser` was asked to parse."""
+
+
+class _Unbuilt:
+    """Stands in for the parser of a subcommand this call does not run: it takes the building
+    calls of :func:`build_parser` and does nothing (building all 60 parsers costs more than
+    starting Python: each looks up its translations and the terminal's width), and refuses
+    everything else. Its name and help are registered all the same, so usage, ``--help`` and
+    "invalid choice" read exactly as with every parser built."""
+
+    _BUILDING = frozenset(
+        {
+            "add_argument",
+            "add_argument_group",
+            "add_mutually_exclusive_group",
+            "add_parser",
+            "add_subparsers",
+            "set_defaults",
+        }
+    )
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._BUILDING:
+            return self._take
+        raise _NotBuilt(name)
+
+    def _take(self, *args: object, **kwargs: object) -> _Unbuilt:
+        return self
+
+
+def _parser_class(build: frozenset[str] | None) -> type[_Parser]:
+    """The subcommand parser class: with ``build``, only those subcommands get a real parser."""
+    if build is None:
+        return _Parser
+    names = build
+
+    class _Some(_Parser):
+        def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+            # add_parser names the parser "peerstash NAME" (no subcommand sets its own prog).
+            name = str(kwargs.get("prog", "")).rsplit(" ", 1)[-1]
+            return super().__new__(cls) if name in names else _Unbuilt()
+
+    return _Some
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``build_parser().parse_args(argv)``, building only the parsers of the subcommands named
+    in ``argv`` (the one that runs is always among them: argparse matches subcommand names
+    exactly). Should anything else be asked of a parser left out, everything is built and
+    ``argv`` parsed again, so the result is always the full parser's."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return build_parser(frozenset(w for w in words if w in COMMANDS)).parse_args(words)
+    except _NotBuilt:
+        return build_parser().parse_args(words)
+
+
+def build_parser(build: frozenset[str] | None = None) -> argparse.ArgumentParser:
+    """The whole ``peerstash`` parser; with ``build``, the parsers of other subcommands are
+    left out (see :func:`parse_args`)."""
     p = _Parser(prog="peerstash", description="Backups for every machine you own.")
     p.add_argument("--version", action="version", version=f"peerstash {__version__}")
     p.add_argument("--data-dir", help="the node's data directory (or $PEERSTASH_DATA_DIR)")
@@ -1420,7 +1497,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="limit LAN discovery to this interface or address (repeatable)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log more (node only)")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", parser_class=_parser_class(build))
 
     def json_flag(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--json", action="store_true", help="print JSON")
@@ -1813,17 +1890,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Commands of one request (and one stream to follow): they run on the quick client (no
+#: aiohttp, no asyncio, see ``peer/quickclient.py``), so they start in a fraction of the time.
+QUICK_COMMANDS = frozenset({"status", "backup", "wait"})
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run one CLI subcommand against the node; return the exit code."""
     data_dir = resolve_data_dir(args.data_dir)
     handler = COMMANDS[args.command]
+    client_class: type[AdminClient]
+    run: Callable[[Coroutine[Any, Any, int]], int]
+    if args.command in QUICK_COMMANDS:
+        from peerstash.peer.quickclient import QuickAdminClient, run_to_end
+
+        client_class, run = QuickAdminClient, run_to_end
+    else:
+        import asyncio
+
+        client_class, run = AdminClient, asyncio.run
 
     async def go() -> int:
-        async with AdminClient(data_dir) as client:
+        async with client_class(data_dir) as client:
             return await handler(client, args)
 
     try:
-        return asyncio.run(go())
+        return run(go())
     except CliError as exc:
         print(printable(f"peerstash: {exc}"), file=sys.stderr)
         return EXIT_FAILED

@@ -157,6 +157,8 @@ class Node:
         self.logs: RemoteLogs | None = None
         self.remote: RemoteService | None = None
         self.peer_url: str | None = None
+        #: The HOST:PORT the peer port is bound to (port 0 resolved), None when it is off.
+        self.listen_address: str | None = None
         self._peer_port: int | None = None
         self.discovery: Discovery | None = None
         #: Limits what unauthenticated clients hold on the peer port (see ``guard.py``).
@@ -316,6 +318,7 @@ class Node:
         self._peer_runner = runner
         bound_port = runner.addresses[0][1] if runner.addresses else port
         self._peer_port = int(bound_port)
+        self.listen_address = f"{'[' + host + ']' if ':' in host else host}:{bound_port}"
         shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
         self.peer_url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{bound_port}"
 
@@ -464,6 +467,9 @@ class Node:
             "paused": bool(self.engine and self.engine.scheduler.paused),
             "key_id": self.identity.key_id if self.identity else None,
             "peer_url": self.peer_url,
+            # What this running node really uses (the settings may say otherwise until the
+            # next restart, and --listen / --no-discovery override them).
+            "listen": self.listen_address,
             "discovery": self.discovery is not None,
             # Repositories peers shared that were not taken here, and why (e.g. same GUID).
             "shared_skipped": dict(self.engine.skipped_shares) if self.engine else {},

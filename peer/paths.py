@@ -15,19 +15,20 @@ its own (:func:`ensure_own_private_dir`), and every client checks the socket and
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import stat
-import tempfile
 from pathlib import Path
 
-import platformdirs
+# hashlib, tempfile and platformdirs are imported where they are used: every CLI call imports
+# this module, most of them need none of the three (docs/benchmarks.md, "CLI start-up").
 
 SOCKET_NAME = "admin.sock"
 _MAX_SOCKET_PATH = 100
 
 
 def default_data_dir() -> Path:
+    import platformdirs
+
     return Path(platformdirs.user_data_dir("peerstash", appauthor=False))
 
 
@@ -104,6 +105,8 @@ def runtime_dir() -> Path:
     base = os.environ.get("XDG_RUNTIME_DIR")
     if base and len(base) < 60 and os.path.isdir(base):
         return Path(base) / "peerstash"
+    import tempfile
+
     return Path(tempfile.gettempdir()) / f"peerstash-{os.getuid()}"
 
 
@@ -111,5 +114,7 @@ def admin_socket_path(data_dir: Path) -> Path:
     direct = data_dir / SOCKET_NAME
     if len(str(direct)) <= _MAX_SOCKET_PATH:
         return direct
+    import hashlib
+
     digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:20]
     return runtime_dir() / f"{digest}.sock"
