@@ -288,7 +288,7 @@ def main() -> int:
     ap.add_argument("--skip-node", action="store_true", help="only the model-alone figures")
     args = ap.parse_args()
     qapp = QApplication.instance() or QApplication([])
-    from peerstash.desktop import qloop, qtfix
+    from peerstash.desktop.platform import qloop, qtfix
 
     qtfix.apply()  # as the app does: PySide6 6.12 on Python 3.11 loses references to None
     # The admin API logs a traceback when it stops while a follow stream is open (a known

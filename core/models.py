@@ -1,4 +1,4 @@
-"""The tables Peerstash keeps, and the vocabulary of operations.
+"""The tables Peerstash keeps (the vocabulary of operations is in ``core/ops.py``).
 
 Every table is declared here and created by an Alembic migration in ``migrations/versions``; a
 change to a model without a migration is caught by ``tests/unit/test_migrations.py``.
@@ -6,7 +6,6 @@ change to a model without a migration is caught by ``tests/unit/test_migrations.
 
 from __future__ import annotations
 
-import enum
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +26,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+from peerstash.core.ops import OpKind as OpKind  # re-exported: the tables' vocabulary
+from peerstash.core.ops import OpStatus as OpStatus
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -50,29 +52,6 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class OpKind(enum.StrEnum):
-    BACKUP = "backup"
-    FORGET = "forget"
-    PRUNE = "prune"
-    CHECK = "check"
-    RESTORE = "restore"
-    UNLOCK = "unlock"
-
-
-class OpStatus(enum.StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCESS = "success"
-    WARNING = "warning"
-    ERROR = "error"
-    CANCELLED = "cancelled"
-    INTERRUPTED = "interrupted"
-
-    @property
-    def finished(self) -> bool:
-        return self not in (OpStatus.PENDING, OpStatus.RUNNING)
 
 
 class Base(DeclarativeBase):

@@ -129,8 +129,12 @@ class DesktopClient(AdminClient):
                 if on_open is not None:
                     on_open()
                 while True:
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                    # cancellation that arrives as the line does, and the reader then never
+                    # stops (a window that quits would wait on it for ever).
                     try:
-                        line = await asyncio.wait_for(resp.content.readline(), idle_timeout)
+                        async with asyncio.timeout(idle_timeout):
+                            line = await resp.content.readline()
                     except TimeoutError:
                         raise ApiError(
                             f"the node's stream {path} said nothing for {idle_timeout:g}s"

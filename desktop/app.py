@@ -7,7 +7,7 @@ already follows that node (a first tray app), the node is asked to bring it up
 (``POST /v1/ui/present``) and this launch ends there; if none does (a ``peerstash --no-gui``),
 this process attaches to the node and opens the window.
 
-Lifecycle (see DESIGN.md, "qasync"): :func:`peerstash.desktop.qloop.run` runs :meth:`DesktopApp.run`; Quit sets an
+Lifecycle (see DESIGN.md, "qasync"): :func:`peerstash.desktop.platform.qloop.run` runs :meth:`DesktopApp.run`; Quit sets an
 ``asyncio.Event``, cleanup is awaited (the node stops its restic processes cleanly), and only
 then does the coroutine return and the loop close. Nothing here calls ``exec()`` on a dialog.
 """
@@ -27,10 +27,12 @@ import shiboken6
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from peerstash.core.text import use_printable_log_lines
-from peerstash.desktop import autostart, closing, prefs, qtfix
+from peerstash.desktop import prefs
 from peerstash.desktop.api import ApiError, DesktopClient, node_answers
 from peerstash.desktop.backend import Backend
+from peerstash.desktop.dialogs import closing
 from peerstash.desktop.icons import app_icon
+from peerstash.desktop.platform import autostart, qtfix
 from peerstash.desktop.tray import Tray
 from peerstash.desktop.window import MainWindow
 from peerstash.peer.node import Node, NodeAlreadyRunning, NodeError, NodeOptions
@@ -83,7 +85,7 @@ class DesktopApp:
         self.started = asyncio.Event()
         #: Set when an open window of another process was brought up instead of starting.
         self.handed_over = False
-        #: The open "Quit?" / "keep running?" question, if any (desktop/closing.py).
+        #: The open "Quit?" / "keep running?" question, if any (desktop/dialogs/closing.py).
         self.question: QMessageBox | None = None
 
     @property
@@ -194,7 +196,7 @@ class DesktopApp:
         """The window was closed and no tray can bring it back: "quit", "hide" or "keep".
 
         With the node in another process the backups do not depend on us: the window quits.
-        Otherwise the remembered answer applies, or the question is asked (desktop/closing.py).
+        Otherwise the remembered answer applies, or the question is asked (desktop/dialogs/closing.py).
         """
         if not self.in_process:
             return "quit"
@@ -302,7 +304,7 @@ def _install_signal_handlers(app: DesktopApp) -> None:
 
 def run_gui(args: argparse.Namespace) -> int:
     """``peerstash`` with a display: the tray app until Quit. Returns the exit code."""
-    from peerstash.desktop import qloop
+    from peerstash.desktop.platform import qloop
     from peerstash.peer.daemon import node_options
 
     logging.basicConfig(

@@ -21,6 +21,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
+from peerstash.core.ops import FINISHED, OpStatus
 from peerstash.desktop.api import ApiError, DesktopClient, PeersApi, Unavailable, q, query
 from peerstash.desktop.tasks import Tasks
 
@@ -29,8 +30,6 @@ log = logging.getLogger(__name__)
 #: The node sends a keep-alive on /v1/events every 15 s: three missed mean the stream is stuck
 #: and is reopened (with a reload, as after any reconnect).
 EVENTS_SILENCE = 45.0
-
-FINISHED = frozenset({"success", "warning", "error", "cancelled", "interrupted"})
 
 
 def op_key(op: dict[str, Any]) -> tuple[str, str]:
@@ -156,8 +155,12 @@ class Backend(QObject):
 
     async def _refresh_active(self) -> None:
         running, pending = await asyncio.gather(
-            self.client.request("GET", "/v1/ops" + query({"status": "running", "limit": 1000})),
-            self.client.request("GET", "/v1/ops" + query({"status": "pending", "limit": 1000})),
+            self.client.request(
+                "GET", "/v1/ops" + query({"status": OpStatus.RUNNING, "limit": 1000})
+            ),
+            self.client.request(
+                "GET", "/v1/ops" + query({"status": OpStatus.PENDING, "limit": 1000})
+            ),
         )
         self.active = {op_key(op): op for op in [*running, *pending]}
 
@@ -211,6 +214,8 @@ class Backend(QObject):
                         async for event in self.client.lines(
                             "/v1/events?ui=1", on_open=on_open, idle_timeout=EVENTS_SILENCE
                         ):
+                            if self._closed:
+                                return
                             self._on_event(event)
                     except Unavailable:
                         self.events_available = False

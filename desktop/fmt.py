@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from peerstash.core.ops import OpStatus
 from peerstash.core.wording import backup_summary_line, human_bytes, human_duration
 
 __all__ = [
@@ -22,14 +23,14 @@ __all__ = [
 ]
 
 #: How each operation status reads in the views.
-STATUS_WORDS = {
-    "pending": "queued",
-    "running": "running",
-    "success": "success",
-    "warning": "warning",
-    "error": "failed",
-    "cancelled": "cancelled",
-    "interrupted": "interrupted",
+STATUS_WORDS: dict[str, str] = {
+    OpStatus.PENDING: "queued",
+    OpStatus.RUNNING: "running",
+    OpStatus.SUCCESS: "success",
+    OpStatus.WARNING: "warning",
+    OpStatus.ERROR: "failed",
+    OpStatus.CANCELLED: "cancelled",
+    OpStatus.INTERRUPTED: "interrupted",
 }
 
 
@@ -104,7 +105,7 @@ def schedule_text(plan: dict[str, Any]) -> str:
 def op_progress(op: dict[str, Any]) -> float | None:
     """0..1 for a running operation that knows its total, else None."""
     total = op.get("bytes_total") or 0
-    if op.get("status") != "running" or total <= 0:
+    if op.get("status") != OpStatus.RUNNING or total <= 0:
         return None
     return max(0.0, min(1.0, (op.get("bytes_done") or 0) / total))
 
@@ -112,7 +113,7 @@ def op_progress(op: dict[str, Any]) -> float | None:
 def op_detail(op: dict[str, Any]) -> str:
     """The last column of the operations list: progress, error, or what came out."""
     status = op.get("status")
-    if status == "running":
+    if status == OpStatus.RUNNING:
         detail = (op.get("summary") or {}).get("detail")
         if detail:  # restic retrying a failing storage, or silent for a while
             return str(detail).splitlines()[0]
@@ -122,7 +123,7 @@ def op_detail(op: dict[str, Any]) -> str:
         eta = op.get("eta_seconds")
         tail = f" · ETA {human_duration(eta)}" if eta is not None else ""
         return f"{frac * 100:.0f}% of {human_bytes(op.get('bytes_total') or 0)}{tail}"
-    if status == "pending":
+    if status == OpStatus.PENDING:
         return "waiting for its turn"
     if op.get("error"):
         return str(op["error"]).splitlines()[0]

@@ -14,6 +14,8 @@ from pathlib import Path
 from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
 
+from peerstash.core.ops import OpStatus
+
 STATES = ("ok", "running", "warning", "error", "paused", "attention")
 
 STATE_COLORS = {
@@ -26,14 +28,14 @@ STATE_COLORS = {
 }
 
 #: Colours of operation statuses in lists (a dot before the word).
-STATUS_COLORS = {
-    "pending": "#8aa1b8",
-    "running": "#2f7ed8",
-    "success": "#2e9d58",
-    "warning": "#d99a1e",
-    "error": "#d64541",
-    "cancelled": "#9aa0a6",
-    "interrupted": "#c8642a",
+STATUS_COLORS: dict[str, str] = {
+    OpStatus.PENDING: "#8aa1b8",
+    OpStatus.RUNNING: "#2f7ed8",
+    OpStatus.SUCCESS: "#2e9d58",
+    OpStatus.WARNING: "#d99a1e",
+    OpStatus.ERROR: "#d64541",
+    OpStatus.CANCELLED: "#9aa0a6",
+    OpStatus.INTERRUPTED: "#c8642a",
 }
 
 

@@ -31,6 +31,7 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QColor, QPainter, QPalette
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
+from peerstash.core.ops import OpStatus
 from peerstash.core.text import printable, printable_lines
 from peerstash.desktop import fmt
 from peerstash.desktop.api import ApiError, query
@@ -282,7 +283,7 @@ class ProgressDelegate(QStyledItemDelegate):
     cost of a few primitives per visible running row.
     """
 
-    FILL = QColor(STATUS_COLORS["running"])
+    FILL = QColor(STATUS_COLORS[OpStatus.RUNNING])
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: Index) -> None:
         frac = index.data(ProgressRole)

@@ -4,7 +4,7 @@ Kept apart from the node's settings because they belong to this person's desktop
 to the node (which may be shared by a headless service and several windows): whether to show
 desktop notifications, whether Quit warns that scheduled backups stop (``ask_before_quit``),
 what closing the window means on a desktop without a tray (``close_without_tray``: ``ask``,
-``background`` or ``quit``; see desktop/closing.py), and the main window's size, place and last
+``background`` or ``quit``; see desktop/dialogs/closing.py), and the main window's size, place and last
 page. ``$XDG_CONFIG_HOME/peerstash/desktop.json``, read and written
 at call time so the location follows the environment (tests point it at a temporary folder).
 """
@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from peerstash.desktop.autostart import autostart_dir
+from peerstash.desktop.platform.autostart import autostart_dir
 
 DEFAULTS: dict[str, Any] = {
     "notifications": True,

@@ -15,6 +15,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+#: Seconds :meth:`Tasks.close` waits for cancelled tasks to end.
+CLOSE_DEADLINE = 10.0
+
 
 class Tasks:
     def __init__(self, on_error: Callable[[BaseException], None] | None = None) -> None:
@@ -53,9 +56,15 @@ class Tasks:
         while self._tasks:
             await asyncio.wait(set(self._tasks))
 
-    async def close(self) -> None:
+    async def close(self, deadline: float = CLOSE_DEADLINE) -> None:
+        """Cancel every task and wait for them, at most ``deadline`` seconds: quitting must not
+        hang on a task that does not stop (it is named in the log and left behind)."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            _, stuck = await asyncio.wait(tasks, timeout=deadline)
+            for task in stuck:
+                log.warning(
+                    "task %s did not stop within %gs of being cancelled", task.get_name(), deadline
+                )

@@ -5,7 +5,7 @@ without a tray host): the icon is simply not shown then, and the window stays th
 also makes every menu action testable by triggering its ``QAction``.
 
 Notifications say which machine they are about ("laptop: the backup of docs failed"), go
-through the desktop's notification service (desktop/notify.py; it works without a tray) with
+through the desktop's notification service (desktop/platform/notify.py; it works without a tray) with
 the tray balloon as the fallback, and are rate-limited so a failure repeating every few minutes
 is said once, while a new kind of failure (another plan, machine or error class) is always said.
 """
@@ -26,7 +26,7 @@ from peerstash.core.text import printable, printable_lines
 from peerstash.desktop import fmt
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.icons import dot_pixmap, state_icon
-from peerstash.desktop.notify import Notifier
+from peerstash.desktop.platform.notify import Notifier
 from peerstash.desktop.tasks import Tasks
 
 log = logging.getLogger(__name__)

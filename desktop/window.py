@@ -28,15 +28,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from peerstash.desktop.assistant import SetupAssistant
 from peerstash.desktop.backend import Backend
+from peerstash.desktop.dialogs.assistant import SetupAssistant
 from peerstash.desktop.icons import app_icon
-from peerstash.desktop.page_operations import OperationsPage
-from peerstash.desktop.page_overview import OverviewPage
-from peerstash.desktop.page_peers import PeersPage
-from peerstash.desktop.page_plans import PlansPage
-from peerstash.desktop.page_settings import SettingsPage
-from peerstash.desktop.page_snapshots import SnapshotsPage
+from peerstash.desktop.pages.operations import OperationsPage
+from peerstash.desktop.pages.overview import OverviewPage
+from peerstash.desktop.pages.peers import PeersPage
+from peerstash.desktop.pages.plans import PlansPage
+from peerstash.desktop.pages.settings import SettingsPage
+from peerstash.desktop.pages.snapshots import SnapshotsPage
 from peerstash.desktop.widgets import Page, state_color
 
 #: The window's size on a first start, when the screen has room for it.
@@ -283,7 +283,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:
         # With a tray the window only hides (the app lives on in the tray); without one,
-        # the app decides (desktop/closing.py): quit, keep running hidden, or ask first.
+        # the app decides (desktop/dialogs/closing.py): quit, keep running hidden, or ask first.
         self.remember()
         if self.has_tray:
             event.accept()

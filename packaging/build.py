@@ -21,12 +21,17 @@ Run through ``packaging/build`` (Debian's /usr/bin/python3, standard library onl
 from __future__ import annotations
 
 import argparse
+import calendar
+import email
+import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 import tomllib
 from collections.abc import Sequence
@@ -191,8 +196,12 @@ def finish_deb(deb: Path, revision: int) -> None:
       packaging-only rebuild with a bumped revision would not count as an upgrade);
     - the maintainer scripts of packaging/debian/ (systemd reload/restart on upgrade, stop
       and disable on remove, /etc/peerstash gone on purge);
-    - DEBIAN/md5sums.
+    - what lintian asks for (``add_debian_files``: changelog.Debian.gz, DEP-5 copyright,
+      overrides, Recommends, Description, Installed-Size);
+    - DEBIAN/md5sums;
+    - reproducibly: fixed modes and mtimes (SOURCE_DATE_EPOCH), root-owned, sorted by dpkg-deb.
     """
+    epoch = source_date_epoch()
     root = OUT / "deb-root"
     if root.exists():
         shutil.rmtree(root)
@@ -202,18 +211,456 @@ def finish_deb(deb: Path, revision: int) -> None:
     (version,) = [line.split(":", 1)[1].strip() for line in fields if line.startswith("Version:")]
     upstream = version.split("-", 1)[0]
     fields = [f"Version: {upstream}-{revision}" if f.startswith("Version:") else f for f in fields]
-    control.write_text("\n".join(fields) + "\n", encoding="utf-8")
     for name in MAINTAINER_SCRIPTS:
         dest = root / "DEBIAN" / name
         shutil.copyfile(PACKAGING / "debian" / name, dest)
         dest.chmod(0o755)
+    # Before add_debian_files: Installed-Size counts the tree as it ships.
+    strip_shared_objects(root)
+    remove_empty_dirs(root)
+    codename = re.search(r"~[a-z]+-([a-z0-9]+)_[^_]+\.deb$", deb.name)
+    fields = add_debian_files(root, fields, codename.group(1) if codename else "unstable", epoch)
+    control.write_text("\n".join(fields) + "\n", encoding="utf-8")
     sums = root / "DEBIAN" / "md5sums"
     sums.write_text(md5sums(root), encoding="utf-8")
-    sums.chmod(0o644)
+    normalize_tree(root, epoch)
     deb.unlink()
-    run(["dpkg-deb", "--build", "--root-owner-group", root, deb], stdout=subprocess.DEVNULL)
+    run(
+        ["dpkg-deb", "--build", "--root-owner-group", root, deb],
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)},
+    )
     shutil.rmtree(root)
-    log(f"{deb.name}: Version {upstream}-{revision}, maintainer scripts and md5sums added")
+    log(f"{deb.name}: Version {upstream}-{revision}, maintainer scripts, Debian files, md5sums")
+
+
+# --- Size, lint and reproducibility (issue 14) -------------------------------------------------
+
+
+def source_date_epoch() -> int:
+    """SOURCE_DATE_EPOCH as given, else HEAD's commit date: every timestamp the build writes
+    (wheel entries, man page date, changelog date, file mtimes, the .deb's ar and tar headers)
+    comes from it, so two builds of one commit give the same bytes."""
+    given = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if given:
+        return int(given)
+    out = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%ct"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0 or not out.stdout.strip():
+        raise SystemExit("no git commit to date the build: set SOURCE_DATE_EPOCH")
+    return int(out.stdout.strip())
+
+
+def lock_path() -> Path:
+    """The lock for the Python that runs the build (it is the one the package runs on)."""
+    machine = os.uname().machine
+    return PACKAGING / f"requirements-cp{sys.version_info[0]}{sys.version_info[1]}-{machine}.lock"
+
+
+def write_lock(python: Path, wheel: Path) -> Path:
+    """Resolve pyproject's requirements (our wheel's dependencies included) with pip and write
+    every distribution pip would install as ``name==version --hash=sha256:...``."""
+    reqs = app_requires(wheel)
+    report = OUT / "lock-report.json"
+    run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--only-binary",
+            ":all:",
+            "--report",
+            report,
+            *reqs,
+        ]
+    )
+    data = json.loads(report.read_text(encoding="utf-8"))
+    lines = []
+    for item in data["install"]:
+        name = item["metadata"]["name"]
+        if name.lower() == "peerstash":
+            continue
+        sha = item["download_info"]["archive_info"]["hashes"]["sha256"]
+        lines.append(f"{name}=={item['metadata']['version']} \\\n    --hash=sha256:{sha}\n")
+    path = lock_path()
+    path.write_text(
+        "# Exact Python requirements of the package, for this Python and machine.\n"
+        '# Written by `packaging/build --lock` (see docs/install.md, "The lock file"):\n'
+        "# packaging/build installs exactly these with pip --require-hashes.\n"
+        + "".join(sorted(lines, key=str.lower)),
+        encoding="utf-8",
+    )
+    return path
+
+
+def locked_requires(wheel: Path, extras: str) -> list[str]:
+    """pip arguments for Briefcase's ``requires``: a requirements file holding the lock and
+    our wheel (by its hash), installed in --require-hashes mode, so nothing unlocked (no new
+    release on PyPI, no dependency the lock lacks) gets into the package."""
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    reqs = OUT / "requirements.txt"
+    reqs.write_text(
+        lock_path().read_text(encoding="utf-8")
+        + f"peerstash{extras} @ {wheel.as_uri()} --hash=sha256:{digest}\n",
+        encoding="utf-8",
+    )
+    return ["--require-hashes", "-r", str(reqs)]
+
+
+def is_elf(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
+def strip_shared_objects(root: Path) -> None:
+    """Strip every ELF file as dh_strip does (``--strip-unneeded``, no .comment and .note
+    sections): the wheels of cryptography, asyncpg, greenlet… ship symbol tables, Qt's keep
+    their .comment. strip is deterministic (same input, same bytes), and idempotent."""
+    before = after = 0
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink() or not path.is_file() or not is_elf(path):
+            continue
+        before += path.stat().st_size
+        mode = path.stat().st_mode
+        subprocess.run(
+            [
+                "strip",
+                "--strip-unneeded",
+                "--remove-section=.comment",
+                "--remove-section=.note",
+                str(path),
+            ],
+            check=True,
+        )
+        path.chmod(mode)
+        after += path.stat().st_size
+    log(f"strip: {before / 1e6:.1f} MB of ELF files down to {after / 1e6:.1f} MB")
+
+
+def scrub_install_records(bundle: Path) -> None:
+    """pip writes the build machine's path of our wheel into direct_url.json, and RECORD lines
+    for console scripts it put outside app_packages (``../../bin/alembic``, not shipped, whose
+    hash covers a shebang with the build venv's path): both go (nothing reads them at run
+    time)."""
+    for direct in sorted(bundle.rglob("*.dist-info/direct_url.json")):
+        direct.unlink()
+    for record in sorted(bundle.rglob("*.dist-info/RECORD")):
+        lines = record.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [ln for ln in lines if "/direct_url.json," not in ln and not ln.startswith("../")]
+        if kept != lines:
+            record.write_text("".join(kept), encoding="utf-8")
+    leaks = [
+        str(p.relative_to(bundle))
+        for p in bundle.rglob("*.dist-info/*")
+        if p.is_file() and str(ROOT).encode() in p.read_bytes()
+    ]
+    if leaks:
+        raise SystemExit(f"the build path {ROOT} is written in: {', '.join(leaks)}")
+
+
+def write_man_page(bundle: Path, version: str, epoch: int) -> None:
+    """peerstash(1) from the CLI's parser (packaging/manpage.py), run on the bundle's own
+    libraries with a fixed environment; Briefcase gzips ``<bundle dir>/peerstash.1``."""
+    app = bundle / "usr" / "lib" / "peerstash"
+    date = time.strftime("%Y-%m-%d", time.gmtime(epoch))
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONPATH": f"{app / 'app'}:{app / 'app_packages'}",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONHASHSEED": "0",
+    }
+    out = bundle.parent / "peerstash.1"
+    run(
+        [SYSTEM_PYTHON, PACKAGING / "manpage.py", "--version", version, "--date", date, "-o", out],
+        env=env,
+    )
+
+
+#: The Debian changelog's distribution, maintainer line and urgency.
+CHANGELOG_URGENCY = "medium"
+
+
+def debian_changelog(package: str, version: str, distribution: str, epoch: int) -> str:
+    """packaging/CHANGELOG.md (``## X.Y.Z (date or unreleased)`` and ``- item`` lines) as a
+    Debian changelog: one entry per release, the newest carrying the full package version."""
+    text = (PACKAGING / "CHANGELOG.md").read_text(encoding="utf-8")
+    maintainer = "Peerstash developers <maintainers@peerstash.invalid>"
+    entries: list[str] = []
+    for block in re.split(r"^## ", text, flags=re.M)[1:]:
+        head, _, body = block.partition("\n")
+        m = re.match(r"(\S+)\s*(?:\((.*)\))?", head.strip())
+        assert m, head
+        upstream, when = m.group(1), (m.group(2) or "").strip()
+        items: list[str] = []
+        for line in body.splitlines():
+            if line.startswith("- "):
+                items.append(line[2:].strip())
+            elif line.startswith("  ") and items:
+                items[-1] += " " + line.strip()
+        stamp = epoch
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", when):
+            stamp = calendar.timegm(time.strptime(when + " 12", "%Y-%m-%d %H"))  # noon UTC
+        full = version if not entries else f"{upstream}-1"
+        lines = [f"{package} ({full}) {distribution}; urgency={CHANGELOG_URGENCY}", ""]
+        for item in items:
+            lines += textwrap.wrap(
+                item,
+                width=78,
+                initial_indent="  * ",
+                subsequent_indent="    ",
+                break_long_words=False,
+                break_on_hyphens=False,  # never split --no-gui
+            )
+        date = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(stamp))
+        lines += ["", f" -- {maintainer}  {date}", ""]
+        entries.append("\n".join(lines))
+    if not entries:
+        raise SystemExit("packaging/CHANGELOG.md has no '## VERSION' section")
+    return "\n".join(entries)
+
+
+#: Licences Debian ships in /usr/share/common-licenses: referred to, never copied.
+COMMON_LICENSES = {
+    "Apache-2.0": "Apache-2.0",
+    "GPL-2": "GPL-2",
+    "GPL-3": "GPL-3",
+    "LGPL-2.1": "LGPL-2.1",
+    "LGPL-2.1+": "LGPL-2.1",
+    "LGPL-3": "LGPL-3",
+}
+#: SPDX identifiers (and classifiers) in DEP-5's short names.
+SPDX_TO_DEP5 = {
+    "Apache 2.0": "Apache-2.0",
+    "GPL-2.0-only": "GPL-2",
+    "GPL-3.0-only": "GPL-3",
+    "LGPL-3.0-only": "LGPL-3",
+    "LGPL-2.1-or-later": "LGPL-2.1+",
+    "BSD-2-Clause": "BSD-2-clause",
+    "BSD-3-Clause": "BSD-3-clause",
+    "PSF-2.0": "PSF-2.0",
+    "License :: OSI Approved :: MIT License": "MIT",
+    "License :: OSI Approved :: Apache Software License": "Apache-2.0",
+    "License :: OSI Approved :: Python Software Foundation License": "PSF-2.0",
+}
+#: Full texts of a common licence (so the file is referred to, not copied).
+COMMON_TEXT_MARKERS = ("Apache License", "GNU LESSER GENERAL PUBLIC", "GNU GENERAL PUBLIC")
+
+
+def dep5_license(meta: email.message.Message) -> str:
+    expr = meta.get("License-Expression") or ""
+    if not expr:
+        short = (meta.get("License") or "").strip()
+        if short and "\n" not in short and len(short) < 80:  # a name, not a licence's text
+            expr = short
+    if not expr:
+        classifiers = [c for c in meta.get_all("Classifier") or [] if c.startswith("License ::")]
+        expr = " AND ".join(SPDX_TO_DEP5.get(c, c.rsplit(" :: ", 1)[-1]) for c in classifiers)
+    words = re.split(r"(\s+|\(|\))", expr.strip())
+    out = "".join(
+        {"AND": "and", "OR": "or"}.get(w, SPDX_TO_DEP5.get(w, w)) for w in words if w is not None
+    )
+    return SPDX_TO_DEP5.get(out, out) or "unknown"
+
+
+def dep5_text(text: str) -> list[str]:
+    """Text as a DEP-5 field body: indented one space, blank lines as ' .'."""
+    return [(" " + ln.rstrip()) if ln.strip() else " ." for ln in text.strip("\n").splitlines()]
+
+
+def debian_copyright(root: Path) -> str:
+    """DEP-5 copyright for the package: packaging/debian/copyright.in, a paragraph per bundled
+    Python distribution (from its metadata and licence files), Peerstash's MIT text."""
+    parts = [(PACKAGING / "debian" / "copyright.in").read_text(encoding="utf-8").strip("\n")]
+    packages = root / "usr" / "lib" / "peerstash" / "app_packages"
+    used: set[str] = {"LGPL-3", "GPL-2", "GPL-3"}
+    for dist in sorted(packages.glob("*.dist-info")) if packages.is_dir() else []:
+        meta = email.message_from_bytes((dist / "METADATA").read_bytes())
+        name = meta["Name"]
+        if name.lower() == "peerstash":
+            continue
+        licence = dep5_license(meta)
+        used.update(w for w in re.split(r"\s+|\(|\)", licence) if w and w not in ("and", "or"))
+        tops = sorted(
+            {
+                line.split(",", 1)[0].split("/", 1)[0]
+                for line in (dist / "RECORD").read_text(encoding="utf-8").splitlines()
+                if line and not line.startswith("..")
+            }
+            | {dist.name}
+        )
+        tops = [t for t in tops if (packages / t).exists()]
+        files = "\n       ".join(
+            f"usr/lib/peerstash/app_packages/{t}{'/*' if (packages / t).is_dir() else ''}"
+            for t in tops
+        )
+        texts = sorted(
+            p
+            for p in dist.rglob("*")
+            if p.is_file() and re.search(r"LICEN[CS]E|COPYING|NOTICE", p.name, re.I)
+        )
+        copyrights = sorted(
+            {
+                ln.strip()
+                for p in texts
+                for ln in p.read_text(encoding="utf-8", errors="replace").splitlines()
+                if re.match(r"\s*(Copyright|\(c\)|©)", ln, re.I) and len(ln.strip()) < 120
+            }
+        ) or [f"the {name} authors"]
+        para = [f"Files: {files}", "Copyright: " + "\n           ".join(copyrights)]
+        para.append(f"License: {licence}")
+        body: list[str] = []
+        for p in texts:
+            content = p.read_text(encoding="utf-8", errors="replace")
+            if any(marker in content[:2000] for marker in COMMON_TEXT_MARKERS):
+                continue
+            body += [*(["."] if body else []), *dep5_text(content)]
+        para += [ln if ln != "." else " ." for ln in body]
+        para.append(f"Comment: {name} {meta['Version']}, from its wheel's metadata.")
+        parts.append("\n".join(para))
+    for short in sorted(used):
+        target = COMMON_LICENSES.get(short)
+        if target:
+            parts.append(
+                f"License: {short}\n On Debian systems, the complete text of this licence is in\n"
+                f" /usr/share/common-licenses/{target}."
+            )
+    mit = (PACKAGING / "LICENSE").read_text(encoding="utf-8")
+    mit = mit[mit.index("Permission") :]  # the licence text, without its title and copyright
+    parts.append("License: MIT\n" + "\n".join(dep5_text(mit)))
+    return "\n\n".join(parts) + "\n"
+
+
+def wrap_description(fields: list[str]) -> list[str]:
+    """Description: the synopsis without a final full stop, the long text re-wrapped to lines of
+    at most 79 columns (Briefcase copies pyproject's lines as they are)."""
+    out: list[str] = []
+    i = 0
+    while i < len(fields):
+        line = fields[i]
+        if not line.startswith("Description:"):
+            out.append(line)
+            i += 1
+            continue
+        synopsis = line.split(":", 1)[1].strip().rstrip(".")
+        body = []
+        i += 1
+        while i < len(fields) and fields[i].startswith(" "):
+            body.append(fields[i].strip())
+            i += 1
+        paragraphs = " ".join(body).split(" . ")
+        out.append(f"Description: {synopsis}")
+        for n, para in enumerate(paragraphs):
+            if n:
+                out.append(" .")
+            out += textwrap.wrap(
+                para,
+                width=79,
+                initial_indent=" ",
+                subsequent_indent=" ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+    return out
+
+
+def installed_size(root: Path) -> int:
+    """Installed-Size in KiB, counted as dpkg-gencontrol does: each file rounded up to 1 KiB,
+    each directory and symlink 1 KiB."""
+    total = 0
+    for path in root.rglob("*"):
+        if path.relative_to(root).parts[0] == "DEBIAN":
+            continue
+        if path.is_symlink() or path.is_dir():
+            total += 1
+        else:
+            total += (path.stat().st_size + 1023) // 1024
+    return total
+
+
+def write_gzip(path: Path, data: bytes) -> None:
+    """gzip -9n: no name, no time stamp in the header (reproducible)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        path.open("wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as f,
+    ):
+        f.write(data)
+    path.chmod(0o644)
+
+
+def add_debian_files(root: Path, fields: list[str], distribution: str, epoch: int) -> list[str]:
+    """Files and control fields lintian expects of a Debian package: changelog.Debian.gz,
+    a DEP-5 copyright, lintian overrides (packaging/debian/lintian-overrides), Recommends
+    (briefcase.toml ``recommends``: Wayland), a wrapped Description, Installed-Size (last:
+    it counts everything). Returns the new control fields."""
+    with (ROOT / "briefcase.toml").open("rb") as f:
+        target = tomllib.load(f)["linux"]["system"]
+    value = {f.split(":", 1)[0]: f.split(":", 1)[1].strip() for f in fields if ":" in f}
+    package, version = value["Package"], value["Version"]
+    doc = root / "usr" / "share" / "doc" / package
+    write_gzip(
+        doc / "changelog.Debian.gz",
+        debian_changelog(package, version, distribution, epoch).encode("utf-8"),
+    )
+    copyright_file = doc / "copyright"
+    copyright_file.write_text(debian_copyright(root), encoding="utf-8")
+    copyright_file.chmod(0o644)
+    overrides = root / "usr" / "share" / "lintian" / "overrides" / package
+    overrides.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(PACKAGING / "debian" / "lintian-overrides", overrides)
+    overrides.chmod(0o644)
+
+    fields = wrap_description(
+        [f for f in fields if not f.startswith(("Recommends:", "Installed-Size:"))]
+    )
+    recommends = target.get("recommends", [])
+    if recommends:
+        depends = [i for i, f in enumerate(fields) if f.startswith("Depends:")]
+        at = depends[0] + 1 if depends else len(fields)
+        fields.insert(at, "Recommends: " + ", ".join(recommends))
+    at = next(i for i, f in enumerate(fields) if f.startswith("Architecture:")) + 1
+    fields.insert(at, f"Installed-Size: {installed_size(root)}")
+    return fields
+
+
+def remove_empty_dirs(root: Path) -> None:
+    """Empty directories under /usr/lib go: what cleanup_paths left of a folder of stubs."""
+    for path in sorted((root / "usr" / "lib").rglob("*"), reverse=True):
+        if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+            path.rmdir()
+
+
+def normalize_tree(root: Path, epoch: int) -> None:
+    """Fixed mtimes (SOURCE_DATE_EPOCH) and modes on everything, so neither a checkout's mtimes
+    nor the build machine's umask reach the package: directories 0755; 0755 for files that
+    were executable and are programs (an ELF executable, not a shared library, or a script
+    with ``#!``), 0644 for the rest (wheels mark libraries and plain modules executable).
+    """
+    for path in sorted(root.rglob("*"), reverse=True):
+        if path.is_symlink():
+            pass
+        elif path.is_dir():
+            path.chmod(0o755)
+        else:
+            program = False
+            if path.stat().st_mode & 0o111:
+                with path.open("rb") as f:
+                    head = f.read(4)
+                shared = re.search(r"\.so(\.[0-9.]+)?$", path.name) is not None
+                program = head[:2] == b"#!" or (head == b"\x7fELF" and not shared)
+            path.chmod(0o755 if program else 0o644)
+        os.utime(path, (epoch, epoch), follow_symlinks=False)
+    root.chmod(0o755)
+    os.utime(root, (epoch, epoch))
 
 
 def toml_value(value: object) -> str:
@@ -225,8 +672,16 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--no-apt", action="store_true", help="do not apt-get install anything")
     p.add_argument("-v", "--verbose", action="store_true", help="verbose Briefcase output")
+    p.add_argument(
+        "--lock",
+        action="store_true",
+        help="resolve the requirements anew, write the lock file for this Python, and stop",
+    )
     args = p.parse_args()
     started = time.monotonic()
+    # One time for everything the build stamps (see source_date_epoch).
+    epoch = source_date_epoch()
+    os.environ["SOURCE_DATE_EPOCH"] = str(epoch)
 
     with (ROOT / "briefcase.toml").open("rb") as f:
         conf = tomllib.load(f)
@@ -239,11 +694,24 @@ def main() -> int:
         apt_install(list(dict.fromkeys([*target["build_requires"], *briefcase_system_packages()])))
     python = build_venv(conf["briefcase"]["requirement"])
     wheel = build_wheel(python)
+    if args.lock:
+        log(f"lock written: {write_lock(python, wheel)}")
+        return 0
     stage_project()
 
+    requires = app_requires(wheel)
+    if lock_path().exists():
+        (ours,) = [r for r in requires if r.startswith(str(wheel))]
+        requires = locked_requires(wheel, ours[len(str(wheel)) :])
+        log(f"requirements: exactly {lock_path().relative_to(ROOT)} (pip --require-hashes)")
+    else:
+        log(
+            f"WARNING: no {lock_path().relative_to(ROOT)}: requirements resolved anew, the "
+            "package is not reproducible (packaging/build --lock writes one)"
+        )
     overrides = {
         "template": str((ROOT / target["template"]).resolve()),
-        "requires": app_requires(wheel),
+        "requires": requires,
         **target.get("overrides", {}),
     }
     opts = [f"-C{key}={toml_value(value)}" for key, value in overrides.items()]
@@ -260,7 +728,9 @@ def main() -> int:
     run([*briefcase, "create", "linux", "system", *opts], cwd=STAGE, env=env)
 
     (bundle,) = (STAGE / "build" / "peerstash").glob("*/*/peerstash-*")
+    scrub_install_records(bundle)
     check_shared_objects(bundle)
+    write_man_page(bundle, bundle.name.split("-", 1)[1], epoch)
     for dest, src in target.get("files", {}).items():
         path = bundle / dest
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -271,10 +741,11 @@ def main() -> int:
     log("briefcase build linux system")
     run([*briefcase, "build", "linux", "system", *opts], cwd=STAGE, env=env)
     log("briefcase package linux system")
+    # Uncompressed: finish_deb unpacks this .deb and compresses the final one (once, not twice).
     run(
         [*briefcase, "package", "linux", "system", "--adhoc-sign", *opts],
         cwd=STAGE,
-        env=env,
+        env={**env, "DPKG_DEB_COMPRESSOR_TYPE": "none"},
     )
 
     debs = sorted((STAGE / "dist").glob("*.deb"))

@@ -114,8 +114,8 @@ def child(out: Path) -> int:
     from PySide6.QtCore import QPoint
     from PySide6.QtWidgets import QApplication
 
-    from peerstash.desktop import qtfix
     from peerstash.desktop.app import DesktopApp
+    from peerstash.desktop.platform import qtfix
     from peerstash.peer.cli import AdminClient
     from peerstash.peer.node import NodeOptions
 

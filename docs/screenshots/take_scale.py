@@ -30,8 +30,8 @@ def child(out: Path, scale: int, readme: bool) -> int:
     os.environ.setdefault("QT_API", "pyside6")
     from PySide6.QtWidgets import QApplication
 
-    from peerstash.desktop import qloop, qtfix
     from peerstash.desktop.app import DesktopApp
+    from peerstash.desktop.platform import qloop, qtfix
     from peerstash.peer.node import NodeOptions
 
     qapp = QApplication([sys.argv[0]])

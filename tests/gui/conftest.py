@@ -86,17 +86,17 @@ if HAVE_QT:
 
     @pytest.fixture(autouse=True)
     def _qt_refcount_guard(qapp: Any) -> None:
-        """The PySide6 6.12 / Python 3.11 guard of desktop/qtfix.py, as the app applies it."""
-        from peerstash.desktop import qtfix
+        """The PySide6 6.12 / Python 3.11 guard of desktop/platform/qtfix.py, as the app applies it."""
+        from peerstash.desktop.platform import qtfix
 
         qtfix.apply()
 
     @pytest.fixture
     def qloop(qapp: Any) -> Iterator[QLoop]:
-        from peerstash.desktop.qloop import QEventLoop
+        from peerstash.desktop.platform.qloop import QEventLoop
 
         # The app's own loop: asyncio's running loop stays set while pytest-qt processes
-        # events between test phases (see desktop/qloop.py for what broke without it).
+        # events between test phases (see desktop/platform/qloop.py for what broke without it).
         loop = QEventLoop(qapp)
         asyncio.set_event_loop(loop)
         try:

@@ -17,10 +17,10 @@ from pathlib import Path
 def main() -> None:
     from PySide6.QtWidgets import QApplication
 
-    from peerstash.desktop import qtfix
     from peerstash.desktop.api import DesktopClient
     from peerstash.desktop.backend import Backend
     from peerstash.desktop.opsmodel import COL_DETAIL
+    from peerstash.desktop.platform import qtfix
     from peerstash.desktop.window import MainWindow
 
     app = QApplication([sys.argv[0]])

@@ -25,7 +25,7 @@ from PySide6.QtCore import Qt, QTime
 from PySide6.QtGui import QGuiApplication
 
 from peerstash.core.recovery import password_from_sheet
-from peerstash.desktop.assistant import DEFAULT_RETENTION, build_repo_uri
+from peerstash.desktop.dialogs.assistant import DEFAULT_RETENTION, build_repo_uri
 from peerstash.peer.cli import AdminClient
 from tests.gui.conftest import PASSWORD, GuiEnv, QLoop, wait_for
 

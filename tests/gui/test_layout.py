@@ -26,7 +26,8 @@ from PySide6.QtGui import QColor, QPalette
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QWidget
 
-from peerstash.desktop import autostart, prefs
+from peerstash.desktop import prefs
+from peerstash.desktop.platform import autostart
 from peerstash.desktop.widgets import Banner
 from tests.gui.conftest import GuiEnv, QLoop, wait_for
 
@@ -90,7 +91,7 @@ def test_window_fits_a_1366x768_screen(tmp_path: Path, scale: int) -> None:
     # The progress/result column is in view and wide enough to read at the default size.
     left, width, viewport = out["detail"]
     assert left + min(width, 100) <= viewport, out
-    from peerstash.desktop.page_operations import MIN_DETAIL
+    from peerstash.desktop.pages.operations import MIN_DETAIL
 
     assert width >= (MIN_DETAIL if scale == 1 else 120), out
 
@@ -235,7 +236,8 @@ def test_dialogs_focus_tab_enter_and_shortcuts(gui: GuiEnv, qloop: QLoop, qtbot:
         QTest.keyClick(snaps.snapshots, Qt.Key.Key_Return)
         assert snaps.tree.hasFocus()
         assert snaps.tree.currentIndex().isValid()
-        assert snaps.tree.currentIndex().data() == "/"
+        # The file tree opens at the folder the plan backed up (not at "/").
+        assert snaps.tree.currentIndex().data() == str(gui.src)
 
     qloop.run(body(), timeout=180)
 

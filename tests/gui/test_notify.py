@@ -21,7 +21,7 @@ def test_routing_dbus_when_served_else_the_balloon(qloop: QLoop, tmp_path: Path)
     """With a notification service on the session bus it gets the notification (spec
     signature, app name, urgency, timeout) and the balloon does not; without the service, or
     without any bus, the balloon shows it; with neither, nothing claims to have shown it."""
-    from peerstash.desktop.notify import EXPIRE_MS, Notifier
+    from peerstash.desktop.platform.notify import EXPIRE_MS, Notifier
 
     balloons: list[tuple[str, str, bool]] = []
 
@@ -206,7 +206,8 @@ def test_closing_without_a_tray_asks_and_keeps_backing_up(
     remembered; "start at login" writes the autostart entry."""
     from PySide6.QtWidgets import QMessageBox, QPushButton
 
-    from peerstash.desktop import autostart, prefs
+    from peerstash.desktop import prefs
+    from peerstash.desktop.platform import autostart
 
     app = gui.app
     w = app.window

@@ -167,7 +167,7 @@ def test_restore_goes_to_a_new_folder_and_asks_before_overwriting(
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     opened: list[QUrl] = []
-    monkeypatch.setattr("peerstash.desktop.page_snapshots.QDesktopServices.openUrl", opened.append)
+    monkeypatch.setattr("peerstash.desktop.pages.snapshots.QDesktopServices.openUrl", opened.append)
     docs = gui.src / "docs"
     notes = docs / "notes.txt"
     original = notes.read_text()

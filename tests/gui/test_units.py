@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from peerstash.desktop import autostart, fmt
+from peerstash.desktop import fmt
+from peerstash.desktop.platform import autostart
 
 
 def test_headless_entry_point_never_imports_qt() -> None:
@@ -243,8 +244,8 @@ def test_ops_model_pages_and_merges(qapp: Any, honour_before: bool) -> None:
 def test_shared_repository_cannot_be_edited(qapp: Any) -> None:
     """A repository another node shares is read-only here: Edit is off and says why."""
     from peerstash.desktop.backend import Backend
-    from peerstash.desktop.dialogs import EditRepoDialog
-    from peerstash.desktop.page_plans import PlansPage
+    from peerstash.desktop.dialogs.forms import EditRepoDialog
+    from peerstash.desktop.pages.plans import PlansPage
 
     backend = Backend(object(), in_process=False)  # type: ignore[arg-type]
     backend.repos = [
@@ -275,7 +276,7 @@ def test_shared_repository_cannot_be_edited(qapp: Any) -> None:
 @needs_qt
 def test_grants_dialog_reads_and_writes_entries(qapp: Any) -> None:
     from peerstash.desktop.backend import Backend
-    from peerstash.desktop.dialogs import EditGrantsDialog, split_grants
+    from peerstash.desktop.dialogs.forms import EditGrantsDialog, split_grants
 
     assert split_grants(["ops:*", "run:plan:a,!repo:b", "ops"]) == {
         "ops": "*",
@@ -301,8 +302,8 @@ def test_views_when_the_node_has_no_pairing_api(qapp: Any) -> None:
 
     from peerstash.desktop.api import Unavailable
     from peerstash.desktop.backend import Backend
-    from peerstash.desktop.page_overview import OverviewPage
-    from peerstash.desktop.page_peers import PeersPage
+    from peerstash.desktop.pages.overview import OverviewPage
+    from peerstash.desktop.pages.peers import PeersPage
     from peerstash.desktop.tray import Tray
 
     class OldNode:
@@ -335,7 +336,7 @@ def test_refcount_guard_keeps_long_sessions_alive(qapp: Any) -> None:
 
     from PySide6.QtCore import QObject
 
-    from peerstash.desktop import qtfix
+    from peerstash.desktop.platform import qtfix
 
     needed = qtfix.leaks_none() if not qtfix._applied else True
     qtfix.apply()

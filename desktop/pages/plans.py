@@ -10,8 +10,13 @@ from PySide6.QtWidgets import QGroupBox, QMessageBox, QPushButton, QVBoxLayout, 
 from peerstash.desktop import fmt
 from peerstash.desktop.api import q
 from peerstash.desktop.backend import Backend
-from peerstash.desktop.confirm_list import ListConfirmDialog
-from peerstash.desktop.dialogs import AddPlanDialog, AddRepoDialog, EditPlanDialog, EditRepoDialog
+from peerstash.desktop.dialogs.confirm_list import ListConfirmDialog
+from peerstash.desktop.dialogs.forms import (
+    AddPlanDialog,
+    AddRepoDialog,
+    EditPlanDialog,
+    EditRepoDialog,
+)
 from peerstash.desktop.widgets import (
     Page,
     button_row,

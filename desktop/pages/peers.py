@@ -32,7 +32,7 @@ from peerstash.core.text import printable
 from peerstash.desktop import fmt
 from peerstash.desktop.api import ApiError, PeersApi, Unavailable
 from peerstash.desktop.backend import Backend
-from peerstash.desktop.dialogs import EditGrantsDialog
+from peerstash.desktop.dialogs.forms import EditGrantsDialog
 from peerstash.desktop.icons import STATE_COLORS
 from peerstash.desktop.widgets import (
     Page,

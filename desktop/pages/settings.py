@@ -10,7 +10,7 @@ Start at login (an XDG autostart entry) and notifications belong to this desktop
 "This node" shows what the running node really uses, from its status (the peer port it is
 bound to, whether discovery runs), which may differ from the settings until it restarts or when
 it was started with ``--listen`` or ``--no-discovery``; start at login starts it with those
-same options (:func:`peerstash.desktop.autostart.node_args`).
+same options (:func:`peerstash.desktop.platform.autostart.node_args`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from peerstash.desktop import autostart, prefs
+from peerstash.desktop import prefs
 from peerstash.desktop.api import ApiError, Unavailable
 from peerstash.desktop.backend import Backend
+from peerstash.desktop.platform import autostart
 from peerstash.desktop.widgets import FieldError, Page, WrappingLabel, button_row
 
 #: The peer port's address when the setting is unset (peer/node.py DEFAULT_LISTEN).

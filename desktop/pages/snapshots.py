@@ -33,12 +33,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from peerstash.core.ops import FINISHED
 from peerstash.core.restore_target import default_restore_folder, restored_path
 from peerstash.core.wording import human_bytes, snapshot_size, split_tags
 from peerstash.desktop import fmt
 from peerstash.desktop.api import q, query
-from peerstash.desktop.backend import FINISHED, Backend
-from peerstash.desktop.confirm_list import ListConfirmDialog
+from peerstash.desktop.backend import Backend
+from peerstash.desktop.dialogs.confirm_list import ListConfirmDialog
 from peerstash.desktop.widgets import Page, item, make_table, selected_data, state_color
 
 PathRole = Qt.ItemDataRole.UserRole + 1

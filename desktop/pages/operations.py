@@ -21,9 +21,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from peerstash.core.ops import FINISHED, OpStatus
 from peerstash.desktop import fmt
 from peerstash.desktop.api import ApiError, q
-from peerstash.desktop.backend import FINISHED, Backend
+from peerstash.desktop.backend import Backend
 from peerstash.desktop.opsmodel import (
     COL_DETAIL,
     COL_KIND,
@@ -44,7 +45,7 @@ COLUMN_WIDTHS = (100, 70, 100, 100, 90, 125, 55)
 #: the window is narrower, these columns are hidden (in this order) to make room.
 MIN_DETAIL = 220
 HIDE_FIRST = (COL_NODE, COL_REPO, COL_TOOK, COL_KIND, COL_STARTED)
-STATUSES = ("pending", "running", "success", "warning", "error", "cancelled", "interrupted")
+STATUSES = tuple(OpStatus)
 LOG_REFRESH = 1.0
 
 

@@ -46,11 +46,12 @@ from PySide6.QtWidgets import (
 )
 
 from peerstash.core.engine import EngineError, check_name, split_uri_password
+from peerstash.core.ops import FINISHED
 from peerstash.core.recovery import generate_password, recovery_sheet, write_private
 from peerstash.core.retention import RetentionPolicy
 from peerstash.core.scheduler import validate_cron
 from peerstash.desktop.api import ApiError
-from peerstash.desktop.backend import FINISHED, Backend
+from peerstash.desktop.backend import Backend
 from peerstash.desktop.tasks import Tasks
 from peerstash.desktop.widgets import Banner, FieldError
 
