@@ -150,8 +150,15 @@ def _page(title: str, intro: str) -> tuple[QWidget, QVBoxLayout]:
 
 
 def _row(
-    form: QFormLayout, label: str, widget: QWidget, errors: dict[str, FieldError], key: str
+    form: QFormLayout,
+    label: str,
+    widget: QWidget,
+    errors: dict[str, FieldError],
+    key: str,
+    buddy: QWidget | None = None,
 ) -> None:
+    """A form row: ``widget`` with its error line under it. The label's mnemonic (Alt+letter)
+    focuses ``buddy`` (the field itself unless ``widget`` is a row of several)."""
     box = QWidget()
     v = QVBoxLayout(box)
     v.setContentsMargins(0, 0, 0, 0)
@@ -160,7 +167,9 @@ def _row(
     err = FieldError()
     v.addWidget(err)
     errors[key] = err
-    form.addRow(label, box)
+    name = QLabel(label)
+    name.setBuddy(buddy or widget)
+    form.addRow(name, box)
 
 
 class SetupAssistant(QDialog):
@@ -197,8 +206,8 @@ class SetupAssistant(QDialog):
         self.stack.addWidget(self._create_page())
 
         self.step = QLabel()
-        self.back_button = QPushButton("Back")
-        self.next_button = QPushButton("Next")
+        self.back_button = QPushButton("&Back")
+        self.next_button = QPushButton("&Next")
         self.next_button.setDefault(True)
         self.cancel_button = QPushButton("Cancel")
         self.back_button.clicked.connect(self.back)
@@ -230,11 +239,11 @@ class SetupAssistant(QDialog):
         form = QFormLayout()
         taken = {str(r.get("id")) for r in self.backend.repos}
         self.repo_name = QLineEdit(_free_name("backup", taken))
-        _row(form, "Name", self.repo_name, self.errors, "repo_name")
+        _row(form, "Na&me", self.repo_name, self.errors, "repo_name")
         self.kind = QComboBox()
         for key, text in REPO_KINDS:
             self.kind.addItem(text, key)
-        _row(form, "Kind", self.kind, self.errors, "kind")
+        _row(form, "&Kind", self.kind, self.errors, "kind")
         v.addLayout(form)
 
         self.kind_stack = QStackedWidget()
@@ -257,7 +266,7 @@ class SetupAssistant(QDialog):
         self.browse_button = QPushButton("Browse…")
         self.browse_button.clicked.connect(self._browse_repo)
         ph.addWidget(self.browse_button)
-        _row(lf, "Folder", path_row, self.errors, "path")
+        _row(lf, "&Folder", path_row, self.errors, "path", self.fields["path"])
         sftp = QWidget()
         sf = QFormLayout(sftp)
         _row(sf, "Server", edit("host", "nas.local"), self.errors, "host")
@@ -344,7 +353,7 @@ class SetupAssistant(QDialog):
         self.folders = QListWidget()
         v.addWidget(self.folders, 1)
         row = QHBoxLayout()
-        self.add_folder_button = QPushButton("Add folder…")
+        self.add_folder_button = QPushButton("&Add folder…")
         self.add_folder_button.clicked.connect(self._browse_folder)
         self.remove_folder_button = QPushButton("Remove")
         self.remove_folder_button.clicked.connect(self.remove_selected_folder)
@@ -362,7 +371,7 @@ class SetupAssistant(QDialog):
         form = QFormLayout()
         taken = {str(p.get("id")) for p in self.backend.plans}
         self.plan_name = QLineEdit(_free_name("my-files", taken))
-        _row(form, "Plan name", self.plan_name, self.errors, "plan_name")
+        _row(form, "Plan na&me", self.plan_name, self.errors, "plan_name")
         when = QWidget()
         wh = QHBoxLayout(when)
         wh.setContentsMargins(0, 0, 0, 0)
@@ -379,7 +388,7 @@ class SetupAssistant(QDialog):
         wh.addWidget(self.cron, 1)
         self.preset.currentIndexChanged.connect(self._preset_changed)
         self._preset_changed()
-        _row(form, "Back up", when, self.errors, "schedule")
+        _row(form, "Back &up", when, self.errors, "schedule", self.preset)
         v.addLayout(form)
         self.keep_default = QCheckBox("Thin out old snapshots")
         self.keep_default.setChecked(True)
@@ -413,7 +422,7 @@ class SetupAssistant(QDialog):
         self.sheet_button = QPushButton("Save recovery sheet…")
         self.sheet_button.clicked.connect(self._choose_sheet)
         v.addWidget(self.sheet_button)
-        self.kept = QCheckBox("I have kept the password somewhere other than this computer")
+        self.kept = QCheckBox("I have &kept the password somewhere other than this computer")
         v.addWidget(self.kept)
         self.errors["kept"] = FieldError()
         v.addWidget(self.errors["kept"])
@@ -563,7 +572,7 @@ class SetupAssistant(QDialog):
 
     def _update_next(self) -> None:
         if self.page != "create":
-            self.next_button.setText("Next")
+            self.next_button.setText("&Next")
         elif self.plan is not None:
             self.next_button.setText("Finish")
         elif self.repo_created:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import shiboken6
 from PySide6.QtCore import QModelIndex, Qt, QUrl
 from PySide6.QtGui import QDesktopServices, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import (
@@ -308,19 +309,26 @@ class SnapshotsPage(Page):
             self.run(self.load_dir(str(repo), str(snap["id"]), it), name="snapshots:ls")
 
     async def load_dir(self, repo: str, snap: str, parent: QStandardItem) -> None:
+        # Another snapshot chosen meanwhile clears the tree and deletes ``parent``: the
+        # listing then stops quietly (it belonged to the snapshot no longer shown).
+        if not shiboken6.isValid(parent):
+            return
         path = str(parent.data(PathRole))
         batch: list[list[QStandardItem]] = []
         first = True
         count = 0
 
-        def flush() -> None:
+        def flush() -> bool:
             nonlocal first
+            if not shiboken6.isValid(parent):
+                return False
             if first:
                 parent.removeRows(0, parent.rowCount())
                 first = False
             for row in batch:
                 parent.appendRow(row)
             batch.clear()
+            return True
 
         url = f"/v1/repos/{q(repo)}/snapshots/{q(snap)}/ls" + query({"path": path})
         try:
@@ -330,11 +338,12 @@ class SnapshotsPage(Page):
                         continue  # the directory itself (restic lists it first)
                     batch.append(self._row(node))
                     count += 1
-                    if len(batch) >= BATCH:
-                        flush()
+                    if len(batch) >= BATCH and not flush():
+                        return
         finally:
             self._loading.discard(path)
-        flush()
+        if not flush():
+            return
         parent.setData(True, LoadedRole)
         if count == 0:
             parent.appendRow(QStandardItem("(empty)"))

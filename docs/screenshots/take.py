@@ -1,12 +1,15 @@
 """Take the screenshots in this folder: a real node, real restic, Xvfb and a tray host.
 
-Usage (Debian: xvfb, trayer, xdotool, imagemagick):
+Usage (Debian: xvfb, openbox, trayer, xdotool, imagemagick):
     .venv/bin/python docs/screenshots/take.py [--out docs/screenshots]
 
-It starts Xvfb and trayer, runs the tray app (node in-process) on a throwaway data directory
-with two repositories and three plans, makes some history, then captures: the overview, the
-operations page while a backup runs, the peers page, and the tray menu opened by a right click
-on the tray icon (xdotool). Nothing here is faked: every row comes from the node.
+It starts Xvfb and trayer, runs the tray app (node in-process) on a throwaway data directory,
+captures the first-run assistant that opens by itself, then sets up two repositories and three
+plans, makes some history, pairs two more machines (one of them, "office-desktop", a separate
+``peerstash --no-gui`` process whose backup fails) and captures: the overview with that machine
+failing, the operations page while a backup runs, the peers page, the restore preview over
+changed files, and the tray menu opened by a right click on the tray icon (xdotool). Nothing
+here is faked: every row comes from the nodes. LAN discovery is off on every node.
 """
 
 from __future__ import annotations
@@ -18,25 +21,33 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 SIZE = "1280x800"
 
 
-def start_x(display: str) -> list[subprocess.Popen[bytes]]:
-    procs = [subprocess.Popen(["Xvfb", display, "-screen", "0", f"{SIZE}x24", "-nolisten", "tcp"])]
-    for _ in range(100):
-        if subprocess.run(["xdpyinfo", "-display", display], capture_output=True).returncode == 0:
-            break
-        time.sleep(0.05)
-    else:
-        # xdpyinfo may be missing: give Xvfb a moment instead.
-        time.sleep(1.0)
+def start_x() -> tuple[str, list[subprocess.Popen[bytes]]]:
+    """Xvfb on a free display (it writes the number it took to ``-displayfd`` once it is
+    ready: never another session's display), and a tray host."""
+    read_fd, write_fd = os.pipe()
+    xvfb = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{SIZE}x24", "-nolisten", "tcp"],
+        pass_fds=(write_fd,),
+    )
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as r:
+        number = r.readline().decode().strip()
+    if not number.isdigit():
+        raise SystemExit("Xvfb did not start")
+    display = f":{number}"
+    procs = [xvfb]
     env = {**os.environ, "DISPLAY": display}
     # A light background like a desktop, and a panel with a tray at the top right.
-    subprocess.run(["xsetroot", "-solid", "#d9dee5"], env=env, check=False)
+    if shutil.which("openbox"):  # window frames and titles, as on a desktop
+        procs.append(subprocess.Popen(["openbox", "--sm-disable"], env=env))
+    if shutil.which("xsetroot"):
+        subprocess.run(["xsetroot", "-solid", "#d9dee5"], env=env, check=False)
     procs.append(
         subprocess.Popen(
             [
@@ -65,7 +76,7 @@ def start_x(display: str) -> list[subprocess.Popen[bytes]]:
             env=env,
         )
     )
-    return procs
+    return display, procs
 
 
 def _wallpaper_class() -> type:
@@ -136,13 +147,29 @@ def child(out: Path) -> int:
         have = {f.name for f in fields(NodeOptions)}
         if "listen" in have:
             kw["listen"] = "127.0.0.1:0"
-        if "discovery_interfaces" in have:
-            # LAN discovery, but only among the nodes of this script: never beyond loopback.
-            kw["discovery_interfaces"] = ["127.0.0.1"]
+        kw["discovery"] = False  # pairing is by token and address; nothing on the LAN
         app = DesktopApp(tmp / "data", NodeOptions(**kw), show_tray=True)
         await app.start()
         w, b, tray = app.window, app.backend, app.tray
         assert w is not None and b is not None and tray is not None
+
+        # A fresh start opens the first-run assistant by itself: filled in up to its page
+        # about keeping the password elsewhere.
+        a = w.assistant
+        assert a is not None and a.isVisible(), "the first-run assistant did not open"
+        a.fields["path"].setText("/media/ana/backup-disk/peerstash")
+        a.go_to("password")
+        a.next()
+        a.add_folder(str(docs))
+        a.add_folder(str(photos))
+        a.next()
+        a.next()
+        assert a.page == "keep", a.page
+        a.adjustSize()
+        await asyncio.sleep(0.8)
+        frame = a.frameGeometry()  # with its title bar (openbox)
+        qapp.primaryScreen().grabWindow(0).copy(frame).save(str(out / "assistant.png"))
+        a.reject()
         async with AdminClient(tmp / "data") as c:
             for name in ("nas", "usb-disk"):
                 await c.call(
@@ -205,12 +232,48 @@ def child(out: Path) -> int:
         # Two more machines: one this laptop connects to, one that connects to this laptop.
         from peerstash.peer.node import Node
 
-        others = []
-        for name in ("nas-server", "office-desktop"):
-            node = Node(tmp / name, NodeOptions(**{**kw, "instance_id": name}))
-            await node.start()
-            others.append(node)
-        nas = others[0]
+        nas = Node(tmp / "nas-server", NodeOptions(**{**kw, "instance_id": "nas-server"}))
+        await nas.start()
+        others = [nas]
+        # office-desktop is a node of its own, as on another machine: `peerstash --no-gui`.
+        office_dir = tmp / "office-desktop"
+        office_cli = [sys.executable, "-m", "peerstash.desktop", "--data-dir", str(office_dir)]
+        office = await asyncio.create_subprocess_exec(
+            *office_cli,
+            "--no-gui",
+            "--instance-id",
+            "office-desktop",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-discovery",
+            stdin=subprocess.DEVNULL,
+            stdout=(tmp / "office.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+        async def office_run(*args: str, stdin: str | None = None, ok: bool = True) -> str:
+            proc = await asyncio.create_subprocess_exec(
+                *office_cli,
+                *args,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            got, _ = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else b""), 120)
+            if ok and proc.returncode != 0:
+                raise RuntimeError(f"office-desktop {args[0]} failed: {got.decode()}")
+            return got.decode()
+
+        for _ in range(200):  # its admin socket answers once the node is up (20 s at most)
+            if office.returncode is not None:
+                raise RuntimeError((tmp / "office.log").read_text())
+            try:
+                await office_run("status", "--json")
+                break
+            except RuntimeError:
+                await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError("office-desktop did not start: " + (tmp / "office.log").read_text())
         async with AdminClient(tmp / "nas-server") as c:
             made = await c.call(
                 "POST",
@@ -219,43 +282,73 @@ def child(out: Path) -> int:
             )
         await b.peers.pair(made["token"], str(nas.peer_url), ["ops", "run"])
         mine = await b.peers.create_token("office", "1d", 1, ["ops", "config.read", "run"])
-        async with AdminClient(tmp / "office-desktop") as c:
+        # office-desktop pairs with this laptop and lets it see its operations (`ops`).
+        await office_run(
+            "peer", "add", mine["token"], "--url", b.status["peer_url"], "--grant", "ops"
+        )
+        await b.peers.create_token("phone", "1d", 1, ["ops"])
+        # nas-server backs something up; its operations sync to this laptop.
+        src = tmp / "nas-server-src"
+        src.mkdir()
+        (src / "data.bin").write_bytes(os.urandom(1 << 20))
+        async with AdminClient(tmp / "nas-server") as c:
             await c.call(
                 "POST",
-                "/v1/peers",
-                {"token": mine["token"], "url": b.status["peer_url"], "grants": ["ops"]},
+                "/v1/repos",
+                {
+                    "id": "local",
+                    "uri": str(tmp / "nas-server-repo"),
+                    "password": {"source": "secret", "value": "another password"},
+                    "init": True,
+                },
             )
-        await b.peers.create_token("phone", "1d", 1, ["ops"])
-        # Each of them backs something up; their operations sync to this laptop.
-        for name, plan in (("nas-server", "system"), ("office-desktop", "home")):
-            src = tmp / f"{name}-src"
-            src.mkdir()
-            (src / "data.bin").write_bytes(os.urandom(1 << 20))
-            async with AdminClient(tmp / name) as c:
-                await c.call(
-                    "POST",
-                    "/v1/repos",
-                    {
-                        "id": "local",
-                        "uri": str(tmp / f"{name}-repo"),
-                        "password": {"source": "secret", "value": "another password"},
-                        "init": True,
-                    },
-                )
-                await c.call(
-                    "POST",
-                    "/v1/plans",
-                    {"id": plan, "repo": "local", "paths": [str(src)], "every": "1d"},
-                )
-                op = await c.call("POST", f"/v1/plans/{plan}/backup")
-                async for _ in c.stream(f"/v1/ops/{op['id']}/wait"):
-                    pass
-        for _ in range(50):
+            await c.call(
+                "POST",
+                "/v1/plans",
+                {"id": "system", "repo": "local", "paths": [str(src)], "every": "1d"},
+            )
+            op = await c.call("POST", "/v1/plans/system/backup")
+            async for _ in c.stream(f"/v1/ops/{op['id']}/wait"):
+                pass
+        # office-desktop: its first backup of "home" works, the next fails (the disk with
+        # the folder was unplugged).
+        home_src = tmp / "office-home"
+        home_src.mkdir()
+        (home_src / "data.bin").write_bytes(os.urandom(1 << 20))
+        await office_run(
+            "repo",
+            "add",
+            "local",
+            "--uri",
+            str(tmp / "office-repo"),
+            "--password-stdin",
+            "--init",
+            stdin="another password\n",
+        )
+        await office_run(
+            "plan", "add", "home", "--repo", "local", "--path", str(home_src), "--no-backup-now"
+        )
+        await office_run("backup", "home", "--wait")
+        shutil.rmtree(home_src)
+        await office_run("backup", "home", "--wait", ok=False)
+        for _ in range(100):  # the failure syncs to this laptop over the link (20 s at most)
             await b.refresh_peers()
-            if b.peer_list and all(p.get("state") == "online" for p in b.peer_list):
+            failed = [
+                r
+                for p in b.peer_list
+                for r in p.get("plans") or []
+                if r.get("plan") == "home" and r.get("status") == "error"
+            ]
+            online = b.peer_list and all(p.get("state") == "online" for p in b.peer_list)
+            if online and failed:
                 break
             await asyncio.sleep(0.2)
-        await asyncio.sleep(0.5)
+        else:
+            print(
+                f"office-desktop's failure did not reach the laptop: {b.peer_list}", file=sys.stderr
+            )
+        await w.overview.load_remote()
+        await asyncio.sleep(1.0)
 
         w.resize(1180, 720)
         w.move(50, 50)
@@ -292,6 +385,34 @@ def child(out: Path) -> int:
         await asyncio.sleep(0.4)
         w.grab().save(str(out / "operations-running.png"))
         await until(lambda: key not in b.active)
+
+        # The restore preview: three letters changed since their backup; putting the
+        # documents back where they came from asks first, listing what would be overwritten.
+        for i in (3, 7, 12):
+            (docs / "letters" / f"letter-{i:02d}.odt").write_bytes(os.urandom(41_000))
+        page = w.snapshots
+        w.show_page(page)
+        page.select_repo("nas")
+        await page.tasks.idle()
+        for row in range(page.snapshots.rowCount()):
+            page.snapshots.clearSelection()
+            page.snapshots.selectRow(row)
+            if (page.snapshot() or {}).get("paths") == [str(docs)]:
+                break
+        await page.tasks.idle()
+        node = page.find_item(str(docs))
+        assert node is not None, "the documents folder is not listed"
+        sm = page.tree.selectionModel()
+        sm.select(node.index(), sm.SelectionFlag.ClearAndSelect | sm.SelectionFlag.Rows)
+        page.to_original.setChecked(True)
+        page.restore_button.click()
+        await page.tasks.idle()
+        dlg = page.confirm_dialog
+        assert dlg is not None and dlg.isVisible(), page.restore_status.text()
+        await asyncio.sleep(0.8)
+        area = w.frameGeometry().united(dlg.frameGeometry()).adjusted(-8, -8, 8, 8)
+        qapp.primaryScreen().grabWindow(0).copy(area).save(str(out / "restore-preview.png"))
+        dlg.cancel_button.click()
 
         # The tray menu, opened as a person would: a right click on the icon (window behind).
         w.show_page(w.overview)
@@ -335,8 +456,10 @@ def child(out: Path) -> int:
         tray.menu.hide()
         app.quit()
         await app.stop()
-        for node in others:
-            await node.stop()
+        for other in others:
+            await other.stop()
+        office.terminate()
+        await asyncio.wait_for(office.wait(), 20)
 
     qasync.run(shoot())
     return 0
@@ -350,10 +473,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.child:
         return child(args.out)
-    display = ":73"
-    procs = start_x(display)
+    display, procs = start_x()
     try:
-        time.sleep(0.5)
         env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
         env.pop("WAYLAND_DISPLAY", None)
         return subprocess.run(

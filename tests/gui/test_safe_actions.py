@@ -123,6 +123,30 @@ def test_snapshot_columns_browser_start_and_backup_summary(
     qloop.run(body(), timeout=240)
 
 
+def test_choosing_another_snapshot_while_the_tree_loads_shows_no_error(
+    gui: GuiEnv, qloop: QLoop, qtbot: Any
+) -> None:
+    """Clicking from one snapshot to the next before the first one's files are listed: the
+    first listing stops (its folder item is gone with the cleared tree) and no "Something went
+    wrong" appears; the tree shows the second snapshot's files."""
+
+    async def body() -> None:
+        await add_docs_plan(gui)
+        await backup_and_wait(gui, "docs")
+        (gui.src / "docs" / "later.txt").write_text("only in the newer snapshot\n")
+        await backup_and_wait(gui, "docs")
+        page = await show_snapshots(gui)
+        assert page.snapshots.rowCount() == 2, page.banner.text()
+        page.snapshots.selectRow(1)  # the older one: its listing is spawned, not yet run
+        page.snapshots.clearSelection()
+        page.snapshots.selectRow(0)
+        await page.tasks.idle()
+        assert page.banner.text() == "", page.banner.text()
+        assert page.find_item(str(gui.src / "docs" / "later.txt")) is not None
+
+    qloop.run(body(), timeout=240)
+
+
 # -- restore ---------------------------------------------------------------------------------
 
 
