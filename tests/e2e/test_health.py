@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import select
 import shutil
-import stat
 import subprocess
 from pathlib import Path
 
 from tests.e2e.conftest import PEERSTASH, NodeProc
 from tests.fixtures.cli import PASSWORD, add_repo, jcli, make_tree
+from tests.fixtures.gate import gated_password
 
 
 def check(node: NodeProc) -> tuple[int, str]:
@@ -71,17 +71,6 @@ def test_health_never_succeeded_then_ok_then_failing_then_unknown(
     assert line.startswith("PEERSTASH UNKNOWN - no Peerstash node is running for ")
 
 
-def gated_password(tmp_path: Path) -> tuple[Path, Path]:
-    """A password command that answers only once ``gate`` exists: holds a backup running."""
-    gate = tmp_path / "gate"
-    script = tmp_path / "password.sh"
-    script.write_text(
-        f"#!/bin/sh\nwhile [ ! -e '{gate}' ]; do sleep 0.05; done\necho '{PASSWORD}'\n"
-    )
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return script, gate
-
-
 def follow_already(node: NodeProc, plan: str, op_id: str) -> subprocess.Popen[str]:
     """``backup PLAN --wait`` while ``op_id`` is unfinished: it says so, then follows that one."""
     proc = subprocess.Popen(
@@ -105,7 +94,7 @@ def test_plan_add_backs_up_now_and_backup_now_does_not_queue_twice(
     node: NodeProc, tmp_path: Path
 ) -> None:
     src = make_tree(tmp_path / "src", files=5)
-    script, gate = gated_password(tmp_path)
+    script, gate = gated_password(tmp_path, PASSWORD)
     gate.touch()
     node.cli(
         "repo",

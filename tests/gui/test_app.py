@@ -14,6 +14,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QPushButton
 
 from peerstash.desktop.opsmodel import ProgressRole
+from tests.fixtures.gate import gated_password
 from tests.gui.conftest import PASSWORD, GuiEnv, QLoop, wait_for
 
 
@@ -629,12 +630,7 @@ def test_failures_notify_once_and_cancel_and_remove(gui: GuiEnv, qloop: QLoop, q
         b = gui.backend
         # A repository whose password command waits for a gate file: while the gate is shut,
         # a backup into it stays running, so what is queued behind it does not race it.
-        gate = gui.tmp / "gate"
-        script = gui.tmp / "password.sh"
-        script.write_text(
-            f"#!/bin/sh\nwhile [ ! -e '{gate}' ]; do sleep 0.05; done\necho '{PASSWORD}'\n"
-        )
-        script.chmod(0o700)
+        script, gate = gated_password(gui.tmp, PASSWORD)
         gate.touch()
         await b.call(
             "POST",

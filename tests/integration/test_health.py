@@ -18,6 +18,7 @@ from peerstash.core.models import OpStatus
 from peerstash.core.store import OpFilter, utcnow
 from peerstash.peer.node import Node
 from peerstash.peer.rpc import CallError
+from tests.fixtures.gate import gated_password
 from tests.fixtures.nodes import MakeNode, admin, change, converge, link
 from tests.fixtures.sharing import link_b_gives_a, next_shares
 
@@ -237,12 +238,7 @@ async def test_a_peer_asking_for_a_backup_already_running_is_told_so(
     b = await make_node("bravo", restic_path=restic_bin)
     await link(a, b, ["run"])
     assert a.engine and b.rpc
-    gate = tmp_path / "gate"
-    script = tmp_path / "password.sh"
-    script.write_text(
-        f"#!/bin/sh\nwhile [ ! -e '{gate}' ]; do sleep 0.05; done\necho '{PASSWORD}'\n"
-    )
-    script.chmod(0o700)
+    script, gate = gated_password(tmp_path, PASSWORD)
     src = tmp_path / "src"
     src.mkdir()
     (src / "f.txt").write_text("held\n")
