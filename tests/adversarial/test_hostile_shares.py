@@ -23,7 +23,7 @@ from peerstash.core.events import ConfigChanged, Notice
 from peerstash.core.models import OpStatus
 from peerstash.core.restic import PasswordValue, RepoAccess, Restic, ResticError
 from peerstash.core.serialize import repo_to_dict
-from peerstash.core.store import NotFound, StoreError, repo_record
+from peerstash.core.store import NotFound, repo_record
 from peerstash.peer.node import Node
 from tests.fixtures.nodes import MakeNode, store_of, token_for, wait_state
 from tests.fixtures.sharing import REFUSED_ENV, assert_no_secret_in_files, next_shares, run_flow
@@ -109,8 +109,9 @@ async def test_the_reported_attack_is_refused_and_runs_nothing(
     assert a.status()["shared_skipped"] == {"photos@b": why}
     with pytest.raises(NotFound):
         await a.engine.snapshots("photos@b")  # `peerstash snapshots photos@b`
-    with pytest.raises(StoreError):
+    with pytest.raises(EngineError, match="no repository named 'photos@b'") as no_plan:
         await a.engine.add_plan("pa", repo_id="photos@b", paths=[str(tmp_path)])
+    assert no_plan.value.field == "repo"
 
     # Every reconnect re-sends the set: the refusal is logged once, not per reconnect.
     got = next_shares(a, "b")

@@ -164,14 +164,15 @@ async def test_dry_run_lists_what_forget_then_removes(
         async with s.post(url, json={"dry_run": True, "plan": "home"}) as r:
             assert r.status == 200 and await r.json() == preview
         # Bad requests: one clear sentence, nothing run.
-        for body, message in (
-            ({"dry_run": "yes"}, "dry_run is true or false"),
-            ({"dry_run": True, "prune": True}, "unknown field(s) for forget: prune"),
-            ({"dry_run": True, "plan": 7}, "field 'plan' must be a string"),
-            ({"dry_run": True, "plan": "nope"}, "no plan named 'nope'"),
+        for body, message, field in (
+            ({"dry_run": "yes"}, "dry_run is true or false", None),
+            ({"dry_run": True, "prune": True}, "unknown field(s) for forget: prune", None),
+            ({"dry_run": True, "plan": 7}, "field 'plan' must be a string", "plan"),
+            ({"dry_run": True, "plan": "nope"}, "no plan named 'nope'", None),
         ):
             async with s.post(url, json=body) as r:
-                assert r.status in (400, 404) and await r.json() == {"error": message}
+                expected = {"error": message} | ({"field": field} if field else {})
+                assert r.status in (400, 404) and await r.json() == expected
 
     assert preview["repo"] == "store" and preview["dry_run"] is True
     assert preview["plans"] == [
