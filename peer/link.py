@@ -1184,6 +1184,10 @@ class _Dialer:
                 if state == AUTH_FAILED
                 else (UNREACHABLE if failures >= t.unreachable_after else OFFLINE)
             )
-            await self.m._set_state(self.peer_id, shown, reason)
+            # A live link of the peer's own (it reached us meanwhile, e.g. it paired the other
+            # way round) means online, whatever this attempt says: checked right before the
+            # write, so an "offline" can never land after the link's "online".
+            if self.peer_id not in self.m.links:
+                await self.m._set_state(self.peer_id, shown, reason)
             await self._pause(min(delay, cap) * random.uniform(0.5, 1.0))
             delay = min(cap, delay * 2)
