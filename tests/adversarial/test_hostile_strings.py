@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from peerstash.core.store import OpFilter, Store
+from peerstash.core.store import OpFilter
 from peerstash.core.text import PrintableFormatter, printable, use_printable_log_lines
 from peerstash.peer import protocol as proto
 from peerstash.peer.link import LinkStateChanged, PairingError
@@ -26,16 +26,12 @@ from peerstash.peer.rpc import CallError
 from peerstash.peer.sync import OpsSynced
 from peerstash.peer.tokens import parse_token
 from tests.e2e.conftest import PEERSTASH
-from tests.fixtures.nodes import MakeNode, link, token_for
+from tests.fixtures.nodes import MakeNode, link, store_of, token_for
+from tests.fixtures.nodes import record as base_record
 
 ESC, CR, RLO, BEL, NEL, LRI, DEL = "\x1b", "\r", "\u202e", "\x07", "\x85", "\u2066", "\x7f"
 HOSTILE = f"boom{ESC}[2J{ESC}]52;c;cGF3bmVk{BEL}{CR}all good {RLO}exe.txt{LRI}{NEL}{DEL}"
 RAW = (ESC, CR, RLO, BEL, NEL, LRI, DEL)
-
-
-def store_of(node: Node) -> Store:
-    assert node.engine is not None
-    return node.engine.store
 
 
 def no_raw_controls(text: str) -> bool:
@@ -60,28 +56,17 @@ async def cli(node: Node, *args: str) -> tuple[int, str, str]:
 def record(
     op_id: str, *, plan: str | None = "p1", repo: str | None = "r1", **kw: Any
 ) -> proto.OpRecord:
-    fields: dict[str, Any] = {
-        "op_id": op_id,
-        "modno": 1,
-        "flow_id": "",
-        "kind": "backup",
-        "status": "error",
-        "plan_id": plan,
-        "repo_id": repo,
-        "created_at": "2026-11-23 05:05:41.906297",
-        "started_at": "2026-11-23 05:05:42.000000",
-        "ended_at": "2026-11-23 05:06:42.000000",
-        "bytes_done": 0,
-        "bytes_total": 0,
-        "files_done": 0,
-        "files_total": 0,
-        "eta_seconds": None,
-        "summary": "{}",
-        "snapshot_id": None,
-        "error": None,
-    }
-    fields.update(kw)
-    return proto.OpRecord(**fields)
+    """A failed backup as a peer would sync it (fixtures' ``record`` with this test's fields)."""
+    return base_record(
+        op_id,
+        status="error",
+        plan_id=plan,
+        repo_id=repo,
+        created_at="2026-11-23 05:05:41.906297",
+        started_at="2026-11-23 05:05:42.000000",
+        ended_at="2026-11-23 05:06:42.000000",
+        **kw,
+    )
 
 
 @pytest.mark.parametrize(
