@@ -244,14 +244,20 @@ def source_date_epoch() -> int:
     given = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     if given:
         return int(given)
-    out = subprocess.run(
-        ["git", "-C", str(ROOT), "log", "-1", "--format=%ct"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0 or not out.stdout.strip():
-        raise SystemExit("no git commit to date the build: set SOURCE_DATE_EPOCH")
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "log", "-1", "--format=%ct"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:  # a source tree without git (an unpacked archive, a chroot)
+        out = None
+    if out is None or out.returncode != 0 or not out.stdout.strip():
+        raise SystemExit(
+            "no git commit to date the build (not a git checkout, or git is not installed): "
+            "set SOURCE_DATE_EPOCH, e.g. to the release's date in seconds since 1970"
+        )
     return int(out.stdout.strip())
 
 
