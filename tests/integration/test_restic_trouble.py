@@ -42,7 +42,9 @@ class TroubleProxy:
         self.fail_data = False
         self.hold = False
         self.hold_data = False  # only uploads of pack data hang: restic's status lines go on
+        self.hold_locks = False  # only taking a lock hangs, after restic's first words
         self.released = asyncio.Event()
+        self.holding = asyncio.Event()  # set when a request is first held
         self.failed = 0
         self.held = 0
         self.port = 0
@@ -51,8 +53,10 @@ class TroubleProxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         uploading = request.method == "POST" and "/data/" in request.path
-        if self.hold or (self.hold_data and uploading):
+        locking = request.method == "POST" and "/locks/" in request.path
+        if self.hold or (self.hold_data and uploading) or (self.hold_locks and locking):
             self.held += 1
+            self.holding.set()
             await self.released.wait()
         if self.fail_data and request.method == "POST" and "/data/" in request.path:
             self.failed += 1
@@ -176,6 +180,32 @@ async def test_a_retrying_backup_says_why_while_it_runs_and_its_log_is_there(
     assert done.status == OpStatus.SUCCESS and done.snapshot_id, done.error
     assert "detail" not in (done.summary or {})
     assert proxy.failed >= 1
+
+
+async def test_a_running_operations_log_is_there_within_a_second_without_progress(
+    make_node: MakeNode, restic_bin: str, proxy: TroubleProxy, tmp_path: Path
+) -> None:
+    """restic says what it does, then waits on the storage and says nothing more, with no
+    progress: ``peerstash log`` shows its words within a second anyway (they are not held
+    back until a progress tick or 200 lines, nor until the end)."""
+    node = await node_with_plan(make_node, restic_bin, proxy, tmp_path, "quiet")
+    assert node.engine
+    node.engine.runner.progress_interval = 3600.0  # no progress tick may write the log
+    proxy.hold_locks = True
+    op = await node.engine.check("r1")
+    # restic is waiting for its lock: it has said its words and says no more.
+    await asyncio.wait_for(proxy.holding.wait(), 60)
+    # Nothing announces a written log line, so: LOG_FLUSH_INTERVAL (1 s) and slack for a
+    # loaded machine, then the log must be there while the operation still runs.
+    await asyncio.sleep(2.5)
+    log = await node.engine.store.get_log(op.pk)
+    assert any("lock" in line for line in log), log
+    assert (await node.engine.store.get_operation(op.pk)).status == OpStatus.RUNNING
+
+    proxy.hold_locks = False
+    proxy.released.set()
+    done = await node.engine.wait(op.pk)
+    assert done.status == OpStatus.SUCCESS, done.error
 
 
 @pytest.mark.parametrize("where", ["open", "upload"])
