@@ -11,6 +11,8 @@ operation. Waits are on the node's operation events, each with a deadline.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -283,3 +285,37 @@ async def test_a_lost_storage_owes_an_unlock_that_runs_before_the_next_operation
     again = await node.engine.wait((await node.engine.backup("docs")).pk)
     assert again.status == OpStatus.SUCCESS, again.error
     assert len(await node.engine.store.list_operations(unlocks)) == 1  # owed once, paid once
+
+
+async def test_a_killed_backups_lock_is_removed_and_the_next_check_is_not_blocked(
+    make_node: MakeNode, restic_bin: str, tmp_path: Path
+) -> None:
+    """restic dies with SIGKILL mid-backup (the OOM killer, a lost machine): its lock stays
+    in the repository, and every exclusive operation (forget, prune, check) would be refused
+    as locked until someone runs ``peerstash unlock``. The node removes it by itself."""
+    node = await make_node("alpha", restic_path=restic_bin)
+    assert node.engine
+    repo = tmp_path / "repo"
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    (huge / "sparse.img").touch()
+    os.truncate(huge / "sparse.img", 64 * 1024**3)  # minutes for restic to read, no disk space
+    await node.engine.add_repo("r1", str(repo), PasswordSpec("secret", value="pw"), init=True)
+    await node.engine.add_plan("big", repo_id="r1", paths=[str(huge)])
+
+    op = await node.engine.backup("big")
+    await op_until(node, op.pk, lambda o: o.bytes_done > 0)
+    (pid,) = node.engine.restic().active_pids
+    assert os.listdir(repo / "locks")  # the backup's lock
+    os.kill(pid, signal.SIGKILL)
+    failed = await node.engine.wait(op.pk)
+    assert failed.status == OpStatus.ERROR and "interrupted" in (failed.error or ""), failed
+    log = await node.engine.store.get_log(failed.pk)
+    assert any("may have left a stale lock behind" in line for line in log), log
+
+    # The stale-lock removal runs by itself; the next check is not refused as locked.
+    check = await node.engine.wait((await node.engine.check("r1")).pk)
+    assert check.status == OpStatus.SUCCESS, check.error
+    (unlock,) = await node.engine.store.list_operations(OpFilter(kind=OpKind.UNLOCK, repo_id="r1"))
+    assert unlock.status == OpStatus.SUCCESS and unlock.pk < check.pk
+    assert os.listdir(repo / "locks") == []
