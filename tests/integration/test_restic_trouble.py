@@ -21,8 +21,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from peerstash.core.engine import PasswordSpec
+from peerstash.core.engine import EngineError, PasswordSpec
 from peerstash.core.models import Operation, OpKind, OpStatus
+from peerstash.core.restic import ResticError
 from peerstash.core.store import OpFilter
 from peerstash.peer.node import Node
 from tests.fixtures.nodes import MakeNode
@@ -319,3 +320,45 @@ async def test_a_killed_backups_lock_is_removed_and_the_next_check_is_not_blocke
     (unlock,) = await node.engine.store.list_operations(OpFilter(kind=OpKind.UNLOCK, repo_id="r1"))
     assert unlock.status == OpStatus.SUCCESS and unlock.pk < check.pk
     assert os.listdir(repo / "locks") == []
+
+
+@pytest.mark.parametrize("init", [False, True], ids=["add", "add-init"])
+async def test_repo_add_to_a_storage_refusing_the_credentials_says_so(
+    make_node: MakeNode, restic_bin: str, tmp_path: Path, init: bool
+) -> None:
+    """A REST server answering 401 to a wrong password in the URI: `repo add` (with or
+    without --init) says the credentials were refused, never "there is no restic repository
+    ... add --init"; nothing is stored, no secret is said back."""
+    secret = "wrong-Pa55-never-said-7733"
+    asked: list[str] = []
+
+    async def refuse(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": "x"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        node = await make_node("alpha", restic_path=restic_bin)
+        assert node.engine
+        uri = f"rest:http://ana:{secret}@127.0.0.1:{port}/repo"
+        with pytest.raises((EngineError, ResticError)) as refused:
+            await asyncio.wait_for(
+                node.engine.add_repo(
+                    "nas", uri, PasswordSpec(source="secret", value="pw"), init=init
+                ),
+                120,
+            )
+    finally:
+        await runner.cleanup()
+    said = str(refused.value)
+    assert "refused the credentials" in said, said
+    assert "add --init" not in said and "no restic repository" not in said
+    assert secret not in said
+    assert asked  # restic really asked
+    assert await node.engine.list_repos() == []
+    assert not [n for n in await node.engine.store.secret_names("repo/") if "nas" in n]
