@@ -28,6 +28,7 @@ from peerstash.core.store import OpFilter
 from peerstash.peer.node import Node
 from tests.fixtures.nodes import MakeNode
 from tests.fixtures.servers import RESTIC_BUILDS, RestServer, resolve_restic
+from tests.fixtures.sharing import link_b_gives_a, next_shares
 
 pytestmark = pytest.mark.slow
 
@@ -362,3 +363,44 @@ async def test_repo_add_to_a_storage_refusing_the_credentials_says_so(
     assert asked  # restic really asked
     assert await node.engine.list_repos() == []
     assert not [n for n in await node.engine.store.secret_names("repo/") if "nas" in n]
+
+
+async def test_a_receivers_killed_backup_does_not_block_its_forget_nor_the_owners_check(
+    make_node: MakeNode, restic_bin: str, tmp_path: Path
+) -> None:
+    """B backs up into a repository A shared with it; restic is SIGKILLed mid-run and leaves
+    B's lock there. B removes its own stale lock (only stale ones: a live run of A keeps its
+    lock), so B's retention and A's check are not refused as locked."""
+    a = await make_node("a", restic_path=restic_bin)
+    b = await make_node("b", restic_path=restic_bin)
+    assert a.engine and b.engine
+    await link_b_gives_a(a, b, ["repos.receive"])
+    repo = tmp_path / "repo"
+    await a.engine.add_repo("r", str(repo), PasswordSpec("secret", value="pw"), init=True)
+    got = next_shares(b, "a")
+    await a.engine.share_repo("r")
+    assert (await got).added == ["r@a"]
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    (huge / "sparse.img").touch()
+    os.truncate(huge / "sparse.img", 64 * 1024**3)
+    await b.engine.add_plan("big", repo_id="r@a", paths=[str(huge)], retention={"keep_last": 1})
+
+    op = await b.engine.backup("big")
+    await op_until(b, op.pk, lambda o: o.bytes_done > 0)
+    (pid,) = b.engine.restic().active_pids
+    assert os.listdir(repo / "locks")  # B's lock, in A's repository
+    os.kill(pid, signal.SIGKILL)
+    failed = await b.engine.wait(op.pk)
+    assert failed.status == OpStatus.ERROR and "interrupted" in (failed.error or ""), failed
+
+    # B's own retention on the shared repository is not refused as locked...
+    forget = await b.engine.wait((await b.engine.forget("r@a", plan_id="big")).pk)
+    assert forget.status == OpStatus.SUCCESS, forget.error
+    unlocks = await b.engine.store.list_operations(OpFilter(kind=OpKind.UNLOCK, repo_id="r@a"))
+    assert [u.status for u in unlocks] == [OpStatus.SUCCESS] and unlocks[0].pk < forget.pk
+    # ... nor is the owner's check, at its first try.
+    check = await a.engine.wait((await a.engine.check("r")).pk)
+    assert check.status == OpStatus.SUCCESS, check.error
+    assert await a.engine.store.list_operations(OpFilter(kind=OpKind.UNLOCK, repo_id="r")) == []
+    assert os.listdir(repo / "locks") == []
