@@ -263,12 +263,17 @@ class Backend(QObject):
     def _on_link(self, peer_id: str, event: dict[str, Any]) -> None:
         for p in self.peer_list:
             if p.get("id") == peer_id:
+                was = p.get("state")
                 p["state"] = event.get("state") or p.get("state")
                 p["state_reason"] = event.get("reason")
                 if p["state"] == "online":
                     p["last_seen"] = datetime.now(UTC).isoformat()
                 self.peers_available = True
                 self.peersChanged.emit()
+                if p["state"] == "online" and was != "online":
+                    # A new handshake carries the peer's name (a rename restarts its links):
+                    # re-read the list so names and labels are current, not only the state.
+                    self.tasks.spawn(self._quiet(self.refresh_peers()), name="backend:peers")
                 return
         # A peer we have not listed yet (just paired, or paired by another client).
         self.tasks.spawn(self._quiet(self.refresh_peers()), name="backend:peers")

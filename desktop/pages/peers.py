@@ -325,7 +325,11 @@ class PeersPage(Page):
                 # The label tells same-named machines apart; the row's data stays the id.
                 table.setItem(r, 0, item(printable(str(p.get("label") or name)), name))
                 state = str(p.get("state") or "")
-                st = item(state)
+                reason = str(p.get("state_reason") or "")
+                # Why a peer refuses us ("removed by NAME") is said in the cell, as `peer list`
+                # says it: a tooltip alone hides that this peer will not be dialed again.
+                shown = f"{state} ({reason})" if state == "auth failed" and reason else state
+                st = item(printable(shown))
                 st.setForeground(
                     QColor(STATE_COLOR[state]) if state in STATE_COLOR else table.palette().text()
                 )
