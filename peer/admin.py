@@ -1239,7 +1239,7 @@ SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "discovery_interfaces is a list of addresses or interface names",
     ),
     "restic_path": (lambda v: isinstance(v, str) and bool(v), "restic_path is a path"),
-    # How much of each peer's history this node keeps (core/store.py, Store.trim_peer_ops).
+    # How much of each peer's history this node keeps (core/store/opsync.py, Store.trim_peer_ops).
     "peer_history_days": (
         _whole(1, 36500),
         "peer_history_days is a number of days from 1 to 36500",
