@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from peerstash.core import installed_version
 from peerstash.core.engine import BackupRunning, Engine, EngineError, PasswordSpec
 from peerstash.core.events import (
     ConfigChanged,
@@ -212,7 +213,18 @@ async def status(request: web.Request) -> web.Response:
         )
     fleet = await fleet_view.fleet(engine.store, engine.instance_id, node.name)
     health = (await node_health(engine)).to_dict()
-    return web.json_response({**node.status(), "health": health, "plans": plans, "peers": fleet})
+    # What is on disk now (read off the loop): not "version" once the package was upgraded
+    # under this running node, which then has to restart (the tray shows it).
+    installed = await asyncio.to_thread(installed_version)
+    return web.json_response(
+        {
+            **node.status(),
+            "installed_version": installed,
+            "health": health,
+            "plans": plans,
+            "peers": fleet,
+        }
+    )
 
 
 async def _labels(request: web.Request) -> dict[str, str]:
