@@ -5,6 +5,9 @@ what it had started, in reverse, so nothing is left running.
 (a second start on the same data directory succeeds and answers ``status`` on its admin
 socket), the peer port is free again, no asyncio task of the failed node is still alive, no
 admin socket file is left behind, and on PostgreSQL no connection of the failed node stays open.
+
+The order of the start matters too: a peer that connects as soon as the peer port listens is
+not marked offline by the links starting just after.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from peerstash.peer.link import PeerManager
 from peerstash.peer.node import Node, NodeAlreadyRunning, NodeError, NodeNotRunning, NodeOptions
+from tests.fixtures.nodes import MakeNode, token_for, wait_state
 from tests.fixtures.upgrades import head, make_database_at, migration_name, revisions
 
 
@@ -258,3 +263,34 @@ async def test_services_exist_only_while_the_node_runs(tmp_path: Path) -> None:
         _ = node.peers
     await node.stop()  # twice: harmless
     assert lock_is_free(tmp_path / "data")
+
+
+async def test_a_peer_that_connects_while_the_node_starts_stays_online(
+    make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The peer port listens before the links start (so no link-up is missed), so a paired
+    peer may connect in between: starting the links must not then mark it offline."""
+    a, b = await make_node("a"), await make_node("b")
+    assert b.peer_url
+    await a.peers.pair(await token_for(b), b.peer_url, [])
+    await wait_state(b, "a", "online")
+    port = b.peer_url.rsplit(":", 1)[1]
+    await b.stop()  # its store still says "a" is online: a state from before the restart
+    await wait_state(a, "b", "offline")
+
+    started = PeerManager.start
+
+    async def start_once_a_is_in(self: PeerManager) -> None:
+        # The moment that is a race in real life, made certain: a's dialer gets in first.
+        with self.bus.subscribe("link") as sub:
+            async with asyncio.timeout(10):
+                while "a" not in self.links:
+                    await sub.get()  # the link's "online" comes right after it is adopted
+        await started(self)
+
+    monkeypatch.setattr(PeerManager, "start", start_once_a_is_in)
+    b2 = await make_node("b", listen=f"127.0.0.1:{port}")
+    monkeypatch.undo()
+    assert "a" in b2.peers.links
+    assert (await b2.store.get_peer("a")).state == "online"
+    await wait_state(a, "b", "online")
