@@ -377,7 +377,7 @@ class Node:
         rpc = RpcService(peers)
         stack.push_async_callback(rpc.stop)
         sync = SyncService(store, self.bus, peers, instance_id)
-        RemoteConfig(engine, rpc)
+        RemoteConfig(engine, rpc)  # answers config calls: its methods live on rpc from here
         logs = RemoteLogs(store, rpc, instance_id)
         remote = RemoteService(
             store, self.bus, engine, peers, rpc, instance_id, ttl=opts.remote_ttl
