@@ -542,9 +542,17 @@ class Node:
                 ensure_own_private_dir(sock.parent)
             except PermissionError as exc:
                 raise NodeError(f"cannot put the admin socket in {sock.parent}: {exc}") from None
-        # We hold the data dir lock, so a socket file left here is from a dead node.
-        with contextlib.suppress(FileNotFoundError):
-            sock.unlink()
+        # We hold the data dir lock, so a socket file left here is from a dead node. Anything
+        # else in its place (a directory, a file we may not remove) is the person's to look at:
+        # one line that names it, not a traceback.
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                sock.unlink()
+        except OSError as exc:
+            raise NodeError(
+                f"cannot open the admin socket {sock}: {exc.strerror or exc} "
+                "(something else is in its place; move it away)"
+            ) from None
         # handler_cancellation: a client that goes away (CLI Ctrl-C, the tray quitting) ends its
         # streaming request at once instead of at the next keep-alive write.
         runner = web.AppRunner(
@@ -557,6 +565,8 @@ class Node:
         old = os.umask(0o177)
         try:
             await site.start()
+        except OSError as exc:
+            raise NodeError(f"cannot open the admin socket {sock}: {exc.strerror or exc}") from None
         finally:
             os.umask(old)
         os.chmod(sock, 0o600)

@@ -143,8 +143,12 @@ async def test_a_failure_at_the_last_step_stops_everything_started_before_it(
     blocker.mkdir()  # something that is not a socket sits where the admin socket goes
     before = other_tasks()
     node = Node(data, options(listen=f"127.0.0.1:{port}"))
-    with pytest.raises(IsADirectoryError):
+    with pytest.raises(NodeError) as failed:
         await node.start()
+    assert str(failed.value) == (
+        f"cannot open the admin socket {blocker}: Is a directory "
+        "(something else is in its place; move it away)"
+    )
     assert new_tasks(before) == set()
     assert port_is_free(port)
     assert lock_is_free(data)
