@@ -73,8 +73,10 @@ async def add_backup_plan(node: Node, tmp_path: Path) -> None:
     await node.cli("plan", "add", "docs", "--repo", "r", "--path", str(src))
 
 
-async def snapshot_count(node: Node) -> int:
-    return len(await node.cli_json("snapshots", "r"))
+async def snapshot_count(node: Node, plan: str | None = None) -> int:
+    """Snapshots in ``r`` (those of ``plan`` only, when given), as ``snapshots --json`` says."""
+    snaps = await node.cli_json("snapshots", "r")
+    return len([s for s in snaps if plan is None or f"plan:{plan}" in (s.get("tags") or [])])
 
 
 @pytest.mark.parametrize("limit", [1024, 256])
@@ -95,6 +97,21 @@ async def test_flood_of_half_sent_requests_leaves_the_node_working(
         assert open_file_limit(a.proc.pid) == (str(limit), str(limit))
         socket_path = (await a.cli_json("status"))["admin_socket"]
         await add_backup_plan(a, tmp_path)
+        # A plan only the scheduler runs (every minute, the shortest interval): its first
+        # run falls inside the flood, which is held until it has finished.
+        await a.cli(
+            "plan",
+            "add",
+            "tick",
+            "--repo",
+            "r",
+            "--path",
+            str(tmp_path / "src"),
+            "--every",
+            "1m",
+            "--no-backup-now",
+        )
+        tick_added = time.monotonic()
         async with Forwarder(a.port) as fwd, LinkWatch(a) as wa, LinkWatch(b) as wb:
             await pair(b, a, fwd.url)
             await wb.wait("alpha", "online", 30)
@@ -126,6 +143,11 @@ async def test_flood_of_half_sent_requests_leaves_the_node_working(
                 if remaining > 0:
                     await asyncio.sleep(remaining)  # the attack's duration, not a wait for state
                 latencies += [await admin_status_seconds(a, socket_path) for _ in range(5)]
+                # The scheduler kept working: its plan is backed up during the flood.
+                tick_at, _ = await wa.wait_op(
+                    "tick", "success", max(5.0, tick_added + 60 + 60 - time.monotonic())
+                )
+                scheduled = await snapshot_count(a, "tick")
                 stats = await flood.finish()
                 attempts, max_held = stats["attempts"], stats["max_held"]
             sampler.cancel()
@@ -141,6 +163,7 @@ async def test_flood_of_half_sent_requests_leaves_the_node_working(
         # connections, plus a quarter of that reserved for addresses peers come from, far
         # below the 1,100 the attacker tried to hold ...
         assert attempts > 1100  # the flooder really reopened what the node closed
+        assert scheduled == 1 and started < tick_at, "the scheduled backup ran in the flood"
         assert log_growth < 1_000_000, log_growth
         emfile = a.log_text().count("Too many open files")
         # The node's descriptors stay clear of its limit ...
@@ -165,6 +188,7 @@ async def test_flood_of_half_sent_requests_leaves_the_node_working(
             status_cli_s=round(cli.seconds, 2),
             reconnect_in_flood_s=round(reconnect_in_flood, 2),
             reconnect_after_s=round(reconnect_after, 2),
+            scheduled_backup_done_s_into_flood=round(tick_at - started, 1),
             log_growth_bytes=log_growth,
             emfile_log_lines=emfile,
         )

@@ -224,6 +224,7 @@ async def test_a_flood_of_tiny_items_or_chunks_is_bounded_by_count(
         await rpc(b).call("alpha", "test.tiny", silence=10)
     await asyncio.wait_for(flood_done.wait(), 120)
     rss_growth = peak_rss() - rss_before
+    print(f"tiny reply flood ({limit}): peak RSS +{rss_growth / MiB:.1f} MiB")
     assert sent == items  # the hostile side sent it all; B stopped gathering at the bound
     assert err.value.code == "too_large" and limit in err.value.message
     assert rss_growth < 64 * MiB, f"peak RSS grew {rss_growth / MiB:.1f} MiB"
