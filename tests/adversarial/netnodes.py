@@ -199,6 +199,7 @@ class LinkWatch:
         self.node = node
         self.history: list[tuple[float, str, str, str | None]] = []
         self.ops: list[tuple[float, dict[str, Any]]] = []
+        self.remote: list[dict[str, Any]] = []  # the requests' states, as ``remote`` events
         self._changed = asyncio.Condition()
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
@@ -223,6 +224,10 @@ class LinkWatch:
             if not line.strip():
                 continue
             ev = json.loads(line)
+            if ev.get("type") == "remote":
+                async with self._changed:
+                    self.remote.append(ev["request"])
+                    self._changed.notify_all()
             if ev.get("type") == "operation":
                 async with self._changed:
                     self.ops.append((time.monotonic(), ev["op"]))
@@ -294,6 +299,14 @@ class LinkWatch:
                     f"{within} s; operations: {[op['status'] for _, op in self.ops][-8:]}"
                 ) from None
         return found
+
+    async def wait_remote(self, state: str, within: float) -> dict[str, Any]:
+        """Wait for a ``remote`` event of a request in ``state``; return the request."""
+        async with self._changed:
+            async with asyncio.timeout(within):
+                while not (found := [r for r in self.remote if r["state"] == state]):
+                    await self._changed.wait()
+        return found[0]
 
     async def __aexit__(self, *exc: object) -> None:
         if self._proc is not None and self._proc.returncode is None:
@@ -577,6 +590,14 @@ class FloodProcess:
                     f"{within} s; operations: {[op['status'] for _, op in self.ops][-8:]}"
                 ) from None
         return found
+
+    async def wait_remote(self, state: str, within: float) -> dict[str, Any]:
+        """Wait for a ``remote`` event of a request in ``state``; return the request."""
+        async with self._changed:
+            async with asyncio.timeout(within):
+                while not (found := [r for r in self.remote if r["state"] == state]):
+                    await self._changed.wait()
+        return found[0]
 
     async def __aexit__(self, *exc: object) -> None:
         if self._proc is not None and self._proc.returncode is None:
