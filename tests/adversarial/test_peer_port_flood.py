@@ -265,6 +265,30 @@ async def test_server_header_names_no_version_and_limit_is_raised(tmp_path: Path
         await a.stop()
 
 
+async def test_an_idle_keep_alive_connection_is_closed_after_5_s(tmp_path: Path) -> None:
+    """A client that completes a request and then idles on the connection holds it 5 s (the
+    node's keep-alive), not aiohttp's default nor the guard's 60 s backstop."""
+    a = Node(tmp_path / "a-data", "alpha")
+    await a.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", a.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.split(b"\r\n", 1)[0].split()[1] == b"200", head
+        assert b"connection: close" not in head.lower()  # kept alive: the idle wait is ours
+        answered = time.monotonic()
+        # Whatever is left of the body, then the node's close (EOF): 5 s of idling at most.
+        rest = await asyncio.wait_for(reader.read(), 30)
+        idle = time.monotonic() - answered
+        writer.close()
+        assert len(rest) < 1000
+        assert 4.0 <= idle < 8.0, idle
+        FIGURES["keepalive_idle_closed_after_s"] = round(idle, 1)
+    finally:
+        await a.stop()
+
+
 async def secretless_attempt(url: str, key_id: str, source: str) -> str:
     """A stranger's handshake with no token: what the node answers."""
     me = Identity.generate()
