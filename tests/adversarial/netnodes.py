@@ -200,6 +200,7 @@ class LinkWatch:
         self.history: list[tuple[float, str, str, str | None]] = []
         self.ops: list[tuple[float, dict[str, Any]]] = []
         self.remote: list[dict[str, Any]] = []  # the requests' states, as ``remote`` events
+        self._ready = asyncio.Event()
         self._changed = asyncio.Condition()
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
@@ -216,6 +217,15 @@ class LinkWatch:
             env=self.node.env(),
         )
         self._task = asyncio.create_task(self._read())
+        # The stream is subscribed once the node says ready: nothing after this is missed.
+        try:
+            async with asyncio.timeout(30):
+                await self._ready.wait()
+        except TimeoutError:
+            await self.__aexit__()
+            raise AssertionError(
+                f"{self.node.instance_id}: events stream not ready in 30 s"
+            ) from None
         return self
 
     async def _read(self) -> None:
@@ -224,6 +234,8 @@ class LinkWatch:
             if not line.strip():
                 continue
             ev = json.loads(line)
+            if ev.get("type") == "ready":
+                self._ready.set()
             if ev.get("type") == "remote":
                 async with self._changed:
                     self.remote.append(ev["request"])

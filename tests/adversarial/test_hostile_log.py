@@ -44,6 +44,7 @@ async def test_a_peer_chosen_operation_id_is_logged_inert_by_the_node_process(
         await wait_state(bravo, "alpha", "online", 30)
 
         async with LinkWatch(alpha) as watch:
+            await watch.wait("bravo", "online", 30)  # alpha's side of the link is up too
             await alpha.cli("remote", "run", "bravo", "docs", "--json")
             accepted = await watch.wait_remote("accepted", 20)
         rid = accepted["id"]
