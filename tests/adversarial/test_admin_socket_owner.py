@@ -224,3 +224,28 @@ async def test_the_node_makes_its_runtime_dir_private_and_a_real_cli_reaches_it(
         await node.stop()
     assert proc.returncode == 0, err
     assert json.loads(out)["instance_id"] == "alpha"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("status",), ("status", "--json"), ("backup", "docs", "--wait")],
+    ids=["status", "status-json", "backup-wait"],
+)
+def test_the_quick_client_commands_check_the_socket_too(
+    runtime: tuple[Path, Path, dict[str, str]], args: tuple[str, ...]
+) -> None:
+    """``status`` and ``backup --wait`` run on the quick client (peer/quickclient.py), not on
+    AdminClient's aiohttp path: the same refusal, before a byte is sent."""
+    data_dir, _, env = runtime
+    srv = squat(admin_socket_path(data_dir), dir_mode=0o777)
+    try:
+        res = run_cli(data_dir, env, *args)
+        assert res.returncode == 1, res
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1, res.stderr
+        assert lines[0].startswith("peerstash: refusing to use the admin socket"), lines
+        assert "its directory has mode 0777" in lines[0]
+        assert res.stdout == ""
+        assert received_nothing(srv)
+    finally:
+        srv.close()
