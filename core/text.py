@@ -74,12 +74,19 @@ class PrintableFormatter(logging.Formatter):
 
     The message (with its arguments, which is where peer text arrives) is neutralised
     entirely, newlines included, so one log record is one line and cannot forge another;
-    tracebacks, which are ours, keep their lines.
+    tracebacks keep their lines, but each line is neutralised too: the exception's own message
+    can quote what a peer sent (``ValueError(f"bad id {peer_id}")``).
     """
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = printable(record.message)
         return super().formatMessage(record)
+
+    def formatException(self, ei: object) -> str:
+        return printable_lines(super().formatException(ei))  # type: ignore[arg-type]
+
+    def formatStack(self, stack_info: str) -> str:
+        return printable_lines(super().formatStack(stack_info))
 
 
 def use_printable_log_lines() -> None:

@@ -680,7 +680,13 @@ class PeerManager:
                 protocol_version=self.protocol_version,
             )
             await chan.send_msg(hello)
-            reply = await asyncio.wait_for(chan.recv_msg(), self.timings.handshake_timeout)
+            try:
+                reply = await asyncio.wait_for(chan.recv_msg(), self.timings.handshake_timeout)
+            except TimeoutError:
+                # Said in words: a bare TimeoutError reads as "failed: " or "TimeoutError".
+                raise TimeoutError(
+                    f"no answer to our Hello within {self.timings.handshake_timeout:g} s"
+                ) from None
             if isinstance(reply, proto.Error):
                 if reply.code == proto.ErrorCode.REVOKED:
                     raise PeerRevoked(describe_remote_error(reply))

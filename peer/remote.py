@@ -389,7 +389,12 @@ class RemoteService:
                     return
                 await self._transition(req.id, FAILED, error=self.words(req.peer, exc), note=None)
                 return
-            if not isinstance(result, dict) or not isinstance(result.get("op_id"), str):
+            if (
+                not isinstance(result, dict)
+                or not isinstance(result.get("op_id"), str)
+                # Stored, shown and matched against synced operations, whose ids are plain.
+                or not is_plain_id(result["op_id"])
+            ):
                 await self._transition(
                     req.id, FAILED, error=f"{req.peer} answered the request in a way not understood"
                 )

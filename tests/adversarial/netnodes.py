@@ -192,11 +192,15 @@ async def pair(client: Node, server: Node, url: str | None = None) -> dict[str, 
 
 
 class LinkWatch:
-    """A node's ``events --json`` stream, kept open: every link state change, with its time."""
+    """A node's ``events --json`` stream, kept open: every link state change, with its time
+    (and every operation event, for :meth:`wait_op`)."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
         self.history: list[tuple[float, str, str, str | None]] = []
+        self.ops: list[tuple[float, dict[str, Any]]] = []
+        self.remote: list[dict[str, Any]] = []  # the requests' states, as ``remote`` events
+        self._ready = asyncio.Event()
         self._changed = asyncio.Condition()
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
@@ -213,6 +217,15 @@ class LinkWatch:
             env=self.node.env(),
         )
         self._task = asyncio.create_task(self._read())
+        # The stream is subscribed once the node says ready: nothing after this is missed.
+        try:
+            async with asyncio.timeout(30):
+                await self._ready.wait()
+        except TimeoutError:
+            await self.__aexit__()
+            raise AssertionError(
+                f"{self.node.instance_id}: events stream not ready in 30 s"
+            ) from None
         return self
 
     async def _read(self) -> None:
@@ -221,6 +234,16 @@ class LinkWatch:
             if not line.strip():
                 continue
             ev = json.loads(line)
+            if ev.get("type") == "ready":
+                self._ready.set()
+            if ev.get("type") == "remote":
+                async with self._changed:
+                    self.remote.append(ev["request"])
+                    self._changed.notify_all()
+            if ev.get("type") == "operation":
+                async with self._changed:
+                    self.ops.append((time.monotonic(), ev["op"]))
+                    self._changed.notify_all()
             if ev.get("type") == "link":
                 async with self._changed:
                     self.history.append(
@@ -267,6 +290,35 @@ class LinkWatch:
                     f"history: {self.history[-8:]}"
                 ) from None
         return when
+
+    async def wait_op(self, plan: str, status: str, within: float) -> tuple[float, dict[str, Any]]:
+        """Wait for an operation event of ``plan`` in ``status``; return when and the op."""
+
+        def seen() -> tuple[float, dict[str, Any]] | None:
+            return next(
+                ((t, op) for t, op in self.ops if op["plan"] == plan and op["status"] == status),
+                None,
+            )
+
+        async with self._changed:
+            try:
+                async with asyncio.timeout(within):
+                    while (found := seen()) is None:
+                        await self._changed.wait()
+            except TimeoutError:
+                raise AssertionError(
+                    f"{self.node.instance_id}: no {status} operation of plan {plan} within "
+                    f"{within} s; operations: {[op['status'] for _, op in self.ops][-8:]}"
+                ) from None
+        return found
+
+    async def wait_remote(self, state: str, within: float) -> dict[str, Any]:
+        """Wait for a ``remote`` event of a request in ``state``; return the request."""
+        async with self._changed:
+            async with asyncio.timeout(within):
+                while not (found := [r for r in self.remote if r["state"] == state]):
+                    await self._changed.wait()
+        return found[0]
 
     async def __aexit__(self, *exc: object) -> None:
         if self._proc is not None and self._proc.returncode is None:
@@ -529,6 +581,35 @@ class FloodProcess:
                     self.stats = data
             await self._proc.wait()
         return self.stats
+
+    async def wait_op(self, plan: str, status: str, within: float) -> tuple[float, dict[str, Any]]:
+        """Wait for an operation event of ``plan`` in ``status``; return when and the op."""
+
+        def seen() -> tuple[float, dict[str, Any]] | None:
+            return next(
+                ((t, op) for t, op in self.ops if op["plan"] == plan and op["status"] == status),
+                None,
+            )
+
+        async with self._changed:
+            try:
+                async with asyncio.timeout(within):
+                    while (found := seen()) is None:
+                        await self._changed.wait()
+            except TimeoutError:
+                raise AssertionError(
+                    f"{self.node.instance_id}: no {status} operation of plan {plan} within "
+                    f"{within} s; operations: {[op['status'] for _, op in self.ops][-8:]}"
+                ) from None
+        return found
+
+    async def wait_remote(self, state: str, within: float) -> dict[str, Any]:
+        """Wait for a ``remote`` event of a request in ``state``; return the request."""
+        async with self._changed:
+            async with asyncio.timeout(within):
+                while not (found := [r for r in self.remote if r["state"] == state]):
+                    await self._changed.wait()
+        return found[0]
 
     async def __aexit__(self, *exc: object) -> None:
         if self._proc is not None and self._proc.returncode is None:

@@ -224,3 +224,53 @@ async def test_the_node_makes_its_runtime_dir_private_and_a_real_cli_reaches_it(
         await node.stop()
     assert proc.returncode == 0, err
     assert json.loads(out)["instance_id"] == "alpha"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("status",), ("status", "--json"), ("backup", "docs", "--wait")],
+    ids=["status", "status-json", "backup-wait"],
+)
+def test_the_quick_client_commands_check_the_socket_too(
+    runtime: tuple[Path, Path, dict[str, str]], args: tuple[str, ...]
+) -> None:
+    """``status`` and ``backup --wait`` run on the quick client (peer/quickclient.py), not on
+    AdminClient's aiohttp path: the same refusal, before a byte is sent."""
+    data_dir, _, env = runtime
+    srv = squat(admin_socket_path(data_dir), dir_mode=0o777)
+    try:
+        res = run_cli(data_dir, env, *args)
+        assert res.returncode == 1, res
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1, res.stderr
+        assert lines[0].startswith("peerstash: refusing to use the admin socket"), lines
+        assert "its directory has mode 0777" in lines[0]
+        assert res.stdout == ""
+        assert received_nothing(srv)
+    finally:
+        srv.close()
+
+
+async def test_the_desktop_client_checks_the_socket_too(
+    runtime: tuple[Path, Path, dict[str, str]],
+) -> None:
+    """The tray's client (desktop/api.py) sends repository passwords too (the add dialogs):
+    a squatted socket is refused for a call and for the event stream, before a byte is sent."""
+    from peerstash.desktop.api import ApiError, DesktopClient
+
+    data_dir, _, _ = runtime
+    srv = squat(admin_socket_path(data_dir), dir_mode=0o777)
+    try:
+        # A client that connected would wait on the squatter's answer: bounded here, so that
+        # shows as a failure rather than a hang.
+        async with asyncio.timeout(20), DesktopClient(data_dir) as client:
+            body = {"id": "nas", "uri": "/srv/nas", "password": {"value": "the-password"}}
+            with pytest.raises(ApiError, match="refusing to use the admin socket") as call:
+                await client.request("POST", "/v1/repos", body)
+            assert "its directory has mode 0777" in str(call.value)
+            with pytest.raises(ApiError, match="refusing to use the admin socket"):
+                async for _ in client.lines("/v1/events"):
+                    pass
+        assert received_nothing(srv)
+    finally:
+        srv.close()

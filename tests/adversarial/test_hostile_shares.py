@@ -267,3 +267,81 @@ async def test_a_received_row_breaking_the_rules_is_never_opened(
     assert not marker.exists()
     listed = json.dumps(repo_to_dict(await a.engine.store.get_repo("photos@b")))
     assert PW not in listed
+
+
+#: URIs a peer may not share with us, each with the words of the rule the receiver says.
+REFUSED_SHARE_URIS = (
+    ("rclone:remote:bucket", "restic runs the rclone program"),
+    ("sftp:-oProxyCommand=sh:/p", "would pass options to ssh"),
+    ("sftp://-oX@host//p", "would pass options to ssh"),
+    ("ftp://host/p", "may not use the ftp: backend"),
+    ("relative/dir", "must be absolute"),
+    ("/srv/\x1b[2Jx", "not a usable"),
+)
+
+
+async def test_each_refused_uri_form_in_a_share(
+    make_node: MakeNode, restic_bin: str, tmp_path: Path
+) -> None:
+    """The receiver checks the URI's backend and form itself (B's own checks are skipped)."""
+    a = await make_node("a", restic_path=restic_bin)
+    b = await make_node("b", restic_path=restic_bin)
+    assert a.engine and b.engine
+    await b.engine.add_repo(
+        "base", str(tmp_path / "r"), PasswordSpec("secret", value=PW), init=True
+    )
+    guid = (await b.engine.store.get_repo("base")).guid
+    for n, (uri, _) in enumerate(REFUSED_SHARE_URIS):
+        row = repo_record(f"u{n}", str(tmp_path / "r"), "secret", "", [])
+        row.guid, row.shared, row.client_uri = guid, True, uri
+        await store_of(b).add_repo(row)
+        await b.engine.secrets.put(f"repo/u{n}/password", PW)
+    got = next_shares(a, "b")
+    await pair_a_receives_from_b(a, b)
+    result = await got
+    assert result.offered == len(REFUSED_SHARE_URIS) and result.added == []
+    for n, (_, words) in enumerate(REFUSED_SHARE_URIS):
+        why = result.skipped[f"u{n}@b"]
+        assert why.startswith("b sent settings a peer may not set here: ") and words in why, why
+    assert await a.engine.list_repos() == []
+    assert await secret_names(a, "repo/") == []
+    assert_no_secret_in_files(a, PW)
+
+
+async def test_changed_credentials_of_an_accepted_share_are_announced_without_values(
+    make_node: MakeNode, restic_bin: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An owner re-keying a repository we back up into is told, naming what changed only."""
+    caplog.set_level(logging.INFO)
+    a = await make_node("a", restic_path=restic_bin)
+    b = await make_node("b", restic_path=restic_bin)
+    assert a.engine and b.engine
+    await b.engine.add_repo(
+        "photos",
+        str(tmp_path / "photos"),
+        PasswordSpec("secret", value=PW),
+        init=True,
+        env={"B2_ACCOUNT_ID": "first-id"},
+    )
+    await b.engine.share_repo("photos")
+    got = next_shares(a, "b")
+    await pair_a_receives_from_b(a, b)
+    assert (await got).added == ["photos@b"]
+
+    new_pw, new_env = "pw-photos-new-Zt55-never-in-clear", ENV_SECRET
+    with a.bus.subscribe("notice") as notices:
+        got = next_shares(a, "b")
+        await b.engine.secrets.put("repo/photos/env/B2_ACCOUNT_ID", new_env)
+        await b.engine.secrets.put("repo/photos/password", new_pw)
+        b.bus.publish(ConfigChanged(what="repo", id="photos"))
+        assert (await got).updated == ["photos@b"]
+        async with asyncio.timeout(5):
+            notice = await notices.get()
+    assert isinstance(notice, Notice) and notice.level == "warning"
+    assert notice.message == (
+        "peer b changed the password of photos@b; the credentials of photos@b (B2_ACCOUNT_ID)"
+    )
+    assert a.status()["shared_changes"]["photos@b"].endswith(notice.message)
+    for secret in (PW, new_pw, new_env, "first-id"):
+        assert secret not in caplog.text
+    assert_no_secret_in_files(a, PW, new_pw, new_env)

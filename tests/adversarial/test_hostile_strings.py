@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -213,3 +214,23 @@ async def test_a_remote_request_id_that_is_not_a_plain_id_is_refused(make_node: 
     assert err.value.code == proto.ErrorCode.BAD_REQUEST
     assert "request_id" in err.value.message
     assert await store_of(a).list_operations(OpFilter(origin="alpha")) == []
+
+
+def test_a_traceback_quoting_peer_text_keeps_its_lines_but_no_control() -> None:
+    """An exception message can quote a peer (``ValueError(f"bad id {peer_id}")``): its
+    traceback keeps its line breaks, but no escape, CR or bidi character reaches the log."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    try:
+        raise ValueError(f"bad id evil{ESC}[2J{CR}ok{RLO}txt")
+    except ValueError:
+        rec = logging.LogRecord(
+            "peerstash.peer.rpc", logging.ERROR, __file__, 1, "answering %s failed", ("x",), None
+        )
+        rec.exc_info = sys.exc_info()
+    text = handler.format(rec)
+    lines = text.split("\n")
+    assert lines[0] == "ERROR peerstash.peer.rpc: answering x failed"
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "ValueError: bad id evil\\u001b[2J\\u000dok\\u202etxt"
+    assert no_raw_controls(text.replace("\n", ""))

@@ -73,8 +73,10 @@ async def add_backup_plan(node: Node, tmp_path: Path) -> None:
     await node.cli("plan", "add", "docs", "--repo", "r", "--path", str(src))
 
 
-async def snapshot_count(node: Node) -> int:
-    return len(await node.cli_json("snapshots", "r"))
+async def snapshot_count(node: Node, plan: str | None = None) -> int:
+    """Snapshots in ``r`` (those of ``plan`` only, when given), as ``snapshots --json`` says."""
+    snaps = await node.cli_json("snapshots", "r")
+    return len([s for s in snaps if plan is None or f"plan:{plan}" in (s.get("tags") or [])])
 
 
 @pytest.mark.parametrize("limit", [1024, 256])
@@ -95,6 +97,21 @@ async def test_flood_of_half_sent_requests_leaves_the_node_working(
         assert open_file_limit(a.proc.pid) == (str(limit), str(limit))
         socket_path = (await a.cli_json("status"))["admin_socket"]
         await add_backup_plan(a, tmp_path)
+        # A plan only the scheduler runs (every minute, the shortest interval): its first
+        # run falls inside the flood, which is held until it has finished.
+        await a.cli(
+            "plan",
+            "add",
+            "tick",
+            "--repo",
+            "r",
+            "--path",
+            str(tmp_path / "src"),
+            "--every",
+            "1m",
+            "--no-backup-now",
+        )
+        tick_added = time.monotonic()
         async with Forwarder(a.port) as fwd, LinkWatch(a) as wa, LinkWatch(b) as wb:
             await pair(b, a, fwd.url)
             await wb.wait("alpha", "online", 30)
@@ -126,6 +143,11 @@ async def test_flood_of_half_sent_requests_leaves_the_node_working(
                 if remaining > 0:
                     await asyncio.sleep(remaining)  # the attack's duration, not a wait for state
                 latencies += [await admin_status_seconds(a, socket_path) for _ in range(5)]
+                # The scheduler kept working: its plan is backed up during the flood.
+                tick_at, _ = await wa.wait_op(
+                    "tick", "success", max(5.0, tick_added + 60 + 60 - time.monotonic())
+                )
+                scheduled = await snapshot_count(a, "tick")
                 stats = await flood.finish()
                 attempts, max_held = stats["attempts"], stats["max_held"]
             sampler.cancel()
@@ -141,6 +163,7 @@ async def test_flood_of_half_sent_requests_leaves_the_node_working(
         # connections, plus a quarter of that reserved for addresses peers come from, far
         # below the 1,100 the attacker tried to hold ...
         assert attempts > 1100  # the flooder really reopened what the node closed
+        assert scheduled == 1 and started < tick_at, "the scheduled backup ran in the flood"
         assert log_growth < 1_000_000, log_growth
         emfile = a.log_text().count("Too many open files")
         # The node's descriptors stay clear of its limit ...
@@ -165,6 +188,7 @@ async def test_flood_of_half_sent_requests_leaves_the_node_working(
             status_cli_s=round(cli.seconds, 2),
             reconnect_in_flood_s=round(reconnect_in_flood, 2),
             reconnect_after_s=round(reconnect_after, 2),
+            scheduled_backup_done_s_into_flood=round(tick_at - started, 1),
             log_growth_bytes=log_growth,
             emfile_log_lines=emfile,
         )
@@ -237,6 +261,30 @@ async def test_server_header_names_no_version_and_limit_is_raised(tmp_path: Path
             ("/v1/sync", 400, "peerstash"),
         ]
         assert "aiohttp" not in head.lower() and "python" not in head.lower()
+    finally:
+        await a.stop()
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_5_s(tmp_path: Path) -> None:
+    """A client that completes a request and then idles on the connection holds it 5 s (the
+    node's keep-alive), not aiohttp's default nor the guard's 60 s backstop."""
+    a = Node(tmp_path / "a-data", "alpha")
+    await a.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", a.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.split(b"\r\n", 1)[0].split()[1] == b"200", head
+        assert b"connection: close" not in head.lower()  # kept alive: the idle wait is ours
+        answered = time.monotonic()
+        # Whatever is left of the body, then the node's close (EOF): 5 s of idling at most.
+        rest = await asyncio.wait_for(reader.read(), 30)
+        idle = time.monotonic() - answered
+        writer.close()
+        assert len(rest) < 1000
+        assert 4.0 <= idle < 8.0, idle
+        FIGURES["keepalive_idle_closed_after_s"] = round(idle, 1)
     finally:
         await a.stop()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import tracemalloc
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -20,7 +21,14 @@ import pytest
 from peerstash.peer import protocol as proto
 from peerstash.peer.link import Link
 from peerstash.peer.node import Node
-from peerstash.peer.rpc import MAX_REPLY_BYTES, CallContext, ReplyTooLarge, RpcService
+from peerstash.peer.rpc import (
+    MAX_REPLY_BYTES,
+    MAX_REPLY_CHUNKS,
+    MAX_REPLY_ITEMS,
+    CallContext,
+    ReplyTooLarge,
+    RpcService,
+)
 from tests.fixtures.nodes import MakeNode, link
 
 ITEM = "x" * 1024  # 1 KiB per item: 500 items (one chunk) make a 0.5 MB frame
@@ -68,6 +76,7 @@ async def test_a_flood_of_reply_chunks_fails_the_call_with_bounded_memory(
     rpc(a).register("test.flood", flood, grant=None)
     rpc(a).register("test.ping", ping, grant=None)
 
+    rss_before = reset_peak_rss()
     tracemalloc.start()
     try:
         with pytest.raises(ReplyTooLarge) as err:
@@ -77,7 +86,11 @@ async def test_a_flood_of_reply_chunks_fails_the_call_with_bounded_memory(
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    rss_growth = peak_rss() - rss_before
+    print(f"reply flood: peak traced {peak / MiB:.1f} MiB, peak RSS +{rss_growth / MiB:.1f} MiB")
     assert sent == FLOOD_ITEMS
+    # The process's resident memory too (the issue measured +140 MiB), not only Python's.
+    assert rss_growth < 64 * MiB, f"peak RSS grew {rss_growth / MiB:.1f} MiB"
     assert "peer alpha sent a reply larger than 8 MiB" in err.value.message
     assert err.value.code == "too_large"
     # 150 MiB went over the link; the process never held more than a fraction of it.
@@ -150,3 +163,69 @@ async def test_a_consumer_that_leaves_a_full_stream_does_not_stall_the_link(
     # The link's reader was waiting for this consumer; it is released at once, not after
     # the stream's 60 s of silence.
     assert await rpc(b).call("alpha", "test.ping", silence=10) == "pong"
+
+
+def reset_peak_rss() -> int:
+    """Start the kernel's peak-RSS count over (``clear_refs`` 5); the current RSS in bytes."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return peak_rss()
+
+
+def peak_rss() -> int:
+    """The process's peak resident memory since the last reset (``VmHWM``), in bytes."""
+    with open("/proc/self/status") as f:
+        found = re.search(r"^VmHWM:\s+(\d+) kB$", f.read(), re.M)
+    assert found is not None
+    return int(found.group(1)) * 1024
+
+
+@pytest.mark.parametrize(
+    ("chunk_items", "items", "limit"),
+    [
+        # 300,000 one-byte items: 0.3 MB, far below the byte bound; only the count stops it.
+        (500, MAX_REPLY_ITEMS + 100_000, f"{MAX_REPLY_ITEMS} items"),
+        # One item per chunk: each chunk's frame costs far more than its byte count says.
+        (1, MAX_REPLY_CHUNKS + 2_000, f"{MAX_REPLY_CHUNKS} chunks"),
+    ],
+)
+async def test_a_flood_of_tiny_items_or_chunks_is_bounded_by_count(
+    make_node: MakeNode,
+    monkeypatch: pytest.MonkeyPatch,
+    chunk_items: int,
+    items: int,
+    limit: str,
+) -> None:
+    a = await make_node("alpha")
+    b = await make_node("bravo")
+    await link(a, b, ["ops"])
+    deaf_to_cancel(a)
+    # The hostile answerer chooses its chunk size (both nodes share the module here).
+    monkeypatch.setattr("peerstash.peer.rpc.CHUNK_ITEMS", chunk_items)
+    flood_done = asyncio.Event()
+    sent = 0
+
+    async def flood(ctx: CallContext, args: Mapping[str, Any]) -> AsyncIterator[int]:
+        nonlocal sent
+        try:
+            for _ in range(items):
+                sent += 1
+                yield 0
+        finally:
+            flood_done.set()
+
+    async def ping(ctx: CallContext, args: Mapping[str, Any]) -> str:
+        return "pong"
+
+    rpc(a).register("test.tiny", flood, grant=None)
+    rpc(a).register("test.ping", ping, grant=None)
+    rss_before = reset_peak_rss()
+    with pytest.raises(ReplyTooLarge) as err:
+        await rpc(b).call("alpha", "test.tiny", silence=10)
+    await asyncio.wait_for(flood_done.wait(), 120)
+    rss_growth = peak_rss() - rss_before
+    print(f"tiny reply flood ({limit}): peak RSS +{rss_growth / MiB:.1f} MiB")
+    assert sent == items  # the hostile side sent it all; B stopped gathering at the bound
+    assert err.value.code == "too_large" and limit in err.value.message
+    assert rss_growth < 64 * MiB, f"peak RSS grew {rss_growth / MiB:.1f} MiB"
+    assert await rpc(b).call("alpha", "test.ping", silence=30) == "pong"
