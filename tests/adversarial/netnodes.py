@@ -582,35 +582,6 @@ class FloodProcess:
             await self._proc.wait()
         return self.stats
 
-    async def wait_op(self, plan: str, status: str, within: float) -> tuple[float, dict[str, Any]]:
-        """Wait for an operation event of ``plan`` in ``status``; return when and the op."""
-
-        def seen() -> tuple[float, dict[str, Any]] | None:
-            return next(
-                ((t, op) for t, op in self.ops if op["plan"] == plan and op["status"] == status),
-                None,
-            )
-
-        async with self._changed:
-            try:
-                async with asyncio.timeout(within):
-                    while (found := seen()) is None:
-                        await self._changed.wait()
-            except TimeoutError:
-                raise AssertionError(
-                    f"{self.node.instance_id}: no {status} operation of plan {plan} within "
-                    f"{within} s; operations: {[op['status'] for _, op in self.ops][-8:]}"
-                ) from None
-        return found
-
-    async def wait_remote(self, state: str, within: float) -> dict[str, Any]:
-        """Wait for a ``remote`` event of a request in ``state``; return the request."""
-        async with self._changed:
-            async with asyncio.timeout(within):
-                while not (found := [r for r in self.remote if r["state"] == state]):
-                    await self._changed.wait()
-        return found[0]
-
     async def __aexit__(self, *exc: object) -> None:
         if self._proc is not None and self._proc.returncode is None:
             self._proc.kill()
