@@ -4,60 +4,11 @@ a real REST storage behind a proxy that answers uploads with 500 (issue 10 part 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-
 from tests.fixtures.servers import RestServer
+from tests.fixtures.trouble import TroubleProxy
 from tests.gui.conftest import GuiEnv, QLoop, wait_for
-
-
-@asynccontextmanager
-async def failing_uploads(upstream: str) -> AsyncIterator[dict[str, Any]]:
-    """A proxy to ``upstream`` on 127.0.0.1; while ``state["fail"]``, pack uploads get 500."""
-    state: dict[str, Any] = {"fail": False, "failed": 0}
-    client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        if state["fail"] and request.method == "POST" and "/data/" in request.path:
-            state["failed"] += 1
-            return web.Response(status=500, text="disk on fire\n")
-        headers = {
-            k: v
-            for k, v in request.headers.items()
-            if k.lower() not in ("host", "content-length", "transfer-encoding")
-        }
-        async with client.request(
-            request.method, upstream + request.path_qs, data=body, headers=headers
-        ) as up:
-            data = await up.read()
-            if request.method == "HEAD":
-                head = web.Response(status=up.status)
-                head.headers["Content-Length"] = up.headers.get("Content-Length", "0")
-                return head
-            passed = {
-                k: v
-                for k, v in up.headers.items()
-                if k.lower() not in ("content-length", "transfer-encoding", "content-encoding")
-            }
-            return web.Response(status=up.status, body=data, headers=passed)
-
-    app = web.Application(client_max_size=256 * 1024 * 1024)
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state["port"] = runner.addresses[0][1]
-    try:
-        yield state
-    finally:
-        await runner.cleanup()
-        await client.close()
 
 
 def test_a_retrying_backup_shows_restics_reason_in_the_window(
@@ -72,14 +23,16 @@ def test_a_retrying_backup_shows_restics_reason_in_the_window(
     async def body() -> None:
         w.show_page(ops)
         await ops.model.tasks.idle()
-        async with failing_uploads(rest_server.url) as proxy:
+        proxy = TroubleProxy(rest_server.url)
+        await proxy.start()
+        try:
             async with AdminClient(gui.data_dir) as client:
                 await client.call(
                     "POST",
                     "/v1/repos",
                     {
                         "id": "nas",
-                        "uri": f"rest:http://127.0.0.1:{proxy['port']}/gui-retrying",
+                        "uri": f"rest:http://127.0.0.1:{proxy.port}/gui-retrying",
                         "password": {"source": "secret", "value": "retry-pw"},
                         "init": True,
                     },
@@ -89,7 +42,7 @@ def test_a_retrying_backup_shows_restics_reason_in_the_window(
                     "/v1/plans",
                     {"id": "far", "repo": "nas", "paths": [str(gui.src)], "backup_now": False},
                 )
-                proxy["fail"] = True
+                proxy.fail_data = True
                 started = await client.call("POST", "/v1/plans/far/backup")
             op_id = str(started.get("op_id") or started.get("id"))
 
@@ -110,9 +63,9 @@ def test_a_retrying_backup_shows_restics_reason_in_the_window(
                 what="a retrying detail",
             )
             assert "500" in text, text
-            assert proxy["failed"] >= 1
+            assert proxy.failed >= 1
             # The storage heals: the same backup ends well, and says so instead.
-            proxy["fail"] = False
+            proxy.fail_data = False
             await wait_for(
                 lambda: (
                     (row := ops.model.row_of(op_id)) is not None
@@ -125,5 +78,7 @@ def test_a_retrying_backup_shows_restics_reason_in_the_window(
             row = ops.model.row_of(op_id)
             assert row is not None
             assert str(ops.model.data(ops.model.index(row, 7))).startswith("snapshot ")
+        finally:
+            await proxy.stop()
 
     qloop.run(body())

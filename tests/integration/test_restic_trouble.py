@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -29,6 +28,7 @@ from peerstash.peer.node import Node
 from tests.fixtures.nodes import MakeNode
 from tests.fixtures.servers import RESTIC_BUILDS, RestServer, resolve_restic
 from tests.fixtures.sharing import link_b_gives_a, next_shares
+from tests.fixtures.trouble import TroubleProxy
 
 pytestmark = pytest.mark.slow
 
@@ -36,88 +36,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module", params=RESTIC_BUILDS)
 def restic_bin(request: pytest.FixtureRequest) -> str:
     return resolve_restic(request.param)
-
-
-class TroubleProxy:
-    """Forwards restic's REST requests to pyrestserver, or fails or holds them on demand."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.fail_data = False
-        self.hold = False
-        self.hold_data = False  # only uploads of pack data hang: restic's status lines go on
-        self.hold_locks = False  # only taking a lock hangs, after restic's first words
-        self.released = asyncio.Event()
-        self.holding = asyncio.Event()  # set when a request is first held
-        self.failed = 0
-        self.held = 0
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-        self._client: aiohttp.ClientSession | None = None
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        uploading = request.method == "POST" and "/data/" in request.path
-        locking = request.method == "POST" and "/locks/" in request.path
-        if self.hold or (self.hold_data and uploading) or (self.hold_locks and locking):
-            self.held += 1
-            self.holding.set()
-            await self.released.wait()
-        if self.fail_data and request.method == "POST" and "/data/" in request.path:
-            self.failed += 1
-            await request.read()
-            return web.Response(status=500, text="disk on fire\n")
-        assert self._client is not None
-        headers = {
-            k: v
-            for k, v in request.headers.items()
-            if k.lower() not in ("host", "content-length", "transfer-encoding")
-        }
-        body = await request.read()
-        async with self._client.request(
-            request.method,
-            self.upstream + request.path_qs,
-            data=body,
-            headers=headers,
-            allow_redirects=False,
-        ) as upstream:
-            data = await upstream.read()
-            if request.method == "HEAD":  # restic reads a file's size from Content-Length
-                head = web.Response(status=upstream.status)
-                head.headers["Content-Length"] = upstream.headers.get("Content-Length", "0")
-                return head
-            passed = {
-                k: v
-                for k, v in upstream.headers.items()
-                if k.lower() not in ("content-length", "transfer-encoding", "content-encoding")
-            }
-            return web.Response(status=upstream.status, body=data, headers=passed)
-
-    async def start(self) -> None:
-        self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
-        await self.come_back()
-
-    async def come_back(self) -> None:
-        """Listen (again, on the same port once it has one)."""
-        app = web.Application(client_max_size=256 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    async def go_away(self) -> None:
-        """Stop listening: restic's connections are refused."""
-        assert self._runner is not None
-        await self._runner.cleanup()
-        self._runner = None
-
-    async def stop(self) -> None:
-        self.released.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._client is not None:
-            await self._client.close()
 
 
 @pytest.fixture
