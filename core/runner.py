@@ -150,6 +150,12 @@ class OpContext:
                     fields[done] = whole
         return fields
 
+    def take_log(self) -> list[str]:
+        """The log lines not yet written, handed over (to the operation's final write)."""
+        lines, self._log = self._log, []
+        self._detail_dirty = False  # the final write sets the summary
+        return lines
+
     async def flush(self) -> None:
         lines, self._log = self._log, []
         fields, self._pending = self._pending, {}
@@ -382,9 +388,13 @@ class Runner:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(ctx.ticker), 30)
         progress = ctx.final_progress(final.get("status") == OpStatus.SUCCESS)
-        await ctx.flush()
         final = {**progress, **final}
-        op = await self._set(ctx.op, ended_at=utcnow(), eta_seconds=None, **final)
+        # The last log lines and the end in one write (it was two: most of the time from
+        # restic's exit to the operation's end).
+        op = await self.store.end_operation(
+            pk, ctx.take_log(), ended_at=utcnow(), eta_seconds=None, **final
+        )
+        self.bus.publish(OperationChanged(op=op))
         if not item.done.done():
             item.done.set_result(op)
 
