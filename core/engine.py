@@ -1248,8 +1248,11 @@ class Engine:
                 unfinished = await self.unfinished_backup(plan_id)
                 if unfinished is not None:
                     raise BackupRunning(plan_id, unfinished)
-            # Running at once when its queue is free: one write at the start, not two.
-            at_once = self.runner.claim_start(repo.id)
+            # Running at once when its queue is free: one write at the start, not two. Not for
+            # a peer's request (``flow_id``): the peer says "accepted" on our answer, then
+            # follows the synced operation; created running, the synced row could overtake the
+            # answer and the request would skip "accepted".
+            at_once = flow_id is None and self.runner.claim_start(repo.id)
             start: dict[str, Any] = (
                 {"status": OpStatus.RUNNING, "started_at": utcnow()} if at_once else {}
             )
@@ -1344,7 +1347,8 @@ class Engine:
         self, plan_id: str, *, reason: str = "manual", flow_id: str | None = None
     ) -> Operation:
         """Queue a backup of ``plan_id`` (and its retention afterwards). Returns its operation:
-        ``running`` when the repository's queue was free, else ``pending``.
+        ``running`` when the repository's queue was free (and no ``flow_id`` was given), else
+        ``pending``.
 
         Raises :class:`BackupRunning` (with that op) when one is already queued or running.
 

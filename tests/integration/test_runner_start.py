@@ -76,6 +76,11 @@ async def test_a_free_queue_starts_running_a_busy_one_waits_pending(
     again = await engine.backup("p2")
     assert again.status == "running"
     assert (await engine.wait(again.pk)).status == "success"
+    # A peer's request (a flow id) is answered pending even so: the peer says "accepted" on
+    # that answer before the synced operation says "running".
+    asked = await engine.backup("p2", flow_id="request-1")
+    assert asked.status == "pending" and asked.flow_id == "request-1"
+    assert (await engine.wait(asked.pk)).status == "success"
 
 
 async def test_a_claim_is_given_back_when_the_operation_cannot_be_created(
