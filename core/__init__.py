@@ -61,3 +61,9 @@ def _version() -> str:
 
 
 __version__ = _version()
+
+
+def installed_version() -> str:
+    """The version installed now, read again from disk: it differs from ``__version__`` once
+    the package was upgraded under this running process (a restart is then due)."""
+    return _version()

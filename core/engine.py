@@ -305,8 +305,8 @@ class Engine:
                 repo = await self.store.get_repo(repo_id)
             except NotFound:
                 continue
-            if repo.origin is None:
-                await self._enqueue_unlock(repo, stale_only=True)
+            # Ours or shared with us alike: only stale locks go (see _unlocking_after_failure).
+            await self._enqueue_unlock(repo, stale_only=True)
         if schedule:
             await self.scheduler.start()
             self._gc_task = asyncio.create_task(self._gc_daily(), name="operations-gc")
@@ -1239,7 +1239,7 @@ class Engine:
         plan_id: str | None = None,
         flow_id: str | None = None,
     ) -> Operation:
-        if repo.id in self._unlock_owed and kind is not OpKind.UNLOCK and repo.origin is None:
+        if repo.id in self._unlock_owed and kind is not OpKind.UNLOCK:
             # Before taking the lock: the unlock is submitted through here too.
             self._unlock_owed.discard(repo.id)
             await self._enqueue_unlock(repo, stale_only=True)  # first in the repo's queue
@@ -1290,8 +1290,11 @@ class Engine:
         runs ``peerstash unlock``. Only *stale* locks go (restic removes a lock only when its
         process is gone or it is old), so a live run elsewhere keeps its lock.
         """
-        if kind is OpKind.UNLOCK or repo.origin is not None:
-            return job  # a peer's repository: its owner does the maintenance
+        if kind is OpKind.UNLOCK:
+            return job
+        # Also on a repository shared with us: the lock a dead run of ours left there blocks
+        # our own retention and the owner's prune and check. Stale locks only: a live run of
+        # the owner or of another machine keeps its lock (prune and check stay the owner's).
 
         async def guarded(ctx: OpContext) -> Outcome:
             try:

@@ -1,9 +1,10 @@
 """The desktop's view of the node: the admin API, nothing else.
 
 The tray and every page talk to the node through :class:`DesktopClient`, an
-:class:`~peerstash.peer.cli.AdminClient` that also tells *why* a call failed (its HTTP status), so
-a page can say "not available in this version" when an endpoint does not exist yet instead of
-showing an error. This module knows no Qt, so it is usable (and testable) without a display.
+:class:`~peerstash.peer.cli.AdminClient` that also tells *why* a call failed (its HTTP status and
+the field it is about), so a page can put a refusal under the right input. The tray and the node
+come from one package, so every endpoint here exists on the node (docs/architecture.md, "Version
+skew"). This module knows no Qt, so it is usable (and testable) without a display.
 """
 
 from __future__ import annotations
@@ -31,24 +32,20 @@ class ApiError(Exception):
         self.field = field
 
 
-class Unavailable(ApiError):
-    """The node has no such endpoint (HTTP 404/405 on a route): a feature of a later version."""
-
-
 #: The error text aiohttp gives for a route that does not exist (through the node's middleware).
 _NO_ROUTE = {"Not Found", "Method Not Allowed"}
 
 
 def refusal(status: int, raw: bytes) -> ApiError:
-    """The error for an HTTP error answer: the node's sentence and field, or
-    :class:`Unavailable` when the route itself does not exist (an older node)."""
+    """The error for an HTTP error answer: the node's sentence and the field it is about."""
     try:
         data = json.loads(raw) if raw else None
     except ValueError:
         data = None
     msg = data.get("error") if isinstance(data, dict) else None
     if status in (404, 405) and (msg is None or msg in _NO_ROUTE):
-        return Unavailable("not available in this version of the node", status)
+        # Only a node of another version lacks a route: the overview says a restart is due.
+        return ApiError("the node does not know this request (it runs another version)", status)
     field = data.get("field") if isinstance(data, dict) else None
     return ApiError(
         str(msg) if msg else f"the node answered HTTP {status}",
@@ -76,7 +73,7 @@ class DesktopClient(AdminClient):
         self._lock = asyncio.Lock()
 
     async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """One JSON call; raises :class:`Unavailable` for a missing route, else :class:`ApiError`."""
+        """One JSON call; a refusal or failure raises :class:`ApiError`."""
         if self._session is None:
             raise ApiError("not connected to the node")
         if not self.socket.exists():
@@ -168,15 +165,11 @@ async def node_answers(data_dir: Path, wait: float = 2.0) -> bool:
     return False
 
 
-# -- peers (endpoints of a later version) ---------------------------------------------------
+# -- peers -----------------------------------------------------------------------------------
 
 
 class PeersApi:
-    """Everything the Peers page and the tray's Peers menu ask the node, in one place.
-
-    A node of a version without the pairing API answers 404/405, which arrives here as
-    :class:`Unavailable`; the views turn it into a calm "not available in this version".
-    """
+    """Everything the Peers page and the tray's Peers menu ask the node, in one place."""
 
     #: The grants one side can give the other (DESIGN.md, "Permissions").
     GRANTS = ("ops", "config.read", "config.write", "repos.receive", "run")

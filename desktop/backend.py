@@ -1,6 +1,6 @@
 """The one object between the views and the node.
 
-It holds the :class:`~peerstash.desktop.api.DesktopClient`, follows ``/v1/ops/follow`` and turns
+It holds the :class:`~peerstash.desktop.api.DesktopClient`, follows ``/v1/events`` and turns
 what the node says into Qt signals, and keeps the little state every view shares (the node's
 status, plans, repositories, the operations in flight). Views never open their own follow
 streams: one subscription feeds the tray, the overview and the operations list alike.
@@ -22,7 +22,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from peerstash.core.ops import FINISHED, OpStatus
-from peerstash.desktop.api import ApiError, DesktopClient, PeersApi, Unavailable, q, query
+from peerstash.desktop.api import ApiError, DesktopClient, PeersApi, q, query
 from peerstash.desktop.tasks import Tasks
 
 log = logging.getLogger(__name__)
@@ -77,14 +77,12 @@ class Backend(QObject):
         self.active: dict[tuple[str, str], dict[str, Any]] = {}
         #: Paired machines, as ``GET /v1/peers`` lists them.
         self.peer_list: list[dict[str, Any]] = []
-        #: None until asked; False when the node has no pairing API (an older version).
-        self.peers_available: bool | None = None
+        #: Whether ``peer_list`` holds the node's answer yet (False until the first one).
+        self.peers_loaded = False
         self.connected = False
         self.tasks = Tasks(on_error=self._report)
         self._status_soon: asyncio.TimerHandle | None = None
         self._config_soon_handle: asyncio.TimerHandle | None = None
-        #: Whether the node has the ``/v1/events`` stream (None until the first connection).
-        self.events_available: bool | None = None
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -128,16 +126,13 @@ class Backend(QObject):
         )
 
     async def refresh_peers(self) -> None:
-        """Read the peers; a node without the pairing API is not an error, just older."""
+        """Read the peers (an error is logged: the stream's reconnect reads them again)."""
         try:
             peers = await self.peers.peers()
-        except Unavailable:
-            self.peers_available, self.peer_list = False, []
         except ApiError as exc:
             log.info("could not read the peers: %s", exc)
             return
-        else:
-            self.peers_available, self.peer_list = True, peers
+        self.peers_loaded, self.peer_list = True, peers
         self.peersChanged.emit()
 
     async def refresh_status(self) -> dict[str, Any]:
@@ -190,9 +185,8 @@ class Backend(QObject):
         """Follow the node's changes for as long as we run, reconnecting with backoff.
 
         ``/v1/events`` carries everything (operations, peer links, configuration, stale plans,
-        notices); a node of an older version has only ``/v1/ops/follow``, and then the rest is
-        polled. After a reconnect the lists are reloaded (``opsReset``): changes made while the
-        stream was down were not seen.
+        notices). After a reconnect the lists are reloaded (``opsReset``): changes made while
+        the stream was down were not seen.
         """
         delay = 0.5
         ever_opened = False
@@ -209,20 +203,12 @@ class Backend(QObject):
                     opened.set_result(None)
 
             try:
-                if self.events_available is not False:
-                    try:
-                        async for event in self.client.lines(
-                            "/v1/events?ui=1", on_open=on_open, idle_timeout=EVENTS_SILENCE
-                        ):
-                            if self._closed:
-                                return
-                            self._on_event(event)
-                    except Unavailable:
-                        self.events_available = False
-                        continue
-                else:
-                    async for op in self.client.lines("/v1/ops/follow", on_open=on_open):
-                        self._on_op(op)
+                async for event in self.client.lines(
+                    "/v1/events?ui=1", on_open=on_open, idle_timeout=EVENTS_SILENCE
+                ):
+                    if self._closed:
+                        return
+                    self._on_event(event)
                 why = "the node closed the stream (did it stop?)"
             except ApiError as exc:
                 why = str(exc)
@@ -234,9 +220,7 @@ class Backend(QObject):
 
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
-        if kind == "ready":
-            self.events_available = True
-        elif kind == "operation" and isinstance(event.get("op"), dict):
+        if kind == "operation" and isinstance(event.get("op"), dict):
             self._on_op(event["op"])
         elif kind == "link":
             self._on_link(str(event.get("peer") or ""), event)
@@ -263,12 +247,16 @@ class Backend(QObject):
     def _on_link(self, peer_id: str, event: dict[str, Any]) -> None:
         for p in self.peer_list:
             if p.get("id") == peer_id:
+                was = p.get("state")
                 p["state"] = event.get("state") or p.get("state")
                 p["state_reason"] = event.get("reason")
                 if p["state"] == "online":
                     p["last_seen"] = datetime.now(UTC).isoformat()
-                self.peers_available = True
                 self.peersChanged.emit()
+                if p["state"] == "online" and was != "online":
+                    # A new handshake carries the peer's name (a rename restarts its links):
+                    # re-read the list so names and labels are current, not only the state.
+                    self.tasks.spawn(self._quiet(self.refresh_peers()), name="backend:peers")
                 return
         # A peer we have not listed yet (just paired, or paired by another client).
         self.tasks.spawn(self._quiet(self.refresh_peers()), name="backend:peers")
@@ -288,13 +276,10 @@ class Backend(QObject):
         self.opsReset.emit()
 
     async def _poll_status(self) -> None:
-        # Next-run times move with the clock, and nodes without /v1/events tell nothing about
-        # stale plans or peers: read the status (and, for those nodes, the peers) now and then.
+        # Next-run times move with the clock: read the status now and then.
         while not self._closed:
             await asyncio.sleep(self.status_interval)
             await self._quiet(self.refresh_status())
-            if not self.events_available:
-                await self._quiet(self.refresh_peers())
 
     def _on_op(self, op: dict[str, Any]) -> None:
         key = op_key(op)

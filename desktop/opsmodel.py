@@ -13,9 +13,8 @@ last one, so every operation is reachable however long the history. (A node too 
 
 from __future__ import annotations
 
-import asyncio
 import bisect
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from PySide6.QtCore import (
@@ -73,9 +72,6 @@ class OpFilter:
             and (not self.status or op.get("status") == self.status)
             and (not self.origin or op.get("origin") == self.origin)
         )
-
-    def with_(self, **kw: str) -> OpFilter:
-        return replace(self, **kw)
 
 
 class OpsModel(QAbstractTableModel):
@@ -325,9 +321,3 @@ class ProgressDelegate(QStyledItemDelegate):
     def sizeHint(self, option: QStyleOptionViewItem, index: Index) -> QSize:
         hint = super().sizeHint(option, index)
         return QSize(max(hint.width(), 220), hint.height())
-
-
-async def wait_loaded(model: OpsModel) -> None:
-    """Until the model's pending load is done (for tests and the benchmark)."""
-    await model.tasks.idle()
-    await asyncio.sleep(0)

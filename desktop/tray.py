@@ -254,13 +254,8 @@ class Tray(QObject):
 
     def _fill_peers_menu(self) -> None:
         self.peers_menu.clear()
-        available = self.backend.peers_available
-        if available is False:
-            a = self.peers_menu.addAction("Not available in this version")
-            a.setEnabled(False)
-            return
         peers = self.backend.peer_list
-        if available is None:
+        if not self.backend.peers_loaded:
             a = self.peers_menu.addAction("…")
             a.setEnabled(False)
         elif not peers:

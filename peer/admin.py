@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from peerstash.core import installed_version
 from peerstash.core.engine import BackupRunning, Engine, EngineError, PasswordSpec
 from peerstash.core.events import (
     ConfigChanged,
@@ -180,11 +181,17 @@ def _str_list(data: dict[str, Any], key: str) -> list[str]:
     return value
 
 
-def _engine(request: web.Request) -> Engine:
-    engine = request.app[NODE_KEY].engine
-    if engine is None:
+def _running(request: web.Request) -> Node:
+    """The node, whose services are all up; 503 while it shuts down (the admin API stops
+    first, so only a request already under way can see that)."""
+    node = request.app[NODE_KEY]
+    if not node.running:
         raise web.HTTPServiceUnavailable(reason="the node is shutting down")
-    return engine
+    return node
+
+
+def _engine(request: web.Request) -> Engine:
+    return _running(request).engine
 
 
 async def status(request: web.Request) -> web.Response:
@@ -206,7 +213,18 @@ async def status(request: web.Request) -> web.Response:
         )
     fleet = await fleet_view.fleet(engine.store, engine.instance_id, node.name)
     health = (await node_health(engine)).to_dict()
-    return web.json_response({**node.status(), "health": health, "plans": plans, "peers": fleet})
+    # What is on disk now (read off the loop): not "version" once the package was upgraded
+    # under this running node, which then has to restart (the tray shows it).
+    installed = await asyncio.to_thread(installed_version)
+    return web.json_response(
+        {
+            **node.status(),
+            "installed_version": installed,
+            "health": health,
+            "plans": plans,
+            "peers": fleet,
+        }
+    )
 
 
 async def _labels(request: web.Request) -> dict[str, str]:
@@ -460,13 +478,10 @@ async def get_op(request: web.Request) -> web.Response:
 async def get_op_log(request: web.Request) -> web.Response:
     """An operation's log; a peer's operation's log is asked of that peer (``?origin=`` picks
     the copy when two origins minted the same id, which ULIDs make all but impossible)."""
-    node = request.app[NODE_KEY]
-    engine = _engine(request)
-    op = await engine.store.find_operation(
+    node = _running(request)
+    op = await node.engine.store.find_operation(
         request.match_info["id"], origin=request.query.get("origin") or None
     )
-    if node.logs is None:
-        raise web.HTTPServiceUnavailable(reason="the node is shutting down")
     lines = await node.logs.lines(op)
     return web.json_response({"id": op.op_id, "origin": op.origin, "lines": lines})
 
@@ -677,10 +692,7 @@ async def gc(request: web.Request) -> web.Response:
 
 
 def _peers(request: web.Request) -> PeerManager:
-    manager = request.app[NODE_KEY].peers
-    if manager is None:
-        raise web.HTTPServiceUnavailable(reason="peer links are not running on this node")
-    return manager
+    return _running(request).peers
 
 
 def peer_to_dict(peer: Peer) -> dict[str, Any]:
@@ -699,13 +711,11 @@ def peer_to_dict(peer: Peer) -> dict[str, Any]:
 
 
 async def create_token_route(request: web.Request) -> web.Response:
-    node = request.app[NODE_KEY]
+    node = _running(request)
     data = await _body(request)
     max_uses = data.get("max_uses", 1)
     if not isinstance(max_uses, int):
         raise BadRequest("max_uses must be a whole number")
-    if node.identity is None:
-        raise web.HTTPServiceUnavailable(reason="the node has no identity yet")
     try:
         text, row = await create_token(
             _engine(request).store,
@@ -800,10 +810,7 @@ async def check_peer_route(request: web.Request) -> web.Response:
 
 def _rpc(request: web.Request) -> tuple[RpcService, str]:
     """The request layer and the peer named in the path (which must be paired)."""
-    rpc = request.app[NODE_KEY].rpc
-    if rpc is None:
-        raise web.HTTPServiceUnavailable(reason="peer links are not running on this node")
-    return rpc, request.match_info["id"]
+    return _running(request).rpc, request.match_info["id"]
 
 
 async def _paired(request: web.Request, peer_id: str) -> None:
@@ -917,10 +924,7 @@ async def peer_remove_repo_route(request: web.Request) -> web.Response:
 
 
 def _remote(request: web.Request) -> RemoteService:
-    remote = request.app[NODE_KEY].remote
-    if remote is None:
-        raise web.HTTPServiceUnavailable(reason="peer links are not running on this node")
-    return remote
+    return _running(request).remote
 
 
 async def remote_run(request: web.Request) -> web.Response:
@@ -1129,7 +1133,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def discovered(request: web.Request) -> web.Response:
     """What LAN discovery sees, with whether each node is paired and its key matches."""
-    node = request.app[NODE_KEY]
+    node = _running(request)
     if node.discovery is None:
         raise EngineError(
             "LAN discovery is off on this node (started with --no-discovery or the setting)"
@@ -1196,7 +1200,7 @@ async def rename_route(request: web.Request) -> web.Response:
             check_display_name(name)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-    node = request.app[NODE_KEY]
+    node = _running(request)
     shown = await node.rename(name)
     return web.json_response({"instance_id": node.instance_id, "name": shown})
 
@@ -1239,7 +1243,7 @@ SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "discovery_interfaces is a list of addresses or interface names",
     ),
     "restic_path": (lambda v: isinstance(v, str) and bool(v), "restic_path is a path"),
-    # How much of each peer's history this node keeps (core/store.py, Store.trim_peer_ops).
+    # How much of each peer's history this node keeps (core/store/opsync.py, Store.trim_peer_ops).
     "peer_history_days": (
         _whole(1, 36500),
         "peer_history_days is a number of days from 1 to 36500",

@@ -368,7 +368,9 @@ class PeerManager:
             if peer.role == "known_host":
                 if not is_revoked(peer):
                     self._start_dialer(peer.id)
-            elif peer.state != OFFLINE and not is_revoked(peer):
+            elif peer.state != OFFLINE and peer.id not in self.links and not is_revoked(peer):
+                # A state left from before this start; not one a peer's link set just now (the
+                # peer port listens before this runs, so a peer may already be connected).
                 await self._set_state(peer.id, OFFLINE, None)
 
     async def _retry_on_wake(self) -> None:

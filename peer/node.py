@@ -14,7 +14,7 @@ import resource
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from aiohttp import web
 
@@ -132,42 +132,135 @@ def default_instance_id(key_id: str | None = None) -> str:
     return f"{base[:90]}-{key_id.replace('-', '')[:4]}"
 
 
+class NodeNotRunning(NodeError):
+    """The node's services were asked for before :meth:`Node.start` or after
+    :meth:`Node.stop`."""
+
+
+@dataclass(frozen=True)
+class PeerPort:
+    """The peer port, listening: what peers connect to."""
+
+    #: Limits what unauthenticated clients hold on it (see ``guard.py``).
+    guard: PeerPortGuard
+    #: The bound port (port 0 resolved).
+    port: int
+    #: The HOST:PORT it is bound to, as ``status`` reports it.
+    address: str
+    #: The URL this node gives out for it (the host name when bound to every interface).
+    url: str
+
+
+@dataclass(frozen=True)
+class NodeServices:
+    """The parts of a running node, each started and each stopped by :class:`Node` (none is
+    ``None`` while the node runs; only what is switched off by option or setting is)."""
+
+    store: Store
+    identity: Identity
+    engine: Engine
+    peers: PeerManager
+    rpc: RpcService
+    sync: SyncService
+    repos: RepoShareService
+    #: Operation logs, ours or fetched from the peer that owns the operation.
+    logs: RemoteLogs
+    remote: RemoteService
+    #: None when the node runs without a peer port (``listen=None``).
+    peer_port: PeerPort | None
+    #: None when LAN discovery is off (option, setting, or no usable interface).
+    discovery: Discovery | None
+
+
 class Node:
+    """One data directory's node: :meth:`start` builds its parts in order and pushes each
+    one's teardown onto an :class:`contextlib.AsyncExitStack` as soon as it exists, so a
+    start that fails half-way tears down exactly what was started, in reverse, and
+    :meth:`stop` is closing that stack."""
+
     def __init__(self, data_dir: Path, options: NodeOptions | None = None) -> None:
         self.data_dir = data_dir
         self.options = options or NodeOptions()
         self.bus = EventBus()
-        self.store: Store | None = None
-        self.engine: Engine | None = None
         self.instance_id = ""
         #: What people read for this node: the ``display_name`` setting, else the instance id,
         #: else (for an id made by default_instance_id) the host name. Peers learn it over the
         #: link. The instance id never changes; this may.
         self.name = ""
-        self._lock_file: IO[str] | None = None
-        self._admin_runner: web.AppRunner | None = None
-        self._peer_runner: web.AppRunner | None = None
         self.socket_path = admin_socket_path(data_dir)
-        self.identity: Identity | None = None
-        self.peers: PeerManager | None = None
-        self.sync: SyncService | None = None
-        self.rpc: RpcService | None = None
-        self.repos: RepoShareService | None = None
-        #: Operation logs, ours or fetched from the peer that owns the operation.
-        self.logs: RemoteLogs | None = None
-        self.remote: RemoteService | None = None
-        self.peer_url: str | None = None
-        #: The HOST:PORT the peer port is bound to (port 0 resolved), None when it is off.
-        self.listen_address: str | None = None
-        self._peer_port: int | None = None
-        self.discovery: Discovery | None = None
-        #: Limits what unauthenticated clients hold on the peer port (see ``guard.py``).
-        self.peer_guard: PeerPortGuard | None = None
+        self._services: NodeServices | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
         self._open_file_limit = 1024
+
+    # -- the running parts -------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether the services are up (false before start, during teardown and after stop)."""
+        return self._services is not None
+
+    @property
+    def services(self) -> NodeServices:
+        if self._services is None:
+            raise NodeNotRunning(f"the node for {self.data_dir} is not running")
+        return self._services
+
+    # Thin views of the services, for the admin API, tests and benchmarks.
+    @property
+    def store(self) -> Store:
+        return self.services.store
+
+    @property
+    def engine(self) -> Engine:
+        return self.services.engine
+
+    @property
+    def identity(self) -> Identity:
+        return self.services.identity
+
+    @property
+    def peers(self) -> PeerManager:
+        return self.services.peers
+
+    @property
+    def rpc(self) -> RpcService:
+        return self.services.rpc
+
+    @property
+    def sync(self) -> SyncService:
+        return self.services.sync
+
+    @property
+    def repos(self) -> RepoShareService:
+        return self.services.repos
+
+    @property
+    def logs(self) -> RemoteLogs:
+        return self.services.logs
+
+    @property
+    def remote(self) -> RemoteService:
+        return self.services.remote
+
+    @property
+    def discovery(self) -> Discovery | None:
+        return self.services.discovery
+
+    @property
+    def peer_url(self) -> str | None:
+        """The URL peers reach this node at; None when the peer port is off."""
+        port = self.services.peer_port
+        return port.url if port else None
+
+    @property
+    def listen_address(self) -> str | None:
+        """The HOST:PORT the peer port is bound to (port 0 resolved); None when it is off."""
+        port = self.services.peer_port
+        return port.address if port else None
 
     # -- single instance ---------------------------------------------------------------------
 
-    def _acquire_lock(self) -> None:
+    def _acquire_lock(self) -> IO[str]:
         path = self.data_dir / "node.lock"
         fh = open(path, "a+")
         os.chmod(path, 0o600)
@@ -182,44 +275,62 @@ class Node:
         fh.truncate()
         fh.write(str(os.getpid()))
         fh.flush()
-        self._lock_file = fh
+        return fh
 
-    def _release_lock(self) -> None:
-        if self._lock_file is not None:
-            with contextlib.suppress(OSError):
-                self._lock_file.truncate(0)
-            self._lock_file.close()
-            self._lock_file = None
+    @staticmethod
+    def _release_lock(fh: IO[str]) -> None:
+        with contextlib.suppress(OSError):
+            fh.truncate(0)
+        fh.close()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start every part, or none: a failure tears down what was started, in reverse."""
+        if self._stack is not None:
+            raise NodeError(f"the node for {self.data_dir} is already started")
         ensure_private_dir(self.data_dir)
-        self._acquire_lock()
-        # A flood of connections must cost counted log lines, not gigabytes of them.
-        logflood.install()
-        soft, hard = raise_open_file_limit()
-        self._open_file_limit = WANTED_NOFILE if soft == resource.RLIM_INFINITY else soft
-        log.debug("open-file limit: %s (hard %s)", soft, hard)
-        try:
-            await self._start()
-        except BaseException:
-            await self.stop()
-            raise
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(self._release_lock, self._acquire_lock())
+            # A flood of connections must cost counted log lines, not gigabytes of them.
+            logflood.install()
+            soft, hard = raise_open_file_limit()
+            self._open_file_limit = WANTED_NOFILE if soft == resource.RLIM_INFINITY else soft
+            log.debug("open-file limit: %s (hard %s)", soft, hard)
+            self._services = await self._start_services(stack)
+            # Torn down before the services: the admin API (stopped first) is the one user of
+            # them that a request can reach, and nothing may find a half-stopped service.
+            stack.callback(self._forget_services)
+            await self._start_admin(stack)
+            log.info("node %s ready (data dir %s)", self.instance_id, self.data_dir)
+            self._stack = stack.pop_all()
 
-    async def _start(self) -> None:
+    def _forget_services(self) -> None:
+        self._services = None
+
+    async def stop(self) -> None:
+        """Stop cleanly, in the reverse order of start: no operation is left ``running``
+        afterwards. Stopping a node that is not running does nothing."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def _start_services(self, stack: contextlib.AsyncExitStack) -> NodeServices:
+        """Build the parts in order, each one's stop pushed onto ``stack`` before it starts
+        (every ``stop`` here copes with a start that failed half-way)."""
         opts = self.options
         try:
-            self.store = store = await Store.open(opts.db_url, data_dir=self.data_dir)
+            store = await Store.open(opts.db_url, data_dir=self.data_dir)
         except StoreError as exc:
             # e.g. a failed upgrade: one worded line (what failed, where the copy is) for the
             # daemon and the tray; the traceback is in the log at debug level.
             raise NodeError(str(exc)) from None
+        stack.push_async_callback(store.close)
         # The identity first: a new data directory's default instance id includes its key id.
-        self.identity = Identity.load_or_create(self.data_dir / "identity.key")
+        identity = Identity.load_or_create(self.data_dir / "identity.key")
         instance_id = await store.get_setting("instance_id")
         if instance_id is None:
-            instance_id = opts.instance_id or default_instance_id(self.identity.key_id)
+            instance_id = opts.instance_id or default_instance_id(identity.key_id)
             check_name("instance", instance_id)
             await store.set_setting("instance_id", instance_id)
         elif opts.instance_id and opts.instance_id != instance_id:
@@ -233,7 +344,7 @@ class Node:
         restic_path = opts.restic_path or await store.get_setting("restic_path")
         retry_lock = await store.get_setting("restic_retry_lock")
         stall_after = await store.get_setting("restic_stall_seconds")
-        self.engine = Engine(
+        engine = Engine(
             self.data_dir,
             store,
             SecretStore(store, key),
@@ -247,43 +358,65 @@ class Node:
             retry_lock=DEFAULT_RETRY_LOCK if retry_lock is None else float(retry_lock),
             stall_after=DEFAULT_STALL_AFTER if stall_after is None else float(stall_after),
         )
-        await self.engine.start(schedule=opts.schedule)
-        self.name = await self._display_name()
-        self.peers = PeerManager(
+        stack.push_async_callback(engine.stop)
+        await engine.start(schedule=opts.schedule)
+        self.name = await self._display_name(store, identity)
+
+        # The links and what runs over them. Each service takes its messages, link-ups and
+        # methods from the PeerManager (or the RpcService) when it is built, and must be
+        # started before the links come up (peers.start), so that it sees every link-up.
+        peers = PeerManager(
             store,
             self.bus,
-            self.identity,
+            identity,
             instance_id,
             name=self.name,
             timings=opts.link_timings,
             **({"protocol_version": opts.protocol_version} if opts.protocol_version else {}),
         )
-        self.sync = SyncService(store, self.bus, self.peers, instance_id)
-        self.sync.attach()
-        self.rpc = RpcService(self.peers)
-        self.rpc.attach()
-        RemoteConfig(self.engine, self.rpc).register()
-        self.logs = RemoteLogs(store, self.rpc, instance_id)
-        self.logs.register()
-        self.remote = RemoteService(
-            store, self.bus, self.engine, self.peers, self.rpc, instance_id, ttl=opts.remote_ttl
+        rpc = RpcService(peers)
+        stack.push_async_callback(rpc.stop)
+        sync = SyncService(store, self.bus, peers, instance_id)
+        RemoteConfig(engine, rpc)  # answers config calls: its methods live on rpc from here
+        logs = RemoteLogs(store, rpc, instance_id)
+        remote = RemoteService(
+            store, self.bus, engine, peers, rpc, instance_id, ttl=opts.remote_ttl
         )
-        self.remote.attach()
-        await self.sync.start()
-        await self.remote.start()
-        self.repos = RepoShareService(self.engine, self.bus, self.peers, instance_id)
-        self.repos.attach()
-        await self.repos.start()
-        await self._start_peer_server()
-        await self.peers.start()
-        await self._start_discovery()
-        await self._start_admin()
-        log.info("node %s ready (data dir %s)", instance_id, self.data_dir)
+        repos = RepoShareService(engine, self.bus, peers, instance_id)
+        stack.push_async_callback(sync.stop)
+        await sync.start()
+        stack.push_async_callback(remote.stop)
+        await remote.start()
+        stack.push_async_callback(repos.stop)
+        await repos.start()
+        peer_port = await self._start_peer_server(stack, peers, store)
+        stack.push_async_callback(peers.stop)
+        await peers.start()
+        # Remote requests in flight end before the links do (so a call cut by our own
+        # shutdown is not recorded as "peer offline"): remote stops again here, first.
+        # Stopping it twice is harmless.
+        stack.push_async_callback(remote.stop)
+        discovery = await self._start_discovery(stack, peers, identity, peer_port, store)
+        return NodeServices(
+            store=store,
+            identity=identity,
+            engine=engine,
+            peers=peers,
+            rpc=rpc,
+            sync=sync,
+            repos=repos,
+            logs=logs,
+            remote=remote,
+            peer_port=peer_port,
+            discovery=discovery,
+        )
 
-    async def _start_peer_server(self) -> None:
-        if self.options.listen is None or self.peers is None:
-            return
-        listen = self.options.listen or await self._setting("listen", None) or DEFAULT_LISTEN
+    async def _start_peer_server(
+        self, stack: contextlib.AsyncExitStack, peers: PeerManager, store: Store
+    ) -> PeerPort | None:
+        if self.options.listen is None:
+            return None
+        listen = self.options.listen or await store.get_setting("listen", None) or DEFAULT_LISTEN
         try:
             host, port = parse_listen(listen)
         except ValueError as exc:
@@ -293,71 +426,85 @@ class Node:
         # opened in that very moment (it ignores the request once shutting down).
         # keepalive_timeout: an idle keep-alive connection costs a descriptor; 5 s, not an hour.
         runner = web.AppRunner(
-            make_peer_app(self.peers),
+            make_peer_app(peers),
             access_log=None,
             handle_signals=False,
             shutdown_timeout=2.0,
             keepalive_timeout=PEER_KEEPALIVE,
         )
+        stack.push_async_callback(runner.cleanup)
         await runner.setup()
         # Strangers get at most a quarter of our descriptors: the admin socket, the store and
         # restic must find one free even when the cap is full.
         cap = min(256, max(8, self._open_file_limit // 4))
-        self.peer_guard = PeerPortGuard(max_unauthenticated=cap, reserve=min(64, cap // 4))
-        site = GuardedTCPSite(
-            runner, host, port, self.peer_guard, backlog=min(128, max(16, cap // 2))
-        )
+        guard = PeerPortGuard(max_unauthenticated=cap, reserve=min(64, cap // 4))
+        site = GuardedTCPSite(runner, host, port, guard, backlog=min(128, max(16, cap // 2)))
         try:
             await site.start()
         except OSError as exc:
-            await runner.cleanup()
             raise NodeError(
                 f"cannot listen for peers on {host}:{port}: {exc.strerror or exc}; "
                 "choose another address with --listen HOST:PORT"
             ) from None
-        self._peer_runner = runner
-        bound_port = runner.addresses[0][1] if runner.addresses else port
-        self._peer_port = int(bound_port)
-        self.listen_address = f"{'[' + host + ']' if ':' in host else host}:{bound_port}"
+        bound_port = int(runner.addresses[0][1] if runner.addresses else port)
         shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
-        self.peer_url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{bound_port}"
+        return PeerPort(
+            guard=guard,
+            port=bound_port,
+            address=f"{'[' + host + ']' if ':' in host else host}:{bound_port}",
+            url=f"http://{'[' + shown + ']' if ':' in shown else shown}:{bound_port}",
+        )
 
-    async def _start_discovery(self) -> None:
+    async def _start_discovery(
+        self,
+        stack: contextlib.AsyncExitStack,
+        peers: PeerManager,
+        identity: Identity,
+        peer_port: PeerPort | None,
+        store: Store,
+    ) -> Discovery | None:
         """Announce ourselves and watch the LAN, once the peer port really listens."""
-        enabled = self.options.discovery and await self._setting("discovery", True)
-        if not enabled or self._peer_port is None or self.peers is None or self.identity is None:
-            return
+        enabled = self.options.discovery and await store.get_setting("discovery", True)
+        if not enabled or peer_port is None:
+            return None
         from peerstash.peer.discovery import Announcement, Discovery
 
-        interfaces = self.options.discovery_interfaces or await self._setting(
+        interfaces = self.options.discovery_interfaces or await store.get_setting(
             "discovery_interfaces", None
         )
-        self.discovery = Discovery(
+        discovery = Discovery(
             interfaces=interfaces,
-            on_change=self.peers.on_discovered,
+            on_change=peers.on_discovered,
             self_instance_id=self.instance_id,
-            self_key_id=self.identity.key_id,
+            self_key_id=identity.key_id,
         )
-        self.peers.discovery = self.discovery
         try:
-            await self.discovery.start()
-            await self.discovery.announce(
+            await discovery.start()
+            await discovery.announce(
                 Announcement(
                     instance_id=self.instance_id,
-                    key_id=self.identity.key_id,
-                    port=self._peer_port,
-                    display_name=await self._setting("display_name", None) or self.instance_id,
+                    key_id=identity.key_id,
+                    port=peer_port.port,
+                    display_name=await store.get_setting("display_name", None) or self.instance_id,
                 )
             )
         except OSError as exc:
             # No usable network interface is not a reason to refuse to back up.
             log.warning("LAN discovery is off: %s", exc)
-            await self.discovery.close()
-            self.discovery = None
-            self.peers.discovery = None
+            await discovery.close()
+            return None
+        except BaseException:
+            await discovery.close()
+            raise
+        # Chicken and egg: discovery reports to the PeerManager, and pairing by name asks
+        # discovery; so the manager learns of it once both exist, and forgets it first.
+        peers.discovery = discovery
+        stack.push_async_callback(discovery.close)  # goodbye packets: peers drop us
+        stack.callback(setattr, peers, "discovery", None)
+        return discovery
 
-    async def _display_name(self) -> str:
-        stored = await self._setting("display_name", None)
+    async def _display_name(self, store: Store, identity: Identity) -> str:
+        stored = await store.get_setting("display_name", None)
         if isinstance(stored, str):
             try:
                 return check_display_name(stored)
@@ -365,8 +512,7 @@ class Node:
                 log.warning("the display_name setting is not usable; using the host name")
         # An id someone chose is also the name they chose; an id made by default_instance_id
         # (host name + start of our key id) shows as the bare host name, as it is now.
-        assert self.identity is not None
-        made = self.instance_id.endswith("-" + self.identity.key_id.replace("-", "")[:4])
+        made = self.instance_id.endswith("-" + identity.key_id.replace("-", "")[:4])
         try:
             return check_display_name(hostname() if made else self.instance_id)
         except ValueError:
@@ -379,19 +525,14 @@ class Node:
         """
         if name is not None:
             check_display_name(name)
-        assert self.store is not None
-        await self.store.set_setting("display_name", name)
-        self.name = await self._display_name()
-        if self.peers is not None:
-            await self.peers.rename(self.name)
+        services = self.services
+        await services.store.set_setting("display_name", name)
+        self.name = await self._display_name(services.store, services.identity)
+        await services.peers.rename(self.name)
         log.info("this node is now called %r", self.name)
         return self.name
 
-    async def _setting(self, key: str, default: Any) -> Any:
-        assert self.store is not None
-        return await self.store.get_setting(key, default)
-
-    async def _start_admin(self) -> None:
+    async def _start_admin(self, stack: contextlib.AsyncExitStack) -> None:
         from peerstash.peer.admin import make_admin_app
 
         sock = self.socket_path
@@ -401,62 +542,42 @@ class Node:
                 ensure_own_private_dir(sock.parent)
             except PermissionError as exc:
                 raise NodeError(f"cannot put the admin socket in {sock.parent}: {exc}") from None
-        # We hold the data dir lock, so a socket file left here is from a dead node.
-        with contextlib.suppress(FileNotFoundError):
-            sock.unlink()
+        # We hold the data dir lock, so a socket file left here is from a dead node. Anything
+        # else in its place (a directory, a file we may not remove) is the person's to look at:
+        # one line that names it, not a traceback.
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                sock.unlink()
+        except OSError as exc:
+            raise NodeError(
+                f"cannot open the admin socket {sock}: {exc.strerror or exc} "
+                "(something else is in its place; move it away)"
+            ) from None
         # handler_cancellation: a client that goes away (CLI Ctrl-C, the tray quitting) ends its
         # streaming request at once instead of at the next keep-alive write.
         runner = web.AppRunner(
             make_admin_app(self), access_log=None, handle_signals=False, handler_cancellation=True
         )
+        stack.callback(self._unlink_socket)
+        stack.push_async_callback(runner.cleanup)
         await runner.setup()
         site = web.UnixSite(runner, str(sock))
         old = os.umask(0o177)
         try:
             await site.start()
+        except OSError as exc:
+            raise NodeError(f"cannot open the admin socket {sock}: {exc.strerror or exc}") from None
         finally:
             os.umask(old)
         os.chmod(sock, 0o600)
-        self._admin_runner = runner
 
-    async def stop(self) -> None:
-        """Stop cleanly: no operation is left ``running`` afterwards."""
-        if self._admin_runner is not None:
-            await self._admin_runner.cleanup()
-            self._admin_runner = None
-            with contextlib.suppress(FileNotFoundError):
-                self.socket_path.unlink()
-        if self.discovery is not None:
-            await self.discovery.close()  # goodbye packets: peers drop us from their lists
-            self.discovery = None
-        if self.remote is not None:
-            await self.remote.stop()
-            self.remote = None
-        if self.peers is not None:
-            await self.peers.stop()
-            self.peers = None
-        if self.sync is not None:
-            await self.sync.stop()
-            self.sync = None
-        if self.rpc is not None:
-            await self.rpc.stop()
-            self.rpc = None
-            self.logs = None
-        if self.repos is not None:
-            await self.repos.stop()
-            self.repos = None
-        if self._peer_runner is not None:
-            await self._peer_runner.cleanup()
-            self._peer_runner = None
-        if self.engine is not None:
-            await self.engine.stop()
-            self.engine = None
-        if self.store is not None:
-            await self.store.close()
-            self.store = None
-        self._release_lock()
+    def _unlink_socket(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
 
     def status(self) -> dict[str, object]:
+        services = self.services
+        port = services.peer_port
         return {
             "instance_id": self.instance_id,
             "name": self.name,
@@ -464,16 +585,16 @@ class Node:
             "data_dir": str(self.data_dir),
             "pid": os.getpid(),
             "admin_socket": str(self.socket_path),
-            "paused": bool(self.engine and self.engine.scheduler.paused),
-            "key_id": self.identity.key_id if self.identity else None,
-            "peer_url": self.peer_url,
+            "paused": services.engine.scheduler.paused,
+            "key_id": services.identity.key_id,
+            "peer_url": port.url if port else None,
             # What this running node really uses (the settings may say otherwise until the
             # next restart, and --listen / --no-discovery override them).
-            "listen": self.listen_address,
-            "discovery": self.discovery is not None,
+            "listen": port.address if port else None,
+            "discovery": services.discovery is not None,
             # Repositories peers shared that were not taken here, and why (e.g. same GUID).
-            "shared_skipped": dict(self.engine.skipped_shares) if self.engine else {},
+            "shared_skipped": dict(services.engine.skipped_shares),
             # The last change each owner made to where a received repository is or how it
             # opens (no secret), since this node started.
-            "shared_changes": dict(self.engine.share_changes) if self.engine else {},
+            "shared_changes": dict(services.engine.share_changes),
         }

@@ -175,7 +175,8 @@ def _human_seconds(seconds: float) -> str:
 class RemoteService:
     """Remote commands of one node, in both roles (see the module docstring).
 
-    Wire it with :meth:`attach` before the links start, then :meth:`start`.
+    It wires itself to the links and the rpc methods when built; :meth:`start` it before the
+    links start.
     """
 
     def __init__(
@@ -221,10 +222,11 @@ class RemoteService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sub: Any = None
         self._closing = False
+        self._attach()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def attach(self) -> None:
+    def _attach(self) -> None:
         """Offer the remote methods to peers, and deliver queued requests on every link-up."""
         self.rpc.register("remote.run", self._answer_run, grant="run")
         self.rpc.register("remote.restore", self._answer_restore, grant="run")

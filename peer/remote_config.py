@@ -166,8 +166,9 @@ class RemoteConfig:
     def __init__(self, engine: Engine, rpc: RpcService) -> None:
         self.engine = engine
         self.rpc = rpc
+        self._register()
 
-    def register(self) -> None:
+    def _register(self) -> None:
         self.rpc.register(M_READ, self._read, grant=READ)
         self.rpc.register(M_PLAN_ADD, self._plan_add, grant=WRITE)
         self.rpc.register(M_PLAN_EDIT, self._plan_edit, grant=WRITE)

@@ -34,8 +34,9 @@ class RemoteLogs:
         self.store = store
         self.rpc = rpc
         self.instance_id = instance_id
+        self._register()
 
-    def register(self) -> None:
+    def _register(self) -> None:
         self.rpc.register(METHOD, self._serve, grant=GRANT)
 
     async def _serve(self, ctx: CallContext, args: Mapping[str, Any]) -> AsyncIterator[str]:

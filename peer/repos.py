@@ -64,7 +64,7 @@ def _grants(entries: list[Any], peer_id: str, whose: str) -> Grants:
 class RepoShareService(LinkService):
     """Pushes our shared repositories to peers and applies theirs here.
 
-    Wire it to its :class:`PeerManager` with :meth:`attach`, then :meth:`start` it before the
+    It wires itself to its :class:`PeerManager` when built; :meth:`start` it before the
     links come up.
     """
 
@@ -78,10 +78,11 @@ class RepoShareService(LinkService):
         self.instance_id = instance_id
         super().__init__()
         self._links: dict[str, _LinkShares] = {}
+        self._attach()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def attach(self) -> None:
+    def _attach(self) -> None:
         self.manager.add_handler(self.handle, proto.ReposShared, proto.RepoSnapshotsChanged)
         self.manager.add_link_up(self.on_link_up)
         self.manager.add_peer_removed(self.on_peer_removed)

@@ -166,8 +166,9 @@ class RpcService:
         #: Handlers running for each link (by link object: a replaced link's calls end).
         self._serving: dict[Link, dict[str, asyncio.Task[None]]] = {}
         self._watches: set[asyncio.Future[None]] = set()
+        self._attach()
 
-    def attach(self) -> None:
+    def _attach(self) -> None:
         self.manager.add_handler(
             self._on_message, proto.Call, proto.Reply, proto.ReplyChunk, proto.CallCancel
         )

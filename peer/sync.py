@@ -260,7 +260,7 @@ class _Repair:
 class SyncService(LinkService):
     """Runs operation sync on every link of one node.
 
-    Wire it to its :class:`PeerManager` with :meth:`attach`; call :meth:`start` before links
+    It wires itself to its :class:`PeerManager` when built; call :meth:`start` before links
     come up.
     """
 
@@ -296,10 +296,11 @@ class SyncService(LinkService):
         #: When each peer's copy was last trimmed for age on arrival (monotonic): old rows
         #: arrive in every batch of a long history, and the age rule needs no more than this.
         self._aged: dict[str, float] = {}
+        self._attach()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def attach(self) -> None:
+    def _attach(self) -> None:
         """Take the operation sync messages and the link-up moment of our PeerManager."""
         self.manager.add_handler(
             self.handle,

@@ -7,7 +7,7 @@ All migrations of one upgrade run in the ONE transaction the Store already opene
 connection (alembic sees an external transaction and opens none per migration), so a failure in
 any of them rolls the database back to where it was: PostgreSQL and SQLite both have
 transactional DDL, and on SQLite the Store's migration engine emits the real ``BEGIN`` itself
-(see ``core/store.py``, "Upgrading a database").
+(see ``core/store/upgrade.py``, "upgrading a database").
 """
 
 from __future__ import annotations

@@ -22,9 +22,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from peerstash.core import __version__
 from peerstash.core.text import printable, printable_lines
 from peerstash.desktop import fmt
-from peerstash.desktop.api import query
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.icons import STATUS_COLORS, status_icon
 from peerstash.desktop.tray import HEALTH_STATES, health_words
@@ -35,11 +35,46 @@ FLEET_HEADERS = ("Machine", "Link", "Plan", "Last backup", "Result")
 PEER_COLORS = {"online": "#2e9d58", "unreachable": "#d99a1e", "auth failed": "#d64541"}
 
 
+def restart_words(st: dict[str, Any], ours: str | None = None) -> str:
+    """Why a restart is due, from the node's status, or "" when none is.
+
+    The tray and the node come from one package (docs/architecture.md, "Version skew"): they
+    differ only after an upgrade, until the process that still runs the old code restarts.
+    ``ours`` is the version this window runs (default: this process's).
+    """
+    ours = ours or __version__
+    running = str(st.get("version") or "")
+    installed = str(st.get("installed_version") or "")
+    if not running:
+        return ""
+    if installed and installed != running:
+        return (
+            f"Restart due: this node runs Peerstash {running}, but {installed} is installed. "
+            "Quit Peerstash and start it again (or restart its service) to use the new version."
+        )
+    if running != ours:
+        return (
+            f"Restart due: this window is Peerstash {ours}, but the node runs {running}. "
+            "Quit Peerstash and start it again."
+        )
+    return ""
+
+
 class OverviewPage(Page):
     title = "Overview"
 
     def __init__(self, backend: Backend, parent: QWidget | None = None) -> None:
         super().__init__(backend, parent)
+        # After a package upgrade: which process still runs the old code (from the status).
+        self.restart_due = QLabel("")
+        self.restart_due.setObjectName("overviewRestartDue")
+        self.restart_due.setWordWrap(True)
+        self.restart_due.setTextFormat(Qt.TextFormat.PlainText)
+        self.restart_due.setStyleSheet(
+            f"QLabel{{{LEVEL_STYLES.get('warning', '')}border-radius:4px;padding:6px 8px;}}"
+        )
+        self.restart_due.hide()
+        self.outer.addWidget(self.restart_due)
         card = QFrame()
         card.setObjectName("nodeCard")
         card.setStyleSheet(
@@ -130,35 +165,16 @@ class OverviewPage(Page):
         await self.load_remote()
 
     async def load_remote(self) -> None:
-        """The newest backup of each plan of each paired machine: the node lists it with each
-        peer (from synced operations); a node too old to do so is asked for the operations."""
+        """The newest backup of each plan of each paired machine, as the node lists it with
+        each peer (from synced operations)."""
         for p in list(self.backend.peer_list):
             origin = str(p.get("id") or "")
-            if not origin:
-                continue
-            if isinstance(p.get("plans"), list):
-                self.remote[origin] = {str(r["plan"]): r for r in p["plans"] if r.get("plan")}
-                continue
-            ops = await self.backend.call(
-                "GET", "/v1/ops" + query({"origin": origin, "kind": "backup", "limit": 500})
-            )
-            latest: dict[str, dict[str, Any]] = {}
-            for op in ops:  # newest first
-                if op.get("plan") and op["plan"] not in latest:
-                    latest[op["plan"]] = op
-            self.remote[origin] = latest
+            if origin:
+                plans = p.get("plans") or []
+                self.remote[origin] = {str(r["plan"]): r for r in plans if r.get("plan")}
         self._show_peers()
 
     def _show_peers(self) -> None:
-        if self.backend.peers_available is False:
-            self.fleet.setStyleSheet("color:palette(placeholder-text);")
-            self.fleet.setText(
-                "Peer sync is not available in this version of the node, so only this node is "
-                "shown. Paired machines will appear here with their plans and state."
-            )
-            self.fleet.show()
-            self.fleet_table.hide()
-            return
         peers = self.backend.peer_list
         if not peers:
             self.fleet.setText("No paired machines yet: pair one on the Peers page.")
@@ -217,6 +233,9 @@ class OverviewPage(Page):
             + ("scheduled backups are <b>paused</b>" if paused else "scheduled backups are on")
         )
         self.pause_button.setText("Resume schedules" if paused else "Pause schedules")
+        restart = restart_words(st)
+        self.restart_due.setText(restart)
+        self.restart_due.setVisible(bool(restart))
         self._show_health(st)
         plans = list(st.get("plans") or [])
         self.plans.setRowCount(len(plans))

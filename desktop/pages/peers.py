@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
 
 from peerstash.core.text import printable
 from peerstash.desktop import fmt
-from peerstash.desktop.api import ApiError, PeersApi, Unavailable
+from peerstash.desktop.api import ApiError, PeersApi
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.dialogs.forms import EditGrantsDialog
 from peerstash.desktop.icons import STATE_COLORS
@@ -41,13 +41,6 @@ from peerstash.desktop.widgets import (
     item,
     make_table,
     selected_data,
-)
-
-UNAVAILABLE_TEXT = (
-    "Pairing with other machines is not available in this version of the Peerstash node.\n\n"
-    "When it is, this page lists the machines this one backs up with and the ones allowed to "
-    "reach it, with their state and what each may do, and lets you create a pairing token or "
-    "pair with one."
 )
 
 PEER_HEADERS = ("Machine", "State", "Key", "We allow", "They allow", "Last seen")
@@ -98,20 +91,10 @@ class PeersPage(Page):
 
     def __init__(self, backend: Backend, parent: QWidget | None = None) -> None:
         super().__init__(backend, parent)
-        self.available: bool | None = None
         self.question: Any = None
         self.dialog: EditGrantsDialog | None = None
         #: The peers as last listed, by id (what the grants dialog starts from).
         self._peers: dict[str, dict[str, Any]] = {}
-        self.placeholder = QLabel(UNAVAILABLE_TEXT)
-        self.placeholder.setWordWrap(True)
-        self.placeholder.setStyleSheet(
-            "QLabel{color:palette(placeholder-text);font-size:11pt;padding:24px;"
-            "border:1px dashed palette(mid);border-radius:8px;}"
-        )
-        self.placeholder.hide()
-        self.outer.addWidget(self.placeholder)
-
         self.content = QWidget()
         cl = QVBoxLayout(self.content)
         cl.setContentsMargins(0, 0, 0, 0)
@@ -242,12 +225,8 @@ class PeersPage(Page):
         self.run(self.refresh(), name="peers:refresh")
 
     async def refresh(self) -> None:
-        try:
-            peers = await self.backend.peers.peers()
-        except Unavailable:
-            self._set_available(False)
-            return
-        self._set_available(True)
+        peers = await self.backend.peers.peers()
+        self.content.show()
         self._fill(peers)
         try:
             self._fill_tokens(await self.backend.peers.tokens())
@@ -258,9 +237,6 @@ class PeersPage(Page):
     async def _refresh_discovered(self) -> None:
         try:
             found = await self.backend.peers.discovered()
-        except Unavailable:
-            self.tabs.setTabVisible(self.discovery_tab, False)  # a node without LAN discovery
-            return
         except ApiError as exc:
             self.tabs.setTabVisible(self.discovery_tab, True)
             self.discovered.hide()
@@ -301,16 +277,9 @@ class PeersPage(Page):
                 "info",
             )
 
-    def _set_available(self, ok: bool) -> None:
-        self.available = ok
-        self.placeholder.setVisible(not ok)
-        self.content.setVisible(ok)
-
     def _show_peers(self) -> None:
-        if self.backend.peers_available is False:
-            self._set_available(False)
-        elif self.backend.peers_available:
-            self._set_available(True)
+        if self.backend.peers_loaded:
+            self.content.show()
             self._fill(self.backend.peer_list)
 
     def _fill(self, peers: list[dict[str, Any]]) -> None:
@@ -325,7 +294,11 @@ class PeersPage(Page):
                 # The label tells same-named machines apart; the row's data stays the id.
                 table.setItem(r, 0, item(printable(str(p.get("label") or name)), name))
                 state = str(p.get("state") or "")
-                st = item(state)
+                reason = str(p.get("state_reason") or "")
+                # Why a peer refuses us ("removed by NAME") is said in the cell, as `peer list`
+                # says it: a tooltip alone hides that this peer will not be dialed again.
+                shown = f"{state} ({reason})" if state == "auth failed" and reason else state
+                st = item(printable(shown))
                 st.setForeground(
                     QColor(STATE_COLOR[state]) if state in STATE_COLOR else table.palette().text()
                 )

@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from peerstash.desktop import prefs
-from peerstash.desktop.api import ApiError, Unavailable
+from peerstash.desktop.api import ApiError
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.platform import autostart
 from peerstash.desktop.widgets import FieldError, Page, WrappingLabel, button_row
@@ -170,26 +170,8 @@ class SettingsPage(Page):
         self.start_at_login.blockSignals(False)
         self.run(self.load_node_settings(), name="settings:load")
 
-    @property
-    def node_inputs(self) -> tuple[QWidget, ...]:
-        return (
-            self.display_name,
-            self.listen,
-            self.discovery,
-            self.interfaces,
-            self.restic_path,
-            self.save_button,
-        )
-
     async def load_node_settings(self) -> None:
-        try:
-            data = await self.backend.call("GET", "/v1/settings")
-        except Unavailable:
-            self._node_settings = None
-            for w in self.node_inputs:
-                w.setEnabled(False)
-            self.node_note.setText("This version of the node has no settings API.")
-            return
+        data = await self.backend.call("GET", "/v1/settings")
         self._fill_node_settings(dict(data))
 
     def _fill_node_settings(self, data: dict[str, Any]) -> None:
@@ -233,8 +215,6 @@ class SettingsPage(Page):
                     current = await self.backend.call(
                         "POST", "/v1/settings", {"key": key, "value": value}
                     )
-                except Unavailable:
-                    raise
                 except ApiError as exc:
                     if exc.status is None:  # the node is not reachable: nothing more to try
                         raise

@@ -43,6 +43,7 @@ def test_pages_show_the_real_node(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None
         await wait_for(lambda: _plan_rows(ov.plans) == ["docs"], b.statusChanged, what="plan row")
         assert "guitest" in ov.node_title.text()
         assert "attached to the node running as process" in ov.node_sub.text()
+        assert ov.restart_due.isHidden()  # tray and node from one package: no restart due
         assert ov.plans.item(0, 3).text() == "not backed up yet"
         assert "in " in ov.plans.item(0, 4).text()  # "HH:MM (in 6 hours)"
         # Plans & repositories: the real repo (with its restic id) and the plan.
@@ -70,16 +71,16 @@ def test_pages_show_the_real_node(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None
         )
         assert not gui.app.tray.notify("t", "m", key="k")
         st.notifications.setChecked(True)
-        if st.save_button.isEnabled():  # a node with /v1/settings
-            st.restic_path.setText("/usr/bin/restic")
-            await st.save_node_settings()
-            assert st.banner.level == "ok", st.banner.text()
-            assert (await b.call("GET", "/v1/settings"))["restic_path"] == "/usr/bin/restic"
-        # Peers: either real tables or a calm "not available" (depends on the node's version).
+        assert st.save_button.isEnabled()
+        st.restic_path.setText("/usr/bin/restic")
+        await st.save_node_settings()
+        assert st.banner.level == "ok", st.banner.text()
+        assert (await b.call("GET", "/v1/settings"))["restic_path"] == "/usr/bin/restic"
+        # Peers: the real tables (no machine paired yet).
         w.show_page(w.peers)
         await w.peers.tasks.idle()
-        assert w.peers.available is not None
-        assert w.peers.placeholder.isHidden() == bool(w.peers.available)
+        assert not w.peers.content.isHidden()
+        assert w.peers.hosts.rowCount() == 0 and w.peers.clients.rowCount() == 0
 
     qloop.run(body())
 
@@ -499,8 +500,7 @@ def test_pair_and_make_tokens_on_the_peers_page(gui: GuiEnv, qloop: QLoop, qtbot
         await w.operations.model.tasks.idle()
         w.show_page(page)
         await page.tasks.idle()
-        if not page.available:
-            pytest.skip("this node has no pairing API")
+        assert not page.content.isHidden()
         other = Node(gui.tmp / "bravo-data", node_options(instance_id="bravo"))
         await other.start()
         try:

@@ -1,6 +1,6 @@
 """Parts of the desktop that need no node: autostart entry, formatting, tray state, the
-operations model's merge rules, the Peers page when the node has no pairing API, and the
-promise that headless Peerstash never imports Qt."""
+operations model's merge rules, the "restart due" words after an upgrade, and the promise that
+headless Peerstash never imports Qt."""
 
 from __future__ import annotations
 
@@ -296,37 +296,24 @@ def test_grants_dialog_reads_and_writes_entries(qapp: Any) -> None:
 
 
 @needs_qt
-def test_views_when_the_node_has_no_pairing_api(qapp: Any) -> None:
-    """An older node answers 404 on /v1/peers: the views say "not available", calmly."""
-    import asyncio
+def test_restart_words_name_the_process_that_runs_old_code(qapp: Any) -> None:
+    """Tray and node come from one package: they differ only after an upgrade, and then the
+    overview says which one still runs the old code (docs/architecture.md, "Version skew")."""
+    from peerstash.desktop.pages.overview import restart_words
 
-    from peerstash.desktop.api import Unavailable
-    from peerstash.desktop.backend import Backend
-    from peerstash.desktop.pages.overview import OverviewPage
-    from peerstash.desktop.pages.peers import PeersPage
-    from peerstash.desktop.tray import Tray
-
-    class OldNode:
-        async def request(self, method: str, path: str, body: Any = None) -> Any:
-            raise Unavailable("not available in this version of the node", 404)
-
-    backend = Backend(OldNode(), in_process=False)  # type: ignore[arg-type]
-    page = PeersPage(backend)
-    overview = OverviewPage(backend)
-    tray = Tray(backend, show_icon=False)
-    asyncio.run(page.refresh())
-    assert page.available is False
-    assert not page.placeholder.isHidden()
-    assert page.content.isHidden()
-    assert "not available in this version" in page.placeholder.text()
-    asyncio.run(backend.refresh_peers())
-    assert backend.peers_available is False
-    assert [a.text() for a in tray.peers_menu.actions()] == ["Not available in this version"]
-    assert "not available in this version" in overview.fleet.text()
-    # No peers API is no reason for attention; the state is not green either, because this
-    # node never answered /v1/status (so it gave no health to show).
-    assert tray.state == "warning" and not tray.peers_attention
-    assert "Health: not known yet" in tray.tooltip
+    same = {"version": "0.2.0", "installed_version": "0.2.0"}
+    assert restart_words(same, ours="0.2.0") == ""
+    # Upgraded under the running node (the tray's own node, or one started by hand).
+    assert restart_words({"version": "0.1.0", "installed_version": "0.2.0"}, ours="0.1.0") == (
+        "Restart due: this node runs Peerstash 0.1.0, but 0.2.0 is installed. Quit Peerstash "
+        "and start it again (or restart its service) to use the new version."
+    )
+    # The node's service was restarted by the upgrade; this window still runs the old code.
+    assert restart_words(same, ours="0.1.0") == (
+        "Restart due: this window is Peerstash 0.1.0, but the node runs 0.2.0. Quit Peerstash "
+        "and start it again."
+    )
+    assert restart_words({}, ours="0.1.0") == ""  # no status read yet: nothing to say
 
 
 @needs_qt

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-import peerstash.core.restic as restic_mod
+import peerstash.core.restic.process as restic_process
 from peerstash.core.restic import (
     BackupProgress,
     ErrorKind,
@@ -757,13 +757,13 @@ async def test_restic_is_interrupted_when_the_node_is_killed(
 ) -> None:
     # A "node" process running a backup through the wrapper; we SIGKILL it mid-backup. The
     # death signal is set by setpriv where it works, else by a preexec_fn (no setpriv found).
-    if how == "setpriv" and not any(os.access(p, os.X_OK) for p in restic_mod._SETPRIV_PATHS):
+    if how == "setpriv" and not any(os.access(p, os.X_OK) for p in restic_process._SETPRIV_PATHS):
         pytest.skip("no setpriv on this machine")
     script = (
         "import asyncio, sys\n"
-        "import peerstash.core.restic as restic_mod\n"
+        "import peerstash.core.restic.process as restic_process\n"
         "from peerstash.core.restic import PasswordValue, RepoAccess, Restic\n"
-        + ("restic_mod._SETPRIV_PATHS = ()\n" if how == "preexec_fn" else "")
+        + ("restic_process._SETPRIV_PATHS = ()\n" if how == "preexec_fn" else "")
         + "async def main():\n"
         "    r = Restic(sys.argv[1])\n"
         "    repo = RepoAccess(sys.argv[2], PasswordValue(sys.argv[3]), cache_dir=sys.argv[4])\n"
@@ -803,7 +803,7 @@ async def test_restic_is_spawned_without_preexec_fn(
 ) -> None:
     # A preexec_fn makes subprocess fork the whole node instead of vfork (10-20 ms and 4 ms
     # of CPU per restic under load): with setpriv present, restic is started without one.
-    if not any(os.access(p, os.X_OK) for p in restic_mod._SETPRIV_PATHS):
+    if not any(os.access(p, os.X_OK) for p in restic_process._SETPRIV_PATHS):
         pytest.skip("no setpriv on this machine")
     seen: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
     real = asyncio.create_subprocess_exec

@@ -1,9 +1,10 @@
 """Retention in a repository several machines write to: each node trims only its own snapshots.
 
-Real nodes in one process (real stores, real restic, one real repository on disk), plus
-snapshots made by bare ``restic`` the way a person would: another host with our plan's tag, our
-host with only the plan tag, no tags at all. After every forget we count the snapshots per
-(host, tags), so a forget that reaches one snapshot too many shows up as a wrong count.
+Real nodes in one process (real stores, real restic 0.14 and 0.18, one real repository on
+disk), plus snapshots made by bare ``restic`` the way a person would: another host with our
+plan's tag, our host with only the plan tag, no tags at all. After every forget we count the
+snapshots per (host, tags), so a forget that reaches one snapshot too many shows up as a wrong
+count.
 """
 
 from __future__ import annotations
@@ -21,9 +22,18 @@ from peerstash.core.models import OpStatus
 from peerstash.core.store import OpFilter
 from peerstash.peer.node import Node
 from tests.fixtures.nodes import MakeNode
+from tests.fixtures.servers import RESTIC_BUILDS, resolve_restic
 from tests.fixtures.sharing import link_b_gives_a, next_shares, run_flow
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", params=RESTIC_BUILDS)
+def restic_bin(request: pytest.FixtureRequest) -> str:
+    """Every test here on restic 0.14 and on 0.18: both select by ``--host`` and ``--tag``
+    and group alike, and a forget that reaches another host's snapshots on either is a bug."""
+    return resolve_restic(request.param)
+
 
 PW = "retention-Hx7pQ2-never-in-clear"
 #: The snapshots every test plants with bare restic, by (host, tags) as :func:`census` counts.

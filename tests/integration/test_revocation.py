@@ -214,6 +214,54 @@ async def test_removing_a_peer_removes_what_came_from_it_and_tells_it(
     assert (await o.engine.store.get_peer("r")).state_reason == "removed by r"
 
 
+async def test_the_owner_removing_the_receiver_removes_what_came_from_the_receiver(
+    make_node: MakeNode, restic_bin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other side of the removal: O, which shares a repository with R and holds R's
+    history, removes R. What came from R goes from O (its history, O's open request to it);
+    what is O's own (its repository, its password) stays; R is told and stops dialing."""
+    o = await make_node("o", restic_path=restic_bin)
+    r = await make_node("r", restic_path=restic_bin)
+    assert o.peers and o.engine and r.engine and o.remote and r.peer_url
+    # R gives O its history and lets O run its plan pr; O gives R nothing but a share.
+    await o.peers.pair(
+        await token_for(r, grants=["ops:plan:p1", "run:plan:pr", "repos.receive"]),
+        r.peer_url,
+        [],
+    )
+    await wait_state(o, "r", "online")
+    await wait_state(r, "o", "online")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("data\n")
+    await o.engine.add_repo(
+        "r1", str(tmp_path / "repo1"), PasswordSpec("secret", value=PW1), init=True
+    )
+    got = next_shares(r, "o")
+    await o.engine.share_repo("r1")
+    assert (await got).added == ["r1@o"]
+    await r.engine.add_plan("pr", repo_id="r1@o", paths=[str(src)])
+    await change(r)
+    assert len(await converge(r, o, ["ops:plan:p1"])) == 1
+    req = await o.remote.request_run("r", "pr")
+    accepted = await until(o, req.id, ACCEPTED, FAILED)
+    assert accepted.state == ACCEPTED  # open: its progress is not visible to O
+    dials = count_authentications(o, monkeypatch)
+
+    await o.peers.remove("r")
+
+    assert "r" not in {p.id for p in await o.engine.store.list_peers()}
+    assert await held(o, "r") == {}
+    ended = await o.remote.get_request(req.id)
+    assert ended.state == FAILED and "peer r was removed" in (ended.error or "")
+    assert [x.id for x in await o.engine.list_repos()] == ["r1"]  # O's own stays
+    assert "repo/r1/password" in await secret_names(o)
+    # R is told, shows it, and dials no more (R dialed nobody: O dialed it; R answers only).
+    await wait_state(r, "o", "auth failed")
+    assert (await r.engine.store.get_peer("o")).state_reason == "removed by o"
+    assert dials == []
+
+
 async def test_remove_with_keep_history_over_the_admin_api_keeps_only_the_history(
     make_node: MakeNode, restic_bin: str, tmp_path: Path
 ) -> None:

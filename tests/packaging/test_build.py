@@ -184,10 +184,11 @@ def test_debian_changelog_from_release_notes() -> None:
     assert all(len(line) <= 80 for line in text.splitlines() if line.startswith("  "))
 
 
-def test_the_lock_holds_every_requirement_of_the_package() -> None:
+def test_every_lock_holds_every_requirement_of_the_package_at_one_version() -> None:
     """A dependency added to pyproject without ``packaging/build --lock`` would stop the
     package build (pip --require-hashes refuses it): caught here in a second, not by the
-    build half an hour into CI."""
+    build half an hour into CI. Every release's lock (one per Python) is checked, and they pin
+    the same versions, so the three packages carry the same libraries."""
     import re
     import tomllib
 
@@ -206,10 +207,21 @@ def test_the_lock_holds_every_requirement_of_the_package() -> None:
         return re.split(r"[\[<>=!~ ;]", req, maxsplit=1)[0].lower().replace("_", "-")
 
     build = load_build()
-    locked = {
-        name(line)
-        for line in build.lock_path().read_text().splitlines()
-        if line and not line.startswith((" ", "#"))
-    }
-    missing = sorted({name(r) for r in wanted} - locked)
-    assert not missing, f"not in {build.lock_path().name}: {missing} (run packaging/build --lock)"
+    locks = sorted(build.PACKAGING.glob("requirements-cp*-x86_64.lock"))
+    assert build.lock_path() in locks
+    assert [p.name for p in locks] == [
+        "requirements-cp311-x86_64.lock",  # Debian 12
+        "requirements-cp312-x86_64.lock",  # Ubuntu 24.04
+        "requirements-cp313-x86_64.lock",  # Debian 13
+    ]
+    pinned: dict[str, list[str]] = {}
+    for lock in locks:
+        pins = [
+            line.split(" ")[0]
+            for line in lock.read_text().splitlines()
+            if line and not line.startswith((" ", "#"))
+        ]
+        missing = sorted({name(r) for r in wanted} - {name(p) for p in pins})
+        assert not missing, f"not in {lock.name}: {missing} (run packaging/build --lock)"
+        pinned[lock.name] = sorted(pins)
+    assert len({tuple(p) for p in pinned.values()}) == 1, pinned
