@@ -1248,23 +1248,36 @@ class Engine:
                 unfinished = await self.unfinished_backup(plan_id)
                 if unfinished is not None:
                     raise BackupRunning(plan_id, unfinished)
-            op = await self.store.create_operation(
-                kind, plan_id=plan_id, repo_id=repo.id, flow_id=flow_id
+            # Running at once when its queue is free: one write at the start, not two. Not for
+            # a peer's request (``flow_id``): the peer says "accepted" on our answer, then
+            # follows the synced operation; created running, the synced row could overtake the
+            # answer and the request would skip "accepted".
+            at_once = flow_id is None and self.runner.claim_start(repo.id)
+            start: dict[str, Any] = (
+                {"status": OpStatus.RUNNING, "started_at": utcnow()} if at_once else {}
             )
+            try:
+                op = await self.store.create_operation(
+                    kind, plan_id=plan_id, repo_id=repo.id, flow_id=flow_id, **start
+                )
+            except BaseException:
+                self.runner.release_claim(repo.id)
+                raise
             await self.runner.submit(repo.id, op, self._unlocking_after_failure(repo, kind, job))
         return op
 
     async def unfinished_backup(self, plan_id: str) -> Operation | None:
-        """This node's queued or running backup of ``plan_id``, if there is one."""
-        for status in (OpStatus.RUNNING, OpStatus.PENDING):
-            ops = await self.store.list_operations(
-                OpFilter(
-                    origin=self.instance_id, plan_id=plan_id, kind=OpKind.BACKUP, status=status
-                ),
-                limit=1,
-            )
-            if ops:
-                return ops[0]
+        """This node's queued or running backup of ``plan_id``, if there is one.
+
+        Only the newest backup of the plan can be unfinished: :meth:`_submit` creates none
+        while one is, and a node's start ends those its last run left. So one query, not one
+        per status (this runs before every backup).
+        """
+        ops = await self.store.list_operations(
+            OpFilter(origin=self.instance_id, plan_id=plan_id, kind=OpKind.BACKUP), limit=1
+        )
+        if ops and OpStatus(ops[0].status) in (OpStatus.RUNNING, OpStatus.PENDING):
+            return ops[0]
         return None
 
     def _unlocking_after_failure(self, repo: Repo, kind: OpKind, job: Any) -> Any:
@@ -1336,7 +1349,9 @@ class Engine:
     async def backup(
         self, plan_id: str, *, reason: str = "manual", flow_id: str | None = None
     ) -> Operation:
-        """Queue a backup of ``plan_id`` (and its retention afterwards). Returns the pending op.
+        """Queue a backup of ``plan_id`` (and its retention afterwards). Returns its operation:
+        ``running`` when the repository's queue was free (and no ``flow_id`` was given), else
+        ``pending``.
 
         Raises :class:`BackupRunning` (with that op) when one is already queued or running.
 

@@ -150,6 +150,12 @@ class OpContext:
                     fields[done] = whole
         return fields
 
+    def take_log(self) -> list[str]:
+        """The log lines not yet written, handed over (to the operation's final write)."""
+        lines, self._log = self._log, []
+        self._detail_dirty = False  # the final write sets the summary
+        return lines
+
     async def flush(self) -> None:
         lines, self._log = self._log, []
         fields, self._pending = self._pending, {}
@@ -192,12 +198,17 @@ class Runner:
         #: Seconds of silence before a running operation says it is stalled (0: never).
         self.stall_after = stall_after
         self.log_flush_interval = log_flush_interval
+        self._max_parallel = max_parallel
         self._slots = asyncio.Semaphore(max_parallel)
         self._queues: dict[str, asyncio.Queue[_Queued]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._running: dict[int, asyncio.Task[Outcome]] = {}
         self._queued: dict[int, _Queued] = {}
         self._cancel_requested: set[int] = set()
+        #: Queue keys whose worker is running a job now.
+        self._active_keys: set[str] = set()
+        #: Queue keys promised an immediate start by :meth:`claim_start`, until their submit.
+        self._claimed: set[str] = set()
         self._helpers: set[asyncio.Task[Any]] = set()
         self._closing = False
 
@@ -222,11 +233,38 @@ class Runner:
         self.bus.publish(OperationChanged(op=op))
         return op
 
-    async def submit(self, queue_key: str, op: Operation, job: Job) -> asyncio.Future[Operation]:
-        """Queue ``job`` for the (already created, ``pending``) operation ``op``.
+    def claim_start(self, queue_key: str) -> bool:
+        """Promise the next :meth:`submit` on ``queue_key`` an immediate start, if it can have one.
 
-        Returns a future that resolves to the finished operation row.
+        True when nothing is queued or running on ``queue_key`` and a slot is free that no
+        queued job or other claim may take first. The caller then creates its operation as
+        ``running`` (with ``started_at``) and submits it: one store write and one event at the
+        start instead of two (``pending``, then ``running``). A claim not followed by
+        :meth:`submit` must be given back with :meth:`release_claim`.
         """
+        if self._closing or queue_key in self._claimed or queue_key in self._active_keys:
+            return False
+        queue = self._queues.get(queue_key)
+        if queue is not None and not queue.empty():
+            return False
+        # Every held slot belongs to a running job or to a queued one about to start.
+        if len(self._running) + len(self._queued) + len(self._claimed) >= self._max_parallel:
+            return False
+        self._claimed.add(queue_key)
+        return True
+
+    def release_claim(self, queue_key: str) -> None:
+        """Give back a :meth:`claim_start` whose operation was not submitted after all."""
+        self._claimed.discard(queue_key)
+
+    async def submit(self, queue_key: str, op: Operation, job: Job) -> asyncio.Future[Operation]:
+        """Queue ``job`` for the (already created) operation ``op``.
+
+        ``op`` is ``pending``, or ``running`` after a :meth:`claim_start` on ``queue_key``
+        (the runner then does not write that status again). Returns a future that resolves
+        to the finished operation row.
+        """
+        self._claimed.discard(queue_key)
         if self._closing:
             raise RuntimeError("the runner is shutting down")
         self.bus.publish(OperationChanged(op=op))
@@ -237,7 +275,7 @@ class Runner:
         if queue is None:
             queue = self._queues[queue_key] = asyncio.Queue()
             self._workers[queue_key] = asyncio.create_task(
-                self._worker(queue), name=f"runner:{queue_key}"
+                self._worker(queue_key, queue), name=f"runner:{queue_key}"
             )
         queue.put_nowait(item)
         return done
@@ -259,9 +297,10 @@ class Runner:
             return True
         return False
 
-    async def _worker(self, queue: asyncio.Queue[_Queued]) -> None:
+    async def _worker(self, key: str, queue: asyncio.Queue[_Queued]) -> None:
         while True:
             item = await queue.get()
+            self._active_keys.add(key)
             try:
                 await self._run_one(item)
             except Exception:  # pragma: no cover - _run_one handles everything it can
@@ -269,6 +308,7 @@ class Runner:
                 if not item.done.done():
                     item.done.set_exception(RuntimeError("operation failed unexpectedly"))
             finally:
+                self._active_keys.discard(key)
                 queue.task_done()
 
     async def _run_one(self, item: _Queued) -> None:
@@ -277,7 +317,8 @@ class Runner:
             return  # cancel() already marked it and answered its waiters
         async with self._slots:
             ctx = OpContext(self, op)
-            op = await self._set(op, status=OpStatus.RUNNING, started_at=utcnow())
+            if op.status != OpStatus.RUNNING:  # else created running (claim_start), published
+                op = await self._set(op, status=OpStatus.RUNNING, started_at=utcnow())
             ctx.op = op
             task = asyncio.ensure_future(item.job(ctx))
             self._running[op.pk] = task
@@ -347,9 +388,13 @@ class Runner:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(ctx.ticker), 30)
         progress = ctx.final_progress(final.get("status") == OpStatus.SUCCESS)
-        await ctx.flush()
         final = {**progress, **final}
-        op = await self._set(ctx.op, ended_at=utcnow(), eta_seconds=None, **final)
+        # The last log lines and the end in one write (it was two: most of the time from
+        # restic's exit to the operation's end).
+        op = await self.store.end_operation(
+            pk, ctx.take_log(), ended_at=utcnow(), eta_seconds=None, **final
+        )
+        self.bus.publish(OperationChanged(op=op))
         if not item.done.done():
             item.done.set_result(op)
 

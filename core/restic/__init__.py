@@ -20,7 +20,8 @@ The rules that matter most, and why:
   removes its lock and exits (SIGTERM would leave the lock behind in 0.14). After
   ``cancel_grace`` seconds we SIGKILL. The process is always reaped and the reader tasks always
   finished before the ``CancelledError`` propagates. On Linux the child also gets
-  ``PR_SET_PDEATHSIG=SIGINT``, so a SIGKILLed node does not leave restic running as an orphan.
+  ``PR_SET_PDEATHSIG=SIGINT``, so a SIGKILLed node does not leave restic running as an orphan
+  (set through util-linux's ``setpriv`` where it works, see ``process._death_signal_prefix``).
 * **Errors a person can act on.** Failures are classified from the exit code *and* the text of
   stderr (restic 0.14 uses exit code 1 for almost everything) into :class:`ErrorKind`, with a
   message saying what to do.

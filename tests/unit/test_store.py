@@ -151,6 +151,31 @@ async def test_logs_are_bounded_head_and_tail(store: Store) -> None:
     assert len(lines) == LOG_HEAD + LOG_TAIL + 1
 
 
+async def test_end_operation_writes_the_last_lines_and_the_end_at_once(store: Store) -> None:
+    op = await store.create_operation(OpKind.BACKUP, status=OpStatus.RUNNING)
+    await store.append_log(op.pk, ["first"])
+    before = (await store.get_operation(op.pk)).modno
+    ended = await store.end_operation(
+        op.pk, ["last one", "x" * 10_000], status=OpStatus.SUCCESS, ended_at=utcnow(), error=None
+    )
+    assert ended.status == "success" and ended.ended_at is not None and ended.modno > before
+    row = await store.get_operation(op.pk)
+    assert (row.status, row.modno) == ("success", ended.modno)
+    lines = await store.get_log(op.pk)
+    assert lines[:2] == ["first", "last one"] and 0 < len(lines[2]) < 10_000  # cut as appended
+    # Nothing is written when the end cannot be: no lines without the final state.
+    with pytest.raises(ValueError, match="unknown operation fields"):
+        await store.end_operation(op.pk, ["orphan"], colour="red")
+    with pytest.raises(NotFound):
+        await store.end_operation(op.pk + 1000, ["orphan"], status=OpStatus.ERROR)
+    store.local_origin = "someone-else"
+    with pytest.raises(StoreError):
+        await store.end_operation(op.pk, ["orphan"], status=OpStatus.ERROR)
+    store.local_origin = "laptop"
+    assert await store.get_log(op.pk) == lines
+    assert (await store.get_operation(op.pk)).modno == ended.modno
+
+
 async def test_repos_and_plans(store: Store) -> None:
     await store.add_repo(repo_record("r1", "/srv/r1", "file", "/etc/pw"))
     with pytest.raises(AlreadyExists):
