@@ -8,22 +8,17 @@ line with something harmless-looking, a newline that forges a log line, or a rig
 override that makes ``evil.exe`` read as ``exe.live``. :func:`printable` turns every such
 character into a visible ``\\uXXXX`` so that what a person sees is what was sent. It is applied
 where text is *shown* (the CLI's human output, log lines, the desktop), never to stored data or
-to ``--json`` output, which JSON escaping already keeps intact and valid.
+to ``--json`` output, which JSON escaping already keeps intact and valid. The log's side of it
+is :mod:`peerstash.core.logformat` (kept apart so that a quick CLI command that prints peer text
+does not import :mod:`logging`).
 """
 
 from __future__ import annotations
 
-import logging
 import unicodedata
 from functools import lru_cache
 
-__all__ = [
-    "PrintableFormatter",
-    "is_unsafe_char",
-    "printable",
-    "printable_lines",
-    "use_printable_log_lines",
-]
+__all__ = ["is_unsafe_char", "printable", "printable_lines"]
 
 #: Bidirectional embeddings, overrides and isolates; format characters (Cf) anyway, listed
 #: here so the rule is explicit where a reader looks for it.
@@ -67,33 +62,3 @@ def printable_lines(text: str) -> str:
     """:func:`printable` for text that is several lines on purpose: each line is neutralised,
     the line breaks between them are kept."""
     return "\n".join(printable(line) for line in text.split("\n"))
-
-
-class PrintableFormatter(logging.Formatter):
-    """A log formatter whose message part cannot carry control characters.
-
-    The message (with its arguments, which is where peer text arrives) is neutralised
-    entirely, newlines included, so one log record is one line and cannot forge another;
-    tracebacks keep their lines, but each line is neutralised too: the exception's own message
-    can quote what a peer sent (``ValueError(f"bad id {peer_id}")``).
-    """
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = printable(record.message)
-        return super().formatMessage(record)
-
-    def formatException(self, ei: object) -> str:
-        return printable_lines(super().formatException(ei))  # type: ignore[arg-type]
-
-    def formatStack(self, stack_info: str) -> str:
-        return printable_lines(super().formatStack(stack_info))
-
-
-def use_printable_log_lines() -> None:
-    """Give every handler of the root logger a :class:`PrintableFormatter` (same layout), so
-    peer text in a log message (an instance id, an error a peer sent) stays one visible line."""
-    for handler in logging.getLogger().handlers:
-        fmt = handler.formatter
-        handler.setFormatter(
-            PrintableFormatter(fmt._fmt if fmt else None, fmt.datefmt if fmt else None)
-        )

@@ -26,7 +26,7 @@ from pathlib import Path
 import shiboken6
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from peerstash.core.text import use_printable_log_lines
+from peerstash.core.logformat import use_printable_log_lines
 from peerstash.desktop import prefs
 from peerstash.desktop.api import ApiError, DesktopClient, node_answers
 from peerstash.desktop.backend import Backend

@@ -14,7 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-from peerstash.core.text import use_printable_log_lines
+from peerstash.core.logformat import use_printable_log_lines
 from peerstash.peer.link import Timings
 from peerstash.peer.node import Node, NodeError, NodeOptions
 from peerstash.peer.paths import resolve_data_dir

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
+from peerstash.core.logformat import PrintableFormatter, use_printable_log_lines
 from peerstash.core.store import OpFilter
-from peerstash.core.text import PrintableFormatter, printable, use_printable_log_lines
+from peerstash.core.text import printable
 from peerstash.peer import protocol as proto
 from peerstash.peer.link import LinkStateChanged, PairingError
 from peerstash.peer.node import Node
