@@ -9,8 +9,7 @@ operation's log and the tray never say the same thing three ways. Pure functions
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "SnapshotTags",
@@ -73,11 +72,11 @@ def backup_summary_line(summary: Mapping[str, Any] | None) -> str | None:
     return " · ".join(parts)
 
 
-@dataclass(frozen=True)
-class SnapshotTags:
+class SnapshotTags(NamedTuple):
     """A snapshot's tags as people read them: the plan and the machine that made it (the
     ``plan:`` and ``host:`` tags :meth:`peerstash.core.engine.Engine.backup` writes), and
-    whatever other tags it has."""
+    whatever other tags it has. A NamedTuple rather than a dataclass: this module is on the
+    quick CLI path, and :mod:`dataclasses` costs several milliseconds to import."""
 
     plan: str = ""
     host: str = ""

@@ -32,6 +32,10 @@ HEAVY = (
     "msgspec",
     "zeroconf",
     "importlib.metadata",
+    # Standard modules that pull in a dozen more (inspect, ast, traceback, threading, string):
+    # together 15-20 ms of the status command's CPU before they were kept off its path.
+    "logging",
+    "dataclasses",
     "peerstash.peer.node",
     "peerstash.peer.admin",
     "peerstash.core.store",
@@ -221,7 +225,9 @@ def test_status_without_a_node_says_so_quickly(tmp_path: Path) -> None:
     got = probe("--data-dir", str(tmp_path / "none"), "status")
     assert got["code"] == 1 and got["out"] == ""
     assert "no Peerstash node is running" in got["err"]
-    assert heavy_in(got["modules"]) == []
+    # The hint names the service that would start one, read with the service module (which
+    # uses dataclasses): a few ms on a path that ends in an error anyway.
+    assert heavy_in(got["modules"]) == ["dataclasses"]
 
 
 @pytest.mark.parametrize(
