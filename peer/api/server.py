@@ -43,20 +43,21 @@ from peerstash.core.serialize import (
     snapshot_to_dict,
 )
 from peerstash.core.store import NotFound, OpFilter, StoreError
-from peerstash.peer import fleet as fleet_view
-from peerstash.peer import remote_config
 from peerstash.peer.health import OFFLINE_SETTING, STALE_SETTING, node_health
-from peerstash.peer.link import (
+from peerstash.peer.links.link import (
     ARCHIVE_MARK,
     LinkStateChanged,
     PairingError,
     PeerManager,
     is_revoked,
 )
-from peerstash.peer.pairing import TokenError, create_token, token_to_dict
-from peerstash.peer.permissions import GrantError
-from peerstash.peer.protocol import check_display_name
-from peerstash.peer.remote import (
+from peerstash.peer.links.protocol import check_display_name
+from peerstash.peer.links.rpc import CallError, RpcService
+from peerstash.peer.server import parse_listen
+from peerstash.peer.services import fleet as fleet_view
+from peerstash.peer.services import remote_config
+from peerstash.peer.services.opsync import OpsSynced
+from peerstash.peer.services.remote_commands import (
     RemoteError,
     RemoteRequestChanged,
     RemoteService,
@@ -64,10 +65,9 @@ from peerstash.peer.remote import (
     op_kind_of,
     request_to_dict,
 )
-from peerstash.peer.remote_logs import LogUnavailable
-from peerstash.peer.rpc import CallError, RpcService
-from peerstash.peer.server import parse_listen
-from peerstash.peer.sync import OpsSynced
+from peerstash.peer.services.remote_logs import LogUnavailable
+from peerstash.peer.trust.pairing import TokenError, create_token, token_to_dict
+from peerstash.peer.trust.permissions import GrantError
 
 if TYPE_CHECKING:
     from peerstash.peer.node import Node
@@ -98,7 +98,7 @@ class BadRequest(Exception):
         self.field = field
 
 
-#: HTTP status for each reason a peer gave for not answering a request (peer/rpc.py codes).
+#: HTTP status for each reason a peer gave for not answering a request (peer/links/rpc.py codes).
 CALL_STATUS = {
     "forbidden": 403,
     "not_found": 404,
@@ -228,7 +228,7 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def _labels(request: web.Request) -> dict[str, str]:
-    """How each instance is shown (see :func:`peerstash.peer.fleet.labels`)."""
+    """How each instance is shown (see :func:`peerstash.peer.services.fleet.labels`)."""
     node = request.app[NODE_KEY]
     peers = await _engine(request).store.list_peers()
     return fleet_view.labels(peers, node.instance_id, node.name)
@@ -875,7 +875,7 @@ def _peer_env(data: dict[str, Any]) -> dict[str, str]:
 
 async def peer_add_repo_route(request: web.Request) -> web.Response:
     """Add a repository on the peer (config.write there; the peer enforces what a peer may
-    set, see peer/remote_config.py). The password goes only into the link, never a log."""
+    set, see peer/services/remote_config.py). The password goes only into the link, never a log."""
     rpc, peer_id = _rpc(request)
     data = await _body(request)
     extra = set(data) - {"id", "uri", "password", "env", "options", "init"}
@@ -920,7 +920,7 @@ async def peer_remove_repo_route(request: web.Request) -> web.Response:
     return web.json_response(res)
 
 
-# -- remote commands (peer/remote.py) --------------------------------------------------------
+# -- remote commands (peer/services/remote_commands.py) --------------------------------------------
 
 
 def _remote(request: web.Request) -> RemoteService:
