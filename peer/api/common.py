@@ -4,6 +4,7 @@ request's engine, and :class:`BadRequest` (which the error middleware in
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from peerstash.core.engine import Engine
-from peerstash.core.events import Event
+from peerstash.core.events import Event, Subscription
 
 if TYPE_CHECKING:
     from peerstash.peer.node import Node
@@ -98,3 +99,30 @@ def _int_param(request: web.Request, name: str, default: int, maximum: int) -> i
     if not 0 < value <= maximum:
         raise BadRequest(f"{name} must be between 1 and {maximum}")
     return value
+
+
+#: Seconds a stream may stay quiet before it sends a keep-alive line ``{}``: clients (the CLI's
+#: quick client, the tray) take a silent minute for a stuck node.
+KEEPALIVE = 15
+
+
+async def ndjson(request: web.Request) -> web.StreamResponse:
+    """A started NDJSON response: one JSON object per line, written with :func:`send`."""
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    return resp
+
+
+async def send(resp: web.StreamResponse, data: Any) -> None:
+    """Write ``data`` as one NDJSON line."""
+    await resp.write(json.dumps(data).encode() + b"\n")
+
+
+async def keepalive(sub: Subscription, resp: web.StreamResponse) -> Event | None:
+    """The next event of ``sub``; ``None`` after :data:`KEEPALIVE` seconds without one, once a
+    keep-alive line ``{}`` is written (so the client can tell the node is alive)."""
+    try:
+        return await asyncio.wait_for(sub.get(), timeout=KEEPALIVE)
+    except TimeoutError:
+        await resp.write(b"{}\n")
+        return None

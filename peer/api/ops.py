@@ -3,7 +3,6 @@ snapshots, listings, restores and maintenance."""
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +22,8 @@ from peerstash.peer.api.common import (
     _running,
     _str,
     _str_list,
+    ndjson,
+    send,
 )
 from peerstash.peer.services import fleet as fleet_view
 
@@ -104,12 +105,10 @@ async def ls(request: web.Request) -> web.StreamResponse:
     resp: web.StreamResponse | None = None
     async for node in nodes:
         if resp is None:
-            resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-            await resp.prepare(request)
-        await resp.write(json.dumps(lsnode_to_dict(node)).encode() + b"\n")
+            resp = await ndjson(request)
+        await send(resp, lsnode_to_dict(node))
     if resp is None:
-        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await resp.prepare(request)
+        resp = await ndjson(request)
     await resp.write_eof()
     return resp
 

@@ -3,8 +3,6 @@ and remote commands (runs, restores, snapshots, listings, the requests' states).
 
 from __future__ import annotations
 
-import asyncio
-import json
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +19,9 @@ from peerstash.peer.api.common import (
     _running,
     _str,
     _str_list,
+    keepalive,
+    ndjson,
+    send,
 )
 from peerstash.peer.api.config import _new_plan, _plan_changes
 from peerstash.peer.links.rpc import RpcService
@@ -195,10 +196,9 @@ async def remote_wait(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE_KEY]
     remote = _remote(request)
     rid = request.match_info["id"]
-    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     with node.bus.subscribe("remote", "operation") as sub:
         req = await remote.get_request(rid)
-        await resp.prepare(request)
+        resp = await ndjson(request)
         op: Any = None
         kind = op_kind_of(req)
         ops = await remote.store.list_operations(
@@ -209,14 +209,12 @@ async def remote_wait(request: web.Request) -> web.StreamResponse:
 
         async def line() -> None:
             data = {**request_to_dict(req), "op": op_to_dict(op) if op is not None else None}
-            await resp.write(json.dumps(data).encode() + b"\n")
+            await send(resp, data)
 
         await line()
         while is_followable(req):
-            try:
-                event = await asyncio.wait_for(sub.get(), timeout=15)
-            except TimeoutError:
-                await resp.write(b"{}\n")
+            event = await keepalive(sub, resp)
+            if event is None:
                 continue
             if sub.lagged:
                 sub.lagged = False
@@ -260,15 +258,13 @@ async def remote_ls(request: web.Request) -> web.StreamResponse:
     try:
         async for node in nodes:
             if resp is None:
-                resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-                await resp.prepare(request)
-            await resp.write(json.dumps(node).encode() + b"\n")
+                resp = await ndjson(request)
+            await send(resp, node)
     except RemoteError as exc:
         if resp is None:
             raise
-        await resp.write(json.dumps({"error": str(exc)}).encode() + b"\n")
+        await send(resp, {"error": str(exc)})
     if resp is None:
-        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await resp.prepare(request)
+        resp = await ndjson(request)
     await resp.write_eof()
     return resp

@@ -3,9 +3,7 @@ following the operations and the event bus."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 from typing import Any
 
 from aiohttp import web
@@ -23,7 +21,7 @@ from peerstash.core.events import (
 from peerstash.core.models import OpStatus
 from peerstash.core.serialize import op_to_dict
 from peerstash.core.store import OpFilter
-from peerstash.peer.api.common import WINDOWS_KEY, WindowWanted, _engine
+from peerstash.peer.api.common import WINDOWS_KEY, WindowWanted, _engine, keepalive, ndjson, send
 from peerstash.peer.links.link import LinkStateChanged
 from peerstash.peer.services.opsync import OpsSynced
 from peerstash.peer.services.remote_commands import RemoteRequestChanged, request_to_dict
@@ -38,8 +36,7 @@ async def wait_op(request: web.Request) -> web.StreamResponse:
     engine = _engine(request)
     first = await engine.store.find_operation(request.match_info["id"])
     whole_flow = request.query.get("flow") == "1"
-    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await resp.prepare(request)
+    resp = await ndjson(request)
 
     async def current() -> dict[int, Any]:
         if not whole_flow:
@@ -52,7 +49,7 @@ async def wait_op(request: web.Request) -> web.StreamResponse:
     with engine.bus.subscribe("operation") as sub:
         known = await current()
         for op in sorted(known.values(), key=lambda o: o.pk):
-            await resp.write(json.dumps(op_to_dict(op)).encode() + b"\n")
+            await send(resp, op_to_dict(op))
         while True:
             if all(OpStatus(op.status).finished for op in known.values()):
                 # Re-read: a job may have queued a follow-up just before it finished.
@@ -60,13 +57,11 @@ async def wait_op(request: web.Request) -> web.StreamResponse:
                 new = [op for pk, op in fresh.items() if pk not in known]
                 known = fresh
                 for op in new:
-                    await resp.write(json.dumps(op_to_dict(op)).encode() + b"\n")
+                    await send(resp, op_to_dict(op))
                 if all(OpStatus(op.status).finished for op in known.values()):
                     break
-            try:
-                event = await asyncio.wait_for(sub.get(), timeout=15)
-            except TimeoutError:
-                await resp.write(b"{}\n")  # keep-alive: the client can tell the node is alive
+            event = await keepalive(sub, resp)
+            if event is None:
                 continue
             if sub.lagged:
                 sub.lagged = False
@@ -77,7 +72,7 @@ async def wait_op(request: web.Request) -> web.StreamResponse:
                 continue
             if changed.pk in known or (whole_flow and changed.flow_id == first.flow_id):
                 known[changed.pk] = changed
-                await resp.write(json.dumps(op_to_dict(changed)).encode() + b"\n")
+                await send(resp, op_to_dict(changed))
     await resp.write_eof()
     return resp
 
@@ -85,18 +80,15 @@ async def wait_op(request: web.Request) -> web.StreamResponse:
 async def follow_ops(request: web.Request) -> web.StreamResponse:
     """Stream every operation change as NDJSON (``ops --follow``, the tray when attached)."""
     engine = _engine(request)
-    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await resp.prepare(request)
+    resp = await ndjson(request)
     with engine.bus.subscribe("operation") as sub:
         while True:
-            try:
-                event = await asyncio.wait_for(sub.get(), timeout=15)
-            except TimeoutError:
-                await resp.write(b"{}\n")
+            event = await keepalive(sub, resp)
+            if event is None:
                 continue
             op = getattr(event, "op", None)
             if op is not None:
-                await resp.write(json.dumps(op_to_dict(op)).encode() + b"\n")
+                await send(resp, op_to_dict(op))
 
 
 def event_to_dict(event: Event) -> dict[str, Any] | None:
@@ -150,8 +142,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     (:func:`present`) instead of opening another.
     """
     engine = _engine(request)
-    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await resp.prepare(request)
+    resp = await ndjson(request)
     windows = request.app[WINDOWS_KEY]
     is_window = request.query.get("ui") == "1"
     with engine.bus.subscribe() as sub, contextlib.ExitStack() as counted:
@@ -163,7 +154,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
             counted.callback(uncount)
         # Tells a client the subscription is live: whatever it does after this line is seen.
-        await resp.write(json.dumps({"type": "ready"}).encode() + b"\n")
+        await send(resp, {"type": "ready"})
         for peer in await engine.store.list_peers():
             line = {
                 "type": "link",
@@ -171,13 +162,11 @@ async def events(request: web.Request) -> web.StreamResponse:
                 "state": peer.state,
                 "reason": peer.state_reason,
             }
-            await resp.write(json.dumps(line).encode() + b"\n")
+            await send(resp, line)
         while True:
-            try:
-                event = await asyncio.wait_for(sub.get(), timeout=15)
-            except TimeoutError:
-                await resp.write(b"{}\n")
+            event = await keepalive(sub, resp)
+            if event is None:
                 continue
             data = event_to_dict(event)
             if data is not None:
-                await resp.write(json.dumps(data).encode() + b"\n")
+                await send(resp, data)
