@@ -27,10 +27,10 @@ from pathlib import Path
 import aiohttp
 from nodeproc import PEERSTASH, start_node
 
-from peerstash.peer import channel as ch
-from peerstash.peer import protocol as proto
-from peerstash.peer.identity import Identity
-from peerstash.peer.tokens import parse_token
+from peerstash.peer.links import channel as ch
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.trust.identity import Identity
+from peerstash.peer.trust.tokens import parse_token
 
 
 def cli(data: Path, *args: str) -> dict:

@@ -42,11 +42,11 @@ from peerstash.core.events import OperationChanged
 from peerstash.core.ids import new_ulid
 from peerstash.core.models import Operation, OpKind, OpStatus
 from peerstash.core.store import Store, utcnow
-from peerstash.peer import channel as ch
-from peerstash.peer import protocol as proto
+from peerstash.peer.links import channel as ch
+from peerstash.peer.links import protocol as proto
 from peerstash.peer.node import Node, NodeOptions
-from peerstash.peer.pairing import create_token
-from peerstash.peer.sync import BATCH_OPS, OpsSynced
+from peerstash.peer.services.opsync import BATCH_OPS, OpsSynced
+from peerstash.peer.trust.pairing import create_token
 
 KB = 1024
 

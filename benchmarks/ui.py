@@ -293,7 +293,7 @@ def main() -> int:
     qtfix.apply()  # as the app does: PySide6 6.12 on Python 3.11 loses references to None
     # The admin API logs a traceback when it stops while a follow stream is open (a known
     # node-side issue); it says nothing about the figures here.
-    logging.getLogger("peerstash.peer.admin").setLevel(logging.CRITICAL)
+    logging.getLogger("peerstash.peer.api.server").setLevel(logging.CRITICAL)
 
     data_dir = args.data_dir or Path(tempfile.gettempdir()) / f"peerstash-bench-ui-{args.ops}"
     print(f"Peerstash operations view, {args.ops} operations, Qt platform {qapp.platformName()}")

@@ -93,7 +93,8 @@ class Repo(Base):
     # The instance that shared this repository with us (None for our own). A received
     # repository is read-only here; its id is ``NAME@ORIGIN`` (see core/engine.py).
     origin: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    # Our own repository offered to peers that grant us ``repos.receive`` (see peer/repos.py).
+    # Our own repository offered to peers that grant us ``repos.receive``
+    # (see peer/services/shares.py).
     shared: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # The URI receivers use when set: the owner's local path is useless to them.
     client_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -198,8 +199,9 @@ class Peer(Base):
     name: Mapped[str | None] = mapped_column(String(100), nullable=True, default=None)
 
 
-#: States of a :class:`RemoteRequest` that never change again (``peer/remote.py`` has them all);
-#: garbage collection removes old requests in these states.
+#: States of a :class:`RemoteRequest` that never change again
+#: (``peer/services/remote_commands.py`` has them all); garbage collection removes old requests
+#: in these states.
 REQUEST_FINAL_STATES: tuple[str, ...] = ("done", "failed", "timed out")
 
 

@@ -18,8 +18,8 @@ a peer places here, it gives:
 One set of rules, in core, for every path by which a peer's words reach this node's
 configuration: repositories a peer shares with us (``Engine.receive_shared``, and again each
 time a received repository is opened) and repositories a peer writes with ``config.write``
-(``peer/remote_config.py``). A refusal is a :class:`PeerRuleError` whose message names the rule
-and never a secret value.
+(``peer/services/remote_config.py``). A refusal is a :class:`PeerRuleError` whose message names
+the rule and never a secret value.
 
 A local path from a peer is taken as it is (absolute only): a receiver only backs up *into* a
 shared repository and never runs ``restic init`` for one, so the path can only name a place

@@ -1,7 +1,7 @@
 """Shared repositories, as the engine sees them: what an owner offers and what a receiver got.
 
-The peer layer carries these over the link (``peer/repos.py``); the rules about them (which
-id a received repository gets, what a GUID conflict means, what unsharing does to plans) are
+The peer layer carries these over the link (``peer/services/shares.py``); the rules about them
+(which id a received repository gets, what a GUID conflict means, what unsharing does to plans) are
 here and in :class:`peerstash.core.engine.Engine`, so no surface can bypass them.
 """
 

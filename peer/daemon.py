@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 from peerstash.core.logformat import use_printable_log_lines
-from peerstash.peer.link import Timings
+from peerstash.peer.links.link import Timings
 from peerstash.peer.node import Node, NodeError, NodeOptions
 from peerstash.peer.paths import resolve_data_dir
-from peerstash.peer.remote import DEFAULT_TTL
+from peerstash.peer.services.remote_commands import DEFAULT_TTL
 
 
 def node_options(args: argparse.Namespace) -> NodeOptions:

@@ -14,7 +14,7 @@ from peerstash.core import health as h
 from peerstash.core.engine import Engine
 from peerstash.core.models import OpStatus
 from peerstash.core.store import utcnow
-from peerstash.peer.permissions import GrantError, Grants
+from peerstash.peer.trust.permissions import GrantError, Grants
 
 #: Node settings (seconds) and their defaults; see docs/cli.md "Monitoring".
 OFFLINE_SETTING = "peer_offline_after"

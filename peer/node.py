@@ -25,21 +25,21 @@ from peerstash.core.runner import DEFAULT_STALL_AFTER
 from peerstash.core.secrets import SecretStore, load_or_create_key
 from peerstash.core.store import Store, StoreError
 from peerstash.peer import logflood
-from peerstash.peer.guard import GuardedTCPSite, PeerPortGuard
-from peerstash.peer.identity import Identity
-from peerstash.peer.link import PeerManager, Timings
+from peerstash.peer.links.guard import GuardedTCPSite, PeerPortGuard
+from peerstash.peer.links.link import PeerManager, Timings
+from peerstash.peer.links.protocol import MAX_DISPLAY_NAME, check_display_name
+from peerstash.peer.links.rpc import RpcService
 from peerstash.peer.paths import admin_socket_path, ensure_own_private_dir, ensure_private_dir
-from peerstash.peer.protocol import MAX_DISPLAY_NAME, check_display_name
-from peerstash.peer.remote import DEFAULT_TTL, RemoteService
-from peerstash.peer.remote_config import RemoteConfig
-from peerstash.peer.remote_logs import RemoteLogs
-from peerstash.peer.repos import RepoShareService
-from peerstash.peer.rpc import RpcService
 from peerstash.peer.server import make_peer_app, parse_listen
-from peerstash.peer.sync import SyncService
+from peerstash.peer.services.opsync import SyncService
+from peerstash.peer.services.remote_commands import DEFAULT_TTL, RemoteService
+from peerstash.peer.services.remote_config import RemoteConfig
+from peerstash.peer.services.remote_logs import RemoteLogs
+from peerstash.peer.services.shares import RepoShareService
+from peerstash.peer.trust.identity import Identity
 
 if TYPE_CHECKING:
-    from peerstash.peer.discovery import Discovery
+    from peerstash.peer.links.discovery import Discovery
 
 log = logging.getLogger(__name__)
 
@@ -467,7 +467,7 @@ class Node:
         enabled = self.options.discovery and await store.get_setting("discovery", True)
         if not enabled or peer_port is None:
             return None
-        from peerstash.peer.discovery import Announcement, Discovery
+        from peerstash.peer.links.discovery import Announcement, Discovery
 
         interfaces = self.options.discovery_interfaces or await store.get_setting(
             "discovery_interfaces", None
@@ -533,7 +533,7 @@ class Node:
         return self.name
 
     async def _start_admin(self, stack: contextlib.AsyncExitStack) -> None:
-        from peerstash.peer.admin import make_admin_app
+        from peerstash.peer.api.server import make_admin_app
 
         sock = self.socket_path
         if sock.parent != self.data_dir:

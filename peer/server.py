@@ -2,15 +2,15 @@
 
 A reverse proxy in front of a server node needs to pass only ``/v1/sync``. Admin functions are
 never served here; they live on the Unix socket (``admin.py``). What an unauthenticated client
-may hold here, and for how long, is bounded by :mod:`peerstash.peer.guard`.
+may hold here, and for how long, is bounded by :mod:`peerstash.peer.links.guard`.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from peerstash.peer.guard import request_started_middleware, server_header
-from peerstash.peer.link import PeerManager
+from peerstash.peer.links.guard import request_started_middleware, server_header
+from peerstash.peer.links.link import PeerManager
 
 
 async def _health(_request: web.Request) -> web.Response:

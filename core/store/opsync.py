@@ -1,4 +1,4 @@
-"""What operation history sync between peers needs from the database (``peer/sync.py``).
+"""What operation history sync between peers needs from the database (``peer/services/opsync.py``).
 
 It trades in sync rows, plain tuples in wire form rather than ORM objects (the comment at the
 top of :class:`OpSyncMixin` says why), reads any origin's history but writes only other
@@ -32,7 +32,7 @@ class OpSyncMixin(StoreBase):
     """Reading, digesting, storing and trimming operations for sync between peers."""
 
     # =========================================================================================
-    # -- operation sync (used by peer/sync.py) ------------------------------------------------
+    # -- operation sync (used by peer/services/opsync.py) ------------------------------------------
     # Everything below serves operation history sync between peers. It trades in *sync rows*:
     # plain tuples of the columns in SYNC_OP_COLUMNS, in that order, with timestamps as UTC
     # text ``YYYY-MM-DD HH:MM:SS.ffffff`` and ``summary`` as JSON text, i.e. exactly the wire

@@ -52,7 +52,7 @@ from peerstash.desktop.api import ApiError, PeersApi
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.tasks import Tasks
 from peerstash.desktop.widgets import Banner, FieldError, choose_folder
-from peerstash.peer.permissions import GrantError, Grants
+from peerstash.peer.trust.permissions import GrantError, Grants
 
 KEEP_FIELDS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

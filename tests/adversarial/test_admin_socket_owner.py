@@ -234,7 +234,7 @@ async def test_the_node_makes_its_runtime_dir_private_and_a_real_cli_reaches_it(
 def test_the_quick_client_commands_check_the_socket_too(
     runtime: tuple[Path, Path, dict[str, str]], args: tuple[str, ...]
 ) -> None:
-    """``status`` and ``backup --wait`` run on the quick client (peer/quickclient.py), not on
+    """``status`` and ``backup --wait`` run on the quick client (peer/api/quickclient.py), not on
     AdminClient's aiohttp path: the same refusal, before a byte is sent."""
     data_dir, _, env = runtime
     srv = squat(admin_socket_path(data_dir), dir_mode=0o777)

@@ -18,10 +18,10 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 
-from peerstash.peer import channel as ch
-from peerstash.peer.identity import Identity
-from peerstash.peer.link import PairingError, Timings
-from peerstash.peer.tokens import PairingToken
+from peerstash.peer.links import channel as ch
+from peerstash.peer.links.link import PairingError, Timings
+from peerstash.peer.trust.identity import Identity
+from peerstash.peer.trust.tokens import PairingToken
 from tests.fixtures.nodes import MakeNode, store_of
 
 DEFAULTS = Timings()  # the production deadlines: 10 s to dial, 10 s per handshake step

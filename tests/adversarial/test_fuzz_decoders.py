@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peerstash.core.text import is_unsafe_char, printable
-from peerstash.peer import protocol as proto
-from peerstash.peer.permissions import GrantError, Grants
-from peerstash.peer.remote_config import _env_arg, _str_list, check_peer_uri, peer_password
-from peerstash.peer.rpc import CallError, arg
-from peerstash.peer.sync import _accept
-from peerstash.peer.tokens import TokenFormatError, parse_token
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.links.rpc import CallError, arg
+from peerstash.peer.services.opsync import _accept
+from peerstash.peer.services.remote_config import _env_arg, _str_list, check_peer_uri, peer_password
+from peerstash.peer.trust.permissions import GrantError, Grants
+from peerstash.peer.trust.tokens import TokenFormatError, parse_token
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

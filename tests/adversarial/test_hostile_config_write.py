@@ -21,9 +21,9 @@ from sqlalchemy import select
 from peerstash.core.engine import PasswordSpec
 from peerstash.core.models import Secret
 from peerstash.core.store import NotFound
-from peerstash.peer import protocol as proto
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.links.rpc import CallError, RpcService
 from peerstash.peer.node import Node
-from peerstash.peer.rpc import CallError, RpcService
 from tests.fixtures.nodes import MakeNode, link, store_of
 from tests.fixtures.sharing import REFUSED_ENV, assert_no_secret_in_files
 

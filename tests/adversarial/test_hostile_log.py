@@ -16,14 +16,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from peerstash.peer import protocol as proto
-from peerstash.peer.rpc import CallContext, CallError, _Method
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.links.rpc import CallContext, CallError, _Method
 from tests.adversarial.netnodes import LinkWatch
 from tests.adversarial.netnodes import Node as ProcessNode
 from tests.fixtures.nodes import MakeNode, token_for, wait_state
 
 ESC, CR, RLO = "\x1b", "\r", "\u202e"
-FORGED = "2026-12-05 09:00:00,000 INFO peerstash.peer.link: paired with mallory"
+FORGED = "2026-12-05 09:00:00,000 INFO peerstash.peer.links.link: paired with mallory"
 HOSTILE = f"\n{FORGED}{ESC}[2J{CR}{RLO}txt"
 SHOWN = "\\u000a" + FORGED + "\\u001b[2J\\u000d\\u202etxt"
 

@@ -21,12 +21,12 @@ import pytest
 from peerstash.core.logformat import PrintableFormatter, use_printable_log_lines
 from peerstash.core.store import OpFilter
 from peerstash.core.text import printable
-from peerstash.peer import protocol as proto
-from peerstash.peer.link import LinkStateChanged, PairingError
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.links.link import LinkStateChanged, PairingError
+from peerstash.peer.links.rpc import CallError
 from peerstash.peer.node import Node
-from peerstash.peer.rpc import CallError
-from peerstash.peer.sync import OpsSynced
-from peerstash.peer.tokens import parse_token
+from peerstash.peer.services.opsync import OpsSynced
+from peerstash.peer.trust.tokens import parse_token
 from tests.e2e.conftest import PEERSTASH
 from tests.fixtures.nodes import MakeNode, link, store_of, token_for
 from tests.fixtures.nodes import record as base_record
@@ -88,7 +88,9 @@ async def test_a_hello_with_an_unusable_or_our_own_instance_id_is_refused(
     with pytest.raises(PairingError):
         await b.peers._dial(a.peer_url, expected_key_id=token.key_id, hello=hello)
     why = "own instance id" if claimed == "alpha" else "unusable instance id"
-    assert any(why in r.getMessage() for r in caplog.records if r.name == "peerstash.peer.link")
+    assert any(
+        why in r.getMessage() for r in caplog.records if r.name == "peerstash.peer.links.link"
+    )
     # A stored nothing: no peer, and the token was not spent.
     assert await store_of(a).list_peers() == []
     assert len(await store_of(a).list_tokens()) == 1
@@ -187,7 +189,7 @@ def test_log_lines_with_peer_text_stay_one_visible_line() -> None:
         use_printable_log_lines()
         assert isinstance(handler.formatter, PrintableFormatter)
         rec = logging.LogRecord(
-            "peerstash.peer.link",
+            "peerstash.peer.links.link",
             logging.WARNING,
             __file__,
             1,
@@ -199,7 +201,7 @@ def test_log_lines_with_peer_text_stay_one_visible_line() -> None:
     finally:
         root.removeHandler(handler)
     assert line == (
-        "WARNING peerstash.peer.link: refused link from 10.0.0.9: "
+        "WARNING peerstash.peer.links.link: refused link from 10.0.0.9: "
         "evil\\u000aINFO forged line\\u001b[2J\\u202e"
     )
 
@@ -226,12 +228,18 @@ def test_a_traceback_quoting_peer_text_keeps_its_lines_but_no_control() -> None:
         raise ValueError(f"bad id evil{ESC}[2J{CR}ok{RLO}txt")
     except ValueError:
         rec = logging.LogRecord(
-            "peerstash.peer.rpc", logging.ERROR, __file__, 1, "answering %s failed", ("x",), None
+            "peerstash.peer.links.rpc",
+            logging.ERROR,
+            __file__,
+            1,
+            "answering %s failed",
+            ("x",),
+            None,
         )
         rec.exc_info = sys.exc_info()
     text = handler.format(rec)
     lines = text.split("\n")
-    assert lines[0] == "ERROR peerstash.peer.rpc: answering x failed"
+    assert lines[0] == "ERROR peerstash.peer.links.rpc: answering x failed"
     assert lines[1] == "Traceback (most recent call last):"
     assert lines[-1] == "ValueError: bad id evil\\u001b[2J\\u000dok\\u202etxt"
     assert no_raw_controls(text.replace("\n", ""))

@@ -19,9 +19,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from peerstash.peer import channel as ch
-from peerstash.peer import protocol as proto
-from peerstash.peer.identity import Identity
+from peerstash.peer.links import channel as ch
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.trust.identity import Identity
 from tests.adversarial.netnodes import (
     FloodProcess,
     Forwarder,

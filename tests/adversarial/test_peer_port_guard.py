@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from peerstash.peer.guard import (
+from peerstash.peer.links.guard import (
     GuardedTCPSite,
     PeerPortGuard,
     request_started_middleware,

@@ -18,10 +18,9 @@ from typing import Any
 
 import pytest
 
-from peerstash.peer import protocol as proto
-from peerstash.peer.link import Link
-from peerstash.peer.node import Node
-from peerstash.peer.rpc import (
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.links.link import Link
+from peerstash.peer.links.rpc import (
     MAX_REPLY_BYTES,
     MAX_REPLY_CHUNKS,
     MAX_REPLY_ITEMS,
@@ -29,6 +28,7 @@ from peerstash.peer.rpc import (
     ReplyTooLarge,
     RpcService,
 )
+from peerstash.peer.node import Node
 from tests.fixtures.nodes import MakeNode, link
 
 ITEM = "x" * 1024  # 1 KiB per item: 500 items (one chunk) make a 0.5 MB frame
@@ -201,7 +201,7 @@ async def test_a_flood_of_tiny_items_or_chunks_is_bounded_by_count(
     await link(a, b, ["ops"])
     deaf_to_cancel(a)
     # The hostile answerer chooses its chunk size (both nodes share the module here).
-    monkeypatch.setattr("peerstash.peer.rpc.CHUNK_ITEMS", chunk_items)
+    monkeypatch.setattr("peerstash.peer.links.rpc.CHUNK_ITEMS", chunk_items)
     flood_done = asyncio.Event()
     sent = 0
 

@@ -75,10 +75,10 @@ def test_system_flag_finds_the_system_node(
     import json
 
     from peerstash.desktop.__main__ import main
-    from peerstash.peer import cli, service
+    from peerstash.peer import cli, systemd
 
     system_root = tmp_path / "var-lib-peerstash"
-    monkeypatch.setattr(service, "SYSTEM_DATA_DIR", system_root)
+    monkeypatch.setattr(systemd, "SYSTEM_DATA_DIR", system_root)
     node = node_factory("lab")
     node.data_dir = system_root / "lab"
     node.start()

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from peerstash.peer.channel import (
+from peerstash.peer.links.channel import (
     MAX_WIRE_FRAME_SIZE,
     WS_MAX_MSG_SIZE,
     ChannelError,
@@ -32,8 +32,8 @@ from peerstash.peer.channel import (
     respond,
     websocket_transport,
 )
-from peerstash.peer.identity import Identity
-from peerstash.peer.protocol import MAX_FRAME_SIZE, Close, Hello, Welcome, encode
+from peerstash.peer.links.protocol import MAX_FRAME_SIZE, Close, Hello, Welcome, encode
+from peerstash.peer.trust.identity import Identity
 
 STEP = 10.0
 MARKER = b"SECRET-MARKER-123"

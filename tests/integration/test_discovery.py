@@ -25,14 +25,14 @@ import pytest
 from zeroconf import IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from peerstash.peer.discovery import (
+from peerstash.peer.links.discovery import (
     SERVICE_TYPE,
     Announcement,
     DiscoveredPeer,
     Discovery,
 )
-from peerstash.peer.identity import Identity
-from peerstash.peer.protocol import PROTOCOL_VERSION
+from peerstash.peer.links.protocol import PROTOCOL_VERSION
+from peerstash.peer.trust.identity import Identity
 
 LOOPBACK = ["127.0.0.1"]
 STEP = 10.0  # seconds for any single expected event; they normally take well under 2 s
@@ -202,7 +202,7 @@ def _raw_info(
 async def test_hostile_announcements_are_ignored_quietly(
     make_node: NodeFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="peerstash.peer.discovery")
+    caplog.set_level(logging.DEBUG, logger="peerstash.peer.links.discovery")
     # The observer only listens (knowing who it is, so it can spot "spoofs-us").
     observer = await make_node("observer", port=43001, announce=False)
     obs = observer.discovery
@@ -261,7 +261,7 @@ async def test_hostile_announcements_are_ignored_quietly(
         await obs.wait_for(by_id("fixed"), STEP)
         assert f"bad-utf8.{SERVICE_TYPE}" not in obs.ignored
 
-    ours = [r for r in caplog.records if r.name == "peerstash.peer.discovery"]
+    ours = [r for r in caplog.records if r.name == "peerstash.peer.links.discovery"]
     for label in hostile:
         if label == "spoofs-us":
             continue
@@ -276,7 +276,7 @@ CHILD = textwrap.dedent(
     """
     import asyncio, json, sys
 
-    from peerstash.peer.discovery import Announcement, Discovery
+    from peerstash.peer.links.discovery import Announcement, Discovery
 
 
     def say(**event):

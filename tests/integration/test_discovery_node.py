@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from peerstash.core.events import Notice
-from peerstash.peer.link import PairingError
+from peerstash.peer.links.link import PairingError
 from peerstash.peer.node import Node, NodeOptions
 from tests.fixtures.nodes import FAST, MakeNode, token_for, wait_state
 

@@ -23,10 +23,10 @@ from peerstash.core.engine import PasswordSpec
 from peerstash.core.events import ConfigChanged
 from peerstash.core.models import Operation, OpStatus
 from peerstash.core.store import NotFound, OpFilter, utcnow
-from peerstash.peer import remote_config
+from peerstash.peer.links.rpc import CallError, RpcService
 from peerstash.peer.node import Node
-from peerstash.peer.remote_logs import LogUnavailable
-from peerstash.peer.rpc import CallError, RpcService
+from peerstash.peer.services import remote_config
+from peerstash.peer.services.remote_logs import LogUnavailable
 from tests.fixtures.nodes import MakeNode, admin, change, converge, link, store_of, wait_state
 
 PASSWORD = "correct-horse-battery-staple-1234"

@@ -16,8 +16,8 @@ import pytest
 from peerstash.core.engine import BackupRunning, PasswordSpec
 from peerstash.core.models import OpStatus
 from peerstash.core.store import OpFilter, utcnow
+from peerstash.peer.links.rpc import CallError
 from peerstash.peer.node import Node
-from peerstash.peer.rpc import CallError
 from tests.fixtures.gate import gated_password
 from tests.fixtures.nodes import MakeNode, admin, change, converge, link
 from tests.fixtures.sharing import link_b_gives_a, next_shares

@@ -23,7 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from peerstash.peer.link import PeerManager
+from peerstash.peer.links.link import PeerManager
 from peerstash.peer.node import Node, NodeAlreadyRunning, NodeError, NodeNotRunning, NodeOptions
 from tests.fixtures.nodes import MakeNode, token_for, wait_state
 from tests.fixtures.upgrades import head, make_database_at, migration_name, revisions

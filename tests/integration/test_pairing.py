@@ -15,13 +15,13 @@ from sqlalchemy import update
 from peerstash.core.events import Woke
 from peerstash.core.models import PairingTokenRow
 from peerstash.core.store import utcnow
-from peerstash.peer import channel as ch
-from peerstash.peer import protocol as proto
-from peerstash.peer.identity import Identity
-from peerstash.peer.link import LinkStateChanged, PairingError, Timings
+from peerstash.peer.links import channel as ch
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.links.link import LinkStateChanged, PairingError, Timings
 from peerstash.peer.node import Node
-from peerstash.peer.permissions import GrantError
-from peerstash.peer.tokens import parse_token
+from peerstash.peer.trust.identity import Identity
+from peerstash.peer.trust.permissions import GrantError
+from peerstash.peer.trust.tokens import parse_token
 from tests.fixtures.nodes import FAST, MakeNode, token_for, wait_state
 
 

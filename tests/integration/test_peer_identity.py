@@ -22,19 +22,19 @@ import pytest
 
 from peerstash.core.models import PairingTokenRow, Peer
 from peerstash.core.store import KeyConflict, Store, utcnow
-from peerstash.peer import channel as ch
-from peerstash.peer import protocol as proto
 from peerstash.peer.cli import COMMANDS, AdminClient, CliError, build_parser
-from peerstash.peer.fleet import labels
-from peerstash.peer.identity import Identity
-from peerstash.peer.link import (
+from peerstash.peer.links import channel as ch
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.links.link import (
     LinkStateChanged,
     PairingError,
     archive_origin,
     describe_remote_error,
 )
 from peerstash.peer.node import Node, NodeOptions, default_instance_id
-from peerstash.peer.tokens import PairingToken, parse_token
+from peerstash.peer.services.fleet import labels
+from peerstash.peer.trust.identity import Identity
+from peerstash.peer.trust.tokens import PairingToken, parse_token
 from tests.fixtures.nodes import (
     FAST,
     as_row,
@@ -275,7 +275,7 @@ async def test_rename_refuses_unusable_names(make: MakeNode, name: str, words: s
 async def test_a_second_key_under_a_paired_id_is_refused_unless_replace(
     make: MakeNode, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="peerstash.peer.link")
+    caplog.set_level(logging.WARNING, logger="peerstash.peer.links.link")
     hub = await make("hub", instance_id="hub")
     x1 = await make("x1", instance_id="x")  # a machine set up with --instance-id x
     x2 = await make("x2", instance_id="x")  # another one, same id, its own key
@@ -333,7 +333,7 @@ async def test_a_second_key_under_a_paired_id_is_refused_unless_replace(
 async def test_the_answering_side_refuses_another_key_under_a_paired_id_with_the_reason(
     make: MakeNode, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="peerstash.peer.link")
+    caplog.set_level(logging.WARNING, logger="peerstash.peer.links.link")
     hub = await make("hub", instance_id="hub")
     x1 = await make("x1", instance_id="x")
     x2 = await make("x2", instance_id="x")

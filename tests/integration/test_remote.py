@@ -1,4 +1,6 @@
-"""Remote commands between two in-process nodes, with real restic on A (peer/remote.py).
+"""Remote commands between two in-process nodes, with real restic on A.
+
+The service under test is peer/services/remote_commands.py.
 
 B asks, A (where the data lives) answers. Every test pairs B to A with the grants A gives B and
 drives real backups, listings and restores on A's local repository. What is asserted is what a
@@ -21,16 +23,16 @@ import pytest
 from peerstash.core.engine import PasswordSpec
 from peerstash.core.models import OpKind, OpStatus
 from peerstash.core.store import OpFilter, Store
-from peerstash.peer import protocol as proto
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.links.rpc import CallContext, CallError, RpcService
 from peerstash.peer.node import Node
-from peerstash.peer.remote import (
+from peerstash.peer.services.remote_commands import (
     NOT_VISIBLE,
     RemoteError,
     RemoteRequestChanged,
     offline_note,
     request_to_dict,
 )
-from peerstash.peer.rpc import CallContext, CallError, RpcService
 from tests.fixtures.nodes import MakeNode, link, remote, until, wait_state
 from tests.fixtures.servers import RESTIC_BUILDS
 

@@ -23,13 +23,13 @@ from peerstash.core.engine import PasswordSpec
 from peerstash.core.models import Plan, Secret
 from peerstash.core.sharing import gone_reason_prefix
 from peerstash.core.store import Store, StoreError, repo_record, utcnow
-from peerstash.peer import channel as ch
-from peerstash.peer import protocol as proto
-from peerstash.peer.identity import Identity
-from peerstash.peer.link import LinkStateChanged
+from peerstash.peer.links import channel as ch
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.links.link import LinkStateChanged
 from peerstash.peer.node import Node
-from peerstash.peer.remote import ACCEPTED, FAILED, NOT_VISIBLE
-from peerstash.peer.sync import OpsSynced
+from peerstash.peer.services.opsync import OpsSynced
+from peerstash.peer.services.remote_commands import ACCEPTED, FAILED, NOT_VISIBLE
+from peerstash.peer.trust.identity import Identity
 from tests.fixtures.nodes import (
     MakeNode,
     as_row,

@@ -1,4 +1,4 @@
-"""Requests over a real link between two in-process nodes (peer/rpc.py).
+"""Requests over a real link between two in-process nodes (peer/links/rpc.py).
 
 Each test pairs B to A with the grants A gives B, registers methods on A the way a feature
 does, and calls them from B. What is asserted is what a caller sees: the answer, the words
@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from peerstash.core.engine import EngineError
-from peerstash.peer import protocol as proto
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.links.rpc import CallContext, CallError, PeerUnavailable, RpcService, arg
 from peerstash.peer.node import Node
-from peerstash.peer.rpc import CallContext, CallError, PeerUnavailable, RpcService, arg
 from tests.fixtures.nodes import MakeNode, link
 
 
@@ -174,7 +174,7 @@ async def test_a_caller_that_gives_up_stops_the_work(make_node: MakeNode) -> Non
             raise
 
     rpc(a).register("test.slow", slow, grant=None)
-    from peerstash.peer.rpc import CallTimeout
+    from peerstash.peer.links.rpc import CallTimeout
 
     with pytest.raises(CallTimeout) as err:
         await rpc(b).call("alpha", "test.slow", silence=0.5)

@@ -18,7 +18,7 @@ from peerstash.core.engine import EngineError, PasswordSpec
 from peerstash.core.events import Notice, SnapshotsChanged
 from peerstash.core.models import OpStatus
 from peerstash.core.serialize import repo_to_dict
-from peerstash.peer import protocol as proto
+from peerstash.peer.links import protocol as proto
 from peerstash.peer.node import Node
 from tests.fixtures.nodes import MakeNode, store_of
 from tests.fixtures.sharing import (

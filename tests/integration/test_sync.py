@@ -24,11 +24,11 @@ from peerstash.core.events import OperationChanged
 from peerstash.core.ids import new_ulid
 from peerstash.core.models import Operation, OpStatus
 from peerstash.core.store import OpFilter, Store, StoreError, utcnow
-from peerstash.peer import channel as ch
-from peerstash.peer import protocol as proto
-from peerstash.peer.identity import Identity
+from peerstash.peer.links import channel as ch
+from peerstash.peer.links import protocol as proto
 from peerstash.peer.node import Node
-from peerstash.peer.sync import OpsSynced
+from peerstash.peer.services.opsync import OpsSynced
+from peerstash.peer.trust.identity import Identity
 from tests.fixtures.nodes import (
     MakeNode,
     as_row,

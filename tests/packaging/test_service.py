@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from peerstash.peer import cli, service
+from peerstash.peer import cli, systemd
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,7 +76,7 @@ def exec_start(unit_text: str) -> str:
 
 
 def test_system_unit_runs_headless_node_for_data_dir() -> None:
-    text = service.render_unit(
+    text = systemd.render_unit(
         user=False,
         data_dir=Path("/var/lib/peerstash/main"),
         exe=["/usr/bin/peerstash"],
@@ -100,7 +100,7 @@ def test_system_unit_runs_headless_node_for_data_dir() -> None:
 
 
 def test_user_unit_targets_default_target() -> None:
-    text = service.render_unit(
+    text = systemd.render_unit(
         user=True, data_dir=Path("/home/a/.local/share/peerstash"), exe=["x"]
     )
     assert "WantedBy=default.target" in text
@@ -123,15 +123,15 @@ def test_user_unit_targets_default_target() -> None:
     ],
 )
 def test_exec_start_quoting(arg: str, quoted: str) -> None:
-    assert service.quote_arg(arg) == quoted
+    assert systemd.quote_arg(arg) == quoted
 
 
 def test_unit_names() -> None:
-    assert service.unit_name(None) == "peerstash.service"
-    assert service.unit_name("lab") == "peerstash-lab.service"
+    assert systemd.unit_name(None) == "peerstash.service"
+    assert systemd.unit_name("lab") == "peerstash-lab.service"
     for bad in ("a/b", "-x", "a b", ".hidden"):
-        with pytest.raises(service.ServiceError):
-            service.unit_name(bad)
+        with pytest.raises(systemd.ServiceError):
+            systemd.unit_name(bad)
 
 
 def test_packaged_template_unit() -> None:
@@ -154,7 +154,7 @@ def test_packaged_template_unit() -> None:
 
 def test_install_system_writes_unit_and_enables(fake_systemctl: Path, tmp_path: Path) -> None:
     units, envs = tmp_path / "units", tmp_path / "etc-peerstash"
-    rep = service.install(
+    rep = systemd.install(
         False, Path("/var/lib/peerstash/main"), ["/usr/bin/peerstash"], units=units, envs=envs
     )
     unit = units / "peerstash.service"
@@ -174,7 +174,7 @@ def test_install_system_writes_unit_and_enables(fake_systemctl: Path, tmp_path: 
 
 
 def test_install_user_uses_user_manager_and_xdg_dirs(fake_systemctl: Path, tmp_path: Path) -> None:
-    rep = service.install(True, tmp_path / "data", ["/opt/peerstash"], name="lab", start=False)
+    rep = systemd.install(True, tmp_path / "data", ["/opt/peerstash"], name="lab", start=False)
     unit = tmp_path / "config" / "systemd" / "user" / "peerstash-lab.service"
     env = tmp_path / "config" / "peerstash" / "peerstash-lab.env"
     assert rep.unit_path == unit and unit.is_file() and env.is_file()
@@ -190,7 +190,7 @@ def test_install_keeps_an_existing_env_file(fake_systemctl: Path, tmp_path: Path
     envs = tmp_path / "envs"
     envs.mkdir()
     (envs / "main.env").write_text("RESTIC_PASSWORD_NAS=hunter2\n")
-    service.install(False, tmp_path / "d", ["p"], units=tmp_path / "u", envs=envs)
+    systemd.install(False, tmp_path / "d", ["p"], units=tmp_path / "u", envs=envs)
     assert (envs / "main.env").read_text() == "RESTIC_PASSWORD_NAS=hunter2\n"
     assert "hunter2" not in (tmp_path / "u" / "peerstash.service").read_text()
 
@@ -199,7 +199,7 @@ def test_install_without_systemd_still_writes_unit(
     fake_systemctl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAKE_SYSTEMCTL_MODE", "offline")
-    rep = service.install(False, tmp_path / "d", ["p"], units=tmp_path / "u", envs=tmp_path / "e")
+    rep = systemd.install(False, tmp_path / "d", ["p"], units=tmp_path / "u", envs=tmp_path / "e")
     assert not rep.systemd
     assert (tmp_path / "u" / "peerstash.service").is_file()
     assert rep.todo == ["systemctl daemon-reload", "systemctl enable --now peerstash.service"]
@@ -211,7 +211,7 @@ def test_install_without_systemctl_at_all(tmp_path: Path, monkeypatch: pytest.Mo
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
-    rep = service.install(False, tmp_path / "d", ["p"], units=tmp_path / "u", envs=tmp_path / "e")
+    rep = systemd.install(False, tmp_path / "d", ["p"], units=tmp_path / "u", envs=tmp_path / "e")
     assert not rep.systemd and rep.installed
     assert any("systemctl: not found" in m for m in rep.messages)
     assert "systemctl enable --now peerstash.service" in rep.todo
@@ -221,17 +221,17 @@ def test_install_reports_a_failing_enable(
     fake_systemctl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAKE_SYSTEMCTL_MODE", "fail-enable")
-    with pytest.raises(service.ServiceError, match="Access denied"):
-        service.install(False, tmp_path / "d", ["p"], units=tmp_path / "u", envs=tmp_path / "e")
+    with pytest.raises(systemd.ServiceError, match="Access denied"):
+        systemd.install(False, tmp_path / "d", ["p"], units=tmp_path / "u", envs=tmp_path / "e")
 
 
 def test_uninstall_disables_and_removes_but_keeps_secrets(
     fake_systemctl: Path, tmp_path: Path
 ) -> None:
     units, envs = tmp_path / "u", tmp_path / "e"
-    service.install(False, tmp_path / "d", ["p"], units=units, envs=envs)
+    systemd.install(False, tmp_path / "d", ["p"], units=units, envs=envs)
     fake_systemctl.write_text("")
-    rep = service.uninstall(False, units=units, envs=envs)
+    rep = systemd.uninstall(False, units=units, envs=envs)
     assert not (units / "peerstash.service").exists()
     assert (envs / "main.env").exists()
     assert calls(fake_systemctl) == [
@@ -240,19 +240,19 @@ def test_uninstall_disables_and_removes_but_keeps_secrets(
         ["daemon-reload"],
     ]
     assert any("kept" in m for m in rep.messages)
-    with pytest.raises(service.ServiceError, match="nothing to uninstall"):
-        service.uninstall(False, units=units, envs=envs)
+    with pytest.raises(systemd.ServiceError, match="nothing to uninstall"):
+        systemd.uninstall(False, units=units, envs=envs)
 
 
 def test_status(fake_systemctl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     units = tmp_path / "u"
-    rep = service.status(False, units=units)
+    rep = systemd.status(False, units=units)
     assert not rep.installed and rep.systemd
-    service.install(False, tmp_path / "d", ["p"], units=units, envs=tmp_path / "e")
-    rep = service.status(False, units=units)
+    systemd.install(False, tmp_path / "d", ["p"], units=units, envs=tmp_path / "e")
+    rep = systemd.status(False, units=units)
     assert rep.installed and (rep.enabled, rep.active) == ("enabled", "active")
     monkeypatch.setenv("FAKE_SYSTEMCTL_MODE", "offline")
-    rep = service.status(False, units=units)
+    rep = systemd.status(False, units=units)
     assert rep.installed and not rep.systemd and rep.enabled is None
     assert any("offline" in m for m in rep.messages)
 

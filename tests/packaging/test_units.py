@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from peerstash.peer import service
+from peerstash.peer import systemd
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGED = ROOT / "resources" / "peerstash@.service"
@@ -29,11 +29,11 @@ needs_analyze = pytest.mark.skipif(
 
 
 def installed_unit() -> str:
-    return service.render_unit(
+    return systemd.render_unit(
         user=False,
-        data_dir=service.system_data_dir("main"),
+        data_dir=systemd.system_data_dir("main"),
         exe=["/usr/bin/peerstash"],
-        env_file=service.SYSTEM_ENV_DIR / service.env_file_name(False, "main"),
+        env_file=systemd.SYSTEM_ENV_DIR / systemd.env_file_name(False, "main"),
         name="main",
     )
 
@@ -92,7 +92,7 @@ def test_unit_exposure_is_at_most_4(tmp_path: Path, name: str, text: str) -> Non
 
 def test_packaged_unit_carries_the_shared_hardening() -> None:
     lines = PACKAGED.read_text().splitlines()
-    for line in (*service.SYSTEM_HARDENING, *service.SYSTEM_START_LIMIT):
+    for line in (*systemd.SYSTEM_HARDENING, *systemd.SYSTEM_START_LIMIT):
         assert line in lines, line
     # Never loosened on purpose: a setuid file must come back from a restore.
     assert not any(line.startswith("RestrictSUIDSGID=") for line in lines)
@@ -101,11 +101,11 @@ def test_packaged_unit_carries_the_shared_hardening() -> None:
 def test_packaged_and_installed_units_share_one_layout() -> None:
     """``peerstash@lab`` and ``service install --system --name lab``: same dirs, same env."""
     packaged = PACKAGED.read_text().replace("%i", "lab").splitlines()
-    installed = service.render_unit(
+    installed = systemd.render_unit(
         user=False,
-        data_dir=service.default_data_dir(False, "lab"),
+        data_dir=systemd.default_data_dir(False, "lab"),
         exe=["/usr/bin/peerstash"],
-        env_file=service.SYSTEM_ENV_DIR / service.env_file_name(False, "lab"),
+        env_file=systemd.SYSTEM_ENV_DIR / systemd.env_file_name(False, "lab"),
         name="lab",
     ).splitlines()
     for line in (
@@ -120,11 +120,11 @@ def test_packaged_and_installed_units_share_one_layout() -> None:
         assert line in installed, line
     # Neither points restic's cache anywhere but $CACHE_DIRECTORY.
     assert not any("XDG_CACHE_HOME" in line for line in packaged + installed)
-    assert service.default_data_dir(False) == Path("/var/lib/peerstash/main")
+    assert systemd.default_data_dir(False) == Path("/var/lib/peerstash/main")
 
 
 def test_installed_unit_elsewhere_may_write_its_data_dir(tmp_path: Path) -> None:
-    text = service.render_unit(
+    text = systemd.render_unit(
         user=False, data_dir=tmp_path / "node", exe=["/usr/bin/peerstash"], name=None
     )
     assert f"ReadWritePaths={tmp_path / 'node'}" in text.splitlines()

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from peerstash.peer import channel as channel_mod
-from peerstash.peer import protocol
-from peerstash.peer.channel import (
+from peerstash.peer.links import channel as channel_mod
+from peerstash.peer.links import protocol
+from peerstash.peer.links.channel import (
     FRAME_OVERHEAD,
     AuthError,
     ChannelClosedError,
@@ -39,8 +39,7 @@ from peerstash.peer.channel import (
     memory_pipe,
     respond,
 )
-from peerstash.peer.identity import Identity
-from peerstash.peer.protocol import (
+from peerstash.peer.links.protocol import (
     MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
     Close,
@@ -58,6 +57,7 @@ from peerstash.peer.protocol import (
     encode,
     peek_version,
 )
+from peerstash.peer.trust.identity import Identity
 
 STEP = 5.0  # upper bound for any single await in these tests
 

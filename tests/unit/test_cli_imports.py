@@ -37,7 +37,7 @@ HEAVY = (
     "logging",
     "dataclasses",
     "peerstash.peer.node",
-    "peerstash.peer.admin",
+    "peerstash.peer.api.server",
     "peerstash.core.store",
     "peerstash.core.engine",
     "peerstash.desktop.app",
@@ -192,7 +192,7 @@ def test_status_imports_nothing_heavy(admin_socket: Path) -> None:
     ]
     assert heavy_in(got["modules"]) == []
     # Only the status parser was built: no command module of another family was imported.
-    assert "peerstash.peer.service" not in got["modules"]
+    assert "peerstash.peer.systemd" not in got["modules"]
 
 
 def test_status_json_and_check_stay_quick(admin_socket: Path) -> None:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zeroconf.asyncio import AsyncServiceInfo
 
-from peerstash.peer.discovery import (
+from peerstash.peer.links.discovery import (
     MAX_TXT_RECORD_BYTES,
     MAX_TXT_VALUE_BYTES,
     SERVICE_TYPE,
@@ -27,8 +27,8 @@ from peerstash.peer.discovery import (
     instance_label,
     parse_txt,
 )
-from peerstash.peer.identity import Identity
-from peerstash.peer.protocol import PROTOCOL_VERSION
+from peerstash.peer.links.protocol import PROTOCOL_VERSION
+from peerstash.peer.trust.identity import Identity
 
 KEY = Identity.from_seed(bytes(range(32))).key_id
 V = str(PROTOCOL_VERSION).encode()
@@ -298,7 +298,7 @@ def test_bookkeeping_clock_self_conflicts_and_renames(caplog: pytest.LogCaptureF
     assert d.find("backup-box") is None and events[-1][0] == "removed"
 
     # A callback that raises is logged and does not stop the list from updating.
-    caplog.set_level(logging.ERROR, logger="peerstash.peer.discovery")
+    caplog.set_level(logging.ERROR, logger="peerstash.peer.links.discovery")
     d._apply("crashy." + SERVICE_TYPE, _resolved("crashy", _props("crashy", THIRD), "10.0.0.3"))
     assert d.find("crashy") is not None
     assert [r.levelno for r in caplog.records] == [logging.ERROR]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from peerstash.peer import tokens
-from peerstash.peer.identity import Identity, IdentityError, key_id, normalize_key_id
-from peerstash.peer.tokens import (
+from peerstash.peer.trust import tokens
+from peerstash.peer.trust.identity import Identity, IdentityError, key_id, normalize_key_id
+from peerstash.peer.trust.tokens import (
     PairingToken,
     RateLimiter,
     TokenFormatError,

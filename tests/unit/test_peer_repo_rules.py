@@ -1,4 +1,4 @@
-"""What a peer may set on one of our repositories (peer/remote_config.py), rule by rule."""
+"""What a peer may set on one of our repositories (peer/services/remote_config.py), rule by rule."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from peerstash.peer import protocol as proto
-from peerstash.peer.remote_config import check_peer_env, check_peer_uri, peer_password
-from peerstash.peer.rpc import CallError
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.links.rpc import CallError
+from peerstash.peer.services.remote_config import check_peer_env, check_peer_uri, peer_password
 
 
 @pytest.mark.parametrize(

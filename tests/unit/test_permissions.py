@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peerstash.peer.permissions import GRANTS, GrantError, Grants, Scope
+from peerstash.peer.trust.permissions import GRANTS, GrantError, Grants, Scope
 
 # -- parsing ------------------------------------------------------------------------------
 

@@ -59,7 +59,7 @@ class AdminClient:
             await self._session.close()
 
     def _not_running(self) -> CliError:
-        from peerstash.peer.service import SYSTEM_DATA_DIR
+        from peerstash.peer.systemd import SYSTEM_DATA_DIR
 
         # A system service's node lives elsewhere: name it rather than send people to start
         # a second node (only root can see those sockets).
@@ -1289,7 +1289,7 @@ async def cmd_service(c: AdminClient, a: argparse.Namespace) -> int:
     """Needs no running node: ``c`` is never called (run_command connects on the first call)."""
     import asyncio
 
-    from peerstash.peer import service
+    from peerstash.peer import systemd
 
     user = a.scope != "system" if a.scope else os.geteuid() != 0
     try:
@@ -1301,20 +1301,20 @@ async def cmd_service(c: AdminClient, a: argparse.Namespace) -> int:
             if a.data_dir:
                 data_dir = resolve_data_dir(a.data_dir)
             else:
-                data_dir = service.default_data_dir(user, a.name)
+                data_dir = systemd.default_data_dir(user, a.name)
             rep = await asyncio.to_thread(
-                service.install,
+                systemd.install,
                 user,
                 data_dir,
-                service.default_command(),
+                systemd.default_command(),
                 name=a.name,
                 start=not a.no_start,
             )
         elif a.service_cmd == "uninstall":
-            rep = await asyncio.to_thread(service.uninstall, user, name=a.name)
+            rep = await asyncio.to_thread(systemd.uninstall, user, name=a.name)
         else:
-            rep = await asyncio.to_thread(service.status, user, name=a.name)
-    except (service.ServiceError, OSError) as exc:
+            rep = await asyncio.to_thread(systemd.status, user, name=a.name)
+    except (systemd.ServiceError, OSError) as exc:
         raise CliError(str(exc)) from None
     lines = list(rep.messages)
     if a.service_cmd == "status" and rep.systemd:
@@ -1369,13 +1369,13 @@ class _Parser(argparse.ArgumentParser):
         if system is not None:
             # --system NAME: the system service's layout (peerstash@NAME, `service install
             # --system --name NAME`), i.e. --data-dir /var/lib/peerstash/NAME.
-            from peerstash.peer import service
+            from peerstash.peer import systemd
 
             if getattr(ns, "data_dir", None):
                 self.error("--system NAME and --data-dir name two nodes: give one of them")
             try:
-                ns.data_dir = str(service.system_data_dir(system))
-            except service.ServiceError as exc:
+                ns.data_dir = str(systemd.system_data_dir(system))
+            except systemd.ServiceError as exc:
                 self.error(f"--system: {exc}")
         return ns, rest
 
@@ -1891,7 +1891,7 @@ def build_parser(build: frozenset[str] | None = None) -> argparse.ArgumentParser
 
 
 #: Commands of one request (and one stream to follow): they run on the quick client (no
-#: aiohttp, no asyncio, see ``peer/quickclient.py``), so they start in a fraction of the time.
+#: aiohttp, no asyncio, see ``peer/api/quickclient.py``), so they start in a fraction of the time.
 QUICK_COMMANDS = frozenset({"status", "backup", "wait"})
 
 
@@ -1902,7 +1902,7 @@ def run_command(args: argparse.Namespace) -> int:
     client_class: type[AdminClient]
     run: Callable[[Coroutine[Any, Any, int]], int]
     if args.command in QUICK_COMMANDS:
-        from peerstash.peer.quickclient import QuickAdminClient, run_to_end
+        from peerstash.peer.api.quickclient import QuickAdminClient, run_to_end
 
         client_class, run = QuickAdminClient, run_to_end
     else:

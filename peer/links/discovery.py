@@ -11,11 +11,11 @@ public (they are broadcast to everyone on the LAN, unauthenticated):
 
 ``id``
     the instance id (human readable, e.g. the hostname; see
-    :func:`peerstash.peer.tokens.validate_instance_id`);
+    :func:`peerstash.peer.trust.tokens.validate_instance_id`);
 ``v``
-    the protocol version (:data:`peerstash.peer.protocol.PROTOCOL_VERSION`);
+    the protocol version (:data:`peerstash.peer.links.protocol.PROTOCOL_VERSION`);
 ``fp``
-    the key id (:func:`peerstash.peer.identity.key_id`), so a node can tell at a glance
+    the key id (:func:`peerstash.peer.trust.identity.key_id`), so a node can tell at a glance
     whether an announcement matches a pinned key before it even connects.
 
 Never a token, a secret, or anything derived from one.
@@ -78,9 +78,9 @@ from zeroconf import (
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 from zeroconf.const import _CLASS_IN, _FLAGS_AA, _FLAGS_QR_QUERY, _TYPE_PTR
 
-from peerstash.peer.identity import normalize_key_id
-from peerstash.peer.protocol import PROTOCOL_VERSION
-from peerstash.peer.tokens import TokenFormatError, validate_instance_id
+from peerstash.peer.links.protocol import PROTOCOL_VERSION
+from peerstash.peer.trust.identity import normalize_key_id
+from peerstash.peer.trust.tokens import TokenFormatError, validate_instance_id
 
 __all__ = [
     "MAX_TXT_RECORD_BYTES",

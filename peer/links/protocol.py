@@ -287,7 +287,7 @@ class Close(_Msg, tag="close", frozen=True):
 # tag and bounded fields, then add it to `Message` below; keep every message under
 # MAX_FRAME_SIZE by batching.
 
-# -- operation sync (peer/sync.py) ---------------------------------------------------------
+# -- operation sync (peer/services/opsync.py) ------------------------------------------------------
 #
 # Each side *owns* the operations it minted (their origin is its instance id) and is the only
 # one that sends them. A receiver says what it holds (``OpsSince``); the owner sends what is
@@ -383,7 +383,7 @@ class OpsDeleted(_Msg, tag="ops.deleted", frozen=True):
     op_ids: Annotated[tuple[OpId, ...], Meta(max_length=MAX_IDS_PER_FRAME)] = ()
 
 
-# -- requests (peer/rpc.py) ------------------------------------------------------------------
+# -- requests (peer/links/rpc.py) ------------------------------------------------------------------
 #
 # One side asks (``Call``), the other answers once (``Reply``), after zero or more
 # ``ReplyChunk`` frames for answers that stream (a large directory listing). Ids are minted by
@@ -432,7 +432,7 @@ class CallCancel(_Msg, tag="call.cancel", frozen=True):
     id: CallId
 
 
-# -- shared repositories (peer/repos.py) --------------------------------------------------
+# -- shared repositories (peer/services/shares.py) -------------------------------------------------
 #
 # An owner sends each peer that grants it ``repos.receive`` the *full* set of its repositories
 # in that grant's scope (``ReposShared``): on every link-up and whenever the set or one of its

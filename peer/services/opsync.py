@@ -51,10 +51,10 @@ import msgspec
 from peerstash.core.events import Event, EventBus, Notice, OperationChanged, OperationsDeleted
 from peerstash.core.models import Operation, OpKind, OpStatus
 from peerstash.core.store import DeletedOp, NotFound, Store, utcnow
-from peerstash.peer import protocol as proto
-from peerstash.peer.link import Link, PeerManager, PeerRemoved
-from peerstash.peer.outbox import LinkOutbox, LinkService
-from peerstash.peer.permissions import GrantError, Grants
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.links.link import Link, PeerManager, PeerRemoved
+from peerstash.peer.links.outbox import LinkOutbox, LinkService
+from peerstash.peer.trust.permissions import GrantError, Grants
 
 log = logging.getLogger(__name__)
 

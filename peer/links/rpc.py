@@ -41,10 +41,10 @@ import msgspec
 from peerstash.core.engine import EngineError
 from peerstash.core.ids import new_ulid
 from peerstash.core.store import NotFound
-from peerstash.peer import channel as ch
-from peerstash.peer import protocol as proto
-from peerstash.peer.link import Link, PeerManager
-from peerstash.peer.permissions import GrantError, Grants
+from peerstash.peer.links import channel as ch
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.links.link import Link, PeerManager
+from peerstash.peer.trust.permissions import GrantError, Grants
 
 log = logging.getLogger(__name__)
 _encoder = msgspec.msgpack.Encoder()

@@ -4,7 +4,7 @@ A token reads ``<key-id>:<secret>#<instance-id>``, for example::
 
     abcd-efgh-ijkl-mnop-qrst:q2Vb...43 chars...#nas
 
-* ``key-id`` is the issuer's :func:`~peerstash.peer.identity.key_id`. The new peer uses it to
+* ``key-id`` is the issuer's :func:`~peerstash.peer.trust.identity.key_id`. The new peer uses it to
   pin the issuer's public key during the very first handshake, so even that first connection
   cannot be intercepted by someone who can only see or redirect traffic.
 * ``secret`` is 32 random bytes in URL-safe base64 without padding (43 characters). The new peer
@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from peerstash.peer.identity import normalize_key_id
+from peerstash.peer.trust.identity import normalize_key_id
 
 __all__ = [
     "MAX_INSTANCE_ID_LENGTH",

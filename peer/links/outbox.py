@@ -16,8 +16,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from peerstash.peer import channel as ch
-from peerstash.peer.link import Link
+from peerstash.peer.links import channel as ch
+from peerstash.peer.links.link import Link
 
 log = logging.getLogger(__name__)
 

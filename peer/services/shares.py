@@ -39,10 +39,10 @@ from peerstash.core.engine import Engine, EngineError
 from peerstash.core.events import ConfigChanged, EventBus, Notice, SnapshotsChanged
 from peerstash.core.sharing import SharedRepoSpec, received_repo_id
 from peerstash.core.store import NotFound
-from peerstash.peer import protocol as proto
-from peerstash.peer.link import Link, PeerManager, PeerRemoved
-from peerstash.peer.outbox import LinkOutbox, LinkService
-from peerstash.peer.permissions import GrantError, Grants
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.links.link import Link, PeerManager, PeerRemoved
+from peerstash.peer.links.outbox import LinkOutbox, LinkService
+from peerstash.peer.trust.permissions import GrantError, Grants
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ handshake frame must come within ``first_frame_timeout``, waiting for one of the
 slots (the handshake's CPU work is bounded by them) is limited to ``handshake_queue_wait``, and
 a source that failed too often (bad tokens, unknown keys without a token) is refused before the
 handshake's work unless it presents a known peer's key. Connection counts and the header
-deadline live in :mod:`peerstash.peer.guard`.
+deadline live in :mod:`peerstash.peer.links.guard`.
 
 States a person sees (persisted on the peer row and published as :class:`LinkStateChanged`):
 ``online``, ``connecting``, ``offline``, ``unreachable`` (many failures in a row) and
@@ -53,12 +53,12 @@ from peerstash.core import __version__
 from peerstash.core.events import Event, EventBus, Notice
 from peerstash.core.models import Peer
 from peerstash.core.store import KeyConflict, NotFound, Store, StoreError, TokenRefused, utcnow
-from peerstash.peer import channel as ch
-from peerstash.peer import protocol as proto
-from peerstash.peer.guard import mark_authenticated
-from peerstash.peer.identity import Identity, key_id
-from peerstash.peer.permissions import Grants
-from peerstash.peer.tokens import (
+from peerstash.peer.links import channel as ch
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.links.guard import mark_authenticated
+from peerstash.peer.trust.identity import Identity, key_id
+from peerstash.peer.trust.permissions import Grants
+from peerstash.peer.trust.tokens import (
     RateLimiter,
     TokenFormatError,
     hash_secret,
@@ -68,7 +68,7 @@ from peerstash.peer.tokens import (
 )
 
 if TYPE_CHECKING:
-    from peerstash.peer.discovery import DiscoveredPeer, Discovery
+    from peerstash.peer.links.discovery import DiscoveredPeer, Discovery
 
 log = logging.getLogger(__name__)
 
@@ -717,7 +717,7 @@ class PeerManager:
         reinstalled), and logged either way. On a replace the old key's history stays here,
         under an archive origin (see :meth:`Store.replace_peer`).
         """
-        from peerstash.peer.tokens import TokenFormatError, parse_token
+        from peerstash.peer.trust.tokens import TokenFormatError, parse_token
 
         try:
             token = parse_token(token_text)
@@ -884,7 +884,7 @@ class PeerManager:
         """The URL of the node that issued a token, found by its instance id and key id."""
         if self.discovery is None:
             return None
-        from peerstash.peer.identity import normalize_key_id
+        from peerstash.peer.trust.identity import normalize_key_id
 
         want = normalize_key_id(key_id)
         try:

@@ -43,10 +43,9 @@ from peerstash.core.ids import new_ulid
 from peerstash.core.models import REQUEST_FINAL_STATES, Operation, OpKind, OpStatus, RemoteRequest
 from peerstash.core.serialize import lsnode_to_dict, snapshot_to_dict
 from peerstash.core.store import NotFound, OpFilter, Store, utcnow
-from peerstash.peer import protocol as proto
-from peerstash.peer.link import Link, PeerManager, PeerRemoved
-from peerstash.peer.permissions import GrantError, Grants
-from peerstash.peer.rpc import (
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.links.link import Link, PeerManager, PeerRemoved
+from peerstash.peer.links.rpc import (
     CallContext,
     CallError,
     CallTimeout,
@@ -55,7 +54,8 @@ from peerstash.peer.rpc import (
     RpcService,
     arg,
 )
-from peerstash.peer.sync import OpsSynced, is_plain_id
+from peerstash.peer.services.opsync import OpsSynced, is_plain_id
+from peerstash.peer.trust.permissions import GrantError, Grants
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from peerstash.core.models import Plan, Repo
 from peerstash.core.restic import redact_uri
 from peerstash.core.serialize import plan_to_dict
 from peerstash.core.store import NotFound, StoreError
-from peerstash.peer import protocol as proto
-from peerstash.peer.rpc import (
+from peerstash.peer.links import protocol as proto
+from peerstash.peer.links.rpc import (
     CallContext,
     CallError,
     CallTimeout,

@@ -17,7 +17,7 @@ from typing import Any
 
 from peerstash.core.models import Operation
 from peerstash.core.store import NotFound, Store
-from peerstash.peer.rpc import CallContext, CallError, PeerUnavailable, RpcService, arg
+from peerstash.peer.links.rpc import CallContext, CallError, PeerUnavailable, RpcService, arg
 
 GRANT = "ops"
 METHOD = "ops.log"

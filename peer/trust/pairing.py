@@ -12,9 +12,9 @@ from typing import Any
 
 from peerstash.core.models import PairingTokenRow
 from peerstash.core.store import Store, utcnow
-from peerstash.peer.identity import Identity
-from peerstash.peer.permissions import Grants
-from peerstash.peer.tokens import PairingToken
+from peerstash.peer.trust.identity import Identity
+from peerstash.peer.trust.permissions import Grants
+from peerstash.peer.trust.tokens import PairingToken
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -12,7 +12,7 @@ scheduler and backups stopped with it. The guard bounds that:
 * a connection must deliver a complete request (headers) within ``request_timeout`` seconds;
 * a connection that has not completed a peer handshake within ``unauthenticated_lifetime``
   seconds is closed, whatever it is doing (the backstop behind the per-step deadlines in
-  :mod:`peerstash.peer.link`).
+  :mod:`peerstash.peer.links.link`).
 
 A connection stops counting once :func:`mark_authenticated` is called for its request (the link
 code does that when a peer's handshake and Hello are done): a paired peer's long-lived link

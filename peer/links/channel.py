@@ -4,7 +4,7 @@ Transport-agnostic: everything here takes two awaitables, ``send(bytes)`` and ``
 bytes``, each call carrying exactly one frame. :func:`websocket_transport` adapts an aiohttp
 WebSocket (binary messages), :func:`memory_pipe` gives an in-memory pair for tests.
 
-Handshake (four frames, all msgpack, see :mod:`peerstash.peer.protocol`)::
+Handshake (four frames, all msgpack, see :mod:`peerstash.peer.links.protocol`)::
 
     1  I -> R  HandshakeInit      v, identity_I, X25519 ephemeral e_I, nonce_I, ML-KEM-768 ek
     2  R -> I  HandshakeResponse  v, identity_R, X25519 ephemeral e_R, nonce_R, ML-KEM ct
@@ -63,8 +63,7 @@ import nacl.public
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
 
-from peerstash.peer.identity import Identity, key_id, normalize_key_id
-from peerstash.peer.protocol import (
+from peerstash.peer.links.protocol import (
     MAX_FRAME_SIZE,
     MAX_HANDSHAKE_FRAME_SIZE,
     PROTOCOL_VERSION,
@@ -81,6 +80,7 @@ from peerstash.peer.protocol import (
     encode,
     peek_version,
 )
+from peerstash.peer.trust.identity import Identity, key_id, normalize_key_id
 
 __all__ = [
     "FRAME_OVERHEAD",
@@ -240,7 +240,7 @@ class SecureChannel:
 
     @property
     def peer_key_id(self) -> str:
-        """:func:`~peerstash.peer.identity.key_id` of the peer."""
+        """:func:`~peerstash.peer.trust.identity.key_id` of the peer."""
         return key_id(self.peer_public_key)
 
     @property

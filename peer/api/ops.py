@@ -1,0 +1,217 @@
+"""Admin routes for operations and what they run on: backups, the operations list and logs,
+snapshots, listings, restores and maintenance."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+
+from peerstash.core.engine import BackupRunning, EngineError
+from peerstash.core.retention import RetentionPolicy
+from peerstash.core.serialize import lsnode_to_dict, op_to_dict, snapshot_to_dict
+from peerstash.core.store import OpFilter
+from peerstash.peer.api.common import (
+    NODE_KEY,
+    BadRequest,
+    Handler,
+    _body,
+    _engine,
+    _int_param,
+    _running,
+    _str,
+    _str_list,
+    ndjson,
+    send,
+)
+from peerstash.peer.services import fleet as fleet_view
+
+
+async def _labels(request: web.Request) -> dict[str, str]:
+    """How each instance is shown (see :func:`peerstash.peer.services.fleet.labels`)."""
+    node = request.app[NODE_KEY]
+    peers = await _engine(request).store.list_peers()
+    return fleet_view.labels(peers, node.instance_id, node.name)
+
+
+async def backup(request: web.Request) -> web.Response:
+    """Queue a backup; one already queued or running is answered (200, ``already``) instead."""
+    try:
+        op = await _engine(request).backup(request.match_info["id"])
+    except BackupRunning as exc:
+        return web.json_response({**op_to_dict(exc.op), "already": str(exc)})
+    return web.json_response(op_to_dict(op), status=202)
+
+
+async def list_ops(request: web.Request) -> web.Response:
+    q = request.query
+    before = q.get("before")
+    if before is not None and not before.isdigit():
+        raise BadRequest("before must be an operation's pk (a whole number)")
+    flt = OpFilter(
+        before_pk=int(before) if before is not None else None,
+        origin=q.get("origin"),
+        plan_id=q.get("plan"),
+        repo_id=q.get("repo"),
+        status=q.get("status"),
+        kind=q.get("kind"),
+    )
+    limit = _int_param(request, "limit", 100, 100_000)
+    ops = await _engine(request).list_operations(flt, limit)
+    shown = await _labels(request)
+    return web.json_response(
+        [
+            {**(d := op_to_dict(op)), "origin_label": shown.get(d["origin"], d["origin"])}
+            for op in ops
+        ]
+    )
+
+
+async def get_op(request: web.Request) -> web.Response:
+    op = await _engine(request).store.find_operation(request.match_info["id"])
+    return web.json_response(op_to_dict(op))
+
+
+async def get_op_log(request: web.Request) -> web.Response:
+    """An operation's log; a peer's operation's log is asked of that peer (``?origin=`` picks
+    the copy when two origins minted the same id, which ULIDs make all but impossible)."""
+    node = _running(request)
+    op = await node.engine.store.find_operation(
+        request.match_info["id"], origin=request.query.get("origin") or None
+    )
+    lines = await node.logs.lines(op)
+    return web.json_response({"id": op.op_id, "origin": op.origin, "lines": lines})
+
+
+async def cancel_op(request: web.Request) -> web.Response:
+    ok = await _engine(request).cancel(request.match_info["id"])
+    if not ok:
+        raise EngineError("that operation is not running on this node")
+    return web.json_response({"cancelling": request.match_info["id"]})
+
+
+async def snapshots(request: web.Request) -> web.Response:
+    snaps = await _engine(request).snapshots(request.match_info["id"])
+    return web.json_response([snapshot_to_dict(s) for s in snaps])
+
+
+async def ls(request: web.Request) -> web.StreamResponse:
+    """Stream a snapshot listing as NDJSON: a huge directory never times out while it flows."""
+    engine = _engine(request)
+    nodes = engine.ls(
+        request.match_info["id"], request.match_info["snap"], request.query.get("path")
+    )
+    resp: web.StreamResponse | None = None
+    async for node in nodes:
+        if resp is None:
+            resp = await ndjson(request)
+        await send(resp, lsnode_to_dict(node))
+    if resp is None:
+        resp = await ndjson(request)
+    await resp.write_eof()
+    return resp
+
+
+async def restore(request: web.Request) -> web.Response:
+    data = await _body(request)
+    op = await _engine(request).restore(
+        request.match_info["id"],
+        _str(data, "snapshot") or "",
+        _str(data, "target") or "",
+        include=_str_list(data, "include"),
+    )
+    return web.json_response(op_to_dict(op), status=202)
+
+
+async def restore_preview(request: web.Request) -> web.Response:
+    """``{"snapshot", "target", "include"}`` as for a restore: which files it would overwrite
+    (200, nothing changed). A selection that is not the snapshot's is refused (409)."""
+    data = await _body(request)
+    extra = set(data) - {"snapshot", "target", "include"}
+    if extra:
+        raise BadRequest(f"unknown field(s) for a restore preview: {', '.join(sorted(extra))}")
+    preview = await _engine(request).restore_preview(
+        request.match_info["id"],
+        _str(data, "snapshot") or "",
+        _str(data, "target") or "",
+        include=_str_list(data, "include"),
+    )
+    return web.json_response(preview.to_dict())
+
+
+async def _forget(request: web.Request) -> web.Response:
+    """``{"plan": ID, "dry_run": true, "expect": [IDS]}``, all optional. A dry run answers at
+    once with what would go and what stays (200, no operation); otherwise the forget is queued
+    (202), and with ``expect`` it removes nothing if it would remove more than those."""
+    engine = _engine(request)
+    repo_id = request.match_info["id"]
+    data = await _body(request)
+    extra = set(data) - {"plan", "dry_run", "expect"}
+    if extra:
+        raise BadRequest(f"unknown field(s) for forget: {', '.join(sorted(extra))}")
+    plan_id = _str(data, "plan", required=False)
+    dry_run = data.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise BadRequest("dry_run is true or false")
+    # The snapshot ids a person confirmed from the dry run: nothing beyond them is removed.
+    expect = _str_list(data, "expect") if "expect" in data else None
+    if not dry_run:
+        op = await engine.forget(repo_id, plan_id=plan_id or None, expect=expect)
+        return web.json_response(op_to_dict(op), status=202)
+    previews = await engine.forget_preview(repo_id, plan_id=plan_id or None)
+    plans: list[dict[str, Any]] = []
+    keep: list[dict[str, Any]] = []
+    remove: list[dict[str, Any]] = []
+    for plan, result in previews:
+        host, tags = engine.own_snapshots(plan.id)
+        plans.append(
+            {
+                "plan": plan.id,
+                "retention": RetentionPolicy.from_dict(plan.retention).to_dict(),
+                "host": host,
+                "tags": list(tags),
+            }
+        )
+        keep += [{**snapshot_to_dict(s), "plan": plan.id} for s in result.kept_snapshots]
+        remove += [{**snapshot_to_dict(s), "plan": plan.id} for s in result.removed_snapshots]
+    return web.json_response(
+        {"repo": repo_id, "dry_run": True, "plans": plans, "keep": keep, "remove": remove}
+    )
+
+
+def _maintenance(name: str) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        engine = _engine(request)
+        repo_id = request.match_info["id"]
+        if name == "forget":
+            return await _forget(request)
+        elif name == "prune":
+            op = await engine.prune(repo_id)
+        elif name == "check":
+            op = await engine.check(repo_id)
+        else:
+            data = await _body(request)
+            op = await engine.unlock(repo_id, remove_all=bool(data.get("all", False)))
+        return web.json_response(op_to_dict(op), status=202)
+
+    return handler
+
+
+async def pause(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    data = await _body(request)
+    if data.get("paused", True):
+        engine.scheduler.pause()
+    else:
+        engine.scheduler.resume()
+    return web.json_response({"paused": engine.scheduler.paused})
+
+
+async def gc(request: web.Request) -> web.Response:
+    data = await _body(request)
+    days = data.get("older_than_days", 90)
+    if not isinstance(days, int) or days < 1:
+        raise BadRequest("older_than_days must be a positive whole number")
+    removed = await _engine(request).gc(older_than=timedelta(days=days))
+    return web.json_response({"removed": removed})

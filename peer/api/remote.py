@@ -1,0 +1,270 @@
+"""Admin routes that ask a peer over the link: its configuration (plans and repositories)
+and remote commands (runs, restores, snapshots, listings, the requests' states)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from peerstash.core.events import OperationChanged
+from peerstash.core.serialize import op_to_dict
+from peerstash.core.store import NotFound, OpFilter
+from peerstash.peer.api.common import (
+    NODE_KEY,
+    BadRequest,
+    _body,
+    _engine,
+    _int_param,
+    _running,
+    _str,
+    _str_list,
+    keepalive,
+    ndjson,
+    send,
+)
+from peerstash.peer.api.config import _new_plan, _plan_changes
+from peerstash.peer.links.rpc import RpcService
+from peerstash.peer.services import remote_config
+from peerstash.peer.services.remote_commands import (
+    RemoteError,
+    RemoteRequestChanged,
+    RemoteService,
+    is_followable,
+    op_kind_of,
+    request_to_dict,
+)
+
+
+def _rpc(request: web.Request) -> tuple[RpcService, str]:
+    """The request layer and the peer named in the path (which must be paired)."""
+    return _running(request).rpc, request.match_info["id"]
+
+
+async def _paired(request: web.Request, peer_id: str) -> None:
+    try:
+        await _engine(request).store.get_peer(peer_id)
+    except NotFound:
+        raise NotFound(f"{peer_id!r} is not a paired peer (see `peerstash peer list`)") from None
+
+
+async def peer_config_route(request: web.Request) -> web.Response:
+    """The peer's repos and plans that it lets us read (never a secret: it sends none)."""
+    rpc, peer_id = _rpc(request)
+    await _paired(request, peer_id)
+    return web.json_response(await remote_config.read(rpc, peer_id))
+
+
+async def peer_add_plan_route(request: web.Request) -> web.Response:
+    rpc, peer_id = _rpc(request)
+    fields = _new_plan(await _body(request))
+    await _paired(request, peer_id)
+    return web.json_response(await remote_config.add_plan(rpc, peer_id, fields), status=201)
+
+
+async def peer_edit_plan_route(request: web.Request) -> web.Response:
+    rpc, peer_id = _rpc(request)
+    changes = _plan_changes(await _body(request))
+    await _paired(request, peer_id)
+    plan = await remote_config.edit_plan(rpc, peer_id, request.match_info["plan"], changes)
+    return web.json_response(plan)
+
+
+async def peer_remove_plan_route(request: web.Request) -> web.Response:
+    rpc, peer_id = _rpc(request)
+    await _paired(request, peer_id)
+    res = await remote_config.remove_plan(rpc, peer_id, request.match_info["plan"])
+    return web.json_response(res)
+
+
+def _peer_password(data: dict[str, Any], *, required: bool) -> dict[str, Any] | None:
+    """A password object's shape, forwarded as given: the peer decides what it accepts."""
+    pw = data.get("password")
+    if pw is None and not required:
+        return None
+    if not isinstance(pw, dict):
+        raise BadRequest("field 'password' must be an object with 'source'", field="password")
+    out = {"source": _str(pw, "source") or ""}
+    for key in ("ref", "value"):
+        value = _str(pw, key, required=False)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _peer_env(data: dict[str, Any]) -> dict[str, str]:
+    env = data.get("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise BadRequest("field 'env' must map names to strings", field="env")
+    return env
+
+
+async def peer_add_repo_route(request: web.Request) -> web.Response:
+    """Add a repository on the peer (config.write there; the peer enforces what a peer may
+    set, see peer/services/remote_config.py). The password goes only into the link, never a log."""
+    rpc, peer_id = _rpc(request)
+    data = await _body(request)
+    extra = set(data) - {"id", "uri", "password", "env", "options", "init"}
+    if extra:
+        raise BadRequest(f"unknown field {', '.join(sorted(extra))}")
+    fields: dict[str, Any] = {
+        "id": _str(data, "id") or "",
+        "uri": _str(data, "uri") or "",
+        "password": _peer_password(data, required=True),
+        "env": _peer_env(data),
+        "options": _str_list(data, "options"),
+        "init": bool(data.get("init", False)),
+    }
+    await _paired(request, peer_id)
+    return web.json_response(await remote_config.add_repo(rpc, peer_id, fields), status=201)
+
+
+async def peer_edit_repo_route(request: web.Request) -> web.Response:
+    rpc, peer_id = _rpc(request)
+    data = await _body(request)
+    extra = set(data) - {"uri", "password", "env", "options"}
+    if extra:
+        raise BadRequest(f"cannot change {', '.join(sorted(extra))} of a repository")
+    changes: dict[str, Any] = {}
+    if "uri" in data:
+        changes["uri"] = _str(data, "uri")
+    if "password" in data:
+        changes["password"] = _peer_password(data, required=True)
+    if "env" in data:
+        changes["env"] = _peer_env(data)
+    if "options" in data:
+        changes["options"] = _str_list(data, "options")
+    await _paired(request, peer_id)
+    res = await remote_config.edit_repo(rpc, peer_id, request.match_info["repo"], changes)
+    return web.json_response(res)
+
+
+async def peer_remove_repo_route(request: web.Request) -> web.Response:
+    rpc, peer_id = _rpc(request)
+    await _paired(request, peer_id)
+    res = await remote_config.remove_repo(rpc, peer_id, request.match_info["repo"])
+    return web.json_response(res)
+
+
+# -- remote commands (peer/services/remote_commands.py) --------------------------------------------
+
+
+def _remote(request: web.Request) -> RemoteService:
+    return _running(request).remote
+
+
+async def remote_run(request: web.Request) -> web.Response:
+    """Ask a peer to back up one of its plans; answers with the request as it stands now
+    (``queued`` when the peer is offline, ``failed`` when it refused)."""
+    data = await _body(request)
+    req = await _remote(request).request_run(_str(data, "peer") or "", _str(data, "plan") or "")
+    return web.json_response(request_to_dict(req), status=202)
+
+
+async def remote_restore(request: web.Request) -> web.Response:
+    """Ask a peer to restore a snapshot of its repository into a folder on that peer."""
+    data = await _body(request)
+    req = await _remote(request).request_restore(
+        _str(data, "peer") or "",
+        _str(data, "repo") or "",
+        _str(data, "snapshot") or "",
+        _str(data, "target") or "",
+        _str_list(data, "include"),
+    )
+    return web.json_response(request_to_dict(req), status=202)
+
+
+async def remote_list(request: web.Request) -> web.Response:
+    limit = _int_param(request, "limit", 100, 10_000)
+    reqs = await _remote(request).list_requests(limit)
+    return web.json_response([request_to_dict(r) for r in reqs])
+
+
+async def remote_get(request: web.Request) -> web.Response:
+    req = await _remote(request).get_request(request.match_info["id"])
+    return web.json_response(request_to_dict(req))
+
+
+async def remote_wait(request: web.Request) -> web.StreamResponse:
+    """Stream a request as NDJSON until it ends or can no longer be followed (``--wait``).
+
+    Each line is the request with ``op``: the peer's operation for it as last synced here
+    (progress included), or null before it arrives.
+    """
+    node = request.app[NODE_KEY]
+    remote = _remote(request)
+    rid = request.match_info["id"]
+    with node.bus.subscribe("remote", "operation") as sub:
+        req = await remote.get_request(rid)
+        resp = await ndjson(request)
+        op: Any = None
+        kind = op_kind_of(req)
+        ops = await remote.store.list_operations(
+            OpFilter(origin=req.peer, flow_id=rid, kind=kind), limit=1
+        )
+        if ops:
+            op = ops[0]
+
+        async def line() -> None:
+            data = {**request_to_dict(req), "op": op_to_dict(op) if op is not None else None}
+            await send(resp, data)
+
+        await line()
+        while is_followable(req):
+            event = await keepalive(sub, resp)
+            if event is None:
+                continue
+            if sub.lagged:
+                sub.lagged = False
+                req = await remote.get_request(rid)
+                await line()
+            elif isinstance(event, RemoteRequestChanged) and event.request.id == rid:
+                req = event.request
+                await line()
+            elif (
+                isinstance(event, OperationChanged)
+                and event.op is not None
+                and event.op.origin == req.peer
+                and event.op.flow_id == rid
+                and event.op.kind == kind
+            ):
+                op = event.op
+                await line()
+    await resp.write_eof()
+    return resp
+
+
+async def remote_snapshots(request: web.Request) -> web.Response:
+    snaps = await _remote(request).snapshots(request.match_info["peer"], request.match_info["id"])
+    return web.json_response(snaps)
+
+
+async def remote_ls(request: web.Request) -> web.StreamResponse:
+    """Stream a peer's snapshot listing as NDJSON while it arrives over the link.
+
+    An error before the first entry is an ordinary error answer; one after it (the link
+    dropped mid-listing) is a last line ``{"error": ...}``, so a listing cut short is never
+    mistaken for a complete one.
+    """
+    nodes = _remote(request).ls(
+        request.match_info["peer"],
+        request.match_info["id"],
+        request.match_info["snap"],
+        request.query.get("path"),
+    )
+    resp: web.StreamResponse | None = None
+    try:
+        async for node in nodes:
+            if resp is None:
+                resp = await ndjson(request)
+            await send(resp, node)
+    except RemoteError as exc:
+        if resp is None:
+            raise
+        await send(resp, {"error": str(exc)})
+    if resp is None:
+        resp = await ndjson(request)
+    await resp.write_eof()
+    return resp
