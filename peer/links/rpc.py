@@ -44,7 +44,7 @@ from peerstash.core.store import NotFound
 from peerstash.peer.links import channel as ch
 from peerstash.peer.links import protocol as proto
 from peerstash.peer.links.link import Link, PeerManager
-from peerstash.peer.trust.permissions import GrantError, Grants
+from peerstash.peer.trust.permissions import Grants
 
 log = logging.getLogger(__name__)
 _encoder = msgspec.msgpack.Encoder()
@@ -445,9 +445,10 @@ class RpcService:
 
     async def _grants_of(self, peer_id: str) -> Grants:
         try:
-            return Grants.parse((await self.manager.store.get_peer(peer_id)).grants)
-        except (NotFound, GrantError):
+            peer = await self.manager.store.get_peer(peer_id)
+        except NotFound:
             return Grants.none()
+        return Grants.stored(peer.grants, whose=f"the grants stored for {peer_id}")
 
 
 def _size(n: int) -> str:

@@ -54,7 +54,7 @@ from peerstash.core.store import DeletedOp, NotFound, Store, utcnow
 from peerstash.peer.links import protocol as proto
 from peerstash.peer.links.link import Link, PeerManager, PeerRemoved
 from peerstash.peer.links.outbox import LinkOutbox, LinkService
-from peerstash.peer.trust.permissions import GrantError, Grants
+from peerstash.peer.trust.permissions import Grants
 
 log = logging.getLogger(__name__)
 
@@ -380,12 +380,9 @@ class SyncService(LinkService):
     async def _grants_of(self, peer_id: str) -> Grants:
         try:
             peer = await self.store.get_peer(peer_id)
-            return Grants.parse(peer.grants)
         except NotFound:
             return Grants.none()
-        except GrantError as exc:
-            log.warning("grants stored for %s are unreadable (%s); sending nothing", peer_id, exc)
-            return Grants.none()
+        return Grants.stored(peer.grants, whose=f"the grants stored for {peer_id}")
 
     # -- live pushes -------------------------------------------------------------------------
 

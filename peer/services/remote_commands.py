@@ -55,7 +55,7 @@ from peerstash.peer.links.rpc import (
     arg,
 )
 from peerstash.peer.services.opsync import OpsSynced, is_plain_id
-from peerstash.peer.trust.permissions import GrantError, Grants
+from peerstash.peer.trust.permissions import Grants
 
 log = logging.getLogger(__name__)
 
@@ -423,9 +423,10 @@ class RemoteService:
         """None when the peer shares this operation with us (``ops`` in scope), else why not."""
         try:
             peer = await self.store.get_peer(req.peer)
-            theirs = Grants.parse(peer.their_grants)
-        except (NotFound, GrantError):
+        except NotFound:
             theirs = Grants.none()
+        else:
+            theirs = Grants.stored(peer.their_grants, whose=f"their grants stored for {req.peer}")
         plan = result.get("plan") if isinstance(result.get("plan"), str) else None
         repo = result.get("repo") if isinstance(result.get("repo"), str) else None
         plan = plan or req.args.get("plan")

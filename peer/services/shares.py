@@ -33,7 +33,6 @@ import contextlib
 import functools
 import hashlib
 import logging
-from typing import Any
 
 from peerstash.core.engine import Engine, EngineError
 from peerstash.core.events import ConfigChanged, EventBus, Notice, SnapshotsChanged
@@ -42,23 +41,13 @@ from peerstash.core.store import NotFound
 from peerstash.peer.links import protocol as proto
 from peerstash.peer.links.link import Link, PeerManager, PeerRemoved
 from peerstash.peer.links.outbox import LinkOutbox, LinkService
-from peerstash.peer.trust.permissions import GrantError, Grants
+from peerstash.peer.trust.permissions import Grants
 
 log = logging.getLogger(__name__)
 
 #: Jobs queued on one link before the peer is considered abusive (each push coalesces, so a
 #: well-behaved peer never gets near this).
 MAX_QUEUED_JOBS = 200
-
-
-def _grants(entries: list[Any], peer_id: str, whose: str) -> Grants:
-    try:
-        return Grants.parse(entries)
-    except GrantError as exc:
-        log.warning(
-            "%s grants stored for %s are unreadable (%s); none assumed", whose, peer_id, exc
-        )
-        return Grants.none()
 
 
 class RepoShareService(LinkService):
@@ -159,7 +148,7 @@ class RepoShareService(LinkService):
             peer = await self.store.get_peer(ls.peer_id)
         except NotFound:
             return
-        ours = _grants(list(peer.grants), ls.peer_id, "our")
+        ours = Grants.stored(peer.grants, whose=f"our grants stored for {ls.peer_id}")
 
         def allow(name: str) -> bool:
             return ours.allows("repos.receive", repo=name)
@@ -203,7 +192,7 @@ class RepoShareService(LinkService):
         No secret is resolved for a peer that grants us nothing.
         """
         peer = await self.store.get_peer(peer_id)
-        theirs = _grants(list(peer.their_grants), peer_id, "their")
+        theirs = Grants.stored(peer.their_grants, whose=f"their grants stored for {peer_id}")
         if not theirs.allows_any("repos.receive"):
             return []
         return [
@@ -287,7 +276,9 @@ class _LinkShares(LinkOutbox):
     async def send_if_granted(self, repo_id: str, msg: proto.RepoSnapshotsChanged) -> None:
         with contextlib.suppress(NotFound):
             peer = await self.svc.store.get_peer(self.peer_id)
-            theirs = _grants(list(peer.their_grants), self.peer_id, "their")
+            theirs = Grants.stored(
+                peer.their_grants, whose=f"their grants stored for {self.peer_id}"
+            )
             if theirs.allows("repos.receive", repo=repo_id):
                 await self.link.channel.send(proto.encode(msg))
 

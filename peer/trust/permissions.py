@@ -209,6 +209,22 @@ class Grants:
         """No grants at all."""
         return cls()
 
+    @classmethod
+    def stored(cls, entries: Iterable[str] | None, *, whose: str) -> Grants:
+        """Grants read back from a peer's row, or none when they no longer parse.
+
+        A row written by a newer version or edited by hand must grant nothing rather than fail
+        the sync, request or share that asked: the peer then gets nothing until it is paired
+        again, and the log says why (``whose``: e.g. "grants of laptop").
+        """
+        try:
+            return cls.parse(list(entries or []))
+        except GrantError as exc:
+            import logging
+
+            logging.getLogger(__name__).warning("%s are unreadable (%s); none assumed", whose, exc)
+            return cls.none()
+
     def to_dict(self) -> dict[str, list[str]]:
         """JSON-serialisable form: grant -> canonical scope strings."""
         return {name: scope.to_strings() for name, scope in self._scopes.items()}

@@ -230,3 +230,21 @@ def test_properties(
         assert repo not in scope.not_repos and plan not in scope.not_plans
     if scope is not None and not scope.grants_anything:
         assert not allowed
+
+
+def test_stored_grants_that_no_longer_parse_grant_nothing_and_say_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A peer row written by a newer version (an unknown grant) or edited by hand must not fail
+    the sync or request that reads it, nor grant anything: none, and one warning naming whose."""
+    assert Grants.stored(["ops:plan:home", "repos.receive"], whose="x") == Grants.parse(
+        ["ops:plan:home", "repos.receive"]
+    )
+    assert Grants.stored(None, whose="x") == Grants.none()
+    with caplog.at_level("WARNING"):
+        got = Grants.stored(["ops", "teleport"], whose="the grants stored for laptop")
+    assert got == Grants.none()
+    assert [r.getMessage() for r in caplog.records] == [
+        "the grants stored for laptop are unreadable (unknown grant 'teleport'; known grants "
+        "are ops, config.read, config.write, repos.receive, run); none assumed"
+    ]
