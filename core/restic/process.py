@@ -164,7 +164,14 @@ async def _death_signal_prefix() -> list[str]:
                         stdout=asyncio.subprocess.DEVNULL,
                         stderr=asyncio.subprocess.DEVNULL,
                     )
-                    works = await probe.wait() == 0
+                    try:
+                        # A local program, but still a wait: one that hangs means "does not work".
+                        async with asyncio.timeout(5):
+                            works = await probe.wait() == 0
+                    except TimeoutError:
+                        probe.kill()
+                        await probe.wait()
+                        works = False
                 except OSError:
                     works = False
                 if works:
