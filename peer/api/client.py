@@ -26,6 +26,7 @@ imports nothing heavy at its top: aiohttp and asyncio are imported by the method
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
@@ -111,10 +112,11 @@ def too_large() -> AdminError:
     return AdminError("the node's answer is too large")
 
 
-def not_accepted() -> AdminError:
-    return AdminError(
-        f"the node did not accept the connection within {CONNECT_TIMEOUT:.0f} s (is it stuck?)"
-    )
+def not_accepted(waited: bool = True) -> AdminError:
+    """The node's socket takes no connection: it has more waiting than it accepts (a stuck or
+    flooded node). ``waited``: we waited :data:`CONNECT_TIMEOUT` for it."""
+    within = f" within {CONNECT_TIMEOUT:.0f} s" if waited else ""
+    return AdminError(f"the node did not accept the connection{within} (is it stuck?)")
 
 
 def silent(path: str, seconds: float) -> AdminError:
@@ -196,7 +198,18 @@ class AdminClient:
             raise not_accepted() from None
         except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError):
             raise self.not_running() from None
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+        except aiohttp.ClientOSError as exc:
+            if exc.errno == errno.ENOTCONN:
+                # asyncio takes a Unix socket whose queue of connections is full for
+                # connected, and the request then finds it is not: the node accepts nothing.
+                raise not_accepted(waited=False) from None
+            raise closed() from None
+        except (
+            aiohttp.ClientPayloadError,
+            aiohttp.ClientConnectionError,
+            ConnectionResetError,
+            BrokenPipeError,
+        ):
             raise closed() from None
         except aiohttp.ClientResponseError:  # the answer could not be parsed as HTTP
             raise not_http() from None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import struct
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
 from typing import Any, BinaryIO, TypeVar
 
@@ -118,12 +119,17 @@ class QuickAdminClient(AdminClient):
             head.append("Content-Type: application/json")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(CONNECT_TIMEOUT)
+            # A Unix socket's connect waits only while the node's queue of connections is
+            # full, and Python's own timeout does not cover that wait (it gives EAGAIN at
+            # once): a blocking connect with a send deadline lets the kernel wait, up to it.
+            seconds, fraction = divmod(CONNECT_TIMEOUT, 1.0)
+            timeval = struct.pack("@ll", int(seconds), int(fraction * 1_000_000))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
             try:
                 sock.connect(str(self.socket))
             except (FileNotFoundError, ConnectionRefusedError):
                 raise self.not_running() from None
-            except TimeoutError:
+            except (BlockingIOError, TimeoutError):
                 raise not_accepted() from None
             sock.settimeout(READ_TIMEOUT)
             reply = _Answer(sock)

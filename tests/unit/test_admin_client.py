@@ -13,6 +13,7 @@ import asyncio
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp import web
 
+from peerstash.peer.api import client as client_module
 from peerstash.peer.api import quickclient
 from peerstash.peer.api.client import AdminClient, AdminError
 from peerstash.peer.api.quickclient import QuickAdminClient, run_to_end
@@ -245,6 +247,58 @@ def test_a_socket_others_could_replace_is_refused_before_a_byte(node: Node, tran
     err = refused(transport, node.data_dir, follow("/v1/events", []))
     assert str(err).startswith("refusing to use the admin socket")
     assert node.received == []
+
+
+@pytest.fixture
+def full_queue(tmp_path: Path) -> Iterator[Path]:
+    """A node that accepts nothing: its socket's queue of connections is full (a stuck or
+    flooded node)."""
+    data_dir = tmp_path / "stuck"
+    data_dir.mkdir(mode=0o700)
+    path = admin_socket_path(data_dir)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    os.chmod(path, 0o600)
+    listener.listen(0)
+    held: list[socket.socket] = []
+    try:
+        while len(held) < 64:
+            waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            waiting.setblocking(False)
+            held.append(waiting)
+            try:
+                waiting.connect(str(path))
+            except BlockingIOError:
+                break
+        else:
+            pytest.fail("the queue of connections never filled")
+        yield data_dir
+    finally:
+        for waiting in held:
+            waiting.close()
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    ("transport", "error"),
+    [
+        # asyncio cannot wait for room in the queue: it says so at once.
+        ("aiohttp", "the node did not accept the connection (is it stuck?)"),
+        # The kernel waits, up to the connect deadline (10 s, shortened here).
+        ("quick", "the node did not accept the connection within 0 s (is it stuck?)"),
+    ],
+)
+def test_a_node_that_accepts_nothing_is_one_line(
+    full_queue: Path, transport: str, error: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(quickclient, "CONNECT_TIMEOUT", 0.4)
+    monkeypatch.setattr(client_module, "CONNECT_TIMEOUT", 0.4)
+    started = time.monotonic()
+    err = refused(transport, full_queue, lambda c: c.call("GET", "/v1/status"))
+    took = time.monotonic() - started
+    assert str(err) == error
+    if transport == "quick":
+        assert 0.3 < took < 5, took
 
 
 # -- the connection ends early, or goes quiet ---------------------------------------------------
