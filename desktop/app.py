@@ -1,7 +1,7 @@
 """The tray app: the node (in this process, or the one already running) plus its window and tray.
 
 One code path: whether the node runs inside this process or in another one, every view talks to
-it through the admin socket (:class:`~peerstash.desktop.api.DesktopClient`). When a node already
+it through the admin socket (:class:`~peerstash.peer.api.client.AdminClient`). When a node already
 answers on the data directory's socket, this process never starts a second node: if a window
 already follows that node (a first tray app), the node is asked to bring it up
 (``POST /v1/ui/present``) and this launch ends there; if none does (a ``peerstash --no-gui``),
@@ -28,13 +28,14 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 
 from peerstash.core.logformat import use_printable_log_lines
 from peerstash.desktop import prefs
-from peerstash.desktop.api import ApiError, DesktopClient, node_answers
+from peerstash.desktop.api import ApiError, node_answers
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.dialogs import closing
 from peerstash.desktop.icons import app_icon
 from peerstash.desktop.platform import autostart, qtfix
 from peerstash.desktop.tray import Tray
 from peerstash.desktop.window import MainWindow
+from peerstash.peer.api.client import AdminClient
 from peerstash.peer.node import Node, NodeAlreadyRunning, NodeError, NodeOptions
 from peerstash.peer.paths import default_data_dir, resolve_data_dir
 
@@ -77,7 +78,7 @@ class DesktopApp:
         #: Open "Set up a backup" by itself when the node has no repository and no plan.
         self.first_run_assistant = first_run_assistant
         self.node: Node | None = None
-        self.client: DesktopClient | None = None
+        self.client: AdminClient | None = None
         self.backend: Backend | None = None
         self.window: MainWindow | None = None
         self.tray: Tray | None = None
@@ -108,7 +109,7 @@ class DesktopApp:
                 log.info("a node started for %s meanwhile; attaching to it", self.data_dir)
             else:
                 self.node = node
-        self.client = DesktopClient(self.data_dir)
+        self.client = AdminClient(self.data_dir)
         await self.client.__aenter__()
         self.backend = backend = Backend(self.client, in_process=self.in_process)
         await backend.start()
@@ -142,9 +143,9 @@ class DesktopApp:
 
     async def _present_other_window(self) -> bool:
         """Ask the running node to bring up a window that already follows it."""
-        async with DesktopClient(self.data_dir) as client:
+        async with AdminClient(self.data_dir) as client:
             try:
-                answer = await client.request("POST", "/v1/ui/present")
+                answer = await client.call("POST", "/v1/ui/present")
             except ApiError as exc:  # an older node, or it just stopped: open our own
                 log.info("could not ask for the open window (%s); opening one here", exc)
                 return False

@@ -1,6 +1,6 @@
 """The one object between the views and the node.
 
-It holds the :class:`~peerstash.desktop.api.DesktopClient`, follows ``/v1/events`` and turns
+It holds the :class:`~peerstash.peer.api.client.AdminClient`, follows ``/v1/events`` and turns
 what the node says into Qt signals, and keeps the little state every view shares (the node's
 status, plans, repositories, the operations in flight). Views never open their own follow
 streams: one subscription feeds the tray, the overview and the operations list alike.
@@ -22,8 +22,9 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from peerstash.core.ops import FINISHED, OpStatus
-from peerstash.desktop.api import ApiError, DesktopClient, PeersApi, q, query
+from peerstash.desktop.api import ApiError, PeersApi, q, query
 from peerstash.desktop.tasks import Tasks
+from peerstash.peer.api.client import AdminClient
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Backend(QObject):
 
     def __init__(
         self,
-        client: DesktopClient,
+        client: AdminClient,
         *,
         in_process: bool,
         status_interval: float = 30.0,
@@ -136,26 +137,22 @@ class Backend(QObject):
         self.peersChanged.emit()
 
     async def refresh_status(self) -> dict[str, Any]:
-        self.status = dict(await self.client.request("GET", "/v1/status"))
+        self.status = dict(await self.client.call("GET", "/v1/status"))
         self._set_connected(True, "")
         self.statusChanged.emit(self.status)
         return self.status
 
     async def refresh_config(self) -> None:
         plans, repos = await asyncio.gather(
-            self.client.request("GET", "/v1/plans"), self.client.request("GET", "/v1/repos")
+            self.client.call("GET", "/v1/plans"), self.client.call("GET", "/v1/repos")
         )
         self.plans, self.repos = list(plans), list(repos)
         self.configChanged.emit()
 
     async def _refresh_active(self) -> None:
         running, pending = await asyncio.gather(
-            self.client.request(
-                "GET", "/v1/ops" + query({"status": OpStatus.RUNNING, "limit": 1000})
-            ),
-            self.client.request(
-                "GET", "/v1/ops" + query({"status": OpStatus.PENDING, "limit": 1000})
-            ),
+            self.client.call("GET", "/v1/ops" + query({"status": OpStatus.RUNNING, "limit": 1000})),
+            self.client.call("GET", "/v1/ops" + query({"status": OpStatus.PENDING, "limit": 1000})),
         )
         self.active = {op_key(op): op for op in [*running, *pending]}
 
@@ -203,7 +200,7 @@ class Backend(QObject):
                     opened.set_result(None)
 
             try:
-                async for event in self.client.lines(
+                async for event in self.client.stream(
                     "/v1/events?ui=1", on_open=on_open, idle_timeout=EVENTS_SILENCE
                 ):
                     if self._closed:
@@ -294,7 +291,7 @@ class Backend(QObject):
     # -- doing -------------------------------------------------------------------------------
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        return await self.client.request(method, path, body)
+        return await self.client.call(method, path, body)
 
     async def backup(self, plan_id: str) -> dict[str, Any]:
         op = await self.call("POST", f"/v1/plans/{q(plan_id)}/backup")

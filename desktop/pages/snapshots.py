@@ -332,7 +332,7 @@ class SnapshotsPage(Page):
 
         url = f"/v1/repos/{q(repo)}/snapshots/{q(snap)}/ls" + query({"path": path})
         try:
-            async with contextlib.aclosing(self.backend.client.lines(url)) as stream:
+            async with contextlib.aclosing(self.backend.client.stream(url)) as stream:
                 async for node in stream:
                     if not is_child(str(node.get("path") or ""), path):
                         continue  # the directory itself (restic lists it first)

@@ -5,9 +5,10 @@ Importing aiohttp takes several times as long as starting Python, and asyncio (w
 one request and then follows one NDJSON stream, needs neither. :class:`QuickAdminClient` speaks
 HTTP/1.1 over the node's Unix socket with blocking :mod:`socket` calls, one connection per
 request, with a deadline on the connect and on every read (a stream's node sends a keep-alive
-line every 15 s, so a silent minute means a stuck node). It keeps every check and every error
-of :class:`~peerstash.peer.cli.AdminClient` (the socket is checked before a byte is sent; "no
-node is running" names a system node), so the user sees the same output either way.
+line every 15 s, so a silent minute means a stuck node). It is the other transport of the one
+admin client (:mod:`peerstash.peer.api.client`): the socket checks, the error type and the
+wording of every refusal and failure are that module's, so the user sees the same output
+either way.
 
 Its coroutines never suspend: :func:`run_to_end` runs a command's handler without an event loop.
 That is why this client must never be used on a running event loop (the tray, the node): its
@@ -19,17 +20,27 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Coroutine, Iterator
+import struct
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
 from typing import Any, BinaryIO, TypeVar
 
-from peerstash.peer.cli import AdminClient, CliError
+from peerstash.peer.api.client import (
+    CONNECT_TIMEOUT,
+    MAX_ANSWER,
+    AdminClient,
+    AdminError,
+    answer,
+    closed,
+    ndjson_line,
+    not_accepted,
+    not_http,
+    refusal,
+    silent,
+    too_large,
+)
 
-#: Seconds to wait for the node to accept the connection (aiohttp's ``sock_connect`` in the
-#: full client), and for each read of its answer (a stream sends a keep-alive every 15 s).
-CONNECT_TIMEOUT = 10.0
+#: Seconds to wait for each read of the node's answer (a stream sends a keep-alive every 15 s).
 READ_TIMEOUT = 60.0
-#: An answer (or one streamed line) larger than this is not one the admin API sends.
-MAX_ANSWER = 64 * 1024 * 1024
 
 T = TypeVar("T")
 
@@ -55,48 +66,46 @@ class QuickAdminClient(AdminClient):
         return None
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        with self._request(method, path, body) as answer:
-            status, headers = answer.head()
-            raw = b"".join(answer.body(headers)).strip()
-        try:
-            data = json.loads(raw) if raw else None
-        except ValueError:
-            raise CliError(f"the node answered HTTP {status} with something not JSON") from None
-        if status >= 400:
-            msg = data.get("error") if isinstance(data, dict) else None
-            raise CliError(msg or f"the node answered HTTP {status}")
-        return data
+        with self._request(method, path, body) as reply:
+            status, headers = reply.head()
+            raw = b"".join(reply.body(headers))
+        return answer(status, raw)
 
-    async def stream(self, path: str) -> AsyncIterator[dict[str, Any]]:
-        """Yield NDJSON objects from a streaming endpoint (keep-alive ``{}`` lines skipped)."""
-        with self._request("GET", path, None) as answer:
-            status, headers = answer.head()
+    async def stream(
+        self,
+        path: str,
+        on_open: Callable[[], None] | None = None,
+        *,
+        idle_timeout: float | None = None,
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Yield NDJSON objects from a streaming endpoint (keep-alive ``{}`` lines skipped);
+        ``on_open`` and ``idle_timeout`` as in :meth:`AdminClient.stream` (without
+        ``idle_timeout`` every read has the :data:`READ_TIMEOUT` deadline)."""
+        with self._request("GET", path, None) as reply:
+            status, headers = reply.head()
             if status >= 400:
-                raw = b"".join(answer.body(headers)).strip()
-                try:
-                    data = json.loads(raw) if raw else None
-                except ValueError:
-                    data = None
-                msg = data.get("error") if isinstance(data, dict) else None
-                raise CliError(msg or f"the node answered HTTP {status}")
+                raise refusal(status, b"".join(reply.body(headers)))
+            if on_open is not None:
+                on_open()
+            if idle_timeout is not None:
+                reply.sock.settimeout(idle_timeout)
+                reply.on_deadline = lambda: silent(path, idle_timeout)
             pending = b""
-            for piece in answer.body(headers):
+            for piece in reply.body(headers):
                 pending += piece
                 *lines, pending = pending.split(b"\n")
                 if len(pending) > MAX_ANSWER:
-                    raise CliError("the node's answer is too large")
+                    raise too_large()
                 for line in lines:
-                    obj = _json_line(line)
+                    obj = ndjson_line(line)
                     if obj:
                         yield obj
-            obj = _json_line(pending)
+            obj = ndjson_line(pending)
             if obj:
                 yield obj
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None) -> _Answer:
-        """Connect (after the same checks as :class:`AdminClient`) and send one request."""
-        if not self.socket.exists():
-            raise self._not_running()
+        """Connect (after :meth:`~AdminClient.check_socket`) and send one request."""
         self.check_socket()
         payload = b"" if body is None else json.dumps(body).encode()
         head = [
@@ -110,55 +119,41 @@ class QuickAdminClient(AdminClient):
             head.append("Content-Type: application/json")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(CONNECT_TIMEOUT)
+            # A Unix socket's connect waits only while the node's queue of connections is
+            # full, and Python's own timeout does not cover that wait (it gives EAGAIN at
+            # once): a blocking connect with a send deadline lets the kernel wait, up to it.
+            seconds, fraction = divmod(CONNECT_TIMEOUT, 1.0)
+            timeval = struct.pack("@ll", int(seconds), int(fraction * 1_000_000))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
             try:
                 sock.connect(str(self.socket))
             except (FileNotFoundError, ConnectionRefusedError):
-                raise self._not_running() from None
-            except TimeoutError:
-                raise CliError(
-                    f"the node did not accept the connection within {CONNECT_TIMEOUT:.0f} s "
-                    "(is it stuck?)"
-                ) from None
+                raise self.not_running() from None
+            except (BlockingIOError, TimeoutError):
+                raise not_accepted() from None
             sock.settimeout(READ_TIMEOUT)
-            answer = _Answer(sock)
-            with _socket_errors():
+            reply = _Answer(sock)
+            with _socket_errors(_no_answer):
                 sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
         except BaseException:
             sock.close()
             raise
-        return answer
+        return reply
 
 
-def _json_line(line: bytes) -> Any:
-    line = line.strip()
-    if not line:
-        return None
-    try:
-        return json.loads(line)
-    except ValueError:
-        raise CliError("the node sent a line that is not JSON") from None
+def _no_answer() -> AdminError:
+    return AdminError(f"the node did not answer within {READ_TIMEOUT:.0f} s (is it stuck?)")
 
 
 @contextlib.contextmanager
-def _socket_errors() -> Iterator[None]:
-    """Turn the socket's own errors into the full client's one-line errors."""
+def _socket_errors(on_deadline: Callable[[], AdminError]) -> Iterator[None]:
+    """Turn the socket's own errors into the one-line errors of :mod:`.client`."""
     try:
         yield
     except TimeoutError:
-        raise CliError(
-            f"the node did not answer within {READ_TIMEOUT:.0f} s (is it stuck?)"
-        ) from None
+        raise on_deadline() from None
     except (ConnectionResetError, BrokenPipeError):
-        raise _closed() from None
-
-
-def _closed() -> CliError:
-    return CliError("the node closed the connection (did it stop?)")
-
-
-def _not_http() -> CliError:
-    return CliError("the node's answer is not HTTP")
+        raise closed() from None
 
 
 class _Answer:
@@ -168,6 +163,8 @@ class _Answer:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.file: BinaryIO = sock.makefile("rb")
+        #: The error when a read misses its deadline.
+        self.on_deadline: Callable[[], AdminError] = _no_answer
 
     def __enter__(self) -> _Answer:
         return self
@@ -177,10 +174,10 @@ class _Answer:
         self.sock.close()
 
     def _line(self) -> bytes:
-        with _socket_errors():
+        with _socket_errors(self.on_deadline):
             line = self.file.readline(65536)
         if not line.endswith(b"\n"):
-            raise _closed() if len(line) < 65536 else _not_http()
+            raise closed() if len(line) < 65536 else not_http()
         return line
 
     def head(self) -> tuple[int, dict[str, str]]:
@@ -188,7 +185,7 @@ class _Answer:
         version, _, rest = self._line().decode("latin-1").partition(" ")
         code = rest[:3]
         if not version.startswith("HTTP/1.") or not code.isdigit():
-            raise _not_http()
+            raise not_http()
         headers: dict[str, str] = {}
         for _ in range(100):
             line = self._line().decode("latin-1").strip()
@@ -196,13 +193,13 @@ class _Answer:
                 return int(code), headers
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        raise _not_http()
+        raise not_http()
 
     def _exactly(self, size: int) -> bytes:
-        with _socket_errors():
+        with _socket_errors(self.on_deadline):
             data = self.file.read(size)
         if len(data) < size:
-            raise _closed()
+            raise closed()
         return data
 
     def body(self, headers: dict[str, str]) -> Iterator[bytes]:
@@ -213,21 +210,21 @@ class _Answer:
                 try:
                     size = int(size_text, 16)
                 except ValueError:
-                    raise _not_http() from None
+                    raise not_http() from None
                 if size == 0:
                     return
                 if size > MAX_ANSWER:
-                    raise CliError("the node's answer is too large")
+                    raise too_large()
                 data = self._exactly(size + 2)
                 yield data[:-2]
         elif "content-length" in headers:
             length = headers["content-length"]
             if not length.isdigit() or int(length) > MAX_ANSWER:
-                raise _not_http()
+                raise not_http()
             yield self._exactly(int(length))
         else:
-            with _socket_errors():
+            with _socket_errors(self.on_deadline):
                 data = self.file.read(MAX_ANSWER + 1)
             if len(data) > MAX_ANSWER:
-                raise CliError("the node's answer is too large")
+                raise too_large()
             yield data

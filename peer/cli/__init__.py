@@ -11,17 +11,14 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Self
+from typing import Any, NoReturn
 
 from peerstash.core import __version__
 from peerstash.core.text import printable, printable_lines
 from peerstash.core.wording import backup_summary_line, human_bytes, human_duration
-from peerstash.peer.paths import SOCKET_NAME, admin_socket_path, resolve_data_dir, socket_trouble
-
-if TYPE_CHECKING:
-    import aiohttp
+from peerstash.peer.paths import resolve_data_dir
 
 # Every `peerstash` call imports this module, so it imports only what every command needs:
 # aiohttp, asyncio, getpass and urllib are imported where they are used (`status` and
@@ -33,101 +30,10 @@ EXIT_FAILED = 1
 EXIT_WARNING = 3
 
 
-class CliError(Exception):
-    pass
-
-
-class AdminClient:
-    """A small client for the admin API over the node's Unix socket."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.socket = admin_socket_path(data_dir)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> Self:
-        import aiohttp
-
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=str(self.socket)),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    def _not_running(self) -> CliError:
-        from peerstash.peer.systemd import SYSTEM_DATA_DIR
-
-        # A system service's node lives elsewhere: name it rather than send people to start
-        # a second node (only root can see those sockets).
-        system = sorted(
-            s.parent.name
-            for s in SYSTEM_DATA_DIR.glob(f"*/{SOCKET_NAME}")
-            if s.parent != self.data_dir and s.is_socket()
-        )
-        also = f"; a system node runs: peerstash --system {system[0]} ..." if system else ""
-        return CliError(
-            f"no Peerstash node is running for {self.data_dir}; start one with "
-            f"`peerstash --no-gui{self._dd_flag()}` (or the tray app){also}"
-        )
-
-    def check_socket(self) -> None:
-        """Refuse, before a byte is sent, a socket or directory that is not ours alone: in a
-        shared runtime directory it could be another user's listener (see ``peer/paths.py``)."""
-        trouble = socket_trouble(self.socket)
-        if trouble is not None:
-            raise CliError(trouble)
-
-    def _dd_flag(self) -> str:
-        return "" if self.data_dir == resolve_data_dir(None) else f" --data-dir {self.data_dir}"
-
-    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        import aiohttp
-
-        assert self._session is not None
-        if not self.socket.exists():
-            raise self._not_running()
-        self.check_socket()
-        try:
-            async with self._session.request(method, f"http://node{path}", json=body) as resp:
-                data = await resp.json(content_type=None)
-                if resp.status >= 400:
-                    msg = data.get("error") if isinstance(data, dict) else None
-                    raise CliError(msg or f"the node answered HTTP {resp.status}")
-                return data
-        except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError):
-            raise self._not_running() from None
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
-            raise CliError("the node closed the connection (did it stop?)") from None
-
-    async def stream(self, path: str) -> AsyncIterator[dict[str, Any]]:
-        """Yield NDJSON objects from a streaming endpoint (keep-alive blanks skipped)."""
-        import aiohttp
-
-        assert self._session is not None
-        if not self.socket.exists():
-            raise self._not_running()
-        self.check_socket()
-        try:
-            async with self._session.get(f"http://node{path}") as resp:
-                if resp.status >= 400:
-                    data = await resp.json(content_type=None)
-                    raise CliError(data.get("error") or f"the node answered HTTP {resp.status}")
-                while True:
-                    line = await resp.content.readline()
-                    if not line:
-                        return
-                    obj = json.loads(line)
-                    if obj:
-                        yield obj
-        except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError):
-            raise self._not_running() from None
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
-            raise CliError("the node closed the connection (did it stop?)") from None
-
+# The one admin client, shared with the tray (peer/api/client.py); the CLI's errors are its
+# error type, so a command raises the same exception the client does.
+from peerstash.peer.api.client import AdminClient  # noqa: E402
+from peerstash.peer.api.client import AdminError as CliError  # noqa: E402
 
 # -- formatting -----------------------------------------------------------------------------
 

@@ -254,22 +254,24 @@ def test_the_quick_client_commands_check_the_socket_too(
 async def test_the_desktop_client_checks_the_socket_too(
     runtime: tuple[Path, Path, dict[str, str]],
 ) -> None:
-    """The tray's client (desktop/api.py) sends repository passwords too (the add dialogs):
-    a squatted socket is refused for a call and for the event stream, before a byte is sent."""
-    from peerstash.desktop.api import ApiError, DesktopClient
+    """The tray's client (the aiohttp transport of peer/api/client.py) sends repository
+    passwords too (the add dialogs): a squatted socket is refused for a call and for the event
+    stream, before a byte is sent."""
+    from peerstash.desktop.api import ApiError
+    from peerstash.peer.api.client import AdminClient
 
     data_dir, _, _ = runtime
     srv = squat(admin_socket_path(data_dir), dir_mode=0o777)
     try:
         # A client that connected would wait on the squatter's answer: bounded here, so that
         # shows as a failure rather than a hang.
-        async with asyncio.timeout(20), DesktopClient(data_dir) as client:
+        async with asyncio.timeout(20), AdminClient(data_dir) as client:
             body = {"id": "nas", "uri": "/srv/nas", "password": {"value": "the-password"}}
             with pytest.raises(ApiError, match="refusing to use the admin socket") as call:
-                await client.request("POST", "/v1/repos", body)
+                await client.call("POST", "/v1/repos", body)
             assert "its directory has mode 0777" in str(call.value)
             with pytest.raises(ApiError, match="refusing to use the admin socket"):
-                async for _ in client.lines("/v1/events"):
+                async for _ in client.stream("/v1/events"):
                     pass
         assert received_nothing(srv)
     finally:

@@ -17,17 +17,17 @@ from pathlib import Path
 def main() -> None:
     from PySide6.QtWidgets import QApplication
 
-    from peerstash.desktop.api import DesktopClient
     from peerstash.desktop.backend import Backend
     from peerstash.desktop.opsmodel import COL_DETAIL
     from peerstash.desktop.platform import qtfix
     from peerstash.desktop.window import MainWindow
+    from peerstash.peer.api.client import AdminClient
 
     app = QApplication([sys.argv[0]])
     qtfix.apply()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["XDG_CONFIG_HOME"] = str(Path(tmp) / "config")
-        backend = Backend(DesktopClient(Path(tmp) / "data"), in_process=False)
+        backend = Backend(AdminClient(Path(tmp) / "data"), in_process=False)
         w = MainWindow(backend, autostart_command=["peerstash"])
         w.restore_state({})  # a first start: nothing remembered
         w.show()

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from peerstash.desktop.api import ApiError, DesktopClient
+from peerstash.desktop.api import ApiError
+from peerstash.peer.api.client import AdminClient
 from peerstash.peer.paths import admin_socket_path
 
 
@@ -42,9 +43,9 @@ async def test_a_silent_stream_ends_with_words_and_lines_before_it_arrive(tmp_pa
     runner = await serve(tmp_path, stuck_after_ready)
     try:
         got = []
-        async with DesktopClient(tmp_path) as client:
+        async with AdminClient(tmp_path) as client:
             with pytest.raises(ApiError) as err:
-                async for obj in client.lines("/v1/events", idle_timeout=0.3):
+                async for obj in client.stream("/v1/events", idle_timeout=0.3):
                     got.append(obj)
         assert got == [{"type": "ready"}]  # the keep-alive is skipped, not yielded
         assert "said nothing for 0.3s" in str(err.value)
@@ -65,8 +66,8 @@ async def test_keep_alives_hold_a_quiet_stream_open(tmp_path: Path) -> None:
 
     runner = await serve(tmp_path, quiet_but_alive)
     try:
-        async with DesktopClient(tmp_path) as client:
-            got = [obj async for obj in client.lines("/v1/events", idle_timeout=0.3)]
+        async with AdminClient(tmp_path) as client:
+            got = [obj async for obj in client.stream("/v1/events", idle_timeout=0.3)]
         assert got == [{"type": "notice", "message": "still here"}]
     finally:
         await runner.cleanup()
