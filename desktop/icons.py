@@ -16,8 +16,6 @@ from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
 
 from peerstash.core.ops import OpStatus
 
-STATES = ("ok", "running", "warning", "error", "paused", "attention")
-
 STATE_COLORS = {
     "ok": "#2e9d58",
     "running": "#2f7ed8",
@@ -77,7 +75,7 @@ def dot_pixmap(color: str, size: int = 12) -> QPixmap:
 
 @functools.cache
 def state_icon(state: str) -> QIcon:
-    """The tray icon of ``state`` (one of :data:`STATES`)."""
+    """The tray icon of ``state`` (a key of :data:`STATE_COLORS`)."""
     icon = _svg(f"tray-{state}")
     if icon is not None:
         return icon

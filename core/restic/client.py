@@ -56,7 +56,6 @@ _NO_LOCK_COMMANDS = frozenset({"init", "unlock", "version"})
 _LS_QUEUE_SIZE = 512
 _SNAPSHOT_REF_RE = re.compile(r"^(?:latest|[0-9a-fA-F]{4,64})$")
 _HEX_ID_RE = re.compile(r"^[0-9a-f]{8,64}$")
-_STATS_MODES = ("restore-size", "files-by-contents", "blobs-per-file", "raw-data")
 
 
 # --------------------------------------------------------------------------------------------
@@ -611,18 +610,6 @@ class Restic:
                 again = await _wait_through_cancellation(task)
                 if again:
                     raise asyncio.CancelledError
-
-    async def stats(self, repo: RepoAccess, mode: str = "restore-size") -> dict[str, Any]:
-        """``restic stats --json`` in ``mode`` (restore-size, raw-data, ...)."""
-        if mode not in _STATS_MODES:
-            raise ResticError(
-                ErrorKind.INVALID_ARGS,
-                f"unknown stats mode {mode!r}; use one of {', '.join(_STATS_MODES)}",
-            )
-        doc = await self._json_doc(repo, "stats", ["stats", "--json", "--mode", mode], None)
-        if not isinstance(doc, dict):
-            raise ResticError(ErrorKind.UNKNOWN, "restic stats printed no JSON object")
-        return doc
 
     async def unlock(self, repo: RepoAccess, *, remove_all: bool = False) -> None:
         """Remove stale locks (``remove_all``: every lock, even live ones - use with care)."""

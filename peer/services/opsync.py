@@ -30,7 +30,8 @@ Deletions are pushed live too: the owner's garbage collection publishes
 :class:`~peerstash.core.events.OperationsDeleted` with the (id, repo, plan) of what it removed,
 and each link sends ``OpsDeleted`` for the ids that peer was allowed to see (so no peer learns
 an id outside its scope). Deletions made any other way (a database restored from a backup) are
-still found by the digest on the next connect, or by :meth:`SyncService.regrant`.
+still found by the digest on the next connect (a change of grants restarts the link, see
+``PeerManager.set_grants``).
 """
 
 from __future__ import annotations
@@ -359,23 +360,6 @@ class SyncService(LinkService):
         if n:
             log.info("deleted %d operations of removed peer %s", n, removed.peer_id)
             self.bus.publish(OpsSynced(peer_id=removed.peer_id, deleted=n))
-
-    async def regrant(self, peer_id: str) -> bool:
-        """The grants we give ``peer_id`` changed: apply them to the live link now.
-
-        Re-reads the grants, drops queued pushes now out of scope, and sends a fresh digest;
-        the peer's repair then removes what it may no longer see (and fetches what it now
-        may). Nothing we never sent is named to it. Returns False when the peer is offline
-        (the next connect applies the new grants anyway).
-        """
-        ls = self._links.get(peer_id)
-        if ls is None:
-            return False
-        ls.grants = await self._grants_of(peer_id)
-        ls.pending = {k: r for k, r in ls.pending.items() if ls.allows(r.repo_id, r.plan_id)}
-        ls.repair = None
-        ls.enqueue(ls.send_digest)
-        return True
 
     async def _grants_of(self, peer_id: str) -> Grants:
         try:

@@ -246,8 +246,8 @@ class RateLimiter:
     ``max_failures`` within ``window`` locks the source out for ``window`` seconds from that
     moment (and clears its count), so a persistent guesser gets at most ``max_failures``
     attempts per window. Other sources are unaffected. Callers check :meth:`allowed` *before*
-    doing any work for the attempt, then report :meth:`record_failure` or
-    :meth:`record_success`.
+    doing any work for the attempt, then report :meth:`record_failure`. A success forgets
+    nothing: failures age out of the window on their own.
 
     Sources are normalised by :meth:`source_key`: an IPv4-mapped IPv6 address counts as the
     IPv4 address, and IPv6 addresses are grouped by their /64 prefix (``ipv6_prefix``), since
@@ -347,13 +347,6 @@ class RateLimiter:
             entry.failures.clear()
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
-
-    def record_success(self, address: str) -> None:
-        """Forget failures from ``address`` after a successful attempt (not a lockout)."""
-        key = self.source_key(address)
-        entry = self._entries.get(key)
-        if entry is not None and entry.blocked_until <= self._clock():
-            del self._entries[key]
 
     def __len__(self) -> int:
         """Number of sources currently tracked (bounded by ``max_entries``)."""

@@ -24,7 +24,7 @@ import pytest
 
 from peerstash.peer.node import Node, NodeError, NodeOptions
 from peerstash.peer.paths import admin_socket_path
-from tests.e2e.conftest import PEERSTASH
+from tests.fixtures.processes import PEERSTASH
 
 NOBODY = 65534
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another user needs root")

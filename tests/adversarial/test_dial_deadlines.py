@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from tests.adversarial.netnodes import Forwarder, LinkWatch, Node, pair
+from tests.fixtures.netnodes import Forwarder, LinkWatch, Node, pair
 
 # Quick detection of a dropped link; dial deadlines and backoff stay at their defaults.
 TIMINGS = "heartbeat=1,offline_after=4"

@@ -18,8 +18,8 @@ from typing import Any
 
 from peerstash.peer.links import protocol as proto
 from peerstash.peer.links.rpc import CallContext, CallError, _Method
-from tests.adversarial.netnodes import LinkWatch
-from tests.adversarial.netnodes import Node as ProcessNode
+from tests.fixtures.netnodes import LinkWatch
+from tests.fixtures.netnodes import Node as ProcessNode
 from tests.fixtures.nodes import MakeNode, token_for, wait_state
 
 ESC, CR, RLO = "\x1b", "\r", "\u202e"

@@ -27,9 +27,9 @@ from peerstash.peer.links.rpc import CallError
 from peerstash.peer.node import Node
 from peerstash.peer.services.opsync import OpsSynced
 from peerstash.peer.trust.tokens import parse_token
-from tests.e2e.conftest import PEERSTASH
 from tests.fixtures.nodes import MakeNode, link, store_of, token_for
 from tests.fixtures.nodes import record as base_record
+from tests.fixtures.processes import PEERSTASH
 
 ESC, CR, RLO, BEL, NEL, LRI, DEL = "\x1b", "\r", "\u202e", "\x07", "\x85", "\u2066", "\x7f"
 HOSTILE = f"boom{ESC}[2J{ESC}]52;c;cGF3bmVk{BEL}{CR}all good {RLO}exe.txt{LRI}{NEL}{DEL}"

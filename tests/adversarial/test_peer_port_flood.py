@@ -22,7 +22,7 @@ import pytest
 from peerstash.peer.links import channel as ch
 from peerstash.peer.links import protocol as proto
 from peerstash.peer.trust.identity import Identity
-from tests.adversarial.netnodes import (
+from tests.fixtures.netnodes import (
     FloodProcess,
     Forwarder,
     LinkWatch,

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import PEERSTASH, NodeProc, node_factory
+from tests.fixtures.processes import PEERSTASH, NodeProc, node_factory
 
 __all__ = ["node_factory"]
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import PEERSTASH, NodeProc
 from tests.fixtures.cli import PASSWORD, add_repo, jcli, make_tree
+from tests.fixtures.processes import PEERSTASH, NodeProc
 
 
 def same_tree(a: Path, b: Path) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from peerstash.core.wording import backup_summary_line
-from tests.e2e.conftest import NodeProc
+from tests.fixtures.processes import NodeProc
 from tests.fixtures.servers import resolve_restic
 
 PASSWORD = "summary-Pa55word-for-tests"

@@ -11,9 +11,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.e2e.conftest import PEERSTASH, NodeProc
 from tests.fixtures.cli import PASSWORD, add_repo, jcli, make_tree
 from tests.fixtures.gate import gated_password
+from tests.fixtures.processes import PEERSTASH, NodeProc
 
 
 def check(node: NodeProc) -> tuple[int, str]:

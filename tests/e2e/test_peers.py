@@ -7,8 +7,8 @@ import signal
 import threading
 from typing import Any
 
-from tests.e2e.conftest import NodeProc
 from tests.fixtures.cli import FAST, Events, pair, peers, status, wait_link
+from tests.fixtures.processes import NodeProc
 
 
 def test_two_nodes_pair_drop_and_heal(node_factory: Any) -> None:

@@ -26,7 +26,7 @@ import pytest
 
 from peerstash.core.recovery import password_from_sheet
 from peerstash.peer.cli import AdminClient, CliError
-from tests.e2e.conftest import PEERSTASH, NodeProc
+from tests.fixtures.processes import PEERSTASH, NodeProc
 
 PASSWORD = "s3cret-Pa55word-for-show"
 

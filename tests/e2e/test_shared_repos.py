@@ -7,8 +7,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import NodeProc
 from tests.fixtures.cli import FAST, Events, status, wait_link
+from tests.fixtures.processes import NodeProc
 
 PASSWORD = "e2e-shared-Qw7Rt5-never-in-clear"
 

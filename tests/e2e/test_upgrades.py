@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from tests.e2e.conftest import PEERSTASH, NodeProc
+from tests.fixtures.processes import PEERSTASH, NodeProc
 from tests.fixtures.upgrades import head, make_database_at, migration_name, revisions
 
 START = revisions()[0]

@@ -17,70 +17,18 @@ os.environ.setdefault("QT_API", "pyside6")
 os.environ.pop("DISPLAY", None)
 os.environ.pop("WAYLAND_DISPLAY", None)
 # Never the developer's own session bus: a test's notifications go to a bus the test starts
-# (tests/gui/dbus_helpers.py), or nowhere.
+# (tests/fixtures/dbus.py), or nowhere.
 os.environ["DBUS_SESSION_BUS_ADDRESS"] = "unix:path=/nonexistent/peerstash-tests-no-bus"
 
 import asyncio
-import importlib.util
-from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-HAVE_QT = all(importlib.util.find_spec(m) for m in ("PySide6", "qasync", "pytestqt"))
-PASSWORD = "gui-test-Pa55word"
-
-
-async def wait_for(
-    cond: Callable[[], Any],
-    *signals: Any,
-    timeout: float = 30.0,  # noqa: ASYNC109 - a plain bound, asyncio.timeout adds nothing
-    what: str = "",
-) -> Any:
-    """Wait until ``cond()`` is truthy, re-checking when any of ``signals`` fires.
-
-    Event-driven: no polling interval, no sleeps. Returns the truthy value.
-    """
-    value = cond()
-    if value:
-        return value
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[Any] = loop.create_future()
-
-    def check(*_: Any) -> None:
-        if done.done():
-            return
-        try:
-            v = cond()
-        except Exception as exc:  # surface the failure instead of hanging
-            done.set_exception(exc)
-            return
-        if v:
-            done.set_result(v)
-
-    for sig in signals:
-        sig.connect(check)
-    try:
-        return await asyncio.wait_for(done, timeout)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}") from None
-    finally:
-        for sig in signals:
-            try:
-                sig.disconnect(check)
-            except (RuntimeError, TypeError):
-                pass
-
-
-@dataclass
-class QLoop:
-    loop: asyncio.AbstractEventLoop
-
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 90.0) -> Any:
-        return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
+from tests.fixtures.gui import HAVE_QT, LOOPBACK, PASSWORD, GuiEnv, QLoop, make_tree, node_options
+from tests.fixtures.processes import NodeProc
 
 if HAVE_QT:
 
@@ -110,59 +58,6 @@ if HAVE_QT:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
             asyncio.set_event_loop(None)
-
-
-LOOPBACK = "127.0.0.1:0"
-
-
-def node_options(**kw: Any) -> Any:
-    """NodeOptions for an in-process test node: peer port on loopback, no LAN discovery.
-
-    Nothing a test starts may send traffic beyond 127.0.0.1 (mDNS announcements included),
-    so discovery is off unless a test asks for it, and then only on loopback.
-    """
-    from dataclasses import fields
-
-    from peerstash.peer.node import NodeOptions
-
-    have = {f.name for f in fields(NodeOptions)}
-    if "listen" in have:
-        kw.setdefault("listen", LOOPBACK)
-    if "discovery" in have:
-        kw.setdefault("discovery", False)
-    if "discovery_interfaces" in have:
-        kw.setdefault("discovery_interfaces", ["127.0.0.1"])
-    return NodeOptions(**kw)
-
-
-@dataclass
-class GuiEnv:
-    """A running tray app (window, tray, in-process node) with one real repository ``main``."""
-
-    app: Any  # peerstash.desktop.app.DesktopApp
-    data_dir: Path
-    src: Path
-    tmp: Path
-    #: The ``peerstash --no-gui`` process (a tests.e2e NodeProc) when attached, else None.
-    proc: Any = None
-
-    @property
-    def window(self) -> Any:
-        return self.app.window
-
-    @property
-    def backend(self) -> Any:
-        return self.app.backend
-
-
-def make_tree(root: Path, megabytes: int = 1) -> Path:
-    """A source tree with incompressible data (restic reports progress while it reads)."""
-    (root / "docs").mkdir(parents=True)
-    (root / "docs" / "notes.txt").write_text("hello from the gui test\n")
-    (root / "big").mkdir()
-    for i in range(4):
-        (root / "big" / f"blob{i}.bin").write_bytes(os.urandom(megabytes * (1 << 20) // 4))
-    return root
 
 
 @pytest.fixture
@@ -225,7 +120,6 @@ if HAVE_QT:
 
         from peerstash.desktop.app import DesktopApp
         from peerstash.peer.cli import AdminClient
-        from tests.e2e.conftest import NodeProc
 
         # Settings > Start at login writes here, never into the real ~/.config.
         monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))

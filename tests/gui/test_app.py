@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QPushButton
 
 from peerstash.desktop.opsmodel import ProgressRole
 from tests.fixtures.gate import gated_password
-from tests.gui.conftest import PASSWORD, GuiEnv, QLoop, wait_for
+from tests.fixtures.gui import PASSWORD, GuiEnv, QLoop, wait_for
 
 
 def _plan_rows(table: Any) -> list[str]:
@@ -489,7 +489,7 @@ def test_pair_and_make_tokens_on_the_peers_page(gui: GuiEnv, qloop: QLoop, qtbot
     """Pairing through the page with a second real node; skipped on nodes without pairing."""
     from peerstash.peer.cli import AdminClient
     from peerstash.peer.node import Node
-    from tests.gui.conftest import node_options
+    from tests.fixtures.gui import node_options
 
     w = gui.window
     qtbot.addWidget(w)
@@ -761,7 +761,7 @@ def test_window_follows_the_node_going_away_and_coming_back(
 def test_a_second_launch_brings_up_the_open_window(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
     """Launching ``peerstash`` again raises the window already open; no second window/node."""
     from peerstash.desktop.app import DesktopApp
-    from tests.gui.conftest import node_options
+    from tests.fixtures.gui import node_options
 
     w = gui.window
     qtbot.addWidget(w)

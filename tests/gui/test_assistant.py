@@ -27,7 +27,7 @@ from PySide6.QtGui import QGuiApplication
 from peerstash.core.recovery import password_from_sheet
 from peerstash.desktop.dialogs.assistant import DEFAULT_RETENTION, build_repo_uri
 from peerstash.peer.cli import AdminClient
-from tests.gui.conftest import PASSWORD, GuiEnv, QLoop, wait_for
+from tests.fixtures.gui import PASSWORD, GuiEnv, QLoop, wait_for
 
 
 def restic_opens(sheet: Path) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from PySide6.QtCore import Qt
 
-from tests.gui.conftest import GuiEnv, QLoop, wait_for
+from tests.fixtures.gui import GuiEnv, QLoop, wait_for
 
 
 def _row_of(table: Any, key: str) -> int:

@@ -29,7 +29,7 @@ from PySide6.QtWidgets import QApplication, QWidget
 from peerstash.desktop import prefs
 from peerstash.desktop.platform import autostart
 from peerstash.desktop.widgets import Banner
-from tests.gui.conftest import GuiEnv, QLoop, wait_for
+from tests.fixtures.gui import GuiEnv, QLoop, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREEN = {"width": 1366, "height": 768}
@@ -246,7 +246,7 @@ def test_enter_on_a_peer_opens_its_details(gui: GuiEnv, qloop: QLoop, qtbot: Any
     """A real second node paired through the admin API; Enter on it opens what it may do."""
     from peerstash.peer.cli import AdminClient
     from peerstash.peer.node import Node
-    from tests.gui.conftest import node_options
+    from tests.fixtures.gui import node_options
 
     w = gui.window
     qtbot.addWidget(w)

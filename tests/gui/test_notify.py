@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.gui.conftest import HAVE_QT, GuiEnv, QLoop, wait_for
-from tests.gui.dbus_helpers import NOTIFY_SIGNATURE, NotificationServer, session_bus
+from tests.fixtures.dbus import NOTIFY_SIGNATURE, NotificationServer, session_bus
+from tests.fixtures.gui import HAVE_QT, GuiEnv, QLoop, wait_for
 
 pytestmark = pytest.mark.skipif(not HAVE_QT, reason="needs PySide6, qasync and pytest-qt")
 

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("pytestqt")
 pytest.importorskip("qasync")
 
-from tests.gui.conftest import GuiEnv, QLoop
+from tests.fixtures.gui import GuiEnv, QLoop
 
 
 @pytest.fixture

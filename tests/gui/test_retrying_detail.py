@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.fixtures.gui import GuiEnv, QLoop, wait_for
 from tests.fixtures.servers import RestServer
 from tests.fixtures.trouble import TroubleProxy
-from tests.gui.conftest import GuiEnv, QLoop, wait_for
 
 
 def test_a_retrying_backup_shows_restics_reason_in_the_window(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.gui.conftest import GuiEnv, QLoop, wait_for
+from tests.fixtures.gui import GuiEnv, QLoop, wait_for
 
 
 def test_a_peer_that_removes_this_node_is_shown_as_removed_by_it(
@@ -14,7 +14,7 @@ def test_a_peer_that_removes_this_node_is_shown_as_removed_by_it(
 ) -> None:
     from peerstash.peer.cli import AdminClient
     from peerstash.peer.node import Node
-    from tests.gui.conftest import node_options
+    from tests.fixtures.gui import node_options
 
     w = gui.window
     qtbot.addWidget(w)
@@ -75,7 +75,7 @@ def test_same_named_machines_are_told_apart_and_a_rename_shows_at_once(
 
     from peerstash.peer.cli import AdminClient
     from peerstash.peer.node import Node
-    from tests.gui.conftest import node_options
+    from tests.fixtures.gui import node_options
 
     w = gui.window
     qtbot.addWidget(w)

@@ -19,8 +19,8 @@ from typing import Any
 from PySide6.QtCore import QUrl
 
 from peerstash.core.wording import backup_summary_line, human_bytes
+from tests.fixtures.gui import PASSWORD, GuiEnv, QLoop, wait_for
 from tests.fixtures.servers import resolve_restic
-from tests.gui.conftest import PASSWORD, GuiEnv, QLoop, wait_for
 
 
 async def backup_and_wait(gui: GuiEnv, plan: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gui.dbus_helpers import need, session_bus
+from tests.fixtures.dbus import need, session_bus
 
 pytestmark = pytest.mark.xdesktop
 

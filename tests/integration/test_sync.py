@@ -26,6 +26,7 @@ from peerstash.core.models import Operation, OpStatus
 from peerstash.core.store import OpFilter, Store, StoreError, utcnow
 from peerstash.peer.links import channel as ch
 from peerstash.peer.links import protocol as proto
+from peerstash.peer.links.link import LinkStateChanged
 from peerstash.peer.node import Node
 from peerstash.peer.services.opsync import OpsSynced
 from peerstash.peer.trust.identity import Identity
@@ -243,7 +244,7 @@ async def test_reconnect_while_an_operation_keeps_changing_needs_no_repair(
 # -- grants --------------------------------------------------------------------------------
 
 
-async def test_scope_limits_what_arrives_and_regrant_removes_it(make_node: MakeNode) -> None:
+async def test_scope_limits_what_arrives_and_a_grant_change_removes_it(make_node: MakeNode) -> None:
     a, b = await make_node("a"), await make_node("b")
     scoped = ["ops:repo:r1"]
     await link(a, b, scoped)
@@ -259,22 +260,27 @@ async def test_scope_limits_what_arrives_and_regrant_removes_it(make_node: MakeN
     have = await converge(a, b, scoped)
     assert shown.op_id in have and hidden.op_id not in have
 
-    # Widen: the r2 history arrives (its modnos are below B's mark: the repair finds them).
-    await store_of(a).update_peer("b", grants=["ops:*"])
-    assert await a.sync.regrant("b")
+    # Widen (as `peerstash peer grant` does: the link restarts with the new grants): the r2
+    # history arrives (its modnos are below B's mark: the repair finds them).
+    assert a.peers
+    await a.peers.set_grants("b", ["ops:*"])
     have = await converge(a, b, ["ops:*"])
     assert {r[6] for r in have.values()} == {"r1", "r2"}
 
     # Narrow to one plan, then revoke: what falls out of scope is removed on B.
-    await store_of(a).update_peer("b", grants=["ops:repo:r2,!plan:p1"])
-    await a.sync.regrant("b")
+    await a.peers.set_grants("b", ["ops:repo:r2,!plan:p1"])
     await converge(a, b, ["ops:repo:r2,!plan:p1"])
-    await store_of(a).update_peer("b", grants=[])
-    await a.sync.regrant("b")
+    # (B may hold nothing already: wait for the restarted link, then for its sync.)
+    with a.bus.subscribe("link") as sub:
+        await a.peers.set_grants("b", [])
+        async with asyncio.timeout(15):
+            while True:
+                ev = await sub.get()
+                if isinstance(ev, LinkStateChanged) and (ev.peer_id, ev.state) == ("b", "online"):
+                    break
     assert await converge(a, b, []) == {}
 
     # And the next connect applies the grants too (nothing comes back).
-    assert a.peers
     settled = in_sync(b, "a")
     await a.peers.links["b"].close("test: drop")
     await settled

@@ -333,21 +333,6 @@ def test_failures_spread_beyond_the_window_do_not_lock_out() -> None:
         assert rl.allowed("a")
 
 
-def test_success_forgets_failures_but_not_a_lockout() -> None:
-    clock = FakeClock()
-    rl = RateLimiter(max_failures=3, window=10, clock=clock)
-    rl.record_failure("a")
-    rl.record_failure("a")
-    rl.record_success("a")
-    rl.record_failure("a")
-    rl.record_failure("a")
-    assert rl.allowed("a")
-    rl.record_failure("a")
-    assert not rl.allowed("a")
-    rl.record_success("a")  # cannot happen legitimately, must not lift the lockout
-    assert not rl.allowed("a")
-
-
 def test_memory_is_bounded_under_a_flood_from_many_addresses() -> None:
     clock = FakeClock()
     rl = RateLimiter(max_failures=3, window=60, max_entries=1000, clock=clock)

@@ -878,7 +878,5 @@ async def test_invalid_arguments_are_refused_before_running(tmp_path: Path) -> N
         await restic.snapshots(repo, tags=["a,b"])
     with pytest.raises(ResticError, match="invalid snapshot id"):
         [n async for n in restic.ls(repo, "--help")]
-    with pytest.raises(ResticError, match="unknown stats mode"):
-        await restic.stats(repo, mode="everything")
     with pytest.raises(ResticError, match="no paths"):
         await restic.backup(repo, [])
