@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 MAX_BODY = 1 << 20
 T = TypeVar("T", bound=schema.Request)
+Q = TypeVar("Q", bound=schema.Query)
 NODE_KEY: web.AppKey[Node] = web.AppKey("node")
 #: How many desktop windows follow ``/v1/events?ui=1`` right now (a one-element list: mutable).
 WINDOWS_KEY: web.AppKey[list[int]] = web.AppKey("windows")
@@ -68,6 +69,15 @@ async def read_body(request: web.Request, kind: type[T]) -> T:
         raise BadRequest("request body is not valid JSON") from None
     except RecursionError:
         raise BadRequest("request body is nested too deeply") from None
+
+
+def read_query(request: web.Request, kind: type[Q]) -> Q:
+    """The request's query parameters decoded as ``kind`` (a :class:`schema.Query`): numbers
+    from their text, a bad one refused in one sentence (no ``field``: no form shows these)."""
+    try:
+        return msgspec.convert(dict(request.query), type=kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(schema.refusal(kind, exc)[0]) from None
 
 
 def running_node(request: web.Request) -> Node:

@@ -22,17 +22,24 @@ from peerstash.core.retention import RetentionPolicy
 from peerstash.core.store import OpFilter
 from peerstash.peer.api.common import (
     NODE_KEY,
-    BadRequest,
     Handler,
     engine_of,
-    int_param,
     ndjson,
     read_body,
+    read_query,
     reply,
     running_node,
     send,
 )
-from peerstash.peer.api.schema import Forget, Gc, Maintenance, Pause, Restore, RestorePreview
+from peerstash.peer.api.schema import (
+    Forget,
+    Gc,
+    Maintenance,
+    OpsQuery,
+    Pause,
+    Restore,
+    RestorePreview,
+)
 from peerstash.peer.services import fleet as fleet_view
 
 
@@ -53,19 +60,16 @@ async def backup(request: web.Request) -> web.Response:
 
 
 async def list_ops(request: web.Request) -> web.Response:
-    q = request.query
-    before = q.get("before")
-    if before is not None and not before.isdigit():
-        raise BadRequest("before must be an operation's pk (a whole number)")
+    q = read_query(request, OpsQuery)
     flt = OpFilter(
-        before_pk=int(before) if before is not None else None,
-        origin=q.get("origin"),
-        plan_id=q.get("plan"),
-        repo_id=q.get("repo"),
-        status=q.get("status"),
-        kind=q.get("kind"),
+        before_pk=q.before,
+        origin=q.origin,
+        plan_id=q.plan,
+        repo_id=q.repo,
+        status=q.status,
+        kind=q.kind,
     )
-    limit = int_param(request, "limit", 100, 100_000)
+    limit = q.limit
     ops = await engine_of(request).list_operations(flt, limit)
     shown = await _labels(request)
     return reply([ListedOpRecord.labelled(op, shown) for op in ops])

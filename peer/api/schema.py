@@ -35,7 +35,7 @@ class Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """
 
     wording: ClassVar[Mapping[str, str]] = {}
-    unknown: ClassVar[str] = "unknown field {!r}"
+    unknown: ClassVar[str] = "unknown field {}"
 
 
 class Password(Request):
@@ -239,6 +239,34 @@ class RemoteRestore(Request):
     include: list[str] = []
 
 
+class Query(msgspec.Struct, kw_only=True):
+    """Base of the typed query parameters of a GET route (decoded from their text with
+    :func:`peerstash.peer.api.common.read_query`); unknown parameters are ignored, as before.
+    ``wording`` as for :class:`Request`, plus ``"name:range"`` for a number out of range."""
+
+    wording: ClassVar[Mapping[str, str]] = {}
+    unknown: ClassVar[str] = "unknown parameter {}"
+
+
+class OpsQuery(Query):
+    """``GET /v1/ops``: newest first, ``limit`` of them, older than the operation ``before``
+    (its pk) when given, filtered by each field given."""
+
+    wording: ClassVar[Mapping[str, str]] = {
+        "before": "before must be an operation's pk (a whole number)",
+        "limit": "limit must be a whole number",
+        "limit:range": "limit must be between 1 and 100000",
+    }
+
+    before: typing.Annotated[int, msgspec.Meta(ge=0)] | None = None
+    limit: typing.Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 100
+    origin: str | None = None
+    plan: str | None = None
+    repo: str | None = None
+    status: str | None = None
+    kind: str | None = None
+
+
 #: Every admin route that takes a method with a body (POST, PATCH), with its request struct, or
 #: ``None`` when it reads no body. A route missing here fails the hostile-body test.
 BODIES: dict[tuple[str, str], type[Request] | None] = {
@@ -282,7 +310,7 @@ _QUOTED = re.compile(r"`([^`]*)`")
 _UNKNOWN = "Object contains unknown field `"
 
 
-def refusal(kind: type[Request], exc: msgspec.ValidationError) -> tuple[str, str | None]:
+def refusal(kind: type[Request | Query], exc: msgspec.ValidationError) -> tuple[str, str | None]:
     """The sentence and the field (its top-level name; ``None`` for the body as a whole) for a
     body that does not decode as ``kind``."""
     m = _AT.match(str(exc))
@@ -305,6 +333,8 @@ def refusal(kind: type[Request], exc: msgspec.ValidationError) -> tuple[str, str
     if len(names) == 1 and what.endswith("got `null`") and _required(kind, top):
         # As before the structs: a required field sent as null is a missing one.
         return kind.wording.get(f"{top}:missing", f"missing field {top!r}"), top
+    if len(names) == 1 and f"{top}:range" in kind.wording and re.search(r"[<>]=? ?-?\d", what):
+        return kind.wording[f"{top}:range"], top
     if len(names) == 1 and top in kind.wording:
         return kind.wording[top], top
     return f"field {name!r} must be {_describe(kind, names)}", top
