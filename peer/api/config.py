@@ -6,44 +6,46 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from msgspec import UNSET
 
 from peerstash.core.engine import Engine, EngineError, PasswordSpec
+from peerstash.core.records import OpRecord, PlanRecord, RepoRecord, to_json
 from peerstash.core.retention import RetentionPolicy
-from peerstash.core.serialize import op_to_dict, plan_to_dict, repo_to_dict
-from peerstash.peer.api.common import NODE_KEY, BadRequest, _body, _engine, _str, _str_list
+from peerstash.peer.api.common import NODE_KEY, BadRequest, engine_of, read_body, reply
+from peerstash.peer.api.schema import (
+    AddPlan,
+    AddRepo,
+    EditPlan,
+    EditRepo,
+    Password,
+    Setting,
+    ShareRepo,
+)
 from peerstash.peer.health import OFFLINE_SETTING, STALE_SETTING
 from peerstash.peer.links.protocol import check_display_name
 from peerstash.peer.server import parse_listen
 
 
 async def list_repos(request: web.Request) -> web.Response:
-    return web.json_response([repo_to_dict(r) for r in await _engine(request).list_repos()])
+    return reply([RepoRecord.of(r) for r in await engine_of(request).list_repos()])
 
 
 async def add_repo(request: web.Request) -> web.Response:
-    data = await _body(request)
-    pw = data.get("password")
-    if not isinstance(pw, dict):
-        raise BadRequest("missing field 'password' (an object with 'source')", field="password")
-    spec = PasswordSpec(
-        source=_str(pw, "source") or "",
-        ref=_str(pw, "ref", required=False) or "",
-        value=_str(pw, "value", required=False),
+    body = await read_body(request, AddRepo)
+    repo, said = await engine_of(request).add_repo(
+        body.id,
+        body.uri,
+        password_spec(body.password),
+        env=body.env,
+        options=body.options,
+        init=body.init,
     )
-    env = data.get("env", {})
-    if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-    ):
-        raise BadRequest("field 'env' must map names to strings", field="env")
-    repo, said = await _engine(request).add_repo(
-        _str(data, "id") or "",
-        _str(data, "uri") or "",
-        spec,
-        env=env,
-        options=_str_list(data, "options"),
-        init=bool(data.get("init", False)),
-    )
-    return web.json_response({"repo": repo_to_dict(repo), "message": said}, status=201)
+    return reply({"repo": RepoRecord.of(repo), "message": said}, status=201)
+
+
+def password_spec(pw: Password) -> PasswordSpec:
+    """The engine's password spec of a request's (the engine checks the combination)."""
+    return PasswordSpec(source=pw.source, ref=pw.ref or "", value=pw.value)
 
 
 async def reveal_repo_password(request: web.Request) -> web.Response:
@@ -53,15 +55,15 @@ async def reveal_repo_password(request: web.Request) -> web.Response:
     owner-only admin socket, never to a peer, and never logged. For a password Peerstash does
     not store (file, variable, command) the answer says where it comes from instead.
     """
-    engine = _engine(request)
+    engine = engine_of(request)
     repo_id = request.match_info["id"]
     said = await engine.repo_password(repo_id)
-    repo = repo_to_dict(await engine.store.get_repo(repo_id))
+    repo = to_json(RepoRecord.of(await engine.store.get_repo(repo_id)))
     return web.json_response({"repo": repo, **said})
 
 
 async def delete_repo(request: web.Request) -> web.Response:
-    await _engine(request).delete_repo(request.match_info["id"])
+    await engine_of(request).delete_repo(request.match_info["id"])
     return web.json_response({"deleted": request.match_info["id"]})
 
 
@@ -70,64 +72,43 @@ async def share_repo(request: web.Request) -> web.Response:
 
     Body: ``{"client_uri": "..."}`` optionally (absent keeps the one set before, "" clears it).
     """
-    data = await _body(request)
-    repo = await _engine(request).share_repo(
-        request.match_info["id"], client_uri=_str(data, "client_uri", required=False)
-    )
-    return web.json_response(repo_to_dict(repo))
+    body = await read_body(request, ShareRepo)
+    repo = await engine_of(request).share_repo(request.match_info["id"], client_uri=body.client_uri)
+    return reply(RepoRecord.of(repo))
 
 
 async def unshare_repo(request: web.Request) -> web.Response:
-    repo = await _engine(request).unshare_repo(request.match_info["id"])
-    return web.json_response(repo_to_dict(repo))
+    repo = await engine_of(request).unshare_repo(request.match_info["id"])
+    return reply(RepoRecord.of(repo))
 
 
 async def list_plans(request: web.Request) -> web.Response:
-    return web.json_response([plan_to_dict(p) for p in await _engine(request).list_plans()])
+    return reply([PlanRecord.of(p) for p in await engine_of(request).list_plans()])
 
 
-def _new_plan(data: dict[str, Any]) -> dict[str, Any]:
-    """A new plan's fields from a request body, checked for shape (the engine checks meaning)."""
-    retention = data.get("retention", {})
-    if not isinstance(retention, dict):
-        raise BadRequest("field 'retention' must be an object", field="retention")
+def check_retention(retention: dict[str, Any]) -> None:
+    """A retention policy's shape (its keys and their values), as a field error."""
     try:
         RetentionPolicy.from_dict(retention)
     except (TypeError, ValueError) as exc:
         raise BadRequest(f"bad retention policy: {exc}", field="retention") from None
-    return {
-        "id": _str(data, "id") or "",
-        "repo": _str(data, "repo") or "",
-        "paths": _str_list(data, "paths"),
-        "excludes": _str_list(data, "excludes"),
-        "schedule": _str(data, "schedule", required=False),
-        "every": _str(data, "every", required=False),
-        "retention": retention,
-        "backup_now": _flag(data, "backup_now", default=True),
-    }
-
-
-def _flag(data: dict[str, Any], key: str, *, default: bool) -> bool:
-    value = data.get(key, default)
-    if not isinstance(value, bool):
-        raise BadRequest(f"field {key!r} must be true or false", field=key)
-    return value
 
 
 async def add_plan(request: web.Request) -> web.Response:
-    f = _new_plan(await _body(request))
-    plan = await _engine(request).add_plan(
-        f["id"],
-        repo_id=f["repo"],
-        paths=f["paths"],
-        excludes=f["excludes"],
-        cron=f["schedule"],
-        every=f["every"],
-        retention=f["retention"],
+    body = await read_body(request, AddPlan)
+    check_retention(body.retention)
+    plan = await engine_of(request).add_plan(
+        body.id,
+        repo_id=body.repo,
+        paths=body.paths,
+        excludes=body.excludes,
+        cron=body.schedule,
+        every=body.every,
+        retention=body.retention,
     )
-    out = plan_to_dict(plan)
-    if f["backup_now"]:
-        out["first_backup"] = await first_backup(_engine(request), plan.id)
+    out = to_json(PlanRecord.of(plan))
+    if body.backup_now:
+        out["first_backup"] = await first_backup(engine_of(request), plan.id)
     return web.json_response(out, status=201)
 
 
@@ -141,68 +122,29 @@ async def first_backup(engine: Engine, plan_id: str, *, who: str = "") -> dict[s
         op = await engine.backup(plan_id, reason=f"first backup{who}")
     except EngineError as exc:
         return {"error": str(exc)}
-    return op_to_dict(op)
-
-
-def _plan_changes(data: dict[str, Any]) -> dict[str, Any]:
-    """A plan edit from a request body: only the fields given, each checked for shape."""
-    extra = set(data) - {"repo", "schedule", "every", "paths", "excludes", "retention", "enabled"}
-    if extra:
-        raise BadRequest(f"cannot change {', '.join(sorted(extra))} of a plan")
-    changes: dict[str, Any] = {}
-    for key in ("repo", "schedule", "every"):
-        if key in data:
-            changes[key] = _str(data, key, required=False) or ""
-    for key in ("paths", "excludes"):
-        if key in data:
-            changes[key] = _str_list(data, key)
-    if "retention" in data:
-        if not isinstance(data["retention"], dict):
-            raise BadRequest("field 'retention' must be an object", field="retention")
-        changes["retention"] = data["retention"]
-    if "enabled" in data:
-        if not isinstance(data["enabled"], bool):
-            raise BadRequest("field 'enabled' must be true or false", field="enabled")
-        changes["enabled"] = data["enabled"]
-    return changes
+    return to_json(OpRecord.of(op))
 
 
 async def edit_plan(request: web.Request) -> web.Response:
-    changes = _plan_changes(await _body(request))
-    plan = await _engine(request).update_plan(request.match_info["id"], **changes)
-    return web.json_response(plan_to_dict(plan))
+    changes = (await read_body(request, EditPlan)).changes()
+    plan = await engine_of(request).update_plan(request.match_info["id"], **changes)
+    return reply(PlanRecord.of(plan))
 
 
 async def edit_repo(request: web.Request) -> web.Response:
-    data = await _body(request)
-    spec = None
-    if "password" in data:
-        pw = data["password"]
-        if not isinstance(pw, dict):
-            raise BadRequest("field 'password' must be an object with 'source'", field="password")
-        spec = PasswordSpec(
-            source=_str(pw, "source") or "",
-            ref=_str(pw, "ref", required=False) or "",
-            value=_str(pw, "value", required=False),
-        )
-    env = data.get("env")
-    if env is not None and not (
-        isinstance(env, dict)
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
-    ):
-        raise BadRequest("field 'env' must map names to strings", field="env")
-    repo = await _engine(request).update_repo(
+    body = await read_body(request, EditRepo)
+    repo = await engine_of(request).update_repo(
         request.match_info["id"],
-        uri=_str(data, "uri", required=False),
-        password=spec,
-        env=env,
-        options=_str_list(data, "options") if "options" in data else None,
+        uri=None if body.uri is UNSET else body.uri,
+        password=None if body.password is UNSET else password_spec(body.password),
+        env=None if body.env is UNSET else body.env,
+        options=None if body.options is UNSET else body.options,
     )
-    return web.json_response(repo_to_dict(repo))
+    return reply(RepoRecord.of(repo))
 
 
 async def delete_plan(request: web.Request) -> web.Response:
-    await _engine(request).delete_plan(request.match_info["id"])
+    await engine_of(request).delete_plan(request.match_info["id"])
     return web.json_response({"deleted": request.match_info["id"]})
 
 
@@ -276,10 +218,10 @@ SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 async def settings_route(request: web.Request) -> web.Response:
-    store = _engine(request).store
+    store = engine_of(request).store
     if request.method == "POST":
-        data = await _body(request)
-        key, value = data.get("key"), data.get("value")
+        body = await read_body(request, Setting)
+        key, value = body.key, body.value
         if key not in SETTINGS:
             raise BadRequest(f"unknown setting {key!r} ({', '.join(SETTINGS)})")
         check, message = SETTINGS[key]

@@ -7,16 +7,17 @@ import asyncio
 from aiohttp import web
 
 from peerstash.core import installed_version
-from peerstash.core.serialize import op_to_dict
+from peerstash.core.records import OpRecord, iso_time, to_json
 from peerstash.peer.api.common import (
     NODE_KEY,
     WINDOWS_KEY,
     BadRequest,
     WindowWanted,
-    _body,
-    _engine,
-    _running,
+    engine_of,
+    read_body,
+    running_node,
 )
+from peerstash.peer.api.schema import Rename
 from peerstash.peer.health import node_health
 from peerstash.peer.links.protocol import check_display_name
 from peerstash.peer.services import fleet as fleet_view
@@ -24,7 +25,7 @@ from peerstash.peer.services import fleet as fleet_view
 
 async def status(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
-    engine = _engine(request)
+    engine = engine_of(request)
     latest = await engine.store.latest_per_plan()
     plans = []
     for plan in await engine.list_plans():
@@ -34,9 +35,9 @@ async def status(request: web.Request) -> web.Response:
                 "id": plan.id,
                 "repo": plan.repo_id,
                 "enabled": plan.enabled,
-                "next_due_at": plan.next_due_at.isoformat() if plan.next_due_at else None,
+                "next_due_at": iso_time(plan.next_due_at),
                 "stale": plan.id in engine.stale_plans,
-                "last": op_to_dict(last) if last else None,
+                "last": to_json(OpRecord.of(last)) if last else None,
             }
         )
     fleet = await fleet_view.fleet(engine.store, engine.instance_id, node.name)
@@ -63,7 +64,7 @@ async def present(request: web.Request) -> web.Response:
     """
     count = request.app[WINDOWS_KEY][0]
     if count:
-        _engine(request).bus.publish(WindowWanted())
+        engine_of(request).bus.publish(WindowWanted())
     return web.json_response({"windows": count})
 
 
@@ -73,13 +74,12 @@ async def rename_route(request: web.Request) -> web.Response:
     Peers learn it at once (their links restart); the instance id, and so the origin of this
     node's history everywhere, stays as it is.
     """
-    data = await _body(request)
-    name = data.get("name")
+    name = (await read_body(request, Rename)).name
     if name is not None:
         try:
             check_display_name(name)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-    node = _running(request)
+    node = running_node(request)
     shown = await node.rename(name)
     return web.json_response({"instance_id": node.instance_id, "name": shown})

@@ -7,23 +7,38 @@ from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
+from msgspec import UNSET
 
 from peerstash.core.engine import BackupRunning, EngineError
+from peerstash.core.records import (
+    ListedOpRecord,
+    LsNodeRecord,
+    OpRecord,
+    PlannedSnapshotRecord,
+    SnapshotRecord,
+    to_json,
+)
 from peerstash.core.retention import RetentionPolicy
-from peerstash.core.serialize import lsnode_to_dict, op_to_dict, snapshot_to_dict
 from peerstash.core.store import OpFilter
 from peerstash.peer.api.common import (
     NODE_KEY,
-    BadRequest,
     Handler,
-    _body,
-    _engine,
-    _int_param,
-    _running,
-    _str,
-    _str_list,
+    engine_of,
     ndjson,
+    read_body,
+    read_query,
+    reply,
+    running_node,
     send,
+)
+from peerstash.peer.api.schema import (
+    Forget,
+    Gc,
+    Maintenance,
+    OpsQuery,
+    Pause,
+    Restore,
+    RestorePreview,
 )
 from peerstash.peer.services import fleet as fleet_view
 
@@ -31,52 +46,44 @@ from peerstash.peer.services import fleet as fleet_view
 async def _labels(request: web.Request) -> dict[str, str]:
     """How each instance is shown (see :func:`peerstash.peer.services.fleet.labels`)."""
     node = request.app[NODE_KEY]
-    peers = await _engine(request).store.list_peers()
+    peers = await engine_of(request).store.list_peers()
     return fleet_view.labels(peers, node.instance_id, node.name)
 
 
 async def backup(request: web.Request) -> web.Response:
     """Queue a backup; one already queued or running is answered (200, ``already``) instead."""
     try:
-        op = await _engine(request).backup(request.match_info["id"])
+        op = await engine_of(request).backup(request.match_info["id"])
     except BackupRunning as exc:
-        return web.json_response({**op_to_dict(exc.op), "already": str(exc)})
-    return web.json_response(op_to_dict(op), status=202)
+        return web.json_response({**to_json(OpRecord.of(exc.op)), "already": str(exc)})
+    return reply(OpRecord.of(op), status=202)
 
 
 async def list_ops(request: web.Request) -> web.Response:
-    q = request.query
-    before = q.get("before")
-    if before is not None and not before.isdigit():
-        raise BadRequest("before must be an operation's pk (a whole number)")
+    q = read_query(request, OpsQuery)
     flt = OpFilter(
-        before_pk=int(before) if before is not None else None,
-        origin=q.get("origin"),
-        plan_id=q.get("plan"),
-        repo_id=q.get("repo"),
-        status=q.get("status"),
-        kind=q.get("kind"),
+        before_pk=q.before,
+        origin=q.origin,
+        plan_id=q.plan,
+        repo_id=q.repo,
+        status=q.status,
+        kind=q.kind,
     )
-    limit = _int_param(request, "limit", 100, 100_000)
-    ops = await _engine(request).list_operations(flt, limit)
+    limit = q.limit
+    ops = await engine_of(request).list_operations(flt, limit)
     shown = await _labels(request)
-    return web.json_response(
-        [
-            {**(d := op_to_dict(op)), "origin_label": shown.get(d["origin"], d["origin"])}
-            for op in ops
-        ]
-    )
+    return reply([ListedOpRecord.labelled(op, shown) for op in ops])
 
 
 async def get_op(request: web.Request) -> web.Response:
-    op = await _engine(request).store.find_operation(request.match_info["id"])
-    return web.json_response(op_to_dict(op))
+    op = await engine_of(request).store.find_operation(request.match_info["id"])
+    return reply(OpRecord.of(op))
 
 
 async def get_op_log(request: web.Request) -> web.Response:
     """An operation's log; a peer's operation's log is asked of that peer (``?origin=`` picks
     the copy when two origins minted the same id, which ULIDs make all but impossible)."""
-    node = _running(request)
+    node = running_node(request)
     op = await node.engine.store.find_operation(
         request.match_info["id"], origin=request.query.get("origin") or None
     )
@@ -85,20 +92,20 @@ async def get_op_log(request: web.Request) -> web.Response:
 
 
 async def cancel_op(request: web.Request) -> web.Response:
-    ok = await _engine(request).cancel(request.match_info["id"])
+    ok = await engine_of(request).cancel(request.match_info["id"])
     if not ok:
         raise EngineError("that operation is not running on this node")
     return web.json_response({"cancelling": request.match_info["id"]})
 
 
 async def snapshots(request: web.Request) -> web.Response:
-    snaps = await _engine(request).snapshots(request.match_info["id"])
-    return web.json_response([snapshot_to_dict(s) for s in snaps])
+    snaps = await engine_of(request).snapshots(request.match_info["id"])
+    return reply([SnapshotRecord.of(s) for s in snaps])
 
 
 async def ls(request: web.Request) -> web.StreamResponse:
     """Stream a snapshot listing as NDJSON: a huge directory never times out while it flows."""
-    engine = _engine(request)
+    engine = engine_of(request)
     nodes = engine.ls(
         request.match_info["id"], request.match_info["snap"], request.query.get("path")
     )
@@ -106,7 +113,7 @@ async def ls(request: web.Request) -> web.StreamResponse:
     async for node in nodes:
         if resp is None:
             resp = await ndjson(request)
-        await send(resp, lsnode_to_dict(node))
+        await send(resp, LsNodeRecord.of(node))
     if resp is None:
         resp = await ndjson(request)
     await resp.write_eof()
@@ -114,28 +121,19 @@ async def ls(request: web.Request) -> web.StreamResponse:
 
 
 async def restore(request: web.Request) -> web.Response:
-    data = await _body(request)
-    op = await _engine(request).restore(
-        request.match_info["id"],
-        _str(data, "snapshot") or "",
-        _str(data, "target") or "",
-        include=_str_list(data, "include"),
+    body = await read_body(request, Restore)
+    op = await engine_of(request).restore(
+        request.match_info["id"], body.snapshot, body.target, include=body.include
     )
-    return web.json_response(op_to_dict(op), status=202)
+    return reply(OpRecord.of(op), status=202)
 
 
 async def restore_preview(request: web.Request) -> web.Response:
     """``{"snapshot", "target", "include"}`` as for a restore: which files it would overwrite
     (200, nothing changed). A selection that is not the snapshot's is refused (409)."""
-    data = await _body(request)
-    extra = set(data) - {"snapshot", "target", "include"}
-    if extra:
-        raise BadRequest(f"unknown field(s) for a restore preview: {', '.join(sorted(extra))}")
-    preview = await _engine(request).restore_preview(
-        request.match_info["id"],
-        _str(data, "snapshot") or "",
-        _str(data, "target") or "",
-        include=_str_list(data, "include"),
+    body = await read_body(request, RestorePreview)
+    preview = await engine_of(request).restore_preview(
+        request.match_info["id"], body.snapshot, body.target, include=body.include
     )
     return web.json_response(preview.to_dict())
 
@@ -144,25 +142,19 @@ async def _forget(request: web.Request) -> web.Response:
     """``{"plan": ID, "dry_run": true, "expect": [IDS]}``, all optional. A dry run answers at
     once with what would go and what stays (200, no operation); otherwise the forget is queued
     (202), and with ``expect`` it removes nothing if it would remove more than those."""
-    engine = _engine(request)
+    engine = engine_of(request)
     repo_id = request.match_info["id"]
-    data = await _body(request)
-    extra = set(data) - {"plan", "dry_run", "expect"}
-    if extra:
-        raise BadRequest(f"unknown field(s) for forget: {', '.join(sorted(extra))}")
-    plan_id = _str(data, "plan", required=False)
-    dry_run = data.get("dry_run", False)
-    if not isinstance(dry_run, bool):
-        raise BadRequest("dry_run is true or false")
+    body = await read_body(request, Forget)
+    plan_id = body.plan
     # The snapshot ids a person confirmed from the dry run: nothing beyond them is removed.
-    expect = _str_list(data, "expect") if "expect" in data else None
-    if not dry_run:
+    expect = None if body.expect is UNSET else body.expect
+    if not body.dry_run:
         op = await engine.forget(repo_id, plan_id=plan_id or None, expect=expect)
-        return web.json_response(op_to_dict(op), status=202)
+        return reply(OpRecord.of(op), status=202)
     previews = await engine.forget_preview(repo_id, plan_id=plan_id or None)
     plans: list[dict[str, Any]] = []
-    keep: list[dict[str, Any]] = []
-    remove: list[dict[str, Any]] = []
+    keep: list[PlannedSnapshotRecord] = []
+    remove: list[PlannedSnapshotRecord] = []
     for plan, result in previews:
         host, tags = engine.own_snapshots(plan.id)
         plans.append(
@@ -173,35 +165,33 @@ async def _forget(request: web.Request) -> web.Response:
                 "tags": list(tags),
             }
         )
-        keep += [{**snapshot_to_dict(s), "plan": plan.id} for s in result.kept_snapshots]
-        remove += [{**snapshot_to_dict(s), "plan": plan.id} for s in result.removed_snapshots]
-    return web.json_response(
-        {"repo": repo_id, "dry_run": True, "plans": plans, "keep": keep, "remove": remove}
-    )
+        keep += [PlannedSnapshotRecord.for_plan(s, plan.id) for s in result.kept_snapshots]
+        remove += [PlannedSnapshotRecord.for_plan(s, plan.id) for s in result.removed_snapshots]
+    return reply({"repo": repo_id, "dry_run": True, "plans": plans, "keep": keep, "remove": remove})
 
 
 def _maintenance(name: str) -> Handler:
     async def handler(request: web.Request) -> web.Response:
-        engine = _engine(request)
+        engine = engine_of(request)
         repo_id = request.match_info["id"]
         if name == "forget":
             return await _forget(request)
-        elif name == "prune":
+        # The CLI sends ``all`` to each of the three; only unlock uses it.
+        body = await read_body(request, Maintenance)
+        if name == "prune":
             op = await engine.prune(repo_id)
         elif name == "check":
             op = await engine.check(repo_id)
         else:
-            data = await _body(request)
-            op = await engine.unlock(repo_id, remove_all=bool(data.get("all", False)))
-        return web.json_response(op_to_dict(op), status=202)
+            op = await engine.unlock(repo_id, remove_all=body.all)
+        return reply(OpRecord.of(op), status=202)
 
     return handler
 
 
 async def pause(request: web.Request) -> web.Response:
-    engine = _engine(request)
-    data = await _body(request)
-    if data.get("paused", True):
+    engine = engine_of(request)
+    if (await read_body(request, Pause)).paused:
         engine.scheduler.pause()
     else:
         engine.scheduler.resume()
@@ -209,9 +199,6 @@ async def pause(request: web.Request) -> web.Response:
 
 
 async def gc(request: web.Request) -> web.Response:
-    data = await _body(request)
-    days = data.get("older_than_days", 90)
-    if not isinstance(days, int) or days < 1:
-        raise BadRequest("older_than_days must be a positive whole number")
-    removed = await _engine(request).gc(older_than=timedelta(days=days))
+    days = (await read_body(request, Gc)).older_than_days
+    removed = await engine_of(request).gc(older_than=timedelta(days=days))
     return web.json_response({"removed": removed})

@@ -9,16 +9,10 @@ from aiohttp import web
 
 from peerstash.core.engine import EngineError
 from peerstash.core.models import Peer
+from peerstash.core.records import PeerRecord, to_json
 from peerstash.core.store import NotFound
-from peerstash.peer.api.common import (
-    NODE_KEY,
-    BadRequest,
-    _body,
-    _engine,
-    _running,
-    _str,
-    _str_list,
-)
+from peerstash.peer.api.common import NODE_KEY, BadRequest, engine_of, read_body, running_node
+from peerstash.peer.api.schema import AddPeer, CreateToken, Grants
 from peerstash.peer.links.link import ARCHIVE_MARK, PairingError, PeerManager, is_revoked
 from peerstash.peer.services import fleet as fleet_view
 from peerstash.peer.trust.pairing import TokenError, create_token, token_to_dict
@@ -26,39 +20,26 @@ from peerstash.peer.trust.permissions import GrantError
 
 
 def _peers(request: web.Request) -> PeerManager:
-    return _running(request).peers
+    return running_node(request).peers
 
 
 def peer_to_dict(peer: Peer) -> dict[str, Any]:
-    return {
-        "id": peer.id,
-        "name": peer.name or peer.id,
-        "key_id": peer.key_id,
-        "role": peer.role,
-        "url": peer.url,
-        "grants": list(peer.grants),
-        "their_grants": list(peer.their_grants),
-        "state": peer.state,
-        "state_reason": peer.state_reason,
-        "last_seen": peer.last_seen.isoformat() if peer.last_seen else None,
-    }
+    """A peer as every surface shows it (:class:`peerstash.core.records.PeerRecord`)."""
+    return to_json(PeerRecord.of(peer))
 
 
 async def create_token_route(request: web.Request) -> web.Response:
-    node = _running(request)
-    data = await _body(request)
-    max_uses = data.get("max_uses", 1)
-    if not isinstance(max_uses, int):
-        raise BadRequest("max_uses must be a whole number")
+    node = running_node(request)
+    body = await read_body(request, CreateToken)
     try:
         text, row = await create_token(
-            _engine(request).store,
+            engine_of(request).store,
             node.identity,
             node.instance_id,
-            label=_str(data, "label", required=False) or "",
-            ttl=_str(data, "ttl", required=False) or "1h",
-            max_uses=max_uses,
-            grants=_str_list(data, "grants"),
+            label=body.label or "",
+            ttl=body.ttl or "1h",
+            max_uses=body.max_uses,
+            grants=body.grants,
         )
     except (TokenError, GrantError) as exc:
         raise BadRequest(str(exc)) from None
@@ -66,18 +47,18 @@ async def create_token_route(request: web.Request) -> web.Response:
 
 
 async def list_tokens_route(request: web.Request) -> web.Response:
-    rows = await _engine(request).store.list_tokens()
+    rows = await engine_of(request).store.list_tokens()
     return web.json_response([token_to_dict(r) for r in rows])
 
 
 async def delete_token_route(request: web.Request) -> web.Response:
-    if not await _engine(request).store.delete_token(request.match_info["id"]):
+    if not await engine_of(request).store.delete_token(request.match_info["id"]):
         raise NotFound(f"no token with id {request.match_info['id']!r}")
     return web.json_response({"deleted": request.match_info["id"]})
 
 
 async def list_peers_route(request: web.Request) -> web.Response:
-    engine = _engine(request)
+    engine = engine_of(request)
     fleet = await fleet_view.plans_by_peer(engine.store, engine.instance_id)
     peers = await engine.store.list_peers()
     shown = fleet_view.labels(peers, engine.instance_id, request.app[NODE_KEY].name)
@@ -87,14 +68,9 @@ async def list_peers_route(request: web.Request) -> web.Response:
 
 
 async def add_peer_route(request: web.Request) -> web.Response:
-    data = await _body(request)
+    body = await read_body(request, AddPeer)
     try:
-        peer = await _peers(request).pair(
-            _str(data, "token") or "",
-            _str(data, "url", required=False),
-            _str_list(data, "grants"),
-            replace=data.get("replace") is True,
-        )
+        peer = await _peers(request).pair(body.token, body.url, body.grants, replace=body.replace)
     except GrantError as exc:
         raise BadRequest(str(exc), field="grants") from None
     except PairingError as exc:
@@ -109,7 +85,7 @@ async def remove_peer_route(request: web.Request) -> web.Response:
     peer_id = request.match_info["id"]
     if ARCHIVE_MARK in peer_id:
         # The history a replaced peer left (``peer add --replace``): no peer row, only ops.
-        deleted = await _engine(request).store.delete_origin(peer_id)
+        deleted = await engine_of(request).store.delete_origin(peer_id)
         if not deleted:
             raise NotFound(f"no history kept under {peer_id!r} (see `peerstash ops --json`)")
         return web.json_response({"removed": peer_id, "history_only": True, "operations": deleted})
@@ -118,9 +94,9 @@ async def remove_peer_route(request: web.Request) -> web.Response:
 
 
 async def grant_peer_route(request: web.Request) -> web.Response:
-    data = await _body(request)
+    grants = (await read_body(request, Grants)).grants
     try:
-        peer = await _peers(request).set_grants(request.match_info["id"], _str_list(data, "grants"))
+        peer = await _peers(request).set_grants(request.match_info["id"], grants)
     except GrantError as exc:
         raise BadRequest(str(exc)) from None
     return web.json_response(peer_to_dict(peer))
@@ -144,7 +120,7 @@ async def check_peer_route(request: web.Request) -> web.Response:
 
 async def discovered(request: web.Request) -> web.Response:
     """What LAN discovery sees, with whether each node is paired and its key matches."""
-    node = _running(request)
+    node = running_node(request)
     if node.discovery is None:
         raise EngineError(
             "LAN discovery is off on this node (started with --no-discovery or the setting)"
@@ -158,7 +134,7 @@ async def discovered(request: web.Request) -> web.Response:
     if wait:
         # Give announcements on the LAN time to arrive (a person asked to look for this long).
         await asyncio.sleep(wait)
-    paired = {p.id: p for p in await _engine(request).store.list_peers()}
+    paired = {p.id: p for p in await engine_of(request).store.list_peers()}
     out = []
     for found in node.discovery.peers():
         known = paired.get(found.instance_id)

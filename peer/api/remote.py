@@ -6,24 +6,32 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from msgspec import UNSET, UnsetType
 
 from peerstash.core.events import OperationChanged
-from peerstash.core.serialize import op_to_dict
+from peerstash.core.records import OpRecord, to_json
 from peerstash.core.store import NotFound, OpFilter
 from peerstash.peer.api.common import (
     NODE_KEY,
     BadRequest,
-    _body,
-    _engine,
-    _int_param,
-    _running,
-    _str,
-    _str_list,
+    engine_of,
+    int_param,
     keepalive,
     ndjson,
+    read_body,
+    running_node,
     send,
 )
-from peerstash.peer.api.config import _new_plan, _plan_changes
+from peerstash.peer.api.config import check_retention
+from peerstash.peer.api.schema import (
+    AddPlan,
+    AddRepo,
+    EditPlan,
+    EditRepo,
+    Password,
+    RemoteRestore,
+    RemoteRun,
+)
 from peerstash.peer.links.rpc import RpcService
 from peerstash.peer.services import remote_config
 from peerstash.peer.services.remote_commands import (
@@ -38,12 +46,12 @@ from peerstash.peer.services.remote_commands import (
 
 def _rpc(request: web.Request) -> tuple[RpcService, str]:
     """The request layer and the peer named in the path (which must be paired)."""
-    return _running(request).rpc, request.match_info["id"]
+    return running_node(request).rpc, request.match_info["id"]
 
 
 async def _paired(request: web.Request, peer_id: str) -> None:
     try:
-        await _engine(request).store.get_peer(peer_id)
+        await engine_of(request).store.get_peer(peer_id)
     except NotFound:
         raise NotFound(f"{peer_id!r} is not a paired peer (see `peerstash peer list`)") from None
 
@@ -57,14 +65,17 @@ async def peer_config_route(request: web.Request) -> web.Response:
 
 async def peer_add_plan_route(request: web.Request) -> web.Response:
     rpc, peer_id = _rpc(request)
-    fields = _new_plan(await _body(request))
+    body = await read_body(request, AddPlan)
+    check_retention(body.retention)
+    # The fields as the peer's config.write takes them (the same names as this API's).
+    fields = to_json(body)
     await _paired(request, peer_id)
     return web.json_response(await remote_config.add_plan(rpc, peer_id, fields), status=201)
 
 
 async def peer_edit_plan_route(request: web.Request) -> web.Response:
     rpc, peer_id = _rpc(request)
-    changes = _plan_changes(await _body(request))
+    changes = (await read_body(request, EditPlan)).changes()
     await _paired(request, peer_id)
     plan = await remote_config.edit_plan(rpc, peer_id, request.match_info["plan"], changes)
     return web.json_response(plan)
@@ -77,45 +88,29 @@ async def peer_remove_plan_route(request: web.Request) -> web.Response:
     return web.json_response(res)
 
 
-def _peer_password(data: dict[str, Any], *, required: bool) -> dict[str, Any] | None:
-    """A password object's shape, forwarded as given: the peer decides what it accepts."""
-    pw = data.get("password")
-    if pw is None and not required:
-        return None
-    if not isinstance(pw, dict):
-        raise BadRequest("field 'password' must be an object with 'source'", field="password")
-    out = {"source": _str(pw, "source") or ""}
-    for key in ("ref", "value"):
-        value = _str(pw, key, required=False)
-        if value is not None:
-            out[key] = value
+def _peer_password(pw: Password) -> dict[str, Any]:
+    """A password object's shape, forwarded as given (absent keys stay absent): the peer
+    decides what it accepts."""
+    out: dict[str, Any] = {"source": pw.source}
+    if pw.ref is not None:
+        out["ref"] = pw.ref
+    if pw.value is not None:
+        out["value"] = pw.value
     return out
-
-
-def _peer_env(data: dict[str, Any]) -> dict[str, str]:
-    env = data.get("env", {})
-    if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-    ):
-        raise BadRequest("field 'env' must map names to strings", field="env")
-    return env
 
 
 async def peer_add_repo_route(request: web.Request) -> web.Response:
     """Add a repository on the peer (config.write there; the peer enforces what a peer may
     set, see peer/services/remote_config.py). The password goes only into the link, never a log."""
     rpc, peer_id = _rpc(request)
-    data = await _body(request)
-    extra = set(data) - {"id", "uri", "password", "env", "options", "init"}
-    if extra:
-        raise BadRequest(f"unknown field {', '.join(sorted(extra))}")
+    body = await read_body(request, AddRepo)
     fields: dict[str, Any] = {
-        "id": _str(data, "id") or "",
-        "uri": _str(data, "uri") or "",
-        "password": _peer_password(data, required=True),
-        "env": _peer_env(data),
-        "options": _str_list(data, "options"),
-        "init": bool(data.get("init", False)),
+        "id": body.id,
+        "uri": body.uri,
+        "password": _peer_password(body.password),
+        "env": body.env,
+        "options": body.options,
+        "init": body.init,
     }
     await _paired(request, peer_id)
     return web.json_response(await remote_config.add_repo(rpc, peer_id, fields), status=201)
@@ -123,19 +118,20 @@ async def peer_add_repo_route(request: web.Request) -> web.Response:
 
 async def peer_edit_repo_route(request: web.Request) -> web.Response:
     rpc, peer_id = _rpc(request)
-    data = await _body(request)
-    extra = set(data) - {"uri", "password", "env", "options"}
-    if extra:
-        raise BadRequest(f"cannot change {', '.join(sorted(extra))} of a repository")
+    body = await read_body(request, EditRepo)
     changes: dict[str, Any] = {}
-    if "uri" in data:
-        changes["uri"] = _str(data, "uri")
-    if "password" in data:
-        changes["password"] = _peer_password(data, required=True)
-    if "env" in data:
-        changes["env"] = _peer_env(data)
-    if "options" in data:
-        changes["options"] = _str_list(data, "options")
+    if body.uri is not UNSET:
+        if body.uri is None:
+            raise BadRequest("field 'uri' must be a string", field="uri")
+        changes["uri"] = body.uri
+    if not isinstance(body.password, UnsetType):
+        changes["password"] = _peer_password(body.password)
+    if body.env is None:
+        raise BadRequest("field 'env' must map names to strings", field="env")
+    if body.env is not UNSET:
+        changes["env"] = body.env
+    if body.options is not UNSET:
+        changes["options"] = body.options
     await _paired(request, peer_id)
     res = await remote_config.edit_repo(rpc, peer_id, request.match_info["repo"], changes)
     return web.json_response(res)
@@ -152,32 +148,28 @@ async def peer_remove_repo_route(request: web.Request) -> web.Response:
 
 
 def _remote(request: web.Request) -> RemoteService:
-    return _running(request).remote
+    return running_node(request).remote
 
 
 async def remote_run(request: web.Request) -> web.Response:
     """Ask a peer to back up one of its plans; answers with the request as it stands now
     (``queued`` when the peer is offline, ``failed`` when it refused)."""
-    data = await _body(request)
-    req = await _remote(request).request_run(_str(data, "peer") or "", _str(data, "plan") or "")
+    body = await read_body(request, RemoteRun)
+    req = await _remote(request).request_run(body.peer, body.plan)
     return web.json_response(request_to_dict(req), status=202)
 
 
 async def remote_restore(request: web.Request) -> web.Response:
     """Ask a peer to restore a snapshot of its repository into a folder on that peer."""
-    data = await _body(request)
+    body = await read_body(request, RemoteRestore)
     req = await _remote(request).request_restore(
-        _str(data, "peer") or "",
-        _str(data, "repo") or "",
-        _str(data, "snapshot") or "",
-        _str(data, "target") or "",
-        _str_list(data, "include"),
+        body.peer, body.repo, body.snapshot, body.target, body.include
     )
     return web.json_response(request_to_dict(req), status=202)
 
 
 async def remote_list(request: web.Request) -> web.Response:
-    limit = _int_param(request, "limit", 100, 10_000)
+    limit = int_param(request, "limit", 100, 10_000)
     reqs = await _remote(request).list_requests(limit)
     return web.json_response([request_to_dict(r) for r in reqs])
 
@@ -208,7 +200,10 @@ async def remote_wait(request: web.Request) -> web.StreamResponse:
             op = ops[0]
 
         async def line() -> None:
-            data = {**request_to_dict(req), "op": op_to_dict(op) if op is not None else None}
+            data = {
+                **request_to_dict(req),
+                "op": to_json(OpRecord.of(op)) if op is not None else None,
+            }
             await send(resp, data)
 
         await line()

@@ -19,9 +19,23 @@ from peerstash.core.events import (
     SnapshotsChanged,
 )
 from peerstash.core.models import OpStatus
-from peerstash.core.serialize import op_to_dict
+from peerstash.core.records import OpRecord, iso_time
 from peerstash.core.store import OpFilter
-from peerstash.peer.api.common import WINDOWS_KEY, WindowWanted, _engine, keepalive, ndjson, send
+from peerstash.peer.api.common import WINDOWS_KEY, WindowWanted, engine_of, keepalive, ndjson, send
+from peerstash.peer.api.schema import (
+    ConfigEvent,
+    LinkEvent,
+    NoticeEvent,
+    OperationEvent,
+    OpsDeletedEvent,
+    PresentEvent,
+    Ready,
+    RemoteEvent,
+    ServerEvent,
+    SharesEvent,
+    SnapshotsEvent,
+    StaleEvent,
+)
 from peerstash.peer.links.link import LinkStateChanged
 from peerstash.peer.services.opsync import OpsSynced
 from peerstash.peer.services.remote_commands import RemoteRequestChanged, request_to_dict
@@ -33,7 +47,7 @@ async def wait_op(request: web.Request) -> web.StreamResponse:
     With ``?flow=1`` it also follows the operations its job queued in the same flow (the
     retention that follows a backup), so ``backup --wait`` returns when the whole run is done.
     """
-    engine = _engine(request)
+    engine = engine_of(request)
     first = await engine.store.find_operation(request.match_info["id"])
     whole_flow = request.query.get("flow") == "1"
     resp = await ndjson(request)
@@ -49,7 +63,7 @@ async def wait_op(request: web.Request) -> web.StreamResponse:
     with engine.bus.subscribe("operation") as sub:
         known = await current()
         for op in sorted(known.values(), key=lambda o: o.pk):
-            await send(resp, op_to_dict(op))
+            await send(resp, OpRecord.of(op))
         while True:
             if all(OpStatus(op.status).finished for op in known.values()):
                 # Re-read: a job may have queued a follow-up just before it finished.
@@ -57,7 +71,7 @@ async def wait_op(request: web.Request) -> web.StreamResponse:
                 new = [op for pk, op in fresh.items() if pk not in known]
                 known = fresh
                 for op in new:
-                    await send(resp, op_to_dict(op))
+                    await send(resp, OpRecord.of(op))
                 if all(OpStatus(op.status).finished for op in known.values()):
                     break
             event = await keepalive(sub, resp)
@@ -72,14 +86,14 @@ async def wait_op(request: web.Request) -> web.StreamResponse:
                 continue
             if changed.pk in known or (whole_flow and changed.flow_id == first.flow_id):
                 known[changed.pk] = changed
-                await send(resp, op_to_dict(changed))
+                await send(resp, OpRecord.of(changed))
     await resp.write_eof()
     return resp
 
 
 async def follow_ops(request: web.Request) -> web.StreamResponse:
     """Stream every operation change as NDJSON (``ops --follow``, the tray when attached)."""
-    engine = _engine(request)
+    engine = engine_of(request)
     resp = await ndjson(request)
     with engine.bus.subscribe("operation") as sub:
         while True:
@@ -88,49 +102,43 @@ async def follow_ops(request: web.Request) -> web.StreamResponse:
                 continue
             op = getattr(event, "op", None)
             if op is not None:
-                await send(resp, op_to_dict(op))
+                await send(resp, OpRecord.of(op))
 
 
-def event_to_dict(event: Event) -> dict[str, Any] | None:
+def event_line(event: Event) -> ServerEvent | None:
+    """The ``/v1/events`` line for a bus event (``None``: not one clients follow)."""
     if isinstance(event, OperationChanged) and event.op is not None:
-        return {"type": "operation", "op": op_to_dict(event.op)}
+        return OperationEvent(op=OpRecord.of(event.op))
     if isinstance(event, LinkStateChanged):
-        return {"type": "link", "peer": event.peer_id, "state": event.state, "reason": event.reason}
+        return LinkEvent(peer=event.peer_id, state=event.state, reason=event.reason)
     if isinstance(event, ConfigChanged):
-        return {"type": "config", "what": event.what, "id": event.id}
+        return ConfigEvent(what=event.what, id=event.id)
     if isinstance(event, PlanStale):
-        last = event.last_success_at.isoformat() if event.last_success_at else None
-        return {"type": "stale", "plan": event.plan_id, "last_success_at": last}
+        return StaleEvent(plan=event.plan_id, last_success_at=iso_time(event.last_success_at))
     if isinstance(event, Notice):
-        return {"type": "notice", "level": event.level, "message": event.message}
+        return NoticeEvent(level=event.level, message=event.message)
     if isinstance(event, WindowWanted):
-        return {"type": "present"}
+        return PresentEvent()
     if isinstance(event, SnapshotsChanged):
-        return {
-            "type": "snapshots",
-            "repo": event.repo_id,
-            "reason": event.reason,
-            "origin": event.origin,
-        }
+        return SnapshotsEvent(repo=event.repo_id, reason=event.reason, origin=event.origin)
     if isinstance(event, SharesReceived) and event.result is not None:
         r = event.result
-        return {
-            "type": "shares",
-            "origin": event.origin,
-            "added": list(r.added),
-            "updated": list(r.updated),
-            "removed": list(r.removed),
-            "disabled_plans": list(r.disabled_plans),
-            "skipped": dict(r.skipped),
-            "refused": list(r.refused),
-        }
+        return SharesEvent(
+            origin=event.origin,
+            added=list(r.added),
+            updated=list(r.updated),
+            removed=list(r.removed),
+            disabled_plans=list(r.disabled_plans),
+            skipped=dict(r.skipped),
+            refused=list(r.refused),
+        )
     # Operations gone (our gc, or a peer's reaching us): views drop them by reloading.
     if isinstance(event, OperationsDeleted) and event.ops:
-        return {"type": "ops_deleted", "origin": event.origin, "count": len(event.ops)}
+        return OpsDeletedEvent(origin=event.origin, count=len(event.ops))
     if isinstance(event, OpsSynced) and event.deleted:
-        return {"type": "ops_deleted", "origin": event.peer_id, "count": event.deleted}
+        return OpsDeletedEvent(origin=event.peer_id, count=event.deleted)
     if isinstance(event, RemoteRequestChanged) and event.request is not None:
-        return {"type": "remote", "request": request_to_dict(event.request)}
+        return RemoteEvent(request=request_to_dict(event.request))
     return None
 
 
@@ -141,7 +149,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     desktop window says ``?ui=1``: while it follows, a second launch brings it up
     (:func:`present`) instead of opening another.
     """
-    engine = _engine(request)
+    engine = engine_of(request)
     resp = await ndjson(request)
     windows = request.app[WINDOWS_KEY]
     is_window = request.query.get("ui") == "1"
@@ -154,19 +162,13 @@ async def events(request: web.Request) -> web.StreamResponse:
 
             counted.callback(uncount)
         # Tells a client the subscription is live: whatever it does after this line is seen.
-        await send(resp, {"type": "ready"})
+        await send(resp, Ready())
         for peer in await engine.store.list_peers():
-            line = {
-                "type": "link",
-                "peer": peer.id,
-                "state": peer.state,
-                "reason": peer.state_reason,
-            }
-            await send(resp, line)
+            await send(resp, LinkEvent(peer=peer.id, state=peer.state, reason=peer.state_reason))
         while True:
             event = await keepalive(sub, resp)
             if event is None:
                 continue
-            data = event_to_dict(event)
-            if data is not None:
-                await send(resp, data)
+            line = event_line(event)
+            if line is not None:
+                await send(resp, line)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from peerstash.core.models import Operation, Peer
-from peerstash.core.serialize import iso_time
+from peerstash.core.records import iso_time
 from peerstash.core.store import Store
 
 

@@ -41,7 +41,7 @@ from peerstash.core.engine import Engine
 from peerstash.core.events import Event, EventBus, OperationChanged
 from peerstash.core.ids import new_ulid
 from peerstash.core.models import REQUEST_FINAL_STATES, Operation, OpKind, OpStatus, RemoteRequest
-from peerstash.core.serialize import lsnode_to_dict, snapshot_to_dict
+from peerstash.core.records import LsNodeRecord, SnapshotRecord, to_json
 from peerstash.core.store import NotFound, OpFilter, Store, utcnow
 from peerstash.peer.links import protocol as proto
 from peerstash.peer.links.link import Link, PeerManager, PeerRemoved
@@ -766,7 +766,7 @@ class RemoteService:
         repo_id = arg(args, "repo")
         await self._repo_in_scope(ctx, repo_id)
         for snap in await self.engine.snapshots(repo_id):
-            yield snapshot_to_dict(snap)
+            yield to_json(SnapshotRecord.of(snap))
 
     async def _answer_ls(
         self, ctx: CallContext, args: Mapping[str, Any]
@@ -776,7 +776,7 @@ class RemoteService:
         path = arg(args, "path", default=None)
         await self._repo_in_scope(ctx, repo_id)
         async for node in self.engine.ls(repo_id, snapshot_id, path):
-            yield lsnode_to_dict(node)
+            yield to_json(LsNodeRecord.of(node))
 
 
 __all__ = [

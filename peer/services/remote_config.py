@@ -38,8 +38,8 @@ from typing import Any
 from peerstash.core import peer_rules as rules
 from peerstash.core.engine import Engine, EngineError, PasswordSpec
 from peerstash.core.models import Plan, Repo
+from peerstash.core.records import PlanRecord, to_json
 from peerstash.core.restic import redact_uri
-from peerstash.core.serialize import plan_to_dict
 from peerstash.core.store import NotFound, StoreError
 from peerstash.peer.links import protocol as proto
 from peerstash.peer.links.rpc import (
@@ -184,7 +184,9 @@ class RemoteConfig:
             if ctx.grants.allows(READ, repo=r.id)
         ]
         plans = [
-            plan_to_dict(p) for p in await self.engine.list_plans() if _plan_in_scope(ctx, READ, p)
+            to_json(PlanRecord.of(p))
+            for p in await self.engine.list_plans()
+            if _plan_in_scope(ctx, READ, p)
         ]
         return {"repos": repos, "plans": plans}
 
@@ -215,7 +217,7 @@ class RemoteConfig:
             every=arg(args, "every", default=None),
             retention=arg(args, "retention", dict, default={}),
         )
-        out = plan_to_dict(plan)
+        out = to_json(PlanRecord.of(plan))
         if backup_now:
             # The peer's user asked for a plan here: like a plan added locally, it is backed up
             # now rather than at its first slot. config.write already lets them choose a
@@ -245,7 +247,7 @@ class RemoteConfig:
                 )
         if "repo" in changes and changes["repo"] != plan.repo_id:
             _target_repo(ctx, changes["repo"], plan.id)
-        return plan_to_dict(await self.engine.update_plan(plan.id, **changes))
+        return to_json(PlanRecord.of(await self.engine.update_plan(plan.id, **changes)))
 
     async def _plan_remove(self, ctx: CallContext, args: Mapping[str, Any]) -> dict[str, Any]:
         plan = await self._plan(ctx, arg(args, "id"))

@@ -175,7 +175,7 @@ async def test_dry_run_lists_what_forget_then_removes(
             assert r.status == 200 and await r.json() == preview
         # Bad requests: one clear sentence, nothing run.
         for body, message, field in (
-            ({"dry_run": "yes"}, "dry_run is true or false", None),
+            ({"dry_run": "yes"}, "dry_run is true or false", "dry_run"),
             ({"dry_run": True, "prune": True}, "unknown field(s) for forget: prune", None),
             ({"dry_run": True, "plan": 7}, "field 'plan' must be a string", "plan"),
             ({"dry_run": True, "plan": "nope"}, "no plan named 'nope'", None),

@@ -1,0 +1,260 @@
+"""Records: what every surface shows of the model, as typed structs.
+
+The CLI's ``--json``, the admin API, the tray and the link services (which send some of these
+to peers of the same version) all use these, so a field has one name everywhere. Each record
+is built from its model with ``Record.of(model)`` and becomes JSON through :func:`to_json`
+(plain builtins, in field order): keys, nulls and the time format are exactly what
+``core/serialize.py``'s dict builders gave, so a node of this version and one before it read
+each other's records, and ``--json`` output stays what ``docs/cli.md`` documents.
+
+Times are kept as the ISO 8601 text :func:`iso_time` gives (``+00:00``, not msgspec's ``Z``)
+for that reason. Secrets are never part of a record, so nothing here can leak one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from peerstash.core.models import Operation, Peer, Plan, Repo
+from peerstash.core.restic import LsNode, Snapshot, redact_uri
+
+
+def iso_time(dt: datetime | None) -> str | None:
+    """A timestamp as the API and the CLI's JSON give it (ISO 8601 with its offset)."""
+    return None if dt is None else dt.isoformat()
+
+
+def to_json(record: msgspec.Struct) -> dict[str, Any]:
+    """A record as plain JSON-ready builtins (a dict in field order), for ``json.dumps``,
+    ``web.json_response`` and the link's messages."""
+    out: dict[str, Any] = msgspec.to_builtins(record)
+    return out
+
+
+class Record(msgspec.Struct, kw_only=True):
+    """Base of every record: keyword-only, every field always present (null when unset)."""
+
+
+class OpRecord(Record):
+    """An operation, ours or a peer's (``ops --json``, ``/v1/ops``, the event stream)."""
+
+    id: str
+    pk: int
+    origin: str
+    modno: int
+    flow_id: str
+    kind: str
+    status: str
+    plan: str | None
+    repo: str | None
+    created_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    bytes_done: int
+    bytes_total: int
+    files_done: int
+    files_total: int
+    eta_seconds: int | None
+    summary: dict[str, Any]
+    snapshot_id: str | None
+    error: str | None
+
+    @classmethod
+    def of(cls, op: Operation) -> OpRecord:
+        return cls(**_op_fields(op))
+
+
+def _op_fields(op: Operation) -> dict[str, Any]:
+    return {
+        "id": op.op_id,
+        "pk": op.pk,
+        "origin": op.origin,
+        "modno": op.modno,
+        "flow_id": op.flow_id,
+        "kind": op.kind,
+        "status": op.status,
+        "plan": op.plan_id,
+        "repo": op.repo_id,
+        "created_at": iso_time(op.created_at),
+        "started_at": iso_time(op.started_at),
+        "ended_at": iso_time(op.ended_at),
+        "bytes_done": op.bytes_done,
+        "bytes_total": op.bytes_total,
+        "files_done": op.files_done,
+        "files_total": op.files_total,
+        "eta_seconds": op.eta_seconds,
+        "summary": op.summary or {},
+        "snapshot_id": op.snapshot_id,
+        "error": op.error,
+    }
+
+
+class ListedOpRecord(OpRecord):
+    """An operation in ``/v1/ops``: with how its origin is shown (a peer's name, "this node")."""
+
+    origin_label: str
+
+    @classmethod
+    def labelled(cls, op: Operation, labels: dict[str, str]) -> ListedOpRecord:
+        return cls(**_op_fields(op), origin_label=labels.get(op.origin, op.origin))
+
+
+class RepoRecord(Record):
+    """A repository, its URI's credentials redacted; never its password."""
+
+    id: str
+    uri: str
+    password_source: str
+    #: A file path, variable name or command is configuration, not the secret itself.
+    password_ref: str | None
+    env_keys: list[str]
+    options: list[str]
+    guid: str | None
+    #: Who shared it with us (None for our own); received repositories are read-only here.
+    origin: str | None
+    read_only: bool
+    shared: bool
+    client_uri: str | None
+    created_at: str | None
+
+    @classmethod
+    def of(cls, repo: Repo) -> RepoRecord:
+        return cls(
+            id=repo.id,
+            uri=redact_uri(repo.uri),
+            password_source=repo.password_source,
+            password_ref=repo.password_ref or None,
+            env_keys=list(repo.env_keys or []),
+            options=list(repo.options or []),
+            guid=repo.guid,
+            origin=repo.origin,
+            read_only=repo.origin is not None,
+            shared=bool(repo.shared),
+            client_uri=redact_uri(repo.client_uri) if repo.client_uri else None,
+            created_at=iso_time(repo.created_at),
+        )
+
+
+class PlanRecord(Record):
+    """A backup plan (also what ``config.read`` sends a peer of a plan it may see)."""
+
+    id: str
+    repo: str
+    paths: list[str]
+    excludes: list[str]
+    schedule: str | None
+    every_seconds: int | None
+    retention: dict[str, Any]
+    enabled: bool
+    disabled_reason: str | None
+    next_due_at: str | None
+
+    @classmethod
+    def of(cls, plan: Plan) -> PlanRecord:
+        return cls(
+            id=plan.id,
+            repo=plan.repo_id,
+            paths=list(plan.paths),
+            excludes=list(plan.excludes or []),
+            schedule=plan.schedule_cron,
+            every_seconds=plan.schedule_interval,
+            retention=dict(plan.retention or {}),
+            enabled=plan.enabled,
+            disabled_reason=plan.disabled_reason,
+            next_due_at=iso_time(plan.next_due_at),
+        )
+
+
+class SnapshotRecord(Record):
+    """A restic snapshot (also sent to a peer that asks for a shared repository's)."""
+
+    id: str
+    short_id: str
+    time: str | None
+    hostname: str
+    username: str
+    paths: list[str]
+    tags: list[str]
+    parent: str | None
+    summary: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, snap: Snapshot) -> SnapshotRecord:
+        return cls(
+            id=snap.id,
+            short_id=snap.short_id,
+            time=iso_time(snap.time),
+            hostname=snap.hostname,
+            username=snap.username,
+            paths=list(snap.paths),
+            tags=list(snap.tags),
+            parent=snap.parent,
+            summary=dict(snap.summary) if snap.summary else None,
+        )
+
+
+class PlannedSnapshotRecord(SnapshotRecord):
+    """A snapshot in a forget dry run, with the plan whose retention keeps or removes it."""
+
+    plan: str
+
+    @classmethod
+    def for_plan(cls, snap: Snapshot, plan_id: str) -> PlannedSnapshotRecord:
+        return cls(**to_json(SnapshotRecord.of(snap)), plan=plan_id)
+
+
+class LsNodeRecord(Record):
+    """One entry of a snapshot listing (streamed as NDJSON, also over the link)."""
+
+    name: str
+    type: str
+    path: str
+    size: int
+    permissions: str
+    mtime: str | None
+    link_target: str | None
+
+    @classmethod
+    def of(cls, node: LsNode) -> LsNodeRecord:
+        return cls(
+            name=node.name,
+            type=node.type,
+            path=node.path,
+            size=node.size,
+            permissions=node.permissions,
+            mtime=iso_time(node.mtime),
+            link_target=node.link_target,
+        )
+
+
+class PeerRecord(Record):
+    """A paired peer: who it is, how it is reached, what each side grants (never its key)."""
+
+    id: str
+    name: str
+    key_id: str
+    role: str
+    url: str | None
+    grants: list[str]
+    their_grants: list[str]
+    state: str
+    state_reason: str | None
+    last_seen: str | None
+
+    @classmethod
+    def of(cls, peer: Peer) -> PeerRecord:
+        return cls(
+            id=peer.id,
+            name=peer.name or peer.id,
+            key_id=peer.key_id,
+            role=peer.role,
+            url=peer.url,
+            grants=list(peer.grants),
+            their_grants=list(peer.their_grants),
+            state=peer.state,
+            state_reason=peer.state_reason,
+            last_seen=iso_time(peer.last_seen),
+        )
