@@ -88,8 +88,13 @@ def _env_pairs(items: list[str]) -> dict[str, str]:
 
 
 async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
-    if getattr(a, "on", None):
-        return await _repo_on(c, a, a.on)
+    """Repositories of this node, or with ``--on PEER`` of a peer: listed when it grants
+    config.read, added, changed or removed when it grants config.write for them. The peer checks
+    what a peer may set (a password given as a value only, no -o options, no RESTIC_ variables,
+    no rclone:) and refuses the rest; ``share``, ``unshare`` and ``show`` are for this node's."""
+    on: str | None = getattr(a, "on", None)
+    base = _peer_path(on) + "/repos" if on else "/v1/repos"
+    suffix = f" on {on}" if on else ""
     if a.repo_cmd == "add":
         env = _env_of(a)
         body = {
@@ -100,17 +105,21 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
             "options": a.option or [],
             "init": a.init,
         }
-        res = await c.call("POST", "/v1/repos", body)
-        _emit(a, res, f"repository {a.name}: {res['message']} (id {res['repo']['guid'][:8]})")
+        res = await c.call("POST", base, body)
+        guid = (res["repo"].get("guid") or "")[:8]
+        _emit(a, res, f"repository {a.name}{suffix}: {res['message']} (id {guid})")
         return 0
     if a.repo_cmd == "edit":
-        patch = _repo_patch(a, "give --uri, a password option, --env or --option")
-        res = await c.call("PATCH", f"/v1/repos/{a.name}", patch)
-        _emit(a, res, f"repository {a.name} changed; it opens with the new settings")
+        hint = "--password-stdin or --env" if on else "a password option, --env or --option"
+        patch = _repo_patch(a, f"give --uri, {hint}")
+        res = await c.call("PATCH", f"{base}/{_q(a.name)}", patch)
+        _emit(a, res, f"repository {a.name}{suffix} changed; it opens with the new settings")
         return 0
     if a.repo_cmd == "remove":
-        res = await c.call("DELETE", f"/v1/repos/{a.name}")
-        _emit(a, res, f"repository {a.name} removed from Peerstash (its data is untouched)")
+        res = await c.call("DELETE", f"{base}/{_q(a.name)}")
+        _emit(
+            a, res, f"repository {a.name} removed from {on or 'Peerstash'} (its data is untouched)"
+        )
         return 0
     if a.repo_cmd == "share":
         body = {} if a.client_uri is None else {"client_uri": a.client_uri}
@@ -127,6 +136,12 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
     if a.repo_cmd == "unshare":
         res = await c.call("POST", f"/v1/repos/{a.name}/unshare")
         _emit(a, res, f"repository {a.name} is no longer shared; peers remove it")
+        return 0
+    if on:
+        repos = (await c.call("GET", _peer_path(on) + "/config"))["repos"]
+        rows = [[r["id"], r["uri"], r["password_source"], (r["guid"] or "")[:8]] for r in repos]
+        empty = f"no repositories of {on} are visible here"
+        _emit(a, repos, table(rows, ["ID", "URI", "PASSWORD", "GUID"]) if rows else empty)
         return 0
     repos = await c.call("GET", "/v1/repos")
     if a.json:
@@ -232,40 +247,6 @@ async def _repo_show(c: AdminClient, a: argparse.Namespace) -> int:
     else:
         print("\n".join(lines))
         print(f"  password value: {password}")
-    return 0
-
-
-async def _repo_on(c: AdminClient, a: argparse.Namespace, peer: str) -> int:
-    """Repositories of a peer: listed when it grants config.read, added, changed or removed when
-    it grants config.write for them. The peer checks what a peer may set (a password given as
-    a value only, no -o options, no RESTIC_ variables, no rclone:) and refuses the rest."""
-    base = _peer_path(peer) + "/repos"
-    if a.repo_cmd == "add":
-        body = {
-            "id": a.name,
-            "uri": a.uri,
-            "password": _read_password(a),
-            "env": _env_of(a),
-            "options": a.option or [],
-            "init": a.init,
-        }
-        res = await c.call("POST", base, body)
-        guid = (res["repo"].get("guid") or "")[:8]
-        _emit(a, res, f"repository {a.name} on {peer}: {res['message']} (id {guid})")
-        return 0
-    if a.repo_cmd == "edit":
-        patch = _repo_patch(a, "give --uri, --password-stdin or --env")
-        res = await c.call("PATCH", f"{base}/{_q(a.name)}", patch)
-        _emit(a, res, f"repository {a.name} on {peer} changed; it opens with the new settings")
-        return 0
-    if a.repo_cmd == "remove":
-        res = await c.call("DELETE", f"{base}/{_q(a.name)}")
-        _emit(a, res, f"repository {a.name} removed from {peer} (its data is untouched)")
-        return 0
-    repos = (await c.call("GET", _peer_path(peer) + "/config"))["repos"]
-    rows = [[r["id"], r["uri"], r["password_source"], (r["guid"] or "")[:8]] for r in repos]
-    empty = f"no repositories of {peer} are visible here"
-    _emit(a, repos, table(rows, ["ID", "URI", "PASSWORD", "GUID"]) if rows else empty)
     return 0
 
 
