@@ -97,9 +97,9 @@ class _Unbuilt:
 
 
 class _Partial(_Parser):
-    """The top parser when only some families are built: the subcommands of the others are not
-    even registered (their modules are not imported), so it cannot show usage, help or an
-    "invalid choice" that lists every command; asked to, it has :func:`parse_args` build all."""
+    """The top parser when only some families are imported: the subcommands of the others are
+    not even registered, so it cannot show usage, help or an "invalid choice" that lists every
+    command; asked to, it has :func:`parse_args` import them all and parse again."""
 
     def format_usage(self) -> str:
         raise _NotBuilt("format_usage")
@@ -126,25 +126,36 @@ def _parser_class(build: frozenset[str] | None) -> type[_Parser]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """``build_parser().parse_args(argv)``, building only the parsers of the subcommands named
     in ``argv`` (the one that runs is always among them: argparse matches subcommand names
-    exactly), and importing only their families. Should anything else be asked of a parser
-    left out, everything is built and ``argv`` parsed again, so the result is always the full
-    parser's."""
+    exactly), and importing only their families. Should the top parser be asked for usage, help
+    or an error, every family is imported (their commands' names and help), still building
+    only those parsers; should anything else be asked of a parser left out, everything is
+    built. Either way ``argv`` is parsed again, so the result is always the full parser's."""
     from peerstash.peer.cli.commands import FAMILY_OF
 
     words = sys.argv[1:] if argv is None else list(argv)
+    named = frozenset(w for w in words if w in FAMILY_OF)
     try:
-        return build_parser(frozenset(w for w in words if w in FAMILY_OF)).parse_args(words)
+        return build_parser(named, only_their_families=True).parse_args(words)
+    except _NotBuilt:
+        pass
+    try:
+        return build_parser(named).parse_args(words)
     except _NotBuilt:
         return build_parser().parse_args(words)
 
 
-def build_parser(build: frozenset[str] | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    build: frozenset[str] | None = None, *, only_their_families: bool = False
+) -> argparse.ArgumentParser:
     """The whole ``peerstash`` parser; with ``build``, the parsers of other subcommands are
-    left out, and so are the families none of ``build`` belongs to (see :func:`parse_args`)."""
+    left out (see :func:`parse_args`), and with ``only_their_families`` so are the families
+    none of ``build`` belongs to (then the top parser cannot show usage, help or errors)."""
     from peerstash.peer.cli.commands import families
 
-    top = _Parser if build is None else _Partial
-    p = top(prog="peerstash", description="Backups for every machine you own.")
+    partial = build is not None and only_their_families
+    p = (_Partial if partial else _Parser)(
+        prog="peerstash", description="Backups for every machine you own."
+    )
     p.add_argument("--version", action="version", version=f"peerstash {__version__}")
     p.add_argument("--data-dir", help="the node's data directory (or $PEERSTASH_DATA_DIR)")
     p.add_argument(
@@ -183,6 +194,6 @@ def build_parser(build: frozenset[str] | None = None) -> argparse.ArgumentParser
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log more (node only)")
     sub = p.add_subparsers(dest="command", parser_class=_parser_class(build))
-    for family in families(build):
+    for family in families(build if partial else None):
         family.add_parsers(sub)
     return p

@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,11 +111,32 @@ def test_errors_and_help_of_one_family_read_as_with_all_built(
     assert capsys.readouterr() == expected
 
 
-def test_an_unknown_command_line_builds_every_family(capsys: pytest.CaptureFixture[str]) -> None:
-    """``peerstash bogus``: the partial parser cannot list the commands, so all are built."""
+def test_an_unknown_command_is_told_among_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """``peerstash bogus``: the partial parser cannot list the commands, so all are imported."""
     with pytest.raises(SystemExit) as exc:
         cli.parse_args(["bogus"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'bogus'" in err
     assert all(f"'{c}'" in err for c in commands.FAMILY_OF)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["bogus"], ["--system", "x", "--data-dir", "y"]])
+def test_the_top_usage_and_help_build_no_subcommand_parser(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every command's name and help come from its family's module, but no subcommand's parser
+    is built for them (building all 54 costs more than starting Python): the parsers made are
+    the top one of each try, the one with only the named families and the one with all."""
+    made: list[str] = []
+    init = argparse.ArgumentParser.__init__
+
+    def counted(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self.prog)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "__init__", counted)
+    with pytest.raises(SystemExit):
+        cli.parse_args(argv)
+    assert capsys.readouterr() != ("", "")
+    assert made == ["peerstash", "peerstash"]
