@@ -6,6 +6,7 @@ import filecmp
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -574,3 +575,28 @@ def test_edit_plan_and_repo_validated_and_nothing_lost(node: NodeProc, tmp_path:
     res = node.cli("repo", "edit", "main", "--uri", str(other), check=False)
     assert res.returncode == 1 and "another repository" in res.stderr
     assert jcli(node, "repo", "list")[0]["uri"] == str(tmp_path / "repo")
+
+    # What people read (`repo ... --on PEER` says the same of a peer's, tests/e2e/test_peers.py).
+    res = node.cli("repo", "edit", "main", "--uri", str(tmp_path / "repo"))
+    assert res.stdout == "repository main changed; it opens with the new settings\n"
+    res = node.cli("repo", "edit", "main", check=False)
+    assert (res.returncode, res.stderr) == (
+        1,
+        "peerstash: nothing to change: give --uri, a password option, --env or --option\n",
+    )
+    res = node.cli(
+        "repo",
+        "add",
+        "spare",
+        "--uri",
+        str(tmp_path / "spare"),
+        "--password-stdin",
+        "--init",
+        input=PASSWORD + "\n",
+    )
+    assert re.fullmatch(
+        r"repository spare: created a new repository[^\n]* \(id [0-9a-f]{8}\)\n", res.stdout
+    )
+    res = node.cli("repo", "remove", "spare")
+    assert res.stdout == "repository spare removed from Peerstash (its data is untouched)\n"
+    assert [r["id"] for r in jcli(node, "repo", "list")] == ["main"]

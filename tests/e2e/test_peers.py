@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 from typing import Any
@@ -230,8 +231,24 @@ def test_a_peer_adds_a_plan_reads_a_remote_log_and_sees_the_result(
         "--init",
         input="pw-sent-over-the-link\n",
     )
-    assert res.stdout.startswith("repository r3 on hub: created a new repository")
+    assert re.fullmatch(
+        r"repository r3 on hub: created a new repository[^\n]* \(id [0-9a-f]{8}\)\n", res.stdout
+    )
     assert (tmp_path / "r3" / "config").is_file()
+    # Changed from the laptop (the request path of `repo edit` here, under the hub's address).
+    res = laptop.cli("repo", "edit", "r3", "--on", "hub", "--uri", str(tmp_path / "r3"))
+    assert res.stdout == "repository r3 on hub changed; it opens with the new settings\n"
+    res = laptop.cli("repo", "edit", "r3", "--on", "hub", check=False)
+    assert (res.returncode, res.stderr) == (
+        1,
+        "peerstash: nothing to change: give --uri, --password-stdin or --env\n",
+    )
+    # A change that would run a program on the hub is refused there; the hub keeps the old one.
+    res = laptop.cli("repo", "edit", "r3", "--on", "hub", "--password-command", "id", check=False)
+    assert res.returncode == 1
+    assert "hub: a peer may give a repository password only as a value" in res.stderr
+    (r3,) = [r for r in json.loads(hub.cli("repo", "list", "--json").stdout) if r["id"] == "r3"]
+    assert (r3["password_source"], r3["uri"]) == ("secret", str(tmp_path / "r3"))
     assert [r["id"] for r in json.loads(hub.cli("repo", "list", "--json").stdout)] == [
         "other",
         "r",
@@ -239,6 +256,7 @@ def test_a_peer_adds_a_plan_reads_a_remote_log_and_sees_the_result(
     ]
     listed_repos = laptop.cli("repo", "list", "--on", "hub").stdout
     assert "r3" in listed_repos and "pw-sent-over-the-link" not in listed_repos
+    assert listed_repos.splitlines()[0].split() == ["ID", "URI", "PASSWORD", "GUID"]
     # What could run a program on the hub is refused there, in its words.
     res = laptop.cli(
         "repo", "add", "r3", "--on", "hub", "--uri", "/x", "--password-command", "id", check=False
@@ -259,7 +277,8 @@ def test_a_peer_adds_a_plan_reads_a_remote_log_and_sees_the_result(
     )
     assert res.returncode == 1
     assert "hub: laptop has no 'config.write' grant for repository 'r4' here" in res.stderr
-    laptop.cli("repo", "remove", "r3", "--on", "hub")
+    res = laptop.cli("repo", "remove", "r3", "--on", "hub")
+    assert res.stdout == "repository r3 removed from hub (its data is untouched)\n"
     for line in hub.output + laptop.output:  # neither node logged it
         assert "pw-sent-over-the-link" not in line
     assert [r["id"] for r in json.loads(hub.cli("repo", "list", "--json").stdout)] == [

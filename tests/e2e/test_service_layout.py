@@ -75,7 +75,8 @@ def test_system_flag_finds_the_system_node(
     import json
 
     from peerstash.desktop.__main__ import main
-    from peerstash.peer import cli, systemd
+    from peerstash.peer import systemd
+    from peerstash.peer.cli.commands import status as status_command
 
     system_root = tmp_path / "var-lib-peerstash"
     monkeypatch.setattr(systemd, "SYSTEM_DATA_DIR", system_root)
@@ -88,7 +89,7 @@ def test_system_flag_finds_the_system_node(
     assert status["pid"] == node.proc.pid and status["data_dir"] == str(system_root / "lab")
 
     # The package was upgraded under the running node: status says a restart is due.
-    monkeypatch.setattr(cli, "__version__", "99.0.0")
+    monkeypatch.setattr(status_command, "__version__", "99.0.0")
     assert main(["--system", "lab", "status"]) == 0
     out = capsys.readouterr().out
     assert f"restart due: the node runs Peerstash {status['version']}, 99.0.0 is installed" in out

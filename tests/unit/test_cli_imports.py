@@ -78,6 +78,12 @@ def heavy_in(modules: list[str]) -> list[str]:
     return [m for m in modules if m in HEAVY or m.split(".", 1)[0] in HEAVY]
 
 
+def families_in(modules: list[str]) -> list[str]:
+    """The command families (``peer/cli/commands/``) that were imported."""
+    prefix = "peerstash.peer.cli.commands."
+    return [m.removeprefix(prefix) for m in modules if m.startswith(prefix)]
+
+
 def test_version_imports_nothing_heavy() -> None:
     from peerstash.core import __version__
 
@@ -193,6 +199,7 @@ def test_status_imports_nothing_heavy(admin_socket: Path) -> None:
     assert heavy_in(got["modules"]) == []
     # Only the status parser was built: no command module of another family was imported.
     assert "peerstash.peer.systemd" not in got["modules"]
+    assert families_in(got["modules"]) == ["status"]
 
 
 def test_status_json_and_check_stay_quick(admin_socket: Path) -> None:
@@ -208,6 +215,7 @@ def test_backup_wait_follows_the_stream_without_aiohttp(admin_socket: Path) -> N
     assert got["code"] == 0, got["err"]
     assert got["out"] == "backup 01OPQUICK: success, snapshot abcdef01\n"
     assert heavy_in(got["modules"]) == []
+    assert families_in(got["modules"]) == ["ops"]
 
 
 def test_a_stream_cut_short_is_one_clear_line(admin_socket: Path) -> None:
