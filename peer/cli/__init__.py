@@ -18,7 +18,7 @@ from typing import Any
 
 from peerstash.core.text import printable
 from peerstash.peer.cli import commands
-from peerstash.peer.cli.parser import _NotBuilt as _NotBuilt
+from peerstash.peer.cli.parser import NotBuilt as NotBuilt
 from peerstash.peer.cli.parser import build_parser as build_parser
 from peerstash.peer.cli.parser import parse_args as parse_args
 from peerstash.peer.paths import resolve_data_dir

@@ -1,7 +1,7 @@
 """How the CLI shows things, for every command family in ``commands/``: aligned tables,
-operation and remote request lines, the progress bar, and :func:`_emit` (``--json`` or text).
+operation and remote request lines, the progress bar, and :func:`emit` (``--json`` or text).
 
-A table cell and each line given to :func:`_emit` is made :func:`~peerstash.core.text.printable`
+A table cell and each line given to :func:`emit` is made :func:`~peerstash.core.text.printable`
 (text from a peer cannot steer the terminal); a command printing anything else says so itself.
 """
 
@@ -93,7 +93,7 @@ def finished_line(op: dict[str, Any]) -> str:
     return f"{what}: {said}" if said else what
 
 
-def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
     """``--json``: the data as JSON (its escaping keeps peer text inert); else ``text``, line
     by line made :func:`printable`."""
     print(json.dumps(data, indent=2) if getattr(args, "json", False) else printable_lines(text))
@@ -115,7 +115,7 @@ def health_lines(health: dict[str, Any]) -> list[str]:
     return [f"health: {health['summary']}"] + [f"  - {r['message']}" for r in health["reasons"]]
 
 
-def _snapshot_table(snaps: list[dict[str, Any]]) -> str:
+def snapshot_table(snaps: list[dict[str, Any]]) -> str:
     rows = [
         [
             s["short_id"],
@@ -149,12 +149,12 @@ def remote_line(req: dict[str, Any]) -> list[str]:
     ]
 
 
-def _q(part: str) -> str:
+def quote_segment(part: str) -> str:
     """One path segment of an admin URL (ids are plain, but say so explicitly)."""
     from urllib.parse import quote
 
     return quote(part, safe="")
 
 
-def _peer_path(peer: str) -> str:
-    return f"/v1/peers/{_q(peer)}"
+def peer_path(peer: str) -> str:
+    return f"/v1/peers/{quote_segment(peer)}"

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 from peerstash.core import __version__
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(2, f"peerstash: {message}\n")
@@ -65,7 +65,7 @@ def on_flag(sp: argparse.ArgumentParser, what: str) -> None:
     sp.add_argument("--on", metavar="PEER", help=f"on a paired peer instead: {what}")
 
 
-class _NotBuilt(Exception):
+class NotBuilt(Exception):
     """A subcommand parser left out by :func:`build_parser` was asked to parse."""
 
 
@@ -90,31 +90,31 @@ class _Unbuilt:
     def __getattr__(self, name: str) -> Any:
         if name in self._BUILDING:
             return self._take
-        raise _NotBuilt(name)
+        raise NotBuilt(name)
 
     def _take(self, *args: object, **kwargs: object) -> _Unbuilt:
         return self
 
 
-class _Partial(_Parser):
+class _Partial(Parser):
     """The top parser when only some families are imported: the subcommands of the others are
     not even registered, so it cannot show usage, help or an "invalid choice" that lists every
     command; asked to, it has :func:`parse_args` import them all and parse again."""
 
     def format_usage(self) -> str:
-        raise _NotBuilt("format_usage")
+        raise NotBuilt("format_usage")
 
     def format_help(self) -> str:
-        raise _NotBuilt("format_help")
+        raise NotBuilt("format_help")
 
 
-def _parser_class(build: frozenset[str] | None) -> type[_Parser]:
+def _parser_class(build: frozenset[str] | None) -> type[Parser]:
     """The subcommand parser class: with ``build``, only those subcommands get a real parser."""
     if build is None:
-        return _Parser
+        return Parser
     names = build
 
-    class _Some(_Parser):
+    class _Some(Parser):
         def __new__(cls, *args: Any, **kwargs: Any) -> Any:
             # add_parser names the parser "peerstash NAME" (no subcommand sets its own prog).
             name = str(kwargs.get("prog", "")).rsplit(" ", 1)[-1]
@@ -136,11 +136,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     named = frozenset(w for w in words if w in FAMILY_OF)
     try:
         return build_parser(named, only_their_families=True).parse_args(words)
-    except _NotBuilt:
+    except NotBuilt:
         pass
     try:
         return build_parser(named).parse_args(words)
-    except _NotBuilt:
+    except NotBuilt:
         return build_parser().parse_args(words)
 
 
@@ -153,7 +153,7 @@ def build_parser(
     from peerstash.peer.cli.commands import families
 
     partial = build is not None and only_their_families
-    p = (_Partial if partial else _Parser)(
+    p = (_Partial if partial else Parser)(
         prog="peerstash", description="Backups for every machine you own."
     )
     p.add_argument("--version", action="version", version=f"peerstash {__version__}")

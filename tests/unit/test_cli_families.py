@@ -19,7 +19,7 @@ import pytest
 
 from peerstash.peer import cli
 from peerstash.peer.cli import commands
-from peerstash.peer.cli.parser import _Parser
+from peerstash.peer.cli.parser import Parser
 
 COMMANDS_DIR = Path(commands.__file__).parent
 
@@ -38,7 +38,7 @@ def test_a_family_defines_and_handles_exactly_its_commands(family: str) -> None:
         f"peer/cli/commands/{family}.py handles {sorted(module.COMMANDS)}; "
         f"FAMILIES in peer/cli/commands/__init__.py names {named}"
     )
-    sub = argparse.ArgumentParser(prog="peerstash").add_subparsers(parser_class=_Parser)
+    sub = argparse.ArgumentParser(prog="peerstash").add_subparsers(parser_class=Parser)
     module.add_parsers(sub)
     assert list(sub.choices) == named, "the table lists a family's commands in help order"
 

@@ -274,7 +274,7 @@ def test_a_parser_left_out_is_never_used() -> None:
     """Had ``status`` been left out, parsing it builds everything rather than misparse."""
     from peerstash.peer import cli
 
-    with pytest.raises(cli._NotBuilt):
+    with pytest.raises(cli.NotBuilt):
         cli.build_parser(frozenset()).parse_args(["status"])
 
 

@@ -17,14 +17,14 @@ from peerstash.core.wording import backup_summary_line
 from peerstash.peer.cli import EXIT_FAILED, EXIT_WARNING, AdminClient
 from peerstash.peer.cli.format import (
     OP_HEADERS,
-    _emit,
-    _q,
+    emit,
     finished_line,
     op_line,
     progress_bar,
+    quote_segment,
     table,
 )
-from peerstash.peer.cli.parser import _Parser, json_flag
+from peerstash.peer.cli.parser import Parser, json_flag
 
 
 async def wait_for(
@@ -111,10 +111,10 @@ async def wait_for(
     return code
 
 
-async def _started(c: AdminClient, a: argparse.Namespace, op: dict[str, Any]) -> int:
+async def started(c: AdminClient, a: argparse.Namespace, op: dict[str, Any]) -> int:
     if a.wait:
         return await wait_for(c, op, quiet=getattr(a, "json", False))
-    _emit(
+    emit(
         a,
         op,
         f"{op['kind']} queued as operation {op['id']} (follow it with `peerstash ops --follow`)",
@@ -134,7 +134,7 @@ async def cmd_backup(c: AdminClient, a: argparse.Namespace) -> int:
     if a.wait:
         # The whole run: the backup and the retention that follows it.
         return await wait_for(c, op, flow=True, as_json=a.json)
-    return await _started(c, a, op)
+    return await started(c, a, op)
 
 
 async def cmd_ops(c: AdminClient, a: argparse.Namespace) -> int:
@@ -150,14 +150,14 @@ async def cmd_ops(c: AdminClient, a: argparse.Namespace) -> int:
         if getattr(a, key):
             q += f"&{key}={getattr(a, key)}"
     ops = await c.call("GET", "/v1/ops" + q)
-    _emit(a, ops, table([op_line(op) for op in ops], OP_HEADERS) if ops else "no operations")
+    emit(a, ops, table([op_line(op) for op in ops], OP_HEADERS) if ops else "no operations")
     return 0
 
 
 async def cmd_log(c: AdminClient, a: argparse.Namespace) -> int:
-    q = f"?origin={_q(a.origin)}" if a.origin else ""
+    q = f"?origin={quote_segment(a.origin)}" if a.origin else ""
     res = await c.call("GET", f"/v1/ops/{a.op}/log{q}")
-    _emit(a, res, "\n".join(res["lines"]))
+    emit(a, res, "\n".join(res["lines"]))
     return 0
 
 
@@ -195,7 +195,7 @@ async def cmd_events(c: AdminClient, a: argparse.Namespace) -> int:
 
 async def cmd_cancel(c: AdminClient, a: argparse.Namespace) -> int:
     res = await c.call("POST", f"/v1/ops/{a.op}/cancel")
-    _emit(a, res, f"cancelling {a.op}")
+    emit(a, res, f"cancelling {a.op}")
     return 0
 
 
@@ -210,7 +210,7 @@ COMMANDS = {
 }
 
 
-def add_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     """The subcommands ``backup``, ``ops``, ``log``, ``events``, ``wait`` and ``cancel``."""
     b = sub.add_parser("backup", help="back a plan up now")
     b.add_argument("plan")

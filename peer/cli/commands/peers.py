@@ -7,8 +7,8 @@ import sys
 
 from peerstash.core.text import printable
 from peerstash.peer.cli import AdminClient, CliError
-from peerstash.peer.cli.format import _emit, fleet_lines, short_time, table
-from peerstash.peer.cli.parser import _Parser, json_flag
+from peerstash.peer.cli.format import emit, fleet_lines, short_time, table
+from peerstash.peer.cli.parser import Parser, json_flag
 
 
 async def cmd_token(c: AdminClient, a: argparse.Namespace) -> int:
@@ -27,11 +27,11 @@ async def cmd_token(c: AdminClient, a: argparse.Namespace) -> int:
             f"It expires {short_time(res['expires_at'])} and works {res['max_uses']} time(s); "
             f"grants: {', '.join(res['grants']) or 'none'}"
         )
-        _emit(a, res, text)
+        emit(a, res, text)
         return 0
     if a.token_cmd == "delete":
         res = await c.call("DELETE", f"/v1/tokens/{a.id}")
-        _emit(a, res, f"token {a.id} deleted")
+        emit(a, res, f"token {a.id} deleted")
         return 0
     rows = await c.call("GET", "/v1/tokens")
     lines = [
@@ -44,7 +44,7 @@ async def cmd_token(c: AdminClient, a: argparse.Namespace) -> int:
         ]
         for t in rows
     ]
-    _emit(
+    emit(
         a,
         rows,
         table(lines, ["ID", "LABEL", "USES", "EXPIRES", "GRANTS"]) if lines else "no tokens",
@@ -87,20 +87,20 @@ async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
         body = {"token": token, "url": a.url, "grants": a.grant or [], "replace": a.replace}
         res = await c.call("POST", "/v1/peers", body)
         who = res["id"] if res.get("name") in (None, res["id"]) else f"{res['name']} ({res['id']})"
-        _emit(a, res, f"paired with {printable(who)}, key {res['key_id']}; connecting")
+        emit(a, res, f"paired with {printable(who)}, key {res['key_id']}; connecting")
         return 0
     if a.peer_cmd == "grant":
         res = await c.call("PATCH", f"/v1/peers/{a.id}", {"grants": a.grant or []})
         shown = ", ".join(res["grants"]) or "nothing"
-        _emit(a, res, f"{a.id} may now: {shown} (its link restarts to apply it)")
+        emit(a, res, f"{a.id} may now: {shown} (its link restarts to apply it)")
         return 0
     if a.peer_cmd == "remove":
         keep = "?keep_history=1" if a.keep_history else ""
         res = await c.call("DELETE", f"/v1/peers/{a.id}{keep}")
         if res.get("history_only"):
-            _emit(a, res, f"history kept under {a.id} deleted ({res['operations']} operations)")
+            emit(a, res, f"history kept under {a.id} deleted ({res['operations']} operations)")
             return 0
-        _emit(
+        emit(
             a,
             res,
             f"peer {a.id} removed and told so; its link is closed, its shared repositories "
@@ -110,7 +110,7 @@ async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
         return 0
     if a.peer_cmd == "check":
         res = await c.call("POST", f"/v1/peers/{a.id}/check")
-        _emit(a, res, f"{a.id}: {res['state']}; {res['message']}")
+        emit(a, res, f"{a.id}: {res['state']}; {res['message']}")
         return 0
     peers = await c.call("GET", "/v1/peers")
     rows = [
@@ -130,7 +130,7 @@ async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
     for p in peers:
         head = p.get("label") or p["id"]
         text += f"\n\n{head}:\n" + "\n".join(f"  {ln}" for ln in fleet_lines(p["plans"]))
-    _emit(a, peers, text if rows else "no peers")
+    emit(a, peers, text if rows else "no peers")
     return 0
 
 
@@ -138,12 +138,12 @@ async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
 COMMANDS = {"token": cmd_token, "peer": cmd_peer}
 
 
-def add_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     """The subcommands ``token`` and ``peer`` with their arguments."""
     tok = sub.add_parser(
         "token", help="pairing tokens that let another instance pair with this one"
     )
-    tsub = tok.add_subparsers(dest="token_cmd", required=True, parser_class=_Parser)
+    tsub = tok.add_subparsers(dest="token_cmd", required=True, parser_class=Parser)
     tc = tsub.add_parser("create", help="make a one-time pairing token (shown once)")
     tc.add_argument("--label", help="what it is for, shown in token list")
     tc.add_argument("--ttl", default="1h", help="how long it is valid (default 1h, at most 30d)")
@@ -161,7 +161,7 @@ def add_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     json_flag(td)
 
     peer = sub.add_parser("peer", help="paired instances")
-    pesub = peer.add_subparsers(dest="peer_cmd", required=True, parser_class=_Parser)
+    pesub = peer.add_subparsers(dest="peer_cmd", required=True, parser_class=Parser)
     pea = pesub.add_parser("add", help="pair with the instance that made TOKEN")
     pea.add_argument(
         "token",

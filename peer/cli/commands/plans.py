@@ -8,8 +8,8 @@ from typing import Any
 
 from peerstash.core.wording import human_duration
 from peerstash.peer.cli import AdminClient, CliError
-from peerstash.peer.cli.format import _emit, _peer_path, short_time, table
-from peerstash.peer.cli.parser import _Parser, json_flag, on_flag, retention_options
+from peerstash.peer.cli.format import emit, peer_path, short_time, table
+from peerstash.peer.cli.parser import Parser, json_flag, on_flag, retention_options
 
 RETENTION_KEYS = (
     "keep_last",
@@ -32,7 +32,7 @@ async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
     A peer's paths are its own: they are sent as given, not made absolute here.
     """
     on: str | None = getattr(a, "on", None)
-    base = _peer_path(on) + "/plans" if on else "/v1/plans"
+    base = peer_path(on) + "/plans" if on else "/v1/plans"
 
     def where(path: str) -> str:
         return path if on else os.path.abspath(path)
@@ -57,7 +57,7 @@ async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
             now = f"; first backup not started: {first['error']}"
         else:
             now = f"; first backup queued as operation {first['id']}"
-        _emit(
+        emit(
             a,
             res,
             f"plan {a.name} added{suffix} (next run {short_time(res['next_due_at'])}){now}",
@@ -85,14 +85,14 @@ async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
         if not changes:
             raise CliError("nothing to change: give the options to change (see plan edit --help)")
         res = await c.call("PATCH", f"{base}/{a.name}", changes)
-        _emit(a, res, f"plan {a.name} changed{suffix} (next run {short_time(res['next_due_at'])})")
+        emit(a, res, f"plan {a.name} changed{suffix} (next run {short_time(res['next_due_at'])})")
         return 0
     if a.plan_cmd in ("remove", "delete"):
         res = await c.call("DELETE", f"{base}/{a.name}")
-        _emit(a, res, f"plan {a.name} removed{suffix}")
+        emit(a, res, f"plan {a.name} removed{suffix}")
         return 0
     if on:
-        plans = (await c.call("GET", _peer_path(on) + "/config"))["plans"]
+        plans = (await c.call("GET", peer_path(on) + "/config"))["plans"]
     else:
         plans = await c.call("GET", "/v1/plans")
     rows = []
@@ -103,7 +103,7 @@ async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
         rows.append(
             [p["id"], p["repo"], when, ", ".join(p["paths"]), "yes" if p["enabled"] else "no"]
         )
-    _emit(
+    emit(
         a,
         plans,
         table(rows, ["ID", "REPO", "SCHEDULE", "PATHS", "ENABLED"])
@@ -117,10 +117,10 @@ async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
 COMMANDS = {"plan": cmd_plan}
 
 
-def add_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     """The subcommand ``plan`` with its arguments."""
     plan = sub.add_parser("plan", help="manage backup plans")
-    psub = plan.add_subparsers(dest="plan_cmd", required=True, parser_class=_Parser)
+    psub = plan.add_subparsers(dest="plan_cmd", required=True, parser_class=Parser)
     pa = psub.add_parser("add", help="add a backup plan")
     pa.add_argument("name")
     pa.add_argument("--repo", required=True)

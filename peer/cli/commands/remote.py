@@ -14,14 +14,14 @@ from peerstash.core.text import printable
 from peerstash.peer.cli import EXIT_FAILED, EXIT_WARNING, AdminClient, CliError
 from peerstash.peer.cli.format import (
     REMOTE_HEADERS,
-    _emit,
-    _q,
-    _snapshot_table,
+    emit,
     progress_bar,
+    quote_segment,
     remote_line,
+    snapshot_table,
     table,
 )
-from peerstash.peer.cli.parser import _Parser, json_flag
+from peerstash.peer.cli.parser import Parser, json_flag
 
 
 def _remote_exit(req: dict[str, Any]) -> int:
@@ -45,7 +45,7 @@ async def wait_remote(client: AdminClient, req: dict[str, Any], *, as_json: bool
     drew = False
     if not as_json:
         print(printable(f"{req['state']}: {req['message']}"), file=sys.stderr, flush=True)
-    async for update in client.stream(f"/v1/remote/requests/{_q(req['id'])}/wait"):
+    async for update in client.stream(f"/v1/remote/requests/{quote_segment(req['id'])}/wait"):
         last = update
         if as_json:
             print(json.dumps(update), flush=True)
@@ -98,14 +98,16 @@ async def cmd_remote(c: AdminClient, a: argparse.Namespace) -> int:
         }
         return await _remote_started(c, a, await c.call("POST", "/v1/remote/restore", body))
     if a.remote_cmd == "snapshots":
-        snaps = await c.call("GET", f"/v1/peers/{_q(a.peer)}/repos/{_q(a.repo)}/snapshots")
-        _emit(a, snaps, _snapshot_table(snaps))
+        snaps = await c.call(
+            "GET", f"/v1/peers/{quote_segment(a.peer)}/repos/{quote_segment(a.repo)}/snapshots"
+        )
+        emit(a, snaps, snapshot_table(snaps))
         return 0
     if a.remote_cmd == "ls":
         from urllib.parse import quote
 
         q = f"?path={quote(a.path, safe='/')}" if a.path else ""
-        path = f"/v1/peers/{_q(a.peer)}/repos/{_q(a.repo)}/snapshots/{_q(a.snapshot)}/ls{q}"
+        path = f"/v1/peers/{quote_segment(a.peer)}/repos/{quote_segment(a.repo)}/snapshots/{quote_segment(a.snapshot)}/ls{q}"
         async for node in c.stream(path):
             if "error" in node:
                 raise CliError(f"the listing stopped: {node['error']}")
@@ -117,7 +119,7 @@ async def cmd_remote(c: AdminClient, a: argparse.Namespace) -> int:
             )
         return 0
     reqs = await c.call("GET", f"/v1/remote/requests?limit={a.limit}")
-    _emit(
+    emit(
         a,
         reqs,
         table([remote_line(r) for r in reqs], REMOTE_HEADERS) if reqs else "no remote requests",
@@ -129,12 +131,12 @@ async def cmd_remote(c: AdminClient, a: argparse.Namespace) -> int:
 COMMANDS = {"remote": cmd_remote}
 
 
-def add_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     """The subcommand ``remote`` with its arguments."""
     rem = sub.add_parser(
         "remote", help="run, browse and restore on a peer (it must give this node 'run')"
     )
-    remsub = rem.add_subparsers(dest="remote_cmd", required=True, parser_class=_Parser)
+    remsub = rem.add_subparsers(dest="remote_cmd", required=True, parser_class=Parser)
     rmr = remsub.add_parser("run", help="back up a plan of PEER now (queued until PEER is online)")
     rmr.add_argument("peer")
     rmr.add_argument("plan")

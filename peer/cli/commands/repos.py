@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from peerstash.peer.cli import AdminClient, CliError
-from peerstash.peer.cli.format import _emit, _peer_path, _q, table
-from peerstash.peer.cli.parser import _Parser, json_flag, on_flag, password_options
+from peerstash.peer.cli.format import emit, peer_path, quote_segment, table
+from peerstash.peer.cli.parser import Parser, json_flag, on_flag, password_options
 
 
 def _read_password(a: argparse.Namespace) -> dict[str, Any]:
@@ -93,7 +93,7 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
     what a peer may set (a password given as a value only, no -o options, no RESTIC_ variables,
     no rclone:) and refuses the rest; ``share``, ``unshare`` and ``show`` are for this node's."""
     on: str | None = getattr(a, "on", None)
-    base = _peer_path(on) + "/repos" if on else "/v1/repos"
+    base = peer_path(on) + "/repos" if on else "/v1/repos"
     suffix = f" on {on}" if on else ""
     if a.repo_cmd == "add":
         env = _env_of(a)
@@ -107,17 +107,17 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
         }
         res = await c.call("POST", base, body)
         guid = (res["repo"].get("guid") or "")[:8]
-        _emit(a, res, f"repository {a.name}{suffix}: {res['message']} (id {guid})")
+        emit(a, res, f"repository {a.name}{suffix}: {res['message']} (id {guid})")
         return 0
     if a.repo_cmd == "edit":
         hint = "--password-stdin or --env" if on else "a password option, --env or --option"
         patch = _repo_patch(a, f"give --uri, {hint}")
-        res = await c.call("PATCH", f"{base}/{_q(a.name)}", patch)
-        _emit(a, res, f"repository {a.name}{suffix} changed; it opens with the new settings")
+        res = await c.call("PATCH", f"{base}/{quote_segment(a.name)}", patch)
+        emit(a, res, f"repository {a.name}{suffix} changed; it opens with the new settings")
         return 0
     if a.repo_cmd == "remove":
-        res = await c.call("DELETE", f"{base}/{_q(a.name)}")
-        _emit(
+        res = await c.call("DELETE", f"{base}/{quote_segment(a.name)}")
+        emit(
             a, res, f"repository {a.name} removed from {on or 'Peerstash'} (its data is untouched)"
         )
         return 0
@@ -125,7 +125,7 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
         body = {} if a.client_uri is None else {"client_uri": a.client_uri}
         res = await c.call("POST", f"/v1/repos/{a.name}/share", body)
         via = f" at {res['client_uri']}" if res.get("client_uri") else ""
-        _emit(
+        emit(
             a,
             res,
             f"repository {a.name} is shared{via} with peers that grant this node repos.receive",
@@ -135,17 +135,17 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
         return await _repo_show(c, a)
     if a.repo_cmd == "unshare":
         res = await c.call("POST", f"/v1/repos/{a.name}/unshare")
-        _emit(a, res, f"repository {a.name} is no longer shared; peers remove it")
+        emit(a, res, f"repository {a.name} is no longer shared; peers remove it")
         return 0
     if on:
-        repos = (await c.call("GET", _peer_path(on) + "/config"))["repos"]
+        repos = (await c.call("GET", peer_path(on) + "/config"))["repos"]
         rows = [[r["id"], r["uri"], r["password_source"], (r["guid"] or "")[:8]] for r in repos]
         empty = f"no repositories of {on} are visible here"
-        _emit(a, repos, table(rows, ["ID", "URI", "PASSWORD", "GUID"]) if rows else empty)
+        emit(a, repos, table(rows, ["ID", "URI", "PASSWORD", "GUID"]) if rows else empty)
         return 0
     repos = await c.call("GET", "/v1/repos")
     if a.json:
-        _emit(a, repos, "")
+        emit(a, repos, "")
         return 0
     rows = [
         [
@@ -163,7 +163,7 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
         text += f"\nnot taken: {local_id}: {why}"
     for local_id, what in sorted((st.get("shared_changes") or {}).items()):
         text += f"\nchanged by its owner: {local_id}: {what}"
-    _emit(a, repos, text)
+    emit(a, repos, text)
     return 0
 
 
@@ -212,10 +212,10 @@ async def _repo_show(c: AdminClient, a: argparse.Namespace) -> int:
         lines.append(f"  shared by: {repo['origin']} (read-only here)")
     lines.append(f"  open with: {restic_command(repo['uri'], repo.get('options') or [])}")
     if not (a.reveal_password or a.recovery_sheet):
-        _emit(a, repo, "\n".join(lines))
+        emit(a, repo, "\n".join(lines))
         return 0
     _confirm_reveal(a)
-    res = await c.call("POST", f"/v1/repos/{_q(a.name)}/reveal-password")
+    res = await c.call("POST", f"/v1/repos/{quote_segment(a.name)}/reveal-password")
     password = res.get("password")
     if password is None:
         raise CliError(
@@ -243,7 +243,7 @@ async def _repo_show(c: AdminClient, a: argparse.Namespace) -> int:
         if not a.reveal_password:
             return 0
     if a.json:
-        _emit(a, {**repo, "password": password}, "")
+        emit(a, {**repo, "password": password}, "")
     else:
         print("\n".join(lines))
         print(f"  password value: {password}")
@@ -254,10 +254,10 @@ async def _repo_show(c: AdminClient, a: argparse.Namespace) -> int:
 COMMANDS = {"repo": cmd_repo}
 
 
-def add_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     """The subcommand ``repo`` with its arguments."""
     repo = sub.add_parser("repo", help="manage repositories")
-    rsub = repo.add_subparsers(dest="repo_cmd", required=True, parser_class=_Parser)
+    rsub = repo.add_subparsers(dest="repo_cmd", required=True, parser_class=Parser)
     ra = rsub.add_parser("add", help="add (or --init create) a restic repository")
     ra.add_argument("name")
     ra.add_argument(

@@ -6,8 +6,8 @@ import argparse
 import os
 
 from peerstash.peer.cli import EXIT_FAILED, AdminClient, CliError
-from peerstash.peer.cli.format import _emit
-from peerstash.peer.cli.parser import _Parser, json_flag
+from peerstash.peer.cli.format import emit
+from peerstash.peer.cli.parser import Parser, json_flag
 from peerstash.peer.paths import resolve_data_dir
 
 
@@ -48,7 +48,7 @@ async def cmd_service(c: AdminClient, a: argparse.Namespace) -> int:
     if rep.todo:
         lines.append("to finish, run:" if not rep.systemd else "next:")
         lines += [f"  {cmd}" for cmd in rep.todo]
-    _emit(a, rep.to_dict(), "\n".join(lines))
+    emit(a, rep.to_dict(), "\n".join(lines))
     return 0 if a.service_cmd != "status" or rep.installed else EXIT_FAILED
 
 
@@ -56,10 +56,10 @@ async def cmd_service(c: AdminClient, a: argparse.Namespace) -> int:
 COMMANDS = {"service": cmd_service}
 
 
-def add_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     """The subcommand ``service`` with its arguments."""
     svc = sub.add_parser("service", help="run this node as a systemd service (--no-gui)")
-    svsub = svc.add_subparsers(dest="service_cmd", required=True, parser_class=_Parser)
+    svsub = svc.add_subparsers(dest="service_cmd", required=True, parser_class=Parser)
     for name, text in (
         ("install", "write and enable a systemd unit for this data dir"),
         ("uninstall", "stop, disable and remove the unit"),

@@ -8,13 +8,13 @@ import argparse
 from typing import Any
 
 from peerstash.peer.cli import AdminClient, CliError
-from peerstash.peer.cli.format import _emit, table
-from peerstash.peer.cli.parser import _Parser, json_flag
+from peerstash.peer.cli.format import emit, table
+from peerstash.peer.cli.parser import Parser, json_flag
 
 
 async def cmd_rename(c: AdminClient, a: argparse.Namespace) -> int:
     res = await c.call("POST", "/v1/rename", {"name": None if a.reset else a.name})
-    _emit(
+    emit(
         a,
         res,
         f"this node is now called {res['name']} (its id stays {res['instance_id']}); "
@@ -35,7 +35,7 @@ async def cmd_discover(c: AdminClient, a: argparse.Namespace) -> int:
         if not f["compatible"]:
             note += f"; protocol v{f['version']} (incompatible)"
         rows.append([f["id"], f["key_id"], ", ".join(f["addresses"]) + f":{f['port']}", note])
-    _emit(
+    emit(
         a,
         found,
         table(rows, ["ID", "KEY ID", "ADDRESS", "NOTE"]) if rows else "nothing found on the LAN",
@@ -95,27 +95,27 @@ async def cmd_settings(c: AdminClient, a: argparse.Namespace) -> int:
             value = a.value or None
         res = await c.call("POST", "/v1/settings", {"key": a.key, "value": value})
         if a.key.startswith("peer_history_"):
-            _emit(a, res, f"{a.key} set; it applies as peers' operations arrive and at each gc")
+            emit(a, res, f"{a.key} set; it applies as peers' operations arrive and at each gc")
         else:
             when = {"display_name": "now (peers too)"}.get(
                 a.key, "now" if a.key in HEALTH_SETTINGS else "when the node next starts"
             )
-            _emit(a, res, f"{a.key} set; it takes effect {when}")
+            emit(a, res, f"{a.key} set; it takes effect {when}")
         return 0
     res = await c.call("GET", "/v1/settings")
-    _emit(a, res, "\n".join(f"{k}: {v}" for k, v in res.items()))
+    emit(a, res, "\n".join(f"{k}: {v}" for k, v in res.items()))
     return 0
 
 
 async def cmd_gc(c: AdminClient, a: argparse.Namespace) -> int:
     res = await c.call("POST", "/v1/gc", {"older_than_days": a.older_than_days})
-    _emit(a, res, f"removed {res['removed']} operations (the latest result of every plan is kept)")
+    emit(a, res, f"removed {res['removed']} operations (the latest result of every plan is kept)")
     return 0
 
 
 async def cmd_pause(c: AdminClient, a: argparse.Namespace) -> int:
     res = await c.call("POST", "/v1/schedules/pause", {"paused": a.command == "pause"})
-    _emit(a, res, "schedules paused" if res["paused"] else "schedules resumed")
+    emit(a, res, "schedules paused" if res["paused"] else "schedules resumed")
     return 0
 
 
@@ -130,7 +130,7 @@ COMMANDS = {
 }
 
 
-def add_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     """The subcommands ``rename``, ``discover``, ``settings``, ``gc``, ``pause``, ``resume``."""
     ren = sub.add_parser(
         "rename", help="change the name this node is shown under (here and on its peers)"
@@ -151,7 +151,7 @@ def add_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     json_flag(disc)
 
     st = sub.add_parser("settings", help="show or change node settings")
-    stsub = st.add_subparsers(dest="settings_cmd", parser_class=_Parser)
+    stsub = st.add_subparsers(dest="settings_cmd", parser_class=Parser)
     sts = stsub.add_parser("set", help="change a setting (effective at the next start)")
     sts.add_argument(
         "key",

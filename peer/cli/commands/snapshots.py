@@ -11,9 +11,9 @@ from typing import Any
 
 from peerstash.core.text import printable
 from peerstash.peer.cli import AdminClient, CliError
-from peerstash.peer.cli.commands.ops import _started, wait_for
-from peerstash.peer.cli.format import _emit, _q, short_time, table
-from peerstash.peer.cli.parser import _Parser, json_flag
+from peerstash.peer.cli.commands.ops import started, wait_for
+from peerstash.peer.cli.format import emit, quote_segment, short_time, table
+from peerstash.peer.cli.parser import Parser, json_flag
 
 
 async def cmd_snapshots(c: AdminClient, a: argparse.Namespace) -> int:
@@ -28,9 +28,7 @@ async def cmd_snapshots(c: AdminClient, a: argparse.Namespace) -> int:
         ]
         for s in snaps
     ]
-    _emit(
-        a, snaps, table(rows, ["ID", "TIME", "HOST", "TAGS", "PATHS"]) if rows else "no snapshots"
-    )
+    emit(a, snaps, table(rows, ["ID", "TIME", "HOST", "TAGS", "PATHS"]) if rows else "no snapshots")
     return 0
 
 
@@ -49,7 +47,7 @@ async def cmd_ls(c: AdminClient, a: argparse.Namespace) -> int:
 async def cmd_restore(c: AdminClient, a: argparse.Namespace) -> int:
     target = os.path.abspath(a.target)  # noqa: ASYNC240 - getcwd only
     body = {"snapshot": a.snapshot, "target": target, "include": a.include or []}
-    return await _started(c, a, await c.call("POST", f"/v1/repos/{a.repo}/restore", body))
+    return await started(c, a, await c.call("POST", f"/v1/repos/{a.repo}/restore", body))
 
 
 async def cmd_forget(c: AdminClient, a: argparse.Namespace) -> int:
@@ -58,10 +56,14 @@ async def cmd_forget(c: AdminClient, a: argparse.Namespace) -> int:
     if a.plan:
         body["plan"] = a.plan
     if not a.dry_run:
-        return await _started(c, a, await c.call("POST", f"/v1/repos/{_q(a.repo)}/forget", body))
+        return await started(
+            c, a, await c.call("POST", f"/v1/repos/{quote_segment(a.repo)}/forget", body)
+        )
     if a.wait:
         raise CliError("--wait has nothing to wait for with --dry-run")
-    res = await c.call("POST", f"/v1/repos/{_q(a.repo)}/forget", {**body, "dry_run": True})
+    res = await c.call(
+        "POST", f"/v1/repos/{quote_segment(a.repo)}/forget", {**body, "dry_run": True}
+    )
 
     def rows(snaps: list[dict[str, Any]]) -> list[list[str]]:
         return [
@@ -85,7 +87,7 @@ async def cmd_forget(c: AdminClient, a: argparse.Namespace) -> int:
         f"would remove {len(remove)}:\n{table(remove, headers)}" if remove else "would remove none"
     )
     parts.append(f"would keep {len(keep)}:\n{table(keep, headers)}" if keep else "would keep none")
-    _emit(a, res, "\n\n".join(parts))
+    emit(a, res, "\n\n".join(parts))
     return 0
 
 
@@ -94,7 +96,7 @@ async def cmd_maintenance(c: AdminClient, a: argparse.Namespace) -> int:
     op = await c.call("POST", f"/v1/repos/{a.repo}/{a.command}", body)
     if a.command == "unlock":
         return await wait_for(c, op, quiet=a.json)
-    return await _started(c, a, op)
+    return await started(c, a, op)
 
 
 #: This family's subcommands and their handlers (named in ``FAMILIES`` too).
@@ -109,7 +111,7 @@ COMMANDS = {
 }
 
 
-def add_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     """The subcommands ``snapshots``, ``ls``, ``restore`` and the maintenance ones, with their
     arguments."""
     s = sub.add_parser("snapshots", help="list a repository's snapshots")

@@ -11,8 +11,8 @@ import argparse
 
 from peerstash.core import __version__
 from peerstash.peer.cli import AdminClient, CliError
-from peerstash.peer.cli.format import _emit, fleet_lines, health_lines, short_time, status_word
-from peerstash.peer.cli.parser import _Parser, json_flag
+from peerstash.peer.cli.format import emit, fleet_lines, health_lines, short_time, status_word
+from peerstash.peer.cli.parser import Parser, json_flag
 
 #: ``status --check``: Nagios plugin words and exit codes by health level.
 CHECK_CODES: dict[str, tuple[str, int]] = {
@@ -73,7 +73,7 @@ async def cmd_status(c: AdminClient, a: argparse.Namespace) -> int:
         lines.append(f"shared repository {local_id} not taken: {why}")
     for local_id, what in sorted((st.get("shared_changes") or {}).items()):
         lines.append(f"shared repository {local_id} changed: {what}")
-    _emit(a, st, "\n".join(lines))
+    emit(a, st, "\n".join(lines))
     return 0
 
 
@@ -81,7 +81,7 @@ async def cmd_status(c: AdminClient, a: argparse.Namespace) -> int:
 COMMANDS = {"status": cmd_status}
 
 
-def add_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     """The subcommand ``status`` with its arguments."""
     stp = sub.add_parser("status", help="what this node is and how its plans are doing")
     stp.add_argument(
