@@ -14,12 +14,15 @@ for that reason. Secrets are never part of a record, so nothing here can leak on
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from peerstash.core.models import Operation, Peer, Plan, Repo
-from peerstash.core.restic import LsNode, Snapshot, redact_uri
+if TYPE_CHECKING:
+    # Only types: the CLI imports the request structs (peer/api/schema.py, which imports
+    # this module) and must not pay for SQLAlchemy or the restic wrapper to send a body.
+    from peerstash.core.models import Operation, Peer, Plan, Repo
+    from peerstash.core.restic import LsNode, Snapshot
 
 
 def iso_time(dt: datetime | None) -> str | None:
@@ -122,6 +125,8 @@ class RepoRecord(Record):
 
     @classmethod
     def of(cls, repo: Repo) -> RepoRecord:
+        from peerstash.core.restic import redact_uri  # the node has it loaded; see the imports
+
         return cls(
             id=repo.id,
             uri=redact_uri(repo.uri),

@@ -7,6 +7,8 @@ tests/adversarial/test_hostile_admin_bodies.py.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import msgspec
@@ -160,3 +162,17 @@ def test_what_the_cli_and_desktop_send_still_decodes() -> None:
         ),
     ):
         msgspec.json.decode(msgspec.json.encode(body), type=kind)
+
+
+def test_the_request_structs_load_without_the_store_or_restic() -> None:
+    """The CLI builds its bodies from these structs: loading them must not pull in SQLAlchemy
+    (about 100 ms) or the restic wrapper, which a command that sends a body does not use."""
+    code = (
+        "import sys, peerstash.peer.api.schema; "
+        "print(sorted(m for m in ('sqlalchemy', 'peerstash.core.restic', 'aiohttp') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
