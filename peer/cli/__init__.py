@@ -17,6 +17,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from peerstash.core.text import printable
+
+# The one admin client, shared with the tray (peer/api/client.py); the CLI's errors are its
+# error type, so a command raises the same exception the client does.
+from peerstash.peer.api.client import AdminClient as AdminClient
+from peerstash.peer.api.client import AdminError as CliError
 from peerstash.peer.cli import commands
 from peerstash.peer.cli.parser import NotBuilt as NotBuilt
 from peerstash.peer.cli.parser import build_parser as build_parser
@@ -31,12 +36,6 @@ from peerstash.peer.paths import resolve_data_dir
 #: Exit codes: 0 ok, 1 failed, 2 usage, 3 finished with a warning (like restic's partial backup).
 EXIT_FAILED = 1
 EXIT_WARNING = 3
-
-
-# The one admin client, shared with the tray (peer/api/client.py); the CLI's errors are its
-# error type, so a command raises the same exception the client does.
-from peerstash.peer.api.client import AdminClient  # noqa: E402
-from peerstash.peer.api.client import AdminError as CliError  # noqa: E402
 
 #: Commands of one request (and one stream to follow): they run on the quick client (no
 #: aiohttp, no asyncio, see ``peer/api/quickclient.py``), so they start in a fraction of the time.
