@@ -20,6 +20,7 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 
+from peerstash.peer.api import schema
 from peerstash.peer.api.client import AdminClient, AdminError
 
 #: The desktop's name for the admin client's error (what the pages catch).
@@ -79,7 +80,7 @@ class PeersApi:
         self, label: str, ttl: str, max_uses: int, grants: list[str]
     ) -> dict[str, Any]:
         """A new pairing token; its ``token`` text is shown once and never again."""
-        body = {"label": label, "ttl": ttl, "max_uses": max_uses, "grants": grants}
+        body = schema.CreateToken(label=label, ttl=ttl, max_uses=max_uses, grants=grants)
         return dict(await self.client.call("POST", "/v1/tokens", body))
 
     async def delete_token(self, token_id: str) -> None:
@@ -87,15 +88,15 @@ class PeersApi:
 
     async def pair(self, token: str, url: str, grants: list[str]) -> dict[str, Any]:
         """Dial the issuer at ``url`` with its token; ``grants`` are what we give it."""
-        body = {"token": token, "url": url, "grants": grants}
+        body = schema.AddPeer(token=token, url=url, grants=grants)
         return dict(await self.client.call("POST", "/v1/peers", body))
 
     async def check(self, peer_id: str) -> dict[str, Any]:
-        return dict(await self.client.call("POST", f"/v1/peers/{q(peer_id)}/check", {}))
+        return dict(await self.client.call("POST", f"/v1/peers/{q(peer_id)}/check"))
 
     async def set_grants(self, peer_id: str, grants: list[str]) -> dict[str, Any]:
         """Replace what we grant ``peer_id`` (entries like ``ops`` or ``run:plan:x,!repo:y``)."""
-        body = {"grants": grants}
+        body = schema.Grants(grants=grants)
         return dict(await self.client.call("PATCH", f"/v1/peers/{q(peer_id)}", body))
 
     async def remove(self, peer_id: str) -> None:

@@ -19,12 +19,15 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from PySide6.QtCore import QObject, Signal
 
 from peerstash.core.ops import FINISHED, OpStatus
+from peerstash.core.records import to_json
 from peerstash.desktop.api import ApiError, PeersApi, q, query
 from peerstash.desktop.tasks import Tasks
-from peerstash.peer.api.client import AdminClient
+from peerstash.peer.api import schema
+from peerstash.peer.api.client import AdminClient, Body
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ def op_key(op: dict[str, Any]) -> tuple[str, str]:
 
 
 class Backend(QObject):
-    #: One operation changed (a dict as in ``core/serialize.op_to_dict``).
+    #: One operation changed (a dict as ``core/records.OpRecord`` encodes).
     opChanged = Signal(object)
     #: The follow stream was (re)opened: changes may have been missed, reload lists.
     opsReset = Signal()
@@ -215,38 +218,47 @@ class Backend(QObject):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
-    def _on_event(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind == "operation" and isinstance(event.get("op"), dict):
-            self._on_op(event["op"])
-        elif kind == "link":
-            self._on_link(str(event.get("peer") or ""), event)
+    def _on_event(self, line: dict[str, Any]) -> None:
+        """One line of ``/v1/events``, decoded as the node's own :data:`schema.ServerEvent`.
+
+        A line that is not one (a wrong type, a missing field, a kind this version does not
+        know) is logged and skipped: it changes nothing the views show.
+        """
+        try:
+            event = msgspec.convert(line, schema.ServerEvent)
+        except msgspec.ValidationError as exc:
+            log.warning("skipped an event the node should not send (%s)", exc)
+            return
+        if isinstance(event, schema.OperationEvent):
+            self._on_op(to_json(event.op))
+        elif isinstance(event, schema.LinkEvent):
+            self._on_link(event)
             self.refresh_status_soon()  # the node's health counts peers heard from
-        elif kind == "config":
+        elif isinstance(event, schema.ConfigEvent):
             self._config_soon()
             self.refresh_status_soon()
-        elif kind == "stale":
+        elif isinstance(event, schema.StaleEvent):
             self.refresh_status_soon()
-        elif kind == "notice":
-            level = str(event.get("level") or "info")
-            self.notice.emit(level, str(event.get("message") or ""))
-            if level in ("warning", "error"):
+        elif isinstance(event, schema.NoticeEvent):
+            self.notice.emit(event.level, event.message)
+            if event.level in ("warning", "error"):
                 self.refresh_status_soon()  # e.g. a shared repository not taken: health changed
-        elif kind == "present":
+        elif isinstance(event, schema.PresentEvent):
             self.presentRequested.emit()
-        elif kind == "snapshots" and event.get("repo"):
-            self.snapshotsChanged.emit(str(event["repo"]))
-        elif kind == "ops_deleted":
+        elif isinstance(event, schema.SnapshotsEvent) and event.repo:
+            self.snapshotsChanged.emit(event.repo)
+        elif isinstance(event, schema.OpsDeletedEvent):
             # Old operations were trimmed (here, or by a peer whose history we hold): the
             # lists reload rather than show rows that are gone.
             self.opsReset.emit()
 
-    def _on_link(self, peer_id: str, event: dict[str, Any]) -> None:
+    def _on_link(self, event: schema.LinkEvent) -> None:
+        peer_id = event.peer
         for p in self.peer_list:
             if p.get("id") == peer_id:
                 was = p.get("state")
-                p["state"] = event.get("state") or p.get("state")
-                p["state_reason"] = event.get("reason")
+                p["state"] = event.state or p.get("state")
+                p["state_reason"] = event.reason
                 if p["state"] == "online":
                     p["last_seen"] = datetime.now(UTC).isoformat()
                 self.peersChanged.emit()
@@ -290,7 +302,8 @@ class Backend(QObject):
 
     # -- doing -------------------------------------------------------------------------------
 
-    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    async def call(self, method: str, path: str, body: Body = None) -> Any:
+        """One admin request; ``body`` is the route's struct from ``peer/api/schema.py``."""
         return await self.client.call(method, path, body)
 
     async def backup(self, plan_id: str) -> dict[str, Any]:
@@ -299,16 +312,20 @@ class Backend(QObject):
         return dict(op)
 
     async def maintenance(
-        self, repo_id: str, what: str, body: dict[str, Any] | None = None
+        self, repo_id: str, what: str, body: schema.Maintenance | schema.Forget | None = None
     ) -> dict[str, Any]:
-        op = await self.call("POST", f"/v1/repos/{q(repo_id)}/{what}", body or {})
+        """Queue ``what`` (``forget``, ``prune``, ``check``, ``unlock``) on a repository;
+        without ``body``, with that route's defaults."""
+        if body is None:
+            body = schema.Forget() if what == "forget" else schema.Maintenance()
+        op = await self.call("POST", f"/v1/repos/{q(repo_id)}/{what}", body)
         self._on_op(op)
         return dict(op)
 
     async def restore(
         self, repo_id: str, snapshot: str, target: str, include: list[str]
     ) -> dict[str, Any]:
-        body = {"snapshot": snapshot, "target": target, "include": include}
+        body = schema.Restore(snapshot=snapshot, target=target, include=include)
         op = await self.call("POST", f"/v1/repos/{q(repo_id)}/restore", body)
         self._on_op(op)
         return dict(op)
@@ -317,26 +334,26 @@ class Backend(QObject):
         await self.call("POST", f"/v1/ops/{q(op_id)}/cancel")
 
     async def set_paused(self, paused: bool) -> None:
-        await self.call("POST", "/v1/schedules/pause", {"paused": paused})
+        await self.call("POST", "/v1/schedules/pause", schema.Pause(paused=paused))
         await self.refresh_status()
 
-    async def add_plan(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def add_plan(self, body: schema.AddPlan) -> dict[str, Any]:
         plan = await self.call("POST", "/v1/plans", body)
         await asyncio.gather(self.refresh_config(), self.refresh_status())
         return dict(plan)
 
-    async def add_repo(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def add_repo(self, body: schema.AddRepo) -> dict[str, Any]:
         res = await self.call("POST", "/v1/repos", body)
         await self.refresh_config()
         return dict(res)
 
-    async def edit_plan(self, plan_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+    async def edit_plan(self, plan_id: str, changes: schema.EditPlan) -> dict[str, Any]:
         """Change some of a plan's settings (``PATCH``); the node validates as for a new one."""
         plan = await self.call("PATCH", f"/v1/plans/{q(plan_id)}", changes)
         await asyncio.gather(self.refresh_config(), self.refresh_status())
         return dict(plan)
 
-    async def edit_repo(self, repo_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+    async def edit_repo(self, repo_id: str, changes: schema.EditRepo) -> dict[str, Any]:
         """Change how a repository is reached; the node keeps it only if it still opens."""
         repo = await self.call("PATCH", f"/v1/repos/{q(repo_id)}", changes)
         await self.refresh_config()

@@ -54,6 +54,7 @@ from peerstash.desktop.api import ApiError
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.tasks import Tasks
 from peerstash.desktop.widgets import Banner, FieldError, choose_folder
+from peerstash.peer.api import schema
 
 #: Kept after each backup (older snapshots of the plan are forgotten): said on the page.
 DEFAULT_RETENTION = {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12}
@@ -664,35 +665,35 @@ class SetupAssistant(QDialog):
 
     # -- what goes to the node ---------------------------------------------------------------
 
-    def repo_body(self) -> dict[str, Any]:
+    def repo_body(self) -> schema.AddRepo:
         uri, env, _ = build_repo_uri(str(self.kind.currentData()), self.repo_fields())
-        return {
-            "id": self.repo_name.text().strip(),
-            "uri": uri,
-            "password": {"source": "secret", "value": self.password()},
-            "env": env,
-            "options": [],
-            "init": True,
-        }
+        return schema.AddRepo(
+            id=self.repo_name.text().strip(),
+            uri=uri,
+            password=schema.Password(source="secret", value=self.password()),
+            env=env,
+            options=[],
+            init=True,
+        )
 
-    def plan_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "id": self.plan_name.text().strip(),
-            "repo": self.repo_created or self.repo_name.text().strip(),
-            "paths": self.folder_list(),
-            "excludes": [],
-            "retention": dict(DEFAULT_RETENTION) if self.keep_default.isChecked() else {},
-            "backup_now": True,
-        }
+    def plan_body(self) -> schema.AddPlan:
+        body = schema.AddPlan(
+            id=self.plan_name.text().strip(),
+            repo=self.repo_created or self.repo_name.text().strip(),
+            paths=self.folder_list(),
+            excludes=[],
+            retention=dict(DEFAULT_RETENTION) if self.keep_default.isChecked() else {},
+            backup_now=True,
+        )
         kind = self.preset.currentData()
         if kind == "daily":
             t = self.at.time()
-            body["schedule"] = f"{t.minute()} {t.hour()} * * *"
+            body.schedule = f"{t.minute()} {t.hour()} * * *"
         elif kind == "hourly":
-            body["every"] = "1h"
+            body.every = "1h"
         else:
-            body["schedule"] = self.cron.text().strip()
-        RetentionPolicy.from_dict(body["retention"])  # a constant: fails loudly in tests only
+            body.schedule = self.cron.text().strip()
+        RetentionPolicy.from_dict(body.retention)  # a constant: fails loudly in tests only
         return body
 
     def _fill_summary(self) -> None:
@@ -704,11 +705,11 @@ class SetupAssistant(QDialog):
             "hourly": "every hour",
             "cron": f"cron {self.cron.text().strip()}",
         }[str(self.preset.currentData())]
-        keep = "thinned out (7 daily, 4 weekly, 12 monthly)" if plan["retention"] else "all kept"
+        keep = "thinned out (7 daily, 4 weekly, 12 monthly)" if plan.retention else "all kept"
         done = f" (created: {self.repo_created})" if self.repo_created else ""
         self.summary.setText(
             f"Repository {self.repo_name.text().strip()} at {shown}{done}\n"
-            f"Plan {plan['id']}: {', '.join(plan['paths'])}\n"
+            f"Plan {plan.id}: {', '.join(plan.paths)}\n"
             f"Backs up {when}; old snapshots {keep}.\n"
             "The first backup starts as soon as everything is created."
         )

@@ -52,6 +52,7 @@ from peerstash.desktop.api import ApiError, PeersApi
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.tasks import Tasks
 from peerstash.desktop.widgets import Banner, FieldError, choose_folder
+from peerstash.peer.api import schema
 from peerstash.peer.trust.permissions import GrantError, Grants
 
 KEEP_FIELDS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
@@ -210,8 +211,9 @@ class FormDialog(QDialog):
             self.banner.clear_message()
         self.fit()
 
-    def validate(self) -> tuple[dict[str, str], dict[str, Any]]:
-        """Return (errors by field, request body)."""
+    def validate(self) -> tuple[dict[str, str], schema.Request]:
+        """Return (errors by field, request body): the route's struct from
+        ``peer/api/schema.py``, so a misnamed field fails here (and in mypy), not at the node."""
         raise NotImplementedError
 
     def submit(self) -> None:
@@ -229,7 +231,7 @@ class FormDialog(QDialog):
     def working_text(self) -> str:
         return "Saving…"
 
-    async def _send(self, body: dict[str, Any]) -> None:
+    async def _send(self, body: schema.Request) -> None:
         try:
             result = await self.send(body)
         finally:
@@ -239,7 +241,8 @@ class FormDialog(QDialog):
         self.created.emit(result)
         self.accept()
 
-    async def send(self, body: dict[str, Any]) -> Any:
+    async def send(self, body: Any) -> Any:
+        """Send what :meth:`validate` returned (each form's own struct)."""
         raise NotImplementedError
 
     #: This form's field for each request field the node may name in a refusal, where the two
@@ -358,7 +361,11 @@ class AddPlanDialog(FormDialog):
         if path and path not in current:
             self.paths.setPlainText("\n".join([*current, path]))
 
-    def validate(self) -> tuple[dict[str, str], dict[str, Any]]:
+    def validate(self) -> tuple[dict[str, str], schema.Request]:
+        return self.plan_form()
+
+    def plan_form(self) -> tuple[dict[str, str], schema.AddPlan]:
+        """(errors by field, the whole plan as the form says it)."""
         errors: dict[str, str] = {}
         name = self.name.text().strip()
         try:
@@ -381,15 +388,13 @@ class AddPlanDialog(FormDialog):
                 bad.append(f"{p} does not exist")
         if bad:
             errors["paths"] = "; ".join(bad)
-        body: dict[str, Any] = {
-            "id": name,
-            "repo": repo,
-            "paths": paths,
-            "excludes": _lines(self.excludes),
-            "retention": {},
-        }
-        if self.offers_backup_now:
-            body["backup_now"] = self.backup_now.isChecked()
+        body = schema.AddPlan(
+            id=name,
+            repo=str(repo or ""),
+            paths=paths,
+            excludes=_lines(self.excludes),
+            backup_now=self.backup_now.isChecked() if self.offers_backup_now else True,
+        )
         kind = self.schedule_kind.currentData()
         text = self.schedule.text().strip()
         if kind != "manual":
@@ -402,10 +407,10 @@ class AddPlanDialog(FormDialog):
                     )
                 if kind == "every":
                     parse_every(text)
-                    body["every"] = text
+                    body.every = text
                 else:
                     validate_cron(text)
-                    body["schedule"] = text
+                    body.schedule = text
             except ValueError as exc:
                 errors["schedule"] = str(exc)[:1].upper() + str(exc)[1:]
         retention: dict[str, Any] = {}
@@ -429,13 +434,13 @@ class AddPlanDialog(FormDialog):
                 problems.append(str(exc))
         if problems:
             errors["retention"] = "; ".join(problems)
-        body["retention"] = retention
+        body.retention = retention
         return errors, body
 
     def working_text(self) -> str:
         return "Adding the plan…"
 
-    async def send(self, body: dict[str, Any]) -> Any:
+    async def send(self, body: Any) -> Any:
         return await self.backend.add_plan(body)
 
     api_fields = {"id": "name", "every": "schedule"}
@@ -506,7 +511,11 @@ class AddRepoDialog(FormDialog):
         for key in ("password", "ref"):
             self.errors[key].set_error("")
 
-    def validate(self) -> tuple[dict[str, str], dict[str, Any]]:
+    def validate(self) -> tuple[dict[str, str], schema.Request]:
+        return self.repo_form()
+
+    def repo_form(self) -> tuple[dict[str, str], schema.AddRepo]:
+        """(errors by field, the whole repository as the form says it)."""
         errors: dict[str, str] = {}
         name = self.name.text().strip()
         try:
@@ -521,13 +530,13 @@ class AddRepoDialog(FormDialog):
         elif ":" not in uri.split("/")[0] and not os.path.isabs(uri):
             errors["uri"] = "A local repository needs an absolute path, e.g. /media/me/backup."
         src = str(self.source.currentData())
-        password: dict[str, Any] = {"source": src}
+        password = schema.Password(source=src)
         if src == "secret":
             if not self.password.text():
                 errors["password"] = "Enter the repository's password."
             elif self.password.text() != self.password2.text():
                 errors["password"] = "The two passwords differ."
-            password["value"] = self.password.text()
+            password.value = self.password.text()
         else:
             ref = self.ref.text().strip()
             if not ref:
@@ -542,18 +551,14 @@ class AddRepoDialog(FormDialog):
                 errors["ref"] = f"{ref} does not exist."
             elif src == "env" and not _ENV_NAME.match(ref):
                 errors["ref"] = f"{ref!r} is not a valid environment variable name."
-            password["ref"] = ref
+            password.ref = ref
         options = _lines(self.options)
         bad = [o for o in options if "=" not in o or o.startswith("=")]
         if bad:
             errors["options"] = f"Options must look like KEY=VALUE: {', '.join(bad)}"
-        body = {
-            "id": name,
-            "uri": uri,
-            "password": password,
-            "options": options,
-            "init": self.init.isChecked(),
-        }
+        body = schema.AddRepo(
+            id=name, uri=uri, password=password, options=options, init=self.init.isChecked()
+        )
         return errors, body
 
     def working_text(self) -> str:
@@ -563,7 +568,7 @@ class AddRepoDialog(FormDialog):
             else ("Creating or opening the repository with restic…")
         )
 
-    async def send(self, body: dict[str, Any]) -> Any:
+    async def send(self, body: Any) -> Any:
         return await self.backend.add_repo(body)
 
     api_fields = {"id": "name"}
@@ -622,28 +627,33 @@ class EditPlanDialog(AddPlanDialog):
         reason = plan.get("disabled_reason")
         self.add_field("enabled", "", self.enabled, f"Disabled because: {reason}" if reason else "")
 
-    def validate(self) -> tuple[dict[str, str], dict[str, Any]]:
-        errors, full = super().validate()
+    def validate(self) -> tuple[dict[str, str], schema.Request]:
+        """Only what differs from the plan as listed (a ``PATCH`` changes what it names)."""
+        errors, full = self.plan_form()
         plan = self.plan
-        body: dict[str, Any] = {}
-        empty: dict[str, Any] = {"repo": "", "paths": [], "excludes": [], "retention": {}}
-        for key, default in empty.items():
-            if full[key] != (plan.get(key) or default):
-                body[key] = full[key]
-        cron = full.get("schedule") or None
-        every = parse_every(full["every"]) if full.get("every") else None
+        body = schema.EditPlan()
+        if full.repo != (plan.get("repo") or ""):
+            body.repo = full.repo
+        if full.paths != (plan.get("paths") or []):
+            body.paths = full.paths
+        if full.excludes != (plan.get("excludes") or []):
+            body.excludes = full.excludes
+        if full.retention != (plan.get("retention") or {}):
+            body.retention = full.retention
+        cron = full.schedule or None
+        every = parse_every(full.every) if full.every else None
         if cron != (plan.get("schedule") or None) or every != (plan.get("every_seconds") or None):
-            body["schedule"] = full.get("schedule", "")
-            body["every"] = full.get("every", "")
+            body.schedule = full.schedule or ""
+            body.every = full.every or ""
         if self.enabled.isChecked() != bool(plan.get("enabled", True)):
-            body["enabled"] = self.enabled.isChecked()
+            body.enabled = self.enabled.isChecked()
         return errors, body
 
     def working_text(self) -> str:
         return "Saving the plan…"
 
-    async def send(self, body: dict[str, Any]) -> Any:
-        if not body:
+    async def send(self, body: Any) -> Any:
+        if body == schema.EditPlan():  # nothing changed
             return self.plan
         return await self.backend.edit_plan(self.editing or "", body)
 
@@ -699,29 +709,29 @@ class EditRepoDialog(AddRepoDialog):
         self.sheet_path: Path | None = None
         self._sheet_dialog: QFileDialog | None = None
 
-    def validate(self) -> tuple[dict[str, str], dict[str, Any]]:
-        errors, full = super().validate()
+    def validate(self) -> tuple[dict[str, str], schema.Request]:
+        """Only what differs from the repository as listed (a ``PATCH``)."""
+        errors, full = self.repo_form()
         repo = self.repo_row
         keep_secret = (
             repo.get("password_source") == "secret"
-            and full["password"]["source"] == "secret"
+            and full.password.source == "secret"
             and not self.password.text()
             and not self.password2.text()
         )
         if keep_secret:
             errors.pop("password", None)
-        body: dict[str, Any] = {}
-        if full["uri"] != (repo.get("uri") or ""):
-            body["uri"] = full["uri"]
-        pw = full["password"]
-        same_ref = pw["source"] != "secret" and (
-            pw["source"] == repo.get("password_source")
-            and pw.get("ref") == (repo.get("password_ref") or "")
+        body = schema.EditRepo()
+        if full.uri != (repo.get("uri") or ""):
+            body.uri = full.uri
+        pw = full.password
+        same_ref = pw.source != "secret" and (
+            pw.source == repo.get("password_source") and pw.ref == (repo.get("password_ref") or "")
         )
         if not keep_secret and not same_ref:
-            body["password"] = pw
-        if full["options"] != list(repo.get("options") or []):
-            body["options"] = full["options"]
+            body.password = pw
+        if full.options != list(repo.get("options") or []):
+            body.options = full.options
         return errors, body
 
     def _recovery(self, what: str) -> None:
@@ -776,8 +786,8 @@ class EditRepoDialog(AddRepoDialog):
     def working_text(self) -> str:
         return "Opening the repository with the new settings…"
 
-    async def send(self, body: dict[str, Any]) -> Any:
-        if not body:
+    async def send(self, body: Any) -> Any:
+        if body == schema.EditRepo():
             return {"repo": self.repo_row, "message": "nothing changed"}
         repo = await self.backend.edit_repo(self.editing or "", body)
         return {"repo": repo, "message": "changed; it opens with the new settings"}
@@ -843,7 +853,7 @@ class EditGrantsDialog(FormDialog):
             "one out, separated by commas. Nothing ticked: it may do nothing here.",
         )
 
-    def validate(self) -> tuple[dict[str, str], dict[str, Any]]:
+    def validate(self) -> tuple[dict[str, str], schema.Request]:
         entries = []
         for g, cb in self.boxes.items():
             if not cb.isChecked():
@@ -855,12 +865,12 @@ class EditGrantsDialog(FormDialog):
             entries = Grants.parse(entries).to_strings()
         except GrantError as exc:
             errors["grants"] = str(exc)[:1].upper() + str(exc)[1:]
-        return errors, {"grants": entries}
+        return errors, schema.Grants(grants=entries)
 
     def working_text(self) -> str:
         return "Saving; the link restarts so the change applies now…"
 
-    async def send(self, body: dict[str, Any]) -> Any:
-        peer = await self.backend.peers.set_grants(self.peer_id, body["grants"])
+    async def send(self, body: Any) -> Any:
+        peer = await self.backend.peers.set_grants(self.peer_id, body.grants)
         await self.backend.refresh_peers()
         return peer

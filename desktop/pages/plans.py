@@ -25,6 +25,7 @@ from peerstash.desktop.widgets import (
     make_table,
     selected_data,
 )
+from peerstash.peer.api import schema
 
 PLAN_HEADERS = ("Plan", "Repository", "Schedule", "Folders", "Keep", "State")
 REPO_HEADERS = ("Repository", "Location", "Password", "ID", "Kind")
@@ -267,7 +268,9 @@ class PlansPage(Page):
 
     async def _preview_forget(self, repo_id: str) -> None:
         self.banner.show_message(f"Working out what retention would remove from {repo_id}…")
-        res = await self.backend.call("POST", f"/v1/repos/{q(repo_id)}/forget", {"dry_run": True})
+        res = await self.backend.call(
+            "POST", f"/v1/repos/{q(repo_id)}/forget", schema.Forget(dry_run=True)
+        )
         remove, keep = list(res.get("remove") or []), list(res.get("keep") or [])
         if not remove:
             self.banner.show_message(
@@ -298,7 +301,9 @@ class PlansPage(Page):
             rows,
             f"Remove {n} snapshot{'s' if n != 1 else ''}",
             lambda: self.run(
-                self._do_maintenance(repo_id, "forget", {"expect": [str(s["id"]) for s in remove]})
+                self._do_maintenance(
+                    repo_id, "forget", schema.Forget(expect=[str(s["id"]) for s in remove])
+                )
             ),
             footer="A removed snapshot cannot be brought back. Its data stays in the "
             "repository until the next prune.",
@@ -306,7 +311,7 @@ class PlansPage(Page):
         self.confirm_dialog.open()
 
     async def _do_maintenance(
-        self, repo_id: str, what: str, body: dict[str, Any] | None = None
+        self, repo_id: str, what: str, body: schema.Maintenance | schema.Forget | None = None
     ) -> None:
         op = await self.backend.maintenance(repo_id, what, body)
         self.banner.show_message(f"{what} of {repo_id} queued as operation {op['id'][-8:]}.", "ok")

@@ -34,6 +34,7 @@ from peerstash.desktop.api import ApiError
 from peerstash.desktop.backend import Backend
 from peerstash.desktop.platform import autostart
 from peerstash.desktop.widgets import FieldError, Page, WrappingLabel, button_row
+from peerstash.peer.api import schema
 
 #: The peer port's address when the setting is unset (peer/node.py DEFAULT_LISTEN).
 DEFAULT_LISTEN = "0.0.0.0:9797"
@@ -213,7 +214,7 @@ class SettingsPage(Page):
             for key, value in changed.items():
                 try:
                     current = await self.backend.call(
-                        "POST", "/v1/settings", {"key": key, "value": value}
+                        "POST", "/v1/settings", schema.Setting(key=key, value=value)
                     )
                 except ApiError as exc:
                     if exc.status is None:  # the node is not reachable: nothing more to try

@@ -48,6 +48,7 @@ from peerstash.desktop.widgets import (
     selected_data,
     state_color,
 )
+from peerstash.peer.api import schema
 
 PathRole = Qt.ItemDataRole.UserRole + 1
 LoadedRole = Qt.ItemDataRole.UserRole + 2
@@ -425,7 +426,7 @@ class SnapshotsPage(Page):
             preview = await self.backend.call(
                 "POST",
                 f"/v1/repos/{q(repo)}/restore/preview",
-                {"snapshot": snap, "target": target, "include": include},
+                schema.RestorePreview(snapshot=snap, target=target, include=include),
             )
         finally:
             self._update_restore()

@@ -116,6 +116,7 @@ def child(out: Path) -> int:
 
     from peerstash.desktop.app import DesktopApp
     from peerstash.desktop.platform import qtfix
+    from peerstash.peer.api import schema
     from peerstash.peer.cli import AdminClient
     from peerstash.peer.node import NodeOptions
 
@@ -184,24 +185,24 @@ def child(out: Path) -> int:
                 )
         await b.refresh_config()
         await b.add_plan(
-            {
-                "id": "documents",
-                "repo": "nas",
-                "paths": [str(docs)],
-                "every": "6h",
-                "retention": {"keep_daily": 7, "keep_weekly": 4},
-            }
+            schema.AddPlan(
+                id="documents",
+                repo="nas",
+                paths=[str(docs)],
+                every="6h",
+                retention={"keep_daily": 7, "keep_weekly": 4},
+            )
         )
         await b.add_plan(
-            {
-                "id": "photos",
-                "repo": "usb-disk",
-                "paths": [str(photos)],
-                "schedule": "0 3 * * *",
-                "retention": {"keep_last": 10},
-            }
+            schema.AddPlan(
+                id="photos",
+                repo="usb-disk",
+                paths=[str(photos)],
+                schedule="0 3 * * *",
+                retention={"keep_last": 10},
+            )
         )
-        await b.add_plan({"id": "code", "repo": "nas", "paths": [str(code)], "every": "1h"})
+        await b.add_plan(schema.AddPlan(id="code", repo="nas", paths=[str(code)], every="1h"))
 
         async def until(cond: Any) -> None:
             """Wait (on the backend's op changes) until ``cond()`` holds."""

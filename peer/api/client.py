@@ -30,12 +30,18 @@ import errno
 import json
 from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 from peerstash.peer.paths import SOCKET_NAME, admin_socket_path, resolve_data_dir, socket_trouble
 
 if TYPE_CHECKING:
     import aiohttp
+
+    from peerstash.peer.api.schema import Request
+
+#: A request body: the route's schema struct (``peer/api/schema.py``), or a plain dict (the
+#: CLI's, until its bodies are structs too).
+Body: TypeAlias = "Request | dict[str, Any] | None"
 
 #: Seconds to wait for the node to accept the connection (both transports).
 CONNECT_TIMEOUT = 10.0
@@ -55,6 +61,23 @@ class AdminError(Exception):
         self.status = status
         #: The request field the node said the refusal is about (its ``"field"``), if any.
         self.field = field
+
+
+def payload(body: Body) -> dict[str, Any] | None:
+    """The JSON object a request sends: a struct as ``msgspec.to_builtins`` gives it (its
+    ``UNSET`` fields left out, as the struct defines), a dict as it is.
+
+    msgspec is imported only for a struct, and then whoever built the struct has imported it
+    already: the commands that must start at once do not pay for it.
+    """
+    if body is None or isinstance(body, dict):
+        return body
+    import msgspec
+
+    data = msgspec.to_builtins(body)
+    if not isinstance(data, dict):  # a Request is a struct: it always encodes to an object
+        raise TypeError(f"a request body must encode to a JSON object, not {type(data).__name__}")
+    return data
 
 
 def refusal(status: int, raw: bytes) -> AdminError:
@@ -216,11 +239,13 @@ class AdminClient:
         except LineTooLong:
             raise too_large() from None
 
-    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """One JSON request; the node's answer decoded, or :class:`AdminError`."""
+    async def call(self, method: str, path: str, body: Body = None) -> Any:
+        """One JSON request; the node's answer decoded, or :class:`AdminError`. ``body`` is the
+        route's schema struct (or a dict), see :func:`payload`."""
         session = self._ready()
+        data = payload(body)
         with self._transport_errors():
-            async with session.request(method, f"http://node{path}", json=body) as resp:
+            async with session.request(method, f"http://node{path}", json=data) as resp:
                 return answer(resp.status, await resp.read())
 
     async def stream(

@@ -29,11 +29,13 @@ from peerstash.peer.api.client import (
     MAX_ANSWER,
     AdminClient,
     AdminError,
+    Body,
     answer,
     closed,
     ndjson_line,
     not_accepted,
     not_http,
+    payload,
     refusal,
     silent,
     too_large,
@@ -65,8 +67,8 @@ class QuickAdminClient(AdminClient):
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        with self._request(method, path, body) as reply:
+    async def call(self, method: str, path: str, body: Body = None) -> Any:
+        with self._request(method, path, payload(body)) as reply:
             status, headers = reply.head()
             raw = b"".join(reply.body(headers))
         return answer(status, raw)

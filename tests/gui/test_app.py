@@ -14,6 +14,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QPushButton
 
 from peerstash.desktop.opsmodel import ProgressRole
+from peerstash.peer.api import schema
 from tests.fixtures.gate import gated_password
 from tests.fixtures.gui import PASSWORD, GuiEnv, QLoop, wait_for
 
@@ -29,13 +30,13 @@ def test_pages_show_the_real_node(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None
     async def body() -> None:
         b = gui.backend
         await b.add_plan(
-            {
-                "backup_now": False,
-                "id": "docs",
-                "repo": "main",
-                "paths": [str(gui.src)],
-                "every": "6h",
-            }
+            schema.AddPlan(
+                backup_now=False,
+                id="docs",
+                repo="main",
+                paths=[str(gui.src)],
+                every="6h",
+            )
         )
         # Overview: this node and its plan, with a next run.
         w.show_page(w.overview)
@@ -335,7 +336,8 @@ def test_new_plan_backs_up_at_once_unless_unchecked(gui: GuiEnv, qloop: QLoop, q
         edit = page.open_edit_plan()
         assert edit is not None
         assert not edit.backup_now.isVisibleTo(edit)
-        assert "backup_now" not in edit.validate()[1]
+        # A PATCH of what changed (EditPlan has no backup_now): nothing changed, nothing to send.
+        assert edit.validate() == ({}, schema.EditPlan())
         edit.reject()
 
     qloop.run(body())
@@ -372,10 +374,10 @@ def test_tray_menu_actions(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
     async def body() -> None:
         b = gui.backend
         await b.add_plan(
-            {"backup_now": False, "id": "alpha", "repo": "main", "paths": [str(gui.src / "docs")]}
+            schema.AddPlan(backup_now=False, id="alpha", repo="main", paths=[str(gui.src / "docs")])
         )
         await b.add_plan(
-            {"backup_now": False, "id": "beta", "repo": "main", "paths": [str(gui.src / "docs")]}
+            schema.AddPlan(backup_now=False, id="beta", repo="main", paths=[str(gui.src / "docs")])
         )
         assert set(tray.backup_actions) == {"alpha", "beta"}
         texts = [a.text() for a in tray.menu.actions()]
@@ -433,7 +435,7 @@ def test_browse_snapshot_and_restore_a_file(gui: GuiEnv, qloop: QLoop, qtbot: An
     async def body() -> None:
         b = gui.backend
         await b.add_plan(
-            {"backup_now": False, "id": "docs", "repo": "main", "paths": [str(gui.src / "docs")]}
+            schema.AddPlan(backup_now=False, id="docs", repo="main", paths=[str(gui.src / "docs")])
         )
         op = await b.backup("docs")
         await wait_for(
@@ -646,9 +648,11 @@ def test_failures_notify_once_and_cancel_and_remove(gui: GuiEnv, qloop: QLoop, q
         gone = gui.tmp / "gone"
         gone.mkdir()
         (gone / "f").write_text("x")
-        await b.add_plan({"backup_now": False, "id": "flaky", "repo": "held", "paths": [str(gone)]})
         await b.add_plan(
-            {"backup_now": False, "id": "docs", "repo": "held", "paths": [str(gui.src)]}
+            schema.AddPlan(backup_now=False, id="flaky", repo="held", paths=[str(gone)])
+        )
+        await b.add_plan(
+            schema.AddPlan(backup_now=False, id="docs", repo="held", paths=[str(gui.src)])
         )
         shutil.rmtree(gone)
 
@@ -749,7 +753,7 @@ def test_window_follows_the_node_going_away_and_coming_back(
         await wait_for(lambda: resets, b.opsReset, what="lists reloaded")
         assert "guitest" in w.connection.text()
         await b.add_plan(
-            {"backup_now": False, "id": "after", "repo": "main", "paths": [str(gui.src / "docs")]}
+            schema.AddPlan(backup_now=False, id="after", repo="main", paths=[str(gui.src / "docs")])
         )
         op = await b.backup("after")
         await wait_for(lambda: (op["origin"], op["id"]) not in b.active, b.opChanged, timeout=60)

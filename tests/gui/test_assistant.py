@@ -26,6 +26,7 @@ from PySide6.QtGui import QGuiApplication
 
 from peerstash.core.recovery import password_from_sheet
 from peerstash.desktop.dialogs.assistant import DEFAULT_RETENTION, build_repo_uri
+from peerstash.peer.api import schema
 from peerstash.peer.cli import AdminClient
 from tests.fixtures.gui import PASSWORD, GuiEnv, QLoop, wait_for
 
@@ -320,7 +321,7 @@ def test_repository_editor_shows_copies_and_exports_the_password(
 
         # restic alone opens it with the sheet (after one backup, it lists that snapshot).
         await b.add_plan(
-            {"backup_now": False, "id": "docs", "repo": "main", "paths": [str(gui.src / "docs")]}
+            schema.AddPlan(backup_now=False, id="docs", repo="main", paths=[str(gui.src / "docs")])
         )
         op = await b.backup("docs")
         await wait_for(
@@ -335,7 +336,9 @@ def test_repository_editor_shows_copies_and_exports_the_password(
         pwfile = gui.tmp / "pw"
         pwfile.write_text(PASSWORD + "\n")
         pwfile.chmod(0o600)
-        await b.edit_repo("main", {"password": {"source": "file", "ref": str(pwfile)}})
+        await b.edit_repo(
+            "main", schema.EditRepo(password=schema.Password(source="file", ref=str(pwfile)))
+        )
         page.select_repo("main")
         dlg = page.open_edit_repo()
         assert dlg is not None

@@ -14,6 +14,7 @@ from typing import Any
 
 from PySide6.QtCore import Qt
 
+from peerstash.peer.api import schema
 from tests.fixtures.gui import GuiEnv, QLoop, wait_for
 
 
@@ -31,14 +32,14 @@ def test_edit_a_plan_through_the_dialog(gui: GuiEnv, qloop: QLoop, qtbot: Any) -
     async def body() -> None:
         b = gui.backend
         await b.add_plan(
-            {
-                "id": "docs",
-                "repo": "main",
-                "paths": [str(gui.src / "docs")],
-                "every": "6h",
-                "retention": {"keep_last": 3},
-                "backup_now": False,
-            }
+            schema.AddPlan(
+                id="docs",
+                repo="main",
+                paths=[str(gui.src / "docs")],
+                every="6h",
+                retention={"keep_last": 3},
+                backup_now=False,
+            )
         )
         page = w.plans
         w.show_page(page)
@@ -82,7 +83,7 @@ def test_edit_a_plan_through_the_dialog(gui: GuiEnv, qloop: QLoop, qtbot: Any) -
         dlg = page.open_edit_plan()
         assert dlg is not None and dlg.enabled.isChecked()
         dlg.enabled.setChecked(False)
-        assert dlg.validate() == ({}, {"enabled": False})
+        assert dlg.validate() == ({}, schema.EditPlan(enabled=False))
         qtbot.mouseClick(dlg.save_button, Qt.MouseButton.LeftButton)
         await wait_for(lambda: not dlg.isVisible(), dlg.finished, what="dialog closed")
         assert page.plans.item(_row_of(page.plans, "docs"), 5).text().startswith("disabled")
@@ -101,7 +102,7 @@ def test_node_refusal_in_the_edit_plan_dialog_changes_nothing(
     async def body() -> None:
         b = gui.backend
         await b.add_plan(
-            {"backup_now": False, "id": "docs", "repo": "main", "paths": [str(gui.src / "docs")]}
+            schema.AddPlan(backup_now=False, id="docs", repo="main", paths=[str(gui.src / "docs")])
         )
         page = w.plans
         w.show_page(page)
@@ -158,7 +159,7 @@ def test_edit_a_repository_wrong_password_keeps_the_old_one(
 
         # The old settings still work: a backup succeeds.
         await b.add_plan(
-            {"backup_now": False, "id": "docs", "repo": "main", "paths": [str(gui.src / "docs")]}
+            schema.AddPlan(backup_now=False, id="docs", repo="main", paths=[str(gui.src / "docs")])
         )
         op = await b.backup("docs")
         await wait_for(

@@ -29,6 +29,7 @@ from PySide6.QtWidgets import QApplication, QWidget
 from peerstash.desktop import prefs
 from peerstash.desktop.platform import autostart
 from peerstash.desktop.widgets import Banner
+from peerstash.peer.api import schema
 from tests.fixtures.gui import GuiEnv, QLoop, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,7 +132,7 @@ def test_dialogs_focus_tab_enter_and_shortcuts(gui: GuiEnv, qloop: QLoop, qtbot:
     async def body() -> None:
         b = gui.backend
         await b.add_plan(
-            {"backup_now": False, "id": "docs", "repo": "main", "paths": [str(gui.src)]}
+            schema.AddPlan(backup_now=False, id="docs", repo="main", paths=[str(gui.src)])
         )
         await b.refresh_config()
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from peerstash.peer.api import schema
 from tests.fixtures.dbus import NOTIFY_SIGNATURE, NotificationServer, session_bus
 from tests.fixtures.gui import HAVE_QT, GuiEnv, QLoop, wait_for
 
@@ -109,7 +110,7 @@ def test_failures_name_the_machine_and_reach_the_bus(gui: GuiEnv, qloop: QLoop, 
                 gone.mkdir()
                 for plan in ("docs", "photos"):
                     await b.add_plan(
-                        {"backup_now": False, "id": plan, "repo": "main", "paths": [str(gone)]}
+                        schema.AddPlan(backup_now=False, id=plan, repo="main", paths=[str(gone)])
                     )
                 shutil.rmtree(gone)
                 failed: list[dict[str, Any]] = []

@@ -19,6 +19,7 @@ from typing import Any
 from PySide6.QtCore import QUrl
 
 from peerstash.core.wording import backup_summary_line, human_bytes
+from peerstash.peer.api import schema
 from tests.fixtures.gui import PASSWORD, GuiEnv, QLoop, wait_for
 from tests.fixtures.servers import resolve_restic
 
@@ -41,13 +42,13 @@ async def backup_and_wait(gui: GuiEnv, plan: str) -> dict[str, Any]:
 
 async def add_docs_plan(gui: GuiEnv, **extra: Any) -> None:
     await gui.backend.add_plan(
-        {
-            "backup_now": False,
-            "id": "docs",
-            "repo": "main",
-            "paths": [str(gui.src / "docs")],
+        schema.AddPlan(
+            backup_now=False,
+            id="docs",
+            repo="main",
+            paths=[str(gui.src / "docs")],
             **extra,
-        }
+        )
     )
 
 
@@ -286,7 +287,7 @@ def test_retention_lists_what_it_removes_and_prune_asks(
         await add_docs_plan(gui)  # no retention yet: every backup stays
         ours = [(await backup_and_wait(gui, "docs"))["snapshot_id"] for _ in range(3)]
         bare_backup(gui, node_restic, "--host", "other", "--tag", "plan:docs")
-        await b.edit_plan("docs", {"retention": {"keep_last": 1}})
+        await b.edit_plan("docs", schema.EditPlan(retention={"keep_last": 1}))
         before = await snapshot_ids()
         assert len(before) == 4
         other = {

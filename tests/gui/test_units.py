@@ -13,6 +13,7 @@ import pytest
 
 from peerstash.desktop import fmt
 from peerstash.desktop.platform import autostart
+from peerstash.peer.api import schema
 
 
 def test_headless_entry_point_never_imports_qt() -> None:
@@ -265,11 +266,11 @@ def test_shared_repository_cannot_be_edited(qapp: Any) -> None:
     assert isinstance(dlg, EditRepoDialog)
     # Nothing touched: nothing to send (a stored password is kept, never shown).
     assert dlg.password.text() == ""
-    assert dlg.validate() == ({}, {})
+    assert dlg.validate() == ({}, schema.EditRepo())  # nothing changed
     dlg.uri.setText("/srv/restic2")
     dlg.options.setPlainText("bad option")
     errors, body = dlg.validate()
-    assert set(errors) == {"options"} and body["uri"] == "/srv/restic2"
+    assert set(errors) == {"options"} and body.uri == "/srv/restic2"
     dlg.reject()
 
 
@@ -285,9 +286,9 @@ def test_grants_dialog_reads_and_writes_entries(qapp: Any) -> None:
     backend = Backend(object(), in_process=False)  # type: ignore[arg-type]
     dlg = EditGrantsDialog(backend, {"id": "bravo", "grants": ["run:plan:a,!repo:b"]})
     assert dlg.boxes["run"].isChecked() and not dlg.boxes["ops"].isChecked()
-    assert dlg.validate() == ({}, {"grants": ["run:plan:a,!repo:b"]})
+    assert dlg.validate() == ({}, schema.Grants(grants=["run:plan:a,!repo:b"]))
     dlg.boxes["run"].setChecked(False)
-    assert dlg.validate() == ({}, {"grants": []})  # nothing at all is a valid answer
+    assert dlg.validate() == ({}, schema.Grants(grants=[]))  # nothing at all is a valid answer
     dlg.boxes["ops"].setChecked(True)
     dlg.scopes["ops"].setText("!*")
     errors, _ = dlg.validate()
@@ -448,3 +449,88 @@ def test_peer_text_is_shown_inert_in_the_operations_view(qapp: Any) -> None:
     assert not any(c in text for c in "\x1b\r\u202e\u2066")
     assert "p\\u001b[31m" in text and "evil\\u202eexe" in text and "boom\\u001b[2J" in text
     assert model.op_at(0)["error"] == hostile["error"]  # the data itself is untouched
+
+
+@needs_qt
+def test_event_lines_that_are_not_the_nodes_events_change_nothing(
+    qapp: Any, tmp_path: Path
+) -> None:
+    """``/v1/events`` from a real server on the admin socket: lines that do not decode as
+    ``schema.ServerEvent`` (a field missing or of the wrong type, a kind unknown) are skipped,
+    so no half-formed operation reaches the views; the good lines around them still count."""
+    import asyncio
+    import json
+
+    from aiohttp import web
+
+    from peerstash.core.records import OpRecord, to_json
+    from peerstash.desktop.backend import Backend
+    from peerstash.peer.api.client import AdminClient
+    from peerstash.peer.paths import admin_socket_path
+
+    op = OpRecord(
+        id="op-1", pk=1, origin="alpha", modno=1, flow_id="f", kind="backup", status="running",
+        plan="docs", repo="main", created_at=None, started_at=None, ended_at=None, bytes_done=0,
+        bytes_total=0, files_done=0, files_total=0, eta_seconds=None, summary={},
+        snapshot_id=None, error=None,
+    )  # fmt: skip
+    hostile = [
+        {"type": "operation", "op": {"id": "op-2", "status": "running"}},  # fields missing
+        {"type": "operation", "op": "op-3"},
+        {"type": "operation", "op": {**to_json(op), "id": "op-4", "pk": "four"}},
+        {"type": "notice", "level": "info", "message": ["not", "text"]},
+        {"type": "link", "peer": 7, "state": "online", "reason": None},
+        {"type": "snapshots", "repo": "main"},  # no reason, no origin
+        {"type": "format_disk"},
+        {"op": to_json(op)},  # no type at all
+    ]
+    good = [
+        {"type": "operation", "op": to_json(op)},
+        {"type": "notice", "level": "info", "message": "hello"},
+    ]
+    release = asyncio.Event()
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        for line in [{"type": "ready"}, *hostile, *good]:
+            await resp.write(json.dumps(line).encode() + b"\n")
+        await release.wait()
+        return resp
+
+    async def go() -> tuple[list[Any], list[Any], list[Any], set[Any]]:
+        app = web.Application()
+        app.router.add_get("/v1/events", events)
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        sock = admin_socket_path(tmp_path)
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        sock.parent.chmod(0o700)
+        await web.UnixSite(runner, str(sock)).start()
+        sock.chmod(0o600)
+        changed: list[Any] = []
+        notices: list[Any] = []
+        snaps: list[Any] = []
+        try:
+            async with AdminClient(tmp_path) as client:
+                backend = Backend(client, in_process=False)
+                backend.opChanged.connect(changed.append)
+                backend.notice.connect(lambda level, text: notices.append((level, text)))
+                backend.snapshotsChanged.connect(snaps.append)
+                done = asyncio.Event()
+                backend.notice.connect(lambda *_: done.set())  # the last good line
+                opened = asyncio.get_running_loop().create_future()
+                backend.tasks.spawn(backend._follow(opened), name="test:follow")
+                await asyncio.wait_for(done.wait(), 30)
+                active = set(backend.active)
+                await backend.close()
+        finally:
+            release.set()
+            await runner.cleanup()
+        return changed, notices, snaps, active
+
+    changed, notices, snaps, active = asyncio.run(go())
+    assert changed == [to_json(op)]
+    assert notices == [("info", "hello")]
+    assert snaps == []
+    assert active == {("alpha", "op-1")}

@@ -10,6 +10,7 @@ reach the user as the same one line whichever transport asked: the CLI's ``statu
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import threading
@@ -18,11 +19,12 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import pytest
 from aiohttp import web
 
 from peerstash.peer.api import client as client_module
-from peerstash.peer.api import quickclient
+from peerstash.peer.api import quickclient, schema
 from peerstash.peer.api.client import AdminClient, AdminError
 from peerstash.peer.api.quickclient import QuickAdminClient, run_to_end
 from peerstash.peer.api.server import errors_middleware
@@ -68,6 +70,12 @@ def node(tmp_path: Path) -> Iterator[Node]:
             )
         return web.json_response({"id": body["id"]})
 
+    async def edit_plan(request: web.Request) -> web.Response:
+        """Answers the raw body it received, and what the node's own decoding makes of it."""
+        raw = await request.read()
+        decoded = msgspec.json.decode(raw, type=schema.EditPlan)
+        return web.json_response({"raw": json.loads(raw), "changes": decoded.changes()})
+
     async def no_such_op(request: web.Request) -> web.Response:
         return web.json_response({"error": "no operation 'x'"}, status=404)
 
@@ -108,6 +116,7 @@ def node(tmp_path: Path) -> Iterator[Node]:
         app = web.Application(middlewares=[record, errors_middleware])
         app.router.add_get("/v1/status", status)
         app.router.add_post("/v1/repos", add_repo)
+        app.router.add_patch("/v1/plans/{id}", edit_plan)
         app.router.add_get("/v1/ops/x/wait", no_such_op)
         app.router.add_get("/v1/not-json", not_json)
         app.router.add_get("/v1/cut", cut_answer)
@@ -175,6 +184,27 @@ def test_an_answer_is_the_decoded_json(node: Node, transport: str) -> None:
     assert ask(transport, node.data_dir, lambda c: c.call("POST", "/v1/repos", body)) == {
         "id": "nas"
     }
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_struct_body_is_sent_as_the_struct_encodes(node: Node, transport: str) -> None:
+    """A schema struct goes out as ``msgspec.to_builtins`` makes it: the fields left UNSET are
+    not sent at all (a PATCH changes only what it names), nested structs are objects."""
+    body = schema.EditPlan(enabled=False, paths=["/srv/a"])
+    got = ask(transport, node.data_dir, lambda c: c.call("PATCH", "/v1/plans/docs", body))
+    assert got == {
+        "raw": {"paths": ["/srv/a"], "enabled": False},
+        "changes": {"paths": ["/srv/a"], "enabled": False},
+    }
+    repo = schema.AddRepo(id="nas", uri="/srv/nas", password=schema.Password(source="secret"))
+    assert ask(transport, node.data_dir, lambda c: c.call("POST", "/v1/repos", repo)) == {
+        "id": "nas"
+    }
+    # Nothing set: an empty object, which the node takes as "nothing to change".
+    got = ask(
+        transport, node.data_dir, lambda c: c.call("PATCH", "/v1/plans/docs", schema.EditPlan())
+    )
+    assert got == {"raw": {}, "changes": {}}
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
