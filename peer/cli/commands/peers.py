@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from peerstash.core.text import printable
+from peerstash.peer.api import schema
 from peerstash.peer.cli import AdminClient, CliError
 from peerstash.peer.cli.format import emit, fleet_lines, short_time, table
 from peerstash.peer.cli.parser import Parser, json_flag
@@ -13,12 +14,9 @@ from peerstash.peer.cli.parser import Parser, json_flag
 
 async def cmd_token(c: AdminClient, a: argparse.Namespace) -> int:
     if a.token_cmd == "create":
-        body = {
-            "label": a.label or "",
-            "ttl": a.ttl,
-            "max_uses": a.max_uses,
-            "grants": a.grant or [],
-        }
+        body = schema.CreateToken(
+            label=a.label or "", ttl=a.ttl, max_uses=a.max_uses, grants=a.grant or []
+        )
         res = await c.call("POST", "/v1/tokens", body)
         text = (
             f"{res['token']}\n\nGive this token to the other machine (shown once) and run there\n"
@@ -84,13 +82,13 @@ def _read_token(a: argparse.Namespace) -> str:
 async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
     if a.peer_cmd == "add":
         token = _read_token(a)
-        body = {"token": token, "url": a.url, "grants": a.grant or [], "replace": a.replace}
+        body = schema.AddPeer(token=token, url=a.url, grants=a.grant or [], replace=a.replace)
         res = await c.call("POST", "/v1/peers", body)
         who = res["id"] if res.get("name") in (None, res["id"]) else f"{res['name']} ({res['id']})"
         emit(a, res, f"paired with {printable(who)}, key {res['key_id']}; connecting")
         return 0
     if a.peer_cmd == "grant":
-        res = await c.call("PATCH", f"/v1/peers/{a.id}", {"grants": a.grant or []})
+        res = await c.call("PATCH", f"/v1/peers/{a.id}", schema.Grants(grants=a.grant or []))
         shown = ", ".join(res["grants"]) or "nothing"
         emit(a, res, f"{a.id} may now: {shown} (its link restarts to apply it)")
         return 0

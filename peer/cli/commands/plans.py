@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from peerstash.core.wording import human_duration
+from peerstash.peer.api import schema
 from peerstash.peer.cli import AdminClient, CliError
 from peerstash.peer.cli.format import emit, peer_path, short_time, table
 from peerstash.peer.cli.parser import Parser, json_flag, on_flag, retention_options
@@ -39,16 +40,16 @@ async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
 
     suffix = f" on {on}" if on else ""
     if a.plan_cmd == "add":
-        body = {
-            "id": a.name,
-            "repo": a.repo,
-            "paths": [where(p) for p in a.path],
-            "excludes": a.exclude or [],
-            "schedule": a.schedule,
-            "every": a.every,
-            "retention": _retention(a),
-            "backup_now": not a.no_backup_now,
-        }
+        body = schema.AddPlan(
+            id=a.name,
+            repo=a.repo,
+            paths=[where(p) for p in a.path],
+            excludes=a.exclude or [],
+            schedule=a.schedule,
+            every=a.every,
+            retention=_retention(a),
+            backup_now=not a.no_backup_now,
+        )
         res = await c.call("POST", base, body)
         first = res.get("first_backup")
         if first is None:
@@ -64,25 +65,25 @@ async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
         )
         return 0
     if a.plan_cmd == "edit":
-        changes: dict[str, Any] = {}
+        changes = schema.EditPlan()
         if a.repo:
-            changes["repo"] = a.repo
+            changes.repo = a.repo
         if a.path:
-            changes["paths"] = [where(p) for p in a.path]
+            changes.paths = [where(p) for p in a.path]
         if a.exclude is not None:
-            changes["excludes"] = [e for e in a.exclude if e]
+            changes.excludes = [e for e in a.exclude if e]
         if a.schedule is not None:
-            changes["schedule"] = a.schedule
+            changes.schedule = a.schedule
         if a.every is not None:
-            changes["every"] = a.every
+            changes.every = a.every
         if a.manual:
-            changes["schedule"] = ""
+            changes.schedule = ""
         retention = _retention(a)
         if retention or a.no_retention:
-            changes["retention"] = retention
+            changes.retention = retention
         if a.enable or a.disable:
-            changes["enabled"] = bool(a.enable)
-        if not changes:
+            changes.enabled = bool(a.enable)
+        if changes == schema.EditPlan():
             raise CliError("nothing to change: give the options to change (see plan edit --help)")
         res = await c.call("PATCH", f"{base}/{a.name}", changes)
         emit(a, res, f"plan {a.name} changed{suffix} (next run {short_time(res['next_due_at'])})")

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from peerstash.core.text import printable
+from peerstash.peer.api import schema
 from peerstash.peer.cli import EXIT_FAILED, EXIT_WARNING, AdminClient, CliError
 from peerstash.peer.cli.format import (
     REMOTE_HEADERS,
@@ -85,17 +86,17 @@ async def _remote_started(c: AdminClient, a: argparse.Namespace, req: dict[str, 
 
 async def cmd_remote(c: AdminClient, a: argparse.Namespace) -> int:
     if a.remote_cmd == "run":
-        req = await c.call("POST", "/v1/remote/run", {"peer": a.peer, "plan": a.plan})
+        req = await c.call("POST", "/v1/remote/run", schema.RemoteRun(peer=a.peer, plan=a.plan))
         return await _remote_started(c, a, req)
     if a.remote_cmd == "restore":
         # The target is a path on the peer: sent as given (a relative one is refused).
-        body = {
-            "peer": a.peer,
-            "repo": a.repo,
-            "snapshot": a.snapshot,
-            "target": a.target,
-            "include": a.include or [],
-        }
+        body = schema.RemoteRestore(
+            peer=a.peer,
+            repo=a.repo,
+            snapshot=a.snapshot,
+            target=a.target,
+            include=a.include or [],
+        )
         return await _remote_started(c, a, await c.call("POST", "/v1/remote/restore", body))
     if a.remote_cmd == "snapshots":
         snaps = await c.call(

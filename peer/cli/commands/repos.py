@@ -6,20 +6,20 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
+from peerstash.peer.api import schema
 from peerstash.peer.cli import AdminClient, CliError
 from peerstash.peer.cli.format import emit, peer_path, quote_segment, table
 from peerstash.peer.cli.parser import Parser, json_flag, on_flag, password_options
 
 
-def _read_password(a: argparse.Namespace) -> dict[str, Any]:
+def _read_password(a: argparse.Namespace) -> schema.Password:
     if a.password_file:
-        return {"source": "file", "ref": os.path.abspath(a.password_file)}
+        return schema.Password(source="file", ref=os.path.abspath(a.password_file))
     if a.password_env:
-        return {"source": "env", "ref": a.password_env}
+        return schema.Password(source="env", ref=a.password_env)
     if a.password_command:
-        return {"source": "command", "ref": a.password_command}
+        return schema.Password(source="command", ref=a.password_command)
     if a.password_stdin:
         value = sys.stdin.readline().rstrip("\r\n")
     elif sys.stdin.isatty():
@@ -35,21 +35,21 @@ def _read_password(a: argparse.Namespace) -> dict[str, Any]:
         )
     if not value:
         raise CliError("the password is empty")
-    return {"source": "secret", "value": value}
+    return schema.Password(source="secret", value=value)
 
 
-def _repo_patch(a: argparse.Namespace, hint: str) -> dict[str, Any]:
+def _repo_patch(a: argparse.Namespace, hint: str) -> schema.EditRepo:
     """The changes ``repo edit`` asks for (here or on a peer); at least one is required."""
-    patch: dict[str, Any] = {}
+    patch = schema.EditRepo()
     if a.uri:
-        patch["uri"] = a.uri
+        patch.uri = a.uri
     if a.password_stdin or a.password_file or a.password_env or a.password_command:
-        patch["password"] = _read_password(a)
+        patch.password = _read_password(a)
     if a.env is not None or a.env_file:
-        patch["env"] = _env_of(a)
+        patch.env = _env_of(a)
     if a.option is not None:
-        patch["options"] = [o for o in a.option if o]
-    if not patch:
+        patch.options = [o for o in a.option if o]
+    if patch == schema.EditRepo():
         raise CliError(f"nothing to change: {hint}")
     return patch
 
@@ -97,14 +97,14 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
     suffix = f" on {on}" if on else ""
     if a.repo_cmd == "add":
         env = _env_of(a)
-        body = {
-            "id": a.name,
-            "uri": a.uri,
-            "password": _read_password(a),
-            "env": env,
-            "options": a.option or [],
-            "init": a.init,
-        }
+        body = schema.AddRepo(
+            id=a.name,
+            uri=a.uri,
+            password=_read_password(a),
+            env=env,
+            options=a.option or [],
+            init=a.init,
+        )
         res = await c.call("POST", base, body)
         guid = (res["repo"].get("guid") or "")[:8]
         emit(a, res, f"repository {a.name}{suffix}: {res['message']} (id {guid})")
@@ -122,8 +122,8 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
         )
         return 0
     if a.repo_cmd == "share":
-        body = {} if a.client_uri is None else {"client_uri": a.client_uri}
-        res = await c.call("POST", f"/v1/repos/{a.name}/share", body)
+        share = schema.ShareRepo(client_uri=a.client_uri)
+        res = await c.call("POST", f"/v1/repos/{a.name}/share", share)
         via = f" at {res['client_uri']}" if res.get("client_uri") else ""
         emit(
             a,

@@ -7,13 +7,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from peerstash.peer.api import schema
 from peerstash.peer.cli import AdminClient, CliError
 from peerstash.peer.cli.format import emit, table
 from peerstash.peer.cli.parser import Parser, json_flag
 
 
 async def cmd_rename(c: AdminClient, a: argparse.Namespace) -> int:
-    res = await c.call("POST", "/v1/rename", {"name": None if a.reset else a.name})
+    res = await c.call("POST", "/v1/rename", schema.Rename(name=None if a.reset else a.name))
     emit(
         a,
         res,
@@ -93,7 +94,7 @@ async def cmd_settings(c: AdminClient, a: argparse.Namespace) -> int:
             value = _seconds_value(a.key, a.value)
         else:
             value = a.value or None
-        res = await c.call("POST", "/v1/settings", {"key": a.key, "value": value})
+        res = await c.call("POST", "/v1/settings", schema.Setting(key=a.key, value=value))
         if a.key.startswith("peer_history_"):
             emit(a, res, f"{a.key} set; it applies as peers' operations arrive and at each gc")
         else:
@@ -108,13 +109,13 @@ async def cmd_settings(c: AdminClient, a: argparse.Namespace) -> int:
 
 
 async def cmd_gc(c: AdminClient, a: argparse.Namespace) -> int:
-    res = await c.call("POST", "/v1/gc", {"older_than_days": a.older_than_days})
+    res = await c.call("POST", "/v1/gc", schema.Gc(older_than_days=a.older_than_days))
     emit(a, res, f"removed {res['removed']} operations (the latest result of every plan is kept)")
     return 0
 
 
 async def cmd_pause(c: AdminClient, a: argparse.Namespace) -> int:
-    res = await c.call("POST", "/v1/schedules/pause", {"paused": a.command == "pause"})
+    res = await c.call("POST", "/v1/schedules/pause", schema.Pause(paused=a.command == "pause"))
     emit(a, res, "schedules paused" if res["paused"] else "schedules resumed")
     return 0
 

@@ -9,7 +9,10 @@ import json
 import os
 from typing import Any
 
+import msgspec
+
 from peerstash.core.text import printable
+from peerstash.peer.api import schema
 from peerstash.peer.cli import AdminClient, CliError
 from peerstash.peer.cli.commands.ops import started, wait_for
 from peerstash.peer.cli.format import emit, quote_segment, short_time, table
@@ -46,15 +49,13 @@ async def cmd_ls(c: AdminClient, a: argparse.Namespace) -> int:
 
 async def cmd_restore(c: AdminClient, a: argparse.Namespace) -> int:
     target = os.path.abspath(a.target)  # noqa: ASYNC240 - getcwd only
-    body = {"snapshot": a.snapshot, "target": target, "include": a.include or []}
+    body = schema.Restore(snapshot=a.snapshot, target=target, include=a.include or [])
     return await started(c, a, await c.call("POST", f"/v1/repos/{a.repo}/restore", body))
 
 
 async def cmd_forget(c: AdminClient, a: argparse.Namespace) -> int:
     """Apply retention, or (``--dry-run``) list what it would remove and keep, changing nothing."""
-    body: dict[str, Any] = {}
-    if a.plan:
-        body["plan"] = a.plan
+    body = schema.Forget(plan=a.plan or None)
     if not a.dry_run:
         return await started(
             c, a, await c.call("POST", f"/v1/repos/{quote_segment(a.repo)}/forget", body)
@@ -62,7 +63,9 @@ async def cmd_forget(c: AdminClient, a: argparse.Namespace) -> int:
     if a.wait:
         raise CliError("--wait has nothing to wait for with --dry-run")
     res = await c.call(
-        "POST", f"/v1/repos/{quote_segment(a.repo)}/forget", {**body, "dry_run": True}
+        "POST",
+        f"/v1/repos/{quote_segment(a.repo)}/forget",
+        msgspec.structs.replace(body, dry_run=True),
     )
 
     def rows(snaps: list[dict[str, Any]]) -> list[list[str]]:
@@ -92,7 +95,7 @@ async def cmd_forget(c: AdminClient, a: argparse.Namespace) -> int:
 
 
 async def cmd_maintenance(c: AdminClient, a: argparse.Namespace) -> int:
-    body = {"all": bool(getattr(a, "all", False))}
+    body = schema.Maintenance(all=bool(getattr(a, "all", False)))
     op = await c.call("POST", f"/v1/repos/{a.repo}/{a.command}", body)
     if a.command == "unlock":
         return await wait_for(c, op, quiet=a.json)
