@@ -52,12 +52,6 @@ from peerstash.core.retention import RetentionPolicy
 RESTORE_JSON_SINCE = (0, 16, 0)
 #: restic versions that have the global ``--retry-lock`` flag.
 RETRY_LOCK_SINCE = (0, 16, 0)
-# Commands that take no repository lock: --retry-lock means nothing to them.
-_NO_LOCK_COMMANDS = frozenset({"init", "unlock", "version"})
-_LS_QUEUE_SIZE = 512
-_SNAPSHOT_REF_RE = re.compile(r"^(?:latest|[0-9a-fA-F]{4,64})$")
-_HEX_ID_RE = re.compile(r"^[0-9a-f]{8,64}$")
-_STATS_MODES = ("restore-size", "files-by-contents", "blobs-per-file", "raw-data")
 #: Status lines a second that restic prints during a backup or a restore (0.16+) by default.
 #: With ``--json`` restic prints up to 60 a second whatever its output is (30-60 measured on
 #: 0.14 and 0.18), and each line wakes the node's event loop, which costs 0.2-0.3 ms of CPU
@@ -82,6 +76,14 @@ def progress_fps_for(interval: float) -> int:
     """
     wanted = math.ceil(1 / interval) if interval > 0 else MAX_PROGRESS_FPS
     return max(DEFAULT_PROGRESS_FPS, min(MAX_PROGRESS_FPS, wanted))
+
+
+# Commands that take no repository lock: --retry-lock means nothing to them.
+_NO_LOCK_COMMANDS = frozenset({"init", "unlock", "version"})
+_LS_QUEUE_SIZE = 512
+_SNAPSHOT_REF_RE = re.compile(r"^(?:latest|[0-9a-fA-F]{4,64})$")
+_HEX_ID_RE = re.compile(r"^[0-9a-f]{8,64}$")
+_STATS_MODES = ("restore-size", "files-by-contents", "blobs-per-file", "raw-data")
 
 
 # --------------------------------------------------------------------------------------------
