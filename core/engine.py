@@ -43,6 +43,7 @@ from peerstash.core.restic import (
     Restic,
     ResticError,
     find_restic,
+    progress_fps_for,
     same_snapshot_id,
 )
 from peerstash.core.restore_target import (
@@ -363,6 +364,7 @@ class Engine:
                 find_restic(self.restic_path),
                 cancel_grace=self.cancel_grace,
                 retry_lock=self.retry_lock,
+                progress_fps=progress_fps_for(self.runner.progress_interval),
             )
         return self._restic
 

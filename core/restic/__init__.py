@@ -51,7 +51,7 @@ from peerstash.core.restic.access import (
     build_env,
     redact_uri,
 )
-from peerstash.core.restic.client import Restic, forget_args
+from peerstash.core.restic.client import Restic, forget_args, progress_fps_for
 from peerstash.core.restic.errors import (
     ErrorKind,
     LockInfo,
@@ -126,6 +126,7 @@ __all__ = [
     "parse_retry_line",
     "parse_snapshots",
     "parse_version",
+    "progress_fps_for",
     "redact_uri",
     "same_snapshot_id",
     "split_json_output",

@@ -151,11 +151,19 @@ def _base_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return {key: value for key, value in source.items() if not key.startswith("RESTIC_")}
 
 
-def build_env(repo: RepoAccess, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def build_env(
+    repo: RepoAccess, base: Mapping[str, str] | None = None, *, progress_fps: int | None = None
+) -> dict[str, str]:
     """The complete environment for a restic process working on ``repo``.
 
     Starts from ``base`` (default ``os.environ``) without any ``RESTIC_*`` variable, then sets
     the repository, exactly one password method, and the repository's extra env.
+
+    ``progress_fps``: how many status lines a second restic prints (``RESTIC_PROGRESS_FPS``),
+    for the commands whose ``--json`` progress we read (backup, restore). Left unset for the
+    others: there it would turn on progress output that restic leaves off when its output is
+    not a terminal. Ours always decides: a ``RESTIC_PROGRESS_FPS`` in the node's environment is
+    dropped with every other ``RESTIC_*``, and a repository's env may not set ``RESTIC_*``.
     """
     env = _base_env(base)
     env["RESTIC_REPOSITORY"] = repo.uri
@@ -167,6 +175,8 @@ def build_env(repo: RepoAccess, base: Mapping[str, str] | None = None) -> dict[s
     else:
         env["RESTIC_PASSWORD_COMMAND"] = password.command
     env.update(repo.env)
+    if progress_fps is not None:
+        env["RESTIC_PROGRESS_FPS"] = str(progress_fps)
     return env
 
 

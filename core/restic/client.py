@@ -11,6 +11,7 @@ from the version restic reports once per instance.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
@@ -51,6 +52,32 @@ from peerstash.core.retention import RetentionPolicy
 RESTORE_JSON_SINCE = (0, 16, 0)
 #: restic versions that have the global ``--retry-lock`` flag.
 RETRY_LOCK_SINCE = (0, 16, 0)
+#: Status lines a second that restic prints during a backup or a restore (0.16+) by default.
+#: With ``--json`` restic prints up to 60 a second whatever its output is (30-60 measured on
+#: 0.14 and 0.18), and each line wakes the node's event loop, which costs 0.2-0.3 ms of CPU
+#: per line here (a sleeping loop wakes with cold caches; the parsing itself is 20 us): half
+#: of the node's CPU during a 1,500-file first backup (49 ms with the default, 26 ms at 4 a
+#: second; docs/benchmarks.md, "Backup overhead"). The node writes and publishes progress at
+#: most once a second (``Runner.progress_interval``), so all but the last line of each second
+#: were thrown away anyway: at 4 a second the tray's bar and ``backup --wait`` show the same.
+#: restic 0.14 prints its first line as it starts; 0.18 one interval after it starts, so its
+#: first progress comes at most a quarter of a second later than at 60 a second.
+DEFAULT_PROGRESS_FPS = 4
+#: restic's own ceiling for ``RESTIC_PROGRESS_FPS``.
+MAX_PROGRESS_FPS = 60
+
+
+def progress_fps_for(interval: float) -> int:
+    """restic's status lines a second for a node that writes progress every ``interval`` s.
+
+    At least one line per write (a node with a short interval, as the GUI tests use, still
+    gets fresh figures each time), never fewer than :data:`DEFAULT_PROGRESS_FPS`, never more
+    than restic allows.
+    """
+    wanted = math.ceil(1 / interval) if interval > 0 else MAX_PROGRESS_FPS
+    return max(DEFAULT_PROGRESS_FPS, min(MAX_PROGRESS_FPS, wanted))
+
+
 # Commands that take no repository lock: --retry-lock means nothing to them.
 _NO_LOCK_COMMANDS = frozenset({"init", "unlock", "version"})
 _LS_QUEUE_SIZE = 512
@@ -191,10 +218,17 @@ class Restic:
     """
 
     def __init__(
-        self, binary: str, *, cancel_grace: float = 10.0, retry_lock: float | None = None
+        self,
+        binary: str,
+        *,
+        cancel_grace: float = 10.0,
+        retry_lock: float | None = None,
+        progress_fps: int = DEFAULT_PROGRESS_FPS,
     ) -> None:
         self.binary = binary
         self.cancel_grace = cancel_grace
+        #: ``RESTIC_PROGRESS_FPS`` for backup and restore (see :data:`DEFAULT_PROGRESS_FPS`).
+        self.progress_fps = progress_fps
         #: Seconds restic (0.16+) waits for a lock another process holds before it fails
         #: (``--retry-lock``); ``None`` or 0: fail at once, as restic 0.14 always does.
         self.retry_lock = retry_lock
@@ -267,10 +301,19 @@ class Restic:
         args: Sequence[str],
         session: _Session,
         on_stdout: Callable[[str], Awaitable[None]],
+        *,
+        progress: bool = False,
     ) -> int:
-        """Run restic to completion and return its exit code (negative: killed by signal)."""
+        """Run restic to completion and return its exit code (negative: killed by signal).
+
+        ``progress``: the command prints ``--json`` progress that we read (backup, restore), so
+        restic is told how often to print it (``progress_fps``).
+        """
         argv = self._argv(repo, await self._with_retry_lock(repo, args))
-        env = build_env(repo) if repo is not None else _base_env()
+        if repo is None:
+            env = _base_env()
+        else:
+            env = build_env(repo, progress_fps=self.progress_fps if progress else None)
         try:
             child = await _Child.spawn(argv, env, on_stdout, session.on_stderr)
         except FileNotFoundError:
@@ -412,7 +455,7 @@ class Restic:
             elif isinstance(item, str):
                 await session.log(item)
 
-        code = await self._execute(repo, args, session, handle)
+        code = await self._execute(repo, args, session, handle, progress=True)
         if code not in (0, 3):
             raise session.error(code)
         stderr = session.stderr
@@ -509,7 +552,9 @@ class Restic:
             elif isinstance(item, str):
                 await session.log(item)
 
-        code = await self._execute(repo, args, session, handle)
+        # Without --json (before 0.16) restic prints no progress to a pipe; the rate would
+        # turn text progress on.
+        code = await self._execute(repo, args, session, handle, progress=with_json)
         if code != 0:
             raise session.snapshot_missing(snapshot_id, code) or session.error(code)
         summary = parser.summary

@@ -659,6 +659,72 @@ def _fake_restic(tmp_path: Path, body: str) -> str:
     return str(path)
 
 
+async def test_backup_progress_comes_at_the_rate_we_set(
+    restic_bin: str, ready_repo: RepoAccess, huge_sparse_file: Path
+) -> None:
+    """restic honours ``RESTIC_PROGRESS_FPS`` on this version: at 4 lines a second, the lines
+    after the first come a quarter of a second apart, not at restic's default 60 a second
+    (five intervals then take under 0.2 s even on a loaded machine). Live progress still
+    shows: the lines arrive, with bytes read."""
+    restic = Restic(restic_bin, cancel_grace=15.0, progress_fps=4)
+    assert restic.progress_fps == 4
+    seen: list[tuple[float, BackupProgress]] = []
+    enough = asyncio.Event()
+
+    def on_progress(progress: BackupProgress) -> None:
+        seen.append((time.monotonic(), progress))
+        if len(seen) >= 7:
+            enough.set()
+
+    task = asyncio.create_task(
+        restic.backup(ready_repo, [huge_sparse_file], on_progress=on_progress)
+    )
+    try:
+        await asyncio.wait_for(enough.wait(), 60)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # From the second line on (0.14 prints one as it starts, then on its timer).
+    times = [t for t, _ in seen[1:7]]
+    assert times[-1] - times[0] >= 5 * 0.25 * 0.8, [round(t - times[0], 3) for t in times]
+    assert seen[-1][1].bytes_done > 0
+
+
+async def test_only_backup_and_restore_get_a_progress_rate(tmp_path: Path) -> None:
+    """Elsewhere ``RESTIC_PROGRESS_FPS`` would turn on progress output that restic keeps off
+    when it does not write to a terminal, so only the commands whose ``--json`` progress we
+    read get it (restore only where it has ``--json``, from 0.16)."""
+    seen = tmp_path / "seen.txt"
+    for version in ("0.16.4", "0.14.0"):
+        binary = _fake_restic(
+            tmp_path,
+            'for a in "$@"; do case "$a" in backup|restore|snapshots|version) cmd=$a; break;; '
+            "esac; done\n"
+            f'echo "{version} $cmd ${{RESTIC_PROGRESS_FPS-unset}}" >> {seen}\n'
+            'case "$cmd" in\n'
+            f"  version) echo 'restic {version} compiled with go1.21.0 on linux/amd64';;\n"
+            """  backup) echo '{"message_type":"summary","snapshot_id":"abcdef1234567890"}';;\n"""
+            "  snapshots) echo '[]';;\n"
+            "esac\n",
+        )
+        restic = Restic(binary, progress_fps=7)
+        repo = RepoAccess(str(tmp_path / "repo"), PasswordValue(PASSWORD))
+        await restic.backup(repo, [tmp_path])
+        await restic.snapshots(repo)
+        await restic.restore(repo, "abcdef12", tmp_path / "target")
+    assert seen.read_text().splitlines() == [
+        "0.16.4 backup 7",
+        "0.16.4 snapshots unset",
+        "0.16.4 version unset",
+        "0.16.4 restore 7",
+        "0.14.0 backup 7",
+        "0.14.0 snapshots unset",
+        "0.14.0 version unset",
+        "0.14.0 restore unset",
+    ]
+
+
 async def test_cancel_escalates_to_sigkill_when_sigint_is_ignored(tmp_path: Path) -> None:
     # A stand-in for a restic that hangs: it ignores SIGINT and sleeps.
     binary = _fake_restic(

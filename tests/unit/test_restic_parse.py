@@ -50,6 +50,7 @@ from peerstash.core.restic import (
     parse_retry_line,
     parse_snapshots,
     parse_version,
+    progress_fps_for,
     redact_uri,
     same_snapshot_id,
     split_json_output,
@@ -751,6 +752,26 @@ def test_build_env_sets_exactly_one_password_method() -> None:
         assert env["PATH"] == "/usr/bin" and env["AWS_PROFILE"] == "kept"
         assert env["B2_ACCOUNT_ID"] == "id1"
     assert build_env(RepoAccess("/r", PasswordValue("abc1")), base)["RESTIC_PASSWORD"] == "abc1"
+
+
+def test_progress_rate_is_ours_and_only_where_asked() -> None:
+    """``RESTIC_PROGRESS_FPS`` is set only when asked (backup, restore: elsewhere it would turn
+    progress output on), and a value in the node's own environment never reaches restic."""
+    base = {"PATH": "/usr/bin", "RESTIC_PROGRESS_FPS": "60"}
+    repo = RepoAccess("/srv/repo", PasswordValue("pw-value"))
+    assert "RESTIC_PROGRESS_FPS" not in build_env(repo, base)
+    assert build_env(repo, base, progress_fps=4)["RESTIC_PROGRESS_FPS"] == "4"
+
+
+def test_progress_rate_follows_the_progress_interval() -> None:
+    """At least one status line per progress write, never fewer than 4 a second, at most
+    restic's ceiling of 60."""
+    assert progress_fps_for(1.0) == 4
+    assert progress_fps_for(3600.0) == 4
+    assert progress_fps_for(0.2) == 5
+    assert progress_fps_for(0.05) == 20
+    assert progress_fps_for(0.001) == 60
+    assert progress_fps_for(0.0) == 60
 
 
 def test_repo_access_validation() -> None:
