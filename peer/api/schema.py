@@ -36,11 +36,35 @@ class Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     wording: ClassVar[Mapping[str, str]] = {}
     unknown: ClassVar[str] = "unknown field {}"
+    #: Fields that can hold a secret (a password, a token, credentials in a URI or in an
+    #: environment variable): ``repr`` shows them as ``<hidden>`` (a mapping's keys stay), so
+    #: a body that reaches a log line, a traceback or a test failure does not carry them. What
+    #: is sent and decoded is unaffected.
+    hidden: ClassVar[frozenset[str]] = frozenset()
+
+    def __repr__(self) -> str:
+        parts = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if value is UNSET:
+                continue
+            if name in self.hidden and value is not None:
+                shown = (
+                    repr(dict.fromkeys(value, "<hidden>"))
+                    if isinstance(value, dict)
+                    else "<hidden>"
+                )
+            else:
+                shown = repr(value)
+            parts.append(f"{name}={shown}")
+        return f"{type(self).__name__}({', '.join(parts)})"
 
 
 class Password(Request):
     """Where a repository's password comes from: ``secret`` (with ``value``, stored encrypted),
     ``file``, ``env`` or ``command`` (with ``ref``). The engine checks the combination."""
+
+    hidden: ClassVar[frozenset[str]] = frozenset({"value"})
 
     source: str
     ref: str | None = None
@@ -55,6 +79,7 @@ class AddRepo(Request):
         "password:missing": "missing field 'password' (an object with 'source')",
         "env": "field 'env' must map names to strings",
     }
+    hidden: ClassVar[frozenset[str]] = frozenset({"uri", "env"})
 
     id: str
     uri: str
@@ -72,6 +97,7 @@ class EditRepo(Request):
         "env": "field 'env' must map names to strings",
     }
     unknown: ClassVar[str] = "cannot change {} of a repository"
+    hidden: ClassVar[frozenset[str]] = frozenset({"uri", "env"})
 
     uri: str | UnsetType | None = UNSET
     password: Password | UnsetType = UNSET
@@ -209,6 +235,8 @@ class CreateToken(Request):
 
 class AddPeer(Request):
     """``POST /v1/peers``: pair with a token from the other node."""
+
+    hidden: ClassVar[frozenset[str]] = frozenset({"token"})
 
     token: str
     url: str | None = None

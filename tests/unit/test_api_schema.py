@@ -176,3 +176,23 @@ def test_the_request_structs_load_without_the_store_or_restic() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_body_shown_in_a_log_or_traceback_hides_its_secrets() -> None:
+    """repr (what a log line, a traceback or a failing assertion shows) hides passwords, tokens,
+    URIs and environment values; the JSON sent to the node still carries them."""
+    repo = s.AddRepo(
+        id="r",
+        uri="s3:https://AKIAKEY:s3cr3t@host/bucket",
+        password=s.Password(source="secret", value="hunter2"),
+        env={"AWS_SECRET_ACCESS_KEY": "shh"},
+    )
+    edit = s.EditRepo(password=s.Password(source="secret", value="hunter2"), env={"K": "shh"})
+    peer = s.AddPeer(token="pst1-secret-token")
+    shown = " ".join(repr(x) for x in (repo, edit, peer, [repo]))
+    for secret in ("s3cr3t", "AKIAKEY", "hunter2", "shh", "pst1-secret-token"):
+        assert secret not in shown
+    assert "AWS_SECRET_ACCESS_KEY" in shown and "source='secret'" in shown
+    assert repr(s.EditRepo(options=["x"])) == "EditRepo(options=['x'])"
+    sent = msgspec.json.encode(repo).decode()
+    assert "hunter2" in sent and "s3cr3t" in sent and "shh" in sent
