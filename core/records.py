@@ -3,8 +3,8 @@
 The CLI's ``--json``, the admin API, the tray and the link services (which send some of these
 to peers of the same version) all use these, so a field has one name everywhere. Each record
 is built from its model with ``Record.of(model)`` and becomes JSON through :func:`to_json`
-(plain builtins, in field order): keys, nulls and the time format are exactly what
-``core/serialize.py``'s dict builders gave, so a node of this version and one before it read
+(plain builtins, in field order): keys, nulls and the time format are exactly what the
+dict builders before them gave, so a node of this version and one before it read
 each other's records, and ``--json`` output stays what ``docs/cli.md`` documents.
 
 Times are kept as the ISO 8601 text :func:`iso_time` gives (``+00:00``, not msgspec's ``Z``)

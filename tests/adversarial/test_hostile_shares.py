@@ -21,8 +21,8 @@ import pytest
 from peerstash.core.engine import EngineError, PasswordSpec
 from peerstash.core.events import ConfigChanged, Notice
 from peerstash.core.models import OpStatus
+from peerstash.core.records import RepoRecord, to_json
 from peerstash.core.restic import PasswordValue, RepoAccess, Restic, ResticError
-from peerstash.core.serialize import repo_to_dict
 from peerstash.core.store import NotFound, repo_record
 from peerstash.peer.node import Node
 from tests.fixtures.nodes import MakeNode, store_of, token_for, wait_state
@@ -265,7 +265,7 @@ async def test_a_received_row_breaking_the_rules_is_never_opened(
     op = await a.engine.wait((await a.engine.backup("pa")).pk)
     assert op.status == OpStatus.ERROR and "is not opened" in (op.error or "")
     assert not marker.exists()
-    listed = json.dumps(repo_to_dict(await a.engine.store.get_repo("photos@b")))
+    listed = json.dumps(to_json(RepoRecord.of(await a.engine.store.get_repo("photos@b"))))
     assert PW not in listed
 
 

@@ -17,7 +17,7 @@ import pytest
 from peerstash.core.engine import EngineError, PasswordSpec
 from peerstash.core.events import Notice, SnapshotsChanged
 from peerstash.core.models import OpStatus
-from peerstash.core.serialize import repo_to_dict
+from peerstash.core.records import RepoRecord, to_json
 from peerstash.peer.links import protocol as proto
 from peerstash.peer.node import Node
 from tests.fixtures.nodes import MakeNode, store_of
@@ -87,10 +87,10 @@ async def test_share_use_forget_delete_unshare(
         owner_r1.guid,
         "secret",
     )
-    listed = {d["id"]: d for d in map(repo_to_dict, on_b.values())}
+    listed = {r.id: to_json(RepoRecord.of(r)) for r in on_b.values()}
     assert listed["r1@a"]["read_only"] is True and listed["r1@a"]["origin"] == "a"
     assert listed["r1@a"]["shared"] is False
-    owner_listed = repo_to_dict(await a.engine.store.get_repo("r1"))
+    owner_listed = to_json(RepoRecord.of(await a.engine.store.get_repo("r1")))
     assert owner_listed["shared"] is True and owner_listed["client_uri"] == client_uri
     assert owner_listed["origin"] is None and owner_listed["read_only"] is False
 
@@ -156,7 +156,9 @@ async def test_share_use_forget_delete_unshare(
     assert await store_of(b).get_secret("repo/r1@a/password") is None
 
     # The passwords never appear in logs, in listings or in the database files.
-    text = caplog.text + json.dumps([repo_to_dict(r) for r in await a.engine.list_repos()])
+    text = caplog.text + json.dumps(
+        [to_json(RepoRecord.of(r)) for r in await a.engine.list_repos()]
+    )
     assert PW1 not in text and PW2 not in text
     assert_no_secret_in_files(a, PW1, PW2)
     assert_no_secret_in_files(b, PW1, PW2)

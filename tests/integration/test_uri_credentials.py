@@ -24,8 +24,8 @@ from peerstash.core.engine import (
 )
 from peerstash.core.events import EventBus, Notice
 from peerstash.core.models import OpStatus
+from peerstash.core.records import RepoRecord, to_json
 from peerstash.core.secrets import SecretStore, load_or_create_key
-from peerstash.core.serialize import repo_to_dict
 from peerstash.core.store import Store, repo_record
 from tests.fixtures.nodes import MakeNode, store_of
 from tests.fixtures.servers import (
@@ -119,7 +119,7 @@ async def test_a_uri_password_is_sealed_and_backups_work(
 
     stored = await a.engine.store.get_repo("r")
     assert stored.uri == masked(rest_server, name)
-    listed = json.dumps([repo_to_dict(r) for r in await a.engine.list_repos()])
+    listed = json.dumps([to_json(RepoRecord.of(r)) for r in await a.engine.list_repos()])
     assert URI_PW not in listed and "backup:***@" in listed
     logs = "\n".join(await a.engine.store.get_log(flow[0].pk))
     assert URI_PW not in logs and URI_PW not in caplog.text

@@ -20,7 +20,7 @@ from peerstash.core.events import (
     SnapshotsChanged,
 )
 from peerstash.core.models import Operation
-from peerstash.core.serialize import op_to_dict
+from peerstash.core.records import OpRecord, to_json
 from peerstash.core.sharing import ShareResult
 from peerstash.peer.api import schema
 from peerstash.peer.api.common import WindowWanted
@@ -35,7 +35,7 @@ def old_event_to_dict(event: Event) -> dict[str, Any] | None:
     """``peer/api/streams.py``'s ``event_to_dict`` before the structs (remote requests aside:
     their dict is ``request_to_dict``'s, unchanged)."""
     if isinstance(event, OperationChanged) and event.op is not None:
-        return {"type": "operation", "op": op_to_dict(event.op)}
+        return {"type": "operation", "op": to_json(OpRecord.of(event.op))}
     if isinstance(event, LinkStateChanged):
         return {"type": "link", "peer": event.peer_id, "state": event.state, "reason": event.reason}
     if isinstance(event, ConfigChanged):

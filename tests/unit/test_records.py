@@ -27,7 +27,6 @@ from peerstash.core.records import (
     to_json,
 )
 from peerstash.core.restic import LsNode, Snapshot, redact_uri
-from peerstash.core.serialize import op_to_dict
 
 T0 = datetime(2026, 12, 5, 23, 1, 2, 345678, tzinfo=UTC)
 T1 = datetime(2026, 12, 6, 1, 0, tzinfo=timezone(timedelta(hours=2)))
@@ -338,8 +337,3 @@ def test_extended_records_append_their_field_last() -> None:
     snap = snapshots()[0]
     planned = to_json(PlannedSnapshotRecord.for_plan(snap, "home"))
     assert planned == {**old_snapshot_to_dict(snap), "plan": "home"}
-
-
-def test_serialize_wrappers_are_the_records() -> None:
-    for op in ops():
-        assert op_to_dict(op) == old_op_to_dict(op)
