@@ -73,9 +73,15 @@ class OpContext:
         self.ticker: asyncio.Future[None] | None = None
         self._last_moved: dict[str, Any] = {}
         self._last_retry = 0.0
+        self._shown_work = False
 
     def progress(self, **fields: Any) -> None:
-        """Record progress; written (and published) at most every ``progress_interval``."""
+        """Record progress; written (and published) at most every ``progress_interval``.
+
+        The first report that anything was done is written at once as well: restic's first
+        status lines come while it still scans (nothing done), and without this a backup that
+        takes about a second would show "running, nothing done" until it ended.
+        """
         self._pending.update(fields)
         # restic repeats its status line every second even while an upload hangs: only a
         # change of what was done counts as a sign of life (the ETA alone moves anyway).
@@ -83,8 +89,12 @@ class OpContext:
         if moved != self._last_moved:
             self._last_moved = moved
             self._active()
+        first_work = not self._shown_work and any(
+            fields.get(k) for k in ("bytes_done", "files_done")
+        )
+        self._shown_work = self._shown_work or first_work
         now = time.monotonic()
-        if now - self._last_flush >= self._runner.progress_interval:
+        if first_work or now - self._last_flush >= self._runner.progress_interval:
             self._last_flush = now
             self._runner._spawn(self.flush())
 

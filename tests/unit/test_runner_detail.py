@@ -4,6 +4,7 @@ time; the real thing, with a real node and restic, is tests/integration/test_res
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from peerstash.core.runner import RETRY_DETAIL_TTL, OpContext
@@ -71,3 +72,21 @@ def test_stall_warning_off_when_the_setting_is_zero() -> None:
     c._runner.stall_after = 0  # type: ignore[attr-defined]
     c.check_stall(c.last_activity + 10**6)
     assert c.detail is None and c._log == []
+
+
+def test_the_first_progress_with_work_done_is_published_at_once() -> None:
+    spawned: list[Any] = []
+
+    class Counting(_Runner):
+        def _spawn(self, coro: Any) -> None:
+            spawned.append(coro)
+            coro.close()
+
+    c = OpContext(Counting(), object())  # type: ignore[arg-type]
+    c._last_flush = time.monotonic()  # a flush just happened: the window is shut
+    c.progress(bytes_done=0, files_done=0, bytes_total=100)  # restic still scanning
+    assert spawned == []
+    c.progress(bytes_done=10, files_done=0, bytes_total=100)
+    assert len(spawned) == 1  # something was done: shown now, not a window later
+    c.progress(bytes_done=20, files_done=1, bytes_total=100)
+    assert len(spawned) == 1  # after that, the window holds again
