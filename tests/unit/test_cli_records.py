@@ -11,6 +11,7 @@ one line on stderr and exit 1: nothing on stdout, no traceback, no terminal esca
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import threading
@@ -362,3 +363,38 @@ def test_what_came_before_a_bad_line_is_still_shown(
     code, out, err = run(node, capsys, "ops", "--follow", "--json")
     assert (code, out) == (1, json.dumps(op_record()) + "\n")
     assert err.startswith("peerstash: the node's answer is not an operation: ")
+
+
+def test_what_a_peer_sends_that_is_not_a_record_is_read_as_before(
+    node: Node, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer's first backup (its id and status) and a peer's repository (what it shows of
+    one, ``remote_config.repo_public_dict``) are not records: they are not refused as such."""
+    node.answers["POST /v1/peers/hub/plans"] = {
+        **plan_record(),
+        "first_backup": {"id": "01OPHUB", "status": "pending"},
+    }
+    code, out, err = run(
+        node, capsys, "plan", "add", "docs", "--on", "hub", "--repo", "r", "--path", "/srv/d"
+    )
+    assert (code, err) == (0, "")
+    assert out == "plan docs added on hub (next run -); first backup queued as operation 01OPHUB\n"
+
+    node.answers["POST /v1/peers/hub/repos"] = {
+        "repo": {
+            "id": "r3",
+            "uri": "/srv/r3",
+            "password_source": "secret",
+            "env_keys": [],
+            "option_keys": [],
+            "guid": "89abcdef01234567",
+            "origin": None,
+        },
+        "message": "created a new repository",
+    }
+    monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
+    code, out, err = run(
+        node, capsys, "repo", "add", "r3", "--on", "hub", "--uri", "/srv/r3", "--password-stdin"
+    )
+    assert (code, err) == (0, "")
+    assert out == "repository r3 on hub: created a new repository (id 89abcdef)\n"

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from peerstash.core.records import OpRecord, PlanRecord
+from peerstash.core.records import PlanRecord
 from peerstash.core.wording import human_duration
 from peerstash.peer.api import schema
 from peerstash.peer.cli import AdminClient, CliError
@@ -53,14 +53,15 @@ async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
         )
         res = await c.call("POST", base, body)
         added = decode(res, PlanRecord, "a plan")
-        # Besides the plan: its first backup, an operation or why it did not start.
+        # Besides the plan, its first backup: not a record (a peer sends only its id and
+        # status, see services/remote_config.py), or why it did not start.
         first = res.get("first_backup")
         if first is None:
             now = ""
-        elif isinstance(first, dict) and first.get("error"):
+        elif first.get("error"):
             now = f"; first backup not started: {first['error']}"
         else:
-            now = f"; first backup queued as operation {decode(first, OpRecord, 'an operation').id}"
+            now = f"; first backup queued as operation {first['id']}"
         emit(
             a,
             res,

@@ -107,7 +107,10 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
             init=a.init,
         )
         res = await c.call("POST", base, body)
-        guid = (decode(res.get("repo"), RepoRecord, "a repository").guid or "")[:8]
+        if on:  # not a record: what a peer shows of a repository (repo_public_dict)
+            guid = (res["repo"].get("guid") or "")[:8]
+        else:
+            guid = (decode(res.get("repo"), RepoRecord, "a repository").guid or "")[:8]
         emit(a, res, f"repository {a.name}{suffix}: {res['message']} (id {guid})")
         return 0
     if a.repo_cmd == "edit":
