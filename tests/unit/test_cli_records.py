@@ -297,7 +297,13 @@ HOSTILE: list[tuple[list[str], str, Any, str]] = [
         {"plans": [], "remove": [snapshot_record()], "keep": []},  # no "plan" field
         "a list of snapshots to remove",
     ),
-    (["remote", "snapshots", "b", "r"], "GET /v1/peers/b/repos/r/snapshots", [1, 2], "snapshots"),
+    # A peer's snapshots and listing entries are passed on by the node as the peer sent them.
+    (
+        ["remote", "snapshots", "b", "r"],
+        "GET /v1/peers/b/repos/r/snapshots",
+        [{**snapshot_record(), "paths": "/etc"}],
+        "a list of snapshots",
+    ),
     (["peer", "list"], "GET /v1/peers", [{"id": "b", "label": "b", "plans": []}], "peers"),
     (["peer", "check", "b"], "POST /v1/peers/b/check", {"state": 1, "message": "m"}, "a peer"),
     (["repo", "share", "r"], "POST /v1/repos/r/share", ["r"], "a repository"),
