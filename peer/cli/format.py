@@ -3,16 +3,47 @@ operation and remote request lines, the progress bar, and :func:`emit` (``--json
 
 A table cell and each line given to :func:`emit` is made :func:`~peerstash.core.text.printable`
 (text from a peer cannot steer the terminal); a command printing anything else says so itself.
+
+An answer that is a record (``core/records.py``: operations, repositories, plans, snapshots,
+listing entries, peers) is decoded once with :func:`decode` where it arrives, and read by
+attribute after; ``--json`` still prints what the node sent. Not on the quick path, though:
+``status``, ``backup`` and ``wait`` (``QUICK_COMMANDS``) must not import msgspec (about 17 ms,
+a third of the whole command, see tests/unit/test_cli_imports.py), so what they print
+(:func:`progress_bar`, :func:`finished_line`, ``commands/ops.py``'s ``wait_for``) reads the
+operation's dict. For the same reason this module imports msgspec and the records only inside
+:func:`decode` (and the record types for type checking).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from peerstash.core.text import printable, printable_lines
 from peerstash.core.wording import backup_summary_line, human_bytes, human_duration
+from peerstash.peer.api.client import AdminError
+
+if TYPE_CHECKING:
+    from peerstash.core.records import OpRecord, SnapshotRecord
+
+T = TypeVar("T")
+
+
+def decode(data: Any, kind: type[T], what: str) -> T:
+    """The node's answer ``data`` as the record type ``kind`` (or a list of them), or one line:
+    a node that sends something else (another version, a broken or hostile listener on the
+    socket) gets an :class:`AdminError` naming ``what`` was asked for, never a traceback.
+
+    msgspec's words say where and what was wrong (``Expected `str`, got `int` - at
+    `$[0].id```): field names and types of ours, never a value the node sent.
+    """
+    import msgspec
+
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        raise AdminError(f"the node's answer is not {what}: {exc}") from None
 
 
 def short_time(iso: str | None) -> str:
@@ -37,27 +68,31 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
-def op_line(op: dict[str, Any]) -> list[str]:
+def op_line(op: OpRecord) -> list[str]:
+    """An operation's row under :data:`OP_HEADERS`; a :class:`ListedOpRecord` (``/v1/ops``)
+    shows its origin by name, the others (the streams) by id."""
     from datetime import datetime
 
     duration = "-"
-    if op.get("started_at") and op.get("ended_at"):
-        d = datetime.fromisoformat(op["ended_at"]) - datetime.fromisoformat(op["started_at"])
+    if op.started_at and op.ended_at:
+        d = datetime.fromisoformat(op.ended_at) - datetime.fromisoformat(op.started_at)
         duration = human_duration(d.total_seconds())
-    detail = op.get("error") or (op.get("snapshot_id") or "")[:8]
-    if op["status"] == "running" and op.get("bytes_total"):
-        detail = f"{100 * op['bytes_done'] / op['bytes_total']:.0f}% ETA {human_duration(op.get('eta_seconds'))}"
-    running_detail = (op.get("summary") or {}).get("detail") if op["status"] == "running" else None
+    detail = op.error or (op.snapshot_id or "")[:8]
+    if op.status == "running" and op.bytes_total:
+        detail = f"{100 * op.bytes_done / op.bytes_total:.0f}% ETA {human_duration(op.eta_seconds)}"
+    running_detail = op.summary.get("detail") if op.status == "running" else None
     if running_detail:  # restic retrying, or silent: more telling than a percentage
         detail = str(running_detail)
+    # getattr, not isinstance: the record classes are not imported at run time (see above).
+    label: str | None = getattr(op, "origin_label", None)
     return [
-        op["id"],
-        op.get("origin_label") or op["origin"],
-        op["kind"],
-        status_word(op["status"]),
-        op.get("plan") or "-",
-        op.get("repo") or "-",
-        short_time(op.get("started_at") or op.get("created_at")),
+        op.id,
+        label or op.origin,
+        op.kind,
+        status_word(op.status),
+        op.plan or "-",
+        op.repo or "-",
+        short_time(op.started_at or op.created_at),
         duration,
         detail,
     ]
@@ -115,18 +150,27 @@ def health_lines(health: dict[str, Any]) -> list[str]:
     return [f"health: {health['summary']}"] + [f"  - {r['message']}" for r in health["reasons"]]
 
 
-def snapshot_table(snaps: list[dict[str, Any]]) -> str:
+def snapshot_table(snaps: list[SnapshotRecord]) -> str:
     rows = [
         [
-            s["short_id"],
-            short_time(s["time"]),
-            s["hostname"],
-            ",".join(s.get("tags") or []),
-            ", ".join(s["paths"]),
+            s.short_id,
+            short_time(s.time),
+            s.hostname,
+            ",".join(s.tags),
+            ", ".join(s.paths),
         ]
         for s in snaps
     ]
     return table(rows, ["ID", "TIME", "HOST", "TAGS", "PATHS"]) if rows else "no snapshots"
+
+
+def ls_line(node: Any, *, as_json: bool) -> str:
+    """One streamed entry of a listing (ours or a peer's): the node's JSON as it came, or its
+    type's letter and path. An entry that is not an ``LsNodeRecord`` is refused (one line)."""
+    from peerstash.core.records import LsNodeRecord
+
+    entry = decode(node, LsNodeRecord, "an entry of a snapshot listing")
+    return json.dumps(node) if as_json else printable(f"{(entry.type or '?')[0]} {entry.path}")
 
 
 REMOTE_HEADERS = ["ID", "PEER", "KIND", "STATE", "CREATED", "WHAT", "DETAIL"]

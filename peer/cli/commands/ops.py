@@ -2,6 +2,10 @@
 
 Also :func:`wait_for`, which follows an operation to its end for every command given ``--wait``
 (the snapshot commands use it too).
+
+``backup`` and ``wait`` run on the quick client: :func:`wait_for` and :func:`started` read the
+operation as the node's dict, since decoding it as an ``OpRecord`` would import msgspec (see
+``format.py``). ``ops`` and ``events`` decode the operations they show.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from peerstash.core.wording import backup_summary_line
 from peerstash.peer.cli import EXIT_FAILED, EXIT_WARNING, AdminClient
 from peerstash.peer.cli.format import (
     OP_HEADERS,
+    decode,
     emit,
     finished_line,
     op_line,
@@ -138,19 +143,23 @@ async def cmd_backup(c: AdminClient, a: argparse.Namespace) -> int:
 
 
 async def cmd_ops(c: AdminClient, a: argparse.Namespace) -> int:
+    from peerstash.core.records import ListedOpRecord, OpRecord
+
     if a.follow:
         async for op in c.stream("/v1/ops/follow"):
+            changed = decode(op, OpRecord, "an operation")
             if a.json:
                 print(json.dumps(op), flush=True)
             else:
-                print(printable("  ".join(op_line(op))), flush=True)
+                print(printable("  ".join(op_line(changed))), flush=True)
         return 0
     q = f"?limit={a.limit}"
     for key in ("origin", "plan", "repo", "status"):
         if getattr(a, key):
             q += f"&{key}={getattr(a, key)}"
     ops = await c.call("GET", "/v1/ops" + q)
-    emit(a, ops, table([op_line(op) for op in ops], OP_HEADERS) if ops else "no operations")
+    listed = decode(ops, list[ListedOpRecord], "a list of operations")
+    emit(a, ops, table([op_line(op) for op in listed], OP_HEADERS) if listed else "no operations")
     return 0
 
 
@@ -178,6 +187,8 @@ async def cmd_wait(c: AdminClient, a: argparse.Namespace) -> int:
 
 
 async def cmd_events(c: AdminClient, a: argparse.Namespace) -> int:
+    from peerstash.core.records import OpRecord
+
     async for ev in c.stream("/v1/events"):
         if ev.get("type") == "ready" and not a.json:
             continue
@@ -187,7 +198,8 @@ async def cmd_events(c: AdminClient, a: argparse.Namespace) -> int:
             why = f" ({ev['reason']})" if ev.get("reason") else ""
             print(printable(f"peer {ev['peer']}: {ev['state']}{why}"), flush=True)
         elif ev["type"] == "operation":
-            print(printable("op  " + "  ".join(op_line(ev["op"]))), flush=True)
+            op = decode(ev.get("op"), OpRecord, "an operation")
+            print(printable("op  " + "  ".join(op_line(op))), flush=True)
         else:
             print(json.dumps(ev), flush=True)
     return 0

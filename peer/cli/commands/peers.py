@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from peerstash.core.records import PeerRecord
 from peerstash.core.text import printable
 from peerstash.peer.api import schema
 from peerstash.peer.cli import AdminClient, CliError
-from peerstash.peer.cli.format import emit, fleet_lines, short_time, table
+from peerstash.peer.cli.format import decode, emit, fleet_lines, short_time, table
 from peerstash.peer.cli.parser import Parser, json_flag
 
 
@@ -84,12 +85,13 @@ async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
         token = _read_token(a)
         body = schema.AddPeer(token=token, url=a.url, grants=a.grant or [], replace=a.replace)
         res = await c.call("POST", "/v1/peers", body)
-        who = res["id"] if res.get("name") in (None, res["id"]) else f"{res['name']} ({res['id']})"
-        emit(a, res, f"paired with {printable(who)}, key {res['key_id']}; connecting")
+        peer = decode(res, PeerRecord, "a peer")
+        who = peer.id if peer.name == peer.id else f"{peer.name} ({peer.id})"
+        emit(a, res, f"paired with {printable(who)}, key {peer.key_id}; connecting")
         return 0
     if a.peer_cmd == "grant":
         res = await c.call("PATCH", f"/v1/peers/{a.id}", schema.Grants(grants=a.grant or []))
-        shown = ", ".join(res["grants"]) or "nothing"
+        shown = ", ".join(decode(res, PeerRecord, "a peer").grants) or "nothing"
         emit(a, res, f"{a.id} may now: {shown} (its link restarts to apply it)")
         return 0
     if a.peer_cmd == "remove":
@@ -108,26 +110,28 @@ async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
         return 0
     if a.peer_cmd == "check":
         res = await c.call("POST", f"/v1/peers/{a.id}/check")
-        emit(a, res, f"{a.id}: {res['state']}; {res['message']}")
+        checked = decode(res, PeerRecord, "a peer")
+        emit(a, res, f"{a.id}: {checked.state}; {res['message']}")
         return 0
     peers = await c.call("GET", "/v1/peers")
+    listed = decode(peers, list[PeerRecord], "a list of peers")
     rows = [
         [
-            p.get("name") or p["id"],
-            p["id"],
-            p["key_id"],
-            "dials us" if p["role"] == "authorized_client" else "we dial",
-            p["state"]
-            + (f" ({p['state_reason']})" if p["state_reason"] and p["state"] != "online" else ""),
-            short_time(p["last_seen"]),
-            ", ".join(p["grants"]) or "-",
+            p.name or p.id,
+            p.id,
+            p.key_id,
+            "dials us" if p.role == "authorized_client" else "we dial",
+            p.state + (f" ({p.state_reason})" if p.state_reason and p.state != "online" else ""),
+            short_time(p.last_seen),
+            ", ".join(p.grants) or "-",
         ]
-        for p in peers
+        for p in listed
     ]
     text = table(rows, ["NAME", "ID", "KEY ID", "ROLE", "STATE", "LAST SEEN", "WE GRANT"])
-    for p in peers:
-        head = p.get("label") or p["id"]
-        text += f"\n\n{head}:\n" + "\n".join(f"  {ln}" for ln in fleet_lines(p["plans"]))
+    # Besides each record: how this node names the peer and its last backups (not records).
+    for p, extra in zip(listed, peers, strict=True):
+        head = extra.get("label") or p.id
+        text += f"\n\n{head}:\n" + "\n".join(f"  {ln}" for ln in fleet_lines(extra["plans"]))
     emit(a, peers, text if rows else "no peers")
     return 0
 

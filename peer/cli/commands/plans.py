@@ -6,10 +6,11 @@ import argparse
 import os
 from typing import Any
 
+from peerstash.core.records import PlanRecord
 from peerstash.core.wording import human_duration
 from peerstash.peer.api import schema
 from peerstash.peer.cli import AdminClient, CliError
-from peerstash.peer.cli.format import emit, peer_path, short_time, table
+from peerstash.peer.cli.format import decode, emit, peer_path, short_time, table
 from peerstash.peer.cli.parser import Parser, json_flag, on_flag, retention_options
 
 RETENTION_KEYS = (
@@ -51,6 +52,9 @@ async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
             backup_now=not a.no_backup_now,
         )
         res = await c.call("POST", base, body)
+        added = decode(res, PlanRecord, "a plan")
+        # Besides the plan, its first backup: not a record (a peer sends only its id and
+        # status, see services/remote_config.py), or why it did not start.
         first = res.get("first_backup")
         if first is None:
             now = ""
@@ -61,7 +65,7 @@ async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
         emit(
             a,
             res,
-            f"plan {a.name} added{suffix} (next run {short_time(res['next_due_at'])}){now}",
+            f"plan {a.name} added{suffix} (next run {short_time(added.next_due_at)}){now}",
         )
         return 0
     if a.plan_cmd == "edit":
@@ -86,7 +90,8 @@ async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
         if changes == schema.EditPlan():
             raise CliError("nothing to change: give the options to change (see plan edit --help)")
         res = await c.call("PATCH", f"{base}/{a.name}", changes)
-        emit(a, res, f"plan {a.name} changed{suffix} (next run {short_time(res['next_due_at'])})")
+        changed = decode(res, PlanRecord, "a plan")
+        emit(a, res, f"plan {a.name} changed{suffix} (next run {short_time(changed.next_due_at)})")
         return 0
     if a.plan_cmd in ("remove", "delete"):
         res = await c.call("DELETE", f"{base}/{a.name}")
@@ -97,13 +102,11 @@ async def cmd_plan(c: AdminClient, a: argparse.Namespace) -> int:
     else:
         plans = await c.call("GET", "/v1/plans")
     rows = []
-    for p in plans:
-        when = p["schedule"] or (
-            f"every {human_duration(p['every_seconds'])}" if p["every_seconds"] else "manual"
+    for p in decode(plans, list[PlanRecord], "a list of plans"):
+        when = p.schedule or (
+            f"every {human_duration(p.every_seconds)}" if p.every_seconds else "manual"
         )
-        rows.append(
-            [p["id"], p["repo"], when, ", ".join(p["paths"]), "yes" if p["enabled"] else "no"]
-        )
+        rows.append([p.id, p.repo, when, ", ".join(p.paths), "yes" if p.enabled else "no"])
     emit(
         a,
         plans,

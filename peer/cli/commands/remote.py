@@ -10,12 +10,15 @@ import json
 import sys
 from typing import Any
 
+from peerstash.core.records import SnapshotRecord
 from peerstash.core.text import printable
 from peerstash.peer.api import schema
 from peerstash.peer.cli import EXIT_FAILED, EXIT_WARNING, AdminClient, CliError
 from peerstash.peer.cli.format import (
     REMOTE_HEADERS,
+    decode,
     emit,
+    ls_line,
     progress_bar,
     quote_segment,
     remote_line,
@@ -102,7 +105,8 @@ async def cmd_remote(c: AdminClient, a: argparse.Namespace) -> int:
         snaps = await c.call(
             "GET", f"/v1/peers/{quote_segment(a.peer)}/repos/{quote_segment(a.repo)}/snapshots"
         )
-        emit(a, snaps, snapshot_table(snaps))
+        shown = decode(snaps, list[SnapshotRecord], "a list of snapshots")
+        emit(a, snaps, snapshot_table(shown))
         return 0
     if a.remote_cmd == "ls":
         from urllib.parse import quote
@@ -112,12 +116,7 @@ async def cmd_remote(c: AdminClient, a: argparse.Namespace) -> int:
         async for node in c.stream(path):
             if "error" in node:
                 raise CliError(f"the listing stopped: {node['error']}")
-            print(
-                json.dumps(node)
-                if a.json
-                else printable(f"{node.get('type', '?')[0]} {node.get('path')}"),
-                flush=True,
-            )
+            print(ls_line(node, as_json=a.json), flush=True)
         return 0
     reqs = await c.call("GET", f"/v1/remote/requests?limit={a.limit}")
     emit(

@@ -7,9 +7,10 @@ import os
 import sys
 from pathlib import Path
 
+from peerstash.core.records import RepoRecord
 from peerstash.peer.api import schema
 from peerstash.peer.cli import AdminClient, CliError
-from peerstash.peer.cli.format import emit, peer_path, quote_segment, table
+from peerstash.peer.cli.format import decode, emit, peer_path, quote_segment, table
 from peerstash.peer.cli.parser import Parser, json_flag, on_flag, password_options
 
 
@@ -106,7 +107,10 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
             init=a.init,
         )
         res = await c.call("POST", base, body)
-        guid = (res["repo"].get("guid") or "")[:8]
+        if on:  # not a record: what a peer shows of a repository (repo_public_dict)
+            guid = (res["repo"].get("guid") or "")[:8]
+        else:
+            guid = (decode(res.get("repo"), RepoRecord, "a repository").guid or "")[:8]
         emit(a, res, f"repository {a.name}{suffix}: {res['message']} (id {guid})")
         return 0
     if a.repo_cmd == "edit":
@@ -124,7 +128,8 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
     if a.repo_cmd == "share":
         share = schema.ShareRepo(client_uri=a.client_uri)
         res = await c.call("POST", f"/v1/repos/{a.name}/share", share)
-        via = f" at {res['client_uri']}" if res.get("client_uri") else ""
+        shared = decode(res, RepoRecord, "a repository")
+        via = f" at {shared.client_uri}" if shared.client_uri else ""
         emit(
             a,
             res,
@@ -138,24 +143,26 @@ async def cmd_repo(c: AdminClient, a: argparse.Namespace) -> int:
         emit(a, res, f"repository {a.name} is no longer shared; peers remove it")
         return 0
     if on:
+        # Not records: what a peer shows of its repositories (remote_config.repo_public_dict).
         repos = (await c.call("GET", peer_path(on) + "/config"))["repos"]
         rows = [[r["id"], r["uri"], r["password_source"], (r["guid"] or "")[:8]] for r in repos]
         empty = f"no repositories of {on} are visible here"
         emit(a, repos, table(rows, ["ID", "URI", "PASSWORD", "GUID"]) if rows else empty)
         return 0
     repos = await c.call("GET", "/v1/repos")
+    listed = decode(repos, list[RepoRecord], "a list of repositories")
     if a.json:
         emit(a, repos, "")
         return 0
     rows = [
         [
-            r["id"],
-            r["uri"],
-            r["password_source"],
-            (r["guid"] or "")[:8],
-            r["origin"] or ("shared" if r["shared"] else "-"),
+            r.id,
+            r.uri,
+            r.password_source,
+            (r.guid or "")[:8],
+            r.origin or ("shared" if r.shared else "-"),
         ]
-        for r in repos
+        for r in listed
     ]
     text = table(rows, ["ID", "URI", "PASSWORD", "GUID", "SHARING"]) if rows else "no repositories"
     st = await c.call("GET", "/v1/status")
@@ -193,26 +200,28 @@ async def _repo_show(c: AdminClient, a: argparse.Namespace) -> int:
     from peerstash.core.recovery import recovery_sheet, restic_command, write_private
 
     repos = await c.call("GET", "/v1/repos")
-    repo = next((r for r in repos if r["id"] == a.name), None)
-    if repo is None:
+    listed = decode(repos, list[RepoRecord], "a list of repositories")
+    found = next((i for i, r in enumerate(listed) if r.id == a.name), None)
+    if found is None:
         raise CliError(f"no repository named {a.name!r} (see `peerstash repo list`)")
-    source = repo["password_source"]
-    ref = f" ({repo['password_ref']})" if repo.get("password_ref") else ""
+    # ``raw`` is what --json prints (the node's words), ``repo`` what the text reads.
+    raw, repo = repos[found], listed[found]
+    ref = f" ({repo.password_ref})" if repo.password_ref else ""
     lines = [
-        f"repository {repo['id']}",
-        f"  location:  {repo['uri']}",
-        f"  password:  {source}{ref}",
-        f"  restic id: {repo.get('guid') or '-'}",
+        f"repository {repo.id}",
+        f"  location:  {repo.uri}",
+        f"  password:  {repo.password_source}{ref}",
+        f"  restic id: {repo.guid or '-'}",
     ]
-    if repo.get("env_keys"):
-        lines.append(f"  env:       {', '.join(repo['env_keys'])} (values kept secret)")
-    if repo.get("options"):
-        lines.append(f"  options:   {', '.join(repo['options'])}")
-    if repo.get("origin"):
-        lines.append(f"  shared by: {repo['origin']} (read-only here)")
-    lines.append(f"  open with: {restic_command(repo['uri'], repo.get('options') or [])}")
+    if repo.env_keys:
+        lines.append(f"  env:       {', '.join(repo.env_keys)} (values kept secret)")
+    if repo.options:
+        lines.append(f"  options:   {', '.join(repo.options)}")
+    if repo.origin:
+        lines.append(f"  shared by: {repo.origin} (read-only here)")
+    lines.append(f"  open with: {restic_command(repo.uri, repo.options)}")
     if not (a.reveal_password or a.recovery_sheet):
-        emit(a, repo, "\n".join(lines))
+        emit(a, raw, "\n".join(lines))
         return 0
     _confirm_reveal(a)
     res = await c.call("POST", f"/v1/repos/{quote_segment(a.name)}/reveal-password")
@@ -226,11 +235,11 @@ async def _repo_show(c: AdminClient, a: argparse.Namespace) -> int:
         path = Path(a.recovery_sheet)
         st = await c.call("GET", "/v1/status")
         text = recovery_sheet(
-            name=repo["id"],
-            uri=repo["uri"],
+            name=repo.id,
+            uri=repo.uri,
             password=password,
-            env_keys=repo.get("env_keys") or [],
-            options=repo.get("options") or [],
+            env_keys=repo.env_keys,
+            options=repo.options,
             machine=str(st.get("name") or st.get("instance_id") or ""),
         )
         import asyncio
@@ -243,7 +252,7 @@ async def _repo_show(c: AdminClient, a: argparse.Namespace) -> int:
         if not a.reveal_password:
             return 0
     if a.json:
-        emit(a, {**repo, "password": password}, "")
+        emit(a, {**raw, "password": password}, "")
     else:
         print("\n".join(lines))
         print(f"  password value: {password}")

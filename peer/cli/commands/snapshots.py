@@ -5,45 +5,37 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any
 
 import msgspec
 
-from peerstash.core.text import printable
+from peerstash.core.records import PlannedSnapshotRecord, SnapshotRecord
 from peerstash.peer.api import schema
 from peerstash.peer.cli import AdminClient, CliError
 from peerstash.peer.cli.commands.ops import started, wait_for
-from peerstash.peer.cli.format import emit, quote_segment, short_time, table
+from peerstash.peer.cli.format import (
+    decode,
+    emit,
+    ls_line,
+    quote_segment,
+    short_time,
+    snapshot_table,
+    table,
+)
 from peerstash.peer.cli.parser import Parser, json_flag
 
 
 async def cmd_snapshots(c: AdminClient, a: argparse.Namespace) -> int:
     snaps = await c.call("GET", f"/v1/repos/{a.repo}/snapshots")
-    rows = [
-        [
-            s["short_id"],
-            short_time(s["time"]),
-            s["hostname"],
-            ",".join(s.get("tags") or []),
-            ", ".join(s["paths"]),
-        ]
-        for s in snaps
-    ]
-    emit(a, snaps, table(rows, ["ID", "TIME", "HOST", "TAGS", "PATHS"]) if rows else "no snapshots")
+    emit(a, snaps, snapshot_table(decode(snaps, list[SnapshotRecord], "a list of snapshots")))
     return 0
 
 
 async def cmd_ls(c: AdminClient, a: argparse.Namespace) -> int:
     q = f"?path={a.path}" if a.path else ""
     async for node in c.stream(f"/v1/repos/{a.repo}/snapshots/{a.snapshot}/ls{q}"):
-        print(
-            json.dumps(node)
-            if a.json
-            else printable(f"{node.get('type', '?')[0]} {node.get('path')}"),
-            flush=True,
-        )
+        print(ls_line(node, as_json=a.json), flush=True)
     return 0
 
 
@@ -68,16 +60,17 @@ async def cmd_forget(c: AdminClient, a: argparse.Namespace) -> int:
         msgspec.structs.replace(body, dry_run=True),
     )
 
-    def rows(snaps: list[dict[str, Any]]) -> list[list[str]]:
+    def rows(snaps: Any, which: str) -> list[list[str]]:
+        listed = decode(snaps, list[PlannedSnapshotRecord], f"a list of snapshots to {which}")
         return [
             [
-                s["short_id"],
-                short_time(s["time"]),
-                s["hostname"],
-                s["plan"],
-                ", ".join(s["paths"]),
+                s.short_id,
+                short_time(s.time),
+                s.hostname,
+                s.plan,
+                ", ".join(s.paths),
             ]
-            for s in snaps
+            for s in listed
         ]
 
     headers = ["ID", "TIME", "HOST", "PLAN", "PATHS"]
@@ -85,7 +78,7 @@ async def cmd_forget(c: AdminClient, a: argparse.Namespace) -> int:
         "dry run: nothing was removed. Only this node's snapshots of each plan are considered "
         f"(host {', '.join(sorted({p['host'] for p in res['plans']}))})."
     ]
-    remove, keep = rows(res["remove"]), rows(res["keep"])
+    remove, keep = rows(res["remove"], "remove"), rows(res["keep"], "keep")
     parts.append(
         f"would remove {len(remove)}:\n{table(remove, headers)}" if remove else "would remove none"
     )
