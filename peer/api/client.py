@@ -45,6 +45,12 @@ Body: TypeAlias = "Request | dict[str, Any] | None"
 
 #: Seconds to wait for the node to accept the connection (both transports).
 CONNECT_TIMEOUT = 10.0
+#: Seconds the aiohttp transport waits for the whole answer to one call. Most calls are
+#: answered at once; the slowest run restic first (adding a repository on a slow remote,
+#: listing a large repository's snapshots) or wait as asked (``/v1/discovered?timeout=60``).
+#: Past this the node is taken as stuck, and the person is told, rather than waiting for ever.
+#: (The quick client's commands are answered at once: it waits ``READ_TIMEOUT``, 60 s.)
+ANSWER_TIMEOUT = 600.0
 #: An answer (or one streamed line) larger than this is not one the admin API sends.
 MAX_ANSWER = 64 * 1024 * 1024
 
@@ -142,6 +148,11 @@ def not_accepted(waited: bool = True) -> AdminError:
     return AdminError(f"the node did not accept the connection{within} (is it stuck?)")
 
 
+def not_answered(seconds: float) -> AdminError:
+    """The node took the request and gave no answer within ``seconds`` (a stuck node)."""
+    return AdminError(f"the node did not answer within {seconds:.0f} s (is it stuck?)")
+
+
 def silent(path: str, seconds: float) -> AdminError:
     """A stream the node keeps alive said nothing (not even a keep-alive) for ``seconds``."""
     return AdminError(f"the node's stream {path} said nothing for {seconds:g}s")
@@ -217,7 +228,7 @@ class AdminClient:
 
         try:
             yield
-        except aiohttp.ServerTimeoutError:  # only the connect has a deadline here
+        except aiohttp.ServerTimeoutError:  # the connect's deadline (the answer's is call's)
             raise not_accepted() from None
         except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError):
             raise self.not_running() from None
@@ -240,13 +251,23 @@ class AdminClient:
             raise too_large() from None
 
     async def call(self, method: str, path: str, body: Body = None) -> Any:
-        """One JSON request; the node's answer decoded, or :class:`AdminError`. ``body`` is the
-        route's schema struct (or a dict), see :func:`payload`."""
+        """One JSON request; the node's answer decoded, or :class:`AdminError` (also when no
+        answer came within :data:`ANSWER_TIMEOUT`). ``body`` is the route's schema struct (or a
+        dict), see :func:`payload`."""
+        import asyncio
+
         session = self._ready()
         data = payload(body)
+        deadline = asyncio.timeout(ANSWER_TIMEOUT)
         with self._transport_errors():
-            async with session.request(method, f"http://node{path}", json=data) as resp:
-                return answer(resp.status, await resp.read())
+            try:
+                async with deadline:
+                    async with session.request(method, f"http://node{path}", json=data) as resp:
+                        return answer(resp.status, await resp.read())
+            except TimeoutError:
+                if not deadline.expired():
+                    raise  # aiohttp's connect deadline: worded by _transport_errors
+                raise not_answered(ANSWER_TIMEOUT) from None
 
     async def stream(
         self,

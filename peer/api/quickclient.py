@@ -34,6 +34,7 @@ from peerstash.peer.api.client import (
     closed,
     ndjson_line,
     not_accepted,
+    not_answered,
     not_http,
     payload,
     refusal,
@@ -144,7 +145,7 @@ class QuickAdminClient(AdminClient):
 
 
 def _no_answer() -> AdminError:
-    return AdminError(f"the node did not answer within {READ_TIMEOUT:.0f} s (is it stuck?)")
+    return not_answered(READ_TIMEOUT)
 
 
 @contextlib.contextmanager

@@ -82,6 +82,11 @@ def node(tmp_path: Path) -> Iterator[Node]:
     async def not_json(request: web.Request) -> web.Response:
         return web.Response(text="<html>hello</html>", content_type="text/html")
 
+    async def hang(request: web.Request) -> web.Response:
+        """Takes the request and never answers (a stuck node)."""
+        await stop.wait()
+        return web.json_response({})
+
     async def cut_answer(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         resp.content_length = 500
@@ -120,6 +125,7 @@ def node(tmp_path: Path) -> Iterator[Node]:
         app.router.add_get("/v1/ops/x/wait", no_such_op)
         app.router.add_get("/v1/not-json", not_json)
         app.router.add_get("/v1/cut", cut_answer)
+        app.router.add_get("/v1/hang", hang)
         app.router.add_get("/v1/events", events)
         runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1)
         await runner.setup()
@@ -373,6 +379,20 @@ def test_the_quick_client_reads_with_a_deadline_without_idle_timeout(
     err = refused("quick", node.data_dir, follow("/v1/events?then=silent", got))
     assert str(err) == "the node did not answer within 0 s (is it stuck?)"
     assert got == ["open", {"type": "ready"}]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_node_that_takes_a_call_and_never_answers_is_one_line(
+    node: Node, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that accepted the request and then went silent: the call ends with words
+    within its deadline (quick client: 60 s a read; aiohttp: 600 s for the answer; both
+    shortened here), never a wait for ever."""
+    monkeypatch.setattr(quickclient, "READ_TIMEOUT", 0.3)
+    monkeypatch.setattr(client_module, "ANSWER_TIMEOUT", 0.3)
+    err = refused(transport, node.data_dir, lambda c: c.call("GET", "/v1/hang"))
+    assert str(err) == "the node did not answer within 0 s (is it stuck?)"
+    assert node.received[-1] == "GET /v1/hang"
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
