@@ -1727,6 +1727,15 @@ class Engine:
             self.bus.publish(OperationsDeleted(origin=self.instance_id, ops=tuple(gone)))
         return len(gone) + await self.gc_peer_history()
 
+    async def delete_history(self, origin: str) -> int:
+        """Delete all of another instance's history held here (a person removing what a
+        replaced peer left, ``peer remove ID~key-…``); how many operations went. Announced
+        like a trim (OperationsDeleted), so views drop the rows now."""
+        gone = await self.store.delete_origin(origin)
+        if gone:
+            self.bus.publish(OperationsDeleted(origin=origin, ops=tuple(gone)))
+        return len(gone)
+
     async def gc_peer_history(self) -> int:
         """Bound the copy of each peer's history held here (settings ``peer_history_days``
         and ``peer_history_max_ops``, see :meth:`Store.trim_peer_ops`); how many went."""

@@ -28,9 +28,11 @@ class OperationChanged(Event):
 
 @dataclass(frozen=True)
 class OperationsDeleted(Event):
-    """This instance deleted some of its own operations (garbage collection).
+    """Operations were deleted here: some of our own (garbage collection), or of our copy of
+    another instance's history (trimmed to its limits, or removed by a person).
 
-    Published so peers holding copies can drop them at once instead of at the next connect.
+    Published so peers holding copies of ours can drop them at once instead of at the next
+    connect, and so views showing any of them reload.
     ``ops`` are ``peerstash.core.store.DeletedOp`` (id, repo, plan): the repo and plan decide
     which peers were allowed to see each one.
     """

@@ -342,14 +342,20 @@ class OpSyncMixin(StoreBase):
                 deleted += int(getattr(res, "rowcount", 0) or 0)
         return deleted
 
-    async def delete_origin(self, origin: str) -> int:
-        """Delete every operation of another instance (e.g. once it is unpaired)."""
+    async def delete_origin(self, origin: str) -> list[DeletedOp]:
+        """Delete every operation of another instance (e.g. once it is unpaired); what went."""
         self._refuse_local(origin, "deleting synced operations")
         async with self.session() as s, s.begin():
+            rows = await s.execute(
+                select(Operation.op_id, Operation.repo_id, Operation.plan_id).where(
+                    Operation.origin == origin
+                )
+            )
+            gone = [DeletedOp(op_id, repo_id, plan_id) for op_id, repo_id, plan_id in rows]
             pks = select(Operation.pk).where(Operation.origin == origin)
             await s.execute(delete(OperationLog).where(OperationLog.op_pk.in_(pks)))
-            res = await s.execute(delete(Operation).where(Operation.origin == origin))
-        return int(getattr(res, "rowcount", 0) or 0)
+            await s.execute(delete(Operation).where(Operation.origin == origin))
+        return gone
 
     async def peer_origins(self) -> list[str]:
         """Every other instance whose operations are held here."""

@@ -85,7 +85,7 @@ async def remove_peer_route(request: web.Request) -> web.Response:
     peer_id = request.match_info["id"]
     if ARCHIVE_MARK in peer_id:
         # The history a replaced peer left (``peer add --replace``): no peer row, only ops.
-        deleted = await engine_of(request).store.delete_origin(peer_id)
+        deleted = await engine_of(request).delete_history(peer_id)
         if not deleted:
             raise NotFound(f"no history kept under {peer_id!r} (see `peerstash ops --json`)")
         return web.json_response({"removed": peer_id, "history_only": True, "operations": deleted})

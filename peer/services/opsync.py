@@ -356,7 +356,7 @@ class SyncService(LinkService):
         self._capped.discard(removed.peer_id)
         if removed.keep_history:
             return
-        n = await self.store.delete_origin(removed.peer_id)
+        n = len(await self.store.delete_origin(removed.peer_id))
         if n:
             log.info("deleted %d operations of removed peer %s", n, removed.peer_id)
             self.bus.publish(OpsSynced(peer_id=removed.peer_id, deleted=n))

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from peerstash.core.events import OperationsDeleted
 from peerstash.core.models import PairingTokenRow, Peer
 from peerstash.core.store import KeyConflict, Store, utcnow
 from peerstash.peer.cli import COMMANDS, AdminClient, CliError, build_parser
@@ -320,7 +321,13 @@ async def test_a_second_key_under_a_paired_id_is_refused_unless_replace(
 
     # The kept history stays until the person removes it, by the name it is kept under;
     # X2's own history and pairing are untouched.
-    out = await cli(hub, capsys, "peer", "remove", archive)
+    # Views showing those rows are told at once (the tray reloads on ops_deleted).
+    assert hub.engine is not None
+    with hub.engine.bus.subscribe("operations-deleted") as sub:
+        out = await cli(hub, capsys, "peer", "remove", archive)
+        told = await asyncio.wait_for(sub.get(), 10)
+    assert isinstance(told, OperationsDeleted) and told.origin == archive
+    assert {d.op_id for d in told.ops} == set(old_history)
     assert f"history kept under {archive} deleted ({len(old_history)} operations)" in out
     assert not await held(hub, archive)
     assert set(await held(hub, "x")) == set(new_history)
