@@ -1,7 +1,10 @@
 """The engine's service API: what a person (through the CLI, the tray or a peer) can ask for.
 
-Every surface calls these methods and nothing below them, so validation, secrets handling and
-the rules about operations live in one place.
+Every surface makes its changes through these methods, so validation, secrets handling, the
+rules about operations and the events that tell views and peers live in one place. Plain reads
+(lists of peers, tokens and operations) go to the store directly; the two writes the admin API
+still makes itself are a node setting (checked against its table, ``peer/api/config.py``) and
+removing a pairing token.
 """
 
 from __future__ import annotations
