@@ -65,6 +65,8 @@ class OpContext:
         self.op = op
         self._last_flush = 0.0
         self._pending: dict[str, Any] = {}
+        #: Every progress field as last reported, flushed or not (see :meth:`final_progress`).
+        self._reported: dict[str, Any] = {}
         self._log: list[str] = []
         self.last_activity = time.monotonic()
         self.detail: str | None = None
@@ -83,6 +85,7 @@ class OpContext:
         takes about a second would show "running, nothing done" until it ended.
         """
         self._pending.update(fields)
+        self._reported.update(fields)
         # restic repeats its status line every second even while an upload hangs: only a
         # change of what was done counts as a sign of life (the ETA alone moves anyway).
         moved = {k: v for k, v in fields.items() if k != "eta_seconds"}
@@ -148,10 +151,15 @@ class OpContext:
         return bool(self._log or self._detail_dirty)
 
     def final_progress(self, success: bool) -> dict[str, Any]:
-        """The progress fields an ending operation keeps: the last ones reported (which
-        :meth:`flush` no longer writes once the job is over) and, on success, done = total,
-        so a bar drawn from them ends at 100 % rather than at the last throttled update."""
-        fields = {k: v for k, v in self._pending.items() if k != "eta_seconds"}
+        """The progress fields an ending operation keeps: the last ones reported and, on
+        success, done = total, so a bar drawn from them ends at 100 % rather than at the last
+        throttled update.
+
+        All of them, not only those no flush has taken: a flush started by the job's last
+        report may hold them while its write waits, and finds the operation over when it runs
+        (it then writes nothing), so the end must carry them itself.
+        """
+        fields = {k: v for k, v in self._reported.items() if k != "eta_seconds"}
         self._pending = {}
         if success:
             for done, total in (("bytes_done", "bytes_total"), ("files_done", "files_total")):

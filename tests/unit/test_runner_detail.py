@@ -4,7 +4,9 @@ time; the real thing, with a real node and restic, is tests/integration/test_res
 
 from __future__ import annotations
 
+import asyncio
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from peerstash.core.runner import RETRY_DETAIL_TTL, OpContext
@@ -90,3 +92,38 @@ def test_the_first_progress_with_work_done_is_published_at_once() -> None:
     assert len(spawned) == 1  # something was done: shown now, not a window later
     c.progress(bytes_done=20, files_done=1, bytes_total=100)
     assert len(spawned) == 1  # after that, the window holds again
+
+
+async def test_the_end_keeps_the_totals_a_flush_in_flight_took() -> None:
+    """A short backup: restic's totals are its only report, so they start a flush at once;
+    the operation ends while that flush waits for the store. The end must still carry them."""
+    release = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+
+    class Store:
+        async def update_operation(self, pk: int, **fields: Any) -> Any:
+            await release.wait()  # the store busy with another write
+            return SimpleNamespace(pk=pk, **fields)
+
+        async def append_log(self, pk: int, lines: list[str]) -> None:
+            await release.wait()
+
+    class Flushing(_Runner):
+        store = Store()
+
+        def _spawn(self, coro: Any) -> None:
+            tasks.append(asyncio.ensure_future(coro))
+
+        bus = SimpleNamespace(publish=lambda event: None)
+
+        def is_running(self, pk: int) -> bool:
+            return True
+
+    c = OpContext(Flushing(), SimpleNamespace(pk=1, bytes_total=0, files_total=0))  # type: ignore[arg-type]
+    c.progress(bytes_done=500, bytes_total=500, files_done=2, files_total=2)
+    await asyncio.sleep(0)  # the flush starts and takes what was pending
+    assert tasks and c._pending == {}
+    final = c.final_progress(success=True)
+    assert final == {"bytes_done": 500, "bytes_total": 500, "files_done": 2, "files_total": 2}
+    release.set()
+    await asyncio.gather(*tasks)
