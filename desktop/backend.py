@@ -17,13 +17,13 @@ import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from PySide6.QtCore import QObject, Signal
 
 from peerstash.core.ops import FINISHED, OpStatus
-from peerstash.core.records import to_json
+from peerstash.core.records import ListedOpRecord, OpRecord
 from peerstash.desktop.api import ApiError, PeersApi, q, query
 from peerstash.desktop.tasks import Tasks
 from peerstash.peer.api import schema
@@ -35,13 +35,30 @@ log = logging.getLogger(__name__)
 #: and is reopened (with a reload, as after any reconnect).
 EVENTS_SILENCE = 45.0
 
+T = TypeVar("T")
 
-def op_key(op: dict[str, Any]) -> tuple[str, str]:
-    return (str(op.get("origin") or ""), str(op.get("id") or ""))
+
+def decode(data: Any, kind: type[T], what: str) -> T:
+    """The node's answer ``data`` as the record type ``kind`` (or a list of them), decoded once
+    where it arrives; views read attributes. An answer that is not one (another version, a
+    broken listener on the socket) is an :class:`ApiError` naming ``what`` was asked for: a
+    page shows it as one line in its banner, a background read logs it and keeps what it had.
+
+    msgspec's words say where and what was wrong (``Expected `str`, got `int` - at
+    `$[0].id```): field names and types of ours, never a value the node sent.
+    """
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        raise ApiError(f"the node's answer is not {what}: {exc}") from None
+
+
+def op_key(op: OpRecord) -> tuple[str, str]:
+    return (op.origin, op.id)
 
 
 class Backend(QObject):
-    #: One operation changed (a dict as ``core/records.OpRecord`` encodes).
+    #: One operation changed (a ``core/records.OpRecord``; a ``ListedOpRecord`` from a list).
     opChanged = Signal(object)
     #: The follow stream was (re)opened: changes may have been missed, reload lists.
     opsReset = Signal()
@@ -78,7 +95,7 @@ class Backend(QObject):
         self.plans: list[dict[str, Any]] = []
         self.repos: list[dict[str, Any]] = []
         #: Pending and running operations, by (origin, id).
-        self.active: dict[tuple[str, str], dict[str, Any]] = {}
+        self.active: dict[tuple[str, str], OpRecord] = {}
         #: Paired machines, as ``GET /v1/peers`` lists them.
         self.peer_list: list[dict[str, Any]] = []
         #: Whether ``peer_list`` holds the node's answer yet (False until the first one).
@@ -157,7 +174,12 @@ class Backend(QObject):
             self.client.call("GET", "/v1/ops" + query({"status": OpStatus.RUNNING, "limit": 1000})),
             self.client.call("GET", "/v1/ops" + query({"status": OpStatus.PENDING, "limit": 1000})),
         )
-        self.active = {op_key(op): op for op in [*running, *pending]}
+        try:
+            ops = decode([*running, *pending], list[ListedOpRecord], "a list of operations")
+        except ApiError as exc:
+            log.warning("kept the operations in flight as they were: %s", exc)
+            return
+        self.active = {op_key(op): op for op in ops}
 
     def refresh_status_soon(self, delay: float = 0.2) -> None:
         """Coalesce many "something ended" moments into one status read."""
@@ -230,7 +252,7 @@ class Backend(QObject):
             log.warning("skipped an event the node should not send (%s)", exc)
             return
         if isinstance(event, schema.OperationEvent):
-            self._on_op(to_json(event.op))
+            self._on_op(event.op)
         elif isinstance(event, schema.LinkEvent):
             self._on_link(event)
             self.refresh_status_soon()  # the node's health counts peers heard from
@@ -290,11 +312,11 @@ class Backend(QObject):
             await asyncio.sleep(self.status_interval)
             await self._quiet(self.refresh_status())
 
-    def _on_op(self, op: dict[str, Any]) -> None:
+    def _on_op(self, op: OpRecord) -> None:
         key = op_key(op)
-        if op.get("status") in FINISHED:
+        if op.status in FINISHED:
             was_active = self.active.pop(key, None) is not None
-            if was_active or op.get("plan"):
+            if was_active or op.plan:
                 self.refresh_status_soon()
         else:
             self.active[key] = op
@@ -306,29 +328,34 @@ class Backend(QObject):
         """One admin request; ``body`` is the route's struct from ``peer/api/schema.py``."""
         return await self.client.call(method, path, body)
 
-    async def backup(self, plan_id: str) -> dict[str, Any]:
-        op = await self.call("POST", f"/v1/plans/{q(plan_id)}/backup")
+    async def backup(self, plan_id: str) -> tuple[OpRecord, str]:
+        """Queue a backup: the operation, and the node's words when one was on its way already
+        (``already``, beside the record in the answer; empty when this one is new)."""
+        res = await self.call("POST", f"/v1/plans/{q(plan_id)}/backup")
+        op = decode(res, OpRecord, "an operation")
         self._on_op(op)
-        return dict(op)
+        return op, str(res.get("already") or "")
 
     async def maintenance(
         self, repo_id: str, what: str, body: schema.Maintenance | schema.Forget | None = None
-    ) -> dict[str, Any]:
+    ) -> OpRecord:
         """Queue ``what`` (``forget``, ``prune``, ``check``, ``unlock``) on a repository;
         without ``body``, with that route's defaults."""
         if body is None:
             body = schema.Forget() if what == "forget" else schema.Maintenance()
-        op = await self.call("POST", f"/v1/repos/{q(repo_id)}/{what}", body)
+        res = await self.call("POST", f"/v1/repos/{q(repo_id)}/{what}", body)
+        op = decode(res, OpRecord, "an operation")
         self._on_op(op)
-        return dict(op)
+        return op
 
     async def restore(
         self, repo_id: str, snapshot: str, target: str, include: list[str]
-    ) -> dict[str, Any]:
+    ) -> OpRecord:
         body = schema.Restore(snapshot=snapshot, target=target, include=include)
-        op = await self.call("POST", f"/v1/repos/{q(repo_id)}/restore", body)
+        res = await self.call("POST", f"/v1/repos/{q(repo_id)}/restore", body)
+        op = decode(res, OpRecord, "an operation")
         self._on_op(op)
-        return dict(op)
+        return op
 
     async def cancel(self, op_id: str) -> None:
         await self.call("POST", f"/v1/ops/{q(op_id)}/cancel")

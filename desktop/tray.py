@@ -21,6 +21,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QIcon
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
+from peerstash.core.records import OpRecord
 from peerstash.core.restic import ErrorKind
 from peerstash.core.text import printable, printable_lines
 from peerstash.desktop import fmt
@@ -59,7 +60,7 @@ PEER_ATTENTION = frozenset({"unreachable", "auth failed"})
 
 
 def compute_state(
-    status: dict[str, Any], active: dict[Any, dict[str, Any]], peers_attention: bool = False
+    status: dict[str, Any], active: dict[Any, OpRecord], peers_attention: bool = False
 ) -> str:
     """The tray state: what a person most needs to know, in this order.
 
@@ -69,7 +70,7 @@ def compute_state(
     schedules; otherwise ok. Until the node has answered, the state is unknown: "warning",
     never a green it cannot vouch for.
     """
-    if any(op.get("status") == "running" for op in active.values()):
+    if any(op.status == "running" for op in active.values()):
         return "running"
     health = status.get("health") or {}
     state = HEALTH_STATES.get(str(health.get("level")), "warning")
@@ -342,25 +343,25 @@ class Tray(QObject):
         if level in ("warning", "error") and message:
             self.notify("Peerstash", message, key=f"notice:{message}")
 
-    def _op_changed(self, op: dict[str, Any]) -> None:
-        status = op.get("status")
-        key = f"{op.get('origin')}/{op.get('id')}"
+    def _op_changed(self, op: OpRecord) -> None:
+        status = op.status
+        key = f"{op.origin}/{op.id}"
         if status in FAILED and key not in self._failed_seen:
             self._failed_seen.add(key)
-            target = op.get("plan") or op.get("repo") or "?"
+            target = op.plan or op.repo or "?"
             word = "failed" if status == "error" else "was interrupted"
-            machine = self.machine_name(op.get("origin"))
-            summary = op.get("summary") if isinstance(op.get("summary"), dict) else {}
+            machine = self.machine_name(op.origin)
             # The error class the node recorded (core/runner.py), else the status: a new
             # class on the same plan is a new kind of failure, worth saying at once. Only the
-            # classes restic failures have (a peer sends what it likes).
-            error_class = str((summary or {}).get("error_kind") or status)
+            # classes restic failures have (a peer sends what it likes). ``summary`` is
+            # free-form, a dict.
+            error_class = str(op.summary.get("error_kind") or status)
             if error_class not in ERROR_CLASSES:
-                error_class = str(status)
+                error_class = status
             self.notify(
-                f"{machine}: the {op.get('kind')} of {target} {word}",
-                str(op.get("error") or "See the Operations page for its log."),
-                key=f"failed:{op.get('origin')}:{target}:{error_class}",
+                f"{machine}: the {op.kind} of {target} {word}",
+                op.error or "See the Operations page for its log.",
+                key=f"failed:{op.origin}:{target}:{error_class}",
                 icon=QSystemTrayIcon.MessageIcon.Critical,
                 new_kind=True,
             )

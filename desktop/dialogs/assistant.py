@@ -47,11 +47,12 @@ from PySide6.QtWidgets import (
 
 from peerstash.core.engine import EngineError, check_name, split_uri_password
 from peerstash.core.ops import FINISHED
+from peerstash.core.records import OpRecord
 from peerstash.core.recovery import generate_password, recovery_sheet, write_private
 from peerstash.core.retention import RetentionPolicy
 from peerstash.core.scheduler import validate_cron
-from peerstash.desktop.api import ApiError
-from peerstash.desktop.backend import Backend
+from peerstash.desktop.api import ApiError, q
+from peerstash.desktop.backend import Backend, decode
 from peerstash.desktop.tasks import Tasks
 from peerstash.desktop.widgets import Banner, FieldError, choose_folder
 from peerstash.peer.api import schema
@@ -191,7 +192,7 @@ class SetupAssistant(QDialog):
         self.repo_created: str | None = None
         self.plan: dict[str, Any] | None = None
         #: The first backup as the node last told it (None before it was started).
-        self.first_op: dict[str, Any] | None = None
+        self.first_op: OpRecord | None = None
         self.sheet_path: Path | None = None
         #: The (location, password) the saved sheet holds: a later change makes it stale.
         self.sheet_for: tuple[str, str] | None = None
@@ -748,8 +749,16 @@ class SetupAssistant(QDialog):
                     f"{first.get('error') or 'no answer'}. It runs at its first scheduled time."
                 )
             else:
-                self.first_op = dict(first)
-                self._op_changed(dict(await self.backend.call("GET", f"/v1/ops/{first['id']}")))
+                # ``first_backup`` is the operation's record (or ``{"error": ...}`` above).
+                try:
+                    self.first_op = decode(first, OpRecord, "an operation")
+                    op = await self.backend.call("GET", f"/v1/ops/{q(self.first_op.id)}")
+                    self._op_changed(decode(op, OpRecord, "an operation"))
+                except ApiError as exc:
+                    self.progress.setText(
+                        f"Everything is set up, but the first backup cannot be followed here: "
+                        f"{exc}. See the Operations page."
+                    )
             self.setupDone.emit(plan)
         finally:
             self.next_button.setEnabled(True)
@@ -786,23 +795,22 @@ class SetupAssistant(QDialog):
                 "info",
             )
 
-    def _op_changed(self, op: dict[str, Any]) -> None:
-        if self.first_op is None or op.get("id") != self.first_op.get("id"):
-            return
-        if op.get("origin") and op.get("origin") != self.first_op.get("origin"):
+    def _op_changed(self, op: OpRecord) -> None:
+        first = self.first_op
+        if first is None or (op.id, op.origin) != (first.id, first.origin):
             return
         self.first_op = op
-        status = str(op.get("status") or "")
+        status = op.status
         if status not in FINISHED:
             self.progress.setText("Everything is set up. The first backup is running…")
         elif status in ("success", "warning"):
-            snap = str(op.get("snapshot_id") or "")[:8]
-            extra = f" ({op.get('error')})" if status == "warning" and op.get("error") else ""
+            snap = (op.snapshot_id or "")[:8]
+            extra = f" ({op.error})" if status == "warning" and op.error else ""
             self.progress.setText(f"Done: the first backup finished, snapshot {snap}.{extra}")
         else:
             self.progress.setText(
                 f"Everything is set up, but the first backup ended {status}: "
-                f"{op.get('error') or 'see Operations'}."
+                f"{op.error or 'see Operations'}."
             )
 
     def _unexpected(self, exc: BaseException) -> None:

@@ -236,12 +236,12 @@ class PlansPage(Page):
             self.run(self._do_backup(str(plan_id)), name="plans:backup")
 
     async def _do_backup(self, plan_id: str) -> None:
-        op = await self.backend.backup(plan_id)
-        if op.get("already"):  # the node queued nothing: one is on its way already
-            self.banner.show_message(f"{op['already']}; follow it on the Operations page.", "info")
+        op, already = await self.backend.backup(plan_id)
+        if already:  # the node queued nothing: one is on its way already
+            self.banner.show_message(f"{already}; follow it on the Operations page.", "info")
             return
         self.banner.show_message(
-            f"Backup of {plan_id} queued as operation {op['id'][-8:]}; follow it on the "
+            f"Backup of {plan_id} queued as operation {op.id[-8:]}; follow it on the "
             "Operations page.",
             "ok",
         )
@@ -314,7 +314,7 @@ class PlansPage(Page):
         self, repo_id: str, what: str, body: schema.Maintenance | schema.Forget | None = None
     ) -> None:
         op = await self.backend.maintenance(repo_id, what, body)
-        self.banner.show_message(f"{what} of {repo_id} queued as operation {op['id'][-8:]}.", "ok")
+        self.banner.show_message(f"{what} of {repo_id} queued as operation {op.id[-8:]}.", "ok")
 
     def _remove_plan(self) -> None:
         plan_id = selected_data(self.plans)

@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 )
 
 from peerstash.core.ops import FINISHED
+from peerstash.core.records import OpRecord
 from peerstash.core.restore_target import default_restore_folder, restored_path
 from peerstash.core.wording import human_bytes, snapshot_size, split_tags
 from peerstash.desktop import fmt
@@ -157,7 +158,7 @@ class SnapshotsPage(Page):
         self._target_is_default = True
         self._restore_what: tuple[str, list[str]] = ("/", [])
 
-        self.restore_op: dict[str, Any] | None = None
+        self.restore_op: OpRecord | None = None
         self._loading: set[str] = set()
         self._folder_dialog: QFileDialog | None = None
         self._snap_generation = 0
@@ -387,7 +388,7 @@ class SnapshotsPage(Page):
     # -- restore -----------------------------------------------------------------------------
 
     def _update_restore(self, *_: Any) -> None:
-        busy = self.restore_op is not None and self.restore_op.get("status") not in FINISHED
+        busy = self.restore_op is not None and self.restore_op.status not in FINISHED
         self.restore_button.setEnabled(self.selected_path() is not None and not busy)
 
     def _choose_target(self) -> None:
@@ -480,17 +481,14 @@ class SnapshotsPage(Page):
         self.restore_status.setText(f"Restoring {what} into {target}…")
         self._show_restore(op)
 
-    def _op_changed(self, op: dict[str, Any]) -> None:
+    def _op_changed(self, op: OpRecord) -> None:
         cur = self.restore_op
-        if cur is not None and (op.get("id"), op.get("origin")) == (
-            cur.get("id"),
-            cur.get("origin"),
-        ):
+        if cur is not None and (op.id, op.origin) == (cur.id, cur.origin):
             self.restore_op = op
             self._show_restore(op)
 
-    def _show_restore(self, op: dict[str, Any]) -> None:
-        status = str(op.get("status"))
+    def _show_restore(self, op: OpRecord) -> None:
+        status = op.status
         frac = fmt.op_progress(op)
         if frac is not None:
             self.progress.setRange(0, 1000)
@@ -506,7 +504,7 @@ class SnapshotsPage(Page):
                 self.open_button.setVisible(bool(where))
                 msg = f"Restore finished: the files are in {where}."
             else:
-                msg = f"Restore {fmt.STATUS_WORDS.get(status, status)}: {op.get('error') or ''}"
+                msg = f"Restore {fmt.STATUS_WORDS.get(status, status)}: {op.error or ''}"
             self.restore_status.setText(msg)
             self.restore_status.setStyleSheet(
                 f"color:{state_color('ok' if status == 'success' else 'error', self)};"
@@ -514,10 +512,10 @@ class SnapshotsPage(Page):
             self.banner.show_message(msg, "ok" if status == "success" else "error")
         self._update_restore()
 
-    def _restored_folder(self, op: dict[str, Any]) -> str:
+    def _restored_folder(self, op: OpRecord) -> str:
         """The folder holding what was restored: the selected folder at its new place (or the
         folder of the selected file), which is what "Open folder" shows."""
-        target = str((op.get("summary") or {}).get("target") or self.target.text() or "/")
+        target = str(op.summary.get("target") or self.target.text() or "/")
         path, include = self._restore_what
         if not include:
             return target

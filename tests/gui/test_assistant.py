@@ -323,9 +323,9 @@ def test_repository_editor_shows_copies_and_exports_the_password(
         await b.add_plan(
             schema.AddPlan(backup_now=False, id="docs", repo="main", paths=[str(gui.src / "docs")])
         )
-        op = await b.backup("docs")
+        op, _ = await b.backup("docs")
         await wait_for(
-            lambda: (op["origin"], op["id"]) not in b.active,
+            lambda: (op.origin, op.id) not in b.active,
             b.opChanged,
             timeout=120,
             what="backup end",

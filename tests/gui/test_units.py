@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from peerstash.core.records import OpRecord
 from peerstash.desktop import fmt
 from peerstash.desktop.platform import autostart
 from peerstash.peer.api import schema
@@ -75,11 +77,15 @@ def test_exec_quoting() -> None:
 
 
 def test_op_detail_words() -> None:
-    running = {"status": "running", "bytes_done": 50, "bytes_total": 200, "eta_seconds": 90}
+    base = msgspec.convert(_op(1), OpRecord)
+    rec = msgspec.structs.replace
+    running = rec(base, status="running", bytes_done=50, bytes_total=200, eta_seconds=90)
     assert fmt.op_progress(running) == 0.25
     assert fmt.op_detail(running) == "25% of 200 B · ETA 1m30s"
-    assert fmt.op_progress({**running, "status": "success"}) is None
-    assert fmt.op_detail({"status": "error", "error": "wrong password\nmore"}) == "wrong password"
+    assert fmt.op_progress(rec(running, status="success")) is None
+    assert (
+        fmt.op_detail(rec(base, status="error", error="wrong password\nmore")) == "wrong password"
+    )
     summary = {
         "files_new": 3,
         "files_changed": 1,
@@ -87,17 +93,17 @@ def test_op_detail_words() -> None:
         "data_added": 2048,
         "total_duration": 65.2,
     }
-    ok = {"status": "success", "snapshot_id": "abcdef0123456789", "summary": summary}
+    ok = rec(base, status="success", snapshot_id="abcdef0123456789", summary=summary)
     assert fmt.op_detail(ok) == (
         "snapshot abcdef01 · 3 new, 1 changed, 120 unmodified files · 2.0 KiB added · took 1m05s"
     )
     # A summary that is not a backup's (a forget's ids, an older node's partial one): the id.
-    assert fmt.op_detail({**ok, "summary": {"data_added": 2048}}) == "snapshot abcdef01"
+    assert fmt.op_detail(rec(ok, summary={"data_added": 2048})) == "snapshot abcdef01"
     assert fmt.schedule_text({"schedule": None, "every_seconds": 3600}) == "every 1h00m"
-    retrying = {**running, "summary": {"detail": "retrying: unexpected HTTP response (500)"}}
+    retrying = rec(running, summary={"detail": "retrying: unexpected HTTP response (500)"})
     assert fmt.op_detail(retrying) == "retrying: unexpected HTTP response (500)"
     # The detail is about the run: once it ended, the outcome is what is shown.
-    assert fmt.op_detail({**retrying, "status": "error", "error": "gone"}) == "gone"
+    assert fmt.op_detail(rec(retrying, status="error", error="gone")) == "gone"
 
 
 # -- Qt parts ---------------------------------------------------------------------------------
@@ -136,9 +142,11 @@ def test_tray_state_priorities() -> None:
     )
     # Until the node answered: not green.
     assert compute_state({}, {}) == "warning"
-    running = {("x", "1"): {"status": "running"}}
+    op = msgspec.convert(_op(1), OpRecord)
+    running = {("x", "1"): msgspec.structs.replace(op, status="running")}
     assert compute_state({"health": failing}, running) == "running"
-    assert compute_state({"health": ok}, {("x", "1"): {"status": "pending"}}) == "ok"
+    pending = {("x", "1"): msgspec.structs.replace(op, status="pending")}
+    assert compute_state({"health": ok}, pending) == "ok"
     tip = tooltip_text({"plans": [{**ok_plan, "next_due_at": None}], "health": ok}, "ok")
     assert tip.splitlines()[:3][0] == "Peerstash — all backups are fine"
     assert tip.splitlines()[1] == "Health: ok"
@@ -184,17 +192,37 @@ class _FakeBackend:
 
 
 def _op(pk: int, status: str = "success", plan: str = "p", modno: int = 1) -> dict[str, Any]:
+    """An operation as ``/v1/ops`` lists it (``core/records.ListedOpRecord``)."""
     return {
         "id": f"op{pk}",
         "pk": pk,
         "origin": "me",
         "modno": modno,
+        "flow_id": f"flow{pk}",
         "kind": "backup",
         "status": status,
         "plan": plan,
         "repo": "r",
         "created_at": None,
+        "started_at": None,
+        "ended_at": None,
+        "bytes_done": 0,
+        "bytes_total": 0,
+        "files_done": 0,
+        "files_total": 0,
+        "eta_seconds": None,
+        "summary": {},
+        "snapshot_id": None,
+        "error": None,
+        "origin_label": "me",
     }
+
+
+def _rec(pk: int, status: str = "success", plan: str = "p", modno: int = 1) -> OpRecord:
+    """The same operation as it arrives on the event stream, decoded."""
+    data = _op(pk, status, plan, modno)
+    del data["origin_label"]
+    return msgspec.convert(data, OpRecord)
 
 
 @needs_qt
@@ -220,23 +248,23 @@ def test_ops_model_pages_and_merges(qapp: Any, honour_before: bool) -> None:
         if not honour_before:
             # A node too old for ``before`` resends the newest rows: the list ends calmly
             # (and is still right) instead of asking forever.
-            assert [o["pk"] for o in model.ops()] == list(range(1200, 1200 - opsmodel.PAGE, -1))
+            assert [o.pk for o in model.ops()] == list(range(1200, 1200 - opsmodel.PAGE, -1))
             assert len(fake.calls) == 2
             return
-        assert [o["pk"] for o in model.ops()] == list(range(1200, 0, -1))
+        assert [o.pk for o in model.ops()] == list(range(1200, 0, -1))
         # Live changes: a new op goes on top, an update replaces in place, a stale one is ignored.
-        model.apply(_op(1201, "running", modno=5))
-        assert model.op_at(0)["pk"] == 1201
-        model.apply(_op(1201, "success", modno=6))
-        model.apply(_op(1201, "running", modno=5))  # late, older state
-        assert model.op_at(0)["status"] == "success"
+        model.apply(_rec(1201, "running", modno=5))
+        assert model.op_at(0).pk == 1201
+        model.apply(_rec(1201, "success", modno=6))
+        model.apply(_rec(1201, "running", modno=5))  # late, older state
+        assert model.op_at(0).status == "success"
         assert model.rowCount() == 1201
         # Filtering: a row that stops matching leaves, one that does not match never enters.
         model.filter = OpFilter(status="success")
-        model.apply(_op(1202, "running", modno=7))
-        assert model.op_at(0)["pk"] == 1201
-        model.apply(_op(1201, "error", modno=8))
-        assert model.op_at(0)["pk"] == 1200
+        model.apply(_rec(1202, "running", modno=7))
+        assert model.op_at(0).pk == 1201
+        model.apply(_rec(1201, "error", modno=8))
+        assert model.op_at(0).pk == 1200
 
     asyncio.run(go())
 
@@ -356,7 +384,7 @@ def test_ops_model_deep_history(qapp: Any) -> None:
 
     asyncio.run(go())
     assert model.rowCount() == 20_000
-    assert [o["pk"] for o in model.ops()] == list(range(20_000, 0, -1))
+    assert [o.pk for o in model.ops()] == list(range(20_000, 0, -1))
     assert len(fake.calls) == 20_000 // PAGE + 1  # the last page is full: one empty answer
     for n, path in enumerate(fake.calls[1:], start=1):
         qs = {k: v[0] for k, v in parse_qs(urlsplit(path).query).items()}
@@ -397,7 +425,7 @@ def test_ops_view_loads_older_rows_when_scrolled_to_the_end(qapp: Any) -> None:
             assert f"before={(3 - pages + 1) * PAGE + 1}" in fake.calls[-1]
 
     asyncio.run(go())
-    assert [o["pk"] for o in model.ops()] == list(range(3 * PAGE, 0, -1))
+    assert [o.pk for o in model.ops()] == list(range(3 * PAGE, 0, -1))
     view.close()
 
 
@@ -448,7 +476,7 @@ def test_peer_text_is_shown_inert_in_the_operations_view(qapp: Any) -> None:
     text = "|".join(shown + tips)
     assert not any(c in text for c in "\x1b\r\u202e\u2066")
     assert "p\\u001b[31m" in text and "evil\\u202eexe" in text and "boom\\u001b[2J" in text
-    assert model.op_at(0)["error"] == hostile["error"]  # the data itself is untouched
+    assert model.op_at(0).error == hostile["error"]  # the data itself is untouched
 
 
 @needs_qt
@@ -530,7 +558,7 @@ def test_event_lines_that_are_not_the_nodes_events_change_nothing(
         return changed, notices, snaps, active
 
     changed, notices, snaps, active = asyncio.run(go())
-    assert changed == [to_json(op)]
+    assert changed == [op]
     assert notices == [("info", "hello")]
     assert snaps == []
     assert active == {("alpha", "op-1")}
