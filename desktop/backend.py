@@ -23,7 +23,7 @@ import msgspec
 from PySide6.QtCore import QObject, Signal
 
 from peerstash.core.ops import FINISHED, OpStatus
-from peerstash.core.records import ListedOpRecord, OpRecord
+from peerstash.core.records import ListedOpRecord, OpRecord, PlanRecord, RepoRecord
 from peerstash.desktop.api import ApiError, PeersApi, q, query
 from peerstash.desktop.tasks import Tasks
 from peerstash.peer.api import schema
@@ -92,8 +92,8 @@ class Backend(QObject):
         self.in_process = in_process
         self.status_interval = status_interval
         self.status: dict[str, Any] = {}
-        self.plans: list[dict[str, Any]] = []
-        self.repos: list[dict[str, Any]] = []
+        self.plans: list[PlanRecord] = []
+        self.repos: list[RepoRecord] = []
         #: Pending and running operations, by (origin, id).
         self.active: dict[tuple[str, str], OpRecord] = {}
         #: Paired machines, as ``GET /v1/peers`` lists them.
@@ -166,7 +166,13 @@ class Backend(QObject):
         plans, repos = await asyncio.gather(
             self.client.call("GET", "/v1/plans"), self.client.call("GET", "/v1/repos")
         )
-        self.plans, self.repos = list(plans), list(repos)
+        try:
+            plans = decode(plans, list[PlanRecord], "a list of plans")
+            repos = decode(repos, list[RepoRecord], "a list of repositories")
+        except ApiError as exc:
+            log.warning("kept the plans and repositories as they were: %s", exc)
+            return
+        self.plans, self.repos = plans, repos
         self.configChanged.emit()
 
     async def _refresh_active(self) -> None:
@@ -364,27 +370,36 @@ class Backend(QObject):
         await self.call("POST", "/v1/schedules/pause", schema.Pause(paused=paused))
         await self.refresh_status()
 
-    async def add_plan(self, body: schema.AddPlan) -> dict[str, Any]:
-        plan = await self.call("POST", "/v1/plans", body)
-        await asyncio.gather(self.refresh_config(), self.refresh_status())
-        return dict(plan)
+    async def add_plan(self, body: schema.AddPlan) -> tuple[PlanRecord, dict[str, Any] | None]:
+        """Add a plan: its record, and its first backup when ``backup_now`` asked for one.
 
-    async def add_repo(self, body: schema.AddRepo) -> dict[str, Any]:
+        The first backup sits beside the record in the answer and is not a record itself: the
+        operation's (an :class:`OpRecord`'s JSON) or ``{"error": why it did not start}``.
+        """
+        res = await self.call("POST", "/v1/plans", body)
+        await asyncio.gather(self.refresh_config(), self.refresh_status())
+        first = res.get("first_backup") if isinstance(res, dict) else None
+        return decode(res, PlanRecord, "a plan"), dict(first) if first is not None else None
+
+    async def add_repo(self, body: schema.AddRepo) -> tuple[RepoRecord, str]:
+        """Add a repository: its record and what the node said (``message``, beside it)."""
         res = await self.call("POST", "/v1/repos", body)
         await self.refresh_config()
-        return dict(res)
+        if not isinstance(res, dict):
+            raise ApiError("the node's answer is not a repository")
+        return decode(res.get("repo"), RepoRecord, "a repository"), str(res.get("message") or "")
 
-    async def edit_plan(self, plan_id: str, changes: schema.EditPlan) -> dict[str, Any]:
+    async def edit_plan(self, plan_id: str, changes: schema.EditPlan) -> PlanRecord:
         """Change some of a plan's settings (``PATCH``); the node validates as for a new one."""
         plan = await self.call("PATCH", f"/v1/plans/{q(plan_id)}", changes)
         await asyncio.gather(self.refresh_config(), self.refresh_status())
-        return dict(plan)
+        return decode(plan, PlanRecord, "a plan")
 
-    async def edit_repo(self, repo_id: str, changes: schema.EditRepo) -> dict[str, Any]:
+    async def edit_repo(self, repo_id: str, changes: schema.EditRepo) -> RepoRecord:
         """Change how a repository is reached; the node keeps it only if it still opens."""
         repo = await self.call("PATCH", f"/v1/repos/{q(repo_id)}", changes)
         await self.refresh_config()
-        return dict(repo)
+        return decode(repo, RepoRecord, "a repository")
 
     async def reveal_password(self, repo_id: str) -> dict[str, Any]:
         """The repository's password (or where it comes from), on the person's explicit click.

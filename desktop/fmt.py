@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from peerstash.core.ops import OpStatus
 from peerstash.core.wording import backup_summary_line, human_bytes, human_duration
 
 if TYPE_CHECKING:
-    from peerstash.core.records import OpRecord
+    from peerstash.core.records import OpRecord, PlanRecord
 
 __all__ = [
     "STATUS_WORDS",
@@ -97,11 +97,11 @@ def until(iso: str | None, now: datetime | None = None) -> str:
     return f"in {_span(delta)}"
 
 
-def schedule_text(plan: dict[str, Any]) -> str:
-    if plan.get("schedule"):
-        return f"cron {plan['schedule']}"
-    if plan.get("every_seconds"):
-        return f"every {human_duration(plan['every_seconds'])}"
+def schedule_text(plan: PlanRecord) -> str:
+    if plan.schedule:
+        return f"cron {plan.schedule}"
+    if plan.every_seconds:
+        return f"every {human_duration(plan.every_seconds)}"
     return "manual"
 
 

@@ -239,14 +239,14 @@ class Tray(QObject):
             self.menu.removeAction(action)
             action.deleteLater()
         self.backup_actions = {}
-        plans = [p for p in self.backend.plans if p.get("enabled", True)]
+        plans = [p for p in self.backend.plans if p.enabled]
         if not plans:
             action = QAction("No backup plans yet", self.menu)
             action.setEnabled(False)
             self.menu.insertAction(self._plans_anchor, action)
             self.backup_actions[""] = action
         for p in plans:
-            plan_id = str(p["id"])
+            plan_id = p.id
             action = QAction(f"Back up {plan_id} now", self.menu)
             action.setObjectName(f"backup:{plan_id}")
             action.triggered.connect(lambda _=False, pid=plan_id: self.backup(pid))

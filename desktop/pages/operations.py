@@ -194,8 +194,8 @@ class OperationsPage(Page):
             combo.setCurrentIndex(max(i, 0))
             combo.blockSignals(False)
 
-        refill(self.plan_filter, sorted(str(p["id"]) for p in self.backend.plans))
-        refill(self.repo_filter, sorted(str(r["id"]) for r in self.backend.repos))
+        refill(self.plan_filter, sorted(p.id for p in self.backend.plans))
+        refill(self.repo_filter, sorted(r.id for r in self.backend.repos))
         if self.backend.instance_id:
             self._origins.add(self.backend.instance_id)
         self._origins |= {str(p.get("id")) for p in self.backend.peer_list if p.get("id")}

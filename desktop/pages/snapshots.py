@@ -176,7 +176,7 @@ class SnapshotsPage(Page):
 
     def _fill_repos(self) -> None:
         current = self.repo.currentData()
-        ids = [str(r["id"]) for r in self.backend.repos]
+        ids = [r.id for r in self.backend.repos]
         if [self.repo.itemData(i) for i in range(self.repo.count())] == ids:
             return
         self.repo.blockSignals(True)

@@ -118,7 +118,7 @@ def test_add_plan_through_dialog_then_back_up_now(gui: GuiEnv, qloop: QLoop, qtb
             lambda: not dlg.isVisible(), b.configChanged, dlg.finished, what="dialog closed"
         )
         assert dlg.field_errors() == {}
-        assert [p["id"] for p in b.plans] == ["laptop-docs"]
+        assert [p.id for p in b.plans] == ["laptop-docs"]
         # Not protected yet: the tray and the overview say so, in the node's words.
         await wait_for(
             lambda: "plan laptop-docs has never succeeded" in tray.tooltip,
@@ -138,8 +138,8 @@ def test_add_plan_through_dialog_then_back_up_now(gui: GuiEnv, qloop: QLoop, qtb
             "• plan laptop-docs has never succeeded",
         ]
         assert await b.call("GET", "/v1/ops") == []  # nothing started behind our back
-        assert b.plans[0]["retention"] == {"keep_last": 3}
-        assert b.plans[0]["every_seconds"] == 12 * 3600
+        assert b.plans[0].retention == {"keep_last": 3}
+        assert b.plans[0].every_seconds == 12 * 3600
 
         # The Operations page is open while the backup runs, as a person would watch it.
         ops = w.operations

@@ -179,7 +179,7 @@ def test_first_run_assistant_from_nothing_to_a_first_backup(
         click(a.next_button)
         click(a.next_button)
         await a.tasks.idle()
-        assert a.plan is not None and a.plan["id"] == "home"
+        assert a.plan is not None and a.plan.id == "home"
         await wait_for(
             lambda: "finished" in a.progress.text() or "ended" in a.progress.text(),
             b.opChanged,

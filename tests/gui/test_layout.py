@@ -365,7 +365,7 @@ def test_errors_banners_and_colours(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> No
             box = QRect(label.mapTo(dlg, QPoint(0, 0)), label.size())
             assert dlg.rect().contains(box), (box, dlg.rect())
         assert dlg.width() <= dlg.screen().availableGeometry().width()
-        assert [r["id"] for r in gui.backend.repos] == ["main"]  # nothing was added
+        assert [r.id for r in gui.backend.repos] == ["main"]  # nothing was added
         dlg.reject()
 
         # A page's banner floats: showing and clearing it moves nothing on the page.

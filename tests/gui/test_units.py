@@ -12,10 +12,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from peerstash.core.records import OpRecord
+from peerstash.core.records import OpRecord, PlanRecord
 from peerstash.desktop import fmt
 from peerstash.desktop.platform import autostart
 from peerstash.peer.api import schema
+from tests.fixtures.gui import repo_record
 
 
 def test_headless_entry_point_never_imports_qt() -> None:
@@ -99,7 +100,14 @@ def test_op_detail_words() -> None:
     )
     # A summary that is not a backup's (a forget's ids, an older node's partial one): the id.
     assert fmt.op_detail(rec(ok, summary={"data_added": 2048})) == "snapshot abcdef01"
-    assert fmt.schedule_text({"schedule": None, "every_seconds": 3600}) == "every 1h00m"
+    plan = PlanRecord(
+        id="p", repo="r", paths=["/x"], excludes=[], schedule=None, every_seconds=3600,
+        retention={}, enabled=True, disabled_reason=None, next_due_at=None,
+    )  # fmt: skip
+    assert fmt.schedule_text(plan) == "every 1h00m"
+    assert (
+        fmt.schedule_text(rec(plan, every_seconds=None, schedule="0 3 * * *")) == "cron 0 3 * * *"
+    )
     retrying = rec(running, summary={"detail": "retrying: unexpected HTTP response (500)"})
     assert fmt.op_detail(retrying) == "retrying: unexpected HTTP response (500)"
     # The detail is about the run: once it ended, the outcome is what is shown.
@@ -278,8 +286,8 @@ def test_shared_repository_cannot_be_edited(qapp: Any) -> None:
 
     backend = Backend(object(), in_process=False)  # type: ignore[arg-type]
     backend.repos = [
-        {"id": "nas", "uri": "rest:http://nas/", "password_source": "secret", "origin": "bravo"},
-        {"id": "own", "uri": "/srv/restic", "password_source": "secret", "origin": None},
+        repo_record(id="nas", uri="rest:http://nas/", origin="bravo", read_only=True),
+        repo_record(id="own", uri="/srv/restic"),
     ]
     page = PlansPage(backend)
     assert not page.edit_repo_button.isEnabled()
