@@ -17,14 +17,14 @@ import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 from PySide6.QtCore import QObject, Signal
 
 from peerstash.core.ops import FINISHED, OpStatus
-from peerstash.core.records import ListedOpRecord, OpRecord, PlanRecord, RepoRecord
-from peerstash.desktop.api import ApiError, PeersApi, q, query
+from peerstash.core.records import ListedOpRecord, OpRecord, PeerRecord, PlanRecord, RepoRecord
+from peerstash.desktop.api import ApiError, PeersApi, decode, q, query
 from peerstash.desktop.tasks import Tasks
 from peerstash.peer.api import schema
 from peerstash.peer.api.client import AdminClient, Body
@@ -35,22 +35,7 @@ log = logging.getLogger(__name__)
 #: and is reopened (with a reload, as after any reconnect).
 EVENTS_SILENCE = 45.0
 
-T = TypeVar("T")
-
-
-def decode(data: Any, kind: type[T], what: str) -> T:
-    """The node's answer ``data`` as the record type ``kind`` (or a list of them), decoded once
-    where it arrives; views read attributes. An answer that is not one (another version, a
-    broken listener on the socket) is an :class:`ApiError` naming ``what`` was asked for: a
-    page shows it as one line in its banner, a background read logs it and keeps what it had.
-
-    msgspec's words say where and what was wrong (``Expected `str`, got `int` - at
-    `$[0].id```): field names and types of ours, never a value the node sent.
-    """
-    try:
-        return msgspec.convert(data, kind)
-    except msgspec.ValidationError as exc:
-        raise ApiError(f"the node's answer is not {what}: {exc}") from None
+__all__ = ["EVENTS_SILENCE", "Backend", "decode", "op_key"]
 
 
 def op_key(op: OpRecord) -> tuple[str, str]:
@@ -97,7 +82,10 @@ class Backend(QObject):
         #: Pending and running operations, by (origin, id).
         self.active: dict[tuple[str, str], OpRecord] = {}
         #: Paired machines, as ``GET /v1/peers`` lists them.
-        self.peer_list: list[dict[str, Any]] = []
+        self.peer_list: list[PeerRecord] = []
+        #: Beside each of them, by id, what that list adds (a dict, not a record): ``label``
+        #: and ``plans`` (see :meth:`PeersApi.peers`).
+        self.peer_extras: dict[str, dict[str, Any]] = {}
         #: Whether ``peer_list`` holds the node's answer yet (False until the first one).
         self.peers_loaded = False
         self.connected = False
@@ -149,12 +137,16 @@ class Backend(QObject):
     async def refresh_peers(self) -> None:
         """Read the peers (an error is logged: the stream's reconnect reads them again)."""
         try:
-            peers = await self.peers.peers()
+            peers, extras = await self.peers.peers()
         except ApiError as exc:
             log.info("could not read the peers: %s", exc)
             return
-        self.peers_loaded, self.peer_list = True, peers
+        self.peers_loaded, self.peer_list, self.peer_extras = True, peers, extras
         self.peersChanged.emit()
+
+    def peer_label(self, peer: PeerRecord) -> str:
+        """How this node shows ``peer`` (its name, or ``name (id)`` when names clash)."""
+        return str(self.peer_extras.get(peer.id, {}).get("label") or peer.name or peer.id)
 
     async def refresh_status(self) -> dict[str, Any]:
         self.status = dict(await self.client.call("GET", "/v1/status"))
@@ -283,14 +275,14 @@ class Backend(QObject):
     def _on_link(self, event: schema.LinkEvent) -> None:
         peer_id = event.peer
         for p in self.peer_list:
-            if p.get("id") == peer_id:
-                was = p.get("state")
-                p["state"] = event.state or p.get("state")
-                p["state_reason"] = event.reason
-                if p["state"] == "online":
-                    p["last_seen"] = datetime.now(UTC).isoformat()
+            if p.id == peer_id:
+                was = p.state
+                p.state = event.state or p.state
+                p.state_reason = event.reason
+                if p.state == "online":
+                    p.last_seen = datetime.now(UTC).isoformat()
                 self.peersChanged.emit()
-                if p["state"] == "online" and was != "online":
+                if p.state == "online" and was != "online":
                     # A new handshake carries the peer's name (a rename restarts its links):
                     # re-read the list so names and labels are current, not only the state.
                     self.tasks.spawn(self._quiet(self.refresh_peers()), name="backend:peers")

@@ -263,8 +263,8 @@ class Tray(QObject):
             a = self.peers_menu.addAction("No paired machines")
             a.setEnabled(False)
         for p in peers:
-            state = str(p.get("state") or "?")
-            shown = str(p.get("label") or p.get("id", "?")).replace("&", "&&")  # no mnemonic
+            state = p.state or "?"
+            shown = self.backend.peer_label(p).replace("&", "&&")  # no mnemonic
             a = self.peers_menu.addAction(f"{shown}: {state}")
             a.setIcon(QIcon(dot_pixmap(PEER_STATE_COLORS.get(state, "#858b94"), 12)))
             a.triggered.connect(self.openPeersRequested)
@@ -275,13 +275,13 @@ class Tray(QObject):
     def _peers_changed(self) -> None:
         attention = False
         for p in self.backend.peer_list:
-            pid = str(p.get("id"))
-            state = str(p.get("state") or "")
+            pid = p.id
+            state = p.state
             bad = state in PEER_ATTENTION
             attention = attention or bad
             if bad and self._peer_states.get(pid) not in PEER_ATTENTION:
-                reason = p.get("state_reason") or "it has not answered for a while"
-                shown = str(p.get("label") or pid)
+                reason = p.state_reason or "it has not answered for a while"
+                shown = self.backend.peer_label(p)
                 self.notify(f"{shown} is {state}", str(reason), key=f"peer:{pid}")
             self._peer_states[pid] = state
         self.peers_attention = attention
@@ -310,8 +310,8 @@ class Tray(QObject):
         if not origin or origin == own:
             return str(self.backend.status.get("name") or own or "this machine")
         for p in self.backend.peer_list:
-            if p.get("id") == origin:
-                return str(p.get("label") or p.get("name") or origin)
+            if p.id == origin:
+                return self.backend.peer_label(p)
         return str(origin)
 
     def _failed(self, exc: BaseException) -> None:

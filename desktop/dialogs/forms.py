@@ -45,7 +45,7 @@ from PySide6.QtWidgets import (
 )
 
 from peerstash.core.engine import EngineError, check_name
-from peerstash.core.records import PlanRecord, RepoRecord
+from peerstash.core.records import PeerRecord, PlanRecord, RepoRecord
 from peerstash.core.recovery import recovery_sheet, write_private
 from peerstash.core.retention import RetentionPolicy
 from peerstash.core.scheduler import parse_every, validate_cron
@@ -823,13 +823,11 @@ class EditGrantsDialog(FormDialog):
     they apply at once.
     """
 
-    def __init__(
-        self, backend: Backend, peer: dict[str, Any], parent: QWidget | None = None
-    ) -> None:
-        super().__init__(backend, f"What {peer.get('id')} may do here", parent)
+    def __init__(self, backend: Backend, peer: PeerRecord, parent: QWidget | None = None) -> None:
+        super().__init__(backend, f"What {peer.id} may do here", parent)
         self.peer = peer
-        self.peer_id = str(peer.get("id") or "")
-        current = split_grants(peer.get("grants"))
+        self.peer_id = peer.id
+        current = split_grants(peer.grants)
         grid = QGridLayout()
         self.boxes: dict[str, QCheckBox] = {}
         self.scopes: dict[str, QLineEdit] = {}

@@ -198,7 +198,7 @@ class OperationsPage(Page):
         refill(self.repo_filter, sorted(r.id for r in self.backend.repos))
         if self.backend.instance_id:
             self._origins.add(self.backend.instance_id)
-        self._origins |= {str(p.get("id")) for p in self.backend.peer_list if p.get("id")}
+        self._origins |= {p.id for p in self.backend.peer_list if p.id}
         refill(self.origin_filter, sorted(o for o in self._origins if o))
 
     def _filters_changed(self) -> None:

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from peerstash.core import __version__
-from peerstash.core.records import OpRecord
+from peerstash.core.records import OpRecord, PeerRecord
 from peerstash.core.text import printable, printable_lines
 from peerstash.desktop import fmt
 from peerstash.desktop.backend import Backend
@@ -171,10 +171,9 @@ class OverviewPage(Page):
         """The newest backup of each plan of each paired machine, as the node lists it with
         each peer (from synced operations)."""
         for p in list(self.backend.peer_list):
-            origin = str(p.get("id") or "")
-            if origin:
-                plans = p.get("plans") or []
-                self.remote[origin] = {str(r["plan"]): r for r in plans if r.get("plan")}
+            if p.id:
+                plans = self.backend.peer_extras.get(p.id, {}).get("plans") or []
+                self.remote[p.id] = {str(r["plan"]): r for r in plans if r.get("plan")}
         self._show_peers()
 
     def _show_peers(self) -> None:
@@ -185,22 +184,22 @@ class OverviewPage(Page):
             self.fleet_table.hide()
             return
         self.fleet.hide()
-        rows: list[tuple[dict[str, Any], str, dict[str, Any] | OpRecord | None]] = []
+        rows: list[tuple[PeerRecord, str, dict[str, Any] | OpRecord | None]] = []
         for p in peers:
-            plans = self.remote.get(str(p.get("id")), {})
+            plans = self.remote.get(p.id, {})
             if not plans:
                 rows.append((p, "", None))
             rows += [(p, plan, op) for plan, op in sorted(plans.items())]
         t = self.fleet_table
         t.setRowCount(len(rows))
         for r, (p, plan, op) in enumerate(rows):
-            state = str(p.get("state") or "?")
+            state = p.state or "?"
             # Peer ids, plan names, reasons and errors come from peers: shown inert.
-            t.setItem(r, 0, item(printable(str(p.get("label") or p.get("id") or "?"))))
+            t.setItem(r, 0, item(printable(self.backend.peer_label(p))))
             link = item(state)
             link.setForeground(QColor(PEER_COLORS.get(state, "#858b94")))
-            if p.get("state_reason"):
-                link.setToolTip(printable(p["state_reason"]))
+            if p.state_reason:
+                link.setToolTip(printable(p.state_reason))
             t.setItem(r, 1, link)
             t.setItem(r, 2, item(printable(plan or "—")))
             if op is None:

@@ -16,7 +16,7 @@ from peerstash.core.records import OpRecord, PlanRecord
 from peerstash.desktop import fmt
 from peerstash.desktop.platform import autostart
 from peerstash.peer.api import schema
-from tests.fixtures.gui import repo_record
+from tests.fixtures.gui import peer_record, repo_record
 
 
 def test_headless_entry_point_never_imports_qt() -> None:
@@ -320,7 +320,7 @@ def test_grants_dialog_reads_and_writes_entries(qapp: Any) -> None:
         "run": "plan:a, !repo:b",
     }
     backend = Backend(object(), in_process=False)  # type: ignore[arg-type]
-    dlg = EditGrantsDialog(backend, {"id": "bravo", "grants": ["run:plan:a,!repo:b"]})
+    dlg = EditGrantsDialog(backend, peer_record(id="bravo", grants=["run:plan:a,!repo:b"]))
     assert dlg.boxes["run"].isChecked() and not dlg.boxes["ops"].isChecked()
     assert dlg.validate() == ({}, schema.Grants(grants=["run:plan:a,!repo:b"]))
     dlg.boxes["run"].setChecked(False)
