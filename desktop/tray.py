@@ -93,6 +93,7 @@ def health_words(status: dict[str, Any]) -> tuple[str, list[str]]:
 
 
 def tooltip_text(status: dict[str, Any], state: str) -> str:
+    # /v1/status is not a record: it is read as the dict the node sends.
     summary, reasons = health_words(status)
     lines = [f"Peerstash — {STATE_WORDS.get(state, state)}", f"Health: {summary}"]
     lines += [f"• {r}" for r in reasons[:TOOLTIP_REASONS]]

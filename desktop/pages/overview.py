@@ -246,6 +246,7 @@ class OverviewPage(Page):
         self.restart_due.setText(restart)
         self.restart_due.setVisible(bool(restart))
         self._show_health(st)
+        # /v1/status is not a record (nor are its plans, each with its last result): dicts.
         plans = list(st.get("plans") or [])
         self.plans.setRowCount(len(plans))
         for r, p in enumerate(plans):

@@ -316,6 +316,7 @@ class PeersPage(Page):
                     table.selectRow(r)
 
     def _fill_tokens(self, tokens: list[dict[str, Any]]) -> None:
+        # Pairing tokens (and the LAN's discovered instances) are not records: dicts.
         self.tokens.setRowCount(len(tokens))
         for r, t in enumerate(tokens):
             self.tokens.setItem(r, 0, item(str(t.get("label") or "(no label)"), t.get("id")))

@@ -7,9 +7,10 @@ from typing import Any
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QGroupBox, QMessageBox, QPushButton, QVBoxLayout, QWidget
 
+from peerstash.core.records import PlannedSnapshotRecord
 from peerstash.desktop import fmt
-from peerstash.desktop.api import q
-from peerstash.desktop.backend import Backend
+from peerstash.desktop.api import ApiError, q
+from peerstash.desktop.backend import Backend, decode
 from peerstash.desktop.dialogs.confirm_list import ListConfirmDialog
 from peerstash.desktop.dialogs.forms import (
     AddPlanDialog,
@@ -263,7 +264,11 @@ class PlansPage(Page):
         res = await self.backend.call(
             "POST", f"/v1/repos/{q(repo_id)}/forget", schema.Forget(dry_run=True)
         )
-        remove, keep = list(res.get("remove") or []), list(res.get("keep") or [])
+        # The answer is not a record (repo, plans, keep, remove); the snapshots in it are.
+        if not isinstance(res, dict):
+            raise ApiError("the node's answer is not a retention preview")
+        remove = decode(res.get("remove"), list[PlannedSnapshotRecord], "a list of snapshots")
+        keep = decode(res.get("keep"), list[PlannedSnapshotRecord], "a list of snapshots")
         if not remove:
             self.banner.show_message(
                 f"Retention would remove nothing from {repo_id} now "
@@ -274,13 +279,13 @@ class PlansPage(Page):
         self.banner.clear_message()
         rows = [
             [
-                fmt.date_time(s.get("time")),
-                str(s.get("short_id") or str(s.get("id"))[:8]),
-                str(s.get("plan") or ""),
-                str(s.get("hostname") or ""),
-                ", ".join(s.get("paths") or []),
+                fmt.date_time(s.time),
+                s.short_id or s.id[:8],
+                s.plan,
+                s.hostname,
+                ", ".join(s.paths),
             ]
-            for s in sorted(remove, key=lambda s: str(s.get("time") or ""))
+            for s in sorted(remove, key=lambda s: s.time or "")
         ]
         n = len(remove)
         self.confirm_dialog = ListConfirmDialog(
@@ -294,7 +299,7 @@ class PlansPage(Page):
             f"Remove {n} snapshot{'s' if n != 1 else ''}",
             lambda: self.run(
                 self._do_maintenance(
-                    repo_id, "forget", schema.Forget(expect=[str(s["id"]) for s in remove])
+                    repo_id, "forget", schema.Forget(expect=[s.id for s in remove])
                 )
             ),
             footer="A removed snapshot cannot be brought back. Its data stays in the "
