@@ -570,3 +570,107 @@ def test_event_lines_that_are_not_the_nodes_events_change_nothing(
     assert notices == [("info", "hello")]
     assert snaps == []
     assert active == {("alpha", "op-1")}
+
+
+@needs_qt
+def test_answers_whose_records_are_malformed_are_skipped_and_the_views_keep_theirs(
+    qapp: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real server on the admin socket answers well once, then with records that are not
+    (a field of the wrong type, an id missing): each such answer is decoded where it arrives,
+    logged (or said in one line on the page) and skipped. Nothing raises, the backend keeps
+    its records, and the Plans page and the operations list keep showing what they showed."""
+    import asyncio
+    import logging
+
+    from aiohttp import web
+
+    from peerstash.core.records import to_json
+    from peerstash.desktop.api import ApiError
+    from peerstash.desktop.backend import Backend
+    from peerstash.desktop.opsmodel import OpsModel
+    from peerstash.desktop.pages.plans import PlansPage
+    from peerstash.desktop.pages.snapshots import SnapshotsPage
+    from peerstash.peer.api.client import AdminClient
+    from peerstash.peer.paths import admin_socket_path
+
+    plan = PlanRecord(
+        id="docs", repo="main", paths=["/x"], excludes=[], schedule=None, every_seconds=3600,
+        retention={}, enabled=True, disabled_reason=None, next_due_at=None,
+    )  # fmt: skip
+    repo = repo_record(id="main")
+    peer = peer_record(id="bravo")
+    running = _op(7, "running")
+    good: dict[str, Any] = {
+        "/v1/status": {"instance_id": "me", "plans": []},
+        "/v1/plans": [to_json(plan)],
+        "/v1/repos": [to_json(repo)],
+        "/v1/peers": [{**to_json(peer), "label": "bravo", "plans": []}],
+        "/v1/ops": [running],
+        "/v1/repos/main/snapshots": [],
+    }
+    bad: dict[str, Any] = {
+        **good,
+        "/v1/plans": [{**to_json(plan), "paths": "/not/a/list"}],
+        "/v1/repos": [{k: v for k, v in to_json(repo).items() if k != "id"}],
+        "/v1/peers": [{**to_json(peer), "state": 3, "label": "bravo", "plans": []}],
+        "/v1/ops": [{k: v for k, v in running.items() if k != "id"}],
+        "/v1/repos/main/snapshots": [{"id": 42, "short_id": "x"}],
+    }
+    answers = dict(good)
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(answers[request.path])
+
+    async def go() -> None:
+        app = web.Application()
+        for path in good:
+            app.router.add_get(path, answer)
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        sock = admin_socket_path(tmp_path)
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        sock.parent.chmod(0o700)
+        await web.UnixSite(runner, str(sock)).start()
+        sock.chmod(0o600)
+        try:
+            async with AdminClient(tmp_path) as client:
+                backend = Backend(client, in_process=False)
+                await backend.refresh_all()
+                page = PlansPage(backend)
+                model = OpsModel(backend)
+                failed: list[str] = []
+                model.loadFailed.connect(failed.append)
+                await model.load()
+                assert backend.plans == [plan] and backend.repos == [repo]
+                assert backend.peer_list == [peer] and list(backend.active) == [("me", "op7")]
+                assert page.plans.item(0, 0).text() == "docs" and model.rowCount() == 1
+
+                answers.update(bad)
+                with caplog.at_level(logging.INFO, logger="peerstash.desktop"):
+                    await backend.refresh_all()
+                    await model.load()
+                said = caplog.text
+                assert "kept the plans and repositories as they were" in said
+                assert "could not read the peers" in said and "is not a list of peers" in said
+                assert "kept the operations in flight as they were" in said
+                # The backend holds the records it had; the window shows what it showed.
+                assert backend.plans == [plan] and backend.repos == [repo]
+                assert backend.peer_list == [peer] and list(backend.active) == [("me", "op7")]
+                assert page.plans.rowCount() == 1 and page.plans.item(0, 0).text() == "docs"
+                assert page.repos.rowCount() == 1 and page.repos.item(0, 0).text() == "main"
+                assert model.rowCount() == 1 and model.op_at(0).id == "op7"
+                assert failed == [
+                    "the node's answer is not a list of operations: "
+                    "Object missing required field `id` - at `$[0]`"
+                ]
+                # A page asking for itself gets one line (its banner shows it), no traceback.
+                snaps = SnapshotsPage(backend)
+                with pytest.raises(ApiError, match="is not a list of snapshots: Expected `str`"):
+                    await snaps.load_snapshots("main")
+                await model.close()
+                await backend.close()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(go())
