@@ -3,8 +3,9 @@
 The tray and every page talk to the node through the one admin client
 (:class:`~peerstash.peer.api.client.AdminClient`, shared with the CLI), whose errors tell *why*
 a call failed (their HTTP status and the field they are about), so a page can put a refusal
-under the right input. This module adds the views of the API the pages share (:class:`PeersApi`)
-and the helpers to build request paths. The tray and the node come from one package, so every
+under the right input. This module adds the views of the API the pages share (:class:`PeersApi`),
+:func:`decode` (an answer that is a record becomes ``core/records.py``'s struct once, where it
+arrives) and the helpers to build request paths. The tray and the node come from one package, so every
 endpoint here exists on the node (docs/architecture.md, "Version skew"). This module knows no
 Qt, so it is usable (and testable) without a display.
 """
