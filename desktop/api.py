@@ -3,8 +3,9 @@
 The tray and every page talk to the node through the one admin client
 (:class:`~peerstash.peer.api.client.AdminClient`, shared with the CLI), whose errors tell *why*
 a call failed (their HTTP status and the field they are about), so a page can put a refusal
-under the right input. This module adds the views of the API the pages share (:class:`PeersApi`)
-and the helpers to build request paths. The tray and the node come from one package, so every
+under the right input. This module adds the views of the API the pages share (:class:`PeersApi`),
+:func:`decode` (an answer that is a record becomes ``core/records.py``'s struct once, where it
+arrives) and the helpers to build request paths. The tray and the node come from one package, so every
 endpoint here exists on the node (docs/architecture.md, "Version skew"). This module knows no
 Qt, so it is usable (and testable) without a display.
 """
@@ -15,16 +16,35 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import aiohttp
+import msgspec
 
+from peerstash.core.records import PeerRecord
 from peerstash.peer.api import schema
 from peerstash.peer.api.client import AdminClient, AdminError
 
 #: The desktop's name for the admin client's error (what the pages catch).
 ApiError = AdminError
+
+T = TypeVar("T")
+
+
+def decode(data: Any, kind: type[T], what: str) -> T:
+    """The node's answer ``data`` as the record type ``kind`` (or a list of them), decoded once
+    where it arrives; views read attributes. An answer that is not one (another version, a
+    broken listener on the socket) is an :class:`ApiError` naming ``what`` was asked for: a
+    page shows it as one line in its banner, a background read logs it and keeps what it had.
+
+    msgspec's words say where and what was wrong (``Expected `str`, got `int` - at
+    `$[0].id```): field names and types of ours, never a value the node sent.
+    """
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        raise ApiError(f"the node's answer is not {what}: {exc}") from None
 
 
 def q(value: str) -> str:
@@ -65,9 +85,23 @@ class PeersApi:
     def __init__(self, client: AdminClient) -> None:
         self.client = client
 
-    async def peers(self) -> list[dict[str, Any]]:
-        """Known hosts (``role`` ``known_host``) and authorized clients, with their ``state``."""
-        return list(await self.client.call("GET", "/v1/peers") or [])
+    async def peers(self) -> tuple[list[PeerRecord], dict[str, dict[str, Any]]]:
+        """Known hosts (``role`` ``known_host``) and authorized clients, with their ``state``;
+        and beside the records, by peer id, what the node adds to each in this list (not part
+        of the record, so kept a dict): ``label`` (its name, told apart from same-named ones)
+        and ``plans`` (its last backup per plan, as ``peer/services/fleet.py`` words it)."""
+        answer = await self.client.call("GET", "/v1/peers") or []
+        peers = decode(answer, list[PeerRecord], "a list of peers")
+        extras = {}
+        for p, raw in zip(peers, answer, strict=True):
+            plans = raw.get("plans")
+            extras[p.id] = {
+                "label": str(raw.get("label") or p.name or p.id),
+                "plans": [r for r in plans if isinstance(r, dict)]
+                if isinstance(plans, list)
+                else [],
+            }
+        return peers, extras
 
     async def discovered(self) -> list[dict[str, Any]]:
         """Peerstash instances announced on the LAN (zeroconf), with ``paired``/``key_matches``."""
@@ -86,18 +120,22 @@ class PeersApi:
     async def delete_token(self, token_id: str) -> None:
         await self.client.call("DELETE", f"/v1/tokens/{q(token_id)}")
 
-    async def pair(self, token: str, url: str, grants: list[str]) -> dict[str, Any]:
+    async def pair(self, token: str, url: str, grants: list[str]) -> PeerRecord:
         """Dial the issuer at ``url`` with its token; ``grants`` are what we give it."""
         body = schema.AddPeer(token=token, url=url, grants=grants)
-        return dict(await self.client.call("POST", "/v1/peers", body))
+        return decode(await self.client.call("POST", "/v1/peers", body), PeerRecord, "a peer")
 
-    async def check(self, peer_id: str) -> dict[str, Any]:
-        return dict(await self.client.call("POST", f"/v1/peers/{q(peer_id)}/check"))
+    async def check(self, peer_id: str) -> tuple[PeerRecord, str]:
+        """Reconnect now: the peer, and what the node did (``message``, beside the record)."""
+        res = await self.client.call("POST", f"/v1/peers/{q(peer_id)}/check")
+        peer = decode(res, PeerRecord, "a peer")
+        return peer, str(res.get("message") or "checking")
 
-    async def set_grants(self, peer_id: str, grants: list[str]) -> dict[str, Any]:
+    async def set_grants(self, peer_id: str, grants: list[str]) -> PeerRecord:
         """Replace what we grant ``peer_id`` (entries like ``ops`` or ``run:plan:x,!repo:y``)."""
         body = schema.Grants(grants=grants)
-        return dict(await self.client.call("PATCH", f"/v1/peers/{q(peer_id)}", body))
+        res = await self.client.call("PATCH", f"/v1/peers/{q(peer_id)}", body)
+        return decode(res, PeerRecord, "a peer")
 
     async def remove(self, peer_id: str) -> None:
         await self.client.call("DELETE", f"/v1/peers/{q(peer_id)}")

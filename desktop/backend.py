@@ -23,8 +23,8 @@ import msgspec
 from PySide6.QtCore import QObject, Signal
 
 from peerstash.core.ops import FINISHED, OpStatus
-from peerstash.core.records import to_json
-from peerstash.desktop.api import ApiError, PeersApi, q, query
+from peerstash.core.records import ListedOpRecord, OpRecord, PeerRecord, PlanRecord, RepoRecord
+from peerstash.desktop.api import ApiError, PeersApi, decode, q, query
 from peerstash.desktop.tasks import Tasks
 from peerstash.peer.api import schema
 from peerstash.peer.api.client import AdminClient, Body
@@ -35,13 +35,15 @@ log = logging.getLogger(__name__)
 #: and is reopened (with a reload, as after any reconnect).
 EVENTS_SILENCE = 45.0
 
+__all__ = ["EVENTS_SILENCE", "Backend", "decode", "op_key"]
 
-def op_key(op: dict[str, Any]) -> tuple[str, str]:
-    return (str(op.get("origin") or ""), str(op.get("id") or ""))
+
+def op_key(op: OpRecord) -> tuple[str, str]:
+    return (op.origin, op.id)
 
 
 class Backend(QObject):
-    #: One operation changed (a dict as ``core/records.OpRecord`` encodes).
+    #: One operation changed (a ``core/records.OpRecord``; a ``ListedOpRecord`` from a list).
     opChanged = Signal(object)
     #: The follow stream was (re)opened: changes may have been missed, reload lists.
     opsReset = Signal()
@@ -75,12 +77,15 @@ class Backend(QObject):
         self.in_process = in_process
         self.status_interval = status_interval
         self.status: dict[str, Any] = {}
-        self.plans: list[dict[str, Any]] = []
-        self.repos: list[dict[str, Any]] = []
+        self.plans: list[PlanRecord] = []
+        self.repos: list[RepoRecord] = []
         #: Pending and running operations, by (origin, id).
-        self.active: dict[tuple[str, str], dict[str, Any]] = {}
+        self.active: dict[tuple[str, str], OpRecord] = {}
         #: Paired machines, as ``GET /v1/peers`` lists them.
-        self.peer_list: list[dict[str, Any]] = []
+        self.peer_list: list[PeerRecord] = []
+        #: Beside each of them, by id, what that list adds (a dict, not a record): ``label``
+        #: and ``plans`` (see :meth:`PeersApi.peers`).
+        self.peer_extras: dict[str, dict[str, Any]] = {}
         #: Whether ``peer_list`` holds the node's answer yet (False until the first one).
         self.peers_loaded = False
         self.connected = False
@@ -132,12 +137,16 @@ class Backend(QObject):
     async def refresh_peers(self) -> None:
         """Read the peers (an error is logged: the stream's reconnect reads them again)."""
         try:
-            peers = await self.peers.peers()
+            peers, extras = await self.peers.peers()
         except ApiError as exc:
             log.info("could not read the peers: %s", exc)
             return
-        self.peers_loaded, self.peer_list = True, peers
+        self.peers_loaded, self.peer_list, self.peer_extras = True, peers, extras
         self.peersChanged.emit()
+
+    def peer_label(self, peer: PeerRecord) -> str:
+        """How this node shows ``peer`` (its name, or ``name (id)`` when names clash)."""
+        return str(self.peer_extras.get(peer.id, {}).get("label") or peer.name or peer.id)
 
     async def refresh_status(self) -> dict[str, Any]:
         self.status = dict(await self.client.call("GET", "/v1/status"))
@@ -149,7 +158,13 @@ class Backend(QObject):
         plans, repos = await asyncio.gather(
             self.client.call("GET", "/v1/plans"), self.client.call("GET", "/v1/repos")
         )
-        self.plans, self.repos = list(plans), list(repos)
+        try:
+            plans = decode(plans, list[PlanRecord], "a list of plans")
+            repos = decode(repos, list[RepoRecord], "a list of repositories")
+        except ApiError as exc:
+            log.warning("kept the plans and repositories as they were: %s", exc)
+            return
+        self.plans, self.repos = plans, repos
         self.configChanged.emit()
 
     async def _refresh_active(self) -> None:
@@ -157,7 +172,12 @@ class Backend(QObject):
             self.client.call("GET", "/v1/ops" + query({"status": OpStatus.RUNNING, "limit": 1000})),
             self.client.call("GET", "/v1/ops" + query({"status": OpStatus.PENDING, "limit": 1000})),
         )
-        self.active = {op_key(op): op for op in [*running, *pending]}
+        try:
+            ops = decode([*running, *pending], list[ListedOpRecord], "a list of operations")
+        except ApiError as exc:
+            log.warning("kept the operations in flight as they were: %s", exc)
+            return
+        self.active = {op_key(op): op for op in ops}
 
     def refresh_status_soon(self, delay: float = 0.2) -> None:
         """Coalesce many "something ended" moments into one status read."""
@@ -230,7 +250,7 @@ class Backend(QObject):
             log.warning("skipped an event the node should not send (%s)", exc)
             return
         if isinstance(event, schema.OperationEvent):
-            self._on_op(to_json(event.op))
+            self._on_op(event.op)
         elif isinstance(event, schema.LinkEvent):
             self._on_link(event)
             self.refresh_status_soon()  # the node's health counts peers heard from
@@ -255,14 +275,14 @@ class Backend(QObject):
     def _on_link(self, event: schema.LinkEvent) -> None:
         peer_id = event.peer
         for p in self.peer_list:
-            if p.get("id") == peer_id:
-                was = p.get("state")
-                p["state"] = event.state or p.get("state")
-                p["state_reason"] = event.reason
-                if p["state"] == "online":
-                    p["last_seen"] = datetime.now(UTC).isoformat()
+            if p.id == peer_id:
+                was = p.state
+                p.state = event.state or p.state
+                p.state_reason = event.reason
+                if p.state == "online":
+                    p.last_seen = datetime.now(UTC).isoformat()
                 self.peersChanged.emit()
-                if p["state"] == "online" and was != "online":
+                if p.state == "online" and was != "online":
                     # A new handshake carries the peer's name (a rename restarts its links):
                     # re-read the list so names and labels are current, not only the state.
                     self.tasks.spawn(self._quiet(self.refresh_peers()), name="backend:peers")
@@ -290,11 +310,11 @@ class Backend(QObject):
             await asyncio.sleep(self.status_interval)
             await self._quiet(self.refresh_status())
 
-    def _on_op(self, op: dict[str, Any]) -> None:
+    def _on_op(self, op: OpRecord) -> None:
         key = op_key(op)
-        if op.get("status") in FINISHED:
+        if op.status in FINISHED:
             was_active = self.active.pop(key, None) is not None
-            if was_active or op.get("plan"):
+            if was_active or op.plan:
                 self.refresh_status_soon()
         else:
             self.active[key] = op
@@ -306,29 +326,34 @@ class Backend(QObject):
         """One admin request; ``body`` is the route's struct from ``peer/api/schema.py``."""
         return await self.client.call(method, path, body)
 
-    async def backup(self, plan_id: str) -> dict[str, Any]:
-        op = await self.call("POST", f"/v1/plans/{q(plan_id)}/backup")
+    async def backup(self, plan_id: str) -> tuple[OpRecord, str]:
+        """Queue a backup: the operation, and the node's words when one was on its way already
+        (``already``, beside the record in the answer; empty when this one is new)."""
+        res = await self.call("POST", f"/v1/plans/{q(plan_id)}/backup")
+        op = decode(res, OpRecord, "an operation")
         self._on_op(op)
-        return dict(op)
+        return op, str(res.get("already") or "")
 
     async def maintenance(
         self, repo_id: str, what: str, body: schema.Maintenance | schema.Forget | None = None
-    ) -> dict[str, Any]:
+    ) -> OpRecord:
         """Queue ``what`` (``forget``, ``prune``, ``check``, ``unlock``) on a repository;
         without ``body``, with that route's defaults."""
         if body is None:
             body = schema.Forget() if what == "forget" else schema.Maintenance()
-        op = await self.call("POST", f"/v1/repos/{q(repo_id)}/{what}", body)
+        res = await self.call("POST", f"/v1/repos/{q(repo_id)}/{what}", body)
+        op = decode(res, OpRecord, "an operation")
         self._on_op(op)
-        return dict(op)
+        return op
 
     async def restore(
         self, repo_id: str, snapshot: str, target: str, include: list[str]
-    ) -> dict[str, Any]:
+    ) -> OpRecord:
         body = schema.Restore(snapshot=snapshot, target=target, include=include)
-        op = await self.call("POST", f"/v1/repos/{q(repo_id)}/restore", body)
+        res = await self.call("POST", f"/v1/repos/{q(repo_id)}/restore", body)
+        op = decode(res, OpRecord, "an operation")
         self._on_op(op)
-        return dict(op)
+        return op
 
     async def cancel(self, op_id: str) -> None:
         await self.call("POST", f"/v1/ops/{q(op_id)}/cancel")
@@ -337,27 +362,36 @@ class Backend(QObject):
         await self.call("POST", "/v1/schedules/pause", schema.Pause(paused=paused))
         await self.refresh_status()
 
-    async def add_plan(self, body: schema.AddPlan) -> dict[str, Any]:
-        plan = await self.call("POST", "/v1/plans", body)
-        await asyncio.gather(self.refresh_config(), self.refresh_status())
-        return dict(plan)
+    async def add_plan(self, body: schema.AddPlan) -> tuple[PlanRecord, dict[str, Any] | None]:
+        """Add a plan: its record, and its first backup when ``backup_now`` asked for one.
 
-    async def add_repo(self, body: schema.AddRepo) -> dict[str, Any]:
+        The first backup sits beside the record in the answer and is not a record itself: the
+        operation's (an :class:`OpRecord`'s JSON) or ``{"error": why it did not start}``.
+        """
+        res = await self.call("POST", "/v1/plans", body)
+        await asyncio.gather(self.refresh_config(), self.refresh_status())
+        first = res.get("first_backup") if isinstance(res, dict) else None
+        return decode(res, PlanRecord, "a plan"), dict(first) if first is not None else None
+
+    async def add_repo(self, body: schema.AddRepo) -> tuple[RepoRecord, str]:
+        """Add a repository: its record and what the node said (``message``, beside it)."""
         res = await self.call("POST", "/v1/repos", body)
         await self.refresh_config()
-        return dict(res)
+        if not isinstance(res, dict):
+            raise ApiError("the node's answer is not a repository")
+        return decode(res.get("repo"), RepoRecord, "a repository"), str(res.get("message") or "")
 
-    async def edit_plan(self, plan_id: str, changes: schema.EditPlan) -> dict[str, Any]:
+    async def edit_plan(self, plan_id: str, changes: schema.EditPlan) -> PlanRecord:
         """Change some of a plan's settings (``PATCH``); the node validates as for a new one."""
         plan = await self.call("PATCH", f"/v1/plans/{q(plan_id)}", changes)
         await asyncio.gather(self.refresh_config(), self.refresh_status())
-        return dict(plan)
+        return decode(plan, PlanRecord, "a plan")
 
-    async def edit_repo(self, repo_id: str, changes: schema.EditRepo) -> dict[str, Any]:
+    async def edit_repo(self, repo_id: str, changes: schema.EditRepo) -> RepoRecord:
         """Change how a repository is reached; the node keeps it only if it still opens."""
         repo = await self.call("PATCH", f"/v1/repos/{q(repo_id)}", changes)
         await self.refresh_config()
-        return dict(repo)
+        return decode(repo, RepoRecord, "a repository")
 
     async def reveal_password(self, repo_id: str) -> dict[str, Any]:
         """The repository's password (or where it comes from), on the person's explicit click.

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from peerstash.core.ops import OpStatus
 from peerstash.core.wording import backup_summary_line, human_bytes, human_duration
+
+if TYPE_CHECKING:
+    from peerstash.core.records import OpRecord, PlanRecord
 
 __all__ = [
     "STATUS_WORDS",
@@ -94,48 +97,49 @@ def until(iso: str | None, now: datetime | None = None) -> str:
     return f"in {_span(delta)}"
 
 
-def schedule_text(plan: dict[str, Any]) -> str:
-    if plan.get("schedule"):
-        return f"cron {plan['schedule']}"
-    if plan.get("every_seconds"):
-        return f"every {human_duration(plan['every_seconds'])}"
+def schedule_text(plan: PlanRecord) -> str:
+    if plan.schedule:
+        return f"cron {plan.schedule}"
+    if plan.every_seconds:
+        return f"every {human_duration(plan.every_seconds)}"
     return "manual"
 
 
-def op_progress(op: dict[str, Any]) -> float | None:
+def op_progress(op: OpRecord) -> float | None:
     """0..1 for a running operation that knows its total, else None."""
-    total = op.get("bytes_total") or 0
-    if op.get("status") != OpStatus.RUNNING or total <= 0:
+    total = op.bytes_total
+    if op.status != OpStatus.RUNNING or total <= 0:
         return None
-    return max(0.0, min(1.0, (op.get("bytes_done") or 0) / total))
+    return max(0.0, min(1.0, op.bytes_done / total))
 
 
-def op_detail(op: dict[str, Any]) -> str:
+def op_detail(op: OpRecord) -> str:
     """The last column of the operations list: progress, error, or what came out."""
-    status = op.get("status")
+    status = op.status
     if status == OpStatus.RUNNING:
-        detail = (op.get("summary") or {}).get("detail")
+        # ``summary`` is free-form (what the runner and restic said): read as a dict.
+        detail = op.summary.get("detail")
         if detail:  # restic retrying a failing storage, or silent for a while
             return str(detail).splitlines()[0]
         frac = op_progress(op)
         if frac is None:
-            return "starting…" if not op.get("files_done") else f"{op['files_done']} files"
-        eta = op.get("eta_seconds")
+            return "starting…" if not op.files_done else f"{op.files_done} files"
+        eta = op.eta_seconds
         tail = f" · ETA {human_duration(eta)}" if eta is not None else ""
-        return f"{frac * 100:.0f}% of {human_bytes(op.get('bytes_total') or 0)}{tail}"
+        return f"{frac * 100:.0f}% of {human_bytes(op.bytes_total)}{tail}"
     if status == OpStatus.PENDING:
         return "waiting for its turn"
-    if op.get("error"):
-        return str(op["error"]).splitlines()[0]
-    if op.get("snapshot_id"):
+    if op.error:
+        return op.error.splitlines()[0]
+    if op.snapshot_id:
         # What restic reported, in the words the CLI's `backup --wait` uses too.
-        said = backup_summary_line(op.get("summary"))
-        return f"snapshot {op['snapshot_id'][:8]}" + (f" · {said}" if said else "")
+        said = backup_summary_line(op.summary)
+        return f"snapshot {op.snapshot_id[:8]}" + (f" · {said}" if said else "")
     return ""
 
 
-def took(op: dict[str, Any]) -> str:
-    start, end = parse_time(op.get("started_at")), parse_time(op.get("ended_at"))
+def took(op: OpRecord) -> str:
+    start, end = parse_time(op.started_at), parse_time(op.ended_at)
     if start is None:
         return "—"
     if end is None:

@@ -1,6 +1,7 @@
 """The operations list: a virtual table model over ``/v1/ops`` kept live by ``/v1/ops/follow``.
 
-Rows are plain dicts from the admin API, newest first (by the store's ``pk``), so finding the
+Rows are the admin API's operations decoded once as records (``ListedOpRecord`` from a
+list, ``OpRecord`` from the event stream), newest first (by the store's ``pk``), so finding the
 row of a changed operation is a binary search and a new operation is one insert: 100,000 rows
 cost nothing until they are painted, and only the visible ones are.
 
@@ -31,10 +32,11 @@ from PySide6.QtGui import QColor, QPainter, QPalette
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
 from peerstash.core.ops import OpStatus
+from peerstash.core.records import ListedOpRecord, OpRecord
 from peerstash.core.text import printable, printable_lines
 from peerstash.desktop import fmt
 from peerstash.desktop.api import ApiError, query
-from peerstash.desktop.backend import Backend
+from peerstash.desktop.backend import Backend, decode
 from peerstash.desktop.icons import STATUS_COLORS, status_icon
 from peerstash.desktop.tasks import Tasks
 
@@ -45,7 +47,7 @@ PAGE = 500
 COLUMNS = ("Status", "Kind", "Plan", "Repository", "Node", "Started", "Took", "Progress / result")
 COL_STATUS, COL_KIND, COL_PLAN, COL_REPO, COL_NODE, COL_STARTED, COL_TOOK, COL_DETAIL = range(8)
 
-#: The raw operation dict, for views and tests.
+#: The operation's record, for views and tests.
 OpRole = Qt.ItemDataRole.UserRole + 1
 #: 0..1 progress of a running operation, or None.
 ProgressRole = Qt.ItemDataRole.UserRole + 2
@@ -65,12 +67,12 @@ class OpFilter:
     def params(self) -> dict[str, str]:
         return {"plan": self.plan, "repo": self.repo, "status": self.status, "origin": self.origin}
 
-    def matches(self, op: dict[str, Any]) -> bool:
+    def matches(self, op: OpRecord) -> bool:
         return (
-            (not self.plan or op.get("plan") == self.plan)
-            and (not self.repo or op.get("repo") == self.repo)
-            and (not self.status or op.get("status") == self.status)
-            and (not self.origin or op.get("origin") == self.origin)
+            (not self.plan or op.plan == self.plan)
+            and (not self.repo or op.repo == self.repo)
+            and (not self.status or op.status == self.status)
+            and (not self.origin or op.origin == self.origin)
         )
 
 
@@ -84,12 +86,12 @@ class OpsModel(QAbstractTableModel):
         super().__init__(parent)
         self.backend = backend
         self.filter = OpFilter()
-        self._rows: list[dict[str, Any]] = []
+        self._rows: list[OpRecord] = []
         self._keys: list[int] = []  # -pk of each row: ascending, for bisect
         self._more = False
         self._fetching = False
         self._generation = 0
-        self._buffer: list[dict[str, Any]] | None = None
+        self._buffer: list[OpRecord] | None = None
         self.tasks = Tasks(on_error=lambda exc: self.loadFailed.emit(str(exc)))
         if backend is not None:
             backend.opChanged.connect(self.apply)
@@ -119,33 +121,33 @@ class OpsModel(QAbstractTableModel):
             # Plan, repository, node and error texts may come from a peer: shown inert.
             return printable(self._text(op, col))
         if role == Qt.ItemDataRole.DecorationRole and col == COL_STATUS:
-            return status_icon(str(op.get("status")))
+            return status_icon(op.status)
         if role == OpRole:
             return op
         if role == ProgressRole:
             return fmt.op_progress(op)
         if role == Qt.ItemDataRole.ToolTipRole and col == COL_DETAIL:
-            if op.get("error"):
-                return printable_lines(str(op["error"]))
+            if op.error:
+                return printable_lines(op.error)
             return printable(fmt.op_detail(op)) or None  # the whole line, if the column is narrow
-        if role == Qt.ItemDataRole.ForegroundRole and col == COL_DETAIL and op.get("error"):
-            return QColor(STATUS_COLORS.get(str(op.get("status")), "#d64541"))
+        if role == Qt.ItemDataRole.ForegroundRole and col == COL_DETAIL and op.error:
+            return QColor(STATUS_COLORS.get(op.status, "#d64541"))
         return None
 
     @staticmethod
-    def _text(op: dict[str, Any], col: int) -> str:
+    def _text(op: OpRecord, col: int) -> str:
         if col == COL_STATUS:
-            return fmt.STATUS_WORDS.get(str(op.get("status")), str(op.get("status")))
+            return fmt.STATUS_WORDS.get(op.status, op.status)
         if col == COL_KIND:
-            return str(op.get("kind") or "")
+            return op.kind
         if col == COL_PLAN:
-            return str(op.get("plan") or "—")
+            return op.plan or "—"
         if col == COL_REPO:
-            return str(op.get("repo") or "—")
+            return op.repo or "—"
         if col == COL_NODE:
-            return str(op.get("origin") or "")
+            return op.origin
         if col == COL_STARTED:
-            return fmt.local_time(op.get("started_at") or op.get("created_at"), seconds=True)
+            return fmt.local_time(op.started_at or op.created_at, seconds=True)
         if col == COL_TOOK:
             return fmt.took(op)
         return fmt.op_detail(op)
@@ -160,16 +162,16 @@ class OpsModel(QAbstractTableModel):
 
     # -- access for views and tests -----------------------------------------------------------
 
-    def op_at(self, row: int) -> dict[str, Any]:
+    def op_at(self, row: int) -> OpRecord:
         return self._rows[row]
 
     def row_of(self, op_id: str, origin: str | None = None) -> int | None:
         for i, op in enumerate(self._rows):
-            if op.get("id") == op_id and (origin is None or op.get("origin") == origin):
+            if op.id == op_id and (origin is None or op.origin == origin):
                 return i
         return None
 
-    def ops(self) -> list[dict[str, Any]]:
+    def ops(self) -> list[OpRecord]:
         return list(self._rows)
 
     # -- loading -----------------------------------------------------------------------------
@@ -189,9 +191,10 @@ class OpsModel(QAbstractTableModel):
         gen = self._generation
         self._buffer = []  # changes that arrive while the page is on its way
         try:
-            ops = await self.backend.call(
+            answer = await self.backend.call(
                 "GET", "/v1/ops" + query({**self.filter.params(), "limit": PAGE})
             )
+            ops = decode(answer, list[ListedOpRecord], "a list of operations")
         except ApiError as exc:
             self._buffer = None
             self.loadFailed.emit(str(exc))
@@ -199,17 +202,17 @@ class OpsModel(QAbstractTableModel):
         if gen != self._generation:
             return
         buffered, self._buffer = self._buffer or [], None
-        self.set_ops(ops, more=len(ops) >= PAGE)
+        self.set_ops(list(ops), more=len(ops) >= PAGE)
         for op in buffered:
             self.apply(op)
         self.loaded.emit()
 
-    def set_ops(self, ops: list[dict[str, Any]], *, more: bool = False) -> None:
+    def set_ops(self, ops: list[OpRecord], *, more: bool = False) -> None:
         """Replace every row (newest first by pk is restored if the input is not)."""
-        rows = sorted(ops, key=lambda o: -int(o.get("pk") or 0))
+        rows = sorted(ops, key=lambda o: -o.pk)
         self.beginResetModel()
         self._rows = rows
-        self._keys = [-int(o.get("pk") or 0) for o in rows]
+        self._keys = [-o.pk for o in rows]
         self._more = more
         self._fetching = False
         self.endResetModel()
@@ -220,28 +223,29 @@ class OpsModel(QAbstractTableModel):
         try:
             oldest = -self._keys[-1] if self._keys else None
             params = {**self.filter.params(), "limit": PAGE, "before": oldest}
-            ops = await self.backend.call("GET", "/v1/ops" + query(params))
+            answer = await self.backend.call("GET", "/v1/ops" + query(params))
+            ops = decode(answer, list[ListedOpRecord], "a list of operations")
         finally:
             self._fetching = False
         if gen != self._generation:
             return
-        older = [o for o in ops if oldest is None or int(o.get("pk") or 0) < oldest]
-        older.sort(key=lambda o: -int(o.get("pk") or 0))
+        older: list[OpRecord] = [o for o in ops if oldest is None or o.pk < oldest]
+        older.sort(key=lambda o: -o.pk)
         self._more = bool(older) and len(ops) >= PAGE
         if older:
             first = len(self._rows)
             self.beginInsertRows(QModelIndex(), first, first + len(older) - 1)
             self._rows.extend(older)
-            self._keys.extend(-int(o.get("pk") or 0) for o in older)
+            self._keys.extend(-o.pk for o in older)
             self.endInsertRows()
 
     # -- live changes ------------------------------------------------------------------------
 
-    def apply(self, op: dict[str, Any]) -> None:
+    def apply(self, op: OpRecord) -> None:
         """Insert, update or drop one changed operation (from the follow stream)."""
         if self._buffer is not None:
             self._buffer.append(op)
-        key = -int(op.get("pk") or 0)
+        key = -op.pk
         pos = bisect.bisect_left(self._keys, key)
         present = pos < len(self._keys) and self._keys[pos] == key
         if not self.filter.matches(op):
@@ -253,9 +257,7 @@ class OpsModel(QAbstractTableModel):
             return
         if present:
             current = self._rows[pos]
-            if current.get("origin") == op.get("origin") and int(op.get("modno") or 0) < int(
-                current.get("modno") or 0
-            ):
+            if current.origin == op.origin and op.modno < current.modno:
                 return  # an older state arrived late
             self._rows[pos] = op
             self.dataChanged.emit(self.index(pos, 0), self.index(pos, len(COLUMNS) - 1))

@@ -21,6 +21,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QIcon
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
+from peerstash.core.records import OpRecord
 from peerstash.core.restic import ErrorKind
 from peerstash.core.text import printable, printable_lines
 from peerstash.desktop import fmt
@@ -59,7 +60,7 @@ PEER_ATTENTION = frozenset({"unreachable", "auth failed"})
 
 
 def compute_state(
-    status: dict[str, Any], active: dict[Any, dict[str, Any]], peers_attention: bool = False
+    status: dict[str, Any], active: dict[Any, OpRecord], peers_attention: bool = False
 ) -> str:
     """The tray state: what a person most needs to know, in this order.
 
@@ -69,7 +70,7 @@ def compute_state(
     schedules; otherwise ok. Until the node has answered, the state is unknown: "warning",
     never a green it cannot vouch for.
     """
-    if any(op.get("status") == "running" for op in active.values()):
+    if any(op.status == "running" for op in active.values()):
         return "running"
     health = status.get("health") or {}
     state = HEALTH_STATES.get(str(health.get("level")), "warning")
@@ -92,6 +93,7 @@ def health_words(status: dict[str, Any]) -> tuple[str, list[str]]:
 
 
 def tooltip_text(status: dict[str, Any], state: str) -> str:
+    # /v1/status is not a record: it is read as the dict the node sends.
     summary, reasons = health_words(status)
     lines = [f"Peerstash — {STATE_WORDS.get(state, state)}", f"Health: {summary}"]
     lines += [f"• {r}" for r in reasons[:TOOLTIP_REASONS]]
@@ -238,14 +240,14 @@ class Tray(QObject):
             self.menu.removeAction(action)
             action.deleteLater()
         self.backup_actions = {}
-        plans = [p for p in self.backend.plans if p.get("enabled", True)]
+        plans = [p for p in self.backend.plans if p.enabled]
         if not plans:
             action = QAction("No backup plans yet", self.menu)
             action.setEnabled(False)
             self.menu.insertAction(self._plans_anchor, action)
             self.backup_actions[""] = action
         for p in plans:
-            plan_id = str(p["id"])
+            plan_id = p.id
             action = QAction(f"Back up {plan_id} now", self.menu)
             action.setObjectName(f"backup:{plan_id}")
             action.triggered.connect(lambda _=False, pid=plan_id: self.backup(pid))
@@ -262,8 +264,8 @@ class Tray(QObject):
             a = self.peers_menu.addAction("No paired machines")
             a.setEnabled(False)
         for p in peers:
-            state = str(p.get("state") or "?")
-            shown = str(p.get("label") or p.get("id", "?")).replace("&", "&&")  # no mnemonic
+            state = p.state or "?"
+            shown = self.backend.peer_label(p).replace("&", "&&")  # no mnemonic
             a = self.peers_menu.addAction(f"{shown}: {state}")
             a.setIcon(QIcon(dot_pixmap(PEER_STATE_COLORS.get(state, "#858b94"), 12)))
             a.triggered.connect(self.openPeersRequested)
@@ -274,13 +276,13 @@ class Tray(QObject):
     def _peers_changed(self) -> None:
         attention = False
         for p in self.backend.peer_list:
-            pid = str(p.get("id"))
-            state = str(p.get("state") or "")
+            pid = p.id
+            state = p.state
             bad = state in PEER_ATTENTION
             attention = attention or bad
             if bad and self._peer_states.get(pid) not in PEER_ATTENTION:
-                reason = p.get("state_reason") or "it has not answered for a while"
-                shown = str(p.get("label") or pid)
+                reason = p.state_reason or "it has not answered for a while"
+                shown = self.backend.peer_label(p)
                 self.notify(f"{shown} is {state}", str(reason), key=f"peer:{pid}")
             self._peer_states[pid] = state
         self.peers_attention = attention
@@ -309,8 +311,8 @@ class Tray(QObject):
         if not origin or origin == own:
             return str(self.backend.status.get("name") or own or "this machine")
         for p in self.backend.peer_list:
-            if p.get("id") == origin:
-                return str(p.get("label") or p.get("name") or origin)
+            if p.id == origin:
+                return self.backend.peer_label(p)
         return str(origin)
 
     def _failed(self, exc: BaseException) -> None:
@@ -342,25 +344,25 @@ class Tray(QObject):
         if level in ("warning", "error") and message:
             self.notify("Peerstash", message, key=f"notice:{message}")
 
-    def _op_changed(self, op: dict[str, Any]) -> None:
-        status = op.get("status")
-        key = f"{op.get('origin')}/{op.get('id')}"
+    def _op_changed(self, op: OpRecord) -> None:
+        status = op.status
+        key = f"{op.origin}/{op.id}"
         if status in FAILED and key not in self._failed_seen:
             self._failed_seen.add(key)
-            target = op.get("plan") or op.get("repo") or "?"
+            target = op.plan or op.repo or "?"
             word = "failed" if status == "error" else "was interrupted"
-            machine = self.machine_name(op.get("origin"))
-            summary = op.get("summary") if isinstance(op.get("summary"), dict) else {}
+            machine = self.machine_name(op.origin)
             # The error class the node recorded (core/runner.py), else the status: a new
             # class on the same plan is a new kind of failure, worth saying at once. Only the
-            # classes restic failures have (a peer sends what it likes).
-            error_class = str((summary or {}).get("error_kind") or status)
+            # classes restic failures have (a peer sends what it likes). ``summary`` is
+            # free-form, a dict.
+            error_class = str(op.summary.get("error_kind") or status)
             if error_class not in ERROR_CLASSES:
-                error_class = str(status)
+                error_class = status
             self.notify(
-                f"{machine}: the {op.get('kind')} of {target} {word}",
-                str(op.get("error") or "See the Operations page for its log."),
-                key=f"failed:{op.get('origin')}:{target}:{error_class}",
+                f"{machine}: the {op.kind} of {target} {word}",
+                op.error or "See the Operations page for its log.",
+                key=f"failed:{op.origin}:{target}:{error_class}",
                 icon=QSystemTrayIcon.MessageIcon.Critical,
                 new_kind=True,
             )

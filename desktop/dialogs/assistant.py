@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from PySide6.QtCore import QDir, QTime, Signal
@@ -47,11 +46,12 @@ from PySide6.QtWidgets import (
 
 from peerstash.core.engine import EngineError, check_name, split_uri_password
 from peerstash.core.ops import FINISHED
+from peerstash.core.records import OpRecord, PlanRecord
 from peerstash.core.recovery import generate_password, recovery_sheet, write_private
 from peerstash.core.retention import RetentionPolicy
 from peerstash.core.scheduler import validate_cron
-from peerstash.desktop.api import ApiError
-from peerstash.desktop.backend import Backend
+from peerstash.desktop.api import ApiError, q
+from peerstash.desktop.backend import Backend, decode
 from peerstash.desktop.tasks import Tasks
 from peerstash.desktop.widgets import Banner, FieldError, choose_folder
 from peerstash.peer.api import schema
@@ -189,9 +189,9 @@ class SetupAssistant(QDialog):
         self.banners: dict[str, Banner] = {}
         #: The repository id once the node created it (then its pages are locked).
         self.repo_created: str | None = None
-        self.plan: dict[str, Any] | None = None
+        self.plan: PlanRecord | None = None
         #: The first backup as the node last told it (None before it was started).
-        self.first_op: dict[str, Any] | None = None
+        self.first_op: OpRecord | None = None
         self.sheet_path: Path | None = None
         #: The (location, password) the saved sheet holds: a later change makes it stale.
         self.sheet_for: tuple[str, str] | None = None
@@ -238,7 +238,7 @@ class SetupAssistant(QDialog):
             "cloud storage. Peerstash creates a restic repository there.",
         )
         form = QFormLayout()
-        taken = {str(r.get("id")) for r in self.backend.repos}
+        taken = {r.id for r in self.backend.repos}
         self.repo_name = QLineEdit(_free_name("backup", taken))
         _row(form, "Na&me", self.repo_name, self.errors, "repo_name")
         self.kind = QComboBox()
@@ -370,7 +370,7 @@ class SetupAssistant(QDialog):
     def _schedule_page(self) -> QWidget:
         page, v = _page("When?", "Backups run by themselves while this computer is on.")
         form = QFormLayout()
-        taken = {str(p.get("id")) for p in self.backend.plans}
+        taken = {p.id for p in self.backend.plans}
         self.plan_name = QLineEdit(_free_name("my-files", taken))
         _row(form, "Plan na&me", self.plan_name, self.errors, "plan_name")
         when = QWidget()
@@ -629,7 +629,7 @@ class SetupAssistant(QDialog):
                 check_name("repository", name)
             except EngineError as exc:
                 errors["repo_name"] = "Give the repository a name." if not name else str(exc)
-            if any(r.get("id") == name for r in self.backend.repos):
+            if any(r.id == name for r in self.backend.repos):
                 errors["repo_name"] = f"A repository named {name!r} already exists."
             _, _, uri_errors = build_repo_uri(str(self.kind.currentData()), self.repo_fields())
             errors.update(uri_errors)
@@ -652,7 +652,7 @@ class SetupAssistant(QDialog):
                 check_name("plan", name)
             except EngineError as exc:
                 errors["plan_name"] = "Give the plan a name." if not name else str(exc)
-            if any(p.get("id") == name for p in self.backend.plans):
+            if any(p.id == name for p in self.backend.plans):
                 errors["plan_name"] = f"A plan named {name!r} already exists."
             if self.preset.currentData() == "cron":
                 try:
@@ -719,16 +719,16 @@ class SetupAssistant(QDialog):
             if not self.repo_created:
                 self.progress.setText("Creating the repository with restic…")
                 try:
-                    res = await self.backend.add_repo(self.repo_body())
+                    repo, _said = await self.backend.add_repo(self.repo_body())
                 except ApiError as exc:
                     self.progress.setText("")
                     self._repo_refused(exc)
                     return
-                self.repo_created = str(res["repo"]["id"])
+                self.repo_created = repo.id
                 self._lock_repo_pages()
             self.progress.setText("Repository ready. Adding the plan…")
             try:
-                plan = await self.backend.add_plan(self.plan_body())
+                plan, first = await self.backend.add_plan(self.plan_body())
             except ApiError as exc:
                 self.progress.setText(
                     f"The repository {self.repo_created} was created and is kept (it works), "
@@ -741,15 +741,23 @@ class SetupAssistant(QDialog):
                 return
             self.plan = plan
             self.banners["create"].clear_message()
-            first = plan.get("first_backup") or {}
+            first = first or {}
             if first.get("error") or not first.get("id"):
                 self.progress.setText(
                     f"Everything is set up, but the first backup did not start: "
                     f"{first.get('error') or 'no answer'}. It runs at its first scheduled time."
                 )
             else:
-                self.first_op = dict(first)
-                self._op_changed(dict(await self.backend.call("GET", f"/v1/ops/{first['id']}")))
+                # The first backup is the operation's record (or ``{"error": ...}`` above).
+                try:
+                    self.first_op = decode(first, OpRecord, "an operation")
+                    op = await self.backend.call("GET", f"/v1/ops/{q(self.first_op.id)}")
+                    self._op_changed(decode(op, OpRecord, "an operation"))
+                except ApiError as exc:
+                    self.progress.setText(
+                        f"Everything is set up, but the first backup cannot be followed here: "
+                        f"{exc}. See the Operations page."
+                    )
             self.setupDone.emit(plan)
         finally:
             self.next_button.setEnabled(True)
@@ -786,23 +794,22 @@ class SetupAssistant(QDialog):
                 "info",
             )
 
-    def _op_changed(self, op: dict[str, Any]) -> None:
-        if self.first_op is None or op.get("id") != self.first_op.get("id"):
-            return
-        if op.get("origin") and op.get("origin") != self.first_op.get("origin"):
+    def _op_changed(self, op: OpRecord) -> None:
+        first = self.first_op
+        if first is None or (op.id, op.origin) != (first.id, first.origin):
             return
         self.first_op = op
-        status = str(op.get("status") or "")
+        status = op.status
         if status not in FINISHED:
             self.progress.setText("Everything is set up. The first backup is running…")
         elif status in ("success", "warning"):
-            snap = str(op.get("snapshot_id") or "")[:8]
-            extra = f" ({op.get('error')})" if status == "warning" and op.get("error") else ""
+            snap = (op.snapshot_id or "")[:8]
+            extra = f" ({op.error})" if status == "warning" and op.error else ""
             self.progress.setText(f"Done: the first backup finished, snapshot {snap}.{extra}")
         else:
             self.progress.setText(
                 f"Everything is set up, but the first backup ended {status}: "
-                f"{op.get('error') or 'see Operations'}."
+                f"{op.error or 'see Operations'}."
             )
 
     def _unexpected(self, exc: BaseException) -> None:

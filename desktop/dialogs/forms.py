@@ -45,11 +45,12 @@ from PySide6.QtWidgets import (
 )
 
 from peerstash.core.engine import EngineError, check_name
+from peerstash.core.records import PeerRecord, PlanRecord, RepoRecord
 from peerstash.core.recovery import recovery_sheet, write_private
 from peerstash.core.retention import RetentionPolicy
 from peerstash.core.scheduler import parse_every, validate_cron
 from peerstash.desktop.api import ApiError, PeersApi
-from peerstash.desktop.backend import Backend
+from peerstash.desktop.backend import Backend, decode
 from peerstash.desktop.tasks import Tasks
 from peerstash.desktop.widgets import Banner, FieldError, choose_folder
 from peerstash.peer.api import schema
@@ -281,8 +282,8 @@ class AddPlanDialog(FormDialog):
 
         self.repo = QComboBox()
         for r in backend.repos:
-            if not r.get("origin"):
-                self.repo.addItem(str(r["id"]), r["id"])
+            if not r.origin:
+                self.repo.addItem(r.id, r.id)
         self.add_field("repo", "Repository", self.repo)
 
         paths_box = QVBoxLayout()
@@ -372,7 +373,7 @@ class AddPlanDialog(FormDialog):
             check_name("plan", name)
         except EngineError as exc:
             errors["name"] = "Give the plan a name." if not name else str(exc)
-        if name != self.editing and any(p.get("id") == name for p in self.backend.plans):
+        if name != self.editing and any(p.id == name for p in self.backend.plans):
             errors["name"] = f"A plan named {name!r} already exists."
         repo = self.repo.currentData()
         if not repo:
@@ -441,7 +442,8 @@ class AddPlanDialog(FormDialog):
         return "Adding the plan…"
 
     async def send(self, body: Any) -> Any:
-        return await self.backend.add_plan(body)
+        plan, _first = await self.backend.add_plan(body)  # the Operations page shows the first
+        return plan
 
     api_fields = {"id": "name", "every": "schedule"}
 
@@ -522,7 +524,7 @@ class AddRepoDialog(FormDialog):
             check_name("repository", name)
         except EngineError as exc:
             errors["name"] = "Give the repository a name." if not name else str(exc)
-        if name != self.editing and any(r.get("id") == name for r in self.backend.repos):
+        if name != self.editing and any(r.id == name for r in self.backend.repos):
             errors["name"] = f"A repository named {name!r} already exists."
         uri = self.uri.text().strip()
         if not uri:
@@ -569,6 +571,7 @@ class AddRepoDialog(FormDialog):
         )
 
     async def send(self, body: Any) -> Any:
+        """(the repository's record, what the node said of it)."""
         return await self.backend.add_repo(body)
 
     api_fields = {"id": "name"}
@@ -595,36 +598,34 @@ class EditPlanDialog(AddPlanDialog):
 
     offers_backup_now = False
 
-    def __init__(
-        self, backend: Backend, plan: dict[str, Any], parent: QWidget | None = None
-    ) -> None:
+    def __init__(self, backend: Backend, plan: PlanRecord, parent: QWidget | None = None) -> None:
         super().__init__(backend, parent)
         self.plan = plan
-        self.editing = str(plan["id"])
-        self.known_paths = frozenset(plan.get("paths") or [])
+        self.editing = plan.id
+        self.known_paths = frozenset(plan.paths)
         self.setWindowTitle(f"Edit the plan {self.editing}")
         self.name.setText(self.editing)
         self.name.setEnabled(False)
-        repo = str(plan.get("repo") or "")
+        repo = plan.repo
         if self.repo.findData(repo) < 0:
             self.repo.addItem(repo, repo)
         self.repo.setCurrentIndex(self.repo.findData(repo))
-        self.paths.setPlainText("\n".join(plan.get("paths") or []))
-        self.excludes.setPlainText("\n".join(plan.get("excludes") or []))
-        if plan.get("schedule"):
+        self.paths.setPlainText("\n".join(plan.paths))
+        self.excludes.setPlainText("\n".join(plan.excludes))
+        if plan.schedule:
             self.schedule_kind.setCurrentIndex(self.schedule_kind.findData("cron"))
-            self.schedule.setText(str(plan["schedule"]))
-        elif plan.get("every_seconds"):
+            self.schedule.setText(plan.schedule)
+        elif plan.every_seconds:
             self.schedule_kind.setCurrentIndex(self.schedule_kind.findData("every"))
-            self.schedule.setText(every_text(int(plan["every_seconds"])))
-        retention = dict(plan.get("retention") or {})
+            self.schedule.setText(every_text(plan.every_seconds))
+        retention = plan.retention  # free-form keep_* settings: a dict
         for unit, edit in self.keep.items():
             value = retention.get(f"keep_{unit}")
             edit.setText(str(value) if value else "")
         self.keep_within.setText(str(retention.get("keep_within") or ""))
         self.enabled = QCheckBox("Enabled: its schedule runs")
-        self.enabled.setChecked(bool(plan.get("enabled", True)))
-        reason = plan.get("disabled_reason")
+        self.enabled.setChecked(plan.enabled)
+        reason = plan.disabled_reason
         self.add_field("enabled", "", self.enabled, f"Disabled because: {reason}" if reason else "")
 
     def validate(self) -> tuple[dict[str, str], schema.Request]:
@@ -632,20 +633,20 @@ class EditPlanDialog(AddPlanDialog):
         errors, full = self.plan_form()
         plan = self.plan
         body = schema.EditPlan()
-        if full.repo != (plan.get("repo") or ""):
+        if full.repo != plan.repo:
             body.repo = full.repo
-        if full.paths != (plan.get("paths") or []):
+        if full.paths != plan.paths:
             body.paths = full.paths
-        if full.excludes != (plan.get("excludes") or []):
+        if full.excludes != plan.excludes:
             body.excludes = full.excludes
-        if full.retention != (plan.get("retention") or {}):
+        if full.retention != plan.retention:
             body.retention = full.retention
         cron = full.schedule or None
         every = parse_every(full.every) if full.every else None
-        if cron != (plan.get("schedule") or None) or every != (plan.get("every_seconds") or None):
+        if cron != (plan.schedule or None) or every != (plan.every_seconds or None):
             body.schedule = full.schedule or ""
             body.every = full.every or ""
-        if self.enabled.isChecked() != bool(plan.get("enabled", True)):
+        if self.enabled.isChecked() != plan.enabled:
             body.enabled = self.enabled.isChecked()
         return errors, body
 
@@ -666,22 +667,20 @@ class EditRepoDialog(AddRepoDialog):
     keeps them, so a wrong password is refused and the old settings stay.
     """
 
-    def __init__(
-        self, backend: Backend, repo: dict[str, Any], parent: QWidget | None = None
-    ) -> None:
+    def __init__(self, backend: Backend, repo: RepoRecord, parent: QWidget | None = None) -> None:
         super().__init__(backend, parent)
         self.repo_row = repo
-        self.editing = str(repo["id"])
+        self.editing = repo.id
         self.setWindowTitle(f"Edit the repository {self.editing}")
         self.name.setText(self.editing)
         self.name.setEnabled(False)
-        self.uri.setText(str(repo.get("uri") or ""))
-        src = str(repo.get("password_source") or "secret")
+        self.uri.setText(repo.uri)
+        src = repo.password_source or "secret"
         self.source.setCurrentIndex(max(0, self.source.findData(src)))
         if src != "secret":
-            self.ref.setText(str(repo.get("password_ref") or ""))
+            self.ref.setText(repo.password_ref or "")
         self.password.setPlaceholderText("leave empty to keep the current password")
-        self.options.setPlainText("\n".join(repo.get("options") or []))
+        self.options.setPlainText("\n".join(repo.options))
         self.init.setChecked(False)
         self.init.hide()
         self.form.setRowVisible(self.form.rowCount() - 1, False)
@@ -714,7 +713,7 @@ class EditRepoDialog(AddRepoDialog):
         errors, full = self.repo_form()
         repo = self.repo_row
         keep_secret = (
-            repo.get("password_source") == "secret"
+            repo.password_source == "secret"
             and full.password.source == "secret"
             and not self.password.text()
             and not self.password2.text()
@@ -722,15 +721,15 @@ class EditRepoDialog(AddRepoDialog):
         if keep_secret:
             errors.pop("password", None)
         body = schema.EditRepo()
-        if full.uri != (repo.get("uri") or ""):
+        if full.uri != repo.uri:
             body.uri = full.uri
         pw = full.password
         same_ref = pw.source != "secret" and (
-            pw.source == repo.get("password_source") and pw.ref == (repo.get("password_ref") or "")
+            pw.source == repo.password_source and pw.ref == (repo.password_ref or "")
         )
         if not keep_secret and not same_ref:
             body.password = pw
-        if full.options != list(repo.get("options") or []):
+        if full.options != repo.options:
             body.options = full.options
         return errors, body
 
@@ -739,6 +738,7 @@ class EditRepoDialog(AddRepoDialog):
 
     async def recover(self, what: str, path: Path | None = None) -> None:
         """Show or copy the stored password, or write the recovery sheet to ``path``."""
+        # Not a record: the password (or where it comes from) beside the repository's record.
         said = await self.backend.reveal_password(self.editing or "")
         password = said.get("password")
         if password is None:
@@ -753,13 +753,15 @@ class EditRepoDialog(AddRepoDialog):
             QGuiApplication.clipboard().setText(str(password))
             self.banner.show_message("The password is on the clipboard.", "ok")
         elif path is not None:
-            repo = said.get("repo") or self.repo_row
+            repo = self.repo_row
+            if said.get("repo") is not None:
+                repo = decode(said["repo"], RepoRecord, "a repository")
             text = recovery_sheet(
-                name=str(repo["id"]),
-                uri=str(repo.get("uri") or ""),
+                name=repo.id,
+                uri=repo.uri,
                 password=str(password),
-                env_keys=list(repo.get("env_keys") or []),
-                options=list(repo.get("options") or []),
+                env_keys=repo.env_keys,
+                options=repo.options,
                 machine=str(self.backend.status.get("name") or self.backend.instance_id),
             )
             try:
@@ -788,9 +790,9 @@ class EditRepoDialog(AddRepoDialog):
 
     async def send(self, body: Any) -> Any:
         if body == schema.EditRepo():
-            return {"repo": self.repo_row, "message": "nothing changed"}
+            return self.repo_row, "nothing changed"
         repo = await self.backend.edit_repo(self.editing or "", body)
-        return {"repo": repo, "message": "changed; it opens with the new settings"}
+        return repo, "changed; it opens with the new settings"
 
 
 #: What each grant lets the peer do here (DESIGN.md, "Permissions").
@@ -821,13 +823,11 @@ class EditGrantsDialog(FormDialog):
     they apply at once.
     """
 
-    def __init__(
-        self, backend: Backend, peer: dict[str, Any], parent: QWidget | None = None
-    ) -> None:
-        super().__init__(backend, f"What {peer.get('id')} may do here", parent)
+    def __init__(self, backend: Backend, peer: PeerRecord, parent: QWidget | None = None) -> None:
+        super().__init__(backend, f"What {peer.id} may do here", parent)
         self.peer = peer
-        self.peer_id = str(peer.get("id") or "")
-        current = split_grants(peer.get("grants"))
+        self.peer_id = peer.id
+        current = split_grants(peer.grants)
         grid = QGridLayout()
         self.boxes: dict[str, QCheckBox] = {}
         self.scopes: dict[str, QLineEdit] = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from PySide6.QtCore import QEvent, QItemSelection, QObject, Qt
 from PySide6.QtGui import QFont, QFontDatabase
@@ -22,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from peerstash.core.ops import FINISHED, OpStatus
+from peerstash.core.records import ListedOpRecord, OpRecord
 from peerstash.desktop import fmt
 from peerstash.desktop.api import ApiError, q
 from peerstash.desktop.backend import Backend
@@ -135,7 +135,7 @@ class OperationsPage(Page):
         split.setStretchFactor(1, 1)
         self.outer.addWidget(split, 1)
 
-        self.selected: dict[str, Any] | None = None
+        self.selected: OpRecord | None = None
         #: Every node seen: this one, paired ones, and origins of synced operations.
         self._origins: set[str] = set()
         self._log_loaded_at = 0.0
@@ -194,11 +194,11 @@ class OperationsPage(Page):
             combo.setCurrentIndex(max(i, 0))
             combo.blockSignals(False)
 
-        refill(self.plan_filter, sorted(str(p["id"]) for p in self.backend.plans))
-        refill(self.repo_filter, sorted(str(r["id"]) for r in self.backend.repos))
+        refill(self.plan_filter, sorted(p.id for p in self.backend.plans))
+        refill(self.repo_filter, sorted(r.id for r in self.backend.repos))
         if self.backend.instance_id:
             self._origins.add(self.backend.instance_id)
-        self._origins |= {str(p.get("id")) for p in self.backend.peer_list if p.get("id")}
+        self._origins |= {p.id for p in self.backend.peer_list if p.id}
         refill(self.origin_filter, sorted(o for o in self._origins if o))
 
     def _filters_changed(self) -> None:
@@ -226,19 +226,21 @@ class OperationsPage(Page):
             self.log.clear()
             self._log_for = None
             return
-        status = str(op.get("status"))
-        what = f"{op.get('kind')} {op.get('plan') or op.get('repo') or ''}".strip()
+        status = op.status
+        what = f"{op.kind} {op.plan or op.repo or ''}".strip()
+        # A row from /v1/ops names its origin as shown there; one from the stream, by id.
+        shown = op.origin_label if isinstance(op, ListedOpRecord) else ""
         self.detail_title.setText(
             f"{what} · {fmt.STATUS_WORDS.get(status, status)} · "
-            f"{op.get('origin_label') or op.get('origin')} · "
-            f"operation {op.get('id')}"
+            f"{shown or op.origin} · "
+            f"operation {op.id}"
         )
-        local = op.get("origin") == self.backend.instance_id
+        local = op.origin == self.backend.instance_id
         self.cancel_button.setEnabled(local and status not in FINISHED)
         if reload_log:
-            self._log_for = str(op.get("id"))
+            self._log_for = op.id
             self._log_loaded_at = time.monotonic()
-            self.run(self._load_log(str(op.get("id")), str(op.get("origin") or "")), name="ops:log")
+            self.run(self._load_log(op.id, op.origin), name="ops:log")
 
     async def _load_log(self, op_id: str, origin: str) -> None:
         """Show the log; a peer's operation's log is fetched from that peer by the node, and
@@ -249,28 +251,29 @@ class OperationsPage(Page):
             )
         except ApiError as exc:
             res = {"lines": [], "unavailable": str(exc)}
+        # A log is not a record: its lines, or why they cannot be had (a dict, as sent).
         if self._log_for != op_id:
             return
         lines = list(res.get("lines") or [])
         text = "\n".join(lines) if lines else res.get("unavailable") or "(no log lines yet)"
-        if self.selected and self.selected.get("error"):
-            text += f"\n\n{self.selected['error']}"
+        if self.selected and self.selected.error:
+            text += f"\n\n{self.selected.error}"
         bar = self.log.verticalScrollBar()
         at_end = bar.value() >= bar.maximum() - 2
         self.log.setPlainText(text)
         if at_end:
             bar.setValue(bar.maximum())
 
-    def _op_changed(self, op: dict[str, Any]) -> None:
-        origin = str(op.get("origin") or "")
+    def _op_changed(self, op: OpRecord) -> None:
+        origin = op.origin
         if origin and origin not in self._origins:
             self._origins.add(origin)
             self._fill_filters()
         sel = self.selected
-        if sel is None or (sel.get("id"), sel.get("origin")) != (op.get("id"), op.get("origin")):
+        if sel is None or (sel.id, sel.origin) != (op.id, op.origin):
             return
         self.selected = op
-        finished = op.get("status") in FINISHED
+        finished = op.status in FINISHED
         due = time.monotonic() - self._log_loaded_at >= LOG_REFRESH
         self._show_selected(reload_log=finished or due)
 
@@ -278,7 +281,7 @@ class OperationsPage(Page):
         """The selected operation's log, with the keyboard focus (to scroll and copy it)."""
         if self.selected is None:
             return
-        if self._log_for != str(self.selected.get("id")):
+        if self._log_for != self.selected.id:
             self._show_selected(reload_log=True)
         self.log.setFocus(Qt.FocusReason.OtherFocusReason)
 
@@ -287,7 +290,7 @@ class OperationsPage(Page):
         if op is None:
             return
         self.cancel_button.setEnabled(False)
-        self.run(self._do_cancel(str(op.get("id"))))
+        self.run(self._do_cancel(op.id))
 
     async def _do_cancel(self, op_id: str) -> None:
         await self.backend.cancel(op_id)

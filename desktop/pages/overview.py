@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from peerstash.core import __version__
+from peerstash.core.records import OpRecord, PeerRecord
 from peerstash.core.text import printable, printable_lines
 from peerstash.desktop import fmt
 from peerstash.desktop.backend import Backend
@@ -144,7 +145,9 @@ class OverviewPage(Page):
         self.fleet_table.hide()
         self.outer.addWidget(self.fleet_table)
         #: Newest backup per machine and plan, from synced operations.
-        self.remote: dict[str, dict[str, dict[str, Any]]] = {}
+        #: Each peer's last backup per plan: the node's fleet entries listed with the peer (dicts,
+        #: not records), replaced by the operation itself when one arrives on the stream.
+        self.remote: dict[str, dict[str, dict[str, Any] | OpRecord]] = {}
         self.outer.addStretch(1)
 
         backend.statusChanged.connect(self._show_status)
@@ -168,10 +171,9 @@ class OverviewPage(Page):
         """The newest backup of each plan of each paired machine, as the node lists it with
         each peer (from synced operations)."""
         for p in list(self.backend.peer_list):
-            origin = str(p.get("id") or "")
-            if origin:
-                plans = p.get("plans") or []
-                self.remote[origin] = {str(r["plan"]): r for r in plans if r.get("plan")}
+            if p.id:
+                plans = self.backend.peer_extras.get(p.id, {}).get("plans") or []
+                self.remote[p.id] = {str(r["plan"]): r for r in plans if r.get("plan")}
         self._show_peers()
 
     def _show_peers(self) -> None:
@@ -182,35 +184,42 @@ class OverviewPage(Page):
             self.fleet_table.hide()
             return
         self.fleet.hide()
-        rows: list[tuple[dict[str, Any], str, dict[str, Any] | None]] = []
+        rows: list[tuple[PeerRecord, str, dict[str, Any] | OpRecord | None]] = []
         for p in peers:
-            plans = self.remote.get(str(p.get("id")), {})
+            plans = self.remote.get(p.id, {})
             if not plans:
                 rows.append((p, "", None))
             rows += [(p, plan, op) for plan, op in sorted(plans.items())]
         t = self.fleet_table
         t.setRowCount(len(rows))
         for r, (p, plan, op) in enumerate(rows):
-            state = str(p.get("state") or "?")
+            state = p.state or "?"
             # Peer ids, plan names, reasons and errors come from peers: shown inert.
-            t.setItem(r, 0, item(printable(str(p.get("label") or p.get("id") or "?"))))
+            t.setItem(r, 0, item(printable(self.backend.peer_label(p))))
             link = item(state)
             link.setForeground(QColor(PEER_COLORS.get(state, "#858b94")))
-            if p.get("state_reason"):
-                link.setToolTip(printable(p["state_reason"]))
+            if p.state_reason:
+                link.setToolTip(printable(p.state_reason))
             t.setItem(r, 1, link)
             t.setItem(r, 2, item(printable(plan or "—")))
             if op is None:
                 t.setItem(r, 3, item("—"))
                 t.setItem(r, 4, item("no operations shared" if not plan else ""))
                 continue
-            when = op.get("ended_at") or op.get("started_at") or op.get("created_at")
+            if isinstance(op, OpRecord):  # seen on the event stream since the list was read
+                when, status, error = (
+                    op.ended_at or op.started_at or op.created_at,
+                    op.status,
+                    op.error,
+                )
+            else:  # the node's fleet entry beside the peer (a dict: not a record)
+                when = op.get("ended_at") or op.get("started_at") or op.get("created_at")
+                status, error = str(op.get("status")), op.get("error")
             t.setItem(r, 3, item(fmt.ago(when)))
-            status = str(op.get("status"))
             res = item(fmt.STATUS_WORDS.get(status, status))
             res.setIcon(status_icon(status))
-            if op.get("error"):
-                res.setToolTip(printable_lines(str(op["error"])))
+            if error:
+                res.setToolTip(printable_lines(str(error)))
             t.setItem(r, 4, res)
         rows_h = sum(t.rowHeight(r) for r in range(min(len(rows), 8)))
         t.setFixedHeight(t.horizontalHeader().height() + rows_h + 4)
@@ -237,6 +246,7 @@ class OverviewPage(Page):
         self.restart_due.setText(restart)
         self.restart_due.setVisible(bool(restart))
         self._show_health(st)
+        # /v1/status is not a record (nor are its plans, each with its last result): dicts.
         plans = list(st.get("plans") or [])
         self.plans.setRowCount(len(plans))
         for r, p in enumerate(plans):
@@ -291,24 +301,19 @@ class OverviewPage(Page):
         self.run(self.backend.set_paused(not self.backend.paused))
 
     async def _backup(self, plan_id: str) -> None:
-        op = await self.backend.backup(plan_id)
-        if op.get("already"):  # the node queued nothing: one is on its way already
-            self.banner.show_message(str(op["already"]), "info")
+        op, already = await self.backend.backup(plan_id)
+        if already:  # the node queued nothing: one is on its way already
+            self.banner.show_message(already, "info")
             return
-        self.banner.show_message(f"Backup of {plan_id} queued (operation {op['id'][-8:]}).", "ok")
+        self.banner.show_message(f"Backup of {plan_id} queued (operation {op.id[-8:]}).", "ok")
 
     # -- running operations --------------------------------------------------------------------
 
-    def _op_changed(self, op: dict[str, Any]) -> None:
+    def _op_changed(self, op: OpRecord) -> None:
         self._show_running()
-        origin = str(op.get("origin") or "")
-        if (
-            origin
-            and origin != self.backend.instance_id
-            and op.get("kind") == "backup"
-            and op.get("plan")
-        ):
-            self.remote.setdefault(origin, {})[str(op["plan"])] = op
+        origin = op.origin
+        if origin and origin != self.backend.instance_id and op.kind == "backup" and op.plan:
+            self.remote.setdefault(origin, {})[op.plan] = op
             self._show_peers()
 
     def _show_running(self) -> None:
@@ -318,7 +323,7 @@ class OverviewPage(Page):
                 label, bar = self._bars.pop(key)
                 label.deleteLater()
                 bar.deleteLater()
-        for key, op in sorted(active.items(), key=lambda kv: kv[1].get("pk") or 0):
+        for key, op in sorted(active.items(), key=lambda kv: kv[1].pk):
             if key not in self._bars:
                 label, bar = QLabel(), QProgressBar()
                 bar.setRange(0, 1000)
@@ -328,11 +333,11 @@ class OverviewPage(Page):
                 self.running_layout.addWidget(bar, row, 1)
                 self._bars[key] = (label, bar)
             label, bar = self._bars[key]
-            what = f"{op.get('kind')} {op.get('plan') or op.get('repo') or ''}".strip()
+            what = f"{op.kind} {op.plan or op.repo or ''}".strip()
             label.setText(what)
             frac = fmt.op_progress(op)
             if frac is None:
-                bar.setRange(0, 0 if op.get("status") == "running" else 1000)
+                bar.setRange(0, 0 if op.status == "running" else 1000)
                 bar.setFormat(fmt.op_detail(op))
             else:
                 bar.setRange(0, 1000)

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from peerstash.core.records import PeerRecord
 from peerstash.core.text import printable
 from peerstash.desktop import fmt
 from peerstash.desktop.api import ApiError, PeersApi
@@ -94,7 +95,7 @@ class PeersPage(Page):
         self.question: Any = None
         self.dialog: EditGrantsDialog | None = None
         #: The peers as last listed, by id (what the grants dialog starts from).
-        self._peers: dict[str, dict[str, Any]] = {}
+        self._peers: dict[str, PeerRecord] = {}
         self.content = QWidget()
         cl = QVBoxLayout(self.content)
         cl.setContentsMargins(0, 0, 0, 0)
@@ -225,9 +226,9 @@ class PeersPage(Page):
         self.run(self.refresh(), name="peers:refresh")
 
     async def refresh(self) -> None:
-        peers = await self.backend.peers.peers()
+        peers, extras = await self.backend.peers.peers()
         self.content.show()
-        self._fill(peers)
+        self._fill(peers, extras)
         try:
             self._fill_tokens(await self.backend.peers.tokens())
         except ApiError as exc:
@@ -280,21 +281,23 @@ class PeersPage(Page):
     def _show_peers(self) -> None:
         if self.backend.peers_loaded:
             self.content.show()
-            self._fill(self.backend.peer_list)
+            self._fill(self.backend.peer_list, self.backend.peer_extras)
 
-    def _fill(self, peers: list[dict[str, Any]]) -> None:
-        self._peers = {str(p.get("id") or p.get("instance_id") or "?"): p for p in peers}
-        hosts = [p for p in peers if p.get("role") == "known_host"]
-        clients = [p for p in peers if p.get("role") != "known_host"]
+    def _fill(self, peers: list[PeerRecord], extras: dict[str, dict[str, Any]]) -> None:
+        """The peers' records, and beside them (``extras``, by id: not records) their labels."""
+        self._peers = {p.id: p for p in peers}
+        hosts = [p for p in peers if p.role == "known_host"]
+        clients = [p for p in peers if p.role != "known_host"]
         for table, rows in ((self.hosts, hosts), (self.clients, clients)):
             keep = selected_data(table)
             table.setRowCount(len(rows))
             for r, p in enumerate(rows):
-                name = str(p.get("id") or p.get("instance_id") or "?")
+                name = p.id
                 # The label tells same-named machines apart; the row's data stays the id.
-                table.setItem(r, 0, item(printable(str(p.get("label") or name)), name))
-                state = str(p.get("state") or "")
-                reason = str(p.get("state_reason") or "")
+                label = str(extras.get(name, {}).get("label") or p.name or name)
+                table.setItem(r, 0, item(printable(label), name))
+                state = p.state
+                reason = p.state_reason or ""
                 # Why a peer refuses us ("removed by NAME") is said in the cell, as `peer list`
                 # says it: a tooltip alone hides that this peer will not be dialed again.
                 shown = f"{state} ({reason})" if state == "auth failed" and reason else state
@@ -302,17 +305,18 @@ class PeersPage(Page):
                 st.setForeground(
                     QColor(STATE_COLOR[state]) if state in STATE_COLOR else table.palette().text()
                 )
-                if p.get("state_reason"):
-                    st.setToolTip(printable(p["state_reason"]))
+                if p.state_reason:
+                    st.setToolTip(printable(p.state_reason))
                 table.setItem(r, 1, st)
-                table.setItem(r, 2, item(str(p.get("key_id") or "")))
-                table.setItem(r, 3, item(grants_text(p.get("grants"))))
-                table.setItem(r, 4, item(printable(grants_text(p.get("their_grants")))))
-                table.setItem(r, 5, item(fmt.ago(p.get("last_seen"))))
+                table.setItem(r, 2, item(p.key_id))
+                table.setItem(r, 3, item(grants_text(p.grants)))
+                table.setItem(r, 4, item(printable(grants_text(p.their_grants))))
+                table.setItem(r, 5, item(fmt.ago(p.last_seen)))
                 if name == keep:
                     table.selectRow(r)
 
     def _fill_tokens(self, tokens: list[dict[str, Any]]) -> None:
+        # Pairing tokens (and the LAN's discovered instances) are not records: dicts.
         self.tokens.setRowCount(len(tokens))
         for r, t in enumerate(tokens):
             self.tokens.setItem(r, 0, item(str(t.get("label") or "(no label)"), t.get("id")))
@@ -338,7 +342,7 @@ class PeersPage(Page):
             res = await self.backend.peers.pair(token, url, grants)
         finally:
             self.pair_button.setEnabled(True)
-        self.banner.show_message(f"Paired with {res.get('id', 'the other machine')}.", "ok")
+        self.banner.show_message(f"Paired with {res.id or 'the other machine'}.", "ok")
         self.token_in.clear()
         await self.backend.refresh_peers()
         await self.refresh()
@@ -382,8 +386,8 @@ class PeersPage(Page):
             self.run(self._do_check(str(name)))
 
     async def _do_check(self, name: str) -> None:
-        res = await self.backend.peers.check(name)
-        self.banner.show_message(f"{name}: {res.get('message', 'checking')}.", "info")
+        _peer, said = await self.backend.peers.check(name)
+        self.banner.show_message(f"{name}: {said}.", "info")
 
     def open_edit_grants(self, table: Any) -> EditGrantsDialog | None:
         """What the selected peer may do here, in a small dialog (saved through the node)."""
@@ -394,8 +398,7 @@ class PeersPage(Page):
         dlg = EditGrantsDialog(self.backend, peer, self)
         dlg.created.connect(
             lambda p: self.banner.show_message(
-                f"{p.get('id')} may now: {grants_text(p.get('grants'))}. The link restarted so "
-                "this applies now.",
+                f"{p.id} may now: {grants_text(p.grants)}. The link restarted so this applies now.",
                 "ok",
             )
         )

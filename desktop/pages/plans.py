@@ -7,9 +7,10 @@ from typing import Any
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QGroupBox, QMessageBox, QPushButton, QVBoxLayout, QWidget
 
+from peerstash.core.records import PlannedSnapshotRecord
 from peerstash.desktop import fmt
-from peerstash.desktop.api import q
-from peerstash.desktop.backend import Backend
+from peerstash.desktop.api import ApiError, q
+from peerstash.desktop.backend import Backend, decode
 from peerstash.desktop.dialogs.confirm_list import ListConfirmDialog
 from peerstash.desktop.dialogs.forms import (
     AddPlanDialog,
@@ -115,33 +116,29 @@ class PlansPage(Page):
         plans, repos = self.backend.plans, self.backend.repos
         self.plans.setRowCount(len(plans))
         for r, p in enumerate(plans):
-            self.plans.setItem(r, 0, item(str(p["id"]), p["id"]))
-            self.plans.setItem(r, 1, item(str(p.get("repo"))))
+            self.plans.setItem(r, 0, item(p.id, p.id))
+            self.plans.setItem(r, 1, item(p.repo))
             self.plans.setItem(r, 2, item(fmt.schedule_text(p)))
-            paths = item(", ".join(p.get("paths") or []))
-            paths.setToolTip("\n".join(p.get("paths") or []))
+            paths = item(", ".join(p.paths))
+            paths.setToolTip("\n".join(p.paths))
             self.plans.setItem(r, 3, paths)
-            self.plans.setItem(r, 4, item(retention_text(p.get("retention") or {})))
-            reason = p.get("disabled_reason")
-            state = (
-                "enabled"
-                if p.get("enabled", True)
-                else (f"disabled: {reason}" if reason else "disabled")
-            )
+            self.plans.setItem(r, 4, item(retention_text(p.retention)))
+            reason = p.disabled_reason
+            state = "enabled" if p.enabled else (f"disabled: {reason}" if reason else "disabled")
             self.plans.setItem(r, 5, item(state))
-            if p["id"] == keep_plan:
+            if p.id == keep_plan:
                 self.plans.selectRow(r)
         self.repos.setRowCount(len(repos))
         for r, repo in enumerate(repos):
-            self.repos.setItem(r, 0, item(str(repo["id"]), repo["id"]))
-            self.repos.setItem(r, 1, item(str(repo.get("uri"))))
-            src = str(repo.get("password_source"))
-            ref = repo.get("password_ref")
+            self.repos.setItem(r, 0, item(repo.id, repo.id))
+            self.repos.setItem(r, 1, item(repo.uri))
+            src = repo.password_source
+            ref = repo.password_ref
             self.repos.setItem(r, 2, item(f"{src} ({ref})" if ref else src))
-            self.repos.setItem(r, 3, item(str(repo.get("guid") or "")[:8]))
-            kind = f"shared by {repo['origin']} · read-only" if repo.get("origin") else "own"
+            self.repos.setItem(r, 3, item((repo.guid or "")[:8]))
+            kind = f"shared by {repo.origin} · read-only" if repo.origin else "own"
             self.repos.setItem(r, 4, item(kind))
-            if repo["id"] == keep_repo:
+            if repo.id == keep_repo:
                 self.repos.selectRow(r)
         self._update_buttons()
 
@@ -152,8 +149,8 @@ class PlansPage(Page):
     def _update_buttons(self) -> None:
         plan = selected_data(self.plans) is not None
         repo_id = selected_data(self.repos)
-        repo = next((r for r in self.backend.repos if r["id"] == repo_id), None)
-        own = repo is not None and not repo.get("origin")
+        repo = next((r for r in self.backend.repos if r.id == repo_id), None)
+        own = repo is not None and not repo.origin
         self.backup_button.setEnabled(plan)
         self.edit_plan_button.setEnabled(plan)
         self.remove_plan_button.setEnabled(plan)
@@ -162,7 +159,7 @@ class PlansPage(Page):
             self.edit_repo_button.setToolTip("Select a repository to change its settings.")
         elif not own:
             self.edit_repo_button.setToolTip(
-                f"Shared by {repo['origin']}: read-only here. Change it on {repo['origin']}."
+                f"Shared by {repo.origin}: read-only here. Change it on {repo.origin}."
             )
         else:
             self.edit_repo_button.setToolTip("Change the location, password or options.")
@@ -186,9 +183,7 @@ class PlansPage(Page):
 
     def open_add_plan(self) -> AddPlanDialog:
         dlg = AddPlanDialog(self.backend, self)
-        dlg.created.connect(
-            lambda plan: self.banner.show_message(f"Plan {plan['id']} added.", "ok")
-        )
+        dlg.created.connect(lambda plan: self.banner.show_message(f"Plan {plan.id} added.", "ok"))
         self.dialog = dlg
         dlg.open()
         return dlg
@@ -197,7 +192,7 @@ class PlansPage(Page):
         dlg = AddRepoDialog(self.backend, self)
         dlg.created.connect(
             lambda res: self.banner.show_message(
-                f"Repository {res['repo']['id']}: {res.get('message', 'added')}.", "ok"
+                f"Repository {res[0].id}: {res[1] or 'added'}.", "ok"
             )
         )
         self.dialog = dlg
@@ -206,25 +201,23 @@ class PlansPage(Page):
 
     def open_edit_plan(self) -> EditPlanDialog | None:
         plan_id = selected_data(self.plans)
-        plan = next((p for p in self.backend.plans if p["id"] == plan_id), None)
+        plan = next((p for p in self.backend.plans if p.id == plan_id), None)
         if plan is None:
             return None
         dlg = EditPlanDialog(self.backend, plan, self)
-        dlg.created.connect(lambda p: self.banner.show_message(f"Plan {p['id']} saved.", "ok"))
+        dlg.created.connect(lambda p: self.banner.show_message(f"Plan {p.id} saved.", "ok"))
         self.dialog = dlg
         dlg.open()
         return dlg
 
     def open_edit_repo(self) -> EditRepoDialog | None:
         repo_id = selected_data(self.repos)
-        repo = next((r for r in self.backend.repos if r["id"] == repo_id), None)
-        if repo is None or repo.get("origin"):
+        repo = next((r for r in self.backend.repos if r.id == repo_id), None)
+        if repo is None or repo.origin:
             return None
         dlg = EditRepoDialog(self.backend, repo, self)
         dlg.created.connect(
-            lambda res: self.banner.show_message(
-                f"Repository {res['repo']['id']}: {res.get('message', 'saved')}.", "ok"
-            )
+            lambda res: self.banner.show_message(f"Repository {res[0].id}: {res[1]}.", "ok")
         )
         self.dialog = dlg
         dlg.open()
@@ -236,12 +229,12 @@ class PlansPage(Page):
             self.run(self._do_backup(str(plan_id)), name="plans:backup")
 
     async def _do_backup(self, plan_id: str) -> None:
-        op = await self.backend.backup(plan_id)
-        if op.get("already"):  # the node queued nothing: one is on its way already
-            self.banner.show_message(f"{op['already']}; follow it on the Operations page.", "info")
+        op, already = await self.backend.backup(plan_id)
+        if already:  # the node queued nothing: one is on its way already
+            self.banner.show_message(f"{already}; follow it on the Operations page.", "info")
             return
         self.banner.show_message(
-            f"Backup of {plan_id} queued as operation {op['id'][-8:]}; follow it on the "
+            f"Backup of {plan_id} queued as operation {op.id[-8:]}; follow it on the "
             "Operations page.",
             "ok",
         )
@@ -271,7 +264,11 @@ class PlansPage(Page):
         res = await self.backend.call(
             "POST", f"/v1/repos/{q(repo_id)}/forget", schema.Forget(dry_run=True)
         )
-        remove, keep = list(res.get("remove") or []), list(res.get("keep") or [])
+        # The answer is not a record (repo, plans, keep, remove); the snapshots in it are.
+        if not isinstance(res, dict):
+            raise ApiError("the node's answer is not a retention preview")
+        remove = decode(res.get("remove"), list[PlannedSnapshotRecord], "a list of snapshots")
+        keep = decode(res.get("keep"), list[PlannedSnapshotRecord], "a list of snapshots")
         if not remove:
             self.banner.show_message(
                 f"Retention would remove nothing from {repo_id} now "
@@ -282,13 +279,13 @@ class PlansPage(Page):
         self.banner.clear_message()
         rows = [
             [
-                fmt.date_time(s.get("time")),
-                str(s.get("short_id") or str(s.get("id"))[:8]),
-                str(s.get("plan") or ""),
-                str(s.get("hostname") or ""),
-                ", ".join(s.get("paths") or []),
+                fmt.date_time(s.time),
+                s.short_id or s.id[:8],
+                s.plan,
+                s.hostname,
+                ", ".join(s.paths),
             ]
-            for s in sorted(remove, key=lambda s: str(s.get("time") or ""))
+            for s in sorted(remove, key=lambda s: s.time or "")
         ]
         n = len(remove)
         self.confirm_dialog = ListConfirmDialog(
@@ -302,7 +299,7 @@ class PlansPage(Page):
             f"Remove {n} snapshot{'s' if n != 1 else ''}",
             lambda: self.run(
                 self._do_maintenance(
-                    repo_id, "forget", schema.Forget(expect=[str(s["id"]) for s in remove])
+                    repo_id, "forget", schema.Forget(expect=[s.id for s in remove])
                 )
             ),
             footer="A removed snapshot cannot be brought back. Its data stays in the "
@@ -314,7 +311,7 @@ class PlansPage(Page):
         self, repo_id: str, what: str, body: schema.Maintenance | schema.Forget | None = None
     ) -> None:
         op = await self.backend.maintenance(repo_id, what, body)
-        self.banner.show_message(f"{what} of {repo_id} queued as operation {op['id'][-8:]}.", "ok")
+        self.banner.show_message(f"{what} of {repo_id} queued as operation {op.id[-8:]}.", "ok")
 
     def _remove_plan(self) -> None:
         plan_id = selected_data(self.plans)

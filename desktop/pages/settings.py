@@ -173,7 +173,7 @@ class SettingsPage(Page):
 
     async def load_node_settings(self) -> None:
         data = await self.backend.call("GET", "/v1/settings")
-        self._fill_node_settings(dict(data))
+        self._fill_node_settings(dict(data))  # the node's settings: not a record, a dict
 
     def _fill_node_settings(self, data: dict[str, Any]) -> None:
         self._node_settings = data

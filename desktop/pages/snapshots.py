@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,12 @@ from PySide6.QtWidgets import (
 )
 
 from peerstash.core.ops import FINISHED
+from peerstash.core.records import LsNodeRecord, OpRecord, SnapshotRecord
 from peerstash.core.restore_target import default_restore_folder, restored_path
 from peerstash.core.wording import human_bytes, snapshot_size, split_tags
 from peerstash.desktop import fmt
-from peerstash.desktop.api import q, query
-from peerstash.desktop.backend import Backend
+from peerstash.desktop.api import ApiError, q, query
+from peerstash.desktop.backend import Backend, decode
 from peerstash.desktop.dialogs.confirm_list import ListConfirmDialog
 from peerstash.desktop.widgets import (
     Page,
@@ -49,6 +51,8 @@ from peerstash.desktop.widgets import (
     state_color,
 )
 from peerstash.peer.api import schema
+
+log = logging.getLogger(__name__)
 
 PathRole = Qt.ItemDataRole.UserRole + 1
 LoadedRole = Qt.ItemDataRole.UserRole + 2
@@ -157,7 +161,7 @@ class SnapshotsPage(Page):
         self._target_is_default = True
         self._restore_what: tuple[str, list[str]] = ("/", [])
 
-        self.restore_op: dict[str, Any] | None = None
+        self.restore_op: OpRecord | None = None
         self._loading: set[str] = set()
         self._folder_dialog: QFileDialog | None = None
         self._snap_generation = 0
@@ -175,7 +179,7 @@ class SnapshotsPage(Page):
 
     def _fill_repos(self) -> None:
         current = self.repo.currentData()
-        ids = [str(r["id"]) for r in self.backend.repos]
+        ids = [r.id for r in self.backend.repos]
         if [self.repo.itemData(i) for i in range(self.repo.count())] == ids:
             return
         self.repo.blockSignals(True)
@@ -212,20 +216,21 @@ class SnapshotsPage(Page):
         self._snap_generation += 1
         gen = self._snap_generation
         self.banner.show_message(f"Reading the snapshots of {repo}…", "info")
-        snaps = await self.backend.call("GET", f"/v1/repos/{q(repo)}/snapshots")
+        answer = await self.backend.call("GET", f"/v1/repos/{q(repo)}/snapshots")
         if gen != self._snap_generation:
             return
+        snaps = decode(answer, list[SnapshotRecord], "a list of snapshots")
         self.banner.clear_message()
-        snaps = sorted(snaps, key=lambda s: s.get("time") or "", reverse=True)
+        snaps.sort(key=lambda s: s.time or "", reverse=True)
         self.snapshots.setRowCount(len(snaps))
         right = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
         for r, s in enumerate(snaps):
-            tags = split_tags(s.get("tags"))
-            size, files = snapshot_size(s.get("summary"))
-            self.snapshots.setItem(r, 0, item(fmt.date_time(s.get("time")), s))
-            self.snapshots.setItem(r, 1, item(str(s.get("short_id") or s["id"][:8])))
+            tags = split_tags(s.tags)
+            size, files = snapshot_size(s.summary)
+            self.snapshots.setItem(r, 0, item(fmt.date_time(s.time), s))
+            self.snapshots.setItem(r, 1, item(s.short_id or s.id[:8]))
             self.snapshots.setItem(r, 2, item(tags.plan))
-            self.snapshots.setItem(r, 3, item(tags.host or str(s.get("hostname") or "")))
+            self.snapshots.setItem(r, 3, item(tags.host or s.hostname))
             # restic 0.17+ stores these in the snapshot; older versions do not: left blank.
             size_item = item("" if size is None else human_bytes(size))
             size_item.setTextAlignment(right)
@@ -233,15 +238,16 @@ class SnapshotsPage(Page):
             files_item = item("" if files is None else f"{files:,}")
             files_item.setTextAlignment(right)
             self.snapshots.setItem(r, 5, files_item)
-            folders = item(", ".join(s.get("paths") or []))
-            folders.setToolTip("\n".join(s.get("paths") or []))
+            folders = item(", ".join(s.paths))
+            folders.setToolTip("\n".join(s.paths))
             self.snapshots.setItem(r, 6, folders)
             self.snapshots.setItem(r, 7, item(", ".join(tags.others)))
         if not snaps:
             self.banner.show_message(f"{repo} has no snapshots yet.", "info")
 
-    def snapshot(self) -> dict[str, Any] | None:
-        return selected_data(self.snapshots)
+    def snapshot(self) -> SnapshotRecord | None:
+        snap = selected_data(self.snapshots)
+        return snap if isinstance(snap, SnapshotRecord) else None
 
     def _snapshot_changed(self) -> None:
         self._clear_tree()
@@ -249,22 +255,23 @@ class SnapshotsPage(Page):
         if snap is None:
             return
         # Open at the folders the snapshot backed up, not at "/" (a click per parent saved).
-        for path in list(snap.get("paths") or []) or ["/"]:
+        for path in snap.paths or ["/"]:
             root = self._dir_item(path, path)
             self.tree_model.appendRow([root, QStandardItem(""), QStandardItem("")])
             self.tree.expand(root.index())
         self.run(self._suggest_target(snap), name="snapshots:target")
 
-    async def _suggest_target(self, snap: dict[str, Any]) -> None:
+    async def _suggest_target(self, snap: SnapshotRecord) -> None:
         """A fresh folder named after the plan and the snapshot's date (never one that holds
         something already), unless the person typed a folder of their own."""
         if not self._target_is_default:
             return
-        plan = split_tags(snap.get("tags")).plan or str(snap.get("short_id") or "snapshot")
+        plan = split_tags(snap.tags).plan or snap.short_id or "snapshot"
         folder = await asyncio.to_thread(
-            default_restore_folder, restored_folder(), plan, fmt.parse_time(snap.get("time"))
+            default_restore_folder, restored_folder(), plan, fmt.parse_time(snap.time)
         )
-        if self._target_is_default and (self.snapshot() or {}).get("id") == snap.get("id"):
+        shown = self.snapshot()
+        if self._target_is_default and shown is not None and shown.id == snap.id:
             self.target.setText(str(folder))
 
     def _target_edited(self, _text: str) -> None:
@@ -307,7 +314,7 @@ class SnapshotsPage(Page):
         if snap and repo:
             path = str(it.data(PathRole))
             self._loading.add(path)
-            self.run(self.load_dir(str(repo), str(snap["id"]), it), name="snapshots:ls")
+            self.run(self.load_dir(str(repo), snap.id, it), name="snapshots:ls")
 
     async def load_dir(self, repo: str, snap: str, parent: QStandardItem) -> None:
         # Another snapshot chosen meanwhile clears the tree and deletes ``parent``: the
@@ -334,8 +341,13 @@ class SnapshotsPage(Page):
         url = f"/v1/repos/{q(repo)}/snapshots/{q(snap)}/ls" + query({"path": path})
         try:
             async with contextlib.aclosing(self.backend.client.stream(url)) as stream:
-                async for node in stream:
-                    if not is_child(str(node.get("path") or ""), path):
+                async for line in stream:
+                    try:
+                        node = decode(line, LsNodeRecord, "an entry of a listing")
+                    except ApiError as exc:
+                        log.warning("skipped a line of the listing of %s: %s", path, exc)
+                        continue
+                    if not is_child(node.path, path):
                         continue  # the directory itself (restic lists it first)
                     batch.append(self._row(node))
                     count += 1
@@ -349,22 +361,20 @@ class SnapshotsPage(Page):
         if count == 0:
             parent.appendRow(QStandardItem("(empty)"))
 
-    def _row(self, node: dict[str, Any]) -> list[QStandardItem]:
-        name = str(node.get("name") or os.path.basename(str(node.get("path"))))
-        path = str(node.get("path"))
-        if node.get("type") == "dir":
+    def _row(self, node: LsNodeRecord) -> list[QStandardItem]:
+        name = node.name or os.path.basename(node.path)
+        path = node.path
+        if node.type == "dir":
             first = self._dir_item(name, path)
         else:
             first = QStandardItem(name)
             first.setData(path, PathRole)
             first.setData(True, LoadedRole)
-            first.setData(str(node.get("type")), TypeRole)
+            first.setData(node.type, TypeRole)
             first.setIcon(self.style().standardIcon(self.style().StandardPixmap.SP_FileIcon))
-        size = QStandardItem(
-            "" if node.get("type") == "dir" else fmt.human_bytes(node.get("size") or 0)
-        )
+        size = QStandardItem("" if node.type == "dir" else fmt.human_bytes(node.size))
         size.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        return [first, size, QStandardItem(fmt.local_time(node.get("mtime")))]
+        return [first, size, QStandardItem(fmt.local_time(node.mtime))]
 
     def find_item(self, path: str) -> QStandardItem | None:
         """The tree item of ``path`` if it is loaded (for tests and "reveal")."""
@@ -387,7 +397,7 @@ class SnapshotsPage(Page):
     # -- restore -----------------------------------------------------------------------------
 
     def _update_restore(self, *_: Any) -> None:
-        busy = self.restore_op is not None and self.restore_op.get("status") not in FINISHED
+        busy = self.restore_op is not None and self.restore_op.status not in FINISHED
         self.restore_button.setEnabled(self.selected_path() is not None and not busy)
 
     def _choose_target(self) -> None:
@@ -413,7 +423,7 @@ class SnapshotsPage(Page):
         self.open_button.hide()
         self._restore_what = (path, include)
         self.run(
-            self._check_and_restore(str(repo), str(snap["id"]), target, include, original),
+            self._check_and_restore(str(repo), snap.id, target, include, original),
             name="restore:preview",
         )
 
@@ -430,6 +440,7 @@ class SnapshotsPage(Page):
             )
         finally:
             self._update_restore()
+        # Not a record: what the restore would write and overwrite (a dict, as the node says).
         count, files = int(preview.get("overwrite_count") or 0), int(preview.get("files") or 0)
         if not original and count == 0:
             await self._do_restore(repo, snap, target, include)
@@ -480,17 +491,14 @@ class SnapshotsPage(Page):
         self.restore_status.setText(f"Restoring {what} into {target}…")
         self._show_restore(op)
 
-    def _op_changed(self, op: dict[str, Any]) -> None:
+    def _op_changed(self, op: OpRecord) -> None:
         cur = self.restore_op
-        if cur is not None and (op.get("id"), op.get("origin")) == (
-            cur.get("id"),
-            cur.get("origin"),
-        ):
+        if cur is not None and (op.id, op.origin) == (cur.id, cur.origin):
             self.restore_op = op
             self._show_restore(op)
 
-    def _show_restore(self, op: dict[str, Any]) -> None:
-        status = str(op.get("status"))
+    def _show_restore(self, op: OpRecord) -> None:
+        status = op.status
         frac = fmt.op_progress(op)
         if frac is not None:
             self.progress.setRange(0, 1000)
@@ -506,7 +514,7 @@ class SnapshotsPage(Page):
                 self.open_button.setVisible(bool(where))
                 msg = f"Restore finished: the files are in {where}."
             else:
-                msg = f"Restore {fmt.STATUS_WORDS.get(status, status)}: {op.get('error') or ''}"
+                msg = f"Restore {fmt.STATUS_WORDS.get(status, status)}: {op.error or ''}"
             self.restore_status.setText(msg)
             self.restore_status.setStyleSheet(
                 f"color:{state_color('ok' if status == 'success' else 'error', self)};"
@@ -514,10 +522,10 @@ class SnapshotsPage(Page):
             self.banner.show_message(msg, "ok" if status == "success" else "error")
         self._update_restore()
 
-    def _restored_folder(self, op: dict[str, Any]) -> str:
+    def _restored_folder(self, op: OpRecord) -> str:
         """The folder holding what was restored: the selected folder at its new place (or the
         folder of the selected file), which is what "Open folder" shows."""
-        target = str((op.get("summary") or {}).get("target") or self.target.text() or "/")
+        target = str(op.summary.get("target") or self.target.text() or "/")
         path, include = self._restore_what
         if not include:
             return target

@@ -13,6 +13,7 @@ from typing import Any
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QPushButton
 
+from peerstash.core.records import OpRecord
 from peerstash.desktop.opsmodel import ProgressRole
 from peerstash.peer.api import schema
 from tests.fixtures.gate import gated_password
@@ -117,7 +118,7 @@ def test_add_plan_through_dialog_then_back_up_now(gui: GuiEnv, qloop: QLoop, qtb
             lambda: not dlg.isVisible(), b.configChanged, dlg.finished, what="dialog closed"
         )
         assert dlg.field_errors() == {}
-        assert [p["id"] for p in b.plans] == ["laptop-docs"]
+        assert [p.id for p in b.plans] == ["laptop-docs"]
         # Not protected yet: the tray and the overview say so, in the node's words.
         await wait_for(
             lambda: "plan laptop-docs has never succeeded" in tray.tooltip,
@@ -137,8 +138,8 @@ def test_add_plan_through_dialog_then_back_up_now(gui: GuiEnv, qloop: QLoop, qtb
             "• plan laptop-docs has never succeeded",
         ]
         assert await b.call("GET", "/v1/ops") == []  # nothing started behind our back
-        assert b.plans[0]["retention"] == {"keep_last": 3}
-        assert b.plans[0]["every_seconds"] == 12 * 3600
+        assert b.plans[0].retention == {"keep_last": 3}
+        assert b.plans[0].every_seconds == 12 * 3600
 
         # The Operations page is open while the backup runs, as a person would watch it.
         ops = w.operations
@@ -160,15 +161,15 @@ def test_add_plan_through_dialog_then_back_up_now(gui: GuiEnv, qloop: QLoop, qtb
         qtbot.mouseClick(page.backup_button, Qt.MouseButton.LeftButton)
         w.show_page(ops)
 
-        def backup_row() -> dict[str, Any] | None:
+        def backup_row() -> OpRecord | None:
             for op in ops.model.ops():
-                if op["kind"] == "backup" and op["plan"] == "laptop-docs":
+                if op.kind == "backup" and op.plan == "laptop-docs":
                     return op
             return None
 
         def ended() -> bool:
             op = backup_row()
-            return op is not None and op["status"] not in ("pending", "running")
+            return op is not None and op.status not in ("pending", "running")
 
         try:
             await wait_for(
@@ -188,14 +189,12 @@ def test_add_plan_through_dialog_then_back_up_now(gui: GuiEnv, qloop: QLoop, qtb
             ) from None
         op = backup_row()
         assert op is not None
-        assert op["status"] == "success", op.get("error")
-        assert op["snapshot_id"]
+        assert op.status == "success", op.error
+        assert op.snapshot_id
         assert seen_progress, "no progress value was shown while the backup ran"
         # The retention that the plan asked for ran after it, in the same flow.
         await wait_for(
-            lambda: any(
-                o["kind"] == "forget" and o["status"] == "success" for o in ops.model.ops()
-            ),
+            lambda: any(o.kind == "forget" and o.status == "success" for o in ops.model.ops()),
             ops.model.dataChanged,
             ops.model.rowsInserted,
             ops.model.modelReset,
@@ -203,7 +202,7 @@ def test_add_plan_through_dialog_then_back_up_now(gui: GuiEnv, qloop: QLoop, qtb
             what="forget success",
         )
         # The log of the selected operation is shown.
-        assert ops.select_op(op["id"])
+        assert ops.select_op(op.id)
         await ops.tasks.idle()
         assert "backup of plan laptop-docs" in ops.log.toPlainText()
         assert not ops.cancel_button.isEnabled()
@@ -384,15 +383,15 @@ def test_tray_menu_actions(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> None:
         assert "Back up beta now" in texts and "Open Peerstash" in texts and "Quit" in texts
         assert tray.peers_menu.actions(), "the Peers submenu is never empty"
 
-        started: list[dict[str, Any]] = []
+        started: list[OpRecord] = []
         b.opChanged.connect(lambda op: started.append(op))
         tray.backup_actions["beta"].trigger()
         await wait_for(
-            lambda: [o for o in started if o["kind"] == "backup"], b.opChanged, what="backup op"
+            lambda: [o for o in started if o.kind == "backup"], b.opChanged, what="backup op"
         )
-        assert {o["plan"] for o in started if o["kind"] == "backup"} == {"beta"}
+        assert {o.plan for o in started if o.kind == "backup"} == {"beta"}
         await wait_for(
-            lambda: any(o["plan"] == "beta" and o["status"] == "success" for o in started),
+            lambda: any(o.plan == "beta" and o.status == "success" for o in started),
             b.opChanged,
             timeout=120,
             what="beta success",
@@ -437,9 +436,9 @@ def test_browse_snapshot_and_restore_a_file(gui: GuiEnv, qloop: QLoop, qtbot: An
         await b.add_plan(
             schema.AddPlan(backup_now=False, id="docs", repo="main", paths=[str(gui.src / "docs")])
         )
-        op = await b.backup("docs")
+        op, _ = await b.backup("docs")
         await wait_for(
-            lambda: b.active.get((op["origin"], op["id"])) is None,
+            lambda: b.active.get((op.origin, op.id)) is None,
             b.opChanged,
             timeout=120,
             what="backup done",
@@ -472,14 +471,13 @@ def test_browse_snapshot_and_restore_a_file(gui: GuiEnv, qloop: QLoop, qtbot: An
         qtbot.mouseClick(page.restore_button, Qt.MouseButton.LeftButton)
         await wait_for(
             lambda: (
-                page.restore_op is not None
-                and page.restore_op["status"] not in ("pending", "running")
+                page.restore_op is not None and page.restore_op.status not in ("pending", "running")
             ),
             b.opChanged,
             timeout=120,
             what="restore end",
         )
-        assert page.restore_op["status"] == "success", page.restore_op.get("error")
+        assert page.restore_op.status == "success", page.restore_op.error
         restored = out / Path(*parts[1:])
         assert restored.read_text() == target_file.read_text()
         assert page.progress.value() == 1000
@@ -560,8 +558,7 @@ def test_pair_and_make_tokens_on_the_peers_page(gui: GuiEnv, qloop: QLoop, qtbot
             b = gui.backend
             await wait_for(
                 lambda: any(
-                    o.get("origin") == "bravo" and o.get("status") == "success"
-                    for o in w.operations.model.ops()
+                    o.origin == "bravo" and o.status == "success" for o in w.operations.model.ops()
                 ),
                 b.opChanged,
                 timeout=90,
@@ -580,12 +577,10 @@ def test_pair_and_make_tokens_on_the_peers_page(gui: GuiEnv, qloop: QLoop, qtbot
             # Its log is not synced: the node fetches it from bravo when the operation is
             # selected, and it shows like a local one.
             theirs = next(
-                o
-                for o in w.operations.model.ops()
-                if o.get("origin") == "bravo" and o.get("kind") == "backup"
+                o for o in w.operations.model.ops() if o.origin == "bravo" and o.kind == "backup"
             )
             w.show_page(w.operations)
-            assert w.operations.select_op(theirs["id"])
+            assert w.operations.select_op(theirs.id)
             await w.operations.tasks.idle()
             assert "backup of plan home (manual)" in w.operations.log.toPlainText()
 
@@ -656,8 +651,8 @@ def test_failures_notify_once_and_cancel_and_remove(gui: GuiEnv, qloop: QLoop, q
         )
         shutil.rmtree(gone)
 
-        failed: list[dict[str, Any]] = []
-        b.opChanged.connect(lambda op: op["status"] == "error" and failed.append(op))
+        failed: list[OpRecord] = []
+        b.opChanged.connect(lambda op: op.status == "error" and failed.append(op))
         for expected in (1, 2):
             tray.backup_actions["flaky"].trigger()
             await wait_for(lambda n=expected: len(failed) >= n, b.opChanged, timeout=60)
@@ -673,33 +668,33 @@ def test_failures_notify_once_and_cancel_and_remove(gui: GuiEnv, qloop: QLoop, q
         w.show_page(ops)
         await ops.model.tasks.idle()
         gate.unlink()
-        first = await b.backup("docs")
+        first, _ = await b.backup("docs")
         # "Back up now" again on the same plan queues nothing: the node answers with that one.
-        again = await b.backup("docs")
-        assert again["id"] == first["id"] and again["already"].startswith("plan docs is already")
+        again, already = await b.backup("docs")
+        assert again.id == first.id and already.startswith("plan docs is already")
 
         def status_of(op_id: str) -> str:
             row = ops.model.row_of(op_id)
-            return "" if row is None else str(ops.model.op_at(row)["status"])
+            return "" if row is None else ops.model.op_at(row).status
 
-        second = await b.backup("flaky")
-        await wait_for(lambda: ops.model.row_of(second["id"]) is not None, ops.model.rowsInserted)
-        assert ops.select_op(second["id"])
+        second, _ = await b.backup("flaky")
+        await wait_for(lambda: ops.model.row_of(second.id) is not None, ops.model.rowsInserted)
+        assert ops.select_op(second.id)
         assert ops.cancel_button.isEnabled()
         qtbot.mouseClick(ops.cancel_button, Qt.MouseButton.LeftButton)
-        await wait_for(lambda: status_of(second["id"]) == "cancelled", ops.model.dataChanged)
+        await wait_for(lambda: status_of(second.id) == "cancelled", ops.model.dataChanged)
         gate.touch()  # the running backup gets its password and finishes
 
         await wait_for(
             lambda: (
-                status_of(second["id"]) not in ("", "pending", "running")
-                and status_of(first["id"]) not in ("", "pending", "running")
+                status_of(second.id) not in ("", "pending", "running")
+                and status_of(first.id) not in ("", "pending", "running")
             ),
             ops.model.dataChanged,
             timeout=60,
         )
-        assert status_of(second["id"]) == "cancelled"
-        assert status_of(first["id"]) == "success"
+        assert status_of(second.id) == "cancelled"
+        assert status_of(first.id) == "success"
 
         # Removing a plan asks first; Cancel keeps it, the destructive button removes it.
         page = w.plans
@@ -755,8 +750,8 @@ def test_window_follows_the_node_going_away_and_coming_back(
         await b.add_plan(
             schema.AddPlan(backup_now=False, id="after", repo="main", paths=[str(gui.src / "docs")])
         )
-        op = await b.backup("after")
-        await wait_for(lambda: (op["origin"], op["id"]) not in b.active, b.opChanged, timeout=60)
+        op, _ = await b.backup("after")
+        await wait_for(lambda: (op.origin, op.id) not in b.active, b.opChanged, timeout=60)
 
     qloop.run(body(), timeout=150)
 

@@ -179,7 +179,7 @@ def test_first_run_assistant_from_nothing_to_a_first_backup(
         click(a.next_button)
         click(a.next_button)
         await a.tasks.idle()
-        assert a.plan is not None and a.plan["id"] == "home"
+        assert a.plan is not None and a.plan.id == "home"
         await wait_for(
             lambda: "finished" in a.progress.text() or "ended" in a.progress.text(),
             b.opChanged,
@@ -323,9 +323,9 @@ def test_repository_editor_shows_copies_and_exports_the_password(
         await b.add_plan(
             schema.AddPlan(backup_now=False, id="docs", repo="main", paths=[str(gui.src / "docs")])
         )
-        op = await b.backup("docs")
+        op, _ = await b.backup("docs")
         await wait_for(
-            lambda: (op["origin"], op["id"]) not in b.active,
+            lambda: (op.origin, op.id) not in b.active,
             b.opChanged,
             timeout=120,
             what="backup end",

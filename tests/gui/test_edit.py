@@ -161,14 +161,14 @@ def test_edit_a_repository_wrong_password_keeps_the_old_one(
         await b.add_plan(
             schema.AddPlan(backup_now=False, id="docs", repo="main", paths=[str(gui.src / "docs")])
         )
-        op = await b.backup("docs")
+        op, _ = await b.backup("docs")
         await wait_for(
-            lambda: (op["origin"], op["id"]) not in b.active,
+            lambda: (op.origin, op.id) not in b.active,
             b.opChanged,
             timeout=120,
             what="backup end",
         )
-        done = await b.call("GET", f"/v1/ops/{op['id']}")
+        done = await b.call("GET", f"/v1/ops/{op.id}")
         assert done["status"] == "success", done.get("error")
 
         # Nothing changed: Save just closes.

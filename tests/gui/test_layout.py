@@ -199,9 +199,9 @@ def test_dialogs_focus_tab_enter_and_shortcuts(gui: GuiEnv, qloop: QLoop, qtbot:
 
         # A backup, then Enter on it in Operations goes to its log, and Enter on its
         # snapshot goes into the snapshot's files.
-        op = await b.backup("docs")
+        op, _ = await b.backup("docs")
         await wait_for(
-            lambda: b.active.get((op["origin"], op["id"])) is None,
+            lambda: b.active.get((op.origin, op.id)) is None,
             b.opChanged,
             timeout=120,
             what="backup done",
@@ -211,7 +211,7 @@ def test_dialogs_focus_tab_enter_and_shortcuts(gui: GuiEnv, qloop: QLoop, qtbot:
         QTest.keyClick(w, Qt.Key.Key_2, Qt.KeyboardModifier.ControlModifier)
         assert w.current_page is ops
         await wait_for(
-            lambda: ops.select_op(op["id"]),
+            lambda: ops.select_op(op.id),
             ops.model.rowsInserted,
             ops.model.modelReset,
             what="op row",
@@ -224,7 +224,7 @@ def test_dialogs_focus_tab_enter_and_shortcuts(gui: GuiEnv, qloop: QLoop, qtbot:
             ops.log.textChanged,
             what="log text",
         )
-        assert str(op["id"]) in ops.detail_title.text()
+        assert op.id in ops.detail_title.text()
 
         snaps = w.snapshots
         QTest.keyClick(w, Qt.Key.Key_4, Qt.KeyboardModifier.ControlModifier)
@@ -365,7 +365,7 @@ def test_errors_banners_and_colours(gui: GuiEnv, qloop: QLoop, qtbot: Any) -> No
             box = QRect(label.mapTo(dlg, QPoint(0, 0)), label.size())
             assert dlg.rect().contains(box), (box, dlg.rect())
         assert dlg.width() <= dlg.screen().availableGeometry().width()
-        assert [r["id"] for r in gui.backend.repos] == ["main"]  # nothing was added
+        assert [r.id for r in gui.backend.repos] == ["main"]  # nothing was added
         dlg.reject()
 
         # A page's banner floats: showing and clearing it moves nothing on the page.

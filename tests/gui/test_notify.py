@@ -9,11 +9,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from peerstash.core.records import OpRecord
 from peerstash.peer.api import schema
 from tests.fixtures.dbus import NOTIFY_SIGNATURE, NotificationServer, session_bus
-from tests.fixtures.gui import HAVE_QT, GuiEnv, QLoop, wait_for
+from tests.fixtures.gui import HAVE_QT, GuiEnv, QLoop, op_record, peer_record, wait_for
 
 pytestmark = pytest.mark.skipif(not HAVE_QT, reason="needs PySide6, qasync and pytest-qt")
 
@@ -113,8 +115,8 @@ def test_failures_name_the_machine_and_reach_the_bus(gui: GuiEnv, qloop: QLoop, 
                         schema.AddPlan(backup_now=False, id=plan, repo="main", paths=[str(gone)])
                     )
                 shutil.rmtree(gone)
-                failed: list[dict[str, Any]] = []
-                b.opChanged.connect(lambda op: op["status"] == "error" and failed.append(op))
+                failed: list[OpRecord] = []
+                b.opChanged.connect(lambda op: op.status == "error" and failed.append(op))
                 for n, plan in enumerate(("docs", "docs", "photos"), start=1):
                     tray.backup(plan)
                     await wait_for(lambda n=n: len(failed) >= n, b.opChanged, timeout=60)
@@ -124,20 +126,21 @@ def test_failures_name_the_machine_and_reach_the_bus(gui: GuiEnv, qloop: QLoop, 
                     f"{me}: the backup of photos failed",
                 ]
                 assert all(r.body for r in got)  # restic's reason, in words
-                kinds = {(op["summary"] or {}).get("error_kind") for op in failed}
+                kinds = {op.summary.get("error_kind") for op in failed}
                 assert kinds == {"source_missing"}, kinds
 
                 # A peer's failure (as its op arrives by sync) names the peer; another class
                 # of error on our own plan is a new kind too.
-                peer_op = {**failed[0], "id": "peer-op", "origin": "bravo-id"}
-                b.peer_list = [{"id": "bravo-id", "label": "bravo"}]
+                peer_op = msgspec.structs.replace(failed[0], id="peer-op", origin="bravo-id")
+                b.peer_list = [peer_record(id="bravo-id", name="bravo")]
+                b.peer_extras = {"bravo-id": {"label": "bravo", "plans": []}}
                 tray._op_changed(peer_op)
-                wrong = {
-                    **failed[0],
-                    "id": "op-2",
-                    "summary": {"error_kind": "wrong_password"},
-                    "error": "wrong password",
-                }
+                wrong = msgspec.structs.replace(
+                    failed[0],
+                    id="op-2",
+                    summary={"error_kind": "wrong_password"},
+                    error="wrong password",
+                )
                 tray._op_changed(wrong)
                 got = await asyncio.to_thread(server.wait_for, 4)
                 assert [r.summary for r in got[2:]] == [
@@ -267,19 +270,20 @@ def test_a_hostile_peer_cannot_flood_or_forge_notifications(gui: GuiEnv, qtbot: 
     tray.limiter = RateLimiter(clock=lambda: now[0])
     notes: list[tuple[str, str]] = []
     tray.notified.connect(lambda title, msg: notes.append((title, msg)))
-    b.peer_list = [{"id": "evil", "label": "evil\x1b[2J\u202eexe.txt"}]
+    b.peer_list = [peer_record(id="evil", name="evil")]
+    b.peer_extras = {"evil": {"label": "evil\x1b[2J\u202eexe.txt", "plans": []}}
 
     def fail(op_id: str, plan: str, error_kind: str) -> None:
         tray._op_changed(
-            {
-                "id": op_id,
-                "origin": "evil",
-                "kind": "backup",
-                "status": "error",
-                "plan": plan,
-                "summary": {"error_kind": error_kind},
-                "error": "line one\nFAKE: all backups are fine\x1b]0;title\x07",
-            }
+            op_record(
+                id=op_id,
+                origin="evil",
+                kind="backup",
+                status="error",
+                plan=plan,
+                summary={"error_kind": error_kind},
+                error="line one\nFAKE: all backups are fine\x1b]0;title\x07",
+            )
         )
 
     for i in range(40):

@@ -51,7 +51,7 @@ def test_a_retrying_backup_shows_restics_reason_in_the_window(
                 if row is None:
                     return ""
                 op = ops.model.op_at(row)
-                if op.get("status") != "running":
+                if op.status != "running":
                     return ""
                 return str(ops.model.data(ops.model.index(row, 7)) or "")
 
@@ -69,7 +69,7 @@ def test_a_retrying_backup_shows_restics_reason_in_the_window(
             await wait_for(
                 lambda: (
                     (row := ops.model.row_of(op_id)) is not None
-                    and ops.model.op_at(row).get("status") == "success"
+                    and ops.model.op_at(row).status == "success"
                 ),
                 ops.model.dataChanged,
                 timeout=120,

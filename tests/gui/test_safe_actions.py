@@ -18,6 +18,7 @@ from typing import Any
 
 from PySide6.QtCore import QUrl
 
+from peerstash.core.records import OpRecord
 from peerstash.core.wording import backup_summary_line, human_bytes
 from peerstash.peer.api import schema
 from tests.fixtures.gui import PASSWORD, GuiEnv, QLoop, wait_for
@@ -27,15 +28,15 @@ from tests.fixtures.servers import resolve_restic
 async def backup_and_wait(gui: GuiEnv, plan: str) -> dict[str, Any]:
     """Back ``plan`` up through the backend and wait for the whole flow (retention too)."""
     b = gui.backend
-    op = await b.backup(plan)
+    op, _ = await b.backup(plan)
 
     def flow_done() -> bool:
-        return not any(o.get("flow_id") == op["flow_id"] for o in b.active.values()) and (
-            b.active.get((op["origin"], op["id"])) is None
+        return not any(o.flow_id == op.flow_id for o in b.active.values()) and (
+            b.active.get((op.origin, op.id)) is None
         )
 
     await wait_for(flow_done, b.opChanged, timeout=120, what=f"backup of {plan}")
-    done = await b.call("GET", f"/v1/ops/{op['id']}")
+    done = await b.call("GET", f"/v1/ops/{op.id}")
     assert done["status"] == "success", done.get("error")
     return dict(done)
 
@@ -173,19 +174,20 @@ def test_restore_goes_to_a_new_folder_and_asks_before_overwriting(
     notes = docs / "notes.txt"
     original = notes.read_text()
 
-    async def restored(page: Any, before: str | None) -> dict[str, Any]:
+    async def restored(page: Any, before: str | None) -> OpRecord:
         await wait_for(
             lambda: (
                 page.restore_op is not None
-                and page.restore_op["id"] != before
-                and page.restore_op["status"] not in ("pending", "running")
+                and page.restore_op.id != before
+                and page.restore_op.status not in ("pending", "running")
             ),
             gui.backend.opChanged,
             timeout=120,
             what="restore end",
         )
-        assert page.restore_op["status"] == "success", page.restore_op.get("error")
-        return dict(page.restore_op)
+        op: OpRecord = page.restore_op
+        assert op.status == "success", op.error
+        return op
 
     async def restores() -> list[dict[str, Any]]:
         return [o for o in await gui.backend.call("GET", "/v1/ops") if o["kind"] == "restore"]
@@ -244,11 +246,11 @@ def test_restore_goes_to_a_new_folder_and_asks_before_overwriting(
         dlg = page.confirm_dialog
         assert dlg is not None and dlg.isVisible() and dlg.rows() == [[str(notes)]]
         dlg.yes_button.click()
-        second = await restored(page, first["id"])
+        second = await restored(page, first.id)
         assert notes.read_text() == original
         assert (docs / "extra.txt").read_text() == "not in the snapshot\n"  # left alone
         assert page.restore_status.text() == f"Restore finished: the files are in {docs}."
-        assert second["snapshot_id"] == op["snapshot_id"] or second["snapshot_id"].startswith(
+        assert second.snapshot_id == op["snapshot_id"] or str(second.snapshot_id).startswith(
             op["snapshot_id"][:8]
         )
 
@@ -322,7 +324,7 @@ def test_retention_lists_what_it_removes_and_prune_asks(
         dlg.yes_button.click()
         await page.tasks.idle()
         await wait_for(
-            lambda: not any(o["kind"] == "forget" for o in b.active.values()),
+            lambda: not any(o.kind == "forget" for o in b.active.values()),
             b.opChanged,
             timeout=120,
             what="forget end",
@@ -348,7 +350,7 @@ def test_retention_lists_what_it_removes_and_prune_asks(
         prune_now.click()
         await page.tasks.idle()
         await wait_for(
-            lambda: not any(o["kind"] == "prune" for o in b.active.values()),
+            lambda: not any(o.kind == "prune" for o in b.active.values()),
             b.opChanged,
             timeout=120,
             what="prune end",

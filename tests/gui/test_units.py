@@ -9,11 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from peerstash.core.records import OpRecord, PlanRecord
 from peerstash.desktop import fmt
 from peerstash.desktop.platform import autostart
 from peerstash.peer.api import schema
+from tests.fixtures.gui import peer_record, repo_record
 
 
 def test_headless_entry_point_never_imports_qt() -> None:
@@ -75,11 +78,15 @@ def test_exec_quoting() -> None:
 
 
 def test_op_detail_words() -> None:
-    running = {"status": "running", "bytes_done": 50, "bytes_total": 200, "eta_seconds": 90}
+    base = msgspec.convert(_op(1), OpRecord)
+    rec = msgspec.structs.replace
+    running = rec(base, status="running", bytes_done=50, bytes_total=200, eta_seconds=90)
     assert fmt.op_progress(running) == 0.25
     assert fmt.op_detail(running) == "25% of 200 B · ETA 1m30s"
-    assert fmt.op_progress({**running, "status": "success"}) is None
-    assert fmt.op_detail({"status": "error", "error": "wrong password\nmore"}) == "wrong password"
+    assert fmt.op_progress(rec(running, status="success")) is None
+    assert (
+        fmt.op_detail(rec(base, status="error", error="wrong password\nmore")) == "wrong password"
+    )
     summary = {
         "files_new": 3,
         "files_changed": 1,
@@ -87,17 +94,24 @@ def test_op_detail_words() -> None:
         "data_added": 2048,
         "total_duration": 65.2,
     }
-    ok = {"status": "success", "snapshot_id": "abcdef0123456789", "summary": summary}
+    ok = rec(base, status="success", snapshot_id="abcdef0123456789", summary=summary)
     assert fmt.op_detail(ok) == (
         "snapshot abcdef01 · 3 new, 1 changed, 120 unmodified files · 2.0 KiB added · took 1m05s"
     )
     # A summary that is not a backup's (a forget's ids, an older node's partial one): the id.
-    assert fmt.op_detail({**ok, "summary": {"data_added": 2048}}) == "snapshot abcdef01"
-    assert fmt.schedule_text({"schedule": None, "every_seconds": 3600}) == "every 1h00m"
-    retrying = {**running, "summary": {"detail": "retrying: unexpected HTTP response (500)"}}
+    assert fmt.op_detail(rec(ok, summary={"data_added": 2048})) == "snapshot abcdef01"
+    plan = PlanRecord(
+        id="p", repo="r", paths=["/x"], excludes=[], schedule=None, every_seconds=3600,
+        retention={}, enabled=True, disabled_reason=None, next_due_at=None,
+    )  # fmt: skip
+    assert fmt.schedule_text(plan) == "every 1h00m"
+    assert (
+        fmt.schedule_text(rec(plan, every_seconds=None, schedule="0 3 * * *")) == "cron 0 3 * * *"
+    )
+    retrying = rec(running, summary={"detail": "retrying: unexpected HTTP response (500)"})
     assert fmt.op_detail(retrying) == "retrying: unexpected HTTP response (500)"
     # The detail is about the run: once it ended, the outcome is what is shown.
-    assert fmt.op_detail({**retrying, "status": "error", "error": "gone"}) == "gone"
+    assert fmt.op_detail(rec(retrying, status="error", error="gone")) == "gone"
 
 
 # -- Qt parts ---------------------------------------------------------------------------------
@@ -136,9 +150,11 @@ def test_tray_state_priorities() -> None:
     )
     # Until the node answered: not green.
     assert compute_state({}, {}) == "warning"
-    running = {("x", "1"): {"status": "running"}}
+    op = msgspec.convert(_op(1), OpRecord)
+    running = {("x", "1"): msgspec.structs.replace(op, status="running")}
     assert compute_state({"health": failing}, running) == "running"
-    assert compute_state({"health": ok}, {("x", "1"): {"status": "pending"}}) == "ok"
+    pending = {("x", "1"): msgspec.structs.replace(op, status="pending")}
+    assert compute_state({"health": ok}, pending) == "ok"
     tip = tooltip_text({"plans": [{**ok_plan, "next_due_at": None}], "health": ok}, "ok")
     assert tip.splitlines()[:3][0] == "Peerstash — all backups are fine"
     assert tip.splitlines()[1] == "Health: ok"
@@ -184,17 +200,37 @@ class _FakeBackend:
 
 
 def _op(pk: int, status: str = "success", plan: str = "p", modno: int = 1) -> dict[str, Any]:
+    """An operation as ``/v1/ops`` lists it (``core/records.ListedOpRecord``)."""
     return {
         "id": f"op{pk}",
         "pk": pk,
         "origin": "me",
         "modno": modno,
+        "flow_id": f"flow{pk}",
         "kind": "backup",
         "status": status,
         "plan": plan,
         "repo": "r",
         "created_at": None,
+        "started_at": None,
+        "ended_at": None,
+        "bytes_done": 0,
+        "bytes_total": 0,
+        "files_done": 0,
+        "files_total": 0,
+        "eta_seconds": None,
+        "summary": {},
+        "snapshot_id": None,
+        "error": None,
+        "origin_label": "me",
     }
+
+
+def _rec(pk: int, status: str = "success", plan: str = "p", modno: int = 1) -> OpRecord:
+    """The same operation as it arrives on the event stream, decoded."""
+    data = _op(pk, status, plan, modno)
+    del data["origin_label"]
+    return msgspec.convert(data, OpRecord)
 
 
 @needs_qt
@@ -220,23 +256,23 @@ def test_ops_model_pages_and_merges(qapp: Any, honour_before: bool) -> None:
         if not honour_before:
             # A node too old for ``before`` resends the newest rows: the list ends calmly
             # (and is still right) instead of asking forever.
-            assert [o["pk"] for o in model.ops()] == list(range(1200, 1200 - opsmodel.PAGE, -1))
+            assert [o.pk for o in model.ops()] == list(range(1200, 1200 - opsmodel.PAGE, -1))
             assert len(fake.calls) == 2
             return
-        assert [o["pk"] for o in model.ops()] == list(range(1200, 0, -1))
+        assert [o.pk for o in model.ops()] == list(range(1200, 0, -1))
         # Live changes: a new op goes on top, an update replaces in place, a stale one is ignored.
-        model.apply(_op(1201, "running", modno=5))
-        assert model.op_at(0)["pk"] == 1201
-        model.apply(_op(1201, "success", modno=6))
-        model.apply(_op(1201, "running", modno=5))  # late, older state
-        assert model.op_at(0)["status"] == "success"
+        model.apply(_rec(1201, "running", modno=5))
+        assert model.op_at(0).pk == 1201
+        model.apply(_rec(1201, "success", modno=6))
+        model.apply(_rec(1201, "running", modno=5))  # late, older state
+        assert model.op_at(0).status == "success"
         assert model.rowCount() == 1201
         # Filtering: a row that stops matching leaves, one that does not match never enters.
         model.filter = OpFilter(status="success")
-        model.apply(_op(1202, "running", modno=7))
-        assert model.op_at(0)["pk"] == 1201
-        model.apply(_op(1201, "error", modno=8))
-        assert model.op_at(0)["pk"] == 1200
+        model.apply(_rec(1202, "running", modno=7))
+        assert model.op_at(0).pk == 1201
+        model.apply(_rec(1201, "error", modno=8))
+        assert model.op_at(0).pk == 1200
 
     asyncio.run(go())
 
@@ -250,8 +286,8 @@ def test_shared_repository_cannot_be_edited(qapp: Any) -> None:
 
     backend = Backend(object(), in_process=False)  # type: ignore[arg-type]
     backend.repos = [
-        {"id": "nas", "uri": "rest:http://nas/", "password_source": "secret", "origin": "bravo"},
-        {"id": "own", "uri": "/srv/restic", "password_source": "secret", "origin": None},
+        repo_record(id="nas", uri="rest:http://nas/", origin="bravo", read_only=True),
+        repo_record(id="own", uri="/srv/restic"),
     ]
     page = PlansPage(backend)
     assert not page.edit_repo_button.isEnabled()
@@ -284,7 +320,7 @@ def test_grants_dialog_reads_and_writes_entries(qapp: Any) -> None:
         "run": "plan:a, !repo:b",
     }
     backend = Backend(object(), in_process=False)  # type: ignore[arg-type]
-    dlg = EditGrantsDialog(backend, {"id": "bravo", "grants": ["run:plan:a,!repo:b"]})
+    dlg = EditGrantsDialog(backend, peer_record(id="bravo", grants=["run:plan:a,!repo:b"]))
     assert dlg.boxes["run"].isChecked() and not dlg.boxes["ops"].isChecked()
     assert dlg.validate() == ({}, schema.Grants(grants=["run:plan:a,!repo:b"]))
     dlg.boxes["run"].setChecked(False)
@@ -356,7 +392,7 @@ def test_ops_model_deep_history(qapp: Any) -> None:
 
     asyncio.run(go())
     assert model.rowCount() == 20_000
-    assert [o["pk"] for o in model.ops()] == list(range(20_000, 0, -1))
+    assert [o.pk for o in model.ops()] == list(range(20_000, 0, -1))
     assert len(fake.calls) == 20_000 // PAGE + 1  # the last page is full: one empty answer
     for n, path in enumerate(fake.calls[1:], start=1):
         qs = {k: v[0] for k, v in parse_qs(urlsplit(path).query).items()}
@@ -397,7 +433,7 @@ def test_ops_view_loads_older_rows_when_scrolled_to_the_end(qapp: Any) -> None:
             assert f"before={(3 - pages + 1) * PAGE + 1}" in fake.calls[-1]
 
     asyncio.run(go())
-    assert [o["pk"] for o in model.ops()] == list(range(3 * PAGE, 0, -1))
+    assert [o.pk for o in model.ops()] == list(range(3 * PAGE, 0, -1))
     view.close()
 
 
@@ -448,7 +484,7 @@ def test_peer_text_is_shown_inert_in_the_operations_view(qapp: Any) -> None:
     text = "|".join(shown + tips)
     assert not any(c in text for c in "\x1b\r\u202e\u2066")
     assert "p\\u001b[31m" in text and "evil\\u202eexe" in text and "boom\\u001b[2J" in text
-    assert model.op_at(0)["error"] == hostile["error"]  # the data itself is untouched
+    assert model.op_at(0).error == hostile["error"]  # the data itself is untouched
 
 
 @needs_qt
@@ -530,7 +566,111 @@ def test_event_lines_that_are_not_the_nodes_events_change_nothing(
         return changed, notices, snaps, active
 
     changed, notices, snaps, active = asyncio.run(go())
-    assert changed == [to_json(op)]
+    assert changed == [op]
     assert notices == [("info", "hello")]
     assert snaps == []
     assert active == {("alpha", "op-1")}
+
+
+@needs_qt
+def test_answers_whose_records_are_malformed_are_skipped_and_the_views_keep_theirs(
+    qapp: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real server on the admin socket answers well once, then with records that are not
+    (a field of the wrong type, an id missing): each such answer is decoded where it arrives,
+    logged (or said in one line on the page) and skipped. Nothing raises, the backend keeps
+    its records, and the Plans page and the operations list keep showing what they showed."""
+    import asyncio
+    import logging
+
+    from aiohttp import web
+
+    from peerstash.core.records import to_json
+    from peerstash.desktop.api import ApiError
+    from peerstash.desktop.backend import Backend
+    from peerstash.desktop.opsmodel import OpsModel
+    from peerstash.desktop.pages.plans import PlansPage
+    from peerstash.desktop.pages.snapshots import SnapshotsPage
+    from peerstash.peer.api.client import AdminClient
+    from peerstash.peer.paths import admin_socket_path
+
+    plan = PlanRecord(
+        id="docs", repo="main", paths=["/x"], excludes=[], schedule=None, every_seconds=3600,
+        retention={}, enabled=True, disabled_reason=None, next_due_at=None,
+    )  # fmt: skip
+    repo = repo_record(id="main")
+    peer = peer_record(id="bravo")
+    running = _op(7, "running")
+    good: dict[str, Any] = {
+        "/v1/status": {"instance_id": "me", "plans": []},
+        "/v1/plans": [to_json(plan)],
+        "/v1/repos": [to_json(repo)],
+        "/v1/peers": [{**to_json(peer), "label": "bravo", "plans": []}],
+        "/v1/ops": [running],
+        "/v1/repos/main/snapshots": [],
+    }
+    bad: dict[str, Any] = {
+        **good,
+        "/v1/plans": [{**to_json(plan), "paths": "/not/a/list"}],
+        "/v1/repos": [{k: v for k, v in to_json(repo).items() if k != "id"}],
+        "/v1/peers": [{**to_json(peer), "state": 3, "label": "bravo", "plans": []}],
+        "/v1/ops": [{k: v for k, v in running.items() if k != "id"}],
+        "/v1/repos/main/snapshots": [{"id": 42, "short_id": "x"}],
+    }
+    answers = dict(good)
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(answers[request.path])
+
+    async def go() -> None:
+        app = web.Application()
+        for path in good:
+            app.router.add_get(path, answer)
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        sock = admin_socket_path(tmp_path)
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        sock.parent.chmod(0o700)
+        await web.UnixSite(runner, str(sock)).start()
+        sock.chmod(0o600)
+        try:
+            async with AdminClient(tmp_path) as client:
+                backend = Backend(client, in_process=False)
+                await backend.refresh_all()
+                page = PlansPage(backend)
+                model = OpsModel(backend)
+                failed: list[str] = []
+                model.loadFailed.connect(failed.append)
+                await model.load()
+                assert backend.plans == [plan] and backend.repos == [repo]
+                assert backend.peer_list == [peer] and list(backend.active) == [("me", "op7")]
+                assert page.plans.item(0, 0).text() == "docs" and model.rowCount() == 1
+
+                answers.update(bad)
+                with caplog.at_level(logging.INFO, logger="peerstash.desktop"):
+                    await backend.refresh_all()
+                    await model.load()
+                said = caplog.text
+                assert "kept the plans and repositories as they were" in said
+                assert "could not read the peers" in said and "is not a list of peers" in said
+                assert "kept the operations in flight as they were" in said
+                # The backend holds the records it had; the window shows what it showed.
+                assert backend.plans == [plan] and backend.repos == [repo]
+                assert backend.peer_list == [peer] and list(backend.active) == [("me", "op7")]
+                assert page.plans.rowCount() == 1 and page.plans.item(0, 0).text() == "docs"
+                assert page.repos.rowCount() == 1 and page.repos.item(0, 0).text() == "main"
+                assert model.rowCount() == 1 and model.op_at(0).id == "op7"
+                assert failed == [
+                    "the node's answer is not a list of operations: "
+                    "Object missing required field `id` - at `$[0]`"
+                ]
+                # A page asking for itself gets one line (its banner shows it), no traceback.
+                snaps = SnapshotsPage(backend)
+                with pytest.raises(ApiError, match="is not a list of snapshots: Expected `str`"):
+                    await snaps.load_snapshots("main")
+                await model.close()
+                await backend.close()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(go())
