@@ -3,10 +3,11 @@
 The tray and every page talk to the node through the one admin client
 (:class:`~peerstash.peer.api.client.AdminClient`, shared with the CLI), whose errors tell *why*
 a call failed (their HTTP status and the field they are about), so a page can put a refusal
-under the right input. This module adds the views of the API the pages share (:class:`PeersApi`),
-:func:`decode` (an answer that is a record becomes ``core/records.py``'s struct once, where it
-arrives) and the helpers to build request paths. The tray and the node come from one package, so every
-endpoint here exists on the node (docs/architecture.md, "Version skew"). This module knows no
+under the right input. This module adds the views of the API the pages share
+(:class:`PeersApi`), :func:`decode` (the admin client's: an answer that is a record becomes
+``core/records.py``'s struct once, where it arrives) and the helpers to build request paths.
+The tray and the node come from one package, so every endpoint here exists on the node
+(docs/architecture.md, "Version skew"). This module knows no
 Qt, so it is usable (and testable) without a display.
 """
 
@@ -16,35 +17,17 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
-import msgspec
 
 from peerstash.core.records import PeerRecord
 from peerstash.peer.api import schema
-from peerstash.peer.api.client import AdminClient, AdminError
+from peerstash.peer.api.client import AdminClient, AdminError, decode
 
 #: The desktop's name for the admin client's error (what the pages catch).
 ApiError = AdminError
-
-T = TypeVar("T")
-
-
-def decode(data: Any, kind: type[T], what: str) -> T:
-    """The node's answer ``data`` as the record type ``kind`` (or a list of them), decoded once
-    where it arrives; views read attributes. An answer that is not one (another version, a
-    broken listener on the socket) is an :class:`ApiError` naming ``what`` was asked for: a
-    page shows it as one line in its banner, a background read logs it and keeps what it had.
-
-    msgspec's words say where and what was wrong (``Expected `str`, got `int` - at
-    `$[0].id```): field names and types of ours, never a value the node sent.
-    """
-    try:
-        return msgspec.convert(data, kind)
-    except msgspec.ValidationError as exc:
-        raise ApiError(f"the node's answer is not {what}: {exc}") from None
 
 
 def q(value: str) -> str:

@@ -30,7 +30,7 @@ import errno
 import json
 from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
 
 from peerstash.peer.paths import SOCKET_NAME, admin_socket_path, resolve_data_dir, socket_trouble
 
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 #: A request body: the route's schema struct (``peer/api/schema.py``), or a plain dict (the
 #: CLI's, until its bodies are structs too).
 Body: TypeAlias = "Request | dict[str, Any] | None"
+
+T = TypeVar("T")
 
 #: Seconds to wait for the node to accept the connection (both transports).
 CONNECT_TIMEOUT = 10.0
@@ -146,6 +148,24 @@ def not_accepted(waited: bool = True) -> AdminError:
     flooded node). ``waited``: we waited :data:`CONNECT_TIMEOUT` for it."""
     within = f" within {CONNECT_TIMEOUT:.0f} s" if waited else ""
     return AdminError(f"the node did not accept the connection{within} (is it stuck?)")
+
+
+def decode(data: Any, kind: type[T], what: str) -> T:
+    """The node's answer ``data`` as the record type ``kind`` (``core/records.py``, or a list of
+    them), decoded once where it arrives so the CLI and the tray read attributes after. An
+    answer that is something else (another version, a broken or hostile listener on the socket)
+    is an :class:`AdminError` naming ``what`` was asked for, never a traceback.
+
+    msgspec's words say where and what was wrong (``Expected `str`, got `int` - at
+    `$[0].id```): field names and types of ours, never a value the node sent. msgspec is
+    imported here, not at the top: the quick commands never decode a record.
+    """
+    import msgspec
+
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        raise AdminError(f"the node's answer is not {what}: {exc}") from None
 
 
 def not_answered(seconds: float) -> AdminError:

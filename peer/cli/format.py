@@ -10,40 +10,23 @@ attribute after; ``--json`` still prints what the node sent. Not on the quick pa
 ``status``, ``backup`` and ``wait`` (``QUICK_COMMANDS``) must not import msgspec (about 17 ms,
 a third of the whole command, see tests/unit/test_cli_imports.py), so what they print
 (:func:`progress_bar`, :func:`finished_line`, ``commands/ops.py``'s ``wait_for``) reads the
-operation's dict. For the same reason this module imports msgspec and the records only inside
-:func:`decode` (and the record types for type checking).
+operation's dict. For the same reason this module imports the records only where they are
+used (and for type checking); :func:`decode` is the admin client's (``peer/api/client.py``),
+shared with the tray, and imports msgspec when first called.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from peerstash.core.text import printable, printable_lines
 from peerstash.core.wording import backup_summary_line, human_bytes, human_duration
-from peerstash.peer.api.client import AdminError
+from peerstash.peer.api.client import decode
 
 if TYPE_CHECKING:
     from peerstash.core.records import OpRecord, SnapshotRecord
-
-T = TypeVar("T")
-
-
-def decode(data: Any, kind: type[T], what: str) -> T:
-    """The node's answer ``data`` as the record type ``kind`` (or a list of them), or one line:
-    a node that sends something else (another version, a broken or hostile listener on the
-    socket) gets an :class:`AdminError` naming ``what`` was asked for, never a traceback.
-
-    msgspec's words say where and what was wrong (``Expected `str`, got `int` - at
-    `$[0].id```): field names and types of ours, never a value the node sent.
-    """
-    import msgspec
-
-    try:
-        return msgspec.convert(data, kind)
-    except msgspec.ValidationError as exc:
-        raise AdminError(f"the node's answer is not {what}: {exc}") from None
 
 
 def short_time(iso: str | None) -> str:
