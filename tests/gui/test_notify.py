@@ -15,7 +15,8 @@ import pytest
 from peerstash.core.records import OpRecord
 from peerstash.peer.api import schema
 from tests.fixtures.dbus import NOTIFY_SIGNATURE, NotificationServer, session_bus
-from tests.fixtures.gui import HAVE_QT, GuiEnv, QLoop, op_record, peer_record, wait_for
+from tests.fixtures.gui import HAVE_QT, GuiEnv, QLoop, wait_for
+from tests.fixtures.records import op_record, peer_record
 
 pytestmark = pytest.mark.skipif(not HAVE_QT, reason="needs PySide6, qasync and pytest-qt")
 

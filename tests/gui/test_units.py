@@ -16,7 +16,7 @@ from peerstash.core.records import OpRecord, PlanRecord
 from peerstash.desktop import fmt
 from peerstash.desktop.platform import autostart
 from peerstash.peer.api import schema
-from tests.fixtures.gui import peer_record, repo_record
+from tests.fixtures.records import peer_record, repo_record
 
 
 def test_headless_entry_point_never_imports_qt() -> None:
