@@ -12,11 +12,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from peerstash.core.records import OpRecord, PlanRecord
+from peerstash.core.records import ListedOpRecord, OpRecord, PlanRecord, to_json
 from peerstash.desktop import fmt
 from peerstash.desktop.platform import autostart
 from peerstash.peer.api import schema
-from tests.fixtures.records import peer_record, repo_record
+from tests.fixtures.records import listed_op_record, op_record, peer_record, repo_record
 
 
 def test_headless_entry_point_never_imports_qt() -> None:
@@ -201,36 +201,20 @@ class _FakeBackend:
 
 def _op(pk: int, status: str = "success", plan: str = "p", modno: int = 1) -> dict[str, Any]:
     """An operation as ``/v1/ops`` lists it (``core/records.ListedOpRecord``)."""
-    return {
-        "id": f"op{pk}",
-        "pk": pk,
-        "origin": "me",
-        "modno": modno,
-        "flow_id": f"flow{pk}",
-        "kind": "backup",
-        "status": status,
-        "plan": plan,
-        "repo": "r",
-        "created_at": None,
-        "started_at": None,
-        "ended_at": None,
-        "bytes_done": 0,
-        "bytes_total": 0,
-        "files_done": 0,
-        "files_total": 0,
-        "eta_seconds": None,
-        "summary": {},
-        "snapshot_id": None,
-        "error": None,
-        "origin_label": "me",
-    }
+    return to_json(_listed(pk, status, plan, modno))
+
+
+def _listed(pk: int, status: str, plan: str, modno: int) -> ListedOpRecord:
+    return listed_op_record(
+        id=f"op{pk}", pk=pk, modno=modno, flow_id=f"flow{pk}", status=status, plan=plan
+    )
 
 
 def _rec(pk: int, status: str = "success", plan: str = "p", modno: int = 1) -> OpRecord:
     """The same operation as it arrives on the event stream, decoded."""
-    data = _op(pk, status, plan, modno)
-    del data["origin_label"]
-    return msgspec.convert(data, OpRecord)
+    return op_record(
+        id=f"op{pk}", pk=pk, modno=modno, flow_id=f"flow{pk}", status=status, plan=plan
+    )
 
 
 @needs_qt

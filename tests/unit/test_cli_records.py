@@ -23,17 +23,15 @@ import pytest
 from aiohttp import web
 
 from peerstash.core.records import (
-    ListedOpRecord,
     LsNodeRecord,
-    OpRecord,
     PeerRecord,
     PlanRecord,
-    RepoRecord,
     SnapshotRecord,
     to_json,
 )
 from peerstash.desktop.__main__ import main
 from peerstash.peer.paths import admin_socket_path
+from tests.fixtures.records import listed_op_record, op_record, repo_record
 
 
 class Node:
@@ -98,51 +96,28 @@ def run(node: Node, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int
     return code, out, err
 
 
-def op_record(**changes: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "id": "01OPA",
-        "pk": 1,
-        "origin": "inst-a",
-        "modno": 1,
-        "flow_id": "01OPA",
-        "kind": "backup",
-        "status": "success",
-        "plan": "docs",
-        "repo": "r",
-        "created_at": None,
-        "started_at": None,
-        "ended_at": None,
-        "bytes_done": 0,
-        "bytes_total": 0,
-        "files_done": 0,
-        "files_total": 0,
-        "eta_seconds": None,
-        "summary": {},
-        "snapshot_id": "abcdef0123456789",
-        "error": None,
-    }
-    return to_json(OpRecord(**{**fields, **changes}))
+#: What sets this module's operation apart from ``tests/fixtures/records.py``'s.
+OP: dict[str, Any] = {
+    "id": "01OPA",
+    "origin": "inst-a",
+    "flow_id": "01OPA",
+    "plan": "docs",
+    "snapshot_id": "abcdef0123456789",
+}
+
+
+def op_json(**changes: Any) -> dict[str, Any]:
+    return to_json(op_record(**{**OP, **changes}))
 
 
 def listed_op(**changes: Any) -> dict[str, Any]:
-    return to_json(ListedOpRecord(**op_record(**changes), origin_label="this node"))
+    return to_json(listed_op_record("this node", **{**OP, **changes}))
 
 
-def repo_record() -> dict[str, Any]:
+def repo_json() -> dict[str, Any]:
     return to_json(
-        RepoRecord(
-            id="r",
-            uri="/srv/r",
-            password_source="secret",
-            password_ref=None,
-            env_keys=["AWS_KEY"],
-            options=[],
-            guid="0123456789abcdef",
-            origin=None,
-            read_only=False,
-            shared=True,
-            client_uri=None,
-            created_at=None,
+        repo_record(
+            id="r", uri="/srv/r", env_keys=["AWS_KEY"], guid="0123456789abcdef", shared=True
         )
     )
 
@@ -220,7 +195,7 @@ def test_records_read_as_before_and_json_is_the_nodes_answer(
     code, out, _ = run(node, capsys, "ops", "--json")
     assert code == 0 and out == json.dumps(ops, indent=2) + "\n"
 
-    node.answers["GET /v1/repos"] = [repo_record()]
+    node.answers["GET /v1/repos"] = [repo_json()]
     code, out, _ = run(node, capsys, "repo", "show", "r")
     assert code == 0
     assert out.splitlines()[:5] == [
@@ -231,7 +206,7 @@ def test_records_read_as_before_and_json_is_the_nodes_answer(
         "  env:       AWS_KEY (values kept secret)",
     ]
     code, out, _ = run(node, capsys, "repo", "show", "r", "--json")
-    assert code == 0 and out == json.dumps(repo_record(), indent=2) + "\n"
+    assert code == 0 and out == json.dumps(repo_json(), indent=2) + "\n"
 
     node.answers["GET /v1/plans"] = [plan_record()]
     code, out, _ = run(node, capsys, "plan", "list")
@@ -281,7 +256,7 @@ def test_records_read_as_before_and_json_is_the_nodes_answer(
 HOSTILE: list[tuple[list[str], str, Any, str]] = [
     (["ops"], "GET /v1/ops", [{"id": 5}], "a list of operations"),
     (["ops", "--json"], "GET /v1/ops", {"not": "a list"}, "a list of operations"),
-    (["repo", "list"], "GET /v1/repos", [{**repo_record(), "shared": "yes"}], "repositories"),
+    (["repo", "list"], "GET /v1/repos", [{**repo_json(), "shared": "yes"}], "repositories"),
     (["repo", "show", "r"], "GET /v1/repos", [{"id": "r", "uri": 3}], "repositories"),
     (["plan", "list"], "GET /v1/plans", [{"id": "\x1b[2Jdocs"}], "a list of plans"),
     (
@@ -332,7 +307,7 @@ HOSTILE_STREAMS: list[tuple[list[str], str, list[Any], str]] = [
     (
         ["events"],
         "GET /v1/events",
-        [{"type": "operation", "op": {**op_record(), "status": None}}],
+        [{"type": "operation", "op": {**op_json(), "status": None}}],
         "an operation",
     ),
     (["ls", "r", "s"], "GET /v1/repos/r/snapshots/s/ls", [{"name": 1}], "a snapshot listing"),
@@ -365,9 +340,9 @@ def test_what_came_before_a_bad_line_is_still_shown(
     node: Node, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A follower prints each good operation as it comes; the bad one ends it with one line."""
-    node.streams["GET /v1/ops/follow"] = [op_record(), {"id": "01OPB"}]
+    node.streams["GET /v1/ops/follow"] = [op_json(), {"id": "01OPB"}]
     code, out, err = run(node, capsys, "ops", "--follow", "--json")
-    assert (code, out) == (1, json.dumps(op_record()) + "\n")
+    assert (code, out) == (1, json.dumps(op_json()) + "\n")
     assert err.startswith("peerstash: the node's answer is not an operation: ")
 
 
