@@ -17,6 +17,7 @@ from peerstash.desktop import fmt
 from peerstash.desktop.platform import autostart
 from peerstash.peer.api import schema
 from tests.fixtures.records import listed_op_record, op_record, peer_record, repo_record
+from tests.fixtures.standin import serve_admin
 
 
 def test_headless_entry_point_never_imports_qt() -> None:
@@ -486,7 +487,6 @@ def test_event_lines_that_are_not_the_nodes_events_change_nothing(
     from peerstash.core.records import OpRecord, to_json
     from peerstash.desktop.backend import Backend
     from peerstash.peer.api.client import AdminClient
-    from peerstash.peer.paths import admin_socket_path
 
     op = OpRecord(
         id="op-1", pk=1, origin="alpha", modno=1, flow_id="f", kind="backup", status="running",
@@ -521,13 +521,7 @@ def test_event_lines_that_are_not_the_nodes_events_change_nothing(
     async def go() -> tuple[list[Any], list[Any], list[Any], set[Any]]:
         app = web.Application()
         app.router.add_get("/v1/events", events)
-        runner = web.AppRunner(app, handle_signals=False)
-        await runner.setup()
-        sock = admin_socket_path(tmp_path)
-        sock.parent.mkdir(parents=True, exist_ok=True)
-        sock.parent.chmod(0o700)
-        await web.UnixSite(runner, str(sock)).start()
-        sock.chmod(0o600)
+        runner = await serve_admin(tmp_path, app)
         changed: list[Any] = []
         notices: list[Any] = []
         snaps: list[Any] = []
@@ -576,7 +570,6 @@ def test_answers_whose_records_are_malformed_are_skipped_and_the_views_keep_thei
     from peerstash.desktop.pages.plans import PlansPage
     from peerstash.desktop.pages.snapshots import SnapshotsPage
     from peerstash.peer.api.client import AdminClient
-    from peerstash.peer.paths import admin_socket_path
 
     plan = PlanRecord(
         id="docs", repo="main", paths=["/x"], excludes=[], schedule=None, every_seconds=3600,
@@ -610,13 +603,7 @@ def test_answers_whose_records_are_malformed_are_skipped_and_the_views_keep_thei
         app = web.Application()
         for path in good:
             app.router.add_get(path, answer)
-        runner = web.AppRunner(app, handle_signals=False)
-        await runner.setup()
-        sock = admin_socket_path(tmp_path)
-        sock.parent.mkdir(parents=True, exist_ok=True)
-        sock.parent.chmod(0o700)
-        await web.UnixSite(runner, str(sock)).start()
-        sock.chmod(0o600)
+        runner = await serve_admin(tmp_path, app)
         try:
             async with AdminClient(tmp_path) as client:
                 backend = Backend(client, in_process=False)

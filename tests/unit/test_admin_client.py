@@ -29,6 +29,7 @@ from peerstash.peer.api.client import AdminClient, AdminError
 from peerstash.peer.api.quickclient import QuickAdminClient, run_to_end
 from peerstash.peer.api.server import errors_middleware
 from peerstash.peer.paths import admin_socket_path
+from tests.fixtures.standin import admin_in_thread
 
 T = TypeVar("T")
 TRANSPORTS = ["aiohttp", "quick"]
@@ -47,10 +48,7 @@ class Node:
 def node(tmp_path: Path) -> Iterator[Node]:
     data_dir = tmp_path / "node"
     data_dir.mkdir(mode=0o700)
-    sock = admin_socket_path(data_dir)
     state = Node(data_dir)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
     stop = asyncio.Event()
 
     @web.middleware
@@ -117,33 +115,17 @@ def node(tmp_path: Path) -> Iterator[Node]:
             await resp.write_eof()
         return resp
 
-    async def serve() -> None:
-        app = web.Application(middlewares=[record, errors_middleware])
-        app.router.add_get("/v1/status", status)
-        app.router.add_post("/v1/repos", add_repo)
-        app.router.add_patch("/v1/plans/{id}", edit_plan)
-        app.router.add_get("/v1/ops/x/wait", no_such_op)
-        app.router.add_get("/v1/not-json", not_json)
-        app.router.add_get("/v1/cut", cut_answer)
-        app.router.add_get("/v1/hang", hang)
-        app.router.add_get("/v1/events", events)
-        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1)
-        await runner.setup()
-        await web.UnixSite(runner, str(sock)).start()
-        os.chmod(sock, 0o600)  # as the node makes it: clients refuse a socket others can open
-        ready.set()
-        await stop.wait()
-        await runner.cleanup()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    try:
+    app = web.Application(middlewares=[record, errors_middleware])
+    app.router.add_get("/v1/status", status)
+    app.router.add_post("/v1/repos", add_repo)
+    app.router.add_patch("/v1/plans/{id}", edit_plan)
+    app.router.add_get("/v1/ops/x/wait", no_such_op)
+    app.router.add_get("/v1/not-json", not_json)
+    app.router.add_get("/v1/cut", cut_answer)
+    app.router.add_get("/v1/hang", hang)
+    app.router.add_get("/v1/events", events)
+    with admin_in_thread(data_dir, app, stop):
         yield state
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-        loop.close()
 
 
 def ask(transport: str, data_dir: Path, job: Callable[[AdminClient], Coroutine[Any, Any, T]]) -> T:

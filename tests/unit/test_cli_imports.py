@@ -122,16 +122,12 @@ def admin_socket(tmp_path: Path) -> Iterator[Path]:
     ``GET /v1/status`` (written in small chunks), a backup of plan ``p`` whose progress is
     streamed with a keep-alive line in between, plan ``cut`` whose stream ends mid-line (the
     node stopping), and 404 elsewhere."""
-    import asyncio
-
     from aiohttp import web
+
+    from tests.fixtures.standin import admin_in_thread
 
     data_dir = tmp_path / "node"
     data_dir.mkdir(mode=0o700)
-    sock = data_dir / "admin.sock"
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    stop = asyncio.Event()
 
     async def status(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
@@ -163,28 +159,12 @@ def admin_socket(tmp_path: Path) -> Iterator[Path]:
         await resp.write_eof()
         return resp
 
-    async def serve() -> None:
-        app = web.Application()
-        app.router.add_get("/v1/status", status)
-        app.router.add_post("/v1/plans/{plan}/backup", backup)
-        app.router.add_get("/v1/ops/{id}/wait", wait)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.UnixSite(runner, str(sock)).start()
-        os.chmod(sock, 0o600)
-        ready.set()
-        await stop.wait()
-        await runner.cleanup()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    try:
+    app = web.Application()
+    app.router.add_get("/v1/status", status)
+    app.router.add_post("/v1/plans/{plan}/backup", backup)
+    app.router.add_get("/v1/ops/{id}/wait", wait)
+    with admin_in_thread(data_dir, app):
         yield data_dir
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-        loop.close()
 
 
 def test_status_imports_nothing_heavy(admin_socket: Path) -> None:

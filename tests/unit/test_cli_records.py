@@ -10,11 +10,8 @@ one line on stderr and exit 1: nothing on stdout, no traceback, no terminal esca
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
-import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,8 +27,8 @@ from peerstash.core.records import (
     to_json,
 )
 from peerstash.desktop.__main__ import main
-from peerstash.peer.paths import admin_socket_path
 from tests.fixtures.records import listed_op_record, op_record, repo_record
+from tests.fixtures.standin import admin_in_thread
 
 
 class Node:
@@ -48,11 +45,7 @@ class Node:
 def node(tmp_path: Path) -> Iterator[Node]:
     data_dir = tmp_path / "node"
     data_dir.mkdir(mode=0o700)
-    sock = admin_socket_path(data_dir)
     state = Node(data_dir)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    stop = asyncio.Event()
 
     async def answer(request: web.Request) -> web.StreamResponse:
         key = f"{request.method} {request.path}"
@@ -67,26 +60,10 @@ def node(tmp_path: Path) -> Iterator[Node]:
             return web.json_response(state.answers[key])
         return web.json_response({"error": f"nothing at {key}"}, status=404)
 
-    async def serve() -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", answer)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.UnixSite(runner, str(sock)).start()
-        os.chmod(sock, 0o600)
-        ready.set()
-        await stop.wait()
-        await runner.cleanup()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    try:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    with admin_in_thread(data_dir, app):
         yield state
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-        loop.close()
 
 
 def run(node: Node, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

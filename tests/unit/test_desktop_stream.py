@@ -14,20 +14,13 @@ from aiohttp import web
 
 from peerstash.desktop.api import ApiError
 from peerstash.peer.api.client import AdminClient
-from peerstash.peer.paths import admin_socket_path
+from tests.fixtures.standin import serve_admin
 
 
 async def serve(data_dir: Path, handler: web.RequestHandler) -> web.AppRunner:  # type: ignore[type-arg]
     app = web.Application()
     app.router.add_get("/v1/events", handler)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    sock = admin_socket_path(data_dir)
-    sock.parent.mkdir(parents=True, exist_ok=True)
-    sock.parent.chmod(0o700)
-    await web.UnixSite(runner, str(sock)).start()
-    sock.chmod(0o600)  # as the node makes it: clients refuse a socket others can open
-    return runner
+    return await serve_admin(data_dir, app)
 
 
 async def test_a_silent_stream_ends_with_words_and_lines_before_it_arrive(tmp_path: Path) -> None:
