@@ -13,7 +13,7 @@ Two measurements, both offscreen (``QT_QPA_PLATFORM=offscreen`` unless a display
    rows in it, which includes the admin API round trip for the first page. Then the view is
    scrolled to the end, which pulls the older pages in (``fetchMore``) as a person's scrolling
    would, and each scroll step's repaint is timed.
-2. **Model alone.** ``--ops`` synthesized operation dicts put into the model at once (what a
+2. **Model alone.** ``--ops`` synthesized operation records put into the model at once (what a
    node with a paging API could stream), to show the view itself does not grow with the row
    count: reset-to-paint time and the cost of a scroll step anywhere in 100,000 rows.
 
@@ -40,8 +40,11 @@ os.environ.setdefault("QT_API", "pyside6")
 if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import msgspec
 from PySide6.QtCore import QEvent, QObject
 from PySide6.QtWidgets import QApplication
+
+from peerstash.core.records import OpRecord
 
 TARGET_MS = 300.0
 STATUSES = ["success"] * 14 + ["warning", "error", "cancelled", "interrupted"]
@@ -195,7 +198,8 @@ async def real_node(data_dir: Path, count: int, steps: int) -> dict[str, float]:
     }
 
 
-def synthetic_ops(count: int) -> list[dict[str, Any]]:
+def synthetic_ops(count: int) -> list[OpRecord]:
+    """``count`` finished backups as the tray holds them (records, newest first)."""
     rng = random.Random(3)
     base = datetime.now(UTC) - timedelta(hours=count)
     ops = []
@@ -203,28 +207,28 @@ def synthetic_ops(count: int) -> list[dict[str, Any]]:
         status = rng.choice(STATUSES)
         begun = base + timedelta(hours=i)
         ops.append(
-            {
-                "id": f"{i:026d}",
-                "pk": i,
-                "origin": "bench",
-                "modno": i,
-                "flow_id": f"{i:026d}",
-                "kind": "backup",
-                "status": status,
-                "plan": rng.choice(PLANS),
-                "repo": "nas",
-                "created_at": begun.isoformat(),
-                "started_at": begun.isoformat(),
-                "ended_at": (begun + timedelta(seconds=90)).isoformat(),
-                "bytes_done": 1 << 30,
-                "bytes_total": 1 << 30,
-                "files_done": 1000,
-                "files_total": 1000,
-                "eta_seconds": None,
-                "summary": {},
-                "snapshot_id": "ab" * 32 if status == "success" else None,
-                "error": "repository is already locked" if status == "error" else None,
-            }
+            OpRecord(
+                id=f"{i:026d}",
+                pk=i,
+                origin="bench",
+                modno=i,
+                flow_id=f"{i:026d}",
+                kind="backup",
+                status=status,
+                plan=rng.choice(PLANS),
+                repo="nas",
+                created_at=begun.isoformat(),
+                started_at=begun.isoformat(),
+                ended_at=(begun + timedelta(seconds=90)).isoformat(),
+                bytes_done=1 << 30,
+                bytes_total=1 << 30,
+                files_done=1000,
+                files_total=1000,
+                eta_seconds=None,
+                summary={},
+                snapshot_id="ab" * 32 if status == "success" else None,
+                error="repository is already locked" if status == "error" else None,
+            )
         )
     return ops
 
@@ -236,7 +240,7 @@ async def model_alone(count: int, steps: int) -> dict[str, float]:
 
     ops = synthetic_ops(count)
     # A running one at the top, so the progress delegate is part of every paint of the top.
-    ops[0] = {**ops[0], "status": "running", "bytes_done": 1 << 29, "eta_seconds": 120}
+    ops[0] = msgspec.structs.replace(ops[0], status="running", bytes_done=1 << 29, eta_seconds=120)
     model = OpsModel()
     view = QTableView()
     view.setModel(model)
@@ -256,7 +260,7 @@ async def model_alone(count: int, steps: int) -> dict[str, float]:
     # A live update while 100,000 rows are loaded: the bisect + one row repaint.
     t = time.perf_counter()
     for i in range(1000):
-        model.apply({**ops[0], "bytes_done": i, "modno": ops[0]["modno"] + i + 1})
+        model.apply(msgspec.structs.replace(ops[0], bytes_done=i, modno=ops[0].modno + i + 1))
     live_us = (time.perf_counter() - t) / 1000 * 1e6
     return {
         "rows": model.rowCount(),
