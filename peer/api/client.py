@@ -12,8 +12,10 @@ There is one client, so a person sees the same words whichever of them asked:
   shared runtime directory it could be another user's listener).
 - :func:`refusal` reads an error answer (the node's ``error`` and ``field``; a 404/405 for a
   route it does not have means it runs another version), :func:`answer` a JSON answer and
-  :func:`ndjson_line` a streamed line; :func:`closed`, :func:`silent` and :func:`too_large` word
-  the transport's failures.
+  :func:`ndjson_line` a streamed line; :func:`closed`, :func:`silent`, :func:`not_answered` and
+  :func:`too_large` word the transport's failures.
+- :func:`decode` turns an answer that is a record into its struct (``core/records.py``), or
+  into an :class:`AdminError` when it is not one.
 
 Two transports share all of that and offer the same ``call``/``stream`` pair:
 :class:`AdminClient` here (aiohttp, for the tray and the CLI commands that run an event loop)
@@ -39,8 +41,8 @@ if TYPE_CHECKING:
 
     from peerstash.peer.api.schema import Request
 
-#: A request body: the route's schema struct (``peer/api/schema.py``), or a plain dict (the
-#: CLI's, until its bodies are structs too).
+#: A request body: the route's schema struct (``peer/api/schema.py``), or a plain dict (what a
+#: test sends that our structs would not let through).
 Body: TypeAlias = "Request | dict[str, Any] | None"
 
 T = TypeVar("T")
