@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.nodes"]
+pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.nodes", "tests.fixtures.standin"]
 
 _UNIT = Path(__file__).parent / "unit"
 _CACHE = pytest.StashKey[tuple[str, str | None]]()

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -386,43 +385,6 @@ def test_a_streamed_line_not_json_is_one_line(node: Node, transport: str) -> Non
 
 
 # -- something else answers on the socket -------------------------------------------------------
-
-
-@pytest.fixture
-def raw_listener(tmp_path: Path) -> Iterator[tuple[Path, list[bytes]]]:
-    """Something other than the node listens on the (private) socket: it sends the bytes the
-    test puts in the list, whatever it was asked, then closes; to every connection (aiohttp
-    asks again once when a GET's connection closes without an answer)."""
-    data_dir = tmp_path / "squat"
-    data_dir.mkdir(mode=0o700)
-    path = admin_socket_path(data_dir)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    os.chmod(path, 0o600)
-    server.listen(1)
-    server.settimeout(30)
-    answer: list[bytes] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(30)
-                conn.recv(65536)
-                conn.sendall(b"".join(answer))
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield data_dir, answer
-    finally:
-        server.shutdown(socket.SHUT_RDWR)  # wakes the accept() waiting for another connection
-        server.close()
-        thread.join(30)
-        assert not thread.is_alive()
 
 
 def framed(body: bytes) -> bytes:

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -256,41 +255,6 @@ def test_a_parser_left_out_is_never_used() -> None:
 
     with pytest.raises(cli.NotBuilt):
         cli.build_parser(frozenset()).parse_args(["status"])
-
-
-@pytest.fixture
-def raw_listener(tmp_path: Path) -> Iterator[tuple[Path, list[bytes]]]:
-    """Something else listening on the admin socket (private, so the socket checks pass):
-    it sends whatever bytes the test puts in the list, then closes."""
-    import socket
-
-    data_dir = tmp_path / "node"
-    data_dir.mkdir(mode=0o700)
-    path = data_dir / "admin.sock"
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    os.chmod(path, 0o600)
-    server.listen(1)
-    server.settimeout(30)
-    answer: list[bytes] = []
-
-    def serve() -> None:
-        try:
-            conn, _ = server.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(30)
-            conn.recv(65536)
-            conn.sendall(b"".join(answer))
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield data_dir, answer
-    finally:
-        server.close()
-        thread.join(30)
 
 
 @pytest.mark.parametrize(
