@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Final
 
 OK: Final = "ok"
 ATTENTION: Final = "attention"
@@ -100,13 +100,6 @@ class Reason:
     peer: str | None = None
     repo: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"level": self.level, "kind": self.kind, "message": self.message}
-        for key in ("plan", "peer", "repo"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        return out
-
 
 @dataclass(frozen=True)
 class Health:
@@ -119,13 +112,6 @@ class Health:
             return OK
         n = len(self.reasons)
         return f"{self.level} — {n} {'thing needs' if n == 1 else 'things need'} a look"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "level": self.level,
-            "summary": self.summary(),
-            "reasons": [r.to_dict() for r in self.reasons],
-        }
 
 
 def _ago(now: datetime, then: datetime) -> str:

@@ -21,6 +21,7 @@ import msgspec
 if TYPE_CHECKING:
     # Only types: the CLI imports the request structs (peer/api/schema.py, which imports
     # this module) and must not pay for SQLAlchemy or the restic wrapper to send a body.
+    from peerstash.core.health import Health
     from peerstash.core.models import Operation, Peer, Plan, Repo
     from peerstash.core.restic import LsNode, Snapshot
 
@@ -263,3 +264,163 @@ class PeerRecord(Record):
             state_reason=peer.state_reason,
             last_seen=iso_time(peer.last_seen),
         )
+
+
+class LastBackupRecord(Record):
+    """One plan's newest backup on a peer machine, as the fleet views show it (``/v1/status``
+    ``peers``, ``/v1/peers`` ``plans``): the fields a person reads, from the synced operation."""
+
+    plan: str
+    repo: str | None
+    op: str
+    status: str
+    created_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    snapshot_id: str | None
+    error: str | None
+
+    @classmethod
+    def of(cls, plan_id: str, op: Operation) -> LastBackupRecord:
+        return cls(
+            plan=plan_id,
+            repo=op.repo_id,
+            op=op.op_id,
+            status=op.status,
+            created_at=iso_time(op.created_at),
+            started_at=iso_time(op.started_at),
+            ended_at=iso_time(op.ended_at),
+            snapshot_id=op.snapshot_id,
+            error=op.error,
+        )
+
+
+class ListedPeerRecord(PeerRecord):
+    """A peer in ``/v1/peers``: with how this node shows it (its name, told apart from a
+    same-named one) and its last backup per plan (from the operations it synced to us)."""
+
+    label: str
+    plans: list[LastBackupRecord]
+
+    @classmethod
+    def listed(cls, peer: Peer, label: str, plans: list[LastBackupRecord]) -> ListedPeerRecord:
+        return cls(**msgspec.structs.asdict(PeerRecord.of(peer)), label=label, plans=plans)
+
+
+class FleetPeerRecord(Record):
+    """A paired machine in ``/v1/status``: its link and its last backup per plan."""
+
+    id: str
+    name: str
+    label: str
+    state: str
+    state_reason: str | None
+    last_seen: str | None
+    plans: list[LastBackupRecord]
+
+    @classmethod
+    def of(cls, peer: Peer, label: str, plans: list[LastBackupRecord]) -> FleetPeerRecord:
+        return cls(
+            id=peer.id,
+            name=peer.name or peer.id,
+            label=label,
+            state=peer.state,
+            state_reason=peer.state_reason,
+            last_seen=iso_time(peer.last_seen),
+            plans=plans,
+        )
+
+
+class ReasonRecord(Record, omit_defaults=True):
+    """One thing that needs a look (:class:`peerstash.core.health.Reason`): a sentence for a
+    person, a level and kind for a machine, and what it is about (absent when not about one)."""
+
+    level: str
+    kind: str
+    message: str
+    plan: str | None = None
+    peer: str | None = None
+    repo: str | None = None
+
+
+class HealthRecord(Record):
+    """The node's verdict on the whole fleet (``core/health.py``) and why."""
+
+    level: str
+    summary: str
+    reasons: list[ReasonRecord]
+
+    @classmethod
+    def of(cls, health: Health) -> HealthRecord:
+        return cls(
+            level=health.level,
+            summary=health.summary(),
+            reasons=[
+                ReasonRecord(
+                    level=r.level,
+                    kind=r.kind,
+                    message=r.message,
+                    plan=r.plan,
+                    peer=r.peer,
+                    repo=r.repo,
+                )
+                for r in health.reasons
+            ],
+        )
+
+
+class PlanStatusRecord(Record):
+    """One of this node's plans in ``/v1/status``: when it runs next and how it last ran."""
+
+    id: str
+    repo: str
+    enabled: bool
+    next_due_at: str | None
+    #: No successful backup for longer than the plan's schedule allows.
+    stale: bool
+    last: OpRecord | None
+
+    @classmethod
+    def of(cls, plan: Plan, stale: bool, last: Operation | None) -> PlanStatusRecord:
+        return cls(
+            id=plan.id,
+            repo=plan.repo_id,
+            enabled=plan.enabled,
+            next_due_at=iso_time(plan.next_due_at),
+            stale=stale,
+            last=OpRecord.of(last) if last else None,
+        )
+
+
+class StatusRecord(Record):
+    """``/v1/status``: this running node, its health verdict, its plans and the fleet.
+
+    The tray reads it as this record; ``peerstash status`` reads the same JSON without msgspec
+    (a quick command, see ``peer/cli/format.py``), so a field renamed here is renamed there.
+    """
+
+    instance_id: str
+    name: str
+    #: The version this process runs (see ``installed_version``).
+    version: str
+    data_dir: str
+    pid: int
+    admin_socket: str
+    paused: bool
+    key_id: str
+    peer_url: str | None
+    #: What this running node really uses (the settings may say otherwise until the next
+    #: restart, and ``--listen`` / ``--no-discovery`` override them).
+    listen: str | None
+    discovery: bool
+    #: Repositories peers shared that were not taken here, and why (e.g. same GUID).
+    shared_skipped: dict[str, str]
+    #: The last change each owner made to where a received repository is or how it opens
+    #: (no secret), since this node started.
+    shared_changes: dict[str, str]
+    #: The version on disk now: not ``version`` once the package was upgraded under this
+    #: running node, which then has to restart (the tray shows it).
+    installed_version: str
+    health: HealthRecord
+    plans: list[PlanStatusRecord]
+    peers: list[FleetPeerRecord]

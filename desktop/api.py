@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 
-from peerstash.core.records import PeerRecord
+from peerstash.core.records import ListedPeerRecord, PeerRecord
 from peerstash.peer.api import schema
 from peerstash.peer.api.client import AdminClient, AdminError, decode
 
@@ -68,23 +68,12 @@ class PeersApi:
     def __init__(self, client: AdminClient) -> None:
         self.client = client
 
-    async def peers(self) -> tuple[list[PeerRecord], dict[str, dict[str, Any]]]:
-        """Known hosts (``role`` ``known_host``) and authorized clients, with their ``state``;
-        and beside the records, by peer id, what the node adds to each in this list (not part
-        of the record, so kept a dict): ``label`` (its name, told apart from same-named ones)
-        and ``plans`` (its last backup per plan, as ``peer/services/fleet.py`` words it)."""
+    async def peers(self) -> list[ListedPeerRecord]:
+        """Known hosts (``role`` ``known_host``) and authorized clients, with their ``state``,
+        their ``label`` (the name, told apart from same-named ones) and ``plans`` (the last
+        backup per plan they synced to us)."""
         answer = await self.client.call("GET", "/v1/peers") or []
-        peers = decode(answer, list[PeerRecord], "a list of peers")
-        extras = {}
-        for p, raw in zip(peers, answer, strict=True):
-            plans = raw.get("plans")
-            extras[p.id] = {
-                "label": str(raw.get("label") or p.name or p.id),
-                "plans": [r for r in plans if isinstance(r, dict)]
-                if isinstance(plans, list)
-                else [],
-            }
-        return peers, extras
+        return decode(answer, list[ListedPeerRecord], "a list of peers")
 
     async def discovered(self) -> list[dict[str, Any]]:
         """Peerstash instances announced on the LAN (zeroconf), with ``paired``/``key_matches``."""

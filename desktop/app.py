@@ -118,7 +118,7 @@ class DesktopApp:
         if (
             show_tray is None
             and not self.in_process
-            and node_process_has_gui(backend.status.get("pid"))
+            and node_process_has_gui(backend.status.pid if backend.status else None)
         ):
             log.info("the node belongs to another Peerstash window; not adding a second tray icon")
             show_tray = False

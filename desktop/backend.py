@@ -23,7 +23,14 @@ import msgspec
 from PySide6.QtCore import QObject, Signal
 
 from peerstash.core.ops import FINISHED, OpStatus
-from peerstash.core.records import ListedOpRecord, OpRecord, PeerRecord, PlanRecord, RepoRecord
+from peerstash.core.records import (
+    ListedOpRecord,
+    ListedPeerRecord,
+    OpRecord,
+    PlanRecord,
+    RepoRecord,
+    StatusRecord,
+)
 from peerstash.desktop.api import ApiError, PeersApi, decode, q, query
 from peerstash.desktop.tasks import Tasks
 from peerstash.peer.api import schema
@@ -76,16 +83,15 @@ class Backend(QObject):
         self.peers = PeersApi(client)
         self.in_process = in_process
         self.status_interval = status_interval
-        self.status: dict[str, Any] = {}
+        #: The node's last ``/v1/status`` (None until it first answered).
+        self.status: StatusRecord | None = None
         self.plans: list[PlanRecord] = []
         self.repos: list[RepoRecord] = []
         #: Pending and running operations, by (origin, id).
         self.active: dict[tuple[str, str], OpRecord] = {}
-        #: Paired machines, as ``GET /v1/peers`` lists them.
-        self.peer_list: list[PeerRecord] = []
-        #: Beside each of them, by id, what that list adds (a dict, not a record): ``label``
-        #: and ``plans`` (see :meth:`PeersApi.peers`).
-        self.peer_extras: dict[str, dict[str, Any]] = {}
+        #: Paired machines, as ``GET /v1/peers`` lists them (each with its label and last
+        #: backups).
+        self.peer_list: list[ListedPeerRecord] = []
         #: Whether ``peer_list`` holds the node's answer yet (False until the first one).
         self.peers_loaded = False
         self.connected = False
@@ -118,11 +124,16 @@ class Backend(QObject):
 
     @property
     def instance_id(self) -> str:
-        return str(self.status.get("instance_id") or "")
+        return self.status.instance_id if self.status else ""
+
+    @property
+    def node_name(self) -> str:
+        """This node's display name ("" until it answered)."""
+        return self.status.name if self.status else ""
 
     @property
     def paused(self) -> bool:
-        return bool(self.status.get("paused"))
+        return self.status.paused if self.status else False
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -137,22 +148,25 @@ class Backend(QObject):
     async def refresh_peers(self) -> None:
         """Read the peers (an error is logged: the stream's reconnect reads them again)."""
         try:
-            peers, extras = await self.peers.peers()
+            peers = await self.peers.peers()
         except ApiError as exc:
             log.info("could not read the peers: %s", exc)
             return
-        self.peers_loaded, self.peer_list, self.peer_extras = True, peers, extras
+        self.peers_loaded, self.peer_list = True, peers
         self.peersChanged.emit()
 
-    def peer_label(self, peer: PeerRecord) -> str:
-        """How this node shows ``peer`` (its name, or ``name (id)`` when names clash)."""
-        return str(self.peer_extras.get(peer.id, {}).get("label") or peer.name or peer.id)
-
-    async def refresh_status(self) -> dict[str, Any]:
-        self.status = dict(await self.client.call("GET", "/v1/status"))
+    async def refresh_status(self) -> None:
+        """Read ``/v1/status`` again. An answer that is not the status is logged and the status
+        shown stays as it was (as for the plans: another version or a hostile listener)."""
+        answer = await self.client.call("GET", "/v1/status")
         self._set_connected(True, "")
-        self.statusChanged.emit(self.status)
-        return self.status
+        try:
+            status = decode(answer, StatusRecord, "the node's status")
+        except ApiError as exc:
+            log.warning("kept the node's status as it was: %s", exc)
+            return
+        self.status = status
+        self.statusChanged.emit(status)
 
     async def refresh_config(self) -> None:
         plans, repos = await asyncio.gather(

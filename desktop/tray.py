@@ -21,7 +21,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QIcon
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
-from peerstash.core.records import OpRecord
+from peerstash.core.records import OpRecord, StatusRecord
 from peerstash.core.restic import ErrorKind
 from peerstash.core.text import printable, printable_lines
 from peerstash.desktop import fmt
@@ -40,7 +40,7 @@ STATE_WORDS = {
     "paused": "scheduled backups are paused",
     "attention": "a peer needs attention",
 }
-#: The node's health level (``status["health"]``, core/health.py) → the tray icon state.
+#: The node's health level (``StatusRecord.health``, core/health.py) → the tray icon state.
 HEALTH_STATES = {"ok": "ok", "attention": "warning", "failing": "error"}
 #: How many of the node's reasons the tooltip lists (the overview lists them all).
 TOOLTIP_REASONS = 5
@@ -60,7 +60,7 @@ PEER_ATTENTION = frozenset({"unreachable", "auth failed"})
 
 
 def compute_state(
-    status: dict[str, Any], active: dict[Any, OpRecord], peers_attention: bool = False
+    status: StatusRecord | None, active: dict[Any, OpRecord], peers_attention: bool = False
 ) -> str:
     """The tray state: what a person most needs to know, in this order.
 
@@ -72,47 +72,46 @@ def compute_state(
     """
     if any(op.status == "running" for op in active.values()):
         return "running"
-    health = status.get("health") or {}
-    state = HEALTH_STATES.get(str(health.get("level")), "warning")
+    if status is None:
+        return "warning"
+    state = HEALTH_STATES.get(status.health.level, "warning")
     if state != "ok":
         return state
     if peers_attention:
         return "attention"
-    if status.get("paused"):
+    if status.paused:
         return "paused"
     return "ok"
 
 
-def health_words(status: dict[str, Any]) -> tuple[str, list[str]]:
+def health_words(status: StatusRecord | None) -> tuple[str, list[str]]:
     """The node's health summary ("attention — 2 things need a look") and its reasons."""
-    health = status.get("health")
-    if not isinstance(health, dict):
+    if status is None:
         return "not known yet (no answer from the node)", []
-    reasons = [str(r.get("message") or "") for r in health.get("reasons") or []]
-    return str(health.get("summary") or health.get("level") or "?"), reasons
+    health = status.health
+    return health.summary or health.level, [r.message for r in health.reasons]
 
 
-def tooltip_text(status: dict[str, Any], state: str) -> str:
-    # /v1/status is not a record: it is read as the dict the node sends.
+def tooltip_text(status: StatusRecord | None, state: str) -> str:
     summary, reasons = health_words(status)
     lines = [f"Peerstash — {STATE_WORDS.get(state, state)}", f"Health: {summary}"]
     lines += [f"• {r}" for r in reasons[:TOOLTIP_REASONS]]
     if len(reasons) > TOOLTIP_REASONS:
         lines.append(f"• … and {len(reasons) - TOOLTIP_REASONS} more (see the overview)")
-    for p in status.get("plans") or []:
-        last = p.get("last") or {}
+    paused = status.paused if status else False
+    for p in status.plans if status else []:
+        last = p.last
         if last:
-            when = last.get("ended_at") or last.get("started_at") or last.get("created_at")
-            word = fmt.STATUS_WORDS.get(str(last.get("status")), str(last.get("status")))
-            res = f"{word} {fmt.ago(when)}"
+            when = last.ended_at or last.started_at or last.created_at
+            res = f"{fmt.STATUS_WORDS.get(last.status, last.status)} {fmt.ago(when)}"
         else:
             res = "never backed up"
-        if p.get("stale"):
+        if p.stale:
             res += " (stale)"
-        nxt = p.get("next_due_at")
-        tail = f"; next {fmt.local_time(nxt)}" if nxt and not status.get("paused") else ""
-        lines.append(f"{p.get('id')}: {res}{tail}")
-    if status.get("paused"):
+        nxt = p.next_due_at
+        tail = f"; next {fmt.local_time(nxt)}" if nxt and not paused else ""
+        lines.append(f"{p.id}: {res}{tail}")
+    if paused:
         lines.append("Scheduled backups are paused.")
     return "\n".join(lines)
 
@@ -265,7 +264,7 @@ class Tray(QObject):
             a.setEnabled(False)
         for p in peers:
             state = p.state or "?"
-            shown = self.backend.peer_label(p).replace("&", "&&")  # no mnemonic
+            shown = p.label.replace("&", "&&")  # no mnemonic
             a = self.peers_menu.addAction(f"{shown}: {state}")
             a.setIcon(QIcon(dot_pixmap(PEER_STATE_COLORS.get(state, "#858b94"), 12)))
             a.triggered.connect(self.openPeersRequested)
@@ -282,7 +281,7 @@ class Tray(QObject):
             attention = attention or bad
             if bad and self._peer_states.get(pid) not in PEER_ATTENTION:
                 reason = p.state_reason or "it has not answered for a while"
-                shown = self.backend.peer_label(p)
+                shown = p.label
                 self.notify(f"{shown} is {state}", str(reason), key=f"peer:{pid}")
             self._peer_states[pid] = state
         self.peers_attention = attention
@@ -309,10 +308,10 @@ class Tray(QObject):
         """
         own = self.backend.instance_id
         if not origin or origin == own:
-            return str(self.backend.status.get("name") or own or "this machine")
+            return self.backend.node_name or own or "this machine"
         for p in self.backend.peer_list:
             if p.id == origin:
-                return self.backend.peer_label(p)
+                return p.label
         return str(origin)
 
     def _failed(self, exc: BaseException) -> None:
@@ -320,23 +319,22 @@ class Tray(QObject):
 
     # -- state -------------------------------------------------------------------------------
 
-    def _status_changed(self, status: dict[str, Any]) -> None:
-        paused = bool(status.get("paused"))
+    def _status_changed(self, status: StatusRecord) -> None:
         self.pause_action.setText(
-            "Resume scheduled backups" if paused else "Pause scheduled backups"
+            "Resume scheduled backups" if status.paused else "Pause scheduled backups"
         )
-        for p in status.get("plans") or []:
-            pid = str(p.get("id"))
-            if p.get("stale") and pid not in self._stale_seen:
+        for p in status.plans:
+            pid = p.id
+            if p.stale and pid not in self._stale_seen:
                 self._stale_seen.add(pid)
-                last = p.get("last") or {}
-                when = fmt.ago(last.get("ended_at")) if last.get("ended_at") else "never"
+                ended = p.last.ended_at if p.last else None
+                when = fmt.ago(ended) if ended else "never"
                 self.notify(
                     f"{self.machine_name(None)}: backups of {pid} are stale",
                     f"The last successful backup was {when}.",
                     key=f"stale:{pid}",
                 )
-            elif not p.get("stale"):
+            elif not p.stale:
                 self._stale_seen.discard(pid)
         self.update_state()
 

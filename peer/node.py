@@ -6,6 +6,7 @@ runs it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -18,19 +19,22 @@ from typing import IO, TYPE_CHECKING
 
 from aiohttp import web
 
-from peerstash.core import __version__
+from peerstash.core import __version__, installed_version
 from peerstash.core.engine import DEFAULT_RETRY_LOCK, Engine, check_name
 from peerstash.core.events import EventBus
+from peerstash.core.records import HealthRecord, PlanStatusRecord, StatusRecord
 from peerstash.core.runner import DEFAULT_STALL_AFTER
 from peerstash.core.secrets import SecretStore, load_or_create_key
 from peerstash.core.store import Store, StoreError
 from peerstash.peer import logflood
+from peerstash.peer.health import node_health
 from peerstash.peer.links.guard import GuardedTCPSite, PeerPortGuard
 from peerstash.peer.links.link import PeerManager, Timings
 from peerstash.peer.links.protocol import MAX_DISPLAY_NAME, check_display_name
 from peerstash.peer.links.rpc import RpcService
 from peerstash.peer.paths import admin_socket_path, ensure_own_private_dir, ensure_private_dir
 from peerstash.peer.server import make_peer_app, parse_listen
+from peerstash.peer.services.fleet import fleet
 from peerstash.peer.services.opsync import SyncService
 from peerstash.peer.services.remote_commands import DEFAULT_TTL, RemoteService
 from peerstash.peer.services.remote_config import RemoteConfig
@@ -575,26 +579,35 @@ class Node:
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
 
-    def status(self) -> dict[str, object]:
+    async def status(self) -> StatusRecord:
+        """What ``/v1/status`` answers: this running node, its health verdict on the whole
+        fleet, its plans with their last run, and each peer with its last backups."""
         services = self.services
-        port = services.peer_port
-        return {
-            "instance_id": self.instance_id,
-            "name": self.name,
-            "version": __version__,
-            "data_dir": str(self.data_dir),
-            "pid": os.getpid(),
-            "admin_socket": str(self.socket_path),
-            "paused": services.engine.scheduler.paused,
-            "key_id": services.identity.key_id,
-            "peer_url": port.url if port else None,
-            # What this running node really uses (the settings may say otherwise until the
-            # next restart, and --listen / --no-discovery override them).
-            "listen": port.address if port else None,
-            "discovery": services.discovery is not None,
-            # Repositories peers shared that were not taken here, and why (e.g. same GUID).
-            "shared_skipped": dict(services.engine.skipped_shares),
-            # The last change each owner made to where a received repository is or how it
-            # opens (no secret), since this node started.
-            "shared_changes": dict(services.engine.share_changes),
-        }
+        engine, port = services.engine, services.peer_port
+        latest = await engine.store.latest_per_plan()
+        plans = [
+            PlanStatusRecord.of(
+                plan, plan.id in engine.stale_plans, latest.get((engine.instance_id, plan.id))
+            )
+            for plan in await engine.list_plans()
+        ]
+        return StatusRecord(
+            instance_id=self.instance_id,
+            name=self.name,
+            version=__version__,
+            data_dir=str(self.data_dir),
+            pid=os.getpid(),
+            admin_socket=str(self.socket_path),
+            paused=engine.scheduler.paused,
+            key_id=services.identity.key_id,
+            peer_url=port.url if port else None,
+            listen=port.address if port else None,
+            discovery=services.discovery is not None,
+            shared_skipped=dict(engine.skipped_shares),
+            shared_changes=dict(engine.share_changes),
+            # Read off the loop: it asks the installed package's metadata on disk.
+            installed_version=await asyncio.to_thread(installed_version),
+            health=HealthRecord.of(await node_health(engine)),
+            plans=plans,
+            peers=await fleet(engine.store, engine.instance_id, self.name),
+        )

@@ -524,7 +524,7 @@ class SetupAssistant(QDialog):
             uri=shown,
             password=self.password(),
             env_keys=sorted(env),
-            machine=str(self.backend.status.get("name") or self.backend.instance_id),
+            machine=self.backend.node_name or self.backend.instance_id,
         )
 
     def _sheet_key(self) -> tuple[str, str]:

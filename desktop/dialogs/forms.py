@@ -762,7 +762,7 @@ class EditRepoDialog(AddRepoDialog):
                 password=str(password),
                 env_keys=repo.env_keys,
                 options=repo.options,
-                machine=str(self.backend.status.get("name") or self.backend.instance_id),
+                machine=self.backend.node_name or self.backend.instance_id,
             )
             try:
                 await asyncio.to_thread(write_private, path, text)

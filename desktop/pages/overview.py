@@ -7,8 +7,6 @@ that table without asking the node again.
 
 from __future__ import annotations
 
-from typing import Any
-
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
@@ -23,7 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from peerstash.core import __version__
-from peerstash.core.records import OpRecord, PeerRecord
+from peerstash.core.records import LastBackupRecord, ListedPeerRecord, OpRecord, StatusRecord
 from peerstash.core.text import printable, printable_lines
 from peerstash.desktop import fmt
 from peerstash.desktop.backend import Backend
@@ -36,7 +34,7 @@ FLEET_HEADERS = ("Machine", "Link", "Plan", "Last backup", "Result")
 PEER_COLORS = {"online": "#2e9d58", "unreachable": "#d99a1e", "auth failed": "#d64541"}
 
 
-def restart_words(st: dict[str, Any], ours: str | None = None) -> str:
+def restart_words(st: StatusRecord, ours: str | None = None) -> str:
     """Why a restart is due, from the node's status, or "" when none is.
 
     The tray and the node come from one package (docs/architecture.md, "Version skew"): they
@@ -44,8 +42,7 @@ def restart_words(st: dict[str, Any], ours: str | None = None) -> str:
     ``ours`` is the version this window runs (default: this process's).
     """
     ours = ours or __version__
-    running = str(st.get("version") or "")
-    installed = str(st.get("installed_version") or "")
+    running, installed = st.version, st.installed_version
     if not running:
         return ""
     if installed and installed != running:
@@ -147,14 +144,14 @@ class OverviewPage(Page):
         #: Newest backup per machine and plan, from synced operations.
         #: Each peer's last backup per plan: the node's fleet entries listed with the peer (dicts,
         #: not records), replaced by the operation itself when one arrives on the stream.
-        self.remote: dict[str, dict[str, dict[str, Any] | OpRecord]] = {}
+        self.remote: dict[str, dict[str, LastBackupRecord | OpRecord]] = {}
         self.outer.addStretch(1)
 
         backend.statusChanged.connect(self._show_status)
         backend.opChanged.connect(self._op_changed)
         backend.opsReset.connect(self._show_running)
         backend.peersChanged.connect(self._show_peers)
-        if backend.status:
+        if backend.status is not None:
             self._show_status(backend.status)
         self._show_running()
         self._show_peers()
@@ -172,8 +169,7 @@ class OverviewPage(Page):
         each peer (from synced operations)."""
         for p in list(self.backend.peer_list):
             if p.id:
-                plans = self.backend.peer_extras.get(p.id, {}).get("plans") or []
-                self.remote[p.id] = {str(r["plan"]): r for r in plans if r.get("plan")}
+                self.remote[p.id] = {r.plan: r for r in p.plans if r.plan}
         self._show_peers()
 
     def _show_peers(self) -> None:
@@ -184,7 +180,7 @@ class OverviewPage(Page):
             self.fleet_table.hide()
             return
         self.fleet.hide()
-        rows: list[tuple[PeerRecord, str, dict[str, Any] | OpRecord | None]] = []
+        rows: list[tuple[ListedPeerRecord, str, LastBackupRecord | OpRecord | None]] = []
         for p in peers:
             plans = self.remote.get(p.id, {})
             if not plans:
@@ -195,7 +191,7 @@ class OverviewPage(Page):
         for r, (p, plan, op) in enumerate(rows):
             state = p.state or "?"
             # Peer ids, plan names, reasons and errors come from peers: shown inert.
-            t.setItem(r, 0, item(printable(self.backend.peer_label(p))))
+            t.setItem(r, 0, item(printable(p.label)))
             link = item(state)
             link.setForeground(QColor(PEER_COLORS.get(state, "#858b94")))
             if p.state_reason:
@@ -206,15 +202,8 @@ class OverviewPage(Page):
                 t.setItem(r, 3, item("—"))
                 t.setItem(r, 4, item("no operations shared" if not plan else ""))
                 continue
-            if isinstance(op, OpRecord):  # seen on the event stream since the list was read
-                when, status, error = (
-                    op.ended_at or op.started_at or op.created_at,
-                    op.status,
-                    op.error,
-                )
-            else:  # the node's fleet entry beside the peer (a dict: not a record)
-                when = op.get("ended_at") or op.get("started_at") or op.get("created_at")
-                status, error = str(op.get("status")), op.get("error")
+            # The peer's last backup as the list gave it, or as the event stream told since.
+            when, status, error = op.ended_at or op.started_at or op.created_at, op.status, op.error
             t.setItem(r, 3, item(fmt.ago(when)))
             res = item(fmt.STATUS_WORDS.get(status, status))
             res.setIcon(status_icon(status))
@@ -227,18 +216,17 @@ class OverviewPage(Page):
 
     # -- status ------------------------------------------------------------------------------
 
-    def _show_status(self, st: dict[str, Any]) -> None:
+    def _show_status(self, st: StatusRecord) -> None:
         where = (
             "running inside this app"
             if self.backend.in_process
-            else f"attached to the node running as process {st.get('pid')}"
+            else f"attached to the node running as process {st.pid}"
         )
-        paused = bool(st.get("paused"))
-        ident = str(st.get("instance_id", "?"))
-        name = str(st.get("name") or ident)
+        paused, ident = st.paused, st.instance_id
+        name = st.name or ident
         self.node_title.setText(f"This node: {name}" + ("" if name == ident else f" (id {ident})"))
         self.node_sub.setText(
-            f"Peerstash {st.get('version', '?')} · {where} · "
+            f"Peerstash {st.version} · {where} · "
             + ("scheduled backups are <b>paused</b>" if paused else "scheduled backups are on")
         )
         self.pause_button.setText("Resume schedules" if paused else "Pause schedules")
@@ -246,40 +234,38 @@ class OverviewPage(Page):
         self.restart_due.setText(restart)
         self.restart_due.setVisible(bool(restart))
         self._show_health(st)
-        # /v1/status is not a record (nor are its plans, each with its last result): dicts.
-        plans = list(st.get("plans") or [])
+        plans = st.plans
         self.plans.setRowCount(len(plans))
         for r, p in enumerate(plans):
-            last = p.get("last") or {}
-            self.plans.setItem(r, 0, item(str(p["id"]), p["id"]))
-            self.plans.setItem(r, 1, item(str(p.get("repo") or "")))
-            when = last.get("ended_at") or last.get("started_at") or last.get("created_at")
+            last = p.last
+            self.plans.setItem(r, 0, item(p.id, p.id))
+            self.plans.setItem(r, 1, item(p.repo))
+            when = (last.ended_at or last.started_at or last.created_at) if last else None
             self.plans.setItem(r, 2, item(fmt.ago(when) if last else "never"))
-            status = str(last.get("status") or "")
-            if p.get("stale"):
+            if p.stale:
                 res = item("stale: no recent successful backup")
                 res.setIcon(status_icon("warning"))
                 res.setForeground(QColor(STATUS_COLORS["warning"]))
             elif last:
-                res = item(fmt.STATUS_WORDS.get(status, status))
-                res.setIcon(status_icon(status))
-                if last.get("error"):
-                    res.setToolTip(str(last["error"]))
+                res = item(fmt.STATUS_WORDS.get(last.status, last.status))
+                res.setIcon(status_icon(last.status))
+                if last.error:
+                    res.setToolTip(last.error)
             else:
                 res = item("not backed up yet")
             self.plans.setItem(r, 3, res)
-            nxt = p.get("next_due_at")
+            nxt = p.next_due_at
             due = (
                 "disabled"
-                if not p.get("enabled", True)
+                if not p.enabled
                 else (f"{fmt.local_time(nxt)} ({fmt.until(nxt)})" if nxt else "manual")
             )
             if paused and nxt:
                 due += " · paused"
             self.plans.setItem(r, 4, item(due))
             button = QPushButton("Back up now")
-            button.setObjectName(f"overview-backup-{p['id']}")
-            plan_id = str(p["id"])
+            button.setObjectName(f"overview-backup-{p.id}")
+            plan_id = p.id
             button.clicked.connect(lambda _=False, pid=plan_id: self.run(self._backup(pid)))
             self.plans.setCellWidget(r, 5, button)
         self.plans.setVisible(bool(plans))
@@ -288,10 +274,10 @@ class OverviewPage(Page):
         rows_h = sum(self.plans.rowHeight(r) for r in range(min(len(plans), 10)))
         self.plans.setFixedHeight(self.plans.horizontalHeader().height() + rows_h + 4)
 
-    def _show_health(self, st: dict[str, Any]) -> None:
+    def _show_health(self, st: StatusRecord) -> None:
         """The node's health and its reasons, one line each (plain text: a peer's words)."""
         summary, reasons = health_words(st)
-        level = str((st.get("health") or {}).get("level") or "")
+        level = st.health.level
         self.health.setText("\n".join([f"Health: {summary}", *(f"• {r}" for r in reasons)]))
         style = LEVEL_STYLES.get(HEALTH_STATES.get(level, "warning"), "")
         self.health.setStyleSheet(f"QLabel{{{style}border-radius:4px;padding:6px 8px;}}")

@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from peerstash.core.records import PeerRecord
+from peerstash.core.records import ListedPeerRecord, PeerRecord
 from peerstash.core.text import printable
 from peerstash.desktop import fmt
 from peerstash.desktop.api import ApiError, PeersApi
@@ -213,22 +213,23 @@ class PeersPage(Page):
 
     def _show_me(self) -> None:
         st = self.backend.status
-        ident = str(st.get("instance_id", "?"))
-        name = str(st.get("name") or ident)
+        if st is None:
+            return
+        ident, name = st.instance_id, st.name or st.instance_id
         shown = html.escape(name) + ("" if name == ident else f" (id {html.escape(ident)})")
         parts = [f"This machine: <b>{shown}</b>"]
-        if st.get("key_id"):
-            parts.append(f"key <b>{st['key_id']}</b> (compare it on the other machine)")
-        parts.append(f"peer address {st.get('peer_url') or 'not listening'}")
+        if st.key_id:
+            parts.append(f"key <b>{st.key_id}</b> (compare it on the other machine)")
+        parts.append(f"peer address {st.peer_url or 'not listening'}")
         self.me.setText(" · ".join(parts))
 
     def activate(self) -> None:
         self.run(self.refresh(), name="peers:refresh")
 
     async def refresh(self) -> None:
-        peers, extras = await self.backend.peers.peers()
+        peers = await self.backend.peers.peers()
         self.content.show()
-        self._fill(peers, extras)
+        self._fill(peers)
         try:
             self._fill_tokens(await self.backend.peers.tokens())
         except ApiError as exc:
@@ -281,10 +282,10 @@ class PeersPage(Page):
     def _show_peers(self) -> None:
         if self.backend.peers_loaded:
             self.content.show()
-            self._fill(self.backend.peer_list, self.backend.peer_extras)
+            self._fill(self.backend.peer_list)
 
-    def _fill(self, peers: list[PeerRecord], extras: dict[str, dict[str, Any]]) -> None:
-        """The peers' records, and beside them (``extras``, by id: not records) their labels."""
+    def _fill(self, peers: list[ListedPeerRecord]) -> None:
+        """The two tables: the machines we dial and the ones that dial us."""
         self._peers = {p.id: p for p in peers}
         hosts = [p for p in peers if p.role == "known_host"]
         clients = [p for p in peers if p.role != "known_host"]
@@ -294,8 +295,7 @@ class PeersPage(Page):
             for r, p in enumerate(rows):
                 name = p.id
                 # The label tells same-named machines apart; the row's data stays the id.
-                label = str(extras.get(name, {}).get("label") or p.name or name)
-                table.setItem(r, 0, item(printable(label), name))
+                table.setItem(r, 0, item(printable(p.label), name))
                 state = p.state
                 reason = p.state_reason or ""
                 # Why a peer refuses us ("removed by NAME") is said in the cell, as `peer list`

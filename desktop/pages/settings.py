@@ -142,26 +142,24 @@ class SettingsPage(Page):
 
     def _show(self) -> None:
         st = self.backend.status
+        if st is None:
+            return  # "…" until the node answered
         for key, label in self.fields.items():
             if key == "mode":
                 text = (
                     "runs inside this app (it stops when you quit)"
                     if self.backend.in_process
-                    else f"attached to the node of process {st.get('pid', '?')} "
+                    else f"attached to the node of process {st.pid} "
                     "(it keeps running when you quit)"
                 )
             elif key == "listen":
                 # What the running node is bound to (its status), not the settings file: a
                 # --listen option or a change that waits for a restart make them differ.
-                text = str(st.get("listen") or "off: this node has no peer port")
+                text = st.listen or "off: this node has no peer port"
             elif key == "discovery":
-                text = (
-                    "on: announcing this machine on the local network"
-                    if st.get("discovery")
-                    else "off"
-                )
+                text = "on: announcing this machine on the local network" if st.discovery else "off"
             else:
-                value = st.get(key)
+                value = getattr(st, key)
                 text = "—" if value in (None, "") else str(value)
             label.setText(text)
 

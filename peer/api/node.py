@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
-from peerstash.core import installed_version
-from peerstash.core.records import OpRecord, iso_time, to_json
+from peerstash.core.records import to_json
 from peerstash.peer.api.common import (
-    NODE_KEY,
     WINDOWS_KEY,
     BadRequest,
     WindowWanted,
@@ -18,42 +14,13 @@ from peerstash.peer.api.common import (
     running_node,
 )
 from peerstash.peer.api.schema import Rename
-from peerstash.peer.health import node_health
 from peerstash.peer.links.protocol import check_display_name
-from peerstash.peer.services import fleet as fleet_view
 
 
 async def status(request: web.Request) -> web.Response:
-    node = request.app[NODE_KEY]
-    engine = engine_of(request)
-    latest = await engine.store.latest_per_plan()
-    plans = []
-    for plan in await engine.list_plans():
-        last = latest.get((engine.instance_id, plan.id))
-        plans.append(
-            {
-                "id": plan.id,
-                "repo": plan.repo_id,
-                "enabled": plan.enabled,
-                "next_due_at": iso_time(plan.next_due_at),
-                "stale": plan.id in engine.stale_plans,
-                "last": to_json(OpRecord.of(last)) if last else None,
-            }
-        )
-    fleet = await fleet_view.fleet(engine.store, engine.instance_id, node.name)
-    health = (await node_health(engine)).to_dict()
-    # What is on disk now (read off the loop): not "version" once the package was upgraded
-    # under this running node, which then has to restart (the tray shows it).
-    installed = await asyncio.to_thread(installed_version)
-    return web.json_response(
-        {
-            **node.status(),
-            "installed_version": installed,
-            "health": health,
-            "plans": plans,
-            "peers": fleet,
-        }
-    )
+    """This node, its health verdict, its plans' last runs and the fleet
+    (:class:`peerstash.core.records.StatusRecord`)."""
+    return web.json_response(to_json(await running_node(request).status()))
 
 
 async def present(request: web.Request) -> web.Response:

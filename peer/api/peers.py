@@ -9,7 +9,7 @@ from aiohttp import web
 
 from peerstash.core.engine import EngineError
 from peerstash.core.models import Peer
-from peerstash.core.records import PeerRecord, to_json
+from peerstash.core.records import ListedPeerRecord, PeerRecord, to_json
 from peerstash.core.store import NotFound
 from peerstash.peer.api.common import NODE_KEY, BadRequest, engine_of, read_body, running_node
 from peerstash.peer.api.schema import AddPeer, CreateToken, Grants
@@ -62,9 +62,8 @@ async def list_peers_route(request: web.Request) -> web.Response:
     fleet = await fleet_view.plans_by_peer(engine.store, engine.instance_id)
     peers = await engine.store.list_peers()
     shown = fleet_view.labels(peers, engine.instance_id, request.app[NODE_KEY].name)
-    return web.json_response(
-        [{**peer_to_dict(p), "label": shown[p.id], "plans": fleet.get(p.id, [])} for p in peers]
-    )
+    listed = [ListedPeerRecord.listed(p, shown[p.id], fleet.get(p.id, [])) for p in peers]
+    return web.json_response([to_json(p) for p in listed])
 
 
 async def add_peer_route(request: web.Request) -> web.Response:

@@ -8,34 +8,17 @@ with no plans.
 
 from __future__ import annotations
 
-from typing import Any
-
-from peerstash.core.models import Operation, Peer
-from peerstash.core.records import iso_time
+from peerstash.core.models import Peer
+from peerstash.core.records import FleetPeerRecord, LastBackupRecord
 from peerstash.core.store import Store
 
 
-def last_result(plan_id: str, op: Operation) -> dict[str, Any]:
-    """One plan's last backup as the fleet views show it (the fields a person reads)."""
-    return {
-        "plan": plan_id,
-        "repo": op.repo_id,
-        "op": op.op_id,
-        "status": op.status,
-        "created_at": iso_time(op.created_at),
-        "started_at": iso_time(op.started_at),
-        "ended_at": iso_time(op.ended_at),
-        "snapshot_id": op.snapshot_id,
-        "error": op.error,
-    }
-
-
-async def plans_by_peer(store: Store, local: str) -> dict[str, list[dict[str, Any]]]:
+async def plans_by_peer(store: Store, local: str) -> dict[str, list[LastBackupRecord]]:
     """Each other origin's last backup result per plan (sorted by plan id)."""
-    out: dict[str, list[dict[str, Any]]] = {}
+    out: dict[str, list[LastBackupRecord]] = {}
     for (origin, plan_id), op in sorted((await store.latest_per_plan()).items()):
         if origin != local:
-            out.setdefault(origin, []).append(last_result(plan_id, op))
+            out.setdefault(origin, []).append(LastBackupRecord.of(plan_id, op))
     return out
 
 
@@ -60,24 +43,12 @@ def labels(peers: list[Peer], self_id: str, self_name: str) -> dict[str, str]:
     return out
 
 
-def peer_entry(peer: Peer, plans: list[dict[str, Any]], label: str | None = None) -> dict[str, Any]:
-    return {
-        "id": peer.id,
-        "name": peer.name or peer.id,
-        "label": label or peer.name or peer.id,
-        "state": peer.state,
-        "state_reason": peer.state_reason,
-        "last_seen": iso_time(peer.last_seen),
-        "plans": plans,
-    }
-
-
-async def fleet(store: Store, local: str, local_name: str = "") -> list[dict[str, Any]]:
+async def fleet(store: Store, local: str, local_name: str = "") -> list[FleetPeerRecord]:
     """Every paired peer with its state and last backup per plan, by peer id."""
     plans = await plans_by_peer(store, local)
     peers = sorted(await store.list_peers(), key=lambda p: p.id)
     shown = labels(peers, local, local_name)
-    return [peer_entry(p, plans.get(p.id, []), shown[p.id]) for p in peers]
+    return [FleetPeerRecord.of(p, shown[p.id], plans.get(p.id, [])) for p in peers]
 
 
-__all__ = ["fleet", "labels", "last_result", "plans_by_peer"]
+__all__ = ["fleet", "labels", "plans_by_peer"]

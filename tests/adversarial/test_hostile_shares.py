@@ -106,7 +106,7 @@ async def test_the_reported_attack_is_refused_and_runs_nothing(
     # Nothing stored: no row, no secret; what a person sees says why.
     assert [r.id for r in await a.engine.list_repos()] == []
     assert await secret_names(a, "repo/photos@b/") == []
-    assert a.status()["shared_skipped"] == {"photos@b": why}
+    assert (await a.status()).shared_skipped == {"photos@b": why}
     with pytest.raises(NotFound):
         await a.engine.snapshots("photos@b")  # `peerstash snapshots photos@b`
     with pytest.raises(EngineError, match="no repository named 'photos@b'") as no_plan:
@@ -191,7 +191,7 @@ async def test_an_accepted_share_changed_hostilely_keeps_what_was_accepted(
         [],
         accepted.updated_at,
     )
-    assert a.status()["shared_skipped"] == {"photos@b": why}
+    assert (await a.status()).shared_skipped == {"photos@b": why}
     # The accepted version still works, and B's command never ran.
     flow = await run_flow(a, "pa")
     assert flow[0].status == OpStatus.SUCCESS, flow[0].error
@@ -202,7 +202,7 @@ async def test_an_accepted_share_changed_hostilely_keeps_what_was_accepted(
     got = next_shares(a, "b")
     await rig_and_push(b, "photos", client_uri=None, options=[])
     assert (await got).skipped == {}
-    assert a.status()["shared_skipped"] == {}
+    assert (await a.status()).shared_skipped == {}
 
 
 async def test_a_moved_share_is_announced_without_secrets(
@@ -229,7 +229,7 @@ async def test_a_moved_share_is_announced_without_secrets(
             notice = await notices.get()
     assert isinstance(notice, Notice) and notice.level == "warning"
     assert notice.message == f"peer b changed the location of photos@b from {repo} to {moved_to}"
-    assert a.status()["shared_changes"]["photos@b"].endswith(notice.message)
+    assert (await a.status()).shared_changes["photos@b"].endswith(notice.message)
     assert (await a.engine.store.get_repo("photos@b")).uri == moved_to
     assert PW not in caplog.text
 
@@ -341,7 +341,7 @@ async def test_changed_credentials_of_an_accepted_share_are_announced_without_va
     assert notice.message == (
         "peer b changed the password of photos@b; the credentials of photos@b (B2_ACCOUNT_ID)"
     )
-    assert a.status()["shared_changes"]["photos@b"].endswith(notice.message)
+    assert (await a.status()).shared_changes["photos@b"].endswith(notice.message)
     for secret in (PW, new_pw, new_env, "first-id"):
         assert secret not in caplog.text
     assert_no_secret_in_files(a, PW, new_pw, new_env)

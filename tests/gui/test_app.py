@@ -324,7 +324,7 @@ def test_new_plan_backs_up_at_once_unless_unchecked(gui: GuiEnv, qloop: QLoop, q
         ops = await b.call("GET", "/v1/ops?plan=docs")
         assert [(o["kind"], o["plan"]) for o in ops] == [("backup", "docs")]
         await wait_for(
-            lambda: (b.status.get("health") or {}).get("level") == "ok",
+            lambda: b.status is not None and b.status.health.level == "ok",
             b.statusChanged,
             timeout=120,
             what="health ok after the first backup",
@@ -659,7 +659,7 @@ def test_failures_notify_once_and_cancel_and_remove(gui: GuiEnv, qloop: QLoop, q
         await wait_for(lambda: tray.state == "error", tray.stateChanged, b.statusChanged)
         failure_notes = [n for n in notes if "failed" in n[0]]
         assert len(failure_notes) == 1, notes  # the second failure is within the rate limit
-        me = b.status.get("name") or b.instance_id
+        me = b.node_name or b.instance_id
         assert failure_notes[0][0] == f"{me}: the backup of flaky failed"
         assert failure_notes[0][1]  # restic's reason, in words
 

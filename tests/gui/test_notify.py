@@ -16,7 +16,7 @@ from peerstash.core.records import OpRecord
 from peerstash.peer.api import schema
 from tests.fixtures.dbus import NOTIFY_SIGNATURE, NotificationServer, session_bus
 from tests.fixtures.gui import HAVE_QT, GuiEnv, QLoop, wait_for
-from tests.fixtures.records import op_record, peer_record
+from tests.fixtures.records import listed_peer_record, op_record
 
 pytestmark = pytest.mark.skipif(not HAVE_QT, reason="needs PySide6, qasync and pytest-qt")
 
@@ -108,7 +108,7 @@ def test_failures_name_the_machine_and_reach_the_bus(gui: GuiEnv, qloop: QLoop, 
         try:
 
             async def body() -> None:
-                me = str(b.status.get("name") or b.instance_id)
+                me = b.node_name or b.instance_id
                 gone = gui.tmp / "gone"
                 gone.mkdir()
                 for plan in ("docs", "photos"):
@@ -133,8 +133,7 @@ def test_failures_name_the_machine_and_reach_the_bus(gui: GuiEnv, qloop: QLoop, 
                 # A peer's failure (as its op arrives by sync) names the peer; another class
                 # of error on our own plan is a new kind too.
                 peer_op = msgspec.structs.replace(failed[0], id="peer-op", origin="bravo-id")
-                b.peer_list = [peer_record(id="bravo-id", name="bravo")]
-                b.peer_extras = {"bravo-id": {"label": "bravo", "plans": []}}
+                b.peer_list = [listed_peer_record(id="bravo-id", name="bravo")]
                 tray._op_changed(peer_op)
                 wrong = msgspec.structs.replace(
                     failed[0],
@@ -271,8 +270,7 @@ def test_a_hostile_peer_cannot_flood_or_forge_notifications(gui: GuiEnv, qtbot: 
     tray.limiter = RateLimiter(clock=lambda: now[0])
     notes: list[tuple[str, str]] = []
     tray.notified.connect(lambda title, msg: notes.append((title, msg)))
-    b.peer_list = [peer_record(id="evil", name="evil")]
-    b.peer_extras = {"evil": {"label": "evil\x1b[2J\u202eexe.txt", "plans": []}}
+    b.peer_list = [listed_peer_record(label="evil\x1b[2J\u202eexe.txt", id="evil", name="evil")]
 
     def fail(op_id: str, plan: str, error_kind: str) -> None:
         tray._op_changed(

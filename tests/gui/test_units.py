@@ -16,7 +16,16 @@ from peerstash.core.records import ListedOpRecord, OpRecord, PlanRecord, to_json
 from peerstash.desktop import fmt
 from peerstash.desktop.platform import autostart
 from peerstash.peer.api import schema
-from tests.fixtures.records import listed_op_record, op_record, peer_record, repo_record
+from tests.fixtures.records import (
+    health_record,
+    listed_op_record,
+    listed_peer_record,
+    op_record,
+    peer_record,
+    plan_status_record,
+    repo_record,
+    status_record,
+)
 from tests.fixtures.standin import serve_admin
 
 
@@ -127,48 +136,40 @@ needs_qt = pytest.mark.skipif(
 def test_tray_state_priorities() -> None:
     from peerstash.desktop.tray import RateLimiter, compute_state, tooltip_text
 
-    ok_plan = {"id": "a", "last": {"status": "success", "ended_at": "2026-01-01T00:00:00+00:00"}}
-    ok = {"level": "ok", "summary": "ok", "reasons": []}
-    reason = {
-        "level": "attention",
-        "kind": "never_succeeded",
-        "message": "plan b has never succeeded",
-    }
-    attention = {
-        "level": "attention",
-        "summary": "attention — 1 thing needs a look",
-        "reasons": [reason],
-    }
-    failing = {"level": "failing", "summary": "failing — 1 thing needs a look", "reasons": []}
+    last = op_record(status="success", ended_at="2026-01-01T00:00:00+00:00")
+    plans = [plan_status_record(id="a", last=last)]
+    ok = health_record("ok")
+    attention = health_record("attention", ["plan b has never succeeded"])
+    failing = health_record("failing", ["plan c: last backup failed"])
     # The tray shows the node's verdict; it does not judge the plans itself.
-    assert compute_state({"plans": [ok_plan], "health": ok}, {}) == "ok"
-    assert compute_state({"plans": [ok_plan], "health": attention}, {}) == "warning"
-    assert compute_state({"plans": [ok_plan], "health": failing}, {}) == "error"
-    assert compute_state({"plans": [], "health": ok, "paused": True}, {}) == "paused"
-    assert compute_state({"plans": [], "health": failing, "paused": True}, {}) == "error"
-    assert (
-        compute_state({"plans": [ok_plan], "health": ok}, {}, peers_attention=True) == "attention"
-    )
+    assert compute_state(status_record(plans=plans, health=ok), {}) == "ok"
+    assert compute_state(status_record(plans=plans, health=attention), {}) == "warning"
+    assert compute_state(status_record(plans=plans, health=failing), {}) == "error"
+    assert compute_state(status_record(health=ok, paused=True), {}) == "paused"
+    assert compute_state(status_record(health=failing, paused=True), {}) == "error"
+    assert compute_state(status_record(plans=plans), {}, peers_attention=True) == "attention"
     # Until the node answered: not green.
-    assert compute_state({}, {}) == "warning"
+    assert compute_state(None, {}) == "warning"
     op = msgspec.convert(_op(1), OpRecord)
     running = {("x", "1"): msgspec.structs.replace(op, status="running")}
-    assert compute_state({"health": failing}, running) == "running"
+    assert compute_state(status_record(health=failing), running) == "running"
     pending = {("x", "1"): msgspec.structs.replace(op, status="pending")}
-    assert compute_state({"health": ok}, pending) == "ok"
-    tip = tooltip_text({"plans": [{**ok_plan, "next_due_at": None}], "health": ok}, "ok")
-    assert tip.splitlines()[:3][0] == "Peerstash — all backups are fine"
+    assert compute_state(status_record(health=ok), pending) == "ok"
+    tip = tooltip_text(status_record(plans=plans, health=ok), "ok")
+    assert tip.splitlines()[0] == "Peerstash — all backups are fine"
     assert tip.splitlines()[1] == "Health: ok"
     assert tip.splitlines()[2].startswith("a: success ")
-    tip = tooltip_text({"plans": [], "health": attention}, "warning")
+    tip = tooltip_text(status_record(health=attention), "warning")
     assert tip.splitlines() == [
         "Peerstash — something needs a look",
         "Health: attention — 1 thing needs a look",
         "• plan b has never succeeded",
     ]
-    many = {**attention, "reasons": [reason] * 7}
-    tip = tooltip_text({"health": many}, "warning")
+    many = health_record("attention", ["plan b has never succeeded"] * 7)
+    tip = tooltip_text(status_record(health=many), "warning")
     assert tip.splitlines()[-1] == "• … and 2 more (see the overview)"
+    tip = tooltip_text(None, "warning")
+    assert tip.splitlines()[1] == "Health: not known yet (no answer from the node)"
 
     now = [0.0]
     lim = RateLimiter(per_key=100, spacing=5, clock=lambda: now[0])
@@ -323,10 +324,11 @@ def test_restart_words_name_the_process_that_runs_old_code(qapp: Any) -> None:
     overview says which one still runs the old code (docs/architecture.md, "Version skew")."""
     from peerstash.desktop.pages.overview import restart_words
 
-    same = {"version": "0.2.0", "installed_version": "0.2.0"}
+    same = status_record(version="0.2.0", installed_version="0.2.0")
     assert restart_words(same, ours="0.2.0") == ""
     # Upgraded under the running node (the tray's own node, or one started by hand).
-    assert restart_words({"version": "0.1.0", "installed_version": "0.2.0"}, ours="0.1.0") == (
+    upgraded = status_record(version="0.1.0", installed_version="0.2.0")
+    assert restart_words(upgraded, ours="0.1.0") == (
         "Restart due: this node runs Peerstash 0.1.0, but 0.2.0 is installed. Quit Peerstash "
         "and start it again (or restart its service) to use the new version."
     )
@@ -335,7 +337,6 @@ def test_restart_words_name_the_process_that_runs_old_code(qapp: Any) -> None:
         "Restart due: this window is Peerstash 0.1.0, but the node runs 0.2.0. Quit Peerstash "
         "and start it again."
     )
-    assert restart_words({}, ours="0.1.0") == ""  # no status read yet: nothing to say
 
 
 @needs_qt
@@ -576,13 +577,14 @@ def test_answers_whose_records_are_malformed_are_skipped_and_the_views_keep_thei
         retention={}, enabled=True, disabled_reason=None, next_due_at=None,
     )  # fmt: skip
     repo = repo_record(id="main")
-    peer = peer_record(id="bravo")
+    peer = listed_peer_record(id="bravo", label="bravo")
+    status = status_record(plans=[plan_status_record(id="docs", repo="main")])
     running = _op(7, "running")
     good: dict[str, Any] = {
-        "/v1/status": {"instance_id": "me", "plans": []},
+        "/v1/status": to_json(status),
         "/v1/plans": [to_json(plan)],
         "/v1/repos": [to_json(repo)],
-        "/v1/peers": [{**to_json(peer), "label": "bravo", "plans": []}],
+        "/v1/peers": [to_json(peer)],
         "/v1/ops": [running],
         "/v1/repos/main/snapshots": [],
     }
@@ -590,7 +592,8 @@ def test_answers_whose_records_are_malformed_are_skipped_and_the_views_keep_thei
         **good,
         "/v1/plans": [{**to_json(plan), "paths": "/not/a/list"}],
         "/v1/repos": [{k: v for k, v in to_json(repo).items() if k != "id"}],
-        "/v1/peers": [{**to_json(peer), "state": 3, "label": "bravo", "plans": []}],
+        "/v1/status": {**to_json(status), "health": {"level": "ok"}},
+        "/v1/peers": [{**to_json(peer), "state": 3}],
         "/v1/ops": [{k: v for k, v in running.items() if k != "id"}],
         "/v1/repos/main/snapshots": [{"id": 42, "short_id": "x"}],
     }
@@ -615,6 +618,7 @@ def test_answers_whose_records_are_malformed_are_skipped_and_the_views_keep_thei
                 await model.load()
                 assert backend.plans == [plan] and backend.repos == [repo]
                 assert backend.peer_list == [peer] and list(backend.active) == [("me", "op7")]
+                assert backend.status == status
                 assert page.plans.item(0, 0).text() == "docs" and model.rowCount() == 1
 
                 answers.update(bad)
@@ -625,9 +629,14 @@ def test_answers_whose_records_are_malformed_are_skipped_and_the_views_keep_thei
                 assert "kept the plans and repositories as they were" in said
                 assert "could not read the peers" in said and "is not a list of peers" in said
                 assert "kept the operations in flight as they were" in said
+                assert (
+                    "kept the node's status as it was: the node's answer is not the node's "
+                    "status: Object missing required field `summary` - at `$.health`"
+                ) in said
                 # The backend holds the records it had; the window shows what it showed.
                 assert backend.plans == [plan] and backend.repos == [repo]
                 assert backend.peer_list == [peer] and list(backend.active) == [("me", "op7")]
+                assert backend.status == status and backend.connected
                 assert page.plans.rowCount() == 1 and page.plans.item(0, 0).text() == "docs"
                 assert page.repos.rowCount() == 1 and page.repos.item(0, 0).text() == "main"
                 assert model.rowCount() == 1 and model.op_at(0).id == "op7"

@@ -22,7 +22,9 @@ from sqlalchemy import update
 from peerstash.core.engine import PasswordSpec
 from peerstash.core.events import ConfigChanged
 from peerstash.core.models import Operation, OpStatus
+from peerstash.core.records import LastBackupRecord, ListedPeerRecord, StatusRecord
 from peerstash.core.store import NotFound, OpFilter, utcnow
+from peerstash.peer.api.client import decode
 from peerstash.peer.links.rpc import CallError, RpcService
 from peerstash.peer.node import Node
 from peerstash.peer.services import remote_config
@@ -430,6 +432,13 @@ async def test_a_remote_operation_log_is_fetched_from_its_owner_and_status_shows
     assert docs["snapshot_id"] == final.snapshot_id and docs["ended_at"]
     status, peers = await admin(b, "GET", "/v1/peers")
     assert peers[0]["id"] == "a" and peers[0]["plans"] == [docs]
+    # The tray and the CLI read these answers as the records (every field, its type).
+    record = decode(st, StatusRecord, "the node's status")
+    assert record.peers[0].plans[0] == LastBackupRecord(**docs)
+    assert record.instance_id == "b" and record.installed_version == record.version
+    assert (
+        decode(peers, list[ListedPeerRecord], "a list of peers")[0].plans == record.peers[0].plans
+    )
     # A sees no history of B (none was granted the other way).
     status, st_a = await admin(a, "GET", "/v1/status")
     assert st_a["peers"] == [{**st_a["peers"][0], "plans": []}]

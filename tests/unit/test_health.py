@@ -16,6 +16,7 @@ from peerstash.core.health import (
     PlanFacts,
     compute,
 )
+from peerstash.core.records import HealthRecord, to_json
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -43,7 +44,7 @@ def test_all_good_is_ok() -> None:
     h = compute(plans=[GOOD], peers=[peer()], skipped_shares={}, now=NOW)
     assert h.level == OK and h.reasons == ()
     assert h.summary() == "ok"
-    assert h.to_dict() == {"level": "ok", "summary": "ok", "reasons": []}
+    assert to_json(HealthRecord.of(h)) == {"level": "ok", "summary": "ok", "reasons": []}
 
 
 def test_nothing_at_all_is_ok() -> None:
@@ -116,7 +117,8 @@ def test_peer_backup_failed_is_failing_and_names_the_machine() -> None:
     assert r.message == (
         "machine Anna's laptop (laptop), plan home: last backup failed: repository not found"
     )
-    assert r.to_dict() == {
+    # As /v1/status and `status --json` give it: a field that is about nothing is absent.
+    assert to_json(HealthRecord.of(h))["reasons"][0] == {
         "level": "failing",
         "kind": "peer_backup_failed",
         "message": r.message,

@@ -14,9 +14,14 @@ from typing import Any
 import msgspec
 import pytest
 
+from peerstash.core.health import Health, Reason
 from peerstash.core.models import Operation, Peer, Plan, Repo
 from peerstash.core.records import (
+    FleetPeerRecord,
+    HealthRecord,
+    LastBackupRecord,
     ListedOpRecord,
+    ListedPeerRecord,
     LsNodeRecord,
     OpRecord,
     PeerRecord,
@@ -337,3 +342,65 @@ def test_extended_records_append_their_field_last() -> None:
     snap = snapshots()[0]
     planned = to_json(PlannedSnapshotRecord.for_plan(snap, "home"))
     assert planned == {**old_snapshot_to_dict(snap), "plan": "home"}
+
+
+# -- /v1/status and /v1/peers: the fleet view and health as the dict builders gave them -------
+def old_last_result(plan_id: str, op: Operation) -> dict[str, Any]:
+    return {
+        "plan": plan_id,
+        "repo": op.repo_id,
+        "op": op.op_id,
+        "status": op.status,
+        "created_at": old_iso_time(op.created_at),
+        "started_at": old_iso_time(op.started_at),
+        "ended_at": old_iso_time(op.ended_at),
+        "snapshot_id": op.snapshot_id,
+        "error": op.error,
+    }
+
+
+def old_peer_entry(peer: Peer, plans: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    return {
+        "id": peer.id,
+        "name": peer.name or peer.id,
+        "label": label,
+        "state": peer.state,
+        "state_reason": peer.state_reason,
+        "last_seen": old_iso_time(peer.last_seen),
+        "plans": plans,
+    }
+
+
+def test_fleet_records_encode_exactly_the_old_dicts() -> None:
+    for peer in peers():
+        last = [LastBackupRecord.of(f"plan-{op.pk}", op) for op in ops()]
+        old_last = [old_last_result(f"plan-{op.pk}", op) for op in ops()]
+        assert [to_json(r) for r in last] == old_last
+        fleet = to_json(FleetPeerRecord.of(peer, "Label", last))
+        assert json.dumps(fleet) == json.dumps(old_peer_entry(peer, old_last, "Label"))
+        listed = to_json(ListedPeerRecord.listed(peer, "Label", last))
+        old = {**old_peer_to_dict(peer), "label": "Label", "plans": old_last}
+        assert json.dumps(listed) == json.dumps(old)
+
+
+def test_health_record_leaves_out_what_a_reason_is_not_about() -> None:
+    health = Health(
+        "failing",
+        (
+            Reason("failing", "backup_failed", "plan p: last backup failed", plan="p"),
+            Reason("attention", "share_skipped", "r was not taken", repo="r"),
+        ),
+    )
+    assert to_json(HealthRecord.of(health)) == {
+        "level": "failing",
+        "summary": "failing — 2 things need a look",
+        "reasons": [
+            {"level": "failing", "kind": "backup_failed", "message": health.reasons[0].message,
+             "plan": "p"},
+            {"level": "attention", "kind": "share_skipped", "message": health.reasons[1].message,
+             "repo": "r"},
+        ],
+    }  # fmt: skip
+    # What the node sends is what the tray decodes, the absent fields as None.
+    back = msgspec.convert(to_json(HealthRecord.of(health)), HealthRecord)
+    assert back == HealthRecord.of(health) and back.reasons[0].peer is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from peerstash.core.records import PeerRecord
+from peerstash.core.records import ListedPeerRecord, PeerRecord
 from peerstash.core.text import printable
 from peerstash.peer.api import schema
 from peerstash.peer.cli import AdminClient, CliError
@@ -114,7 +114,7 @@ async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
         emit(a, res, f"{a.id}: {checked.state}; {res['message']}")
         return 0
     peers = await c.call("GET", "/v1/peers")
-    listed = decode(peers, list[PeerRecord], "a list of peers")
+    listed = decode(peers, list[ListedPeerRecord], "a list of peers")
     rows = [
         [
             p.name or p.id,
@@ -128,10 +128,11 @@ async def cmd_peer(c: AdminClient, a: argparse.Namespace) -> int:
         for p in listed
     ]
     text = table(rows, ["NAME", "ID", "KEY ID", "ROLE", "STATE", "LAST SEEN", "WE GRANT"])
-    # Besides each record: how this node names the peer and its last backups (not records).
-    for p, extra in zip(listed, peers, strict=True):
-        head = extra.get("label") or p.id
-        text += f"\n\n{head}:\n" + "\n".join(f"  {ln}" for ln in fleet_lines(extra["plans"]))
+    # How this node names each peer and its last backups. fleet_lines reads them as the JSON
+    # (checked by the decode above): ``status``, a quick command, has no msgspec to decode.
+    for p, raw in zip(listed, peers, strict=True):
+        lines = fleet_lines(raw["plans"])
+        text += f"\n\n{p.label}:\n" + "\n".join(f"  {ln}" for ln in lines)
     emit(a, peers, text if rows else "no peers")
     return 0
 
