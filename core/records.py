@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     # Only types: the CLI imports the request structs (peer/api/schema.py, which imports
     # this module) and must not pay for SQLAlchemy or the restic wrapper to send a body.
     from peerstash.core.health import Health
-    from peerstash.core.models import Operation, Peer, Plan, Repo
+    from peerstash.core.models import Operation, PairingTokenRow, Peer, Plan, Repo
     from peerstash.core.restic import LsNode, Snapshot
 
 
@@ -424,3 +424,97 @@ class StatusRecord(Record):
     health: HealthRecord
     plans: list[PlanStatusRecord]
     peers: list[FleetPeerRecord]
+
+
+class TokenRecord(Record):
+    """A pairing token this node issued. Never its secret: only a hash of it is kept."""
+
+    id: str
+    label: str
+    grants: list[str]
+    max_uses: int
+    uses: int
+    expires_at: str
+    created_at: str
+
+    @classmethod
+    def of(cls, row: PairingTokenRow) -> TokenRecord:
+        return cls(
+            id=row.id,
+            label=row.label,
+            grants=list(row.grants),
+            max_uses=row.max_uses,
+            uses=row.uses,
+            expires_at=row.expires_at.isoformat(),
+            created_at=row.created_at.isoformat(),
+        )
+
+
+class NewTokenRecord(TokenRecord):
+    """``POST /v1/tokens``: the token just made, with its text (``token``), shown this once.
+
+    The one record that holds a secret, so its ``repr`` hides it (a failed test or a log line
+    that shows the record does not show the token)."""
+
+    token: str
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{name}={'<hidden>' if name == 'token' else repr(getattr(self, name))}"
+            for name in self.__struct_fields__
+        )
+        return f"{type(self).__name__}({shown})"
+
+
+class DiscoveredRecord(Record):
+    """A Peerstash instance announced on the LAN (zeroconf), as ``/v1/discovered`` lists it.
+
+    Everything but ``paired``/``key_matches``/``duplicate_id`` is what the announcement said,
+    which anyone on the network can send: a hint of where to dial, never a proof of who it is
+    (pairing checks the key)."""
+
+    id: str
+    key_id: str
+    #: The peer protocol version it announces.
+    version: int
+    #: Whether that is the one this node speaks (if not, it is shown but not dialed).
+    compatible: bool
+    addresses: list[str]
+    port: int
+    #: A peer with this instance id is paired here...
+    paired: bool
+    #: ...and the key it announces is the one we paired with (None when not paired).
+    key_matches: bool | None
+    #: More than one machine on the LAN announces this instance id.
+    duplicate_id: bool
+
+
+class RemoteRequestRecord(Record):
+    """Something this node asked a peer to run (``run`` a plan, ``restore`` a snapshot) and
+    where it stands (``/v1/remote/requests``, the ``remote`` event). ``args`` hold no secret."""
+
+    id: str
+    peer: str
+    kind: str
+    args: dict[str, Any]
+    state: str
+    remote_op_id: str | None
+    snapshot_id: str | None
+    error: str | None
+    #: Done, but the peer's operation ended with a warning (why).
+    warning: str | None
+    note: str | None
+    #: Where it stands, in a sentence.
+    message: str
+    final: bool
+    #: Its progress can still be followed (``/v1/remote/requests/ID/wait``).
+    followable: bool
+    created_at: str | None
+    updated_at: str | None
+
+
+class FollowedRemoteRecord(RemoteRequestRecord):
+    """A line of ``/v1/remote/requests/ID/wait``: the request and the peer's operation for it
+    as last synced here (progress included; None before it arrives)."""
+
+    op: OpRecord | None

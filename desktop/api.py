@@ -22,7 +22,13 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 
-from peerstash.core.records import ListedPeerRecord, PeerRecord
+from peerstash.core.records import (
+    DiscoveredRecord,
+    ListedPeerRecord,
+    NewTokenRecord,
+    PeerRecord,
+    TokenRecord,
+)
 from peerstash.peer.api import schema
 from peerstash.peer.api.client import AdminClient, AdminError, decode
 
@@ -75,19 +81,22 @@ class PeersApi:
         answer = await self.client.call("GET", "/v1/peers") or []
         return decode(answer, list[ListedPeerRecord], "a list of peers")
 
-    async def discovered(self) -> list[dict[str, Any]]:
+    async def discovered(self) -> list[DiscoveredRecord]:
         """Peerstash instances announced on the LAN (zeroconf), with ``paired``/``key_matches``."""
-        return list(await self.client.call("GET", "/v1/discovered") or [])
+        answer = await self.client.call("GET", "/v1/discovered") or []
+        return decode(answer, list[DiscoveredRecord], "a list of machines on the network")
 
-    async def tokens(self) -> list[dict[str, Any]]:
-        return list(await self.client.call("GET", "/v1/tokens") or [])
+    async def tokens(self) -> list[TokenRecord]:
+        answer = await self.client.call("GET", "/v1/tokens") or []
+        return decode(answer, list[TokenRecord], "a list of pairing tokens")
 
     async def create_token(
         self, label: str, ttl: str, max_uses: int, grants: list[str]
-    ) -> dict[str, Any]:
+    ) -> NewTokenRecord:
         """A new pairing token; its ``token`` text is shown once and never again."""
         body = schema.CreateToken(label=label, ttl=ttl, max_uses=max_uses, grants=grants)
-        return dict(await self.client.call("POST", "/v1/tokens", body))
+        made = await self.client.call("POST", "/v1/tokens", body)
+        return decode(made, NewTokenRecord, "a new pairing token")
 
     async def delete_token(self, token_id: str) -> None:
         await self.client.call("DELETE", f"/v1/tokens/{q(token_id)}")

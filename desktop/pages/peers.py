@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from peerstash.core.records import ListedPeerRecord, PeerRecord
+from peerstash.core.records import DiscoveredRecord, ListedPeerRecord, PeerRecord, TokenRecord
 from peerstash.core.text import printable
 from peerstash.desktop import fmt
 from peerstash.desktop.api import ApiError, PeersApi
@@ -55,13 +55,13 @@ STATE_COLOR = {
 TTLS = (("15 minutes", "15m"), ("1 hour", "1h"), ("1 day", "1d"), ("1 week", "7d"))
 
 
-def found_url(d: dict[str, Any]) -> str:
-    addresses = list(d.get("addresses") or [])
-    if not addresses or not d.get("port"):
+def found_url(d: DiscoveredRecord) -> str:
+    """Where to dial a machine the LAN announced (its freshest address), or ""."""
+    if not d.addresses or not d.port:
         return ""
-    host = addresses[0]
+    host = d.addresses[0]
     host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{d['port']}"
+    return f"http://{host}:{d.port}"
 
 
 def grants_text(grants: Any) -> str:
@@ -96,6 +96,8 @@ class PeersPage(Page):
         self.dialog: EditGrantsDialog | None = None
         #: The peers as last listed, by id (what the grants dialog starts from).
         self._peers: dict[str, PeerRecord] = {}
+        #: The machines the LAN announced, by id, as last listed (the table rows hold the ids).
+        self._found: dict[str, DiscoveredRecord] = {}
         self.content = QWidget()
         cl = QVBoxLayout(self.content)
         cl.setContentsMargins(0, 0, 0, 0)
@@ -257,25 +259,27 @@ class PeersPage(Page):
         )
         self.discovery_note.show()
         self.discovered.setRowCount(len(found))
+        self._found = {d.id: d for d in found}
         for r, d in enumerate(found):
-            self.discovered.setItem(r, 0, item(str(d.get("id") or "?"), d))
-            self.discovered.setItem(r, 1, item(str(d.get("key_id") or "")))
+            # What the LAN announced is anyone's words: shown inert.
+            self.discovered.setItem(r, 0, item(printable(d.id or "?"), d.id))
+            self.discovered.setItem(r, 1, item(printable(d.key_id)))
             self.discovered.setItem(r, 2, item(found_url(d)))
-            if d.get("paired"):
-                paired = "yes" if d.get("key_matches") is not False else "KEY DIFFERS: not trusted"
+            if d.paired:
+                paired = "yes" if d.key_matches is not False else "KEY DIFFERS: not trusted"
             else:
-                paired = "no" if d.get("compatible", True) else "no (incompatible version)"
+                paired = "no" if d.compatible else "no (incompatible version)"
             self.discovered.setItem(r, 3, item(paired))
 
     def _use_found(self) -> None:
-        d = selected_data(self.discovered)
+        d = self._found.get(str(selected_data(self.discovered) or ""))
         if d:
             self.url_in.setText(found_url(d))
             self.tabs.setCurrentIndex(1)
             self.token_in.setFocus()
             self.banner.show_message(
-                f"Now paste a pairing token made on {d.get('id')} (Peers → Create token there) "
-                f"and check that its key reads {d.get('key_id')}.",
+                f"Now paste a pairing token made on {printable(d.id)} (Peers → Create token "
+                f"there) and check that its key reads {printable(d.key_id)}.",
                 "info",
             )
 
@@ -315,14 +319,13 @@ class PeersPage(Page):
                 if name == keep:
                     table.selectRow(r)
 
-    def _fill_tokens(self, tokens: list[dict[str, Any]]) -> None:
-        # Pairing tokens (and the LAN's discovered instances) are not records: dicts.
+    def _fill_tokens(self, tokens: list[TokenRecord]) -> None:
         self.tokens.setRowCount(len(tokens))
         for r, t in enumerate(tokens):
-            self.tokens.setItem(r, 0, item(str(t.get("label") or "(no label)"), t.get("id")))
-            self.tokens.setItem(r, 1, item(grants_text(t.get("grants"))))
-            self.tokens.setItem(r, 2, item(f"{t.get('uses', 0)} of {t.get('max_uses', '?')}"))
-            self.tokens.setItem(r, 3, item(fmt.local_time(t.get("expires_at"))))
+            self.tokens.setItem(r, 0, item(t.label or "(no label)", t.id))
+            self.tokens.setItem(r, 1, item(grants_text(t.grants)))
+            self.tokens.setItem(r, 2, item(f"{t.uses} of {t.max_uses}"))
+            self.tokens.setItem(r, 3, item(fmt.local_time(t.expires_at)))
 
     # -- actions -----------------------------------------------------------------------------
 
@@ -359,8 +362,7 @@ class PeersPage(Page):
         )
 
     async def _do_create_token(self, label: str, ttl: str, uses: int, grants: list[str]) -> None:
-        res = await self.backend.peers.create_token(label, ttl, uses, grants)
-        text = str(res.get("token") or "")
+        text = (await self.backend.peers.create_token(label, ttl, uses, grants)).token
         self.token_out.setText(text)
         self.token_out.show()
         QApplication.clipboard().setText(text)

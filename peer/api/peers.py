@@ -5,17 +5,25 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from peerstash.core.engine import EngineError
 from peerstash.core.models import Peer
-from peerstash.core.records import ListedPeerRecord, PeerRecord, to_json
+from peerstash.core.records import (
+    DiscoveredRecord,
+    ListedPeerRecord,
+    NewTokenRecord,
+    PeerRecord,
+    TokenRecord,
+    to_json,
+)
 from peerstash.core.store import NotFound
 from peerstash.peer.api.common import NODE_KEY, BadRequest, engine_of, read_body, running_node
 from peerstash.peer.api.schema import AddPeer, CreateToken, Grants
 from peerstash.peer.links.link import ARCHIVE_MARK, PairingError, PeerManager, is_revoked
 from peerstash.peer.services import fleet as fleet_view
-from peerstash.peer.trust.pairing import TokenError, create_token, token_to_dict
+from peerstash.peer.trust.pairing import TokenError, create_token
 from peerstash.peer.trust.permissions import GrantError
 
 
@@ -43,12 +51,13 @@ async def create_token_route(request: web.Request) -> web.Response:
         )
     except (TokenError, GrantError) as exc:
         raise BadRequest(str(exc)) from None
-    return web.json_response({"token": text, **token_to_dict(row)}, status=201)
+    made = NewTokenRecord(**msgspec.structs.asdict(TokenRecord.of(row)), token=text)
+    return web.json_response(to_json(made), status=201)
 
 
 async def list_tokens_route(request: web.Request) -> web.Response:
     rows = await engine_of(request).store.list_tokens()
-    return web.json_response([token_to_dict(r) for r in rows])
+    return web.json_response([to_json(TokenRecord.of(r)) for r in rows])
 
 
 async def delete_token_route(request: web.Request) -> web.Response:
@@ -138,16 +147,16 @@ async def discovered(request: web.Request) -> web.Response:
     for found in node.discovery.peers():
         known = paired.get(found.instance_id)
         out.append(
-            {
-                "id": found.instance_id,
-                "key_id": found.key_id,
-                "version": found.version,
-                "compatible": found.compatible,
-                "addresses": list(found.addresses),
-                "port": found.port,
-                "paired": known is not None,
-                "key_matches": None if known is None else known.key_id == found.key_id,
-                "duplicate_id": len(node.discovery.duplicates.get(found.instance_id, ())) > 1,
-            }
+            DiscoveredRecord(
+                id=found.instance_id,
+                key_id=found.key_id,
+                version=found.version,
+                compatible=found.compatible,
+                addresses=list(found.addresses),
+                port=found.port,
+                paired=known is not None,
+                key_matches=None if known is None else known.key_id == found.key_id,
+                duplicate_id=len(node.discovery.duplicates.get(found.instance_id, ())) > 1,
+            )
         )
-    return web.json_response(out)
+    return web.json_response([to_json(d) for d in out])

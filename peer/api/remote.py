@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from msgspec import UNSET, UnsetType
 
 from peerstash.core.events import OperationChanged
-from peerstash.core.records import OpRecord, to_json
+from peerstash.core.records import FollowedRemoteRecord, OpRecord, to_json
 from peerstash.core.store import NotFound, OpFilter
 from peerstash.peer.api.common import (
     NODE_KEY,
@@ -40,7 +41,7 @@ from peerstash.peer.services.remote_commands import (
     RemoteService,
     is_followable,
     op_kind_of,
-    request_to_dict,
+    request_record,
 )
 
 
@@ -156,7 +157,7 @@ async def remote_run(request: web.Request) -> web.Response:
     (``queued`` when the peer is offline, ``failed`` when it refused)."""
     body = await read_body(request, RemoteRun)
     req = await _remote(request).request_run(body.peer, body.plan)
-    return web.json_response(request_to_dict(req), status=202)
+    return web.json_response(to_json(request_record(req)), status=202)
 
 
 async def remote_restore(request: web.Request) -> web.Response:
@@ -165,18 +166,18 @@ async def remote_restore(request: web.Request) -> web.Response:
     req = await _remote(request).request_restore(
         body.peer, body.repo, body.snapshot, body.target, body.include
     )
-    return web.json_response(request_to_dict(req), status=202)
+    return web.json_response(to_json(request_record(req)), status=202)
 
 
 async def remote_list(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", 100, 10_000)
     reqs = await _remote(request).list_requests(limit)
-    return web.json_response([request_to_dict(r) for r in reqs])
+    return web.json_response([to_json(request_record(r)) for r in reqs])
 
 
 async def remote_get(request: web.Request) -> web.Response:
     req = await _remote(request).get_request(request.match_info["id"])
-    return web.json_response(request_to_dict(req))
+    return web.json_response(to_json(request_record(req)))
 
 
 async def remote_wait(request: web.Request) -> web.StreamResponse:
@@ -200,11 +201,11 @@ async def remote_wait(request: web.Request) -> web.StreamResponse:
             op = ops[0]
 
         async def line() -> None:
-            data = {
-                **request_to_dict(req),
-                "op": to_json(OpRecord.of(op)) if op is not None else None,
-            }
-            await send(resp, data)
+            shown = request_record(req)
+            followed = FollowedRemoteRecord(
+                **msgspec.structs.asdict(shown), op=OpRecord.of(op) if op is not None else None
+            )
+            await send(resp, to_json(followed))
 
         await line()
         while is_followable(req):

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Union
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from peerstash.core.records import OpRecord
+from peerstash.core.records import OpRecord, RemoteRequestRecord
 
 
 class Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -476,7 +476,7 @@ class OpsDeletedEvent(EventLine, tag="ops_deleted"):
 
 class RemoteEvent(EventLine, tag="remote"):
     #: A remote request as ``/v1/remote/requests`` gives it.
-    request: dict[str, Any]
+    request: RemoteRequestRecord
 
 
 ServerEvent = (

@@ -38,7 +38,7 @@ from peerstash.peer.api.schema import (
 )
 from peerstash.peer.links.link import LinkStateChanged
 from peerstash.peer.services.opsync import OpsSynced
-from peerstash.peer.services.remote_commands import RemoteRequestChanged, request_to_dict
+from peerstash.peer.services.remote_commands import RemoteRequestChanged, request_record
 
 
 async def wait_op(request: web.Request) -> web.StreamResponse:
@@ -138,7 +138,7 @@ def event_line(event: Event) -> ServerEvent | None:
     if isinstance(event, OpsSynced) and event.deleted:
         return OpsDeletedEvent(origin=event.peer_id, count=event.deleted)
     if isinstance(event, RemoteRequestChanged) and event.request is not None:
-        return RemoteEvent(request=request_to_dict(event.request))
+        return RemoteEvent(request=request_record(event.request))
     return None
 
 

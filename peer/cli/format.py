@@ -26,7 +26,7 @@ from peerstash.core.wording import backup_summary_line, human_bytes, human_durat
 from peerstash.peer.api.client import decode
 
 if TYPE_CHECKING:
-    from peerstash.core.records import OpRecord, SnapshotRecord
+    from peerstash.core.records import OpRecord, RemoteRequestRecord, SnapshotRecord
 
 
 def short_time(iso: str | None) -> str:
@@ -159,20 +159,20 @@ def ls_line(node: Any, *, as_json: bool) -> str:
 REMOTE_HEADERS = ["ID", "PEER", "KIND", "STATE", "CREATED", "WHAT", "DETAIL"]
 
 
-def remote_line(req: dict[str, Any]) -> list[str]:
-    args = req.get("args") or {}
-    if req["kind"] == "run":
+def remote_line(req: RemoteRequestRecord) -> list[str]:
+    args = req.args
+    if req.kind == "run":
         what = f"plan {args.get('plan')}"
     else:
         what = f"{args.get('repo')}/{str(args.get('snapshot'))[:8]} -> {args.get('target')}"
     return [
-        req["id"],
-        req["peer"],
-        req["kind"],
-        req["state"],
-        short_time(req.get("created_at")),
+        req.id,
+        req.peer,
+        req.kind,
+        req.state,
+        short_time(req.created_at),
         what,
-        req["message"],
+        req.message,
     ]
 
 

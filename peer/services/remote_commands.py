@@ -41,7 +41,13 @@ from peerstash.core.engine import Engine
 from peerstash.core.events import Event, EventBus, OperationChanged
 from peerstash.core.ids import new_ulid
 from peerstash.core.models import REQUEST_FINAL_STATES, Operation, OpKind, OpStatus, RemoteRequest
-from peerstash.core.records import LsNodeRecord, SnapshotRecord, to_json
+from peerstash.core.records import (
+    LsNodeRecord,
+    RemoteRequestRecord,
+    SnapshotRecord,
+    iso_time,
+    to_json,
+)
 from peerstash.core.store import NotFound, OpFilter, Store, utcnow
 from peerstash.peer.links import protocol as proto
 from peerstash.peer.links.link import Link, PeerManager, PeerRemoved
@@ -143,25 +149,25 @@ def describe(req: RemoteRequest) -> str:
     return req.error or f"{req.state} on {peer}"
 
 
-def request_to_dict(req: RemoteRequest) -> dict[str, Any]:
-    """The JSON form every surface shows (never a secret: ``args`` holds none)."""
-    return {
-        "id": req.id,
-        "peer": req.peer,
-        "kind": req.kind,
-        "args": dict(req.args or {}),
-        "state": req.state,
-        "remote_op_id": req.remote_op_id,
-        "snapshot_id": req.snapshot_id,
-        "error": req.error if req.state != DONE else None,
-        "warning": req.error if req.state == DONE else None,
-        "note": req.note,
-        "message": describe(req),
-        "final": req.state in FINAL_STATES,
-        "followable": is_followable(req),
-        "created_at": req.created_at.isoformat() if req.created_at else None,
-        "updated_at": req.updated_at.isoformat() if req.updated_at else None,
-    }
+def request_record(req: RemoteRequest) -> RemoteRequestRecord:
+    """The record every surface shows (never a secret: ``args`` holds none)."""
+    return RemoteRequestRecord(
+        id=req.id,
+        peer=req.peer,
+        kind=req.kind,
+        args=dict(req.args or {}),
+        state=req.state,
+        remote_op_id=req.remote_op_id,
+        snapshot_id=req.snapshot_id,
+        error=req.error if req.state != DONE else None,
+        warning=req.error if req.state == DONE else None,
+        note=req.note,
+        message=describe(req),
+        final=req.state in FINAL_STATES,
+        followable=is_followable(req),
+        created_at=iso_time(req.created_at),
+        updated_at=iso_time(req.updated_at),
+    )
 
 
 def _human_seconds(seconds: float) -> str:
@@ -788,5 +794,5 @@ __all__ = [
     "RemoteService",
     "describe",
     "op_kind_of",
-    "request_to_dict",
+    "request_record",
 ]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Any
 
 from peerstash.core.models import PairingTokenRow
 from peerstash.core.store import Store, utcnow
@@ -64,15 +63,3 @@ async def create_token(
     )
     await store.add_token(row)
     return token.text, row
-
-
-def token_to_dict(row: PairingTokenRow) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "label": row.label,
-        "grants": list(row.grants),
-        "max_uses": row.max_uses,
-        "uses": row.uses,
-        "expires_at": row.expires_at.isoformat(),
-        "created_at": row.created_at.isoformat(),
-    }

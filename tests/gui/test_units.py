@@ -654,3 +654,86 @@ def test_answers_whose_records_are_malformed_are_skipped_and_the_views_keep_thei
             await runner.cleanup()
 
     asyncio.run(go())
+
+
+@needs_qt
+def test_peers_page_shows_the_lan_and_tokens_as_records_and_announced_words_inert(
+    qapp: Any, tmp_path: Path
+) -> None:
+    """The machines the LAN announces are anyone's words: the Peers page lists them from the
+    node's records with their pairing state, shows an id with control characters inert, and
+    "Use this address" fills in the selected one's. Tokens list from their records; an answer
+    that is not a list of tokens is one line on the page's banner."""
+    import asyncio
+
+    from aiohttp import web
+
+    from peerstash.core.records import DiscoveredRecord, TokenRecord
+    from peerstash.desktop.backend import Backend
+    from peerstash.desktop.pages.peers import PeersPage
+    from peerstash.peer.api.client import AdminClient
+
+    def found(ident: str, **changes: Any) -> dict[str, Any]:
+        base = DiscoveredRecord(
+            id=ident, key_id="abcd-efgh", version=1, compatible=True,
+            addresses=["192.0.2.7"], port=7700, paired=False, key_matches=None,
+            duplicate_id=False,
+        )  # fmt: skip
+        return {**to_json(base), **changes}
+
+    token = TokenRecord(
+        id="t1", label="phone", grants=["ops"], max_uses=1, uses=0,
+        expires_at="2026-12-06T10:00:00+00:00", created_at="2026-12-06T09:00:00+00:00",
+    )  # fmt: skip
+    answers: dict[str, Any] = {
+        "/v1/status": to_json(status_record()),
+        "/v1/plans": [],
+        "/v1/repos": [],
+        "/v1/peers": [],
+        "/v1/ops": [],
+        "/v1/tokens": [to_json(token)],
+        "/v1/discovered": [
+            found("desk"),
+            found("evil\x1b[2J\u202e", paired=True, key_matches=False),
+            found("old", compatible=False, version=0),
+        ],
+    }
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(answers[request.path])
+
+    async def go() -> None:
+        app = web.Application()
+        for path in answers:
+            app.router.add_get(path, answer)
+        runner = await serve_admin(tmp_path, app)
+        try:
+            async with AdminClient(tmp_path) as client:
+                backend = Backend(client, in_process=False)
+                await backend.refresh_all()
+                page = PeersPage(backend)
+                await page.refresh()
+                t = page.discovered
+                rows = [[t.item(r, c).text() for c in range(4)] for r in range(t.rowCount())]
+                assert rows == [
+                    ["desk", "abcd-efgh", "http://192.0.2.7:7700", "no"],
+                    ["evil\\u001b[2J\\u202e", "abcd-efgh", "http://192.0.2.7:7700",
+                     "KEY DIFFERS: not trusted"],
+                    ["old", "abcd-efgh", "http://192.0.2.7:7700", "no (incompatible version)"],
+                ]  # fmt: skip
+                assert page.tokens.item(0, 0).text() == "phone"
+                assert page.tokens.item(0, 2).text() == "0 of 1"
+                t.selectRow(0)
+                page._use_found()
+                assert page.url_in.text() == "http://192.0.2.7:7700"
+
+                answers["/v1/tokens"] = [{**to_json(token), "uses": "none"}]
+                await page.refresh()
+                said = page.banner.text()
+                assert said.startswith("Could not read the tokens: the node's answer is not a list")
+                assert page.tokens.item(0, 0).text() == "phone"  # kept what it showed
+                await backend.close()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(go())

@@ -31,7 +31,7 @@ from peerstash.peer.services.remote_commands import (
     RemoteError,
     RemoteRequestChanged,
     offline_note,
-    request_to_dict,
+    request_record,
 )
 from tests.fixtures.nodes import MakeNode, link, remote, until, wait_state
 from tests.fixtures.servers import RESTIC_BUILDS
@@ -108,12 +108,11 @@ async def test_remote_run_goes_from_queued_to_done_and_b_sees_the_snapshot(
     assert done.remote_op_id == op_a.op_id and done.snapshot_id == op_a.snapshot_id
     on_b = await store(b).find_operation(op_a.op_id, origin="alpha")
     assert on_b.snapshot_id == op_a.snapshot_id and on_b.flow_id == req.id
-    shown = request_to_dict(done)
+    shown = request_record(done)
     assert (
-        shown["message"]
-        == f"done on alpha: operation {op_a.op_id}, snapshot {op_a.snapshot_id[:8]}"
+        shown.message == f"done on alpha: operation {op_a.op_id}, snapshot {op_a.snapshot_id[:8]}"
     )
-    assert shown["args"] == {"plan": "docs"} and shown["final"] is True
+    assert shown.args == {"plan": "docs"} and shown.final is True
     assert [r.id for r in await remote(b).list_requests()] == [req.id]
 
 
@@ -169,7 +168,7 @@ async def test_refusals_are_said_in_words_where_the_data_lives(
     assert (req.note or "").startswith(
         f"{NOT_VISIBLE}: alpha gives this node no 'ops' grant for plan 'docs'"
     )
-    assert request_to_dict(req)["followable"] is False
+    assert request_record(req).followable is False
     (op_a,) = await ops_for(a, req.id)
     assert (await a.engine.wait(op_a.pk)).status == OpStatus.SUCCESS  # type: ignore[union-attr]
     assert await store(b).list_operations(OpFilter(origin="alpha")) == []
@@ -189,7 +188,7 @@ async def test_a_failing_remote_backup_fails_the_request_with_the_reason(
     assert op_a.status == OpStatus.ERROR and op_a.error
     assert failed.state == "failed"
     assert failed.error == f"the backup on alpha ended error: {op_a.error}"
-    assert request_to_dict(failed)["message"] == failed.error
+    assert request_record(failed).message == failed.error
 
 
 # -- delivery ------------------------------------------------------------------------------
@@ -206,7 +205,7 @@ async def test_a_request_to_an_offline_peer_waits_and_runs_when_it_returns(
     req = await remote(b).request_run("alpha", "docs")
     assert req.state == "queued"
     assert (
-        request_to_dict(req)["message"]
+        request_record(req).message
         == offline_note("alpha")
         == ("peer alpha is offline; the request is queued and will be delivered when it comes back")
     )

@@ -33,7 +33,7 @@ T0 = datetime(2026, 12, 5, 23, 1, 2, 345678, tzinfo=UTC)
 
 def old_event_to_dict(event: Event) -> dict[str, Any] | None:
     """``peer/api/streams.py``'s ``event_to_dict`` before the structs (remote requests aside:
-    their dict is ``request_to_dict``'s, unchanged)."""
+    their record, ``request_record``, is checked against the old dict in test_records.py)."""
     if isinstance(event, OperationChanged) and event.op is not None:
         return {"type": "operation", "op": to_json(OpRecord.of(event.op))}
     if isinstance(event, LinkStateChanged):

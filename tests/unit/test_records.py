@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from peerstash.core.health import Health, Reason
-from peerstash.core.models import Operation, Peer, Plan, Repo
+from peerstash.core.models import Operation, PairingTokenRow, Peer, Plan, RemoteRequest, Repo
 from peerstash.core.records import (
     FleetPeerRecord,
     HealthRecord,
@@ -23,15 +23,23 @@ from peerstash.core.records import (
     ListedOpRecord,
     ListedPeerRecord,
     LsNodeRecord,
+    NewTokenRecord,
     OpRecord,
     PeerRecord,
     PlannedSnapshotRecord,
     PlanRecord,
     RepoRecord,
     SnapshotRecord,
+    TokenRecord,
     to_json,
 )
 from peerstash.core.restic import LsNode, Snapshot, redact_uri
+from peerstash.peer.services.remote_commands import (
+    FINAL_STATES,
+    describe,
+    is_followable,
+    request_record,
+)
 
 T0 = datetime(2026, 12, 5, 23, 1, 2, 345678, tzinfo=UTC)
 T1 = datetime(2026, 12, 6, 1, 0, tzinfo=timezone(timedelta(hours=2)))
@@ -404,3 +412,61 @@ def test_health_record_leaves_out_what_a_reason_is_not_about() -> None:
     # What the node sends is what the tray decodes, the absent fields as None.
     back = msgspec.convert(to_json(HealthRecord.of(health)), HealthRecord)
     assert back == HealthRecord.of(health) and back.reasons[0].peer is None
+
+
+# -- tokens and remote requests ---------------------------------------------------------------
+def old_token_to_dict(row: PairingTokenRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "label": row.label,
+        "grants": list(row.grants),
+        "max_uses": row.max_uses,
+        "uses": row.uses,
+        "expires_at": row.expires_at.isoformat(),
+        "created_at": row.created_at.isoformat(),
+    }
+
+
+def old_request_to_dict(req: RemoteRequest) -> dict[str, Any]:
+    return {
+        "id": req.id,
+        "peer": req.peer,
+        "kind": req.kind,
+        "args": dict(req.args or {}),
+        "state": req.state,
+        "remote_op_id": req.remote_op_id,
+        "snapshot_id": req.snapshot_id,
+        "error": req.error if req.state != "done" else None,
+        "warning": req.error if req.state == "done" else None,
+        "note": req.note,
+        "message": describe(req),
+        "final": req.state in FINAL_STATES,
+        "followable": is_followable(req),
+        "created_at": req.created_at.isoformat() if req.created_at else None,
+        "updated_at": req.updated_at.isoformat() if req.updated_at else None,
+    }
+
+
+def test_token_records_encode_the_old_dict_and_hide_the_new_token() -> None:
+    row = PairingTokenRow(
+        id="t1", secret_hash="h", label="laptop", grants=["ops", "run:plan:docs"],
+        max_uses=2, uses=1, expires_at=T1, created_at=T0,
+    )  # fmt: skip
+    assert json.dumps(to_json(TokenRecord.of(row))) == json.dumps(old_token_to_dict(row))
+    made = NewTokenRecord(**msgspec.structs.asdict(TokenRecord.of(row)), token="ps1-SECRET")
+    assert to_json(made) == {**old_token_to_dict(row), "token": "ps1-SECRET"}
+    # The one record with a secret: a log line or a failed assertion that shows it does not.
+    assert "SECRET" not in repr(made) and repr(made).endswith(", token=<hidden>)")
+    assert "label='laptop'" in repr(made)
+
+
+@pytest.mark.parametrize(
+    ("state", "error"), [("queued", None), ("done", "1 file unreadable"), ("failed", "refused")]
+)
+def test_remote_request_record_encodes_the_old_dict(state: str, error: str | None) -> None:
+    req = RemoteRequest(
+        id="rq1", peer="alpha", kind="run", args={"plan": "docs"}, state=state,
+        remote_op_id="op9" if state != "queued" else None, snapshot_id=None, error=error,
+        note=None, created_at=T0, updated_at=T1,
+    )  # fmt: skip
+    assert json.dumps(to_json(request_record(req))) == json.dumps(old_request_to_dict(req))

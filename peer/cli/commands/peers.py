@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from peerstash.core.records import ListedPeerRecord, PeerRecord
+from peerstash.core.records import ListedPeerRecord, NewTokenRecord, PeerRecord, TokenRecord
 from peerstash.core.text import printable
 from peerstash.peer.api import schema
 from peerstash.peer.cli import AdminClient, CliError
@@ -19,12 +19,13 @@ async def cmd_token(c: AdminClient, a: argparse.Namespace) -> int:
             label=a.label or "", ttl=a.ttl, max_uses=a.max_uses, grants=a.grant or []
         )
         res = await c.call("POST", "/v1/tokens", body)
+        made = decode(res, NewTokenRecord, "a new pairing token")
         text = (
-            f"{res['token']}\n\nGive this token to the other machine (shown once) and run there\n"
+            f"{made.token}\n\nGive this token to the other machine (shown once) and run there\n"
             f"  peerstash peer add --url http://THIS-HOST:PORT\n"
             f"which asks for it (or pipe it in: peerstash peer add - --url ...).\n"
-            f"It expires {short_time(res['expires_at'])} and works {res['max_uses']} time(s); "
-            f"grants: {', '.join(res['grants']) or 'none'}"
+            f"It expires {short_time(made.expires_at)} and works {made.max_uses} time(s); "
+            f"grants: {', '.join(made.grants) or 'none'}"
         )
         emit(a, res, text)
         return 0
@@ -35,13 +36,13 @@ async def cmd_token(c: AdminClient, a: argparse.Namespace) -> int:
     rows = await c.call("GET", "/v1/tokens")
     lines = [
         [
-            t["id"],
-            t["label"] or "-",
-            f"{t['uses']}/{t['max_uses']}",
-            short_time(t["expires_at"]),
-            ", ".join(t["grants"]) or "-",
+            t.id,
+            t.label or "-",
+            f"{t.uses}/{t.max_uses}",
+            short_time(t.expires_at),
+            ", ".join(t.grants) or "-",
         ]
-        for t in rows
+        for t in decode(rows, list[TokenRecord], "a list of pairing tokens")
     ]
     emit(
         a,

@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Any
 
-from peerstash.core.records import SnapshotRecord
+from peerstash.core.records import FollowedRemoteRecord, RemoteRequestRecord, SnapshotRecord
 from peerstash.core.text import printable
 from peerstash.peer.api import schema
 from peerstash.peer.cli import EXIT_FAILED, EXIT_WARNING, AdminClient, CliError
@@ -28,15 +28,15 @@ from peerstash.peer.cli.format import (
 from peerstash.peer.cli.parser import Parser, json_flag
 
 
-def _remote_exit(req: dict[str, Any]) -> int:
-    if req["state"] in ("failed", "timed out"):
+def _remote_exit(req: RemoteRequestRecord) -> int:
+    if req.state in ("failed", "timed out"):
         return EXIT_FAILED
-    if req["state"] == "done" and req.get("warning"):
+    if req.state == "done" and req.warning:
         return EXIT_WARNING
     return 0
 
 
-async def wait_remote(client: AdminClient, req: dict[str, Any], *, as_json: bool) -> int:
+async def wait_remote(client: AdminClient, req: RemoteRequestRecord, *, as_json: bool) -> int:
     """Follow a remote request to its end (or until it can no longer be followed).
 
     Says each new state on stderr, draws the peer's progress on a terminal, and returns the
@@ -45,45 +45,47 @@ async def wait_remote(client: AdminClient, req: dict[str, Any], *, as_json: bool
     """
     tty = sys.stderr.isatty() and not as_json
     last = req
-    said = req["state"]
+    said = req.state
     drew = False
     if not as_json:
-        print(printable(f"{req['state']}: {req['message']}"), file=sys.stderr, flush=True)
-    async for update in client.stream(f"/v1/remote/requests/{quote_segment(req['id'])}/wait"):
-        last = update
+        print(printable(f"{req.state}: {req.message}"), file=sys.stderr, flush=True)
+    async for line in client.stream(f"/v1/remote/requests/{quote_segment(req.id)}/wait"):
+        update = last = decode(line, FollowedRemoteRecord, "a remote request")
         if as_json:
-            print(json.dumps(update), flush=True)
+            print(json.dumps(line), flush=True)
             continue
-        op = update.get("op") or {}
-        if tty and op.get("status") == "running" and op.get("bytes_total"):
-            sys.stderr.write("\r" + progress_bar(op))
+        op = update.op
+        if tty and op is not None and op.status == "running" and op.bytes_total:
+            # The bar is drawn from the operation's JSON (the quick commands have no records).
+            sys.stderr.write("\r" + progress_bar(line["op"]))
             sys.stderr.flush()
             drew = True
-        if update["state"] != said and update["state"] not in ("done", "failed", "timed out"):
-            said = update["state"]
+        if update.state != said and update.state not in ("done", "failed", "timed out"):
+            said = update.state
             if drew:
                 sys.stderr.write("\n")
                 drew = False
-            print(printable(f"{update['state']}: {update['message']}"), file=sys.stderr, flush=True)
+            print(printable(f"{update.state}: {update.message}"), file=sys.stderr, flush=True)
     if drew:
         sys.stderr.write("\n")
     if not as_json:
-        if last["state"] in ("failed", "timed out"):
-            print(printable(f"{last['state']}: {last['message']}"), file=sys.stderr)
+        if last.state in ("failed", "timed out"):
+            print(printable(f"{last.state}: {last.message}"), file=sys.stderr)
         else:
-            print(printable(last["message"]))
+            print(printable(last.message))
     return _remote_exit(last)
 
 
-async def _remote_started(c: AdminClient, a: argparse.Namespace, req: dict[str, Any]) -> int:
-    if a.wait and not req["final"]:
+async def _remote_started(c: AdminClient, a: argparse.Namespace, answer: Any) -> int:
+    req = decode(answer, RemoteRequestRecord, "a remote request")
+    if a.wait and not req.final:
         return await wait_remote(c, req, as_json=a.json)
     if a.json:
-        print(json.dumps(req, indent=2))
-    elif req["state"] in ("failed", "timed out"):
-        print(printable(f"peerstash: {req['message']}"), file=sys.stderr)
+        print(json.dumps(answer, indent=2))
+    elif req.state in ("failed", "timed out"):
+        print(printable(f"peerstash: {req.message}"), file=sys.stderr)
     else:
-        print(printable(f"request {req['id']} ({req['kind']} on {req['peer']}): {req['message']}"))
+        print(printable(f"request {req.id} ({req.kind} on {req.peer}): {req.message}"))
     return _remote_exit(req)
 
 
@@ -119,10 +121,11 @@ async def cmd_remote(c: AdminClient, a: argparse.Namespace) -> int:
             print(ls_line(node, as_json=a.json), flush=True)
         return 0
     reqs = await c.call("GET", f"/v1/remote/requests?limit={a.limit}")
+    listed = decode(reqs, list[RemoteRequestRecord], "a list of remote requests")
     emit(
         a,
         reqs,
-        table([remote_line(r) for r in reqs], REMOTE_HEADERS) if reqs else "no remote requests",
+        table([remote_line(r) for r in listed], REMOTE_HEADERS) if listed else "no remote requests",
     )
     return 0
 
