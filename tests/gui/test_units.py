@@ -26,7 +26,7 @@ from tests.fixtures.records import (
     repo_record,
     status_record,
 )
-from tests.fixtures.standin import serve_admin
+from tests.fixtures.standin import answering, serve_admin
 
 
 def test_headless_entry_point_never_imports_qt() -> None:
@@ -562,8 +562,6 @@ def test_answers_whose_records_are_malformed_are_skipped_and_the_views_keep_thei
     import asyncio
     import logging
 
-    from aiohttp import web
-
     from peerstash.core.records import to_json
     from peerstash.desktop.api import ApiError
     from peerstash.desktop.backend import Backend
@@ -599,14 +597,8 @@ def test_answers_whose_records_are_malformed_are_skipped_and_the_views_keep_thei
     }
     answers = dict(good)
 
-    async def answer(request: web.Request) -> web.Response:
-        return web.json_response(answers[request.path])
-
     async def go() -> None:
-        app = web.Application()
-        for path in good:
-            app.router.add_get(path, answer)
-        runner = await serve_admin(tmp_path, app)
+        runner = await serve_admin(tmp_path, answering(answers))
         try:
             async with AdminClient(tmp_path) as client:
                 backend = Backend(client, in_process=False)
@@ -666,8 +658,6 @@ def test_peers_page_shows_the_lan_and_tokens_as_records_and_announced_words_iner
     that is not a list of tokens is one line on the page's banner."""
     import asyncio
 
-    from aiohttp import web
-
     from peerstash.core.records import DiscoveredRecord, TokenRecord
     from peerstash.desktop.backend import Backend
     from peerstash.desktop.pages.peers import PeersPage
@@ -699,14 +689,8 @@ def test_peers_page_shows_the_lan_and_tokens_as_records_and_announced_words_iner
         ],
     }
 
-    async def answer(request: web.Request) -> web.Response:
-        return web.json_response(answers[request.path])
-
     async def go() -> None:
-        app = web.Application()
-        for path in answers:
-            app.router.add_get(path, answer)
-        runner = await serve_admin(tmp_path, app)
+        runner = await serve_admin(tmp_path, answering(answers))
         try:
             async with AdminClient(tmp_path) as client:
                 backend = Backend(client, in_process=False)
