@@ -141,9 +141,8 @@ class OverviewPage(Page):
         self.fleet_table.setSelectionMode(self.fleet_table.SelectionMode.NoSelection)
         self.fleet_table.hide()
         self.outer.addWidget(self.fleet_table)
-        #: Newest backup per machine and plan, from synced operations.
-        #: Each peer's last backup per plan: the node's fleet entries listed with the peer (dicts,
-        #: not records), replaced by the operation itself when one arrives on the stream.
+        #: Each peer's last backup per plan, from the operations it synced to us: as the peer
+        #: list gives it, replaced by the operation itself when one arrives on the stream.
         self.remote: dict[str, dict[str, LastBackupRecord | OpRecord]] = {}
         self.outer.addStretch(1)
 
