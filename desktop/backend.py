@@ -131,6 +131,18 @@ class Backend(QObject):
         """This node's display name ("" until it answered)."""
         return self.status.name if self.status else ""
 
+    def machine_name(self, origin: str | None) -> str:
+        """How the machine an operation came from is called: this node's name for ours, a
+        peer's label (told apart from same-named ones), else the id (a replaced peer's kept
+        history). Names may come from a peer: the caller shows them through ``printable``."""
+        own = self.instance_id
+        if not origin or origin == own:
+            return self.node_name or own or "this machine"
+        for p in self.peer_list:
+            if p.id == origin:
+                return p.label
+        return origin
+
     @property
     def paused(self) -> bool:
         return self.status.paused if self.status else False

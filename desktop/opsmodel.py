@@ -18,6 +18,7 @@ import bisect
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from PySide6.QtCore import (
     QAbstractTableModel,
     QModelIndex,
@@ -259,15 +260,28 @@ class OpsModel(QAbstractTableModel):
             current = self._rows[pos]
             if current.origin == op.origin and op.modno < current.modno:
                 return  # an older state arrived late
-            self._rows[pos] = op
+            self._rows[pos] = self.labelled(op, current)
             self.dataChanged.emit(self.index(pos, 0), self.index(pos, len(COLUMNS) - 1))
             return
         if pos == len(self._keys) and self._more:
             return  # older than anything loaded: it will come with the next page
         self.beginInsertRows(QModelIndex(), pos, pos)
-        self._rows.insert(pos, op)
+        self._rows.insert(pos, self.labelled(op, None))
         self._keys.insert(pos, key)
         self.endInsertRows()
+
+    def labelled(self, op: OpRecord, current: OpRecord | None) -> OpRecord:
+        """``op`` as a row: an operation from the stream carries no ``origin_label`` (the
+        list's rows do), so it keeps the row's, or takes the backend's name for its machine."""
+        if isinstance(op, ListedOpRecord):
+            return op
+        if isinstance(current, ListedOpRecord) and current.origin == op.origin:
+            label = current.origin_label
+        elif self.backend is not None:
+            label = self.backend.machine_name(op.origin)
+        else:
+            return op
+        return ListedOpRecord(**msgspec.structs.asdict(op), origin_label=label)
 
     async def close(self) -> None:
         await self.tasks.close()

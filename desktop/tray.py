@@ -301,18 +301,9 @@ class Tray(QObject):
         ):
             self.openRequested.emit()
 
-    def machine_name(self, origin: object) -> str:
-        """How the machine of an operation is called: our name for ours, the peer's label.
-
-        Ids and names may come from a peer: the caller shows them through ``printable``.
-        """
-        own = self.backend.instance_id
-        if not origin or origin == own:
-            return self.backend.node_name or own or "this machine"
-        for p in self.backend.peer_list:
-            if p.id == origin:
-                return p.label
-        return str(origin)
+    def machine_name(self, origin: str | None) -> str:
+        """How the machine of an operation is called (:meth:`Backend.machine_name`)."""
+        return self.backend.machine_name(origin)
 
     def _failed(self, exc: BaseException) -> None:
         self.notify("Peerstash", str(exc), key=f"failed-request:{exc}")

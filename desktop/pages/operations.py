@@ -228,7 +228,7 @@ class OperationsPage(Page):
             return
         status = op.status
         what = f"{op.kind} {op.plan or op.repo or ''}".strip()
-        # A row from /v1/ops names its origin as shown there; one from the stream, by id.
+        # Rows carry their origin's name (the list's, kept or given when an event replaces one).
         shown = op.origin_label if isinstance(op, ListedOpRecord) else ""
         self.detail_title.setText(
             f"{what} · {fmt.STATUS_WORDS.get(status, status)} · "
@@ -272,7 +272,7 @@ class OperationsPage(Page):
         sel = self.selected
         if sel is None or (sel.id, sel.origin) != (op.id, op.origin):
             return
-        self.selected = op
+        self.selected = self.model.labelled(op, sel)
         finished = op.status in FINISHED
         due = time.monotonic() - self._log_loaded_at >= LOG_REFRESH
         self._show_selected(reload_log=finished or due)

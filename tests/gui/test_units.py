@@ -183,7 +183,8 @@ def test_tray_state_priorities() -> None:
 
 
 class _FakeBackend:
-    """Stands in for Backend where only ``call`` is used (the model's paging)."""
+    """Stands in for Backend where only ``call`` (the model's paging) and ``machine_name``
+    (what a row an event adds is labelled) are used."""
 
     def __init__(self, ops: list[dict[str, Any]], honour_before: bool) -> None:
         self.ops = ops  # newest first
@@ -199,6 +200,9 @@ class _FakeBackend:
         if self.honour_before and "before" in qs:
             rows = [o for o in rows if o["pk"] < int(qs["before"])]
         return rows[: int(qs.get("limit", 100))]
+
+    def machine_name(self, origin: str | None) -> str:
+        return origin or "this machine"
 
 
 def _op(pk: int, status: str = "success", plan: str = "p", modno: int = 1) -> dict[str, Any]:
@@ -716,6 +720,65 @@ def test_peers_page_shows_the_lan_and_tokens_as_records_and_announced_words_iner
                 said = page.banner.text()
                 assert said.startswith("Could not read the tokens: the node's answer is not a list")
                 assert page.tokens.item(0, 0).text() == "phone"  # kept what it showed
+                await backend.close()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(go())
+
+
+@needs_qt
+def test_an_operation_replaced_by_an_event_keeps_its_machine_name(
+    qapp: Any, tmp_path: Path
+) -> None:
+    """Events carry an operation without the name of its machine (``/v1/ops`` rows have it):
+    a row an event replaces keeps the name, a row an event adds takes the tray's name for that
+    machine, and the Operations page's detail title still names the machine, not its id."""
+    import asyncio
+
+    from peerstash.core.records import ListedOpRecord
+    from peerstash.desktop.backend import Backend
+    from peerstash.desktop.pages.operations import OperationsPage
+    from peerstash.peer.api.client import AdminClient
+
+    theirs = listed_op_record("Bravo's laptop", id="op1", pk=1, origin="bravo", status="running")
+    answers: dict[str, Any] = {
+        "/v1/status": to_json(status_record(instance_id="me", name="desk")),
+        "/v1/plans": [],
+        "/v1/repos": [],
+        "/v1/peers": [to_json(listed_peer_record(id="bravo", label="Bravo's laptop"))],
+        "/v1/ops": [to_json(theirs)],
+    }
+
+    def origins(model: Any) -> list[tuple[str, str]]:
+        rows = [model.op_at(r) for r in range(model.rowCount())]
+        assert all(isinstance(op, ListedOpRecord) for op in rows)
+        return [(op.id, op.origin_label) for op in rows]
+
+    async def go() -> None:
+        runner = await serve_admin(tmp_path, answering(answers))
+        try:
+            async with AdminClient(tmp_path) as client:
+                backend = Backend(client, in_process=False)
+                await backend.refresh_all()
+                page = OperationsPage(backend)
+                await page.model.load()
+                page.view.selectRow(0)
+                assert "Bravo's laptop" in page.detail_title.text()
+                # The same operation, one step on, as the event stream decodes it.
+                backend.opChanged.emit(
+                    op_record(id="op1", pk=1, origin="bravo", status="success", modno=2)
+                )
+                backend.opChanged.emit(op_record(id="op2", pk=2, origin="bravo"))
+                backend.opChanged.emit(op_record(id="op3", pk=3, origin="me"))
+                assert origins(page.model) == [
+                    ("op3", "desk"),
+                    ("op2", "Bravo's laptop"),
+                    ("op1", "Bravo's laptop"),
+                ]
+                title = page.detail_title.text()
+                assert title == "backup p · success · Bravo's laptop · operation op1"
+                await page.model.close()
                 await backend.close()
         finally:
             await runner.cleanup()
