@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from peerstash.core.health import Health
     from peerstash.core.models import Operation, PairingTokenRow, Peer, Plan, Repo
     from peerstash.core.restic import LsNode, Snapshot
+    from peerstash.core.restore_target import RestorePreview
 
 
 def iso_time(dt: datetime | None) -> str | None:
@@ -518,3 +519,58 @@ class FollowedRemoteRecord(RemoteRequestRecord):
     as last synced here (progress included; None before it arrives)."""
 
     op: OpRecord | None
+
+
+class RestorePreviewRecord(Record):
+    """``POST /v1/repos/ID/restore/preview``: what a restore of ``selection`` (empty: the whole
+    snapshot) into ``target`` would write and overwrite. The tray asks the person before it
+    overwrites anything, so an answer that is not this record restores nothing."""
+
+    snapshot_id: str
+    target: str
+    selection: list[str]
+    #: The files (and links) the restore writes.
+    files: int
+    #: How many of them exist at the target already and would be replaced...
+    overwrite_count: int
+    #: ...the first of them, as paths at the target.
+    overwrite: list[str]
+    target_exists: bool
+    target_empty: bool
+    #: More would be overwritten than ``overwrite`` names.
+    truncated: bool
+
+    @classmethod
+    def of(cls, preview: RestorePreview) -> RestorePreviewRecord:
+        return cls(
+            snapshot_id=preview.snapshot_id,
+            target=preview.target,
+            selection=list(preview.selection),
+            files=preview.files,
+            overwrite_count=preview.overwrite_count,
+            overwrite=list(preview.overwrite),
+            target_exists=preview.target_exists,
+            target_empty=preview.target_empty,
+            truncated=preview.overwrite_count > len(preview.overwrite),
+        )
+
+
+class RetentionPlanRecord(Record):
+    """A plan whose retention a forget applies: its policy and which snapshots are its own
+    (this node's ``host`` with the plan's ``tags``; nobody else's are ever considered)."""
+
+    plan: str
+    retention: dict[str, Any]
+    host: str
+    tags: list[str]
+
+
+class ForgetPreviewRecord(Record):
+    """``POST /v1/repos/ID/forget`` with ``dry_run``: what retention would remove and keep,
+    changing nothing (the person confirms the ``remove`` list, sent back as ``expect``)."""
+
+    repo: str
+    dry_run: bool
+    plans: list[RetentionPlanRecord]
+    keep: list[PlannedSnapshotRecord]
+    remove: list[PlannedSnapshotRecord]

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 __all__ = [
     "PREVIEW_LIMIT",
@@ -96,13 +95,6 @@ class RestorePreview:
     overwrite: tuple[str, ...]
     target_exists: bool
     target_empty: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["selection"] = list(self.selection)
-        data["overwrite"] = list(self.overwrite)
-        data["truncated"] = self.overwrite_count > len(self.overwrite)
-        return data
 
 
 def existing_at_target(

@@ -7,9 +7,9 @@ from typing import Any
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QGroupBox, QMessageBox, QPushButton, QVBoxLayout, QWidget
 
-from peerstash.core.records import PlannedSnapshotRecord
+from peerstash.core.records import ForgetPreviewRecord
 from peerstash.desktop import fmt
-from peerstash.desktop.api import ApiError, q
+from peerstash.desktop.api import q
 from peerstash.desktop.backend import Backend, decode
 from peerstash.desktop.dialogs.confirm_list import ListConfirmDialog
 from peerstash.desktop.dialogs.forms import (
@@ -264,11 +264,8 @@ class PlansPage(Page):
         res = await self.backend.call(
             "POST", f"/v1/repos/{q(repo_id)}/forget", schema.Forget(dry_run=True)
         )
-        # The answer is not a record (repo, plans, keep, remove); the snapshots in it are.
-        if not isinstance(res, dict):
-            raise ApiError("the node's answer is not a retention preview")
-        remove = decode(res.get("remove"), list[PlannedSnapshotRecord], "a list of snapshots")
-        keep = decode(res.get("keep"), list[PlannedSnapshotRecord], "a list of snapshots")
+        preview = decode(res, ForgetPreviewRecord, "a retention preview")
+        remove, keep = preview.remove, preview.keep
         if not remove:
             self.banner.show_message(
                 f"Retention would remove nothing from {repo_id} now "

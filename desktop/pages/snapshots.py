@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
 )
 
 from peerstash.core.ops import FINISHED
-from peerstash.core.records import LsNodeRecord, OpRecord, SnapshotRecord
+from peerstash.core.records import LsNodeRecord, OpRecord, RestorePreviewRecord, SnapshotRecord
 from peerstash.core.restore_target import default_restore_folder, restored_path
 from peerstash.core.wording import human_bytes, snapshot_size, split_tags
 from peerstash.desktop import fmt
@@ -433,15 +433,17 @@ class SnapshotsPage(Page):
         """Ask the node what the restore would overwrite; ask the person when it would
         overwrite anything, and always before putting files back where they came from."""
         try:
-            preview = await self.backend.call(
+            answer = await self.backend.call(
                 "POST",
                 f"/v1/repos/{q(repo)}/restore/preview",
                 schema.RestorePreview(snapshot=snap, target=target, include=include),
             )
         finally:
             self._update_restore()
-        # Not a record: what the restore would write and overwrite (a dict, as the node says).
-        count, files = int(preview.get("overwrite_count") or 0), int(preview.get("files") or 0)
+        # An answer that is not the preview restores nothing (it would not say what it
+        # overwrites): one line in the banner instead.
+        preview = decode(answer, RestorePreviewRecord, "what the restore would overwrite")
+        count, files = preview.overwrite_count, preview.files
         if not original and count == 0:
             await self._do_restore(repo, snap, target, include)
             return
@@ -459,7 +461,7 @@ class SnapshotsPage(Page):
                 "none of them exists there now, so nothing is overwritten."
             )
             yes = "Restore"
-        shown = [[p] for p in list(preview.get("overwrite") or [])[:SHOWN_OVERWRITES]]
+        shown = [[p] for p in preview.overwrite[:SHOWN_OVERWRITES]]
         footer = (
             f"… and {count - len(shown)} more." if count > len(shown) else ""
         ) or "Files that are there and not in the snapshot are left alone."

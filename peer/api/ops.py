@@ -4,17 +4,19 @@ snapshots, listings, restores and maintenance."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from aiohttp import web
 from msgspec import UNSET
 
 from peerstash.core.engine import BackupRunning, EngineError
 from peerstash.core.records import (
+    ForgetPreviewRecord,
     ListedOpRecord,
     LsNodeRecord,
     OpRecord,
     PlannedSnapshotRecord,
+    RestorePreviewRecord,
+    RetentionPlanRecord,
     SnapshotRecord,
     to_json,
 )
@@ -135,7 +137,7 @@ async def restore_preview(request: web.Request) -> web.Response:
     preview = await engine_of(request).restore_preview(
         request.match_info["id"], body.snapshot, body.target, include=body.include
     )
-    return web.json_response(preview.to_dict())
+    return reply(RestorePreviewRecord.of(preview))
 
 
 async def _forget(request: web.Request) -> web.Response:
@@ -152,22 +154,18 @@ async def _forget(request: web.Request) -> web.Response:
         op = await engine.forget(repo_id, plan_id=plan_id or None, expect=expect)
         return reply(OpRecord.of(op), status=202)
     previews = await engine.forget_preview(repo_id, plan_id=plan_id or None)
-    plans: list[dict[str, Any]] = []
-    keep: list[PlannedSnapshotRecord] = []
-    remove: list[PlannedSnapshotRecord] = []
+    shown = ForgetPreviewRecord(repo=repo_id, dry_run=True, plans=[], keep=[], remove=[])
     for plan, result in previews:
         host, tags = engine.own_snapshots(plan.id)
-        plans.append(
-            {
-                "plan": plan.id,
-                "retention": RetentionPolicy.from_dict(plan.retention).to_dict(),
-                "host": host,
-                "tags": list(tags),
-            }
+        retention = RetentionPolicy.from_dict(plan.retention).to_dict()
+        shown.plans.append(
+            RetentionPlanRecord(plan=plan.id, retention=retention, host=host, tags=list(tags))
         )
-        keep += [PlannedSnapshotRecord.for_plan(s, plan.id) for s in result.kept_snapshots]
-        remove += [PlannedSnapshotRecord.for_plan(s, plan.id) for s in result.removed_snapshots]
-    return reply({"repo": repo_id, "dry_run": True, "plans": plans, "keep": keep, "remove": remove})
+        shown.keep += [PlannedSnapshotRecord.for_plan(s, plan.id) for s in result.kept_snapshots]
+        shown.remove += [
+            PlannedSnapshotRecord.for_plan(s, plan.id) for s in result.removed_snapshots
+        ]
+    return reply(shown)
 
 
 def _maintenance(name: str) -> Handler:

@@ -784,3 +784,58 @@ def test_an_operation_replaced_by_an_event_keeps_its_machine_name(
             await runner.cleanup()
 
     asyncio.run(go())
+
+
+@needs_qt
+def test_a_restore_preview_that_is_not_one_restores_nothing(qapp: Any, tmp_path: Path) -> None:
+    """The tray restores without asking only when the node's preview says nothing would be
+    overwritten. A preview without its counts (another version, a broken or hostile listener)
+    must not read as "nothing": the page says the answer is not a preview, and no restore is
+    sent. A real preview of a new folder restores at once, as before."""
+    import asyncio
+
+    from aiohttp import web
+
+    from peerstash.core.records import RestorePreviewRecord
+    from peerstash.desktop.api import ApiError
+    from peerstash.desktop.backend import Backend
+    from peerstash.desktop.pages.snapshots import SnapshotsPage
+    from peerstash.peer.api.client import AdminClient
+
+    target = str(tmp_path / "restored")
+    good = RestorePreviewRecord(
+        snapshot_id="abc", target=target, selection=[], files=3, overwrite_count=0,
+        overwrite=[], target_exists=False, target_empty=True, truncated=False,
+    )  # fmt: skip
+    preview: dict[str, Any] = {"files": 3, "overwrite": []}  # no overwrite_count
+    restores: list[Any] = []
+
+    async def answer_preview(request: web.Request) -> web.Response:
+        return web.json_response(preview)
+
+    async def restore(request: web.Request) -> web.Response:
+        restores.append(await request.json())
+        return web.json_response(to_json(op_record(kind="restore", status="pending")), status=202)
+
+    app = answering({"/v1/status": to_json(status_record()), "/v1/plans": [], "/v1/repos": []})
+    app.router.add_post("/v1/repos/main/restore/preview", answer_preview)
+    app.router.add_post("/v1/repos/main/restore", restore)
+
+    async def go() -> None:
+        runner = await serve_admin(tmp_path, app)
+        try:
+            async with AdminClient(tmp_path) as client:
+                backend = Backend(client, in_process=False)
+                page = SnapshotsPage(backend)
+                with pytest.raises(ApiError, match="is not what the restore would overwrite"):
+                    await page._check_and_restore("main", "abc", target, [], False)
+                assert restores == [] and page.confirm_dialog is None
+                preview.clear()
+                preview.update(to_json(good))
+                await page._check_and_restore("main", "abc", target, [], False)
+                assert [r["target"] for r in restores] == [target]
+                await backend.close()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(go())

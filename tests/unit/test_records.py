@@ -8,6 +8,7 @@ dropped null, ``Z`` instead of ``+00:00``) fails here.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -29,11 +30,13 @@ from peerstash.core.records import (
     PlannedSnapshotRecord,
     PlanRecord,
     RepoRecord,
+    RestorePreviewRecord,
     SnapshotRecord,
     TokenRecord,
     to_json,
 )
 from peerstash.core.restic import LsNode, Snapshot, redact_uri
+from peerstash.core.restore_target import RestorePreview
 from peerstash.peer.services.remote_commands import (
     FINAL_STATES,
     describe,
@@ -470,3 +473,14 @@ def test_remote_request_record_encodes_the_old_dict(state: str, error: str | Non
         note=None, created_at=T0, updated_at=T1,
     )  # fmt: skip
     assert json.dumps(to_json(request_record(req))) == json.dumps(old_request_to_dict(req))
+
+
+def test_restore_preview_record_encodes_the_old_dict() -> None:
+    preview = RestorePreview(
+        snapshot_id="abc", target="/srv/back", selection=("/home/a",), files=12,
+        overwrite_count=3, overwrite=("/srv/back/home/a/x",), target_exists=True,
+        target_empty=False,
+    )  # fmt: skip
+    old = {**asdict(preview), "selection": ["/home/a"], "overwrite": ["/srv/back/home/a/x"]}
+    old["truncated"] = True  # 3 would be overwritten, 1 is named
+    assert json.dumps(to_json(RestorePreviewRecord.of(preview))) == json.dumps(old)

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
 
 import msgspec
 
-from peerstash.core.records import PlannedSnapshotRecord, SnapshotRecord
+from peerstash.core.records import ForgetPreviewRecord, PlannedSnapshotRecord, SnapshotRecord
 from peerstash.peer.api import schema
 from peerstash.peer.cli import AdminClient, CliError
 from peerstash.peer.cli.commands.ops import started, wait_for
@@ -60,8 +59,9 @@ async def cmd_forget(c: AdminClient, a: argparse.Namespace) -> int:
         msgspec.structs.replace(body, dry_run=True),
     )
 
-    def rows(snaps: Any, which: str) -> list[list[str]]:
-        listed = decode(snaps, list[PlannedSnapshotRecord], f"a list of snapshots to {which}")
+    preview = decode(res, ForgetPreviewRecord, "a retention preview")
+
+    def rows(listed: list[PlannedSnapshotRecord]) -> list[list[str]]:
         return [
             [
                 s.short_id,
@@ -76,9 +76,9 @@ async def cmd_forget(c: AdminClient, a: argparse.Namespace) -> int:
     headers = ["ID", "TIME", "HOST", "PLAN", "PATHS"]
     parts = [
         "dry run: nothing was removed. Only this node's snapshots of each plan are considered "
-        f"(host {', '.join(sorted({p['host'] for p in res['plans']}))})."
+        f"(host {', '.join(sorted({p.host for p in preview.plans}))})."
     ]
-    remove, keep = rows(res["remove"], "remove"), rows(res["keep"], "keep")
+    remove, keep = rows(preview.remove), rows(preview.keep)
     parts.append(
         f"would remove {len(remove)}:\n{table(remove, headers)}" if remove else "would remove none"
     )
