@@ -574,3 +574,12 @@ class ForgetPreviewRecord(Record):
     plans: list[RetentionPlanRecord]
     keep: list[PlannedSnapshotRecord]
     remove: list[PlannedSnapshotRecord]
+
+
+class LogRecord(Record):
+    """``/v1/ops/ID/log``: an operation's log lines (a peer's operation's, fetched from that
+    peer by the node), as restic and the runner wrote them; a peer's lines are its words."""
+
+    id: str
+    origin: str
+    lines: list[str]

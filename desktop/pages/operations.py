@@ -21,10 +21,10 @@ from PySide6.QtWidgets import (
 )
 
 from peerstash.core.ops import FINISHED, OpStatus
-from peerstash.core.records import ListedOpRecord, OpRecord
+from peerstash.core.records import ListedOpRecord, LogRecord, OpRecord
 from peerstash.desktop import fmt
 from peerstash.desktop.api import ApiError, q
-from peerstash.desktop.backend import Backend
+from peerstash.desktop.backend import Backend, decode
 from peerstash.desktop.opsmodel import (
     COL_DETAIL,
     COL_KIND,
@@ -245,17 +245,18 @@ class OperationsPage(Page):
     async def _load_log(self, op_id: str, origin: str) -> None:
         """Show the log; a peer's operation's log is fetched from that peer by the node, and
         when it cannot be (the peer is offline) the node's sentence is shown in its place."""
+        lines: list[str] = []
+        unavailable = ""
         try:
             res = await self.backend.call(
                 "GET", f"/v1/ops/{q(op_id)}/log" + (f"?origin={q(origin)}" if origin else "")
             )
-        except ApiError as exc:
-            res = {"lines": [], "unavailable": str(exc)}
-        # A log is not a record: its lines, or why they cannot be had (a dict, as sent).
+            lines = decode(res, LogRecord, "an operation's log").lines
+        except ApiError as exc:  # the node's sentence (the peer is offline...) in its place
+            unavailable = str(exc)
         if self._log_for != op_id:
             return
-        lines = list(res.get("lines") or [])
-        text = "\n".join(lines) if lines else res.get("unavailable") or "(no log lines yet)"
+        text = "\n".join(lines) if lines else unavailable or "(no log lines yet)"
         if self.selected and self.selected.error:
             text += f"\n\n{self.selected.error}"
         bar = self.log.verticalScrollBar()

@@ -12,6 +12,7 @@ from peerstash.core.engine import BackupRunning, EngineError
 from peerstash.core.records import (
     ForgetPreviewRecord,
     ListedOpRecord,
+    LogRecord,
     LsNodeRecord,
     OpRecord,
     PlannedSnapshotRecord,
@@ -90,7 +91,7 @@ async def get_op_log(request: web.Request) -> web.Response:
         request.match_info["id"], origin=request.query.get("origin") or None
     )
     lines = await node.logs.lines(op)
-    return web.json_response({"id": op.op_id, "origin": op.origin, "lines": lines})
+    return reply(LogRecord(id=op.op_id, origin=op.origin, lines=lines))
 
 
 async def cancel_op(request: web.Request) -> web.Response:

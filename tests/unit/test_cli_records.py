@@ -247,8 +247,13 @@ HOSTILE: list[tuple[list[str], str, Any, str]] = [
         ["forget", "r", "--dry-run"],
         "POST /v1/repos/r/forget",
         {"plans": [], "remove": [snapshot_record()], "keep": []},  # no "plan" field
-        "a list of snapshots to remove",
+        "a retention preview",
     ),
+    (["token", "list"], "GET /v1/tokens", [{"id": "t1", "uses": "none"}], "pairing tokens"),
+    (["token", "create"], "POST /v1/tokens", {"id": "t1", "grants": []}, "a new pairing token"),
+    (["remote", "list"], "GET /v1/remote/requests", [{"id": "rq1", "final": 0}], "requests"),
+    (["remote", "run", "b", "docs"], "POST /v1/remote/run", {"state": "done"}, "a remote request"),
+    (["log", "01OPA"], "GET /v1/ops/01OPA/log", {"lines": "all of it"}, "an operation's log"),
     # A peer's snapshots and listing entries are passed on by the node as the peer sent them.
     (
         ["remote", "snapshots", "b", "r"],

@@ -164,9 +164,11 @@ async def cmd_ops(c: AdminClient, a: argparse.Namespace) -> int:
 
 
 async def cmd_log(c: AdminClient, a: argparse.Namespace) -> int:
+    from peerstash.core.records import LogRecord  # not at the top: see this module's doc
+
     q = f"?origin={quote_segment(a.origin)}" if a.origin else ""
     res = await c.call("GET", f"/v1/ops/{a.op}/log{q}")
-    emit(a, res, "\n".join(res["lines"]))
+    emit(a, res, "\n".join(decode(res, LogRecord, "an operation's log").lines))
     return 0
 
 
