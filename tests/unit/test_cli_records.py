@@ -27,7 +27,7 @@ from peerstash.core.records import (
     to_json,
 )
 from peerstash.desktop.__main__ import main
-from tests.fixtures.records import listed_op_record, op_record, repo_record
+from tests.fixtures.records import listed_op_record, op_record, repo_record, status_record
 from tests.fixtures.standin import admin_in_thread
 
 
@@ -361,3 +361,43 @@ def test_what_a_peer_sends_that_is_not_a_record_is_read_as_before(
     )
     assert (code, err) == (0, "")
     assert out == "repository r3 on hub: created a new repository (id 89abcdef)\n"
+
+
+#: The quick commands read the answer as JSON (no msgspec): what they cannot read is one line.
+QUICK_HOSTILE: list[tuple[list[str], str, Any, str]] = [
+    (["status"], "GET /v1/status", {"instance_id": "x", "name": "x"}, "no field 'health'"),
+    (
+        ["status"],
+        "GET /v1/status",
+        {**to_json(status_record()), "plans": [{"id": "p", "last": "yesterday"}]},
+        "a field of another type",
+    ),
+    (["backup", "docs", "--wait"], "POST /v1/plans/docs/backup", {"kind": "x"}, "no field 'id'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "route", "sent", "why"), QUICK_HOSTILE)
+def test_a_quick_command_says_in_one_line_what_it_could_not_read(
+    node: Node, capsys: pytest.CaptureFixture[str], argv: list[str], route: str, sent: Any, why: str
+) -> None:
+    node.answers[route] = sent
+    code, out, err = run(node, capsys, *argv)
+    assert (code, out) == (1, "")
+    said = f"peerstash: the node's answer is not what `peerstash {argv[0]}` reads: {why}"
+    assert err.startswith(said), err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_status_check_gives_a_monitor_unknown_for_a_health_it_cannot_read(
+    node: Node, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Nagios-style check must get its one line and exit 3, whatever the node answered."""
+    node.answers["GET /v1/status"] = {"health": {"level": "ok", "summary": "ok"}}  # no reasons
+    code, out, err = run(node, capsys, "status", "--check")
+    assert code == 3 and err == ""
+    assert out == (
+        "PEERSTASH UNKNOWN - the node's answer is not what `peerstash status` reads: "
+        "no field 'reasons'\n"
+    )
+    node.answers["GET /v1/status"] = to_json(status_record())
+    assert run(node, capsys, "status", "--check")[:2] == (0, "PEERSTASH OK - ok\n")

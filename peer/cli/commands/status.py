@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 
 from peerstash.core import __version__
-from peerstash.peer.cli import AdminClient, CliError
+from peerstash.core.text import printable
+from peerstash.peer.cli import AdminClient, CliError, not_read
 from peerstash.peer.cli.format import emit, fleet_lines, health_lines, short_time, status_word
 from peerstash.peer.cli.parser import Parser, json_flag
 
@@ -33,9 +34,15 @@ async def _status_check(c: AdminClient) -> int:
     if not isinstance(health, dict):
         print("PEERSTASH UNKNOWN - this node does not report health (an older version?)")
         return CHECK_UNKNOWN
-    word, code = CHECK_CODES.get(health["level"], ("UNKNOWN", CHECK_UNKNOWN))
-    detail = "; ".join(r["message"] for r in health["reasons"])
-    print(f"PEERSTASH {word} - {health['summary']}" + (f": {detail}" if detail else ""))
+    try:
+        word, code = CHECK_CODES.get(health["level"], ("UNKNOWN", CHECK_UNKNOWN))
+        detail = "; ".join(r["message"] for r in health["reasons"])
+        line = f"PEERSTASH {word} - {health['summary']}" + (f": {detail}" if detail else "")
+    except (KeyError, TypeError, AttributeError) as exc:
+        # A monitoring system gets its one line and UNKNOWN, never a traceback.
+        print(printable(f"PEERSTASH UNKNOWN - {not_read('status', exc)}"))
+        return CHECK_UNKNOWN
+    print(printable(line))
     return code
 
 
