@@ -8,7 +8,8 @@ dict builders before them gave, so a node of this version and one before it read
 each other's records, and ``--json`` output stays what ``docs/cli.md`` documents.
 
 Times are kept as the ISO 8601 text :func:`iso_time` gives (``+00:00``, not msgspec's ``Z``)
-for that reason. Secrets are never part of a record, so nothing here can leak one.
+for that reason. Secrets are not part of a record, but for one: ``NewTokenRecord``, the answer
+that shows a new pairing token once, whose ``repr`` hides it.
 """
 
 from __future__ import annotations
