@@ -26,7 +26,7 @@ from tests.fixtures.records import (
     repo_record,
     status_record,
 )
-from tests.fixtures.standin import answering, serve_admin
+from tests.fixtures.standin import answering, serve_admin, tray_backend
 
 
 def test_headless_entry_point_never_imports_qt() -> None:
@@ -568,11 +568,9 @@ def test_answers_whose_records_are_malformed_are_skipped_and_the_views_keep_thei
 
     from peerstash.core.records import to_json
     from peerstash.desktop.api import ApiError
-    from peerstash.desktop.backend import Backend
     from peerstash.desktop.opsmodel import OpsModel
     from peerstash.desktop.pages.plans import PlansPage
     from peerstash.desktop.pages.snapshots import SnapshotsPage
-    from peerstash.peer.api.client import AdminClient
 
     plan = PlanRecord(
         id="docs", repo="main", paths=["/x"], excludes=[], schedule=None, every_seconds=3600,
@@ -602,52 +600,45 @@ def test_answers_whose_records_are_malformed_are_skipped_and_the_views_keep_thei
     answers = dict(good)
 
     async def go() -> None:
-        runner = await serve_admin(tmp_path, answering(answers))
-        try:
-            async with AdminClient(tmp_path) as client:
-                backend = Backend(client, in_process=False)
-                await backend.refresh_all()
-                page = PlansPage(backend)
-                model = OpsModel(backend)
-                failed: list[str] = []
-                model.loadFailed.connect(failed.append)
-                await model.load()
-                assert backend.plans == [plan] and backend.repos == [repo]
-                assert backend.peer_list == [peer] and list(backend.active) == [("me", "op7")]
-                assert backend.status == status
-                assert page.plans.item(0, 0).text() == "docs" and model.rowCount() == 1
+        async with tray_backend(tmp_path, answering(answers)) as backend:
+            page = PlansPage(backend)
+            model = OpsModel(backend)
+            failed: list[str] = []
+            model.loadFailed.connect(failed.append)
+            await model.load()
+            assert backend.plans == [plan] and backend.repos == [repo]
+            assert backend.peer_list == [peer] and list(backend.active) == [("me", "op7")]
+            assert backend.status == status
+            assert page.plans.item(0, 0).text() == "docs" and model.rowCount() == 1
 
-                answers.update(bad)
-                with caplog.at_level(logging.INFO, logger="peerstash.desktop"):
-                    await backend.refresh_all()
-                    await model.load()
-                said = caplog.text
-                assert "kept the plans and repositories as they were" in said
-                assert "could not read the peers" in said and "is not a list of peers" in said
-                assert "kept the operations in flight as they were" in said
-                assert (
-                    "kept the node's status as it was: the node's answer is not the node's "
-                    "status: Object missing required field `summary` - at `$.health`"
-                ) in said
-                # The backend holds the records it had; the window shows what it showed.
-                assert backend.plans == [plan] and backend.repos == [repo]
-                assert backend.peer_list == [peer] and list(backend.active) == [("me", "op7")]
-                assert backend.status == status and backend.connected
-                assert page.plans.rowCount() == 1 and page.plans.item(0, 0).text() == "docs"
-                assert page.repos.rowCount() == 1 and page.repos.item(0, 0).text() == "main"
-                assert model.rowCount() == 1 and model.op_at(0).id == "op7"
-                assert failed == [
-                    "the node's answer is not a list of operations: "
-                    "Object missing required field `id` - at `$[0]`"
-                ]
-                # A page asking for itself gets one line (its banner shows it), no traceback.
-                snaps = SnapshotsPage(backend)
-                with pytest.raises(ApiError, match="is not a list of snapshots: Expected `str`"):
-                    await snaps.load_snapshots("main")
-                await model.close()
-                await backend.close()
-        finally:
-            await runner.cleanup()
+            answers.update(bad)
+            with caplog.at_level(logging.INFO, logger="peerstash.desktop"):
+                await backend.refresh_all()
+                await model.load()
+            said = caplog.text
+            assert "kept the plans and repositories as they were" in said
+            assert "could not read the peers" in said and "is not a list of peers" in said
+            assert "kept the operations in flight as they were" in said
+            assert (
+                "kept the node's status as it was: the node's answer is not the node's "
+                "status: Object missing required field `summary` - at `$.health`"
+            ) in said
+            # The backend holds the records it had; the window shows what it showed.
+            assert backend.plans == [plan] and backend.repos == [repo]
+            assert backend.peer_list == [peer] and list(backend.active) == [("me", "op7")]
+            assert backend.status == status and backend.connected
+            assert page.plans.rowCount() == 1 and page.plans.item(0, 0).text() == "docs"
+            assert page.repos.rowCount() == 1 and page.repos.item(0, 0).text() == "main"
+            assert model.rowCount() == 1 and model.op_at(0).id == "op7"
+            assert failed == [
+                "the node's answer is not a list of operations: "
+                "Object missing required field `id` - at `$[0]`"
+            ]
+            # A page asking for itself gets one line (its banner shows it), no traceback.
+            snaps = SnapshotsPage(backend)
+            with pytest.raises(ApiError, match="is not a list of snapshots: Expected `str`"):
+                await snaps.load_snapshots("main")
+            await model.close()
 
     asyncio.run(go())
 
@@ -663,9 +654,7 @@ def test_peers_page_shows_the_lan_and_tokens_as_records_and_announced_words_iner
     import asyncio
 
     from peerstash.core.records import DiscoveredRecord, TokenRecord
-    from peerstash.desktop.backend import Backend
     from peerstash.desktop.pages.peers import PeersPage
-    from peerstash.peer.api.client import AdminClient
 
     def found(ident: str, **changes: Any) -> dict[str, Any]:
         base = DiscoveredRecord(
@@ -694,35 +683,28 @@ def test_peers_page_shows_the_lan_and_tokens_as_records_and_announced_words_iner
     }
 
     async def go() -> None:
-        runner = await serve_admin(tmp_path, answering(answers))
-        try:
-            async with AdminClient(tmp_path) as client:
-                backend = Backend(client, in_process=False)
-                await backend.refresh_all()
-                page = PeersPage(backend)
-                await page.refresh()
-                t = page.discovered
-                rows = [[t.item(r, c).text() for c in range(4)] for r in range(t.rowCount())]
-                assert rows == [
-                    ["desk", "abcd-efgh", "http://192.0.2.7:7700", "no"],
-                    ["evil\\u001b[2J\\u202e", "abcd-efgh", "http://192.0.2.7:7700",
-                     "KEY DIFFERS: not trusted"],
-                    ["old", "abcd-efgh", "http://192.0.2.7:7700", "no (incompatible version)"],
-                ]  # fmt: skip
-                assert page.tokens.item(0, 0).text() == "phone"
-                assert page.tokens.item(0, 2).text() == "0 of 1"
-                t.selectRow(0)
-                page._use_found()
-                assert page.url_in.text() == "http://192.0.2.7:7700"
+        async with tray_backend(tmp_path, answering(answers)) as backend:
+            page = PeersPage(backend)
+            await page.refresh()
+            t = page.discovered
+            rows = [[t.item(r, c).text() for c in range(4)] for r in range(t.rowCount())]
+            assert rows == [
+                ["desk", "abcd-efgh", "http://192.0.2.7:7700", "no"],
+                ["evil\\u001b[2J\\u202e", "abcd-efgh", "http://192.0.2.7:7700",
+                 "KEY DIFFERS: not trusted"],
+                ["old", "abcd-efgh", "http://192.0.2.7:7700", "no (incompatible version)"],
+            ]  # fmt: skip
+            assert page.tokens.item(0, 0).text() == "phone"
+            assert page.tokens.item(0, 2).text() == "0 of 1"
+            t.selectRow(0)
+            page._use_found()
+            assert page.url_in.text() == "http://192.0.2.7:7700"
 
-                answers["/v1/tokens"] = [{**to_json(token), "uses": "none"}]
-                await page.refresh()
-                said = page.banner.text()
-                assert said.startswith("Could not read the tokens: the node's answer is not a list")
-                assert page.tokens.item(0, 0).text() == "phone"  # kept what it showed
-                await backend.close()
-        finally:
-            await runner.cleanup()
+            answers["/v1/tokens"] = [{**to_json(token), "uses": "none"}]
+            await page.refresh()
+            said = page.banner.text()
+            assert said.startswith("Could not read the tokens: the node's answer is not a list")
+            assert page.tokens.item(0, 0).text() == "phone"  # kept what it showed
 
     asyncio.run(go())
 
@@ -737,9 +719,7 @@ def test_an_operation_replaced_by_an_event_keeps_its_machine_name(
     import asyncio
 
     from peerstash.core.records import ListedOpRecord
-    from peerstash.desktop.backend import Backend
     from peerstash.desktop.pages.operations import OperationsPage
-    from peerstash.peer.api.client import AdminClient
 
     theirs = listed_op_record("Bravo's laptop", id="op1", pk=1, origin="bravo", status="running")
     answers: dict[str, Any] = {
@@ -756,32 +736,25 @@ def test_an_operation_replaced_by_an_event_keeps_its_machine_name(
         return [(op.id, op.origin_label) for op in rows]
 
     async def go() -> None:
-        runner = await serve_admin(tmp_path, answering(answers))
-        try:
-            async with AdminClient(tmp_path) as client:
-                backend = Backend(client, in_process=False)
-                await backend.refresh_all()
-                page = OperationsPage(backend)
-                await page.model.load()
-                page.view.selectRow(0)
-                assert "Bravo's laptop" in page.detail_title.text()
-                # The same operation, one step on, as the event stream decodes it.
-                backend.opChanged.emit(
-                    op_record(id="op1", pk=1, origin="bravo", status="success", modno=2)
-                )
-                backend.opChanged.emit(op_record(id="op2", pk=2, origin="bravo"))
-                backend.opChanged.emit(op_record(id="op3", pk=3, origin="me"))
-                assert origins(page.model) == [
-                    ("op3", "desk"),
-                    ("op2", "Bravo's laptop"),
-                    ("op1", "Bravo's laptop"),
-                ]
-                title = page.detail_title.text()
-                assert title == "backup p · success · Bravo's laptop · operation op1"
-                await page.model.close()
-                await backend.close()
-        finally:
-            await runner.cleanup()
+        async with tray_backend(tmp_path, answering(answers)) as backend:
+            page = OperationsPage(backend)
+            await page.model.load()
+            page.view.selectRow(0)
+            assert "Bravo's laptop" in page.detail_title.text()
+            # The same operation, one step on, as the event stream decodes it.
+            backend.opChanged.emit(
+                op_record(id="op1", pk=1, origin="bravo", status="success", modno=2)
+            )
+            backend.opChanged.emit(op_record(id="op2", pk=2, origin="bravo"))
+            backend.opChanged.emit(op_record(id="op3", pk=3, origin="me"))
+            assert origins(page.model) == [
+                ("op3", "desk"),
+                ("op2", "Bravo's laptop"),
+                ("op1", "Bravo's laptop"),
+            ]
+            title = page.detail_title.text()
+            assert title == "backup p · success · Bravo's laptop · operation op1"
+            await page.model.close()
 
     asyncio.run(go())
 
@@ -798,9 +771,7 @@ def test_a_restore_preview_that_is_not_one_restores_nothing(qapp: Any, tmp_path:
 
     from peerstash.core.records import RestorePreviewRecord
     from peerstash.desktop.api import ApiError
-    from peerstash.desktop.backend import Backend
     from peerstash.desktop.pages.snapshots import SnapshotsPage
-    from peerstash.peer.api.client import AdminClient
 
     target = str(tmp_path / "restored")
     good = RestorePreviewRecord(
@@ -822,20 +793,14 @@ def test_a_restore_preview_that_is_not_one_restores_nothing(qapp: Any, tmp_path:
     app.router.add_post("/v1/repos/main/restore", restore)
 
     async def go() -> None:
-        runner = await serve_admin(tmp_path, app)
-        try:
-            async with AdminClient(tmp_path) as client:
-                backend = Backend(client, in_process=False)
-                page = SnapshotsPage(backend)
-                with pytest.raises(ApiError, match="is not what the restore would overwrite"):
-                    await page._check_and_restore("main", "abc", target, [], False)
-                assert restores == [] and page.confirm_dialog is None
-                preview.clear()
-                preview.update(to_json(good))
+        async with tray_backend(tmp_path, app, read=False) as backend:
+            page = SnapshotsPage(backend)
+            with pytest.raises(ApiError, match="is not what the restore would overwrite"):
                 await page._check_and_restore("main", "abc", target, [], False)
-                assert [r["target"] for r in restores] == [target]
-                await backend.close()
-        finally:
-            await runner.cleanup()
+            assert restores == [] and page.confirm_dialog is None
+            preview.clear()
+            preview.update(to_json(good))
+            await page._check_and_restore("main", "abc", target, [], False)
+            assert [r["target"] for r in restores] == [target]
 
     asyncio.run(go())

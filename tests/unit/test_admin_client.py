@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -28,7 +27,7 @@ from peerstash.peer.api.client import AdminClient, AdminError
 from peerstash.peer.api.quickclient import QuickAdminClient, run_to_end
 from peerstash.peer.api.server import errors_middleware
 from peerstash.peer.paths import admin_socket_path
-from tests.fixtures.standin import admin_in_thread
+from tests.fixtures.standin import admin_in_thread, private_socket
 
 T = TypeVar("T")
 TRANSPORTS = ["aiohttp", "quick"]
@@ -244,12 +243,7 @@ def test_a_missing_socket_means_no_node_runs(tmp_path: Path, transport: str) -> 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_socket_left_by_a_dead_node_means_no_node_runs(tmp_path: Path, transport: str) -> None:
     data_dir = tmp_path / "dead"
-    data_dir.mkdir(mode=0o700)
-    sock = admin_socket_path(data_dir)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(sock))
-    os.chmod(sock, 0o600)
-    listener.close()  # the file stays, nobody listens
+    private_socket(data_dir).close()  # the file stays, nobody listens
     err = refused(transport, data_dir, lambda c: c.call("GET", "/v1/status"))
     assert str(err).startswith(f"no Peerstash node is running for {data_dir}")
 
@@ -271,12 +265,9 @@ def full_queue(tmp_path: Path) -> Iterator[Path]:
     """A node that accepts nothing: its socket's queue of connections is full (a stuck or
     flooded node)."""
     data_dir = tmp_path / "stuck"
-    data_dir.mkdir(mode=0o700)
-    path = admin_socket_path(data_dir)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    os.chmod(path, 0o600)
+    listener = private_socket(data_dir)
     listener.listen(0)
+    path = admin_socket_path(data_dir)
     held: list[socket.socket] = []
     try:
         while len(held) < 64:
