@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
 
+import msgspec
+
 OK: Final = "ok"
 ATTENTION: Final = "attention"
 FAILING: Final = "failing"
@@ -89,9 +91,12 @@ class PeerFacts:
         return f"{self.name} ({self.id})" if self.name and self.name != self.id else self.id
 
 
-@dataclass(frozen=True)
-class Reason:
-    """One thing that needs a look: a sentence for a person plus fields for a machine."""
+class Reason(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One thing that needs a look: a sentence for a person plus fields for a machine.
+
+    A struct, not a dataclass like the facts above: it is also how ``/v1/status`` gives it
+    (``HealthRecord.reasons``), where ``plan``/``peer``/``repo`` are absent when it is not
+    about one."""
 
     level: str
     kind: str

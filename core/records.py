@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+# A reason of the health verdict is its own wire form (a struct in the pure health module).
+from peerstash.core.health import Health, Reason
+
 if TYPE_CHECKING:
     # Only types: the CLI imports the request structs (peer/api/schema.py, which imports
     # this module) and must not pay for SQLAlchemy or the restic wrapper to send a body.
-    from peerstash.core.health import Health
     from peerstash.core.models import Operation, PairingTokenRow, Peer, Plan, Repo
     from peerstash.core.restic import LsNode, Snapshot
     from peerstash.core.restore_target import RestorePreview
@@ -333,42 +335,16 @@ class FleetPeerRecord(Record):
         )
 
 
-class ReasonRecord(Record, omit_defaults=True):
-    """One thing that needs a look (:class:`peerstash.core.health.Reason`): a sentence for a
-    person, a level and kind for a machine, and what it is about (absent when not about one)."""
-
-    level: str
-    kind: str
-    message: str
-    plan: str | None = None
-    peer: str | None = None
-    repo: str | None = None
-
-
 class HealthRecord(Record):
     """The node's verdict on the whole fleet (``core/health.py``) and why."""
 
     level: str
     summary: str
-    reasons: list[ReasonRecord]
+    reasons: list[Reason]
 
     @classmethod
     def of(cls, health: Health) -> HealthRecord:
-        return cls(
-            level=health.level,
-            summary=health.summary(),
-            reasons=[
-                ReasonRecord(
-                    level=r.level,
-                    kind=r.kind,
-                    message=r.message,
-                    plan=r.plan,
-                    peer=r.peer,
-                    repo=r.repo,
-                )
-                for r in health.reasons
-            ],
-        )
+        return cls(level=health.level, summary=health.summary(), reasons=list(health.reasons))
 
 
 class PlanStatusRecord(Record):
