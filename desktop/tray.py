@@ -301,10 +301,6 @@ class Tray(QObject):
         ):
             self.openRequested.emit()
 
-    def machine_name(self, origin: str | None) -> str:
-        """How the machine of an operation is called (:meth:`Backend.machine_name`)."""
-        return self.backend.machine_name(origin)
-
     def _failed(self, exc: BaseException) -> None:
         self.notify("Peerstash", str(exc), key=f"failed-request:{exc}")
 
@@ -321,7 +317,7 @@ class Tray(QObject):
                 ended = p.last.ended_at if p.last else None
                 when = fmt.ago(ended) if ended else "never"
                 self.notify(
-                    f"{self.machine_name(None)}: backups of {pid} are stale",
+                    f"{self.backend.machine_name(None)}: backups of {pid} are stale",
                     f"The last successful backup was {when}.",
                     key=f"stale:{pid}",
                 )
@@ -340,7 +336,7 @@ class Tray(QObject):
             self._failed_seen.add(key)
             target = op.plan or op.repo or "?"
             word = "failed" if status == "error" else "was interrupted"
-            machine = self.machine_name(op.origin)
+            machine = self.backend.machine_name(op.origin)
             # The error class the node recorded (core/runner.py), else the status: a new
             # class on the same plan is a new kind of failure, worth saying at once. Only the
             # classes restic failures have (a peer sends what it likes). ``summary`` is
