@@ -15,7 +15,7 @@ that shows a new pairing token once, whose ``repr`` hides it.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 
@@ -44,6 +44,12 @@ def to_json(record: msgspec.Struct) -> dict[str, Any]:
 
 class Record(msgspec.Struct, kw_only=True):
     """Base of every record: keyword-only, every field always present (null when unset)."""
+
+    @classmethod
+    def extending(cls, base: Record, **more: Any) -> Self:
+        """This record from ``base``, a record it extends (a peer as listed, a token just
+        made), and the fields it adds."""
+        return cls(**msgspec.structs.asdict(base), **more)
 
 
 class OpRecord(Record):
@@ -308,7 +314,7 @@ class ListedPeerRecord(PeerRecord):
 
     @classmethod
     def listed(cls, peer: Peer, label: str, plans: list[LastBackupRecord]) -> ListedPeerRecord:
-        return cls(**msgspec.structs.asdict(PeerRecord.of(peer)), label=label, plans=plans)
+        return cls.extending(PeerRecord.of(peer), label=label, plans=plans)
 
 
 class FleetPeerRecord(Record):

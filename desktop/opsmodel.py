@@ -18,7 +18,6 @@ import bisect
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 from PySide6.QtCore import (
     QAbstractTableModel,
     QModelIndex,
@@ -281,7 +280,7 @@ class OpsModel(QAbstractTableModel):
             label = self.backend.machine_name(op.origin)
         else:
             return op
-        return ListedOpRecord(**msgspec.structs.asdict(op), origin_label=label)
+        return ListedOpRecord.extending(op, origin_label=label)
 
     async def close(self) -> None:
         await self.tasks.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import msgspec
 from aiohttp import web
 
 from peerstash.core.engine import EngineError
@@ -51,7 +50,7 @@ async def create_token_route(request: web.Request) -> web.Response:
         )
     except (TokenError, GrantError) as exc:
         raise BadRequest(str(exc)) from None
-    made = NewTokenRecord(**msgspec.structs.asdict(TokenRecord.of(row)), token=text)
+    made = NewTokenRecord.extending(TokenRecord.of(row), token=text)
     return web.json_response(to_json(made), status=201)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from aiohttp import web
 from msgspec import UNSET, UnsetType
 
@@ -201,9 +200,8 @@ async def remote_wait(request: web.Request) -> web.StreamResponse:
             op = ops[0]
 
         async def line() -> None:
-            shown = request_record(req)
-            followed = FollowedRemoteRecord(
-                **msgspec.structs.asdict(shown), op=OpRecord.of(op) if op is not None else None
+            followed = FollowedRemoteRecord.extending(
+                request_record(req), op=OpRecord.of(op) if op is not None else None
             )
             await send(resp, to_json(followed))
 

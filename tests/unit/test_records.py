@@ -456,7 +456,7 @@ def test_token_records_encode_the_old_dict_and_hide_the_new_token() -> None:
         max_uses=2, uses=1, expires_at=T1, created_at=T0,
     )  # fmt: skip
     assert json.dumps(to_json(TokenRecord.of(row))) == json.dumps(old_token_to_dict(row))
-    made = NewTokenRecord(**msgspec.structs.asdict(TokenRecord.of(row)), token="ps1-SECRET")
+    made = NewTokenRecord.extending(TokenRecord.of(row), token="ps1-SECRET")
     assert to_json(made) == {**old_token_to_dict(row), "token": "ps1-SECRET"}
     # The one record with a secret: a log line or a failed assertion that shows it does not.
     assert "SECRET" not in repr(made) and repr(made).endswith(", token=<hidden>)")
